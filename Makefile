@@ -1,0 +1,42 @@
+# Everything a fresh machine needs, from two commands: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SERVICES := PYTHON=$(abspath $(BIN))/python scripts/services.sh
+export MONGODB_URI ?= mongodb://127.0.0.1:27017/app?directConnection=true
+export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
+
+.PHONY: venv services-up services-down test demo bench lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+services-up: venv
+	$(SERVICES) up
+
+services-down:
+	$(SERVICES) down
+
+# pytest's status is the target's status; the services come down whatever it was.
+test: venv
+	$(SERVICES) up
+	status=0; $(BIN)/pytest -q $(PYTEST_ARGS) || status=$$?; $(SERVICES) down; exit $$status
+
+demo: venv
+	$(SERVICES) up
+	$(BIN)/python scripts/demo.py
+
+bench: venv
+	$(SERVICES) up
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+lint: venv
+	$(BIN)/ruff check cdc_migrator tests transforms bench scripts
+
+clean: services-down
+	rm -rf .services $(VENV)
