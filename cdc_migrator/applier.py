@@ -1,0 +1,151 @@
+"""Apply a migration to a batch of documents with guarded bulk writes.
+
+Used by ``apply`` (documents from a scan) and by the transform consumer (documents named by
+events). Each document is migrated from the state it has in the database at write time: a
+write whose guard misses is retried after re-reading the document, and a document that no
+longer exists is skipped, so nothing the application wrote is overwritten and nothing deleted
+comes back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from pymongo import DeleteOne, UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError
+
+from .migration import Migration
+from .patch import Outcome, decide
+
+MAX_ATTEMPTS = 20
+
+
+@dataclass
+class Failure:
+    """A document whose transform raised; it was left as it was."""
+
+    id: Any
+    error: str
+    traceback: str = ""
+
+
+@dataclass
+class BatchResult:
+    """Counts of one applied batch."""
+
+    seen: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    missing: int = 0
+    retried: int = 0
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def applied(self) -> int:
+        return self.updated + self.deleted
+
+    def add(self, other: "BatchResult") -> None:
+        for name in ("seen", "updated", "deleted", "unchanged", "missing", "retried"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failures.extend(other.failures)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "applied": self.applied, "updated": self.updated, "deleted": self.deleted,
+            "unchanged": self.unchanged, "failed": self.failed, "retried": self.retried,
+        }
+
+
+class Applier:
+    """Migrates documents of one collection; writes are guarded and idempotent."""
+
+    def __init__(self, migration: Migration, collection: Collection, ctx: Any) -> None:
+        self.migration = migration
+        self.collection = collection
+        self.ctx = ctx
+
+    def apply_documents(self, docs: Iterable[Mapping[str, Any]]) -> BatchResult:
+        """Migrate documents read just now (e.g. by a scan); misses are re-read and retried."""
+        docs = list(docs)
+        result = BatchResult(seen=len(docs))
+        self._apply(docs, result)
+        return result
+
+    def apply_ids(
+        self, ids: Iterable[Any], images: Mapping[Any, Mapping[str, Any] | None] | None = None
+    ) -> BatchResult:
+        """Migrate the documents with these ids from their current state.
+
+        ``images`` may hold a document image per id (e.g. carried by an event); it is tried
+        first and the database is read only for ids without one or whose guard missed. An id
+        whose document does not exist is counted as ``missing`` and skipped.
+        """
+        ids = list(dict.fromkeys(_hashable(i) for i in ids))
+        result = BatchResult(seen=len(ids))
+        images = images or {}
+        known = [images[i] for i in ids if images.get(i) is not None]
+        unknown = [i for i in ids if images.get(i) is None]
+        docs = known + (self._read(unknown) if unknown else [])
+        result.missing += len(ids) - len(docs)
+        self._apply(docs, result)
+        return result
+
+    def _apply(self, docs: list[Mapping[str, Any]], result: BatchResult) -> None:
+        pending: list[Outcome] = []
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            outcomes = [decide(self.migration, d, self.ctx) for d in docs]
+            ops, pending = [], []
+            for outcome in outcomes:
+                if outcome.kind == "noop":
+                    # On a retry a no-op means our earlier write or the application's own
+                    # write already migrated the document: it was counted then.
+                    result.unchanged += attempt == 1
+                elif outcome.kind == "error":
+                    result.failures.append(Failure(outcome.id, outcome.error, outcome.traceback))
+                else:
+                    ops.append(self._op(outcome))
+                    pending.append(outcome)
+            if not ops:
+                return
+            matched, deleted = self._write(ops)
+            result.updated += matched
+            result.deleted += deleted
+            if matched + deleted == len(ops):
+                return
+            # Some guards missed: the application changed those documents in between. Re-read
+            # them and decide again from their current state; deleted ones are skipped.
+            result.retried += len(ops) - matched - deleted
+            docs = self._read([o.id for o in pending])
+        for o in pending:
+            result.failures.append(
+                Failure(o.id, f"document kept changing; gave up after {MAX_ATTEMPTS} attempts"))
+
+    def _op(self, outcome: Outcome) -> UpdateOne | DeleteOne:
+        if outcome.kind == "delete":
+            return DeleteOne(outcome.guard)
+        return UpdateOne(outcome.guard, outcome.update)
+
+    def _write(self, ops: list[UpdateOne | DeleteOne]) -> tuple[int, int]:
+        try:
+            res = self.collection.bulk_write(ops, ordered=False)
+            return res.matched_count, res.deleted_count
+        except BulkWriteError as exc:
+            details = exc.details
+            return details.get("nMatched", 0), details.get("nRemoved", 0)
+
+    def _read(self, ids: list[Any]) -> list[Mapping[str, Any]]:
+        query: dict[str, Any] = {"_id": {"$in": ids}}
+        if self.migration.filter:
+            query = {"$and": [query, self.migration.filter]}
+        return list(self.collection.find(query))
+
+
+def _hashable(value: Any) -> Any:
+    return value if value.__hash__ is not None else repr(value)

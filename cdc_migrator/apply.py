@@ -1,0 +1,124 @@
+"""The small-collection shortcut: scan and patch in one process, without Kafka.
+
+Documents are read in ``_id`` order, migrated with guarded bulk writes, and the position is
+saved after every batch, so an interrupted ``apply`` resumes where it stopped. Documents the
+application writes *after* the scan passed them are not seen: for a collection that is being
+written to during a long migration, use the Kafka pipeline (``backfill`` + ``tail`` +
+``consume``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .applier import Applier, BatchResult
+from .config import Settings
+from .context import make_context
+from .migration import Migration
+from .patch import Outcome, decide
+from .progress import Progress
+from .scanner import count, scan
+from .state import APPLIED, APPLYING, StateStore, failure_record
+
+
+@dataclass
+class ApplyReport:
+    migration: str
+    scanned: int
+    result: BatchResult
+    resumed: bool
+
+    def summary(self) -> str:
+        r = self.result
+        return (f"{self.migration}: scanned {self.scanned:,} documents; updated {r.updated:,}, "
+                f"deleted {r.deleted:,}, unchanged {r.unchanged:,}, failed {r.failed:,}"
+                + (f", {r.retried:,} writes retried after concurrent changes" if r.retried else "")
+                + (" (resumed from the saved position)" if self.resumed else ""))
+
+
+def apply_migration(
+    settings: Settings,
+    migration: Migration,
+    *,
+    batch_size: int | None = None,
+    reset: bool = False,
+    rate: float | None = None,
+    show_progress: bool = True,
+) -> ApplyReport:
+    """Migrate every document of the collection in this process; resumable."""
+    db = settings.db
+    # A transform that returns something that is not a patch stops the run with a PatchError;
+    # trying the first batch without writing catches most such bugs before any write.
+    dry_run(settings, migration, batch_size=batch_size)
+    store = StateStore(db, settings.state_collection)
+    state = store.ensure(migration.name, migration.collection)
+    saved = state.get("apply") or {}
+    resumed = bool(saved.get("started")) and not saved.get("done") and not reset
+    after = saved.get("cursor") if resumed else None
+    store.set(migration.name, phase=APPLYING, **{"apply.started": resumed, "apply.done": False})
+    if not resumed:
+        store.unset(migration.name, "apply.cursor")
+
+    collection = db[migration.collection]
+    applier = Applier(migration, collection, make_context(db, migration.name))
+    total = count(collection, migration.filter)
+    progress = Progress(f"apply {migration.name}", total, enabled=show_progress)
+    totals = BatchResult()
+    scanned = 0
+    for batch in scan(collection, migration.filter, after=after, started=resumed,
+                      batch_size=batch_size or migration.batch_size, rate=rate):
+        result = applier.apply_documents(batch)
+        totals.add(result)
+        scanned += len(batch)
+        store.add(
+            migration.name, result.counts(),
+            [failure_record(f.id, f.error, "apply") for f in result.failures],
+            **{"apply.cursor": batch[-1]["_id"], "apply.started": True},
+        )
+        progress.update(len(batch), updated=result.updated, failed=result.failed)
+    progress.close()
+    store.set(migration.name, phase=APPLIED, **{"apply.done": True})
+    return ApplyReport(migration.name, scanned, totals, resumed)
+
+
+@dataclass
+class DryRunLine:
+    id: Any
+    outcome: Outcome
+    side_effects: list[str]
+
+    def describe(self) -> str:
+        o = self.outcome
+        if o.kind == "noop":
+            text = "no change"
+        elif o.kind == "delete":
+            text = "DELETE"
+        elif o.kind == "error":
+            text = f"ERROR {o.error}"
+        else:
+            parts = []
+            if o.set:
+                parts.append(f"$set {o.set!r}")
+            if o.unset:
+                parts.append(f"$unset {list(o.unset)!r}")
+            text = " ".join(parts)
+        if self.side_effects:
+            text += "; would also write: " + "; ".join(self.side_effects)
+        return f"{self.id!r}: {text}"
+
+
+def dry_run(settings: Settings, migration: Migration, *, batch_size: int | None = None
+            ) -> list[DryRunLine]:
+    """Run the transform on the first batch and return each document's patch; writes nothing."""
+    db = settings.db
+    ctx = make_context(db, migration.name, dry_run=True)
+    lines = []
+    for batch in scan(db[migration.collection], migration.filter,
+                      batch_size=batch_size or migration.batch_size):
+        for doc in batch:
+            outcome = decide(migration, doc, ctx)
+            lines.append(DryRunLine(doc["_id"], outcome, list(ctx.side_effects)))
+            ctx.side_effects.clear()
+        break
+    return lines

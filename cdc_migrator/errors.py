@@ -1,0 +1,31 @@
+"""Errors a user can cause, each mapped to an exit code by the command line."""
+
+from __future__ import annotations
+
+
+class CdcMigratorError(Exception):
+    """An expected failure with a one-line message for the user."""
+
+    exit_code = 1
+
+
+class UsageError(CdcMigratorError):
+    """Bad input or configuration: a migration file, a name, an option. Exit code 2."""
+
+    exit_code = 2
+
+
+class PatchError(UsageError):
+    """A transform returned something that is not a patch, None or DELETE."""
+
+
+class Refused(CdcMigratorError):
+    """An operation declined with a reason (cutover not ready, verify found documents)."""
+
+
+class ServiceUnavailable(CdcMigratorError):
+    """MongoDB or Kafka could not be reached before the deadline."""
+
+
+class HistoryLost(CdcMigratorError):
+    """The change stream can no longer resume from the saved point: a new backfill is needed."""

@@ -1,0 +1,489 @@
+"""The event envelope: what goes on the migration topic, and how it is (de)serialised.
+
+Every event for one MongoDB document, whether the backfill scanner read it or the change-stream
+tailer saw it change, is an :class:`Envelope`. On the wire it is Avro Single Object Encoding
+of the ``cdc_migrator.Envelope`` record in ``schemas/envelope.avsc``:
+
+* ``0xC3 0x01`` (the single-object marker),
+* the 8-byte little-endian CRC-64-AVRO fingerprint of the schema's Parsing Canonical Form,
+* the schemaless Avro binary body.
+
+The Kafka record key is :func:`key_bytes` of the document's ``_id`` (the BSON document
+``{"_id": <id>}``), so every event for one document lands on one partition, in order.
+
+BSON values (key, document, resume token) are encoded and decoded with :data:`CODEC_OPTIONS`,
+so every BSON type the driver supports survives a round trip with its value, its Python type
+and the document's key order intact (dates outside Python's ``datetime`` range come back as
+:class:`bson.DatetimeMS`; UUIDs are subtype-4 ``Binary``).
+
+Typical use::
+
+    producer.send(topic, key=key_bytes(doc["_id"]),
+                  value=encode(Envelope.snapshot("m1", "app", "users", doc)))
+    ...
+    try:
+        event = decode(record.value)
+    except PoisonRecord as exc:
+        dead_letter(record, reason=str(exc))
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import timezone
+from enum import StrEnum
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import bson
+from bson.binary import UuidRepresentation
+from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.errors import BSONError
+from bson.timestamp import Timestamp
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+
+__all__ = [
+    "CODEC_OPTIONS",
+    "SCHEMA_FINGERPRINT",
+    "SCHEMA_PATH",
+    "Envelope",
+    "EventSource",
+    "Operation",
+    "PoisonRecord",
+    "decode",
+    "decode_key",
+    "encode",
+    "key_bytes",
+]
+
+#: Where the canonical schema lives (the project is installed editable, so this is the checkout).
+SCHEMA_PATH: Path = Path(__file__).resolve().parent.parent / "schemas" / "envelope.avsc"
+
+#: The one set of BSON codec options used for keys, documents and resume tokens. Use the same
+#: options wherever these values are written back to MongoDB, or types may not survive.
+CODEC_OPTIONS: CodecOptions = CodecOptions(
+    tz_aware=True,
+    tzinfo=timezone.utc,
+    uuid_representation=UuidRepresentation.STANDARD,
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+)
+
+_MARKER = b"\xc3\x01"
+_HEADER_LEN = 10
+_U64 = (1 << 64) - 1
+_U32 = (1 << 32) - 1
+
+
+class PoisonRecord(ValueError):
+    """A record value (or key) that is not a valid ``cdc_migrator.Envelope``.
+
+    ``str(exc)`` is a one-line reason, suitable for a dead-letter header or a log line.
+    """
+
+
+class EventSource(StrEnum):
+    """Which producer emitted an event (Avro enum ``cdc_migrator.EventSource``)."""
+
+    BACKFILL = "backfill"
+    CHANGE = "change"
+    FENCE = "fence"
+
+
+class Operation(StrEnum):
+    """What happened to the document (Avro enum ``cdc_migrator.Operation``)."""
+
+    INSERT = "insert"
+    UPDATE = "update"
+    REPLACE = "replace"
+    DELETE = "delete"
+    SNAPSHOT = "snapshot"
+    FENCE = "fence"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One migration event, decoded.
+
+    Build one with :meth:`snapshot`, :meth:`change` or :meth:`fence` rather than by hand.
+
+    Attributes:
+        migration: name of the migration the event belongs to.
+        source: which producer emitted it.
+        operation: what happened; ``snapshot`` for backfill reads, ``fence`` for fences.
+        database: database of the source namespace.
+        collection: collection of the source namespace.
+        key: the document's ``_id`` value (any BSON type); for a fence, the fence id.
+        document: the full document (key order preserved), or None for deletes, fences and
+            updates whose full document is unknown (no ``updateLookup``, or already deleted).
+        cluster_time: MongoDB cluster time of the change (or of the snapshot read, if known).
+        resume_token: the change stream resume token (the change event's ``_id``); pass it to
+            ``watch(resume_after=...)``. None for backfill and fence events.
+        emitted_at: wall-clock milliseconds since the Unix epoch when the event was built.
+        fence_id: the fence's id on fence events, None otherwise.
+    """
+
+    migration: str
+    source: EventSource
+    operation: Operation
+    database: str
+    collection: str
+    key: Any
+    document: dict[str, Any] | None
+    cluster_time: Timestamp | None
+    resume_token: dict[str, Any] | None
+    emitted_at: int
+    fence_id: str | None
+
+    @classmethod
+    def snapshot(
+        cls,
+        migration: str,
+        database: str,
+        collection: str,
+        document: Mapping[str, Any],
+        *,
+        cluster_time: Timestamp | None = None,
+    ) -> Envelope:
+        """A backfill read of ``document`` (which must have an ``_id``).
+
+        ``cluster_time`` is optional: pass the read's ``operationTime`` / ``atClusterTime`` if
+        the scanner knows it. Raises ValueError if the document has no ``_id``.
+        """
+        if not isinstance(document, Mapping):
+            raise ValueError(f"snapshot document must be a mapping, got {type(document).__name__}")
+        if "_id" not in document:
+            raise ValueError("snapshot document has no _id")
+        return cls(
+            migration=migration,
+            source=EventSource.BACKFILL,
+            operation=Operation.SNAPSHOT,
+            database=database,
+            collection=collection,
+            key=document["_id"],
+            document=_as_dict(document),
+            cluster_time=cluster_time,
+            resume_token=None,
+            emitted_at=_now_ms(),
+            fence_id=None,
+        )
+
+    @classmethod
+    def change(
+        cls,
+        migration: str,
+        database: str,
+        collection: str,
+        change_event: Mapping[str, Any],
+    ) -> Envelope:
+        """Map one pymongo change stream event to an envelope.
+
+        Uses ``operationType`` (insert, update, replace or delete), ``documentKey._id`` (any
+        shard-key fields in ``documentKey`` are dropped), ``fullDocument`` (None for deletes,
+        and for updates unless the stream uses ``full_document="updateLookup"`` and the document
+        still exists), ``clusterTime`` and ``_id`` (the resume token). ``database`` and
+        ``collection`` name the namespace the event came from (normally ``change_event["ns"]``).
+
+        Raises ValueError for other operation types (drop, rename, invalidate, ...): the
+        tailer must handle those itself.
+        """
+        op = change_event.get("operationType")
+        operation = _CHANGE_OPERATIONS.get(op)  # type: ignore[arg-type]
+        if operation is None:
+            raise ValueError(
+                f"change event operationType {op!r} has no envelope; "
+                "only insert, update, replace and delete do"
+            )
+        document_key = change_event.get("documentKey")
+        if not isinstance(document_key, Mapping) or "_id" not in document_key:
+            raise ValueError(f"{op} change event has no documentKey._id")
+        document = None if operation is Operation.DELETE else change_event.get("fullDocument")
+        if document is not None and not isinstance(document, Mapping):
+            raise ValueError(f"fullDocument must be a mapping, got {type(document).__name__}")
+        cluster_time = change_event.get("clusterTime")
+        if cluster_time is not None and not isinstance(cluster_time, Timestamp):
+            raise ValueError(
+                f"clusterTime must be a bson.Timestamp, got {type(cluster_time).__name__}"
+            )
+        token = change_event.get("_id")
+        if token is not None and not isinstance(token, Mapping):
+            raise ValueError(f"resume token (_id) must be a mapping, got {type(token).__name__}")
+        return cls(
+            migration=migration,
+            source=EventSource.CHANGE,
+            operation=operation,
+            database=database,
+            collection=collection,
+            key=document_key["_id"],
+            document=_as_dict(document),
+            cluster_time=cluster_time,
+            resume_token=_as_dict(token),
+            emitted_at=_now_ms(),
+            fence_id=None,
+        )
+
+    @classmethod
+    def fence(cls, migration: str, database: str, collection: str, fence_id: str) -> Envelope:
+        """A fence marker with id ``fence_id``; its ``key`` is ``fence_id`` too.
+
+        The fence's Kafka key is therefore ``key_bytes(fence_id)``. A producer that needs the
+        fence on every partition must send it to each partition explicitly.
+        """
+        if not isinstance(fence_id, str):
+            raise ValueError(f"fence_id must be a str, got {type(fence_id).__name__}")
+        return cls(
+            migration=migration,
+            source=EventSource.FENCE,
+            operation=Operation.FENCE,
+            database=database,
+            collection=collection,
+            key=fence_id,
+            document=None,
+            cluster_time=None,
+            resume_token=None,
+            emitted_at=_now_ms(),
+            fence_id=fence_id,
+        )
+
+
+_CHANGE_OPERATIONS: dict[str, Operation] = {
+    op.value: op
+    for op in (Operation.INSERT, Operation.UPDATE, Operation.REPLACE, Operation.DELETE)
+}
+_SOURCES: dict[str, EventSource] = {s.value: s for s in EventSource}
+_OPERATIONS: dict[str, Operation] = {o.value: o for o in Operation}
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _load_schema() -> dict[str, Any]:
+    try:
+        text = SCHEMA_PATH.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"cdc_migrator.events: Avro schema not found at {SCHEMA_PATH}; cdc-migrator must be "
+            "installed editable (pip install -e .) from a checkout containing "
+            "schemas/envelope.avsc"
+        ) from None
+    return json.loads(text)
+
+
+_SCHEMA_JSON: dict[str, Any] = _load_schema()
+_CANONICAL_FORM: str = to_parsing_canonical_form(_SCHEMA_JSON)
+#: The 8 fingerprint bytes that follow the marker: CRC-64-AVRO of the Parsing Canonical Form,
+#: little-endian.
+SCHEMA_FINGERPRINT: bytes = bytes.fromhex(fingerprint(_CANONICAL_FORM, "CRC-64-AVRO"))
+_HEADER: bytes = _MARKER + SCHEMA_FINGERPRINT
+_WRITE_SCHEMA = parse_schema(_SCHEMA_JSON)
+
+
+def _without_logical_types(schema: dict[str, Any]) -> dict[str, Any]:
+    # Reading ``emitted_at`` as a plain long gives the int milliseconds directly (no datetime
+    # round trip, no OverflowError on absurd values). Logical types are not part of the
+    # Parsing Canonical Form, so this describes exactly the same bytes.
+    copy = json.loads(json.dumps(schema))
+    for field in copy["fields"]:
+        if isinstance(field["type"], dict) and "logicalType" in field["type"]:
+            field["type"] = field["type"]["type"]
+    return copy
+
+
+_READ_SCHEMA_JSON = _without_logical_types(_SCHEMA_JSON)
+_READ_SCHEMA = parse_schema(_READ_SCHEMA_JSON)
+
+
+def _check_schema() -> None:
+    problems = []
+    if _SCHEMA_JSON.get("namespace") != "cdc_migrator" or _SCHEMA_JSON.get("name") != "Envelope":
+        problems.append("record is not cdc_migrator.Envelope")
+    names = [f["name"] for f in _SCHEMA_JSON["fields"]]
+    if names != [f.name for f in fields(Envelope)]:
+        problems.append(f"fields {names} do not match the Envelope dataclass")
+    enums = {
+        f["type"]["name"]: f["type"]["symbols"]
+        for f in _SCHEMA_JSON["fields"]
+        if isinstance(f["type"], dict) and f["type"].get("type") == "enum"
+    }
+    for enum in (EventSource, Operation):
+        if enums.get(enum.__name__) != [m.value for m in enum]:
+            problems.append(f"enum {enum.__name__} symbols do not match the Python enum")
+    if to_parsing_canonical_form(_READ_SCHEMA_JSON) != _CANONICAL_FORM:
+        problems.append("read schema differs from the write schema")
+    if problems:
+        raise RuntimeError(f"{SCHEMA_PATH}: " + "; ".join(problems))
+
+
+_check_schema()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _as_dict(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if value is None or type(value) is dict:
+        return value  # type: ignore[return-value]
+    # Normalise other mappings (SON, RawBSONDocument, ...) to what decode() will return.
+    return bson.decode(_encode_document(value), codec_options=CODEC_OPTIONS)
+
+
+def _encode_document(document: Mapping[str, Any]) -> bytes:
+    # bson.encode() moves a top-level "_id" to the front; a nested document keeps its key
+    # order, so encode {"": document} and cut the embedded document out:
+    # int32 length, 0x03, "" + NUL, <document>, NUL.
+    if not isinstance(document, Mapping):
+        raise ValueError(f"expected a mapping, got {type(document).__name__}")
+    return bson.encode({"": document}, codec_options=CODEC_OPTIONS)[6:-1]
+
+
+def _pack_timestamp(ts: Timestamp) -> int:
+    packed = (ts.time << 32) | ts.inc
+    return packed - (1 << 64) if packed >= 1 << 63 else packed
+
+
+def _unpack_timestamp(value: int) -> Timestamp:
+    value &= _U64
+    return Timestamp(value >> 32, value & _U32)
+
+
+def _one_line(exc: BaseException) -> str:
+    message = " ".join(str(exc).split())
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def key_bytes(_id: Any) -> bytes:
+    """The Kafka record key for a document id: BSON of ``{"_id": _id}``.
+
+    Deterministic: equal ids of the same BSON type give equal bytes (note ``1``, ``Int64(1)``
+    and ``1.0`` are different BSON types). Raises ValueError if ``_id`` is not BSON-encodable.
+    """
+    try:
+        return bson.encode({"_id": _id}, codec_options=CODEC_OPTIONS)
+    except (BSONError, OverflowError, TypeError, ValueError) as exc:
+        raise ValueError(f"_id is not BSON-encodable: {_one_line(exc)}") from exc
+
+
+def decode_key(data: bytes) -> Any:
+    """The ``_id`` value from a record key made by :func:`key_bytes`.
+
+    Raises PoisonRecord if ``data`` is not a BSON document with exactly the one field ``_id``.
+    """
+    return _decode_key(data, "key")
+
+
+def _decode_key(data: Any, what: str) -> Any:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise PoisonRecord(f"{what} is {type(data).__name__}, not bytes")
+    try:
+        doc = bson.decode(data, codec_options=CODEC_OPTIONS)
+    except Exception as exc:  # any decoding failure means a bad record
+        raise PoisonRecord(f"invalid BSON in {what}: {_one_line(exc)}") from exc
+    if len(doc) != 1 or "_id" not in doc:
+        raise PoisonRecord(f"{what} is not a BSON document {{_id: ...}}: fields {list(doc)[:5]}")
+    return doc["_id"]
+
+
+def encode(envelope: Envelope) -> bytes:
+    """Serialise ``envelope`` to its wire form (single-object-encoded Avro).
+
+    Raises ValueError if a field does not fit the schema (wrong type, unknown enum symbol,
+    long out of range) or the key, document or resume token is not BSON-encodable.
+    """
+    e = envelope
+    try:
+        document = e.document
+        token = e.resume_token
+        ts = e.cluster_time
+        record = {
+            "migration": e.migration,
+            "source": e.source,
+            "operation": e.operation,
+            "database": e.database,
+            "collection": e.collection,
+            "key": bson.encode({"_id": e.key}, codec_options=CODEC_OPTIONS),
+            "document": None if document is None else _encode_document(document),
+            "cluster_time": None if ts is None else _pack_timestamp(ts),
+            "resume_token": None if token is None else _encode_document(token),
+            "emitted_at": e.emitted_at,
+            "fence_id": e.fence_id,
+        }
+        out = BytesIO()
+        out.write(_HEADER)
+        schemaless_writer(out, _WRITE_SCHEMA, record)
+    except (BSONError, AttributeError, OverflowError, TypeError, ValueError) as exc:
+        raise ValueError(f"cannot encode envelope: {_one_line(exc)}") from exc
+    return out.getvalue()
+
+
+def decode(data: bytes) -> Envelope:
+    """Parse a record value made by :func:`encode`.
+
+    Raises PoisonRecord (a ValueError) with a one-line reason if ``data`` is not exactly one
+    valid record of this schema: not bytes (e.g. a None tombstone), empty, wrong marker,
+    unknown schema fingerprint, truncated or malformed Avro body, trailing bytes, or invalid
+    BSON in the key, document or resume token.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise PoisonRecord(f"record value is {type(data).__name__}, not bytes")
+    size = len(data)
+    if size < _HEADER_LEN:
+        if size == 0:
+            raise PoisonRecord("empty record value")
+        raise PoisonRecord(f"record value too short for a single-object header ({size} bytes)")
+    if data[:2] != _MARKER:
+        raise PoisonRecord(
+            f"not Avro single-object encoding: marker {bytes(data[:2]).hex()} (expected c301)"
+        )
+    if data[2:_HEADER_LEN] != SCHEMA_FINGERPRINT:
+        raise PoisonRecord(
+            f"unknown schema fingerprint {bytes(data[2:_HEADER_LEN]).hex()} "
+            f"(expected {SCHEMA_FINGERPRINT.hex()})"
+        )
+    body = BytesIO(data)
+    body.seek(_HEADER_LEN)
+    try:
+        rec = schemaless_reader(body, _READ_SCHEMA, None)
+    except Exception as exc:  # fastavro raises EOFError, IndexError, UnicodeDecodeError, ...
+        raise PoisonRecord(f"truncated or malformed Avro body: {_one_line(exc)}") from exc
+    if body.tell() != size:
+        raise PoisonRecord(f"{size - body.tell()} trailing bytes after the Avro body")
+
+    key = _decode_key(rec["key"], "key field")
+    document = rec["document"]
+    if document is not None:
+        try:
+            document = bson.decode(document, codec_options=CODEC_OPTIONS)
+        except Exception as exc:
+            raise PoisonRecord(f"invalid BSON in document: {_one_line(exc)}") from exc
+    token = rec["resume_token"]
+    if token is not None:
+        try:
+            token = bson.decode(token, codec_options=CODEC_OPTIONS)
+        except Exception as exc:
+            raise PoisonRecord(f"invalid BSON in resume_token: {_one_line(exc)}") from exc
+    ts = rec["cluster_time"]
+    return Envelope(
+        migration=rec["migration"],
+        source=_SOURCES[rec["source"]],
+        operation=_OPERATIONS[rec["operation"]],
+        database=rec["database"],
+        collection=rec["collection"],
+        key=key,
+        document=document,
+        cluster_time=None if ts is None else _unpack_timestamp(ts),
+        resume_token=token,
+        emitted_at=rec["emitted_at"],
+        fence_id=rec["fence_id"],
+    )

@@ -1,0 +1,176 @@
+"""Defining migrations and loading them from a transforms directory.
+
+A migration is a per-document transform registered with :func:`migration`::
+
+    @migration(collection="users")
+    def add_default_role(doc, ctx):
+        if doc.get("role") is None:
+            return {"role": "user"}
+
+It returns a patch (fields to ``$set``; the value :data:`UNSET` removes a field), ``None`` when
+there is nothing to do, or :data:`DELETE` to delete the document.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .errors import UsageError
+
+
+class _Sentinel:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+    def __reduce__(self) -> str:
+        return self._name
+
+
+UNSET = _Sentinel("UNSET")
+"""Patch value that removes the field from the document."""
+
+DELETE = _Sentinel("DELETE")
+"""Return value of a transform that deletes the document."""
+
+Transform = Callable[[Mapping[str, Any], Any], Any]
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One registered migration: a transform over the documents of one collection."""
+
+    name: str
+    collection: str
+    transform: Transform
+    filter: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 500
+    expand_schema: str | None = None
+    contract_schema: str | None = None
+    source: str = ""
+
+    def __call__(self, doc: Mapping[str, Any], ctx: Any) -> Any:
+        return self.transform(doc, ctx)
+
+
+# Migrations defined since the process started, in definition order. The loader reads the ones
+# a file added; importing a transforms module directly (e.g. in a user's own test) also works.
+_defined: list[Migration] = []
+
+
+def migration(
+    collection: str,
+    *,
+    name: str | None = None,
+    filter: Mapping[str, Any] | None = None,
+    batch_size: int = 500,
+    expand_schema: str | None = None,
+    contract_schema: str | None = None,
+) -> Callable[[Transform], Migration]:
+    """Register ``fn(doc, ctx)`` as a migration of ``collection``.
+
+    ``name`` defaults to the function's name. ``filter`` limits the migration to the documents
+    matching a MongoDB query (documents outside it are never passed to the transform).
+    ``expand_schema`` / ``contract_schema`` name JSON-schema files (relative to the ``schemas/``
+    directory) describing the collection during and after the migration; cutover applies the
+    contract schema.
+    """
+    if not isinstance(collection, str) or not collection:
+        raise UsageError("@migration needs collection='name'")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"@migration batch_size must be a positive integer, not {batch_size!r}")
+
+    def register(fn: Transform) -> Migration:
+        if not callable(fn):
+            raise UsageError("@migration must decorate a function taking (doc, ctx)")
+        code = getattr(fn, "__code__", None)
+        m = Migration(
+            name=name or fn.__name__,
+            collection=collection,
+            transform=fn,
+            filter=dict(filter or {}),
+            batch_size=batch_size,
+            expand_schema=expand_schema,
+            contract_schema=contract_schema,
+            source=code.co_filename if code else "",
+        )
+        _defined.append(m)
+        return m
+
+    return register
+
+
+def load_migrations(directory: str | Path) -> dict[str, Migration]:
+    """Import every ``*.py`` file under ``directory`` and return its migrations by name.
+
+    Raises :class:`UsageError` with a one-line message for a missing directory, a file that does
+    not import, or two migrations with one name.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise UsageError(f"transforms directory {root} does not exist (use --transforms DIR)")
+    found: dict[str, Migration] = {}
+    for path in sorted(root.rglob("*.py")):
+        if path.name.startswith("_") or "__pycache__" in path.parts:
+            continue
+        for m in _import_file(path, root):
+            if m.name in found:
+                other = found[m.name].source or "?"
+                raise UsageError(
+                    f"two migrations are named {m.name!r}: {_short(other)} and {_short(str(path))}"
+                )
+            found[m.name] = m
+    return found
+
+
+def get_migration(directory: str | Path, name: str) -> Migration:
+    """Load ``directory`` and return the migration called ``name``, or raise UsageError."""
+    migrations = load_migrations(directory)
+    if name not in migrations:
+        known = ", ".join(sorted(migrations)) or "none"
+        raise UsageError(f"no migration named {name!r} in {directory} (found: {known})")
+    return migrations[name]
+
+
+def _import_file(path: Path, root: Path) -> list[Migration]:
+    rel = path.relative_to(root).with_suffix("")
+    module_name = "cdc_migrator_transforms." + ".".join(rel.parts)
+    before = len(_defined)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{_short(str(path))} cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except UsageError as exc:
+        del sys.modules[module_name]
+        raise UsageError(f"{_short(str(path))}: {exc}") from None
+    except SyntaxError as exc:
+        del sys.modules[module_name]
+        raise UsageError(
+            f"{_short(str(path))} does not import: SyntaxError: {exc.msg} (line {exc.lineno})"
+        ) from None
+    except Exception as exc:  # any import failure of user code is the user's to fix
+        del sys.modules[module_name]
+        raise UsageError(
+            f"{_short(str(path))} does not import: {type(exc).__name__}: {exc}"
+        ) from None
+    added = _defined[before:]
+    del _defined[before:]
+    return added
+
+
+def _short(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path

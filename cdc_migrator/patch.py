@@ -1,0 +1,208 @@
+"""Patches and guards: the pure logic of migrating one document.
+
+A transform sees the document through a :class:`RecordingDocument`, which notes every top-level
+field it reads. The patch it returns is reduced to its *effective* part (fields whose value
+would change), turned into an update, and written with a *guard*: a filter that pins the
+values, or the absence, of every field the transform read or wrote. If the application changed
+one of them in between, the guard matches nothing and the caller re-reads and tries again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import bson
+
+from .errors import PatchError
+from .migration import DELETE, UNSET, Migration
+
+
+class RecordingDocument(Mapping[str, Any]):
+    """A read-only view of a document that records which top-level fields were read.
+
+    Iterating over the document (``keys()``, ``items()``, ``dict(doc)``...) reads every field.
+    """
+
+    __slots__ = ("_doc", "read", "read_all")
+
+    def __init__(self, doc: Mapping[str, Any]) -> None:
+        self._doc = doc
+        self.read: set[str] = set()
+        self.read_all = False
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return self._doc[key]
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.read.add(key)
+        return key in self._doc
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return self._doc.get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        self.read_all = True
+        return iter(self._doc)
+
+    def __len__(self) -> int:
+        self.read_all = True
+        return len(self._doc)
+
+    def __repr__(self) -> str:
+        return f"RecordingDocument({self._doc!r})"
+
+    def fields_read(self) -> set[str]:
+        """The top-level fields the transform depended on (all of them after an iteration)."""
+        return set(self._doc) | self.read if self.read_all else set(self.read)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the transform decided for one document.
+
+    ``kind`` is ``"noop"`` (nothing would change), ``"update"`` (``set``/``unset`` hold the
+    effective change), ``"delete"``, or ``"error"`` (the transform raised; ``error`` says what).
+    ``guard`` is the write filter that pins every field read or written.
+    """
+
+    kind: str
+    id: Any
+    guard: dict[str, Any] = field(default_factory=dict)
+    set: dict[str, Any] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()
+    error: str = ""
+    traceback: str = ""
+
+    @property
+    def update(self) -> dict[str, Any]:
+        """The MongoDB update document for an ``update`` outcome."""
+        op: dict[str, Any] = {}
+        if self.set:
+            op["$set"] = self.set
+        if self.unset:
+            op["$unset"] = {name: "" for name in self.unset}
+        return op
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """True when two BSON values are identical in type and value (``1 != 1.0 != True``)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (dict, list, tuple)):
+        return bson.encode({"v": a}) == bson.encode({"v": b})
+    return bool(a == b)
+
+
+def validate_patch(result: Any, migration: Migration) -> dict[str, Any] | None:
+    """Check a transform's return value; return the patch, None, or raise PatchError."""
+    if result is None or result is DELETE:
+        return None
+    if not isinstance(result, Mapping):
+        raise PatchError(
+            f"migration {migration.name!r} returned {type(result).__name__} "
+            f"({_brief(result)}); return a dict patch, None or DELETE"
+        )
+    for key in result:
+        if not isinstance(key, str) or not key or key.startswith("$") or "." in key:
+            raise PatchError(
+                f"migration {migration.name!r} returned a patch with field {key!r}; "
+                "patch keys must be top-level field names (no '$', no '.')"
+            )
+        if key == "_id":
+            raise PatchError(f"migration {migration.name!r} tried to change _id; _id is immutable")
+    return dict(result)
+
+
+def guard_filter(doc: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
+    """A filter matching ``doc`` only while every field in ``fields`` is as it is now.
+
+    Present fields are pinned by exact value with ``$expr`` (no array traversal, field order of
+    sub-documents significant); absent fields are pinned by ``$exists: false``.
+    """
+    query: dict[str, Any] = {"_id": doc["_id"]}
+    equal = []
+    for name in sorted(fields - {"_id"}):
+        if name in doc:
+            query[name] = {"$exists": True}
+            equal.append({"$eq": [{"$getField": {"field": {"$literal": name}}}
+                                  if _needs_get_field(name) else f"${name}",
+                                  {"$literal": doc[name]}]})
+        else:
+            query[name] = {"$exists": False}
+    if equal:
+        query["$expr"] = equal[0] if len(equal) == 1 else {"$and": equal}
+    return query
+
+
+def _needs_get_field(name: str) -> bool:
+    return name.startswith("$") or "." in name
+
+
+def decide(migration: Migration, doc: Mapping[str, Any], ctx: Any) -> Outcome:
+    """Run the transform on ``doc`` and reduce its result to an :class:`Outcome`.
+
+    A transform that raises gives an ``error`` outcome; one that returns something that is not
+    a patch raises :class:`PatchError` (a bug in the migration, which stops the run).
+    """
+    view = RecordingDocument(doc)
+    try:
+        result = migration.transform(view, ctx)
+    except Exception as exc:  # the user's transform failing on one document is reported
+        import traceback
+
+        return Outcome(
+            "error", doc["_id"], error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+        )
+    if result is DELETE:
+        return Outcome("delete", doc["_id"], guard=guard_filter(doc, view.fields_read()))
+    patch = validate_patch(result, migration)
+    if not patch:
+        return Outcome("noop", doc["_id"])
+    to_set = {k: v for k, v in patch.items() if v is not UNSET and not (k in doc and same_value(doc[k], v))}
+    to_unset = tuple(k for k, v in patch.items() if v is UNSET and k in doc)
+    if not to_set and not to_unset:
+        return Outcome("noop", doc["_id"])
+    guard = guard_filter(doc, view.fields_read() | set(patch))
+    return Outcome("update", doc["_id"], guard=guard, set=to_set, unset=to_unset)
+
+
+def apply_to(doc: Mapping[str, Any], outcome: Outcome) -> dict[str, Any] | None:
+    """The document as it is after ``outcome`` is written (None once deleted). Pure."""
+    if outcome.kind == "delete":
+        return None
+    new = dict(doc)
+    if outcome.kind == "update":
+        new.update(outcome.set)
+        for name in outcome.unset:
+            new.pop(name, None)
+    return new
+
+
+def matches_guard(doc: Mapping[str, Any] | None, guard: Mapping[str, Any]) -> bool:
+    """Evaluate a :func:`guard_filter` against a document in memory. Pure; used in tests."""
+    if doc is None or not same_value(doc.get("_id"), guard["_id"]):
+        return False
+    for name, cond in guard.items():
+        if name in ("_id", "$expr"):
+            continue
+        if cond["$exists"] != (name in doc):
+            return False
+    expr = guard.get("$expr")
+    if expr is None:
+        return True
+    for eq in expr.get("$and", [expr]):
+        ref, literal = eq["$eq"]
+        name = ref["$getField"]["field"]["$literal"] if isinstance(ref, dict) else ref[1:]
+        if name not in doc or not same_value(doc[name], literal["$literal"]):
+            return False
+    return True
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,83 @@
+"""Verify: which documents still need migrating (the transform is not a no-op on them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .config import Settings
+from .context import make_context
+from .migration import Migration
+from .patch import decide
+from .scanner import scan
+
+
+@dataclass
+class VerifyReport:
+    """Result of :func:`verify`; ``ok`` only when nothing remains and nothing fails."""
+
+    migration: str
+    collection: str
+    checked: int = 0
+    remaining: int = 0
+    failing: int = 0
+    sample: list[Any] = field(default_factory=list)
+    failing_sample: list[dict[str, Any]] = field(default_factory=list)
+    schema_violations: int = 0
+    schema_sample: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.remaining == 0 and self.failing == 0 and self.schema_violations == 0
+
+    def summary(self) -> str:
+        if self.ok:
+            return (f"{self.migration}: verified {self.checked:,} documents of "
+                    f"{self.collection}; none left to migrate")
+        parts = []
+        if self.remaining:
+            parts.append(f"{self.remaining:,} documents still need migrating")
+        if self.failing:
+            parts.append(f"{self.failing:,} documents make the transform raise")
+        if self.schema_violations:
+            parts.append(f"{self.schema_violations:,} documents break the contract schema")
+        return f"{self.migration}: " + ", ".join(parts) + f" (of {self.checked:,} checked)"
+
+
+def verify(
+    settings: Settings,
+    migration: Migration,
+    *,
+    sample_size: int = 10,
+    batch_size: int | None = None,
+    schema_check: Callable[[dict[str, Any]], str | None] | None = None,
+) -> VerifyReport:
+    """Stream the collection and run the transform on every document without writing.
+
+    ``schema_check`` returns an error message for a document breaking the contract schema.
+    Memory stays bounded by the batch size, whatever the collection's size.
+    """
+    db = settings.db
+    ctx = make_context(db, migration.name, dry_run=True)
+    report = VerifyReport(migration.name, migration.collection)
+    for batch in scan(db[migration.collection], migration.filter,
+                      batch_size=batch_size or migration.batch_size):
+        for doc in batch:
+            report.checked += 1
+            outcome = decide(migration, doc, ctx)
+            if outcome.kind == "error":
+                report.failing += 1
+                if len(report.failing_sample) < sample_size:
+                    report.failing_sample.append({"id": outcome.id, "error": outcome.error})
+            elif outcome.kind != "noop":
+                report.remaining += 1
+                if len(report.sample) < sample_size:
+                    report.sample.append(outcome.id)
+            if schema_check is not None:
+                problem = schema_check(doc)
+                if problem:
+                    report.schema_violations += 1
+                    if len(report.schema_sample) < sample_size:
+                        report.schema_sample.append({"id": doc["_id"], "error": problem})
+        ctx.side_effects.clear()
+    return report
