@@ -9,6 +9,12 @@ from .errors import CdcMigratorError, PatchError, Refused, UsageError
 from .migration import DELETE, UNSET, Migration, migration
 
 __all__ = [
-    "DELETE", "UNSET", "Migration", "migration",
-    "CdcMigratorError", "PatchError", "Refused", "UsageError",
+    "DELETE",
+    "UNSET",
+    "CdcMigratorError",
+    "Migration",
+    "PatchError",
+    "Refused",
+    "UsageError",
+    "migration",
 ]

@@ -5,6 +5,8 @@ The command line is a thin layer over these; scripts and tests call them directl
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
 from typing import Any
 
 from pymongo.errors import (
@@ -14,11 +16,22 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
+from . import topics
 from .apply import ApplyReport, DryRunLine, apply_migration
 from .apply import dry_run as _dry_run
+from .backfill import BackfillReport
+from .backfill import backfill as _backfill
 from .config import Settings, mask_uri
-from .errors import CdcMigratorError, ServiceUnavailable, UsageError
+from .consumer import consume_until_stopped, group_id
+from .cutover import CutoverReport, load_schema
+from .cutover import cutover as _cutover
+from .errors import CdcMigratorError, Refused, ServiceUnavailable, UsageError
 from .migration import Migration, get_migration, load_migrations
+from .runner import RunReport, run_pipeline
+from .schema import validator_for
+from .state import CANCELLED, CUT_OVER, StateStore
+from .status import all_status
+from .tailer import tail_until_stopped
 from .verify import VerifyReport
 from .verify import verify as _verify
 
@@ -43,8 +56,97 @@ def dry_run(settings: Settings, name: str, **options: Any) -> list[DryRunLine]:
 
 
 def verify(settings: Settings, name: str, **options: Any) -> VerifyReport:
-    """``cdc-migrator verify NAME``: documents the transform would still change."""
-    return _verify(settings, load(settings, name), **options)
+    """``cdc-migrator verify NAME``: documents the transform would still change.
+
+    When the migration names a contract schema, documents breaking it are reported too.
+    """
+    migration = load(settings, name)
+    if migration.contract_schema:
+        options.setdefault("schema_check",
+                           validator_for(load_schema(settings, migration.contract_schema)))
+    return _verify(settings, migration, **options)
+
+
+def cutover(settings: Settings, name: str, **options: Any) -> CutoverReport:
+    """``cdc-migrator cutover NAME``: see :func:`cdc_migrator.cutover.cutover`."""
+    return _cutover(settings, load(settings, name), **options)
+
+
+def status(settings: Settings, name: str | None = None) -> list[dict[str, Any]]:
+    """``cdc-migrator status``: one status dict per migration (all, or ``name``)."""
+    known = migrations(settings) if Path(settings.transforms).is_dir() else {}
+    if name is not None and name not in known:
+        load(settings, name)  # raises the usual one-line error for an unknown name
+    found = all_status(settings, known, name)
+    if name is not None and not found:
+        raise Refused(f"migration {name!r} has not started: no state yet")
+    return found
+
+
+def _store(settings: Settings) -> StateStore:
+    return StateStore(settings.db, settings.state_collection)
+
+
+def pause(settings: Settings, name: str) -> None:
+    """Consumers and backfill stop applying and hold their position until :func:`resume`."""
+    migration = load(settings, name)
+    _store(settings).ensure(name, migration.collection)
+    _store(settings).set(name, paused=True)
+
+
+def resume(settings: Settings, name: str) -> None:
+    load(settings, name)
+    _store(settings).set(name, paused=False)
+
+
+def cancel(settings: Settings, name: str) -> None:
+    """Stop a migration for good: tail, backfill and consume refuse it until :func:`reset`."""
+    migration = load(settings, name)
+    _store(settings).ensure(name, migration.collection)
+    _store(settings).set(name, cancelled=True, phase=CANCELLED)
+
+
+def reset(settings: Settings, name: str) -> None:
+    """Forget a migration's state, topic position and group offsets: it starts over."""
+    migration = load(settings, name)
+    _store(settings).delete(name)
+    topics.delete_group(settings, group_id(settings, migration))
+
+
+def next_migration(settings: Settings, collection: str) -> Migration | None:
+    """The first migration of ``collection`` (in file order) not cut over yet.
+
+    Migrations of one collection run in series: this one may start only when every earlier
+    one has cut over, which the order guarantees.
+    """
+    store = _store(settings)
+    for migration in migrations(settings).values():
+        if migration.collection != collection:
+            continue
+        state = store.get(migration.name) or {}
+        if state.get("phase") != CUT_OVER:
+            return migration
+    return None
+
+
+def tail(settings: Settings, migrations: list[Migration], stop: threading.Event) -> None:
+    """``cdc-migrator tail``: one tailer per migration until ``stop`` is set."""
+    tail_until_stopped(settings, migrations, stop)
+
+
+def backfill(settings: Settings, name: str, **options: Any) -> BackfillReport:
+    """``cdc-migrator backfill NAME``: see :func:`cdc_migrator.backfill.backfill`."""
+    return _backfill(settings, load(settings, name), **options)
+
+
+def consume(settings: Settings, migrations: list[Migration], stop: threading.Event) -> None:
+    """``cdc-migrator consume``: one group member per migration until ``stop`` is set."""
+    consume_until_stopped(settings, migrations, stop)
+
+
+def run(settings: Settings, name: str, **options: Any) -> RunReport:
+    """``cdc-migrator run NAME``: the pipeline in one process until drained."""
+    return run_pipeline(settings, load(settings, name), **options)
 
 
 def translate_service_error(exc: BaseException) -> CdcMigratorError | None:

@@ -9,8 +9,9 @@ comes back.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from pymongo import DeleteOne, UpdateOne
 from pymongo.collection import Collection
@@ -51,7 +52,7 @@ class BatchResult:
     def applied(self) -> int:
         return self.updated + self.deleted
 
-    def add(self, other: "BatchResult") -> None:
+    def add(self, other: BatchResult) -> None:
         for name in ("seen", "updated", "deleted", "unchanged", "missing", "retried"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.failures.extend(other.failures)
@@ -87,13 +88,14 @@ class Applier:
         first and the database is read only for ids without one or whose guard missed. An id
         whose document does not exist is counted as ``missing`` and skipped.
         """
-        ids = list(dict.fromkeys(_hashable(i) for i in ids))
-        result = BatchResult(seen=len(ids))
+        unique = {_hashable(i): i for i in ids}
+        result = BatchResult(seen=len(unique))
         images = images or {}
-        known = [images[i] for i in ids if images.get(i) is not None]
-        unknown = [i for i in ids if images.get(i) is None]
-        docs = known + (self._read(unknown) if unknown else [])
-        result.missing += len(ids) - len(docs)
+        docs = [images[k] for k in unique if images.get(k) is not None]
+        unknown = [i for k, i in unique.items() if images.get(k) is None]
+        if unknown:
+            docs += self._read(unknown)
+        result.missing += len(unique) - len(docs)
         self._apply(docs, result)
         return result
 
@@ -128,9 +130,13 @@ class Applier:
                 Failure(o.id, f"document kept changing; gave up after {MAX_ATTEMPTS} attempts"))
 
     def _op(self, outcome: Outcome) -> UpdateOne | DeleteOne:
+        guard = outcome.guard
+        if self.migration.filter:
+            # A document that left the migration's subset since it was read is not migrated.
+            guard = {"$and": [guard, self.migration.filter]}
         if outcome.kind == "delete":
-            return DeleteOne(outcome.guard)
-        return UpdateOne(outcome.guard, outcome.update)
+            return DeleteOne(guard)
+        return UpdateOne(guard, outcome.update)
 
     def _write(self, ops: list[UpdateOne | DeleteOne]) -> tuple[int, int]:
         try:

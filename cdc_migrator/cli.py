@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 from bson import json_util
@@ -17,6 +21,7 @@ from bson import json_util
 from . import api
 from .config import DEFAULT_KAFKA, DEFAULT_MONGODB_URI, Settings, mask_secrets
 from .errors import CdcMigratorError, UsageError
+from .status import render
 
 
 def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -40,6 +45,12 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--topic-prefix", envvar="CDC_MIGRATOR_TOPIC_PREFIX",
                      default="cdc-migrator", show_default=True, metavar="PREFIX",
                      help="Topics are named PREFIX.DB.COLLECTION."),
+        click.option("--group", "group_id", envvar="CDC_MIGRATOR_GROUP",
+                     default="cdc-migrator", show_default=True, metavar="PREFIX",
+                     help="Consumer groups are named PREFIX.DB.MIGRATION."),
+        click.option("--partitions", envvar="CDC_MIGRATOR_PARTITIONS", default=6,
+                     show_default=True, type=click.IntRange(min=1), metavar="N",
+                     help="Partitions of a topic the tool creates."),
     ]
 
     @functools.wraps(fn)
@@ -51,6 +62,8 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             transforms=kwargs.pop("transforms"),
             state_collection=kwargs.pop("state_collection"),
             topic_prefix=kwargs.pop("topic_prefix"),
+            group_id=kwargs.pop("group_id"),
+            partitions=kwargs.pop("partitions"),
         )
         try:
             return fn(settings, *args, **kwargs)
@@ -85,7 +98,8 @@ def cli() -> None:
               help="Cap documents read per second.")
 @click.option("--dry-run", is_flag=True,
               help="Run the transform on the first batch, print each patch, write nothing.")
-@click.option("--reset", is_flag=True, help="Start from the first document, not the saved position.")
+@click.option("--reset", is_flag=True,
+              help="Start from the first document, not the saved position.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line.")
 @_settings_options
 def apply(settings: Settings, name: str, batch_size: int | None, rate: float | None,
@@ -140,6 +154,214 @@ def verify(settings: Settings, name: str, sample: int, as_json: bool) -> None:
         sys.exit(1)
 
 
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: long-running commands finish their batch and exit 0."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _migrations(settings: Settings, names: tuple[str, ...]) -> list[Any]:
+    if names:
+        return [api.load(settings, n) for n in names]
+    found = list(api.migrations(settings).values())
+    if not found:
+        raise UsageError(f"no migrations in {settings.transforms}")
+    return found
+
+
+@cli.command()
+@click.argument("names", nargs=-1, metavar="[NAME...]")
+@_settings_options
+def tail(settings: Settings, names: tuple[str, ...]) -> None:
+    """Always-on: follow the change stream of each migration's collection into its topic.
+
+    Arms change capture on first start (fixes the point from which writes are captured), then
+    resumes from the saved resume token. Without NAME, tails every migration in --transforms.
+    Stops cleanly on SIGTERM.
+    """
+    stop = _stop_on_signals()
+    migrations = _migrations(settings, names)
+    click.echo("tailing " + ", ".join(m.name for m in migrations), err=True)
+    api.tail(settings, migrations, stop)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
+              help="Documents per batch (default: the migration's batch_size).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="DOCS/S",
+              help="Cap documents read per second, to spare a production database.")
+@click.option("--reset", is_flag=True, help="Start over from the first document.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress line.")
+@_settings_options
+def backfill(settings: Settings, name: str, batch_size: int | None, rate: float | None,
+             reset: bool, quiet: bool) -> None:
+    """Scan NAME's existing documents into its topic, in _id order; resumable.
+
+    Refuses unless change capture is armed (`tail` ran once), so that no write falls between
+    the scan and the change stream.
+    """
+    stop = _stop_on_signals()
+    report = api.backfill(settings, name, batch_size=batch_size, rate=rate, reset=reset,
+                          show_progress=not quiet, stop=stop)
+    click.echo(report.summary())
+
+
+@cli.command()
+@click.argument("names", nargs=-1, metavar="[NAME...]")
+@_settings_options
+def consume(settings: Settings, names: tuple[str, ...]) -> None:
+    """Always-on: the transform consumer group; run several processes to share partitions.
+
+    Applies each migration to the documents its topic names, with guarded writes, and commits
+    offsets only after the writes. SIGTERM finishes the batch, commits, and exits 0.
+    """
+    stop = _stop_on_signals()
+    migrations = _migrations(settings, names)
+    click.echo("consuming " + ", ".join(m.name for m in migrations), err=True)
+    api.consume(settings, migrations, stop)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--batch-size", type=click.IntRange(min=1), metavar="N")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="DOCS/S")
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Give up waiting for the topic to drain after this long.")
+@click.option("--cutover", "then_cutover", is_flag=True,
+              help="Cut over when drained (see `cutover --help`).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress line.")
+@_settings_options
+def run(settings: Settings, name: str, batch_size: int | None, rate: float | None,
+        timeout: float | None, then_cutover: bool, quiet: bool) -> None:
+    """Tail, backfill and consume NAME in this process until the topic is drained.
+
+    For one machine; the always-on deployment runs `tail` and `consume` as services instead.
+    """
+    stop = _stop_on_signals()
+    report = api.run(settings, name, batch_size=batch_size, rate=rate, timeout=timeout,
+                     show_progress=not quiet, stop=stop)
+    counts = report.counts
+    click.echo(f"{name}: {'drained' if report.drained else 'stopped'}; lag {report.lag}; "
+               + ", ".join(f"{k} {counts.get(k, 0):,}" for k in
+                           ("produced", "consumed", "updated", "deleted", "unchanged", "failed")))
+    if not report.drained:
+        sys.exit(1)
+    if then_cutover:
+        _print_cutover(api.cutover(settings, name))
+
+
+def _print_cutover(report: Any) -> None:
+    click.echo(report.summary())
+    if report.verify and report.verify.sample and not report.ok:
+        click.echo("  unmigrated sample: " + ", ".join(repr(i) for i in report.verify.sample))
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--timeout", type=click.FloatRange(min=0), default=60, show_default=True,
+              metavar="SECONDS", help="How long to wait for the fence and zero lag.")
+@click.option("--dry-run", is_flag=True, help="Check everything, change nothing, say what "
+              "would be done.")
+@click.option("--allow-failed", is_flag=True,
+              help="Cut over although some documents failed (dead-lettered).")
+@_settings_options
+def cutover(settings: Settings, name: str, timeout: float, dry_run: bool,
+            allow_failed: bool) -> None:
+    """Finish NAME: fence, wait for zero lag, verify, apply the contract schema, mark complete.
+
+    Refuses with exit 1 and every reason (backfill unfinished, events behind, documents
+    unmigrated, failed documents) when any check fails; run it again once they clear.
+    """
+    _print_cutover(api.cutover(settings, name, timeout=timeout, dry_run=dry_run,
+                               allow_failed=allow_failed))
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--watch", is_flag=True, help="Refresh in place every --interval seconds.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_settings_options
+def status(settings: Settings, name: str | None, watch: bool, interval: float,
+           as_json: bool) -> None:
+    """Phase, backfill progress and ETA, counts, lag and last error of NAME (or all)."""
+    while True:
+        found = api.status(settings, name)
+        if as_json:
+            _echo_json(found if name is None else found[0])
+        else:
+            if watch:
+                click.clear()
+            click.echo("\n".join(render(s) for s in found) or "no migrations have started")
+        if not watch:
+            return
+        time.sleep(interval)
+
+
+@cli.command()
+@click.argument("name")
+@_settings_options
+def pause(settings: Settings, name: str) -> None:
+    """Stop applying NAME: consumers and backfill hold their position until `resume`."""
+    api.pause(settings, name)
+    click.echo(f"{name}: paused")
+
+
+@cli.command()
+@click.argument("name")
+@_settings_options
+def resume(settings: Settings, name: str) -> None:
+    """Continue NAME after `pause`."""
+    api.resume(settings, name)
+    click.echo(f"{name}: resumed")
+
+
+@cli.command()
+@click.argument("name")
+@_settings_options
+def cancel(settings: Settings, name: str) -> None:
+    """Cancel NAME: nothing more is applied; `reset` to start it again from scratch."""
+    api.cancel(settings, name)
+    click.echo(f"{name}: cancelled")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_settings_options
+def reset(settings: Settings, name: str, yes: bool) -> None:
+    """Forget NAME's state and consumer offsets, so it starts over (documents are untouched)."""
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Forget all progress of {name}?", abort=True)
+    api.reset(settings, name)
+    click.echo(f"{name}: reset; it will start from the beginning")
+
+
+@cli.command(name="next")
+@click.argument("collection")
+@_settings_options
+def next_(settings: Settings, collection: str) -> None:
+    """Name the migration of COLLECTION to run now: the first not cut over, in file order.
+
+    Migrations of one collection run in series, each after the previous one cut over; exit 1
+    when all of them have.
+    """
+    found = api.next_migration(settings, collection)
+    if found is None:
+        click.echo(f"every migration of {collection} has cut over")
+        sys.exit(1)
+    click.echo(found.name)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: expected errors become one line on stderr and an exit code."""
     try:
@@ -167,4 +389,4 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
-__all__ = ["cli", "main", "UsageError"]
+__all__ = ["UsageError", "cli", "main"]

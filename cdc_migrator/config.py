@@ -68,7 +68,7 @@ class Settings:
 
     @cached_property
     def client(self) -> pymongo.MongoClient:
-        self.database_name  # validates the URI first, with a clear message
+        _ = self.database_name  # validates the URI first, with a clear message
         try:
             return pymongo.MongoClient(
                 self.mongodb_uri, serverSelectionTimeoutMS=self.mongo_timeout_ms,

@@ -46,10 +46,10 @@ class _DryRunDatabase:
         self._db = db
         self._log = log
 
-    def __getitem__(self, name: str) -> "_DryRunCollection":
+    def __getitem__(self, name: str) -> _DryRunCollection:
         return _DryRunCollection(self._db[name], self._log)
 
-    def get_collection(self, name: str, **kwargs: Any) -> "_DryRunCollection":
+    def get_collection(self, name: str, **kwargs: Any) -> _DryRunCollection:
         return _DryRunCollection(self._db.get_collection(name, **kwargs), self._log)
 
     def __getattr__(self, name: str) -> Any:

@@ -9,8 +9,9 @@ one of them in between, the guard matches nothing and the caller re-reads and tr
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import bson
 
@@ -163,7 +164,8 @@ def decide(migration: Migration, doc: Mapping[str, Any], ctx: Any) -> Outcome:
     patch = validate_patch(result, migration)
     if not patch:
         return Outcome("noop", doc["_id"])
-    to_set = {k: v for k, v in patch.items() if v is not UNSET and not (k in doc and same_value(doc[k], v))}
+    to_set = {k: v for k, v in patch.items()
+              if v is not UNSET and not (k in doc and same_value(doc[k], v))}
     to_unset = tuple(k for k, v in patch.items() if v is UNSET and k in doc)
     if not to_set and not to_unset:
         return Outcome("noop", doc["_id"])

@@ -10,7 +10,8 @@ processes can share one document.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
@@ -32,7 +33,7 @@ APPLIED = "applied"
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class StateStore:

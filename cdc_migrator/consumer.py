@@ -1,0 +1,212 @@
+"""The transform consumer: applies the migration to every document named on the topic.
+
+A consumer group per migration shares the topic's partitions among its processes. For each
+polled batch it decodes the envelopes, migrates the named documents from their current state
+(the image an event carries is tried first; a guard miss re-reads the database), sends
+failures and undecodable records to the dead-letter topic, and only then commits the offsets.
+A fence event is acknowledged in the state once everything before it in its partition is
+applied and committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+
+from . import events, topics
+from .applier import Applier, BatchResult
+from .config import Settings
+from .context import make_context
+from .migration import Migration
+from .state import StateStore, failure_record
+
+log = logging.getLogger("cdc_migrator.consumer")
+
+
+def group_id(settings: Settings, migration: Migration) -> str:
+    """The consumer group of one migration."""
+    return f"{settings.group_id}.{settings.database_name}.{migration.name}"
+
+
+@dataclass
+class ConsumeStats:
+    records: int = 0
+    batches: int = 0
+    poison: int = 0
+    result: BatchResult = field(default_factory=BatchResult)
+
+
+class TransformConsumer:
+    """One member of a migration's consumer group."""
+
+    def __init__(self, settings: Settings, migration: Migration, *, max_records: int = 2000,
+                 on_batch: Callable[[ConsumeStats], None] | None = None) -> None:
+        self.settings = settings
+        self.migration = migration
+        self.topic = settings.topic(migration.collection)
+        self.dlq_topic = settings.dlq_topic(migration.collection)
+        self.store = StateStore(settings.db, settings.state_collection)
+        self.applier = Applier(migration, settings.db[migration.collection],
+                               make_context(settings.db, migration.name))
+        self.max_records = max_records
+        self.stats = ConsumeStats()
+        self.on_batch = on_batch
+        self.stopping = threading.Event()
+        self._consumer: KafkaConsumer | None = None
+        self._dlq = None
+        self._paused = False
+        self._last_pause_check = 0.0
+
+    def stop(self) -> None:
+        """Finish the batch in hand, commit, and return from :meth:`run`."""
+        self.stopping.set()
+
+    def run(self) -> ConsumeStats:
+        topics.ensure_topic(self.settings, self.topic)
+        topics.ensure_topic(self.settings, self.dlq_topic, partitions=1)
+        self._consumer = KafkaConsumer(
+            self.topic, group_id=group_id(self.settings, self.migration),
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            max_poll_records=self.max_records, fetch_max_bytes=64 << 20,
+            max_partition_fetch_bytes=16 << 20, session_timeout_ms=30_000,
+            max_poll_interval_ms=600_000, **topics.client_options(self.settings))
+        self._dlq = topics.producer(self.settings)
+        try:
+            while not self.stopping.is_set():
+                if self._check_paused():
+                    continue
+                polled = self._consumer.poll(timeout_ms=200)
+                if polled:
+                    self._process(polled)
+        finally:
+            self._consumer.close(autocommit=False)
+            self._dlq.close()
+        return self.stats
+
+    def _check_paused(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_pause_check >= 1.0:
+            self._last_pause_check = now
+            state = self.store.get(self.migration.name) or {}
+            paused = bool(state.get("paused") or state.get("cancelled"))
+            if paused != self._paused:
+                assignment = list(self._consumer.assignment())
+                if paused:
+                    self._consumer.pause(*assignment)
+                else:
+                    self._consumer.resume(*self._consumer.paused())
+                self._paused = paused
+        if self._paused:
+            self._consumer.poll(timeout_ms=200)  # keeps the membership; returns nothing
+            self._consumer.pause(*self._consumer.assignment())
+            return True
+        return False
+
+    def _process(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        ids: list[Any] = []
+        images: dict[Any, Any] = {}
+        dead: list[dict[str, Any]] = []
+        fences: list[tuple[int, str]] = []
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        count = 0
+        for tp, records in polled.items():
+            for record in records:
+                count += 1
+                offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+                try:
+                    envelope = events.decode(record.value)
+                except events.PoisonRecord as exc:
+                    dead.append(_dead_letter(self.migration.name, "poison", None, str(exc),
+                                             "", record))
+                    continue
+                if envelope.migration != self.migration.name:
+                    continue
+                if envelope.source == "fence":
+                    fences.append((tp.partition, envelope.fence_id))
+                    continue
+                key = _hashable(envelope.key)
+                ids.append(envelope.key)
+                # The last event of a document in the batch carries its latest image.
+                images[key] = envelope.document
+        result = self.applier.apply_ids(ids, images) if ids else BatchResult()
+        for failure in result.failures:
+            dead.append(_dead_letter(self.migration.name, "transform", failure.id,
+                                     failure.error, failure.traceback, None))
+        if dead:
+            self._send_dead_letters(dead)
+        self._consumer.commit(offsets)
+        self.stats.records += count
+        self.stats.batches += 1
+        self.stats.poison += sum(1 for d in dead if d["kind"] == "poison")
+        self.stats.result.add(result)
+        fields: dict[str, Any] = {f"fences.{fid}.partitions.{p}": True for p, fid in fences}
+        self.store.add(self.migration.name, {**result.counts(), "consumed": count},
+                       [failure_record(f.id, f.error, "consume") for f in result.failures],
+                       **fields)
+        if self.on_batch:
+            self.on_batch(self.stats)
+
+    def _send_dead_letters(self, dead: list[dict[str, Any]]) -> None:
+        futures = [self._dlq.send(self.dlq_topic, key=d.pop("key_bytes"),
+                                  value=json.dumps(d, default=str).encode())
+                   for d in dead]
+        self._dlq.flush()
+        for future in futures:
+            future.get(timeout=0)
+
+
+def _dead_letter(migration: str, kind: str, doc_id: Any, error: str, trace: str,
+                 record: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "migration": migration, "kind": kind, "id": repr(doc_id) if doc_id is not None else None,
+        "error": error, "traceback": trace, "at": time.time(),
+        "key_bytes": events.key_bytes(doc_id) if doc_id is not None else (
+            record.key if record is not None else None),
+    }
+    if record is not None:
+        entry.update(partition=record.partition, offset=record.offset,
+                     value_hex=(record.value or b"")[:4096].hex())
+    if doc_id is not None:
+        entry["key_hex"] = events.key_bytes(doc_id).hex()
+    return entry
+
+
+def _hashable(value: Any) -> Any:
+    return value if value.__hash__ is not None else repr(value)
+
+
+def consume_until_stopped(settings: Settings, migrations: list[Migration],
+                          stop: threading.Event) -> list[ConsumeStats]:
+    """Run one group member per migration in threads until ``stop`` is set."""
+    consumers = [TransformConsumer(settings, m) for m in migrations]
+    errors: list[BaseException] = []
+
+    def run(c: TransformConsumer) -> None:
+        try:
+            c.run()
+        except Exception as exc:  # reported by the caller
+            errors.append(exc)
+            log.error("consumer of %s failed: %s", c.migration.name, exc)
+            log.debug("%s", traceback.format_exc())
+            stop.set()
+
+    threads = [threading.Thread(target=run, args=(c,), daemon=True,
+                                name=f"consume-{c.migration.name}") for c in consumers]
+    for t in threads:
+        t.start()
+    stop.wait()
+    for c in consumers:
+        c.stop()
+    for t in threads:
+        t.join(timeout=60)
+    if errors:
+        raise errors[0]
+    return [c.stats for c in consumers]

@@ -1,0 +1,166 @@
+"""Cutover: prove everything was applied, verify, apply the contract schema, mark complete.
+
+Lag "zero" is proven by a fence: a document written to the fence collection travels the same
+change stream as the application's writes; the tailer forwards it into every partition, and
+each consumer acknowledges it once everything before it in its partition is applied and
+committed. With the fence passed and no backlog in the group, ``verify`` runs; only if it
+finds nothing left is the contract schema applied and the migration recorded complete.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pymongo.errors import OperationFailure
+
+from . import topics
+from .config import Settings
+from .consumer import group_id
+from .errors import Refused, UsageError
+from .migration import Migration
+from .schema import validator_for
+from .state import CUT_OVER, StateStore, now
+from .tailer import FENCE_COLLECTION, is_armed
+from .verify import VerifyReport, verify
+
+
+@dataclass
+class CutoverReport:
+    migration: str
+    ok: bool
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    verify: VerifyReport | None = None
+    dry_run: bool = False
+
+    def summary(self) -> str:
+        if self.ok and self.dry_run:
+            return f"{self.migration}: ready; cutover would " + "; ".join(self.notes)
+        if self.ok:
+            return f"{self.migration}: cut over. " + " ".join(self.notes)
+        return f"{self.migration}: cutover refused: " + "; ".join(self.reasons)
+
+
+def load_schema(settings: Settings, name: str) -> dict[str, Any]:
+    """A JSON schema file under the schemas/ directory beside the transforms."""
+    path = Path(name)
+    if not path.is_absolute():
+        path = Path(settings.transforms).resolve().parent / "schemas" / name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"contract schema {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"contract schema {path} is not valid JSON: {exc}") from None
+
+
+def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
+            dry_run: bool = False, allow_failed: bool = False) -> CutoverReport:
+    """Fence, wait for zero lag, verify, apply the contract schema, mark complete."""
+    store = StateStore(settings.db, settings.state_collection)
+    state = store.get(migration.name)
+    report = CutoverReport(migration.name, ok=False, dry_run=dry_run)
+    if state is None:
+        report.reasons.append("the migration has not started (no state): run it first")
+        return report
+    if state.get("phase") == CUT_OVER:
+        report.ok = True
+        report.notes.append(f"already cut over at {state.get('completed_at')}")
+        return report
+    if state.get("cancelled"):
+        report.reasons.append("the migration was cancelled")
+        return report
+    piped = is_armed(state)
+    if piped:
+        backfill = state.get("backfill") or {}
+        if not backfill.get("done"):
+            report.reasons.append(
+                f"backfill unfinished ({backfill.get('scanned', 0):,} of "
+                f"{backfill.get('total') or '?'} documents scanned)")
+        behind = _wait_fence_and_lag(settings, migration, store, timeout)
+        if behind:
+            report.reasons.append(behind)
+    elif not (state.get("apply") or {}).get("done"):
+        report.reasons.append("neither `apply` finished nor the pipeline (tail/backfill) ran")
+    failed_open = state.get("dlq_pending", 0)
+    if failed_open and not allow_failed:
+        report.reasons.append(f"{failed_open} failed documents unresolved in the dead-letter "
+                              "topic (`dlq retry`, or --allow-failed)")
+    contract = load_schema(settings, migration.contract_schema) if migration.contract_schema \
+        else None
+    check = validator_for(contract) if contract else None
+    report.verify = verify(settings, migration, schema_check=check)
+    v = report.verify
+    if v.remaining:
+        report.reasons.append(f"{v.remaining:,} documents unmigrated")
+    if v.failing and not allow_failed:
+        report.reasons.append(f"{v.failing:,} documents make the transform raise")
+    if v.schema_violations:
+        report.reasons.append(f"{v.schema_violations:,} documents break the contract schema")
+    if report.reasons:
+        return report
+    report.ok = True
+    if contract is not None:
+        report.notes.append(_apply_contract(settings, migration, contract, dry_run))
+    if dry_run:
+        report.notes.append(f"mark {migration.name} complete ({v.checked:,} documents verified)")
+        return report
+    store.set(migration.name, phase=CUT_OVER, completed_at=now())
+    report.notes.append(f"{v.checked:,} documents verified; recorded complete.")
+    return report
+
+
+def _wait_fence_and_lag(settings: Settings, migration: Migration, store: StateStore,
+                        timeout: float) -> str | None:
+    """Write a fence and wait until every partition passed it and the group has no backlog.
+
+    Returns None when both hold, else the reason.
+    """
+    topic = settings.topic(migration.collection)
+    group = group_id(settings, migration)
+    partitions = topics.ensure_topic(settings, topic)
+    fence_id = uuid.uuid4().hex
+    settings.db[FENCE_COLLECTION].insert_one(
+        {"_id": fence_id, "migration": migration.name, "at": now()})
+    deadline = time.monotonic() + timeout
+    lag = None
+    passed: dict[str, Any] = {}
+    while True:
+        state = store.get(migration.name) or {}
+        passed = ((state.get("fences") or {}).get(fence_id) or {}).get("partitions") or {}
+        lag = topics.group_lag(settings, topic, group)
+        if len(passed) >= partitions and lag.total == 0:
+            return None
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    if lag is not None and lag.total:
+        return f"{lag.total:,} events behind (consumer lag after {timeout:g}s)"
+    return (f"the fence reached {len(passed)} of {partitions} partitions within {timeout:g}s "
+            "(is the tailer running?)")
+
+
+def _apply_contract(settings: Settings, migration: Migration, schema: dict[str, Any],
+                    dry_run: bool) -> str:
+    name = migration.contract_schema
+    if dry_run:
+        return f"apply the contract schema {name} with collMod"
+    try:
+        settings.db.command("collMod", migration.collection, validator={"$jsonSchema": schema},
+                            validationLevel="strict")
+        return f"Contract schema {name} applied as a validator."
+    except OperationFailure as exc:
+        return (f"The server lacks validators ({exc.code}: {str(exc).splitlines()[0][:80]}): "
+                f"contract schema {name} was checked by cdc-migrator on every document, but "
+                "new writes are NOT enforced by the server.")
+
+
+def require_ok(report: CutoverReport) -> CutoverReport:
+    if not report.ok:
+        raise Refused(report.summary())
+    return report

@@ -1,0 +1,100 @@
+"""``cdc-migrator run``: tail, backfill and consume in one process, until the topic is drained.
+
+The orchestrator of the single-machine deployment. The tailer is armed before the backfill
+reads its first document; the run ends when the backfill finished, the tailer has caught up,
+and the group's lag is zero.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import topics
+from .backfill import BackfillReport, backfill
+from .config import Settings
+from .consumer import TransformConsumer, group_id
+from .migration import Migration
+from .state import READY, StateStore
+from .tailer import Tailer, arm
+
+
+@dataclass
+class RunReport:
+    migration: str
+    backfill: BackfillReport | None
+    counts: dict[str, int]
+    lag: int
+    drained: bool
+
+
+def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | None = None,
+                 rate: float | None = None, show_progress: bool = True,
+                 stop: threading.Event | None = None, timeout: float | None = None,
+                 settle: float = 1.0) -> RunReport:
+    """Run the three pieces in threads of this process until the topic is drained."""
+    stop = stop or threading.Event()
+    arm(settings, migration)
+    tailer = Tailer(settings, migration)
+    consumer = TransformConsumer(settings, migration)
+    errors: list[BaseException] = []
+
+    def guarded(fn: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # surfaced to the caller below
+                errors.append(exc)
+                stop.set()
+        return run
+
+    threads = [threading.Thread(target=guarded(tailer.run), daemon=True, name="tail"),
+               threading.Thread(target=guarded(consumer.run), daemon=True, name="consume")]
+    for t in threads:
+        t.start()
+    report = None
+    drained = False
+    deadline = time.monotonic() + timeout if timeout else None
+    try:
+        report = backfill(settings, migration, batch_size=batch_size, rate=rate,
+                          show_progress=show_progress, stop=stop)
+        drained = wait_drained(settings, migration, tailer, stop, deadline, settle)
+    finally:
+        tailer.stop()
+        consumer.stop()
+        for t in threads:
+            t.join(timeout=60)
+    if errors:
+        raise errors[0]
+    lag = topics.group_lag(settings, settings.topic(migration.collection),
+                           group_id(settings, migration)).total
+    store = StateStore(settings.db, settings.state_collection)
+    if drained and lag == 0:
+        store.set(migration.name, phase=READY)
+    state = store.get(migration.name) or {}
+    return RunReport(migration.name, report, state.get("counts", {}), lag, drained)
+
+
+def wait_drained(settings: Settings, migration: Migration, tailer: Tailer,
+                 stop: threading.Event, deadline: float | None, settle: float) -> bool:
+    """Wait until the tailer has caught up and the group's lag stays zero for ``settle`` s."""
+    topic = settings.topic(migration.collection)
+    group = group_id(settings, migration)
+    zero_since = None
+    while not stop.is_set():
+        if deadline and time.monotonic() > deadline:
+            return False
+        tailer.caught_up.clear()
+        tailer.caught_up.wait(timeout=2)
+        lag = topics.group_lag(settings, topic, group).total
+        if lag == 0 and tailer.caught_up.is_set():
+            zero_since = zero_since or time.monotonic()
+            if time.monotonic() - zero_since >= settle:
+                return True
+        else:
+            zero_since = None
+        time.sleep(0.2)
+    return False

@@ -1,0 +1,103 @@
+"""What ``status`` shows: phase, backfill progress with ETA, counts, lag, last error."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from . import topics
+from .config import Settings
+from .consumer import group_id
+from .migration import Migration
+from .progress import format_duration
+from .state import StateStore
+
+
+def _timestamp_seconds(ts: Any) -> float | None:
+    return float(ts.time) if ts is not None and hasattr(ts, "time") else None
+
+
+def migration_status(settings: Settings, migration: Migration | None,
+                     state: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-friendly status of one migration, lag measured now from the broker."""
+    backfill = state.get("backfill") or {}
+    tail = state.get("tail") or {}
+    counts = state.get("counts") or {}
+    status: dict[str, Any] = {
+        "migration": state["_id"],
+        "collection": state.get("collection"),
+        "phase": state.get("phase"),
+        "paused": bool(state.get("paused")),
+        "counts": {k: counts.get(k, 0) for k in ("produced", "consumed", "applied", "updated",
+                                                 "deleted", "unchanged", "failed", "retried")},
+        "last_error": state.get("last_error"),
+        "completed_at": state.get("completed_at"),
+    }
+    total, scanned = backfill.get("total"), backfill.get("scanned", 0)
+    if backfill:
+        started = backfill.get("started_at") or state.get("created_at")
+        eta = None
+        if started and total and not backfill.get("done") and scanned:
+            elapsed = (dt.datetime.now(dt.UTC) - _aware(started)).total_seconds()
+            eta = (total - scanned) / (scanned / elapsed) if elapsed > 0 else None
+        status["backfill"] = {"scanned": scanned, "total": total,
+                              "done": bool(backfill.get("done")), "eta_seconds": eta}
+    apply_state = state.get("apply")
+    if apply_state:
+        status["apply"] = {"done": bool(apply_state.get("done"))}
+    if tail.get("armed_at") is not None:
+        heartbeat = tail.get("heartbeat")
+        position = _timestamp_seconds(tail.get("last_event_time"))
+        status["tail"] = {
+            "armed": True,
+            "seconds_since_heartbeat": round(time.time() - heartbeat, 1) if heartbeat else None,
+            "last_event_age_seconds": round(time.time() - position, 1) if position else None,
+        }
+    if migration is not None and (tail.get("armed_at") is not None or backfill):
+        lag = topics.group_lag(settings, settings.topic(migration.collection),
+                               group_id(settings, migration))
+        status["lag"] = lag.as_dict()
+    return status
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def all_status(settings: Settings, migrations: dict[str, Migration],
+               name: str | None = None) -> list[dict[str, Any]]:
+    store = StateStore(settings.db, settings.state_collection)
+    states = [store.get(name)] if name else store.all()
+    return [migration_status(settings, migrations.get(s["_id"]), s) for s in states if s]
+
+
+def render(status: dict[str, Any]) -> str:
+    """Human-readable block for one migration."""
+    lines = [f"{status['migration']} ({status['collection']}): {status['phase'] or 'new'}"
+             + (" [paused]" if status["paused"] else "")]
+    b = status.get("backfill")
+    if b:
+        pct = f" ({100 * b['scanned'] / b['total']:.0f}%)" if b.get("total") else ""
+        eta = "" if b["done"] else f", ETA {format_duration(b.get('eta_seconds'))}"
+        lines.append(f"  backfill: {b['scanned']:,}/{b.get('total') or 0:,}{pct}"
+                     + (" done" if b["done"] else eta))
+    c = status["counts"]
+    lines.append("  events: produced {produced:,}, consumed {consumed:,}; documents: updated "
+                 "{updated:,}, deleted {deleted:,}, unchanged {unchanged:,}, failed {failed:,}"
+                 .format(**c))
+    lag = status.get("lag")
+    if lag is not None:
+        parts = ", ".join(f"p{p}={v['lag']}" for p, v in lag["partitions"].items())
+        lines.append(f"  lag: {lag['total']:,} events" + (f" ({parts})" if parts else ""))
+    t = status.get("tail")
+    if t:
+        age = t.get("seconds_since_heartbeat")
+        lines.append("  tailer: " + (f"last checkpoint {age:.0f}s ago" if age is not None
+                                     else "armed, not started"))
+    if status.get("last_error"):
+        err = status["last_error"]
+        lines.append(f"  last error: {err.get('id')!r}: {err.get('error')}")
+    if status.get("completed_at"):
+        lines.append(f"  cut over at {status['completed_at']}")
+    return "\n".join(lines)

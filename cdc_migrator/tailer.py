@@ -1,0 +1,182 @@
+"""The change-stream tailer: every write to the collection becomes an event on its topic.
+
+Capture is *armed* before the backfill reads anything: :func:`arm` records the server's
+operation time, and the tailer starts from there (later, from its saved resume token). The
+resume token is saved only after the broker acknowledged every event before it, so a crash
+replays events (at-least-once) and never skips one.
+
+The stream is database-wide, filtered to the migrated collection and the fence collection:
+a fence written by ``cutover`` travels the same ordered stream as the application's writes,
+and the tailer forwards it into every partition of the topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from pymongo.errors import OperationFailure, PyMongoError
+
+from . import events, topics
+from .config import Settings
+from .errors import HistoryLost, Refused
+from .migration import Migration
+from .state import ARMED, FAILED, StateStore
+
+log = logging.getLogger("cdc_migrator.tailer")
+
+FENCE_COLLECTION = "cdc_migrator_fences"
+# Server errors meaning the saved resume point is no longer in the server's history.
+HISTORY_LOST_CODES = {136, 280, 286}
+
+
+def arm(settings: Settings, migration: Migration) -> dict[str, Any]:
+    """Fix the point from which changes are captured (idempotent); create the topic."""
+    store = StateStore(settings.db, settings.state_collection)
+    state = store.ensure(migration.name, migration.collection)
+    if state.get("cancelled"):
+        raise Refused(f"migration {migration.name!r} was cancelled; `reset` it to start again")
+    topics.ensure_topic(settings, settings.topic(migration.collection))
+    tail = state.get("tail") or {}
+    if tail.get("armed_at") is None:
+        # The reply's operationTime is the server's latest operation: a change stream started
+        # at it (inclusive) sees every write the backfill's scan could miss.
+        armed_at = settings.db.command("ping").get("operationTime")
+        if armed_at is None:
+            raise Refused("the MongoDB server reports no operationTime: change streams need "
+                          "a replica set or sharded cluster")
+        store.set(migration.name, phase=state.get("phase") or ARMED,
+                  **{"tail.armed_at": armed_at, "tail.produced": 0})
+        state = store.get(migration.name)
+    return state
+
+
+def is_armed(state: dict[str, Any] | None) -> bool:
+    return bool(state and (state.get("tail") or {}).get("armed_at") is not None)
+
+
+class Tailer:
+    """Follows one migration's collection until :meth:`stop` is called."""
+
+    def __init__(self, settings: Settings, migration: Migration, *,
+                 flush_every: int = 2000, flush_interval: float = 0.2) -> None:
+        self.settings = settings
+        self.migration = migration
+        self.topic = settings.topic(migration.collection)
+        self.store = StateStore(settings.db, settings.state_collection)
+        self.flush_every = flush_every
+        self.flush_interval = flush_interval
+        self.stopping = threading.Event()
+        self.produced = 0
+        self.last_event_time: Any = None
+        self.caught_up = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        """Tail until stopped; raises HistoryLost when the resume point is gone."""
+        state = arm(self.settings, self.migration)
+        tail = state.get("tail") or {}
+        db = self.settings.db
+        options: dict[str, Any] = {"full_document": "updateLookup", "batch_size": 1000,
+                                   "max_await_time_ms": 200}
+        if tail.get("resume_token"):
+            options["resume_after"] = tail["resume_token"]
+        else:
+            options["start_at_operation_time"] = tail["armed_at"]
+        pipeline = [{"$match": {"ns.coll": {"$in": [self.migration.collection,
+                                                     FENCE_COLLECTION]}}}]
+        producer = topics.producer(self.settings)
+        partitions = topics.ensure_topic(self.settings, self.topic)
+        try:
+            with db.watch(pipeline, **options) as stream:
+                self._loop(stream, producer, partitions)
+        except OperationFailure as exc:
+            if exc.code in HISTORY_LOST_CODES:
+                message = (f"the change stream of {self.migration.collection} can no longer "
+                           f"resume from the saved point ({exc.code}: "
+                           f"{str(exc).splitlines()[0][:160]}); a new backfill is needed: "
+                           f"`cdc-migrator reset {self.migration.name}` then run it again")
+                self.store.set(self.migration.name, phase=FAILED, last_error={"error": message})
+                raise HistoryLost(message) from None
+            raise
+        finally:
+            producer.close()
+
+    def _loop(self, stream: Any, producer: Any, partitions: int) -> None:
+        futures: list[Any] = []
+        last_token = None
+        last_flush = time.monotonic()
+        name = self.migration.name
+        database = self.settings.database_name
+        collection = self.migration.collection
+        while not self.stopping.is_set():
+            change = stream.try_next()
+            if change is not None:
+                if change["ns"]["coll"] == FENCE_COLLECTION:
+                    fence = change.get("fullDocument") or {}
+                    if fence.get("migration") == name and change["operationType"] == "insert":
+                        envelope = events.Envelope.fence(name, database, collection,
+                                                         str(fence["_id"]))
+                        payload = events.encode(envelope)
+                        futures += [producer.send(self.topic, key=b"", value=payload,
+                                                  partition=p) for p in range(partitions)]
+                elif change["operationType"] in ("insert", "update", "replace", "delete"):
+                    envelope = events.Envelope.change(name, database, collection, change)
+                    futures.append(producer.send(self.topic, key=events.key_bytes(envelope.key),
+                                                 value=events.encode(envelope)))
+                last_token = change["_id"]
+                self.last_event_time = change.get("clusterTime")
+            else:
+                last_token = stream.resume_token or last_token
+                self.caught_up.set()
+            due = time.monotonic() - last_flush >= self.flush_interval
+            if len(futures) >= self.flush_every or (due and (futures or last_token)):
+                self._commit(producer, futures, last_token)
+                futures = []
+                last_flush = time.monotonic()
+        self._commit(producer, futures, last_token)
+
+    def _commit(self, producer: Any, futures: list[Any], token: Any) -> None:
+        """Save the resume token once the broker acknowledged every event before it."""
+        if futures:
+            producer.flush()
+            for future in futures:
+                future.get(timeout=0)  # raises the send's error: the token is then not saved
+            self.produced += len(futures)
+        if token is None:
+            return
+        fields: dict[str, Any] = {"tail.resume_token": token, "tail.heartbeat": time.time()}
+        if self.last_event_time is not None:
+            fields["tail.last_event_time"] = self.last_event_time
+        self.store.add(self.migration.name, {"produced": len(futures)} if futures else {},
+                       **fields)
+
+
+def tail_until_stopped(settings: Settings, migrations: list[Migration],
+                       stop: threading.Event) -> None:
+    """Run a tailer per migration in threads until ``stop`` is set (``cdc-migrator tail``)."""
+    tailers = [Tailer(settings, m) for m in migrations]
+    errors: list[BaseException] = []
+
+    def run(t: Tailer) -> None:
+        try:
+            t.run()
+        except (PyMongoError, Exception) as exc:  # reported by the caller
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=run, args=(t,), daemon=True, name=f"tail-{t.migration.name}")
+               for t in tailers]
+    for thread in threads:
+        thread.start()
+    stop.wait()
+    for t in tailers:
+        t.stop()
+    for thread in threads:
+        thread.join(timeout=30)
+    if errors:
+        raise errors[0]
