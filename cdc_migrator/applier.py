@@ -116,14 +116,19 @@ class Applier:
                     pending.append(outcome)
             if not ops:
                 return
-            matched, deleted = self._write(ops)
+            matched, deleted, rejected = self._write(ops)
             result.updated += matched
             result.deleted += deleted
-            if matched + deleted == len(ops):
+            for index, message in rejected.items():
+                # The server refused the write itself (e.g. a duplicate key): not a race.
+                result.failures.append(Failure(pending[index].id, message))
+            pending = [o for i, o in enumerate(pending) if i not in rejected]
+            missed = len(pending) - matched - deleted
+            if missed <= 0:
                 return
             # Some guards missed: the application changed those documents in between. Re-read
             # them and decide again from their current state; deleted ones are skipped.
-            result.retried += len(ops) - matched - deleted
+            result.retried += missed
             docs = self._read([o.id for o in pending])
         for o in pending:
             result.failures.append(
@@ -138,13 +143,16 @@ class Applier:
             return DeleteOne(guard)
         return UpdateOne(guard, outcome.update)
 
-    def _write(self, ops: list[UpdateOne | DeleteOne]) -> tuple[int, int]:
+    def _write(self, ops: list[UpdateOne | DeleteOne]) -> tuple[int, int, dict[int, str]]:
+        """Matched and deleted counts, and the server's message per refused op index."""
         try:
             res = self.collection.bulk_write(ops, ordered=False)
-            return res.matched_count, res.deleted_count
+            return res.matched_count, res.deleted_count, {}
         except BulkWriteError as exc:
             details = exc.details
-            return details.get("nMatched", 0), details.get("nRemoved", 0)
+            rejected = {e["index"]: f"write refused ({e.get('code')}): {e.get('errmsg')}"
+                        for e in details.get("writeErrors", [])}
+            return details.get("nMatched", 0), details.get("nRemoved", 0), rejected
 
     def _read(self, ids: list[Any]) -> list[Mapping[str, Any]]:
         query: dict[str, Any] = {"_id": {"$in": ids}}

@@ -9,11 +9,15 @@ one of them in between, the guard matches nothing and the caller re-reads and tr
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import bson
+import bson.errors
+from bson import ObjectId
 
 from .errors import PatchError
 from .migration import DELETE, UNSET, Migration
@@ -34,7 +38,7 @@ class RecordingDocument(Mapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         self.read.add(key)
-        return self._doc[key]
+        return _detached(self._doc[key])
 
     def __contains__(self, key: object) -> bool:
         if isinstance(key, str):
@@ -43,7 +47,7 @@ class RecordingDocument(Mapping[str, Any]):
 
     def get(self, key: str, default: Any = None) -> Any:
         self.read.add(key)
-        return self._doc.get(key, default)
+        return _detached(self._doc[key]) if key in self._doc else default
 
     def __iter__(self) -> Iterator[str]:
         self.read_all = True
@@ -89,13 +93,20 @@ class Outcome:
         return op
 
 
+def _detached(value: Any) -> Any:
+    """A copy of a mutable value, so a transform editing it in place cannot change the
+    document its patch is compared with."""
+    return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+
+
+_EXACT_TYPES = (str, bool, ObjectId, dt.datetime)
+
+
 def same_value(a: Any, b: Any) -> bool:
     """True when two BSON values are identical in type and value (``1 != 1.0 != True``)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, (dict, list, tuple)):
-        return bson.encode({"v": a}) == bson.encode({"v": b})
-    return bool(a == b)
+    if type(a) is type(b) and isinstance(a, _EXACT_TYPES) and a == b:
+        return True
+    return bson.encode({"v": a}) == bson.encode({"v": b})
 
 
 def validate_patch(result: Any, migration: Migration) -> dict[str, Any] | None:
@@ -115,7 +126,13 @@ def validate_patch(result: Any, migration: Migration) -> dict[str, Any] | None:
             )
         if key == "_id":
             raise PatchError(f"migration {migration.name!r} tried to change _id; _id is immutable")
-    return dict(result)
+    patch = dict(result)
+    try:
+        bson.encode({k: v for k, v in patch.items() if v is not UNSET})
+    except (bson.errors.InvalidDocument, TypeError, OverflowError) as exc:
+        raise PatchError(f"migration {migration.name!r} returned a patch MongoDB cannot "
+                         f"store: {exc}") from None
+    return patch
 
 
 def guard_filter(doc: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:

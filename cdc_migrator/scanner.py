@@ -18,9 +18,10 @@ from typing import Any
 from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 from pymongo.collection import Collection
 
-# MongoDB's comparison order of BSON types, as $type aliases.
+# MongoDB's comparison order of BSON types, as $type aliases. The deprecated symbol type
+# (sorted with strings) is left out: drivers no longer write it.
 _TYPE_ORDER: list[tuple[str, ...]] = [
-    ("minKey",), ("null",), ("int", "long", "double", "decimal"), ("symbol", "string"),
+    ("minKey",), ("null",), ("int", "long", "double", "decimal"), ("string",),
     ("object",), ("array",), ("binData",), ("objectId",), ("bool",), ("date",), ("timestamp",),
     ("regex",), ("maxKey",),
 ]
