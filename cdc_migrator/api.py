@@ -16,7 +16,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from . import topics
+from . import deadletter, topics
 from .apply import ApplyReport, DryRunLine, apply_migration
 from .apply import dry_run as _dry_run
 from .backfill import BackfillReport
@@ -147,6 +147,16 @@ def consume(settings: Settings, migrations: list[Migration], stop: threading.Eve
 def run(settings: Settings, name: str, **options: Any) -> RunReport:
     """``cdc-migrator run NAME``: the pipeline in one process until drained."""
     return run_pipeline(settings, load(settings, name), **options)
+
+
+def dlq_list(settings: Settings, name: str) -> list[deadletter.DeadLetter]:
+    """``cdc-migrator dlq list NAME``: every dead letter of the migration."""
+    return deadletter.read(settings, load(settings, name))
+
+
+def dlq_retry(settings: Settings, name: str) -> deadletter.RetryReport:
+    """``cdc-migrator dlq retry NAME``: replay dead letters through the fixed transform."""
+    return deadletter.retry(settings, load(settings, name))
 
 
 def translate_service_error(exc: BaseException) -> CdcMigratorError | None:

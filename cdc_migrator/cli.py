@@ -362,6 +362,44 @@ def next_(settings: Settings, collection: str) -> None:
     click.echo(found.name)
 
 
+@cli.group()
+def dlq() -> None:
+    """The dead-letter topic: failed documents and undecodable records."""
+
+
+@dlq.command(name="list")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per dead letter.")
+@_settings_options
+def dlq_list(settings: Settings, name: str, as_json: bool) -> None:
+    """Show NAME's dead letters: document id, error, and the traceback's last line."""
+    letters = api.dlq_list(settings, name)
+    for letter in letters:
+        if as_json:
+            click.echo(json.dumps({"offset": letter.offset, **letter.entry}, default=str))
+            continue
+        entry = letter.entry
+        last = (entry.get("traceback") or "").strip().splitlines()[-1:] or [""]
+        click.echo(f"#{letter.offset} {entry.get('kind')} id={entry.get('id')}: "
+                   f"{entry.get('error')}" + (f"  [{last[0]}]" if last[0] else ""))
+    if not as_json:
+        click.echo(f"{len(letters)} dead letters")
+
+
+@dlq.command(name="retry")
+@click.argument("name")
+@_settings_options
+def dlq_retry(settings: Settings, name: str) -> None:
+    """Replay NAME's dead letters through the transform (after you fixed it); exit 1 if any
+    fail again."""
+    report = api.dlq_retry(settings, name)
+    click.echo(report.summary())
+    for item in report.failed_again[:10]:
+        click.echo(f"  failed again {item['id']!r}: {item['error']}", err=True)
+    if report.failed_again:
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: expected errors become one line on stderr and an exit code."""
     try:

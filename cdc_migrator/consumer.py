@@ -161,6 +161,7 @@ class TransformConsumer:
         self._dlq.flush()
         for future in futures:
             future.get(timeout=0)
+        self.store.increment(self.migration.name, "dlq_pending", len(futures))
 
 
 def _dead_letter(migration: str, kind: str, doc_id: Any, error: str, trace: str,

@@ -79,6 +79,9 @@ class StateStore:
             update["$set"]["last_error"] = errors[-1]
         self.collection.update_one({"_id": name}, update)
 
+    def increment(self, name: str, path: str, n: int) -> None:
+        self.collection.update_one({"_id": name}, {"$inc": {path: n}})
+
     def delete(self, name: str) -> None:
         self.collection.delete_one({"_id": name})
 

@@ -10,7 +10,7 @@ present (make it required).
 from cdc_migrator import migration
 
 
-@migration(collection="users")
+@migration(collection="users", contract_schema="users.contract.json")
 def add_default_role(doc, ctx):
     if doc.get("role") is None:
         return {"role": "user"}
