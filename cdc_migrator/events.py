@@ -33,7 +33,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import timezone
+from datetime import UTC
 from enum import StrEnum
 from io import BytesIO
 from pathlib import Path
@@ -68,7 +68,7 @@ SCHEMA_PATH: Path = Path(__file__).resolve().parent.parent / "schemas" / "envelo
 #: options wherever these values are written back to MongoDB, or types may not survive.
 CODEC_OPTIONS: CodecOptions = CodecOptions(
     tz_aware=True,
-    tzinfo=timezone.utc,
+    tzinfo=UTC,
     uuid_representation=UuidRepresentation.STANDARD,
     datetime_conversion=DatetimeConversion.DATETIME_AUTO,
 )
@@ -251,8 +251,7 @@ class Envelope:
 
 
 _CHANGE_OPERATIONS: dict[str, Operation] = {
-    op.value: op
-    for op in (Operation.INSERT, Operation.UPDATE, Operation.REPLACE, Operation.DELETE)
+    op.value: op for op in (Operation.INSERT, Operation.UPDATE, Operation.REPLACE, Operation.DELETE)
 }
 _SOURCES: dict[str, EventSource] = {s.value: s for s in EventSource}
 _OPERATIONS: dict[str, Operation] = {o.value: o for o in Operation}
@@ -279,13 +278,13 @@ _CANONICAL_FORM: str = to_parsing_canonical_form(_SCHEMA_JSON)
 #: little-endian.
 SCHEMA_FINGERPRINT: bytes = bytes.fromhex(fingerprint(_CANONICAL_FORM, "CRC-64-AVRO"))
 _HEADER: bytes = _MARKER + SCHEMA_FINGERPRINT
-_WRITE_SCHEMA = parse_schema(_SCHEMA_JSON)
 
 
 def _without_logical_types(schema: dict[str, Any]) -> dict[str, Any]:
-    # Reading ``emitted_at`` as a plain long gives the int milliseconds directly (no datetime
-    # round trip, no OverflowError on absurd values). Logical types are not part of the
-    # Parsing Canonical Form, so this describes exactly the same bytes.
+    # Logical types are not part of the Parsing Canonical Form, so the stripped schema
+    # describes exactly the same bytes. Using it for both directions keeps emitted_at a plain
+    # int (no datetime round trip, no OverflowError on absurd values) and skips fastavro's
+    # logical-type hooks on the hot path.
     copy = json.loads(json.dumps(schema))
     for field in copy["fields"]:
         if isinstance(field["type"], dict) and "logicalType" in field["type"]:
@@ -293,8 +292,8 @@ def _without_logical_types(schema: dict[str, Any]) -> dict[str, Any]:
     return copy
 
 
-_READ_SCHEMA_JSON = _without_logical_types(_SCHEMA_JSON)
-_READ_SCHEMA = parse_schema(_READ_SCHEMA_JSON)
+_CODEC_SCHEMA_JSON = _without_logical_types(_SCHEMA_JSON)
+_CODEC_SCHEMA = parse_schema(_CODEC_SCHEMA_JSON)
 
 
 def _check_schema() -> None:
@@ -312,8 +311,8 @@ def _check_schema() -> None:
     for enum in (EventSource, Operation):
         if enums.get(enum.__name__) != [m.value for m in enum]:
             problems.append(f"enum {enum.__name__} symbols do not match the Python enum")
-    if to_parsing_canonical_form(_READ_SCHEMA_JSON) != _CANONICAL_FORM:
-        problems.append("read schema differs from the write schema")
+    if to_parsing_canonical_form(_CODEC_SCHEMA_JSON) != _CANONICAL_FORM:
+        problems.append("stripping logical types changed the canonical form")
     if problems:
         raise RuntimeError(f"{SCHEMA_PATH}: " + "; ".join(problems))
 
@@ -332,19 +331,25 @@ def _as_dict(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if value is None or type(value) is dict:
         return value  # type: ignore[return-value]
     # Normalise other mappings (SON, RawBSONDocument, ...) to what decode() will return.
-    return bson.decode(_encode_document(value), codec_options=CODEC_OPTIONS)
+    return _bson_decode(_encode_document(value), CODEC_OPTIONS)
 
 
 def _encode_document(document: Mapping[str, Any]) -> bytes:
     # bson.encode() moves a top-level "_id" to the front; a nested document keeps its key
     # order, so encode {"": document} and cut the embedded document out:
     # int32 length, 0x03, "" + NUL, <document>, NUL.
-    if not isinstance(document, Mapping):
-        raise ValueError(f"expected a mapping, got {type(document).__name__}")
-    return bson.encode({"": document}, codec_options=CODEC_OPTIONS)[6:-1]
+    if type(document) is not dict and not isinstance(document, Mapping):
+        raise TypeError(f"expected a mapping, got {type(document).__name__}")
+    return _bson_encode({"": document}, False, CODEC_OPTIONS)[6:-1]
+
+
+_bson_encode = bson.encode
+_bson_decode = bson.decode
 
 
 def _pack_timestamp(ts: Timestamp) -> int:
+    if type(ts) is not Timestamp:
+        raise TypeError(f"cluster_time must be a bson.Timestamp, got {type(ts).__name__}")
     packed = (ts.time << 32) | ts.inc
     return packed - (1 << 64) if packed >= 1 << 63 else packed
 
@@ -370,7 +375,7 @@ def key_bytes(_id: Any) -> bytes:
     and ``1.0`` are different BSON types). Raises ValueError if ``_id`` is not BSON-encodable.
     """
     try:
-        return bson.encode({"_id": _id}, codec_options=CODEC_OPTIONS)
+        return _bson_encode({"_id": _id}, False, CODEC_OPTIONS)
     except (BSONError, OverflowError, TypeError, ValueError) as exc:
         raise ValueError(f"_id is not BSON-encodable: {_one_line(exc)}") from exc
 
@@ -380,14 +385,14 @@ def decode_key(data: bytes) -> Any:
 
     Raises PoisonRecord if ``data`` is not a BSON document with exactly the one field ``_id``.
     """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise PoisonRecord(f"key is {type(data).__name__}, not bytes")
     return _decode_key(data, "key")
 
 
-def _decode_key(data: Any, what: str) -> Any:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise PoisonRecord(f"{what} is {type(data).__name__}, not bytes")
+def _decode_key(data: bytes, what: str) -> Any:
     try:
-        doc = bson.decode(data, codec_options=CODEC_OPTIONS)
+        doc = _bson_decode(data, CODEC_OPTIONS)
     except Exception as exc:  # any decoding failure means a bad record
         raise PoisonRecord(f"invalid BSON in {what}: {_one_line(exc)}") from exc
     if len(doc) != 1 or "_id" not in doc:
@@ -406,22 +411,30 @@ def encode(envelope: Envelope) -> bytes:
         document = e.document
         token = e.resume_token
         ts = e.cluster_time
+        fence_id = e.fence_id
+        emitted_at = e.emitted_at
+        if type(emitted_at) is not int:
+            raise TypeError(f"emitted_at must be int milliseconds, got {type(emitted_at).__name__}")
+        if e.source not in _SOURCES or e.operation not in _OPERATIONS:
+            raise ValueError(f"unknown source/operation {e.source!r}/{e.operation!r}")
+        # Union values are given in fastavro's (branch, value) tuple notation: it skips the
+        # per-branch type probing.
         record = {
             "migration": e.migration,
             "source": e.source,
             "operation": e.operation,
             "database": e.database,
             "collection": e.collection,
-            "key": bson.encode({"_id": e.key}, codec_options=CODEC_OPTIONS),
-            "document": None if document is None else _encode_document(document),
-            "cluster_time": None if ts is None else _pack_timestamp(ts),
-            "resume_token": None if token is None else _encode_document(token),
-            "emitted_at": e.emitted_at,
-            "fence_id": e.fence_id,
+            "key": _bson_encode({"_id": e.key}, False, CODEC_OPTIONS),
+            "document": None if document is None else ("bytes", _encode_document(document)),
+            "cluster_time": None if ts is None else ("long", _pack_timestamp(ts)),
+            "resume_token": None if token is None else ("bytes", _encode_document(token)),
+            "emitted_at": emitted_at,
+            "fence_id": None if fence_id is None else ("string", fence_id),
         }
         out = BytesIO()
         out.write(_HEADER)
-        schemaless_writer(out, _WRITE_SCHEMA, record)
+        schemaless_writer(out, _CODEC_SCHEMA, record)
     except (BSONError, AttributeError, OverflowError, TypeError, ValueError) as exc:
         raise ValueError(f"cannot encode envelope: {_one_line(exc)}") from exc
     return out.getvalue()
@@ -435,55 +448,63 @@ def decode(data: bytes) -> Envelope:
     unknown schema fingerprint, truncated or malformed Avro body, trailing bytes, or invalid
     BSON in the key, document or resume token.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise PoisonRecord(f"record value is {type(data).__name__}, not bytes")
-    size = len(data)
-    if size < _HEADER_LEN:
-        if size == 0:
-            raise PoisonRecord("empty record value")
-        raise PoisonRecord(f"record value too short for a single-object header ({size} bytes)")
-    if data[:2] != _MARKER:
-        raise PoisonRecord(
-            f"not Avro single-object encoding: marker {bytes(data[:2]).hex()} (expected c301)"
-        )
-    if data[2:_HEADER_LEN] != SCHEMA_FINGERPRINT:
-        raise PoisonRecord(
-            f"unknown schema fingerprint {bytes(data[2:_HEADER_LEN]).hex()} "
-            f"(expected {SCHEMA_FINGERPRINT.hex()})"
-        )
+    if type(data) is not bytes or not data.startswith(_HEADER):
+        data = _check_header(data)
     body = BytesIO(data)
     body.seek(_HEADER_LEN)
     try:
-        rec = schemaless_reader(body, _READ_SCHEMA, None)
+        rec = schemaless_reader(body, _CODEC_SCHEMA, None)
     except Exception as exc:  # fastavro raises EOFError, IndexError, UnicodeDecodeError, ...
         raise PoisonRecord(f"truncated or malformed Avro body: {_one_line(exc)}") from exc
-    if body.tell() != size:
-        raise PoisonRecord(f"{size - body.tell()} trailing bytes after the Avro body")
+    if body.tell() != len(data):
+        raise PoisonRecord(f"{len(data) - body.tell()} trailing bytes after the Avro body")
 
     key = _decode_key(rec["key"], "key field")
     document = rec["document"]
     if document is not None:
         try:
-            document = bson.decode(document, codec_options=CODEC_OPTIONS)
-        except Exception as exc:
+            document = _bson_decode(document, CODEC_OPTIONS)
+        except Exception as exc:  # any BSON decoding failure means a bad record
             raise PoisonRecord(f"invalid BSON in document: {_one_line(exc)}") from exc
     token = rec["resume_token"]
     if token is not None:
         try:
-            token = bson.decode(token, codec_options=CODEC_OPTIONS)
+            token = _bson_decode(token, CODEC_OPTIONS)
         except Exception as exc:
             raise PoisonRecord(f"invalid BSON in resume_token: {_one_line(exc)}") from exc
     ts = rec["cluster_time"]
     return Envelope(
-        migration=rec["migration"],
-        source=_SOURCES[rec["source"]],
-        operation=_OPERATIONS[rec["operation"]],
-        database=rec["database"],
-        collection=rec["collection"],
-        key=key,
-        document=document,
-        cluster_time=None if ts is None else _unpack_timestamp(ts),
-        resume_token=token,
-        emitted_at=rec["emitted_at"],
-        fence_id=rec["fence_id"],
+        rec["migration"],
+        _SOURCES[rec["source"]],
+        _OPERATIONS[rec["operation"]],
+        rec["database"],
+        rec["collection"],
+        key,
+        document,
+        None if ts is None else _unpack_timestamp(ts),
+        token,
+        rec["emitted_at"],
+        rec["fence_id"],
     )
+
+
+def _check_header(data: Any) -> bytes:
+    """Slow path of decode(): return ``data`` as bytes if its header is ours, else raise."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise PoisonRecord(f"record value is {type(data).__name__}, not bytes")
+    data = bytes(data)
+    size = len(data)
+    if size == 0:
+        raise PoisonRecord("empty record value")
+    if size < _HEADER_LEN:
+        raise PoisonRecord(f"record value too short for a single-object header ({size} bytes)")
+    if data[:2] != _MARKER:
+        raise PoisonRecord(
+            f"not Avro single-object encoding: marker {data[:2].hex()} (expected {_MARKER.hex()})"
+        )
+    if data[2:_HEADER_LEN] != SCHEMA_FINGERPRINT:
+        raise PoisonRecord(
+            f"unknown schema fingerprint {data[2:_HEADER_LEN].hex()} "
+            f"(expected {SCHEMA_FINGERPRINT.hex()})"
+        )
+    return data

@@ -130,8 +130,9 @@ def test_invariant_holds_while_the_application_writes_during_backfill(db, settin
     writer.start()
     watcher = threading.Thread(target=stop_writer_after_backfill, daemon=True)
     watcher.start()
+    # The rate cap keeps the backfill running long enough for the writer to race with it.
     report = run_pipeline(settings, migration, show_progress=False, timeout=300, stop=stop,
-                          batch_size=1000)
+                          batch_size=1000, rate=4000)
     writer.stop.set()
     writer.join()
     # Writes made after `run` saw zero lag are caught by a second drain, as `consume` would.
