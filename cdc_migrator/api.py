@@ -28,6 +28,7 @@ from .cutover import cutover as _cutover
 from .errors import CdcMigratorError, Refused, ServiceUnavailable, UsageError
 from .migration import Migration, get_migration, load_migrations
 from .runner import RunReport, run_pipeline
+from .scaffold import init_migration
 from .schema import validator_for
 from .state import CANCELLED, CUT_OVER, StateStore
 from .status import all_status
@@ -142,6 +143,12 @@ def backfill(settings: Settings, name: str, **options: Any) -> BackfillReport:
 def consume(settings: Settings, migrations: list[Migration], stop: threading.Event) -> None:
     """``cdc-migrator consume``: one group member per migration until ``stop`` is set."""
     consume_until_stopped(settings, migrations, stop)
+
+
+def init(settings: Settings, name: str, collection: str, *,
+         test_path: Path | None = None) -> list[Path]:
+    """``cdc-migrator init NAME``: see :func:`cdc_migrator.scaffold.init_migration`."""
+    return init_migration(name, collection, settings.transforms, test_path)
 
 
 def run(settings: Settings, name: str, **options: Any) -> RunReport:

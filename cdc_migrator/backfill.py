@@ -7,11 +7,12 @@ acknowledged the batch, so an interrupted backfill resumes where it stopped.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
 
-from . import events, topics
+from . import events, logs, observability, topics
 from .config import Settings
 from .errors import Refused
 from .migration import Migration
@@ -20,6 +21,7 @@ from .scanner import count, scan
 from .state import BACKFILLING, CATCHING_UP, StateStore
 from .tailer import is_armed
 
+log = logging.getLogger("cdc_migrator.backfill")
 
 @dataclass
 class BackfillReport:
@@ -47,6 +49,7 @@ def backfill(
     stop: threading.Event | None = None,
 ) -> BackfillReport:
     """Scan the collection in ``_id`` order into the migration's topic."""
+    logs.bind(migration=migration.name, component="backfill")
     store = StateStore(settings.db, settings.state_collection)
     state = store.get(migration.name)
     if not is_armed(state):
@@ -69,12 +72,15 @@ def backfill(
     store.set(migration.name, phase=BACKFILLING, **{"backfill.total": total,
                                                      "backfill.done": False})
     done_before = saved.get("scanned", 0) if resumed else 0
+    log.info("backfill %s: %d documents to scan into %s",
+             f"resumed after {done_before} documents" if resumed else "started", total, topic)
     progress = Progress(f"backfill {migration.name}", total, enabled=show_progress)
     progress.done = done_before
     producer = topics.producer(settings)
     database = settings.database_name
     scanned = 0
     finished = True
+    batch_started = time.monotonic()
     try:
         for batch in scan(collection, migration.filter, after=saved.get("cursor"),
                           started=resumed, batch_size=batch_size or migration.batch_size,
@@ -92,6 +98,9 @@ def backfill(
                       **{"backfill.cursor": batch[-1]["_id"],
                          "backfill.scanned": done_before + scanned})
             progress.update(len(batch))
+            observability.record_produced(migration.name, len(batch), "backfill",
+                                          time.monotonic() - batch_started)
+            batch_started = time.monotonic()
             if not _hold_while_paused(store, migration.name, stop):
                 finished = False
                 break
@@ -103,6 +112,8 @@ def backfill(
         progress.close()
     if finished:
         store.set(migration.name, phase=CATCHING_UP, **{"backfill.done": True})
+    log.info("backfill %s: %d documents produced in this run, %d in all",
+             "finished" if finished else "stopped", scanned, done_before + scanned)
     return BackfillReport(migration.name, scanned, done_before + scanned, resumed, finished)
 
 

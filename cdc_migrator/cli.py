@@ -6,7 +6,9 @@ Exit codes: 0 success, 1 refused or failed with a reason, 2 usage or configurati
 from __future__ import annotations
 
 import functools
+import inspect
 import json
+import logging
 import signal
 import sys
 import threading
@@ -18,14 +20,32 @@ from typing import Any
 import click
 from bson import json_util
 
-from . import api
-from .config import DEFAULT_KAFKA, DEFAULT_MONGODB_URI, Settings, mask_secrets
+from . import api, configfile, logs, observability
+from .config import DEFAULT_KAFKA, DEFAULT_MONGODB_URI, Settings
 from .errors import CdcMigratorError, UsageError
 from .status import render
 
+log = logging.getLogger("cdc_migrator.cli")
+
+_CONFIG = "cdc_migrator.config"
+# The component named in the log lines of a command's main thread.
+_COMPONENT_OF_COMMAND = {"tail": "tailer", "consume": "consumer", "backfill": "backfill",
+                         "apply": "apply", "cutover": "cutover"}
+
+
+def _read_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Eager: read the file before the other options, which take their defaults from it."""
+    config = configfile.load(configfile.find(value))
+    ctx.meta[_CONFIG] = config
+    ctx.default_map = {**(ctx.default_map or {}), **config.defaults}
+
 
 def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Connection and naming options every command takes, from flags or environment."""
+    """Connection, naming and logging options every command takes.
+
+    Each from a flag, else the environment, else the configuration file, else the default.
+    """
+    takes_quiet = "quiet" in inspect.signature(fn).parameters  # its own -q: shared meaning
     options = [
         click.option("--mongodb-uri", envvar="MONGODB_URI", default=DEFAULT_MONGODB_URI,
                      show_default=True, metavar="URI",
@@ -51,10 +71,34 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--partitions", envvar="CDC_MIGRATOR_PARTITIONS", default=6,
                      show_default=True, type=click.IntRange(min=1), metavar="N",
                      help="Partitions of a topic the tool creates."),
+        click.option("--config", envvar="CDC_MIGRATOR_CONFIG", metavar="FILE", is_eager=True,
+                     expose_value=False, callback=_read_config,
+                     help=f"TOML configuration file (default: ./{configfile.DEFAULT_PATH} if "
+                          "it exists); flags and environment override it. "
+                          "[env: CDC_MIGRATOR_CONFIG]"),
+        click.option("--log-format", envvar="CDC_MIGRATOR_LOG_FORMAT", default="text",
+                     type=click.Choice(logs.FORMATS), show_default=True,
+                     help="Log lines on stderr as plain text or one JSON object per line. "
+                          "[env: CDC_MIGRATOR_LOG_FORMAT]"),
+        click.option("--verbose", "-v", count=True,
+                     help="Debug logging (-vv: the Kafka and MongoDB drivers' too)."),
     ]
+    if not takes_quiet:
+        options.append(click.option("--quiet", "-q", is_flag=True,
+                                    help="Log only warnings and errors."))
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        config = ctx.meta.get(_CONFIG) or configfile.ConfigFile()
+        quiet = kwargs["quiet"] if takes_quiet else kwargs.pop("quiet")
+        verbose = kwargs.pop("verbose")
+        logs.configure(kwargs.pop("log_format"), verbose or (-1 if quiet else 0))
+        logs.add_secrets(*configfile.secrets_of(config.kafka),
+                         *configfile.secrets_of(config.mongo))
+        names = kwargs.get("names") or ((kwargs["name"],) if kwargs.get("name") else ())
+        logs.bind(migration=names[0] if len(names) == 1 else None,
+                  component=_COMPONENT_OF_COMMAND.get(ctx.info_name))
         settings = Settings(
             mongodb_uri=kwargs.pop("mongodb_uri"),
             database=kwargs.pop("database"),
@@ -64,6 +108,8 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             topic_prefix=kwargs.pop("topic_prefix"),
             group_id=kwargs.pop("group_id"),
             partitions=kwargs.pop("partitions"),
+            kafka_options=dict(config.kafka),
+            mongo_options=dict(config.mongo),
         )
         try:
             return fn(settings, *args, **kwargs)
@@ -73,6 +119,14 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
+
+
+def _metrics_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--metrics-port", envvar="CDC_MIGRATOR_METRICS_PORT", type=click.IntRange(0, 65535),
+        metavar="PORT", help="Serve /metrics (Prometheus), /healthz and /readyz over HTTP on "
+        "PORT; 0 picks a free port (logged). Default: no server. "
+        "[env: CDC_MIGRATOR_METRICS_PORT]")(fn)
 
 
 def _echo_json(value: Any) -> None:
@@ -100,7 +154,8 @@ def cli() -> None:
               help="Run the transform on the first batch, print each patch, write nothing.")
 @click.option("--reset", is_flag=True,
               help="Start from the first document, not the saved position.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress line.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress line; log only warnings and errors.")
 @_settings_options
 def apply(settings: Settings, name: str, batch_size: int | None, rate: float | None,
           dry_run: bool, reset: bool, quiet: bool) -> None:
@@ -177,8 +232,9 @@ def _migrations(settings: Settings, names: tuple[str, ...]) -> list[Any]:
 
 @cli.command()
 @click.argument("names", nargs=-1, metavar="[NAME...]")
+@_metrics_option
 @_settings_options
-def tail(settings: Settings, names: tuple[str, ...]) -> None:
+def tail(settings: Settings, names: tuple[str, ...], metrics_port: int | None) -> None:
     """Always-on: follow the change stream of each migration's collection into its topic.
 
     Arms change capture on first start (fixes the point from which writes are captured), then
@@ -187,8 +243,9 @@ def tail(settings: Settings, names: tuple[str, ...]) -> None:
     """
     stop = _stop_on_signals()
     migrations = _migrations(settings, names)
-    click.echo("tailing " + ", ".join(m.name for m in migrations), err=True)
-    api.tail(settings, migrations, stop)
+    log.info("tailing %s", ", ".join(m.name for m in migrations))
+    with observability.serving(settings, migrations, metrics_port, ("tailer",)):
+        api.tail(settings, migrations, stop)
 
 
 @cli.command()
@@ -198,7 +255,8 @@ def tail(settings: Settings, names: tuple[str, ...]) -> None:
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="DOCS/S",
               help="Cap documents read per second, to spare a production database.")
 @click.option("--reset", is_flag=True, help="Start over from the first document.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress line.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress line; log only warnings and errors.")
 @_settings_options
 def backfill(settings: Settings, name: str, batch_size: int | None, rate: float | None,
              reset: bool, quiet: bool) -> None:
@@ -215,8 +273,9 @@ def backfill(settings: Settings, name: str, batch_size: int | None, rate: float 
 
 @cli.command()
 @click.argument("names", nargs=-1, metavar="[NAME...]")
+@_metrics_option
 @_settings_options
-def consume(settings: Settings, names: tuple[str, ...]) -> None:
+def consume(settings: Settings, names: tuple[str, ...], metrics_port: int | None) -> None:
     """Always-on: the transform consumer group; run several processes to share partitions.
 
     Applies each migration to the documents its topic names, with guarded writes, and commits
@@ -224,8 +283,9 @@ def consume(settings: Settings, names: tuple[str, ...]) -> None:
     """
     stop = _stop_on_signals()
     migrations = _migrations(settings, names)
-    click.echo("consuming " + ", ".join(m.name for m in migrations), err=True)
-    api.consume(settings, migrations, stop)
+    log.info("consuming %s", ", ".join(m.name for m in migrations))
+    with observability.serving(settings, migrations, metrics_port, ("consumer",)):
+        api.consume(settings, migrations, stop)
 
 
 @cli.command()
@@ -236,25 +296,29 @@ def consume(settings: Settings, names: tuple[str, ...]) -> None:
               help="Give up waiting for the topic to drain after this long.")
 @click.option("--cutover", "then_cutover", is_flag=True,
               help="Cut over when drained (see `cutover --help`).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress line.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress line; log only warnings and errors.")
+@_metrics_option
 @_settings_options
 def run(settings: Settings, name: str, batch_size: int | None, rate: float | None,
-        timeout: float | None, then_cutover: bool, quiet: bool) -> None:
+        timeout: float | None, then_cutover: bool, quiet: bool, metrics_port: int | None) -> None:
     """Tail, backfill and consume NAME in this process until the topic is drained.
 
     For one machine; the always-on deployment runs `tail` and `consume` as services instead.
     """
     stop = _stop_on_signals()
-    report = api.run(settings, name, batch_size=batch_size, rate=rate, timeout=timeout,
-                     show_progress=not quiet, stop=stop)
+    with observability.serving(settings, [api.load(settings, name)], metrics_port,
+                               ("tailer", "backfill", "consumer")):
+        report = api.run(settings, name, batch_size=batch_size, rate=rate, timeout=timeout,
+                         show_progress=not quiet, stop=stop, then_cutover=then_cutover)
     counts = report.counts
     click.echo(f"{name}: {'drained' if report.drained else 'stopped'}; lag {report.lag}; "
                + ", ".join(f"{k} {counts.get(k, 0):,}" for k in
                            ("produced", "consumed", "updated", "deleted", "unchanged", "failed")))
     if not report.drained:
         sys.exit(1)
-    if then_cutover:
-        _print_cutover(api.cutover(settings, name))
+    if report.cutover is not None:
+        _print_cutover(report.cutover)
 
 
 def _print_cutover(report: Any) -> None:
@@ -348,18 +412,38 @@ def reset(settings: Settings, name: str, yes: bool) -> None:
 
 @cli.command(name="next")
 @click.argument("collection")
+@click.option("--run", "run_all", is_flag=True,
+              help="Run the remaining migrations one after another (pipeline, then cutover), "
+                   "each starting only after the previous one cut over.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=600, show_default=True,
+              metavar="SECONDS", help="With --run: how long each may take to drain.")
 @_settings_options
-def next_(settings: Settings, collection: str) -> None:
+def next_(settings: Settings, collection: str, run_all: bool, timeout: float) -> None:
     """Name the migration of COLLECTION to run now: the first not cut over, in file order.
 
-    Migrations of one collection run in series, each after the previous one cut over; exit 1
-    when all of them have.
+    Migrations of one collection run in series. Exit 1 when all of them have cut over (or,
+    with --run, when one of them could not be cut over).
     """
     found = api.next_migration(settings, collection)
     if found is None:
         click.echo(f"every migration of {collection} has cut over")
         sys.exit(1)
-    click.echo(found.name)
+    if not run_all:
+        click.echo(found.name)
+        return
+    stop = _stop_on_signals()
+    while found is not None:
+        click.echo(f"== {found.name}")
+        report = api.run(settings, found.name, timeout=timeout, show_progress=False, stop=stop,
+                         then_cutover=True)
+        if not report.drained or report.cutover is None:
+            click.echo(f"{found.name}: did not drain; stopping the series")
+            sys.exit(1)
+        click.echo(report.cutover.summary())
+        if not report.cutover.ok:
+            sys.exit(1)
+        found = api.next_migration(settings, collection)
+    click.echo(f"every migration of {collection} has cut over")
 
 
 @cli.group()
@@ -400,6 +484,56 @@ def dlq_retry(settings: Settings, name: str) -> None:
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--collection", required=True, metavar="NAME",
+              help="The collection the migration changes.")
+@click.option("--with-test", "test_path", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE", help="Also write a pytest stub to FILE (e.g. tests/test_NAME.py) "
+              "that runs the transform on sample documents, without services.")
+@_settings_options
+def init(settings: Settings, name: str, collection: str, test_path: Path | None) -> None:
+    """Start a migration: write NAME.py under --transforms from a template to fill in.
+
+    The file has the @migration decorator, a docstring for the deploy sequence and a transform
+    that changes nothing yet. Also writes the schema stubs it names, schemas/NAME.expand.json
+    and schemas/NAME.contract.json, in the schemas/ directory beside the transforms directory
+    (where `verify` and `cutover` read the contract schema). Refuses with exit 2 when NAME is
+    not a Python identifier or a file exists already. Try it: `apply NAME --dry-run`.
+    """
+    for path in api.init(settings, name, collection, test_path=test_path):
+        click.echo(f"wrote {path}")
+
+
+@cli.group(name="config")
+def config_group() -> None:
+    """The configuration: flag > environment > configuration file > default."""
+
+
+@config_group.command(name="show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
+@_metrics_option
+@_settings_options
+def config_show(settings: Settings, as_json: bool, metrics_port: int | None) -> None:
+    """Print the effective configuration, each value's source, secrets masked."""
+    ctx = click.get_current_context()
+    sources = {click.core.ParameterSource.COMMANDLINE: "flag",
+               click.core.ParameterSource.ENVIRONMENT: "env",
+               click.core.ParameterSource.DEFAULT_MAP: "file"}
+    shown = configfile.effective(
+        ctx.params, lambda p: sources.get(ctx.get_parameter_source(p), "default"),
+        ctx.meta.get(_CONFIG) or configfile.ConfigFile())
+    click.echo(json.dumps(shown, indent=2) if as_json else configfile.to_toml(shown))
+
+
+def _report_error(message: str) -> None:
+    """An expected error as one line on stderr (a JSON log line with --log-format json)."""
+    if logs.is_json():
+        log.error(message)
+    else:
+        click.echo(f"cdc-migrator: {logs.mask(message)}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: expected errors become one line on stderr and an exit code."""
     try:
@@ -411,7 +545,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except CdcMigratorError as exc:
-        click.echo(f"cdc-migrator: {mask_secrets(str(exc))}", err=True)
+        _report_error(str(exc))
         sys.exit(exc.exit_code)
     except SystemExit:
         raise
@@ -422,7 +556,7 @@ def main(argv: list[str] | None = None) -> None:
         translated = api.translate_service_error(exc)
         if translated is None:
             raise
-        click.echo(f"cdc-migrator: {mask_secrets(str(translated))}", err=True)
+        _report_error(str(translated))
         sys.exit(translated.exit_code)
     sys.exit(0)
 

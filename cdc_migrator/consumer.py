@@ -21,7 +21,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 
-from . import events, topics
+from . import events, logs, observability, topics
 from .applier import Applier, BatchResult
 from .config import Settings
 from .context import make_context
@@ -70,6 +70,7 @@ class TransformConsumer:
         self.stopping.set()
 
     def run(self) -> ConsumeStats:
+        logs.bind(migration=self.migration.name, component="consumer")
         topics.ensure_topic(self.settings, self.topic)
         topics.ensure_topic(self.settings, self.dlq_topic, partitions=1)
         self._consumer = KafkaConsumer(
@@ -79,6 +80,8 @@ class TransformConsumer:
             max_partition_fetch_bytes=16 << 20, session_timeout_ms=30_000,
             max_poll_interval_ms=600_000, **topics.client_options(self.settings))
         self._dlq = topics.producer(self.settings)
+        log.info("consuming %s as group %s", self.topic,
+                 group_id(self.settings, self.migration))
         try:
             while not self.stopping.is_set():
                 if self._check_paused():
@@ -104,6 +107,7 @@ class TransformConsumer:
                 else:
                     self._consumer.resume(*self._consumer.paused())
                 self._paused = paused
+                log.info("paused: holding the position" if paused else "resumed")
         if self._paused:
             self._consumer.poll(timeout_ms=200)  # keeps the membership; returns nothing
             self._consumer.pause(*self._consumer.assignment())
@@ -111,6 +115,7 @@ class TransformConsumer:
         return False
 
     def _process(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        started = time.monotonic()
         ids: list[Any] = []
         images: dict[Any, Any] = {}
         dead: list[dict[str, Any]] = []
@@ -124,6 +129,8 @@ class TransformConsumer:
                 try:
                     envelope = events.decode(record.value)
                 except events.PoisonRecord as exc:
+                    log.warning("undecodable record at partition %d offset %d "
+                                "dead-lettered: %s", tp.partition, record.offset, exc)
                     dead.append(_dead_letter(self.migration.name, "poison", None, str(exc),
                                              "", record))
                     continue
@@ -138,6 +145,7 @@ class TransformConsumer:
                 images[key] = envelope.document
         result = self.applier.apply_ids(ids, images) if ids else BatchResult()
         for failure in result.failures:
+            log.warning("transform failed on %r, dead-lettered: %s", failure.id, failure.error)
             dead.append(_dead_letter(self.migration.name, "transform", failure.id,
                                      failure.error, failure.traceback, None))
         if dead:
@@ -151,6 +159,9 @@ class TransformConsumer:
         self.store.add(self.migration.name, {**result.counts(), "consumed": count},
                        [failure_record(f.id, f.error, "consume") for f in result.failures],
                        **fields)
+        observability.record_consumed(self.migration.name, count, result,
+                                      time.monotonic() - started)
+        log.debug("batch of %d events applied and committed: %s", count, result.counts())
         if self.on_batch:
             self.on_batch(self.stats)
 

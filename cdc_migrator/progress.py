@@ -1,14 +1,20 @@
 """Progress on long work: count, rate and ETA on stderr.
 
 On a terminal the line is redrawn in place; otherwise one line is printed every few seconds, so
-logs of a deployment stay readable.
+logs of a deployment stay readable. With JSON logging it is an INFO log record every few
+seconds instead, so the output stays one JSON object per line.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import TextIO
+
+from . import logs
+
+log = logging.getLogger("cdc_migrator.progress")
 
 
 def rate_and_eta(done: int, total: int | None, elapsed: float) -> tuple[float, float | None]:
@@ -39,7 +45,8 @@ class Progress:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.tty = self.stream.isatty()
-        self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
+        self.interval = interval if interval is not None else (
+            0.2 if self.tty and not logs.is_json() else 5.0)
         self.done = 0
         self.counts: dict[str, int] = {}
         self._start = time.monotonic()
@@ -69,7 +76,9 @@ class Progress:
     def _draw(self) -> None:
         if not self.enabled:
             return
-        if self.tty:
+        if logs.is_json():
+            log.info("%s", self.line())
+        elif self.tty:
             self.stream.write("\r\x1b[K" + self.line())
         else:
             self.stream.write(self.line() + "\n")
@@ -78,7 +87,9 @@ class Progress:
     def close(self) -> None:
         if not self.enabled:
             return
-        if self.tty:
+        if logs.is_json():
+            log.info("%s", self.line())
+        elif self.tty:
             self.stream.write("\r\x1b[K" + self.line() + "\n")
         else:
             self.stream.write(self.line() + "\n")

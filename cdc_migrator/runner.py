@@ -17,6 +17,7 @@ from . import topics
 from .backfill import BackfillReport, backfill
 from .config import Settings
 from .consumer import TransformConsumer, group_id
+from .cutover import CutoverReport, cutover
 from .migration import Migration
 from .state import READY, StateStore
 from .tailer import Tailer, arm
@@ -29,13 +30,18 @@ class RunReport:
     counts: dict[str, int]
     lag: int
     drained: bool
+    cutover: CutoverReport | None = None
 
 
 def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | None = None,
                  rate: float | None = None, show_progress: bool = True,
                  stop: threading.Event | None = None, timeout: float | None = None,
-                 settle: float = 1.0) -> RunReport:
-    """Run the three pieces in threads of this process until the topic is drained."""
+                 settle: float = 1.0, then_cutover: bool = False) -> RunReport:
+    """Run the three pieces in threads of this process until the topic is drained.
+
+    With ``then_cutover`` the cutover runs once drained, while the tailer and consumer still
+    run: its fence must travel through them.
+    """
     stop = stop or threading.Event()
     arm(settings, migration)
     tailer = Tailer(settings, migration)
@@ -56,12 +62,15 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
     for t in threads:
         t.start()
     report = None
+    outcome = None
     drained = False
     deadline = time.monotonic() + timeout if timeout else None
     try:
         report = backfill(settings, migration, batch_size=batch_size, rate=rate,
                           show_progress=show_progress, stop=stop)
         drained = wait_drained(settings, migration, tailer, stop, deadline, settle)
+        if drained and then_cutover:
+            outcome = cutover(settings, migration)
     finally:
         tailer.stop()
         consumer.stop()
@@ -72,10 +81,10 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
     lag = topics.group_lag(settings, settings.topic(migration.collection),
                            group_id(settings, migration)).total
     store = StateStore(settings.db, settings.state_collection)
-    if drained and lag == 0:
+    if drained and lag == 0 and outcome is None:
         store.set(migration.name, phase=READY)
     state = store.get(migration.name) or {}
-    return RunReport(migration.name, report, state.get("counts", {}), lag, drained)
+    return RunReport(migration.name, report, state.get("counts", {}), lag, drained, outcome)
 
 
 def wait_drained(settings: Settings, migration: Migration, tailer: Tailer,

@@ -19,7 +19,7 @@ from typing import Any
 
 from pymongo.errors import OperationFailure, PyMongoError
 
-from . import events, topics
+from . import events, logs, observability, topics
 from .config import Settings
 from .errors import HistoryLost, Refused
 from .migration import Migration
@@ -78,6 +78,7 @@ class Tailer:
 
     def run(self) -> None:
         """Tail until stopped; raises HistoryLost when the resume point is gone."""
+        logs.bind(migration=self.migration.name, component="tailer")
         state = arm(self.settings, self.migration)
         tail = state.get("tail") or {}
         db = self.settings.db
@@ -87,6 +88,9 @@ class Tailer:
             options["resume_after"] = tail["resume_token"]
         else:
             options["start_at_operation_time"] = tail["armed_at"]
+        log.info("tailing %s into %s from %s", self.migration.collection, self.topic,
+                 "the saved resume token" if "resume_after" in options
+                 else f"the armed point {tail['armed_at']}")
         pipeline = [{"$match": {"ns.coll": {"$in": [self.migration.collection,
                                                      FENCE_COLLECTION]}}}]
         producer = topics.producer(self.settings)
@@ -142,11 +146,16 @@ class Tailer:
 
     def _commit(self, producer: Any, futures: list[Any], token: Any) -> None:
         """Save the resume token once the broker acknowledged every event before it."""
+        started = time.monotonic()
         if futures:
             producer.flush()
             for future in futures:
                 future.get(timeout=0)  # raises the send's error: the token is then not saved
             self.produced += len(futures)
+            observability.record_produced(self.migration.name, len(futures), "tailer",
+                                          time.monotonic() - started)
+        observability.record_tailer_position(self.migration.name,
+                                             self.last_event_time if futures else None)
         if token is None:
             return
         fields: dict[str, Any] = {"tail.resume_token": token, "tail.heartbeat": time.time()}

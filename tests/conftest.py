@@ -67,9 +67,8 @@ def settings(db, tmp_path) -> Settings:
     s.close()
 
 
-def run_cli(*args: str, settings: Settings | None = None, env: dict | None = None,
-            timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``cdc-migrator ARGS`` as a user would, in a subprocess."""
+def cli_env(settings: Settings | None = None, env: dict | None = None) -> dict[str, str]:
+    """The environment of a ``cdc-migrator`` subprocess: ours, ``settings``, then ``env``."""
     full_env = dict(os.environ)
     if settings is not None:
         full_env.update({
@@ -78,8 +77,16 @@ def run_cli(*args: str, settings: Settings | None = None, env: dict | None = Non
             "CDC_MIGRATOR_TRANSFORMS": str(settings.transforms),
             "CDC_MIGRATOR_TOPIC_PREFIX": settings.topic_prefix,
             "CDC_MIGRATOR_GROUP": settings.group_id,
+            "CDC_MIGRATOR_PARTITIONS": str(settings.partitions),
         })
     full_env.update(env or {})
+    return full_env
+
+
+def run_cli(*args: str, settings: Settings | None = None, env: dict | None = None,
+            timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``cdc-migrator ARGS`` as a user would, in a subprocess."""
+    full_env = cli_env(settings, env)
     return subprocess.run(
         [sys.executable, "-m", "cdc_migrator", *args], capture_output=True, text=True,
         env=full_env, timeout=timeout, cwd=cwd or ROOT,

@@ -18,7 +18,7 @@ from cdc_migrator.consumer import group_id
 from cdc_migrator.migration import get_migration
 from cdc_migrator.runner import run_pipeline
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, cli_env, run_cli
 
 ITEMS_MIGRATION = textwrap.dedent('''
     from cdc_migrator import migration, UNSET
@@ -145,12 +145,8 @@ def test_invariant_holds_while_the_application_writes_during_backfill(db, settin
 
 
 def _spawn(settings, *args):
-    env = dict(os.environ, MONGODB_URI=settings.mongodb_uri,
-               KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-               CDC_MIGRATOR_TRANSFORMS=str(settings.transforms),
-               CDC_MIGRATOR_TOPIC_PREFIX=settings.topic_prefix,
-               CDC_MIGRATOR_GROUP=settings.group_id)
-    return subprocess.Popen([sys.executable, "-m", "cdc_migrator", *args], env=env, cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "cdc_migrator", *args],
+                            env=cli_env(settings), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -1,10 +1,7 @@
-"""The foundation: the local services behave as the rest of the code expects of MongoDB and Kafka."""
+"""The foundation: the local services behave as the code expects of MongoDB and Kafka."""
 
 from __future__ import annotations
 
-import uuid
-
-import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from cdc_migrator import topics

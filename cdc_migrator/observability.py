@@ -1,0 +1,241 @@
+"""Metrics and health over HTTP for the always-on commands (``tail``, ``consume``, ``run``).
+
+``/metrics`` serves Prometheus metrics, ``/healthz`` answers 200 while the process runs
+(liveness), ``/readyz`` answers 200 when MongoDB and Kafka answer and no migration served is
+paused or cancelled, else 503 with the reason (readiness).
+
+The pipeline's pieces call the ``record_*`` functions; without a server they only increment
+counters in memory. Lag and readiness are measured by a background thread every few seconds,
+so a scrape or a probe never waits for the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pymongo
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from . import logs, topics
+from .config import Settings
+from .errors import UsageError
+from .migration import Migration
+from .state import StateStore
+
+log = logging.getLogger("cdc_migrator.observability")
+
+REFRESH_INTERVAL = 3.0
+
+REGISTRY = CollectorRegistry()
+EVENTS_PRODUCED = Counter(
+    "events_produced", "Events the tailer and backfill wrote to the topic, acknowledged",
+    ["migration"], registry=REGISTRY)
+EVENTS_CONSUMED = Counter(
+    "events_consumed", "Records the consumer read from the topic and committed",
+    ["migration"], registry=REGISTRY)
+EVENTS_APPLIED = Counter(
+    "events_applied", "Documents the consumer changed (updated or deleted)",
+    ["migration"], registry=REGISTRY)
+DOCUMENTS_UNCHANGED = Counter(
+    "documents_unchanged", "Documents the consumer found already migrated (no-op)",
+    ["migration"], registry=REGISTRY)
+DOCUMENTS_FAILED = Counter(
+    "documents_failed", "Documents whose transform raised (dead-lettered)",
+    ["migration"], registry=REGISTRY)
+CONSUMER_LAG = Gauge(
+    "consumer_lag", "Events on the topic the group has not applied and committed yet",
+    ["migration", "partition"], registry=REGISTRY)
+TAILER_DELAY = Gauge(
+    "tailer_delay_seconds", "Age of the newest change event at the tailer's last checkpoint "
+    "(0 when it has caught up with the change stream)", ["migration"], registry=REGISTRY)
+BATCH_DURATION = Histogram(
+    "batch_duration_seconds", "Wall time of one batch: produced and acknowledged (tailer, "
+    "backfill) or applied and committed (consumer)", ["migration", "component"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY)
+
+
+def record_produced(migration: str, events: int, component: str, seconds: float) -> None:
+    """A batch of ``events`` acknowledged by the broker, from the tailer or the backfill."""
+    EVENTS_PRODUCED.labels(migration).inc(events)
+    BATCH_DURATION.labels(migration, component).observe(seconds)
+
+
+def record_consumed(migration: str, records: int, result: Any, seconds: float) -> None:
+    """A consumed batch: ``result`` is its :class:`~cdc_migrator.applier.BatchResult`."""
+    EVENTS_CONSUMED.labels(migration).inc(records)
+    EVENTS_APPLIED.labels(migration).inc(result.applied)
+    DOCUMENTS_UNCHANGED.labels(migration).inc(result.unchanged)
+    DOCUMENTS_FAILED.labels(migration).inc(result.failed)
+    BATCH_DURATION.labels(migration, "consumer").observe(seconds)
+
+
+def record_tailer_position(migration: str, last_event_time: Any) -> None:
+    """The tailer's checkpoint: the cluster time of its newest event, None when caught up."""
+    seconds = getattr(last_event_time, "time", None)
+    TAILER_DELAY.labels(migration).set(max(0.0, time.time() - seconds) if seconds else 0.0)
+
+
+class Health:
+    """Readiness, measured every ``interval`` seconds in a thread; also refreshes the lag."""
+
+    def __init__(self, settings: Settings, migrations: Sequence[Migration], *,
+                 track_lag: bool, interval: float = REFRESH_INTERVAL) -> None:
+        self.settings = settings
+        self.migrations = list(migrations)
+        self.track_lag = track_lag
+        self.interval = interval
+        self._ready: tuple[bool, str] = (False, "starting: first check not done yet")
+        self._checked_at = 0.0
+        self._stop = threading.Event()
+        # Short timeouts of its own, so a check answers well within a probe's timeout.
+        self._mongo = pymongo.MongoClient(settings.mongodb_uri, tz_aware=True, **{
+            **settings.mongo_options, "serverSelectionTimeoutMS": 2000})
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="health")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._mongo.close()
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason) from the last check; a check overdue is itself a reason."""
+        ready, reason = self._ready
+        if ready and time.monotonic() - self._checked_at > 5 * self.interval + 10:
+            return False, "health checks stalled"
+        return ready, reason
+
+    def _loop(self) -> None:
+        if len(self.migrations) == 1:
+            logs.bind(migration=self.migrations[0].name)
+        while not self._stop.is_set():
+            ready, reason = self.check()
+            if (ready, reason) != self._ready:
+                log.log(logging.INFO if ready else logging.WARNING, "%s",
+                        "ready" if ready else f"not ready: {reason}")
+            self._ready = ready, reason
+            self._checked_at = time.monotonic()
+            self._stop.wait(self.interval)
+
+    def check(self) -> tuple[bool, str]:
+        problems = self._check_mongo() + self._check_kafka()
+        return (not problems, "; ".join(problems) or "ready")
+
+    def _check_mongo(self) -> list[str]:
+        try:
+            db = self._mongo[self.settings.database_name]
+            db.command("ping")
+            store = StateStore(db, self.settings.state_collection)
+            problems = []
+            for m in self.migrations:
+                state = store.get(m.name) or {}
+                if state.get("cancelled"):
+                    problems.append(f"migration {m.name} is cancelled")
+                elif state.get("paused"):
+                    problems.append(f"migration {m.name} is paused")
+            return problems
+        except Exception as exc:  # any failure means: not ready, with its reason
+            return [f"MongoDB: {_first_line(exc)}"]
+
+    def _check_kafka(self) -> list[str]:
+        from .consumer import group_id  # the consumer reports here: import it late
+
+        # Reading the group's offsets proves the broker answers; the lag comes with it.
+        try:
+            for m in self.migrations:
+                lag = topics.group_lag(self.settings, self.settings.topic(m.collection),
+                                       group_id(self.settings, m))
+                if self.track_lag:
+                    for p in lag.partitions:
+                        CONSUMER_LAG.labels(m.name, str(p.partition)).set(p.lag)
+            return []
+        except Exception as exc:  # any failure means: not ready, with its reason
+            return [f"Kafka: {_first_line(exc)}"]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return logs.mask(f"{type(exc).__name__}: {text}")[:300]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._reply(200, encoder(REGISTRY), content_type)
+        elif path == "/healthz":
+            self._reply(200, b"ok\n")
+        elif path == "/readyz":
+            ready, reason = self.server.health.readiness()
+            self._reply(200 if ready else 503, f"{reason}\n".encode())
+        else:
+            self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+
+    def _reply(self, code: int, body: bytes,
+               content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http: " + format, *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    health: Health
+
+
+@contextlib.contextmanager
+def serving(settings: Settings, migrations: Sequence[Migration], port: int | None,
+            components: Sequence[str], host: str = "") -> Iterator[int | None]:
+    """Serve /metrics, /healthz and /readyz on ``port`` (0: any free port) while in the block.
+
+    ``components`` are the pieces this process runs ("tailer", "backfill", "consumer"): their
+    metrics are exported from the start, at zero. Yields the port, or None when ``port`` is
+    None (no server).
+    """
+    if port is None:
+        yield None
+        return
+    for m in migrations:
+        if "tailer" in components or "backfill" in components:
+            EVENTS_PRODUCED.labels(m.name)
+        if "tailer" in components:
+            TAILER_DELAY.labels(m.name)
+        if "consumer" in components:
+            for counter in (EVENTS_CONSUMED, EVENTS_APPLIED, DOCUMENTS_UNCHANGED,
+                            DOCUMENTS_FAILED):
+                counter.labels(m.name)
+    try:
+        server = _Server((host, port), _Handler)
+    except OSError as exc:
+        raise UsageError(f"cannot serve metrics on port {port}: {exc.strerror or exc}") from None
+    health = Health(settings, migrations, track_lag="consumer" in components)
+    server.health = health
+    actual = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="metrics")
+    health.start()
+    thread.start()
+    log.info("serving /metrics, /healthz and /readyz on port %d", actual)
+    try:
+        yield actual
+    finally:
+        server.shutdown()
+        server.server_close()
+        health.stop()

@@ -1,0 +1,204 @@
+"""Lag you can trust, status you can watch, and a cutover that refuses when it should."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from cdc_migrator import topics
+from cdc_migrator.consumer import group_id
+from cdc_migrator.migration import get_migration
+from cdc_migrator.tailer import arm
+
+from .conftest import run_cli
+from .test_pipeline import _spawn, _wait_drained, _wait_state
+
+MIGRATIONS = textwrap.dedent('''
+    from cdc_migrator import migration
+
+    @migration(collection="accounts")
+    def add_tier(doc, ctx):
+        if doc.get("tier") is None:
+            if doc.get("explode"):
+                raise ValueError("cannot migrate an exploding account")
+            return {"tier": "free"}
+
+    @migration(collection="accounts")
+    def add_region(doc, ctx):
+        if "region" not in doc:
+            return {"region": "eu"}
+''')
+
+
+@pytest.fixture
+def transforms(tmp_path, settings):
+    (tmp_path / "accounts.py").write_text(MIGRATIONS)
+    settings.transforms = tmp_path
+    return tmp_path
+
+
+def seed(db, n, start=0):
+    db.accounts.insert_many([{"_id": start + i, "name": f"a{i}"} for i in range(n)])
+
+
+class Deployment:
+    """tail and consume as separate processes, stopped with SIGTERM at the end."""
+
+    def __init__(self, settings, name, consumers=1):
+        self.procs = [_spawn(settings, "tail", name)]
+        self.procs += [_spawn(settings, "consume", name) for _ in range(consumers)]
+
+    def stop(self):
+        for proc in self.procs:
+            proc.terminate()
+        return [proc.wait(timeout=60) for proc in self.procs]
+
+
+def test_cutover_refuses_until_backfill_lag_and_unmigrated_documents_clear(db, settings,
+                                                                          transforms):
+    seed(db, 3000)
+    arm(settings, get_migration(transforms, "add_tier"))
+    refused = run_cli("cutover", "add_tier", "--timeout", "1", settings=settings)
+    assert refused.returncode == 1
+    assert "backfill unfinished" in refused.stdout
+    assert "3,000 documents unmigrated" in refused.stdout
+
+    tail = _spawn(settings, "tail", "add_tier")
+    try:
+        _wait_state(db, "add_tier", lambda s: (s.get("tail") or {}).get("heartbeat"))
+        assert run_cli("backfill", "add_tier", "-q", settings=settings).returncode == 0
+        behind = run_cli("cutover", "add_tier", "--timeout", "2", settings=settings)
+        assert behind.returncode == 1
+        assert "events behind" in behind.stdout and "backfill" not in behind.stdout
+
+        consume = _spawn(settings, "consume", "add_tier")
+        _wait_drained(settings, get_migration(transforms, "add_tier"))
+        ok = run_cli("cutover", "add_tier", "--timeout", "60", settings=settings)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert "cut over" in ok.stdout
+        state = db.cdc_migrator_state.find_one({"_id": "add_tier"})
+        assert state["phase"] == "cut over" and state["completed_at"]
+        assert db.accounts.count_documents({"tier": "free"}) == 3000
+        consume.terminate()
+        assert consume.wait(timeout=60) == 0
+    finally:
+        tail.terminate()
+        tail.wait(timeout=60)
+
+
+def test_cutover_refuses_while_documents_fail_and_names_them(db, settings, transforms):
+    seed(db, 200)
+    db.accounts.update_many({"_id": {"$in": [3, 7]}}, {"$set": {"explode": True}})
+    assert run_cli("apply", "add_tier", "-q", settings=settings).returncode == 1
+    refused = run_cli("cutover", "add_tier", settings=settings)
+    assert refused.returncode == 1
+    assert "2 documents make the transform raise" in refused.stdout
+    db.accounts.update_many({}, {"$unset": {"explode": ""}})
+    db.accounts.insert_one({"_id": 999, "name": "late"})
+    late = run_cli("cutover", "add_tier", settings=settings)
+    assert late.returncode == 1 and "3 documents unmigrated" in late.stdout
+    assert run_cli("apply", "add_tier", "-q", settings=settings).returncode == 0
+    assert run_cli("cutover", "add_tier", settings=settings).returncode == 0
+
+
+def test_status_lag_agrees_with_an_independent_count_at_the_broker(db, settings, transforms):
+    seed(db, 1500)
+    migration = get_migration(transforms, "add_tier")
+    arm(settings, migration)
+    assert run_cli("backfill", "add_tier", "-q", settings=settings).returncode == 0
+    status = run_cli("status", "add_tier", "--json", settings=settings)
+    assert status.returncode == 0, status.stderr
+    reported = json.loads(status.stdout)["lag"]
+
+    topic = settings.topic("accounts")
+    consumer = KafkaConsumer(group_id=group_id(settings, migration),
+                             bootstrap_servers=settings.kafka_bootstrap_servers)
+    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+    ends = consumer.end_offsets(parts)
+    independent = sum(ends[tp] - (consumer.committed(tp) or 0) for tp in parts)
+    consumer.close()
+    assert reported["total"] == independent == 1500
+    assert {int(p): v["lag"] for p, v in reported["partitions"].items()} == {
+        tp.partition: ends[tp] for tp in parts}
+
+
+def test_fence_waits_for_every_partition_with_several_consumers(db, settings, transforms):
+    seed(db, 6000)
+    deployment = Deployment(settings, "add_tier", consumers=2)
+    try:
+        _wait_state(db, "add_tier", lambda s: (s.get("tail") or {}).get("heartbeat"))
+        assert run_cli("backfill", "add_tier", "-q", settings=settings).returncode == 0
+        # Cut over at once: the fence makes cutover wait for every event before it.
+        result = run_cli("cutover", "add_tier", "--timeout", "120", settings=settings)
+        assert result.returncode == 0, result.stdout + result.stderr
+        state = db.cdc_migrator_state.find_one({"_id": "add_tier"})
+        fences = state["fences"]
+        assert any(len(f["partitions"]) == settings.partitions for f in fences.values())
+        assert db.accounts.count_documents({"tier": {"$ne": "free"}}) == 0
+        lag = topics.group_lag(settings, settings.topic("accounts"),
+                               group_id(settings, get_migration(transforms, "add_tier")))
+        assert lag.total == 0
+    finally:
+        assert deployment.stop() == [0, 0, 0]
+
+
+def test_pause_holds_and_resume_continues(db, settings, transforms):
+    seed(db, 100)
+    deployment = Deployment(settings, "add_tier")
+    try:
+        _wait_state(db, "add_tier", lambda s: (s.get("tail") or {}).get("heartbeat"))
+        assert run_cli("backfill", "add_tier", "-q", settings=settings).returncode == 0
+        _wait_drained(settings, get_migration(transforms, "add_tier"))
+        assert run_cli("pause", "add_tier", settings=settings).returncode == 0
+        time.sleep(2.5)  # consumers look at the pause flag every second
+        seed(db, 50, start=1000)
+        time.sleep(3)
+        assert db.accounts.count_documents({"tier": None}) == 50, "paused, yet applied"
+        status = json.loads(run_cli("status", "add_tier", "--json", settings=settings).stdout)
+        assert status["paused"] and status["lag"]["total"] == 50
+        assert run_cli("resume", "add_tier", settings=settings).returncode == 0
+        _wait_drained(settings, get_migration(transforms, "add_tier"))
+        assert db.accounts.count_documents({"tier": None}) == 0
+    finally:
+        assert deployment.stop() == [0, 0]
+
+
+def test_cancel_refuses_further_work_and_reset_starts_over(db, settings, transforms):
+    seed(db, 10)
+    assert run_cli("cancel", "add_tier", settings=settings).returncode == 0
+    tail = run_cli("tail", "add_tier", settings=settings, timeout=60)
+    assert tail.returncode == 1 and "cancelled" in tail.stderr
+    assert db.accounts.count_documents({"tier": "free"}) == 0
+    assert run_cli("reset", "add_tier", "--yes", settings=settings).returncode == 0
+    assert db.cdc_migrator_state.find_one({"_id": "add_tier"}) is None
+    assert run_cli("apply", "add_tier", "-q", settings=settings).returncode == 0
+    assert db.accounts.count_documents({"tier": "free"}) == 10
+
+
+def test_next_runs_migrations_of_a_collection_in_series(db, settings, transforms):
+    seed(db, 10)
+    first = run_cli("next", "accounts", settings=settings)
+    assert first.returncode == 0 and first.stdout.strip() == "add_tier"
+    assert run_cli("apply", "add_tier", "-q", settings=settings).returncode == 0
+    assert run_cli("next", "accounts", settings=settings).stdout.strip() == "add_tier"
+    assert run_cli("cutover", "add_tier", settings=settings).returncode == 0
+    assert run_cli("next", "accounts", settings=settings).stdout.strip() == "add_region"
+    assert run_cli("apply", "add_region", "-q", settings=settings).returncode == 0
+    assert run_cli("cutover", "add_region", settings=settings).returncode == 0
+    done = run_cli("next", "accounts", settings=settings)
+    assert done.returncode == 1 and "every migration" in done.stdout
+
+
+def test_next_run_cuts_over_each_migration_before_starting_the_next(db, settings, transforms):
+    seed(db, 300)
+    result = run_cli("next", "accounts", "--run", "--timeout", "120", settings=settings,
+                     timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    states = {s["_id"]: s for s in db.cdc_migrator_state.find()}
+    assert states["add_tier"]["phase"] == states["add_region"]["phase"] == "cut over"
+    assert states["add_tier"]["completed_at"] <= states["add_region"]["created_at"]
+    assert db.accounts.count_documents({"tier": "free", "region": "eu"}) == 300
