@@ -1,0 +1,72 @@
+import java.util.List;
+
+import de.bwaldvogel.mongo.MongoDatabase;
+import de.bwaldvogel.mongo.backend.CollectionOptions;
+import de.bwaldvogel.mongo.backend.CursorRegistry;
+import de.bwaldvogel.mongo.backend.Index;
+import de.bwaldvogel.mongo.backend.QueryResult;
+import de.bwaldvogel.mongo.backend.memory.MemoryCollection;
+import de.bwaldvogel.mongo.backend.memory.MemoryDatabase;
+import de.bwaldvogel.mongo.bson.Document;
+
+/**
+ * In-memory databases whose collections use the _id index for any query that pins _id.
+ *
+ * <p>Stock mongo-java-server uses an index only when the query names exactly the index's keys,
+ * so {@code {_id: 5, role: {$exists: false}}} scans the whole collection, as does an update or
+ * delete with that filter. MongoDB narrows by the _id index first and then applies the rest of
+ * the filter; so do these collections (see docs/testing.md).
+ */
+final class IdIndexedMemory {
+    private IdIndexedMemory() {
+    }
+
+    static final class Database extends MemoryDatabase {
+        Database(String databaseName, CursorRegistry cursorRegistry) {
+            super(databaseName, cursorRegistry);
+        }
+
+        @Override
+        protected MemoryCollection openOrCreateCollection(String collectionName, CollectionOptions options) {
+            return new Collection(this, collectionName, options, cursorRegistry);
+        }
+    }
+
+    static final class Collection extends MemoryCollection {
+        Collection(MongoDatabase database, String collectionName, CollectionOptions options,
+                   CursorRegistry cursorRegistry) {
+            super(database, collectionName, options, cursorRegistry);
+        }
+
+        @Override
+        protected QueryResult queryDocuments(Document query, Document orderBy, int numberToSkip, int limit,
+                                             int batchSize, Document fieldSelector) {
+            Document byId = idCondition(query);
+            if (byId != null) {
+                for (Index<Integer> index : getIndexes()) {
+                    if (index.canHandle(byId)) {
+                        // Candidates from the index; the whole query still decides which match.
+                        return matchDocuments(query, index.getPositions(byId), orderBy, numberToSkip, limit,
+                            batchSize, fieldSelector);
+                    }
+                }
+            }
+            return super.queryDocuments(query, orderBy, numberToSkip, limit, batchSize, fieldSelector);
+        }
+
+        /** {_id: cond} when the query requires _id to satisfy cond besides other conditions. */
+        private static Document idCondition(Document query) {
+            if (query.size() > 1 && query.containsKey("_id")) {
+                return new Document("_id", query.get("_id"));
+            }
+            if (query.size() == 1 && query.get("$and") instanceof List<?> clauses) {
+                for (Object clause : clauses) {
+                    if (clause instanceof Document document && document.containsKey("_id")) {
+                        return new Document("_id", document.get("_id"));
+                    }
+                }
+            }
+            return null;
+        }
+    }
+}
