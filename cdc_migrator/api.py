@@ -27,6 +27,7 @@ from .cutover import CutoverReport, load_schema
 from .cutover import cutover as _cutover
 from .errors import CdcMigratorError, Refused, ServiceUnavailable, UsageError
 from .migration import Migration, get_migration, load_migrations
+from .retry import MONGODB, Retrier, message_of
 from .runner import RunReport, run_pipeline
 from .scaffold import init_migration
 from .schema import validator_for
@@ -46,14 +47,34 @@ def migrations(settings: Settings) -> dict[str, Migration]:
     return load_migrations(settings.transforms)
 
 
+def require_collection(settings: Settings, migration: Migration, *,
+                       retry: bool = False) -> None:
+    """Refuse a migration of a collection that does not exist.
+
+    MongoDB creates collections lazily, so a misspelt collection or database would otherwise
+    "migrate" zero documents and report success. With ``retry``, an unreachable server is
+    waited for as the pipeline's pieces do (see :mod:`cdc_migrator.retry`).
+    """
+    list_names = settings.db.list_collection_names
+    names = Retrier(settings).call(MONGODB, list_names) if retry else list_names()
+    if migration.collection not in names:
+        raise Refused(f"collection {migration.collection!r} does not exist in database "
+                      f"{settings.database_name!r} (check the migration's collection= and "
+                      "the database in MONGODB_URI or --db)")
+
+
 def apply(settings: Settings, name: str, **options: Any) -> ApplyReport:
     """``cdc-migrator apply NAME``: see :func:`cdc_migrator.apply.apply_migration`."""
-    return apply_migration(settings, load(settings, name), **options)
+    migration = load(settings, name)
+    require_collection(settings, migration)
+    return apply_migration(settings, migration, **options)
 
 
 def dry_run(settings: Settings, name: str, **options: Any) -> list[DryRunLine]:
     """``cdc-migrator apply NAME --dry-run``: each document's patch of the first batch."""
-    return _dry_run(settings, load(settings, name), **options)
+    migration = load(settings, name)
+    require_collection(settings, migration)
+    return _dry_run(settings, migration, **options)
 
 
 def verify(settings: Settings, name: str, **options: Any) -> VerifyReport:
@@ -137,12 +158,15 @@ def tail(settings: Settings, migrations: list[Migration], stop: threading.Event)
 
 def backfill(settings: Settings, name: str, **options: Any) -> BackfillReport:
     """``cdc-migrator backfill NAME``: see :func:`cdc_migrator.backfill.backfill`."""
-    return _backfill(settings, load(settings, name), **options)
+    migration = load(settings, name)
+    require_collection(settings, migration, retry=True)
+    return _backfill(settings, migration, **options)
 
 
-def consume(settings: Settings, migrations: list[Migration], stop: threading.Event) -> None:
+def consume(settings: Settings, migrations: list[Migration], stop: threading.Event, *,
+            instance_id: str | None = None) -> None:
     """``cdc-migrator consume``: one group member per migration until ``stop`` is set."""
-    consume_until_stopped(settings, migrations, stop)
+    consume_until_stopped(settings, migrations, stop, instance_id=instance_id)
 
 
 def init(settings: Settings, name: str, collection: str, *,
@@ -153,7 +177,9 @@ def init(settings: Settings, name: str, collection: str, *,
 
 def run(settings: Settings, name: str, **options: Any) -> RunReport:
     """``cdc-migrator run NAME``: the pipeline in one process until drained."""
-    return run_pipeline(settings, load(settings, name), **options)
+    migration = load(settings, name)
+    require_collection(settings, migration, retry=True)
+    return run_pipeline(settings, migration, **options)
 
 
 def dlq_list(settings: Settings, name: str) -> list[deadletter.DeadLetter]:
@@ -172,23 +198,27 @@ def translate_service_error(exc: BaseException) -> CdcMigratorError | None:
         return exc
     if isinstance(exc, ServerSelectionTimeoutError):
         return ServiceUnavailable(f"cannot reach MongoDB: {_first_line(exc)}")
-    if isinstance(exc, OperationFailure) and exc.code in (13, 18):
-        return ServiceUnavailable(f"MongoDB refused the credentials: {_first_line(exc)}")
+    if isinstance(exc, OperationFailure) and (exc.code in (13, 18) or _is_auth_failure(exc)):
+        hint = " (this server offers no SCRAM authentication)" if "saslStart" in str(exc) \
+            else ""
+        return ServiceUnavailable(f"MongoDB authentication failed: {_first_line(exc)}{hint}")
     if isinstance(exc, ConfigurationError):
         return UsageError(f"MongoDB configuration: {_first_line(exc)}")
     if isinstance(exc, ConnectionFailure):
         return ServiceUnavailable(f"lost the connection to MongoDB: {_first_line(exc)}")
-    try:
-        from kafka.errors import KafkaError, NoBrokersAvailable
-    except ImportError:  # pragma: no cover - kafka-python is a dependency
-        return None
-    if isinstance(exc, NoBrokersAvailable):
-        return ServiceUnavailable("cannot reach Kafka: no broker answered at the bootstrap servers")
+    from kafka.errors import KafkaError
+
     if isinstance(exc, KafkaError):
-        return ServiceUnavailable(f"Kafka: {type(exc).__name__}: {_first_line(exc)}")
+        what = "cannot reach Kafka" if getattr(exc, "retriable", False) else "Kafka"
+        return ServiceUnavailable(f"{what}: {type(exc).__name__}: {_first_line(exc)}")
     return None
 
 
+def _is_auth_failure(exc: OperationFailure) -> bool:
+    # A server without SCRAM (such as the local test server) answers the driver's
+    # authentication with "no such command: 'saslStart'" (59) rather than 18.
+    return "saslStart" in str(exc) or "Authentication failed" in str(exc)
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return mask_uri(text)[:300]
+    return mask_uri(message_of(exc) or type(exc).__name__)

@@ -18,7 +18,7 @@ from .context import make_context
 from .migration import Migration
 from .patch import Outcome, decide
 from .progress import Progress
-from .scanner import count, scan
+from .scanner import count, prefetched, scan
 from .state import APPLIED, APPLYING, StateStore, failure_record
 
 
@@ -66,8 +66,9 @@ def apply_migration(
     progress = Progress(f"apply {migration.name}", total, enabled=show_progress)
     totals = BatchResult()
     scanned = 0
-    for batch in scan(collection, migration.filter, after=after, started=resumed,
-                      batch_size=batch_size or migration.batch_size, rate=rate):
+    # The next batch is read while this one is transformed and written (one batch ahead).
+    for batch in prefetched(scan(collection, migration.filter, after=after, started=resumed,
+                                 batch_size=batch_size or migration.batch_size, rate=rate)):
         result = applier.apply_documents(batch)
         totals.add(result)
         scanned += len(batch)

@@ -2,7 +2,9 @@
 
 It refuses to start before change capture is armed, so every write after a document was
 scanned also yields a change event. The position (last ``_id``) is saved after the broker
-acknowledged the batch, so an interrupted backfill resumes where it stopped.
+acknowledged the batch, so an interrupted backfill resumes where it stopped. A lost connection
+is ridden out the same way within one run (see :mod:`cdc_migrator.retry`): the batch in hand
+is sent again, and the scan is re-opened after the last saved position.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import threading
 import time
 from dataclasses import dataclass
 
+from bson.raw_bson import RawBSONDocument
+
 from . import events, logs, observability, topics
 from .config import Settings
 from .errors import Refused
 from .migration import Migration
 from .progress import Progress
-from .scanner import count, scan
+from .retry import KAFKA, MONGODB, Retrier, StopRequested
+from .scanner import count, prefetched, scan
 from .state import BACKFILLING, CATCHING_UP, StateStore
 from .tailer import is_armed
 
@@ -50,8 +55,12 @@ def backfill(
 ) -> BackfillReport:
     """Scan the collection in ``_id`` order into the migration's topic."""
     logs.bind(migration=migration.name, component="backfill")
+    retry = Retrier(settings, log, stop)
     store = StateStore(settings.db, settings.state_collection)
-    state = store.get(migration.name)
+    try:
+        state = retry.call(MONGODB, store.get, migration.name)
+    except StopRequested:
+        return BackfillReport(migration.name, 0, 0, False, False)
     if not is_armed(state):
         raise Refused(
             f"change capture for {migration.name!r} is not armed: start `cdc-migrator tail "
@@ -63,55 +72,71 @@ def backfill(
     if saved.get("done") and not reset:
         return BackfillReport(migration.name, 0, saved.get("scanned", 0), False, True)
     resumed = "cursor" in saved and not reset
-    if not resumed:
-        store.unset(migration.name, "backfill")
-    topic = settings.topic(migration.collection)
-    topics.ensure_topic(settings, topic)
-    collection = settings.db[migration.collection]
-    total = count(collection, migration.filter)
-    store.set(migration.name, phase=BACKFILLING, **{"backfill.total": total,
-                                                     "backfill.done": False})
     done_before = saved.get("scanned", 0) if resumed else 0
-    log.info("backfill %s: %d documents to scan into %s",
-             f"resumed after {done_before} documents" if resumed else "started", total, topic)
-    progress = Progress(f"backfill {migration.name}", total, enabled=show_progress)
-    progress.done = done_before
-    producer = topics.producer(settings)
-    database = settings.database_name
+    topic = settings.topic(migration.collection)
+    collection = settings.db[migration.collection]
+    raw_collection = collection.with_options(
+        codec_options=collection.codec_options.with_options(document_class=RawBSONDocument))
+    encoder = events.RawEncoder(migration.name, settings.database_name, migration.collection)
+    publisher = topics.Publisher(settings, retry)
+    progress: Progress | None = None
     scanned = 0
-    finished = True
-    batch_started = time.monotonic()
+    finished = False
     try:
-        for batch in scan(collection, migration.filter, after=saved.get("cursor"),
-                          started=resumed, batch_size=batch_size or migration.batch_size,
-                          rate=rate):
-            futures = [
-                producer.send(topic, key=events.key_bytes(doc["_id"]), value=events.encode(
-                    events.Envelope.snapshot(migration.name, database, migration.collection, doc)))
-                for doc in batch
-            ]
-            producer.flush()
-            for future in futures:
-                future.get(timeout=0)  # a failed send raises; the position is not saved
-            scanned += len(batch)
-            store.add(migration.name, {"produced": len(batch)},
-                      **{"backfill.cursor": batch[-1]["_id"],
-                         "backfill.scanned": done_before + scanned})
-            progress.update(len(batch))
-            observability.record_produced(migration.name, len(batch), "backfill",
-                                          time.monotonic() - batch_started)
-            batch_started = time.monotonic()
-            if not _hold_while_paused(store, migration.name, stop):
-                finished = False
+        if not resumed:
+            retry.call(MONGODB, store.unset, migration.name, "backfill")
+        retry.call(KAFKA, topics.ensure_topic, settings, topic)
+        total = retry.call(MONGODB, count, collection, migration.filter)
+        retry.call(MONGODB, store.set, migration.name, phase=BACKFILLING,
+                   **{"backfill.total": total, "backfill.done": False})
+        log.info("backfill %s: %d documents to scan into %s",
+                 f"resumed after {done_before} documents" if resumed else "started", total,
+                 topic)
+        progress = Progress(f"backfill {migration.name}", total, enabled=show_progress)
+        progress.done = done_before
+        cursor, started = saved.get("cursor"), resumed
+        while True:
+            try:
+                # Documents are read as raw BSON and go on the topic as read (no decoding and
+                # encoding again); the next batch is read while this one is produced.
+                for batch in prefetched(scan(raw_collection, migration.filter, after=cursor,
+                                             started=started, rate=rate,
+                                             batch_size=batch_size or migration.batch_size)):
+                    retry.recovered(MONGODB)
+                    batch_started = time.monotonic()
+                    for doc in batch:
+                        key, value = encoder.snapshot(doc)
+                        publisher.send(topic, value, key=key)
+                    publisher.flush()  # rides out a broker outage with this batch in hand
+                    retry.call(MONGODB, store.add, migration.name, {"produced": len(batch)},
+                               **{"backfill.cursor": batch[-1]["_id"],
+                                  "backfill.scanned": done_before + scanned + len(batch)})
+                    cursor, started = batch[-1]["_id"], True
+                    scanned += len(batch)
+                    progress.update(len(batch))
+                    observability.record_produced(migration.name, len(batch), "backfill",
+                                                  time.monotonic() - batch_started)
+                    if not _hold_while_paused(store, migration.name, stop):
+                        break
+                    if stop is not None and stop.is_set():
+                        break
+                else:
+                    finished = True
                 break
-            if stop is not None and stop.is_set():
-                finished = False
-                break
+            except StopRequested:
+                raise
+            except Exception as exc:
+                publisher.forget()
+                retry.failed(exc)  # then scan again after the last saved position
+        if finished:
+            retry.call(MONGODB, store.set, migration.name, phase=CATCHING_UP,
+                       **{"backfill.done": True})
+    except StopRequested:
+        finished = False
     finally:
-        producer.close()
-        progress.close()
-    if finished:
-        store.set(migration.name, phase=CATCHING_UP, **{"backfill.done": True})
+        publisher.close()
+        if progress is not None:
+            progress.close()
     log.info("backfill %s: %d documents produced in this run, %d in all",
              "finished" if finished else "stopped", scanned, done_before + scanned)
     return BackfillReport(migration.name, scanned, done_before + scanned, resumed, finished)

@@ -71,6 +71,16 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--partitions", envvar="CDC_MIGRATOR_PARTITIONS", default=6,
                      show_default=True, type=click.IntRange(min=1), metavar="N",
                      help="Partitions of a topic the tool creates."),
+        click.option("--retry-deadline", envvar="CDC_MIGRATOR_RETRY_DEADLINE", default=300,
+                     show_default=True, type=click.FloatRange(min=0), metavar="SECONDS",
+                     help="tail, backfill, consume and run retry a lost MongoDB or Kafka with "
+                          "backoff; they give up (exit 1) when an outage lasts longer. "
+                          "[env: CDC_MIGRATOR_RETRY_DEADLINE]"),
+        click.option("--mongo-timeout-ms", envvar="CDC_MIGRATOR_MONGO_TIMEOUT_MS",
+                     default=10_000, show_default=True, type=click.IntRange(min=1),
+                     metavar="MS", help="How long one MongoDB operation waits for a usable "
+                     "server (serverSelectionTimeoutMS). [env: CDC_MIGRATOR_MONGO_TIMEOUT_MS]"),
+        *_security_options(),
         click.option("--config", envvar="CDC_MIGRATOR_CONFIG", metavar="FILE", is_eager=True,
                      expose_value=False, callback=_read_config,
                      help=f"TOML configuration file (default: ./{configfile.DEFAULT_PATH} if "
@@ -96,6 +106,8 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         logs.configure(kwargs.pop("log_format"), verbose or (-1 if quiet else 0))
         logs.add_secrets(*configfile.secrets_of(config.kafka),
                          *configfile.secrets_of(config.mongo))
+        kafka_options, mongo_options = _client_options(kwargs, config)
+        logs.add_secrets(*configfile.secrets_of(kafka_options))
         names = kwargs.get("names") or ((kwargs["name"],) if kwargs.get("name") else ())
         logs.bind(migration=names[0] if len(names) == 1 else None,
                   component=_COMPONENT_OF_COMMAND.get(ctx.info_name))
@@ -108,8 +120,10 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             topic_prefix=kwargs.pop("topic_prefix"),
             group_id=kwargs.pop("group_id"),
             partitions=kwargs.pop("partitions"),
-            kafka_options=dict(config.kafka),
-            mongo_options=dict(config.mongo),
+            mongo_timeout_ms=kwargs.pop("mongo_timeout_ms"),
+            retry_deadline=kwargs.pop("retry_deadline"),
+            kafka_options=kafka_options,
+            mongo_options=mongo_options,
         )
         try:
             return fn(settings, *args, **kwargs)
@@ -119,6 +133,97 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
+
+
+# Flag parameter -> Kafka client option (kafka-python's names).
+_KAFKA_FLAGS = {
+    "kafka_security_protocol": "security_protocol",
+    "kafka_sasl_mechanism": "sasl_mechanism",
+    "kafka_sasl_username": "sasl_plain_username",
+    "kafka_sasl_password": "sasl_plain_password",
+    "kafka_ssl_cafile": "ssl_cafile",
+    "kafka_ssl_certfile": "ssl_certfile",
+    "kafka_ssl_keyfile": "ssl_keyfile",
+    "kafka_ssl_password": "ssl_password",
+}
+# Flag parameter -> MongoClient option.
+_MONGO_FLAGS = {
+    "mongo_tls_ca_file": "tlsCAFile",
+    "mongo_tls_cert_key_file": "tlsCertificateKeyFile",
+    "mongo_tls_insecure": "tlsInsecure",
+}
+
+
+def _security_options() -> list[Callable[..., Any]]:
+    """TLS and SASL flags; each one overrides the same option of the file's client tables."""
+    def env(param: str) -> str:
+        return f"CDC_MIGRATOR_{param.upper()}"
+
+    existing = click.Path(exists=True, dir_okay=False, path_type=str)
+    return [
+        click.option("--kafka-security-protocol", envvar=env("kafka_security_protocol"),
+                     type=click.Choice(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+                                       case_sensitive=False),
+                     help="How to talk to Kafka (default PLAINTEXT). "
+                          "[env: CDC_MIGRATOR_KAFKA_SECURITY_PROTOCOL]"),
+        click.option("--kafka-sasl-mechanism", envvar=env("kafka_sasl_mechanism"),
+                     type=click.Choice(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+                                       case_sensitive=False),
+                     help="SASL mechanism (with SASL_PLAINTEXT or SASL_SSL). "
+                          "[env: CDC_MIGRATOR_KAFKA_SASL_MECHANISM]"),
+        click.option("--kafka-sasl-username", envvar=env("kafka_sasl_username"), metavar="USER",
+                     help="SASL user name. [env: CDC_MIGRATOR_KAFKA_SASL_USERNAME]"),
+        click.option("--kafka-sasl-password", envvar=env("kafka_sasl_password"), metavar="PW",
+                     help="SASL password; masked in every output. Prefer the variable: a "
+                          "flag is visible in the process list. "
+                          "[env: CDC_MIGRATOR_KAFKA_SASL_PASSWORD]"),
+        click.option("--kafka-ssl-cafile", envvar=env("kafka_ssl_cafile"), type=existing,
+                     metavar="FILE", help="CA certificates (PEM) to verify the brokers. "
+                     "[env: CDC_MIGRATOR_KAFKA_SSL_CAFILE]"),
+        click.option("--kafka-ssl-certfile", envvar=env("kafka_ssl_certfile"), type=existing,
+                     metavar="FILE", help="Client certificate (PEM), for mutual TLS. "
+                     "[env: CDC_MIGRATOR_KAFKA_SSL_CERTFILE]"),
+        click.option("--kafka-ssl-keyfile", envvar=env("kafka_ssl_keyfile"), type=existing,
+                     metavar="FILE", help="Client private key (PEM). "
+                     "[env: CDC_MIGRATOR_KAFKA_SSL_KEYFILE]"),
+        click.option("--kafka-ssl-password", envvar=env("kafka_ssl_password"), metavar="PW",
+                     help="Password of the client private key; masked in every output. "
+                          "[env: CDC_MIGRATOR_KAFKA_SSL_PASSWORD]"),
+        click.option("--mongo-tls-ca-file", envvar=env("mongo_tls_ca_file"), type=existing,
+                     metavar="FILE", help="CA certificates (PEM) to verify MongoDB; turns TLS "
+                     "on. [env: CDC_MIGRATOR_MONGO_TLS_CA_FILE]"),
+        click.option("--mongo-tls-cert-key-file", envvar=env("mongo_tls_cert_key_file"),
+                     type=existing, metavar="FILE", help="Client certificate and key (PEM), "
+                     "for mutual TLS; turns TLS on. [env: CDC_MIGRATOR_MONGO_TLS_CERT_KEY_FILE]"),
+        click.option("--mongo-tls-insecure", envvar=env("mongo_tls_insecure"), is_flag=True,
+                     default=None, help="TLS without verifying the server's certificate or "
+                     "host name (tests only). [env: CDC_MIGRATOR_MONGO_TLS_INSECURE]"),
+    ]
+
+
+def _client_options(kwargs: dict[str, Any],
+                    config: configfile.ConfigFile) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Kafka and MongoClient options: the file's tables, overridden by the TLS/SASL flags.
+
+    Pops the flags' parameters from ``kwargs``.
+    """
+    kafka = dict(config.kafka)
+    for param, option in _KAFKA_FLAGS.items():
+        value = kwargs.pop(param)
+        if value is not None:
+            kafka[option] = value.upper() if option in ("security_protocol",
+                                                        "sasl_mechanism") else value
+    flagged = {}
+    for param, option in _MONGO_FLAGS.items():
+        value = kwargs.pop(param)
+        if value:  # an unset flag is None or False: it leaves the file's option alone
+            flagged[option] = value
+    if flagged:
+        flagged["tls"] = True
+    # MongoClient option names are case-insensitive: a flag replaces the file's spelling too.
+    mongo = {k: v for k, v in config.mongo.items()
+             if k.lower() not in {f.lower() for f in flagged}}
+    return kafka, {**mongo, **flagged}
 
 
 def _metrics_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -273,9 +378,15 @@ def backfill(settings: Settings, name: str, batch_size: int | None, rate: float 
 
 @cli.command()
 @click.argument("names", nargs=-1, metavar="[NAME...]")
+@click.option("--instance-id", envvar="CDC_MIGRATOR_INSTANCE_ID", metavar="NAME",
+              help="A stable name for this process, unique in the group (e.g. the pod name of "
+                   "a StatefulSet): restarted under it after a crash, it takes its partitions "
+                   "back at once instead of after the group's 30 s session timeout (static "
+                   "membership). [env: CDC_MIGRATOR_INSTANCE_ID]")
 @_metrics_option
 @_settings_options
-def consume(settings: Settings, names: tuple[str, ...], metrics_port: int | None) -> None:
+def consume(settings: Settings, names: tuple[str, ...], instance_id: str | None,
+            metrics_port: int | None) -> None:
     """Always-on: the transform consumer group; run several processes to share partitions.
 
     Applies each migration to the documents its topic names, with guarded writes, and commits
@@ -285,7 +396,7 @@ def consume(settings: Settings, names: tuple[str, ...], metrics_port: int | None
     migrations = _migrations(settings, names)
     log.info("consuming %s", ", ".join(m.name for m in migrations))
     with observability.serving(settings, migrations, metrics_port, ("consumer",)):
-        api.consume(settings, migrations, stop)
+        api.consume(settings, migrations, stop, instance_id=instance_id)
 
 
 @cli.command()

@@ -45,6 +45,8 @@ class Settings:
     group_id: str = "cdc-migrator"
     partitions: int = 6
     mongo_timeout_ms: int = 10_000
+    # How long a long-running command rides out a lost MongoDB or Kafka (see retry.py).
+    retry_deadline: float = 300.0
     kafka_options: dict[str, Any] = field(default_factory=dict)
     mongo_options: dict[str, Any] = field(default_factory=dict)
 

@@ -32,7 +32,23 @@ KEYS = {
     "partitions": "partitions",
     "log_format": "log_format",
     "metrics_port": "metrics_port",
+    "retry_deadline": "retry_deadline",
+    "mongo_timeout_ms": "mongo_timeout_ms",
+    "kafka_security_protocol": "kafka_security_protocol",
+    "kafka_sasl_mechanism": "kafka_sasl_mechanism",
+    "kafka_sasl_username": "kafka_sasl_username",
+    "kafka_sasl_password": "kafka_sasl_password",
+    "kafka_ssl_cafile": "kafka_ssl_cafile",
+    "kafka_ssl_certfile": "kafka_ssl_certfile",
+    "kafka_ssl_keyfile": "kafka_ssl_keyfile",
+    "kafka_ssl_password": "kafka_ssl_password",
+    "mongo_tls_ca_file": "mongo_tls_ca_file",
+    "mongo_tls_cert_key_file": "mongo_tls_cert_key_file",
+    "mongo_tls_insecure": "mongo_tls_insecure",
 }
+# Keys naming files: a relative path in the file is relative to the file's directory.
+PATH_KEYS = {"transforms", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
+             "mongo_tls_ca_file", "mongo_tls_cert_key_file"}
 TABLES = ("kafka", "mongo")
 _SECRET_WORDS = ("password", "secret", "token")
 
@@ -74,7 +90,7 @@ def load(path: Path | None) -> ConfigFile:
                 raise UsageError(f"config file {path}: {key} must be a table ([{key}])")
             setattr(config, key, _client_options(path, key, value))
         elif key in KEYS:
-            if key == "transforms" and isinstance(value, str):
+            if key in PATH_KEYS and isinstance(value, str):
                 value = str(path.parent / value)  # relative to the file, not the cwd
             config.defaults[KEYS[key]] = value
         else:
@@ -148,6 +164,8 @@ def effective(values: Mapping[str, Any], source_of: Callable[[str], str],
             value = str(value)
         if key == "mongodb_uri" and value:
             value = mask_uri(value)
+        elif is_secret(key) and value:
+            value = "***"
         shown[key] = {"value": value, "source": source_of(param)}
     for table in TABLES:
         options = getattr(config, table)

@@ -6,6 +6,11 @@ polled batch it decodes the envelopes, migrates the named documents from their c
 failures and undecodable records to the dead-letter topic, and only then commits the offsets.
 A fence event is acknowledged in the state once everything before it in its partition is
 applied and committed.
+
+A lost connection never skips a batch: each step of the batch in hand (apply, dead letters,
+commit) is retried until it succeeds, so offsets are committed only after the writes they
+cover (see :mod:`cdc_migrator.retry`). An idle consumer asks the broker for an offset every few
+seconds, since an empty poll cannot tell a quiet topic from a broker that is gone.
 """
 
 from __future__ import annotations
@@ -20,15 +25,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 
 from . import events, logs, observability, topics
 from .applier import Applier, BatchResult
 from .config import Settings
 from .context import make_context
+from .errors import CdcMigratorError
 from .migration import Migration
+from .retry import KAFKA, MONGODB, Retrier, StopRequested
 from .state import StateStore, failure_record
 
 log = logging.getLogger("cdc_migrator.consumer")
+
+PROBE_INTERVAL = 3.0  # seconds without records before the broker is asked whether it is there
 
 
 def group_id(settings: Settings, migration: Migration) -> str:
@@ -48,9 +58,13 @@ class TransformConsumer:
     """One member of a migration's consumer group."""
 
     def __init__(self, settings: Settings, migration: Migration, *, max_records: int = 2000,
-                 on_batch: Callable[[ConsumeStats], None] | None = None) -> None:
+                 on_batch: Callable[[ConsumeStats], None] | None = None,
+                 instance_id: str | None = None) -> None:
         self.settings = settings
         self.migration = migration
+        # Static membership: a member restarted under the same name gets its partitions back
+        # without waiting for the crashed one's session to expire.
+        self.instance_id = f"{instance_id}.{migration.name}" if instance_id else None
         self.topic = settings.topic(migration.collection)
         self.dlq_topic = settings.dlq_topic(migration.collection)
         self.store = StateStore(settings.db, settings.state_collection)
@@ -61,9 +75,10 @@ class TransformConsumer:
         self.on_batch = on_batch
         self.stopping = threading.Event()
         self._consumer: KafkaConsumer | None = None
-        self._dlq = None
+        self._dlq: topics.Publisher | None = None
         self._paused = False
         self._last_pause_check = 0.0
+        self.retry = Retrier(settings, log, self.stopping)
 
     def stop(self) -> None:
         """Finish the batch in hand, commit, and return from :meth:`run`."""
@@ -71,28 +86,69 @@ class TransformConsumer:
 
     def run(self) -> ConsumeStats:
         logs.bind(migration=self.migration.name, component="consumer")
-        topics.ensure_topic(self.settings, self.topic)
-        topics.ensure_topic(self.settings, self.dlq_topic, partitions=1)
-        self._consumer = KafkaConsumer(
-            self.topic, group_id=group_id(self.settings, self.migration),
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=self.max_records, fetch_max_bytes=64 << 20,
-            max_partition_fetch_bytes=16 << 20, session_timeout_ms=30_000,
-            max_poll_interval_ms=600_000, **topics.client_options(self.settings))
-        self._dlq = topics.producer(self.settings)
-        log.info("consuming %s as group %s", self.topic,
-                 group_id(self.settings, self.migration))
+        self._dlq = topics.Publisher(self.settings, self.retry)
         try:
-            while not self.stopping.is_set():
-                if self._check_paused():
-                    continue
-                polled = self._consumer.poll(timeout_ms=200)
-                if polled:
-                    self._process(polled)
+            self._run()
+        except StopRequested:
+            log.info("stopped during an outage; the batch in hand was not committed and is "
+                     "applied again on the next start")
         finally:
-            self._consumer.close(autocommit=False)
+            if self._consumer is not None:
+                try:
+                    self._consumer.close(autocommit=False, timeout_ms=5_000)
+                except KafkaError as exc:
+                    log.debug("closing the consumer: %s", exc)
             self._dlq.close()
         return self.stats
+
+    def _run(self) -> None:
+        retry = self.retry
+        retry.call(KAFKA, topics.ensure_topic, self.settings, self.topic)
+        retry.call(KAFKA, topics.ensure_topic, self.settings, self.dlq_topic, partitions=1)
+        self._consumer = retry.call(KAFKA, self._connect)
+        log.info("consuming %s as group %s", self.topic,
+                 group_id(self.settings, self.migration))
+        last_records = time.monotonic()
+        while not self.stopping.is_set():
+            if retry.call(MONGODB, self._check_paused):
+                continue
+            try:
+                polled = self._consumer.poll(timeout_ms=200)
+            except Exception as exc:  # e.g. the group coordinator lost while (re)joining
+                retry.failed(exc)
+                continue
+            if polled:
+                self._process(polled)
+                last_records = time.monotonic()
+            elif time.monotonic() - last_records >= PROBE_INTERVAL:
+                retry.call(KAFKA, self._consumer.end_offsets,
+                           [TopicPartition(self.topic, 0)], timeout_ms=5_000)
+                last_records = time.monotonic()
+
+    def _connect(self) -> KafkaConsumer:
+        consumer = KafkaConsumer(
+            group_id=group_id(self.settings, self.migration),
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            # Small fetches (gzip-compressed) keep memory flat whatever the backlog: 256 KiB
+            # of one partition still holds thousands of events, more than one poll's batch.
+            max_poll_records=self.max_records, fetch_max_bytes=2 << 20,
+            max_partition_fetch_bytes=256 << 10, session_timeout_ms=30_000,
+            max_poll_interval_ms=600_000, group_instance_id=self.instance_id,
+            **topics.client_options(self.settings))
+        try:
+            # Subscribing before the client knows the topic's partitions makes the first
+            # assignment empty and the member rejoin at once; under load, kafka-python 3.0
+            # sometimes never returns from poll() after that rejoin. Learn them first.
+            deadline = time.monotonic() + 30
+            while not consumer.partitions_for_topic(self.topic):
+                if time.monotonic() > deadline:
+                    raise KafkaTimeoutError(f"no partitions known for {self.topic}")
+                time.sleep(0.1)
+            consumer.subscribe([self.topic])
+        except BaseException:
+            consumer.close(autocommit=False, timeout_ms=1_000)
+            raise
+        return consumer
 
     def _check_paused(self) -> bool:
         now = time.monotonic()
@@ -141,38 +197,55 @@ class TransformConsumer:
                     continue
                 key = _hashable(envelope.key)
                 ids.append(envelope.key)
-                # The last event of a document in the batch carries its latest image.
-                images[key] = envelope.document
-        result = self.applier.apply_ids(ids, images) if ids else BatchResult()
+                # One event in the batch: its image may stand in for a database read. Several:
+                # a backfill snapshot may have been read before a change event that precedes
+                # it on the topic, so no image is known to be the newest; read the database.
+                images[key] = None if key in images else envelope.document
+        # Each step is retried until it succeeds: the offsets are committed only after it.
+        result = self.retry.call(MONGODB, self.applier.apply_ids, ids, images) if ids \
+            else BatchResult()
         for failure in result.failures:
             log.warning("transform failed on %r, dead-lettered: %s", failure.id, failure.error)
             dead.append(_dead_letter(self.migration.name, "transform", failure.id,
                                      failure.error, failure.traceback, None))
         if dead:
             self._send_dead_letters(dead)
-        self._consumer.commit(offsets)
+        committed = self._commit(offsets)
         self.stats.records += count
         self.stats.batches += 1
         self.stats.poison += sum(1 for d in dead if d["kind"] == "poison")
         self.stats.result.add(result)
-        fields: dict[str, Any] = {f"fences.{fid}.partitions.{p}": True for p, fid in fences}
-        self.store.add(self.migration.name, {**result.counts(), "consumed": count},
-                       [failure_record(f.id, f.error, "consume") for f in result.failures],
-                       **fields)
+        fields: dict[str, Any] = {f"fences.{fid}.partitions.{p}": True
+                                  for p, fid in fences} if committed else {}
+        self.retry.call(MONGODB, self.store.add, self.migration.name,
+                        {**result.counts(), "consumed": count},
+                        [failure_record(f.id, f.error, "consume") for f in result.failures],
+                        **fields)
         observability.record_consumed(self.migration.name, count, result,
                                       time.monotonic() - started)
         log.debug("batch of %d events applied and committed: %s", count, result.counts())
         if self.on_batch:
             self.on_batch(self.stats)
 
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> bool:
+        """Commit the batch's offsets; False when the group took its partitions meanwhile."""
+        try:
+            self.retry.call(KAFKA, self._consumer.commit, offsets, timeout_ms=10_000)
+            return True
+        except CommitFailedError:
+            # A rebalance (e.g. after a long outage) gave the partitions to a member that
+            # starts from the last committed offsets: it applies this batch again, harmlessly.
+            log.info("the group rebalanced during a batch: its offsets were not committed and "
+                     "its events will be applied again")
+            return False
+
     def _send_dead_letters(self, dead: list[dict[str, Any]]) -> None:
-        futures = [self._dlq.send(self.dlq_topic, key=d.pop("key_bytes"),
-                                  value=json.dumps(d, default=str).encode())
-                   for d in dead]
-        self._dlq.flush()
-        for future in futures:
-            future.get(timeout=0)
-        self.store.increment(self.migration.name, "dlq_pending", len(futures))
+        for d in dead:
+            self._dlq.send(self.dlq_topic, json.dumps(
+                {k: v for k, v in d.items() if k != "key_bytes"}, default=str).encode(),
+                key=d["key_bytes"])
+        sent = self._dlq.flush()
+        self.retry.call(MONGODB, self.store.increment, self.migration.name, "dlq_pending", sent)
 
 
 def _dead_letter(migration: str, kind: str, doc_id: Any, error: str, trace: str,
@@ -196,9 +269,10 @@ def _hashable(value: Any) -> Any:
 
 
 def consume_until_stopped(settings: Settings, migrations: list[Migration],
-                          stop: threading.Event) -> list[ConsumeStats]:
+                          stop: threading.Event, *,
+                          instance_id: str | None = None) -> list[ConsumeStats]:
     """Run one group member per migration in threads until ``stop`` is set."""
-    consumers = [TransformConsumer(settings, m) for m in migrations]
+    consumers = [TransformConsumer(settings, m, instance_id=instance_id) for m in migrations]
     errors: list[BaseException] = []
 
     def run(c: TransformConsumer) -> None:
@@ -206,8 +280,9 @@ def consume_until_stopped(settings: Settings, migrations: list[Migration],
             c.run()
         except Exception as exc:  # reported by the caller
             errors.append(exc)
-            log.error("consumer of %s failed: %s", c.migration.name, exc)
-            log.debug("%s", traceback.format_exc())
+            if not isinstance(exc, CdcMigratorError):  # an expected error is one line, below
+                log.error("consumer of %s failed: %s", c.migration.name, exc)
+                log.debug("%s", traceback.format_exc())
             stop.set()
 
     threads = [threading.Thread(target=run, args=(c,), daemon=True,

@@ -43,6 +43,7 @@ import bson
 from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.errors import BSONError
+from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
@@ -55,6 +56,7 @@ __all__ = [
     "EventSource",
     "Operation",
     "PoisonRecord",
+    "RawEncoder",
     "decode",
     "decode_key",
     "encode",
@@ -486,6 +488,142 @@ def decode(data: bytes) -> Envelope:
         rec["emitted_at"],
         rec["fence_id"],
     )
+
+
+def _avro_long(value: int) -> bytes:
+    """Avro's binary encoding of a long: zig-zag, then a little-endian base-128 varint."""
+    if not -(1 << 63) <= value < 1 << 63:
+        raise OverflowError(f"{value} does not fit an Avro long")
+    n = ((value << 1) ^ (value >> 63)) & _U64
+    if n < 0x80:
+        return _SMALL_LONGS[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL_LONGS = [bytes([n]) for n in range(0x80)]
+
+
+def _avro_bytes(data: bytes) -> bytes:
+    return _avro_long(len(data)) + data
+
+
+def _avro_string(text: str) -> bytes:
+    if type(text) is not str:
+        raise TypeError(f"expected a str, got {type(text).__name__}")
+    return _avro_bytes(text.encode("utf-8"))
+
+
+def _union_branch(field_name: str, branch: str) -> bytes:
+    """The encoded index of ``branch`` in the union type of ``field_name``."""
+    for f in _CODEC_SCHEMA_JSON["fields"]:
+        if f["name"] == field_name:
+            return _avro_long(f["type"].index(branch))
+    raise KeyError(field_name)
+
+
+def _enum_index(enum: type[StrEnum], member: StrEnum) -> bytes:
+    for f in _CODEC_SCHEMA_JSON["fields"]:
+        if isinstance(f["type"], dict) and f["type"].get("name") == enum.__name__:
+            return _avro_long(f["type"]["symbols"].index(member.value))
+    raise KeyError(enum.__name__)
+
+
+_NULL = _union_branch("document", "null")
+_DOCUMENT = _union_branch("document", "bytes")
+_CLUSTER_TIME = _union_branch("cluster_time", "long")
+_RESUME_TOKEN = _union_branch("resume_token", "bytes")
+# The key of a document whose _id is an ObjectId, and which starts with it (as every document
+# MongoDB stores does): {"_id": <12 bytes>} as BSON is these bytes around the id.
+_OID_ID_ELEMENT = b"\x07_id\x00"
+_OID_KEY_HEAD = b"\x16\x00\x00\x00" + _OID_ID_ELEMENT
+
+
+class RawEncoder:
+    """Encodes snapshot and change events straight from raw BSON, for one namespace.
+
+    The producers' fast path: a document read as :class:`~bson.raw_bson.RawBSONDocument`
+    (a scan, a change stream) goes on the wire as the bytes MongoDB sent, never decoded into
+    Python objects and encoded again, and the Avro body is written here without a record dict.
+    The result is what :func:`encode` gives for the same envelope (byte for byte, for documents
+    whose BSON survives a decode/encode round trip; for the others the raw bytes are the more
+    exact), and :func:`decode` reads it back. Mappings that are not raw are encoded as
+    :func:`encode` would.
+    """
+
+    def __init__(self, migration: str, database: str, collection: str) -> None:
+        tail = _avro_string(database) + _avro_string(collection)
+        head = _HEADER + _avro_string(migration)
+        self._snapshot = (head + _enum_index(EventSource, EventSource.BACKFILL)
+                          + _enum_index(Operation, Operation.SNAPSHOT) + tail)
+        self._change = {op: head + _enum_index(EventSource, EventSource.CHANGE)
+                        + _enum_index(Operation, op) + tail for op in _CHANGE_OPERATIONS.values()}
+
+    def snapshot(self, document: Mapping[str, Any]) -> tuple[bytes, bytes]:
+        """``(record key, record value)`` of a backfill read of ``document``."""
+        raw = _raw_bytes(document)
+        if raw is not None and raw[4:9] == _OID_ID_ELEMENT:
+            key = _OID_KEY_HEAD + raw[9:21] + b"\x00"
+        else:
+            if not isinstance(document, Mapping) or "_id" not in document:
+                raise ValueError("snapshot document has no _id")
+            key = key_bytes(document["_id"])
+            if raw is None:
+                raw = _encode_document(document)
+        return key, b"".join((self._snapshot, _avro_bytes(key), _DOCUMENT, _avro_bytes(raw),
+                              _NULL, _NULL, _avro_long(_now_ms()), _NULL))
+
+    def change(self, change_event: Mapping[str, Any]) -> tuple[bytes, bytes]:
+        """``(record key, record value)`` of a change stream event (insert, update, replace or
+        delete; anything else raises ValueError, as :meth:`Envelope.change` does)."""
+        op = change_event.get("operationType")
+        operation = _CHANGE_OPERATIONS.get(op)  # type: ignore[arg-type]
+        if operation is None:
+            raise ValueError(f"change event operationType {op!r} has no envelope; "
+                             "only insert, update, replace and delete do")
+        document_key = change_event.get("documentKey")
+        if not isinstance(document_key, Mapping) or "_id" not in document_key:
+            raise ValueError(f"{op} change event has no documentKey._id")
+        raw_key = _raw_bytes(document_key)
+        if raw_key is not None and len(raw_key) == 22 and raw_key[4:9] == _OID_ID_ELEMENT:
+            key = raw_key  # {_id: ObjectId}, the document key of an unsharded collection
+        else:
+            key = key_bytes(document_key["_id"])
+        document = None if operation is Operation.DELETE else change_event.get("fullDocument")
+        ts = change_event.get("clusterTime")
+        token = change_event.get("_id")
+        try:
+            parts = [self._change[operation], _avro_bytes(key)]
+            if document is None:
+                parts.append(_NULL)
+            else:
+                parts += (_DOCUMENT, _avro_bytes(_document_bytes(document, "fullDocument")))
+            parts += (_NULL,) if ts is None else (_CLUSTER_TIME, _avro_long(_pack_timestamp(ts)))
+            if token is None:
+                parts.append(_NULL)
+            else:
+                parts += (_RESUME_TOKEN, _avro_bytes(_document_bytes(token, "resume token")))
+        except (BSONError, OverflowError, TypeError) as exc:
+            raise ValueError(f"cannot encode envelope: {_one_line(exc)}") from exc
+        parts += (_avro_long(_now_ms()), _NULL)
+        return key, b"".join(parts)
+
+
+def _raw_bytes(document: Any) -> bytes | None:
+    return document.raw if isinstance(document, RawBSONDocument) else None
+
+
+def _document_bytes(document: Any, what: str) -> bytes:
+    raw = _raw_bytes(document)
+    if raw is not None:
+        return raw
+    if not isinstance(document, Mapping):
+        raise ValueError(f"{what} must be a mapping, got {type(document).__name__}")
+    return _encode_document(document)
 
 
 def _check_header(data: Any) -> bytes:

@@ -144,8 +144,12 @@ class _StderrHandler(logging.StreamHandler):
 def configure(log_format: str = "text", verbosity: int = 0) -> None:
     """Send every log record to stderr in ``log_format`` ("text" or "json").
 
-    ``verbosity``: -1 warnings and errors only, 0 informational, 1 debug, 2 debug including
-    the Kafka and MongoDB drivers. Calling it again replaces the previous set-up.
+    ``verbosity``: -1 warnings and errors only, 0 informational, 1 debug and the Kafka and
+    MongoDB drivers' informational records, 2 debug including the drivers'. Calling it again
+    replaces the previous set-up.
+
+    The drivers are silent by default: during an outage they log every reconnect attempt, and
+    the tool logs each outage once itself (see :mod:`cdc_migrator.retry`).
     """
     global _handler, _format
     root = logging.getLogger()
@@ -160,7 +164,7 @@ def configure(log_format: str = "text", verbosity: int = 0) -> None:
     own = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
     logging.getLogger("cdc_migrator").setLevel(own)
     libraries = logging.DEBUG if verbosity >= 2 else (
-        logging.INFO if verbosity == 1 else logging.WARNING)
+        logging.INFO if verbosity == 1 else logging.CRITICAL)
     for name in ("kafka", "pymongo"):
         logging.getLogger(name).setLevel(libraries)
     logging.captureWarnings(True)  # warnings become records, so JSON output stays JSON

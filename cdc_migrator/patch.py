@@ -127,12 +127,29 @@ def validate_patch(result: Any, migration: Migration) -> dict[str, Any] | None:
         if key == "_id":
             raise PatchError(f"migration {migration.name!r} tried to change _id; _id is immutable")
     patch = dict(result)
+    if all(_plainly_storable(v) for v in patch.values()):
+        return patch  # the common case, decided without encoding the patch
     try:
         bson.encode({k: v for k, v in patch.items() if v is not UNSET})
     except (bson.errors.InvalidDocument, TypeError, OverflowError) as exc:
         raise PatchError(f"migration {migration.name!r} returned a patch MongoDB cannot "
                          f"store: {exc}") from None
     return patch
+
+
+_INT64 = range(-(1 << 63), 1 << 63)
+
+
+def _plainly_storable(value: Any) -> bool:
+    """True for values BSON certainly stores as they are (a shortcut past encoding them)."""
+    kind = type(value)
+    if kind is str:
+        return value.isascii()
+    if kind is int:
+        return value in _INT64
+    if kind is dt.datetime:
+        return value.tzinfo is None or value.tzinfo is dt.UTC
+    return kind in (bool, float, type(None), ObjectId) or value is UNSET
 
 
 def guard_filter(doc: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:

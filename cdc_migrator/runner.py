@@ -2,7 +2,8 @@
 
 The orchestrator of the single-machine deployment. The tailer is armed before the backfill
 reads its first document; the run ends when the backfill finished, the tailer has caught up,
-and the group's lag is zero.
+and the group's lag is zero. Each piece rides out lost connections on its own (see
+:mod:`cdc_migrator.retry`); the run fails when one of them gives up.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .config import Settings
 from .consumer import TransformConsumer, group_id
 from .cutover import CutoverReport, cutover
 from .migration import Migration
+from .retry import KAFKA, MONGODB, Retrier, StopRequested
 from .state import READY, StateStore
 from .tailer import Tailer, arm
 
@@ -43,7 +45,11 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
     run: its fence must travel through them.
     """
     stop = stop or threading.Event()
-    arm(settings, migration)
+    retry = Retrier(settings, stop=stop)
+    try:
+        retry.call(MONGODB, arm, settings, migration)
+    except StopRequested:
+        return RunReport(migration.name, None, {}, -1, False)
     tailer = Tailer(settings, migration)
     consumer = TransformConsumer(settings, migration)
     errors: list[BaseException] = []
@@ -68,9 +74,11 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
     try:
         report = backfill(settings, migration, batch_size=batch_size, rate=rate,
                           show_progress=show_progress, stop=stop)
-        drained = wait_drained(settings, migration, tailer, stop, deadline, settle)
+        drained = wait_drained(settings, migration, tailer, stop, deadline, settle, retry)
         if drained and then_cutover:
             outcome = cutover(settings, migration)
+    except StopRequested:
+        drained = False
     finally:
         tailer.stop()
         consumer.stop()
@@ -78,18 +86,20 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
             t.join(timeout=60)
     if errors:
         raise errors[0]
-    lag = topics.group_lag(settings, settings.topic(migration.collection),
-                           group_id(settings, migration)).total
+    lag = retry.call(KAFKA, topics.group_lag, settings, settings.topic(migration.collection),
+                     group_id(settings, migration)).total
     store = StateStore(settings.db, settings.state_collection)
     if drained and lag == 0 and outcome is None:
-        store.set(migration.name, phase=READY)
-    state = store.get(migration.name) or {}
+        retry.call(MONGODB, store.set, migration.name, phase=READY)
+    state = retry.call(MONGODB, store.get, migration.name) or {}
     return RunReport(migration.name, report, state.get("counts", {}), lag, drained, outcome)
 
 
 def wait_drained(settings: Settings, migration: Migration, tailer: Tailer,
-                 stop: threading.Event, deadline: float | None, settle: float) -> bool:
+                 stop: threading.Event, deadline: float | None, settle: float,
+                 retry: Retrier | None = None) -> bool:
     """Wait until the tailer has caught up and the group's lag stays zero for ``settle`` s."""
+    retry = retry or Retrier(settings, stop=stop)
     topic = settings.topic(migration.collection)
     group = group_id(settings, migration)
     zero_since = None
@@ -98,7 +108,7 @@ def wait_drained(settings: Settings, migration: Migration, tailer: Tailer,
             return False
         tailer.caught_up.clear()
         tailer.caught_up.wait(timeout=2)
-        lag = topics.group_lag(settings, topic, group).total
+        lag = retry.call(KAFKA, topics.group_lag, settings, topic, group).total
         if lag == 0 and tailer.caught_up.is_set():
             zero_since = zero_since or time.monotonic()
             if time.monotonic() - zero_since >= settle:

@@ -9,14 +9,18 @@ covers ``_id`` values of later BSON types (``$gt`` alone stays within one type).
 from __future__ import annotations
 
 import datetime as dt
+import queue
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 from pymongo.collection import Collection
+
+T = TypeVar("T")
 
 # MongoDB's comparison order of BSON types, as $type aliases. The deprecated symbol type
 # (sorted with strings) is left out: drivers no longer write it.
@@ -123,6 +127,58 @@ def scan(
             yield batch
     finally:
         cursor.close()
+
+
+def prefetched(batches: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Iterate ``batches`` in a background thread, at most ``depth`` items ahead of the caller.
+
+    Overlaps reading the next batch (a server round trip) with the caller's work on the current
+    one. The caller sees the items in order; an error of the iteration is raised in the caller
+    where it happened. Leaving the loop early (or closing this generator) stops the reader after
+    the item it is reading, and the reader closes ``batches`` (a scan closes its cursor).
+    """
+    items: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: int, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                items.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for item in batches:
+                if not put(_ITEM, item):
+                    return
+            put(_END, None)
+        except BaseException as exc:  # handed to the caller
+            put(_ERROR, exc)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+
+    reader = threading.Thread(target=read, daemon=True, name="prefetch")
+    reader.start()
+    try:
+        while True:
+            kind, value = items.get()
+            if kind == _ITEM:
+                yield value
+            elif kind == _END:
+                return
+            else:
+                raise value
+    finally:
+        stop.set()
+        reader.join()
+
+
+_ITEM, _END, _ERROR = 0, 1, 2
 
 
 def count(collection: Collection, base_filter: Mapping[str, Any] | None = None) -> int:

@@ -11,7 +11,7 @@ from .config import Settings
 from .consumer import group_id
 from .migration import Migration
 from .progress import format_duration
-from .state import StateStore
+from .state import CATCHING_UP, READY, StateStore
 
 
 def _timestamp_seconds(ts: Any) -> float | None:
@@ -29,8 +29,9 @@ def migration_status(settings: Settings, migration: Migration | None,
         "collection": state.get("collection"),
         "phase": state.get("phase"),
         "paused": bool(state.get("paused")),
-        "counts": {k: counts.get(k, 0) for k in ("produced", "consumed", "applied", "updated",
-                                                 "deleted", "unchanged", "failed", "retried")},
+        "counts": {k: counts.get(k, 0) for k in ("produced", "skipped", "consumed", "applied",
+                                                 "updated", "deleted", "unchanged", "failed",
+                                                 "retried")},
         "last_error": state.get("last_error"),
         "completed_at": state.get("completed_at"),
     }
@@ -58,6 +59,11 @@ def migration_status(settings: Settings, migration: Migration | None,
         lag = topics.group_lag(settings, settings.topic(migration.collection),
                                group_id(settings, migration))
         status["lag"] = lag.as_dict()
+        heartbeat = (status.get("tail") or {}).get("seconds_since_heartbeat")
+        # Measured, not stored: the always-on deployment never writes this phase itself.
+        if status["phase"] == CATCHING_UP and lag.total == 0 and heartbeat is not None \
+                and heartbeat < 5:
+            status["phase"] = READY
     return status
 
 
@@ -83,7 +89,8 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"  backfill: {b['scanned']:,}/{b.get('total') or 0:,}{pct}"
                      + (" done" if b["done"] else eta))
     c = status["counts"]
-    lines.append("  events: produced {produced:,}, consumed {consumed:,}; documents: updated "
+    lines.append("  events: produced {produced:,} (skipped {skipped:,} already migrated), "
+                 "consumed {consumed:,}; documents: updated "
                  "{updated:,}, deleted {deleted:,}, unchanged {unchanged:,}, failed {failed:,}"
                  .format(**c))
     lag = status.get("lag")

@@ -8,6 +8,9 @@ replays events (at-least-once) and never skips one.
 The stream is database-wide, filtered to the migrated collection and the fence collection:
 a fence written by ``cutover`` travels the same ordered stream as the application's writes,
 and the tailer forwards it into every partition of the topic.
+
+A lost connection to MongoDB re-opens the stream from the saved resume token; a broker that
+does not acknowledge is waited for with the batch in hand (see :mod:`cdc_migrator.retry`).
 """
 
 from __future__ import annotations
@@ -17,12 +20,17 @@ import threading
 import time
 from typing import Any
 
+import bson
+from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure, PyMongoError
 
 from . import events, logs, observability, topics
 from .config import Settings
+from .context import make_context
 from .errors import HistoryLost, Refused
 from .migration import Migration
+from .patch import decide
+from .retry import KAFKA, MONGODB, Retrier, StopRequested
 from .state import ARMED, FAILED, StateStore
 
 log = logging.getLogger("cdc_migrator.tailer")
@@ -61,9 +69,14 @@ class Tailer:
     """Follows one migration's collection until :meth:`stop` is called."""
 
     def __init__(self, settings: Settings, migration: Migration, *,
-                 flush_every: int = 2000, flush_interval: float = 0.2) -> None:
+                 flush_every: int = 2000, flush_interval: float = 0.2,
+                 skip_migrated: bool = True) -> None:
         self.settings = settings
         self.migration = migration
+        # Drop events whose document image the transform leaves as it is (see _needs_nothing).
+        self.skip_migrated = skip_migrated
+        self.skipped = 0
+        self._dry_ctx = make_context(settings.db, migration.name, dry_run=True)
         self.topic = settings.topic(migration.collection)
         self.store = StateStore(settings.db, settings.state_collection)
         self.flush_every = flush_every
@@ -77,8 +90,32 @@ class Tailer:
         self.stopping.set()
 
     def run(self) -> None:
-        """Tail until stopped; raises HistoryLost when the resume point is gone."""
+        """Tail until stopped; raises HistoryLost when the resume point is gone.
+
+        A lost connection re-opens the stream from the saved resume token (the events after
+        it are produced again: at-least-once); an outage longer than the retry deadline raises
+        ServiceUnavailable.
+        """
         logs.bind(migration=self.migration.name, component="tailer")
+        self.retry = Retrier(self.settings, log, self.stopping)
+        self.publisher = topics.Publisher(self.settings, self.retry)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self._follow()
+                except (HistoryLost, StopRequested):
+                    raise
+                except Exception as exc:
+                    self.publisher.forget()
+                    self.retry.failed(exc)
+        except StopRequested:
+            log.info("stopped during an outage; events after the saved resume token are "
+                     "produced again on the next start")
+        finally:
+            self.publisher.close()
+
+    def _follow(self) -> None:
+        """Open the change stream from the saved point and follow it until stopped."""
         state = arm(self.settings, self.migration)
         tail = state.get("tail") or {}
         db = self.settings.db
@@ -88,35 +125,41 @@ class Tailer:
             options["resume_after"] = tail["resume_token"]
         else:
             options["start_at_operation_time"] = tail["armed_at"]
-        log.info("tailing %s into %s from %s", self.migration.collection, self.topic,
-                 "the saved resume token" if "resume_after" in options
-                 else f"the armed point {tail['armed_at']}")
         pipeline = [{"$match": {"ns.coll": {"$in": [self.migration.collection,
                                                      FENCE_COLLECTION]}}}]
-        producer = topics.producer(self.settings)
         partitions = topics.ensure_topic(self.settings, self.topic)
+        self.retry.recovered(KAFKA)
+        # Events arrive as raw BSON: the full document goes on the topic as the server sent it.
+        raw_db = db.with_options(
+            codec_options=db.codec_options.with_options(document_class=RawBSONDocument))
         try:
-            with db.watch(pipeline, **options) as stream:
-                self._loop(stream, producer, partitions)
+            with raw_db.watch(pipeline, **options) as stream:
+                self.retry.recovered(MONGODB)
+                log.info("tailing %s into %s from %s", self.migration.collection, self.topic,
+                         "the saved resume token" if "resume_after" in options
+                         else f"the armed point {tail['armed_at']}")
+                self._loop(stream, partitions)
         except OperationFailure as exc:
             if exc.code in HISTORY_LOST_CODES:
                 message = (f"the change stream of {self.migration.collection} can no longer "
                            f"resume from the saved point ({exc.code}: "
                            f"{str(exc).splitlines()[0][:160]}); a new backfill is needed: "
                            f"`cdc-migrator reset {self.migration.name}` then run it again")
-                self.store.set(self.migration.name, phase=FAILED, last_error={"error": message})
+                self.retry.call(MONGODB, self.store.set, self.migration.name, phase=FAILED,
+                                last_error={"error": message})
                 raise HistoryLost(message) from None
             raise
-        finally:
-            producer.close()
 
-    def _loop(self, stream: Any, producer: Any, partitions: int) -> None:
-        futures: list[Any] = []
+    def _loop(self, stream: Any, partitions: int) -> None:
+        publisher = self.publisher
+        unflushed = 0
         last_token = None
         last_flush = time.monotonic()
         name = self.migration.name
         database = self.settings.database_name
         collection = self.migration.collection
+        encoder = events.RawEncoder(name, database, collection)
+        skipped = 0
         while not self.stopping.is_set():
             change = stream.try_next()
             if change is not None:
@@ -126,43 +169,75 @@ class Tailer:
                         envelope = events.Envelope.fence(name, database, collection,
                                                          str(fence["_id"]))
                         payload = events.encode(envelope)
-                        futures += [producer.send(self.topic, key=b"", value=payload,
-                                                  partition=p) for p in range(partitions)]
+                        for p in range(partitions):
+                            publisher.send(self.topic, payload, key=b"", partition=p)
+                        unflushed += partitions
                 elif change["operationType"] in ("insert", "update", "replace", "delete"):
-                    envelope = events.Envelope.change(name, database, collection, change)
-                    futures.append(producer.send(self.topic, key=events.key_bytes(envelope.key),
-                                                 value=events.encode(envelope)))
+                    if self.skip_migrated and self._needs_nothing(change):
+                        self.skipped += 1
+                        skipped += 1
+                    else:
+                        key, value = encoder.change(change)
+                        publisher.send(self.topic, value, key=key)
+                        unflushed += 1
                 last_token = change["_id"]
                 self.last_event_time = change.get("clusterTime")
             else:
                 last_token = stream.resume_token or last_token
                 self.caught_up.set()
             due = time.monotonic() - last_flush >= self.flush_interval
-            if len(futures) >= self.flush_every or (due and (futures or last_token)):
-                self._commit(producer, futures, last_token)
-                futures = []
+            if unflushed >= self.flush_every or (due and (unflushed or last_token)):
+                self._commit(unflushed, last_token, skipped)
+                unflushed = skipped = 0
                 last_flush = time.monotonic()
-        self._commit(producer, futures, last_token)
+        self._commit(unflushed, last_token, skipped)
 
-    def _commit(self, producer: Any, futures: list[Any], token: Any) -> None:
+    def _needs_nothing(self, change: Any) -> bool:
+        """True when the event's document image is migrated already: no event is needed.
+
+        The image is the document as of the event (insert, replace) or later (update: looked
+        up when the stream read it), and every later write has an event of its own; so when
+        the transform leaves the image as it is, this event has nothing for the consumer to do.
+        Chiefly this drops the consumer's own writes coming back through the change stream
+        (the echo), which would otherwise double the events on the topic. The transform runs
+        as in a dry run (writes through ``ctx.db`` are not made); an image on which it raises,
+        returns something that is not a patch, or would write elsewhere is forwarded.
+        """
+        if change["operationType"] == "delete":
+            return False
+        document = change.get("fullDocument")
+        if document is None:
+            return False
+        ctx = self._dry_ctx
+        try:
+            if isinstance(document, RawBSONDocument):
+                # Decoded as the consumer decodes an event's document.
+                document = bson.decode(document.raw, events.CODEC_OPTIONS)
+            outcome = decide(self.migration, document, ctx)
+        except Exception:  # the consumer meets the same problem and reports it
+            return False
+        finally:
+            wrote_elsewhere = bool(ctx.side_effects)
+            ctx.side_effects.clear()
+        return outcome.kind == "noop" and not wrote_elsewhere
+
+    def _commit(self, unflushed: int, token: Any, skipped: int = 0) -> None:
         """Save the resume token once the broker acknowledged every event before it."""
         started = time.monotonic()
-        if futures:
-            producer.flush()
-            for future in futures:
-                future.get(timeout=0)  # raises the send's error: the token is then not saved
-            self.produced += len(futures)
-            observability.record_produced(self.migration.name, len(futures), "tailer",
+        produced = self.publisher.flush() if unflushed else 0
+        if produced:
+            self.produced += produced
+            observability.record_produced(self.migration.name, produced, "tailer",
                                           time.monotonic() - started)
         observability.record_tailer_position(self.migration.name,
-                                             self.last_event_time if futures else None)
+                                             self.last_event_time if produced else None)
         if token is None:
             return
         fields: dict[str, Any] = {"tail.resume_token": token, "tail.heartbeat": time.time()}
         if self.last_event_time is not None:
             fields["tail.last_event_time"] = self.last_event_time
-        self.store.add(self.migration.name, {"produced": len(futures)} if futures else {},
-                       **fields)
+        self.retry.call(MONGODB, self.store.add, self.migration.name,
+                        {"produced": produced, "skipped": skipped}, **fields)
 
 
 def tail_until_stopped(settings: Settings, migrations: list[Migration],

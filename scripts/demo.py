@@ -46,9 +46,14 @@ def cli(*args: str, check: bool = True) -> int:
     return code
 
 
+SPAWNED: list[subprocess.Popen] = []
+
+
 def spawn(*args: str) -> subprocess.Popen:
     print("$ cdc-migrator " + " ".join(args) + " &", flush=True)
-    return subprocess.Popen([sys.executable, "-m", "cdc_migrator", *args], env=ENV, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "cdc_migrator", *args], env=ENV, cwd=ROOT)
+    SPAWNED.append(proc)
+    return proc
 
 
 class Application(threading.Thread):
@@ -135,4 +140,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # never leave the always-on processes behind, also when a step failed
+        for leftover in SPAWNED:
+            if leftover.poll() is None:
+                leftover.terminate()
+                leftover.wait(timeout=60)

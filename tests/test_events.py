@@ -876,3 +876,83 @@ def test_property_arbitrary_ids_round_trip_as_keys(_id: Any) -> None:
     kb = key_bytes(_id)
     assert_same(_id, decode_key(kb))
     assert key_bytes(copy_of(_id)) == kb
+
+
+# --------------------------------------------------------------------------- RawEncoder
+
+
+def _raw(doc: dict[str, Any]) -> RawBSONDocument:
+    """``doc`` as the driver hands it over when reading with RawBSONDocument (order kept)."""
+    return RawBSONDocument(events._encode_document(doc),
+                           CODEC_OPTIONS.with_options(document_class=RawBSONDocument))
+
+
+def _same_as_encode(value: bytes, envelope: Envelope) -> None:
+    """``value`` is what encode() gives for ``envelope`` (emitted_at taken from ``value``)."""
+    got = decode(value)
+    assert encode(dataclasses.replace(envelope, emitted_at=got.emitted_at)) == value
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents())
+def test_raw_encoder_snapshot_is_byte_for_byte_encode(doc: dict[str, Any]) -> None:
+    encoder = events.RawEncoder("users-v2", "app", "users")
+    expected = Envelope.snapshot("users-v2", "app", "users", doc)
+    for form in (doc, _raw(doc)):
+        key, value = encoder.snapshot(form)
+        assert key == key_bytes(doc["_id"])
+        _same_as_encode(value, expected)
+
+
+def test_raw_encoder_snapshot_of_objectid_documents_and_bad_input() -> None:
+    encoder = events.RawEncoder("m", "app", "users")
+    doc = {"_id": ObjectId(), "name": "Ada", "tags": ["a"], "nested": {"b": 1, "a": 2}}
+    key, value = encoder.snapshot(_raw(doc))
+    assert key == key_bytes(doc["_id"])
+    got = decode(value)
+    assert_same(doc, got.document)
+    assert got.source is EventSource.BACKFILL and got.operation is Operation.SNAPSHOT
+    with pytest.raises(ValueError, match="_id"):
+        encoder.snapshot(_raw({"name": "no id"}))
+    with pytest.raises(ValueError, match="_id"):
+        encoder.snapshot({"name": "no id"})
+
+
+@pytest.mark.parametrize("case", list(CHANGE_CASES))
+def test_raw_encoder_change_is_byte_for_byte_encode(case: str) -> None:
+    event, _ = CHANGE_CASES[case]
+    encoder = events.RawEncoder("users-v2", "app", "users")
+    expected = Envelope.change("users-v2", "app", "users", event)
+    raw_event = RawBSONDocument(bson.encode(event, codec_options=CODEC_OPTIONS),
+                                CODEC_OPTIONS.with_options(document_class=RawBSONDocument))
+    for form in (event, raw_event):
+        key, value = encoder.change(form)
+        assert key == key_bytes(USER_ID)
+        _same_as_encode(value, expected)
+
+
+def test_raw_encoder_change_keys_and_refusals() -> None:
+    encoder = events.RawEncoder("m", "app", "users")
+    oid = ObjectId()
+    key, _ = encoder.change(_raw({"_id": {"_data": "82"}, "operationType": "delete",
+                                  "documentKey": {"_id": oid}}))
+    assert key == key_bytes(oid)
+    sharded = change_event("delete", documentKey={"region": "eu", "_id": "user-1"})
+    assert encoder.change(sharded)[0] == key_bytes("user-1")
+    for bad in (change_event("drop"), change_event("invalidate"), {}):
+        with pytest.raises(ValueError, match="operationType"):
+            encoder.change(bad)
+    with pytest.raises(ValueError, match="documentKey"):
+        encoder.change({"operationType": "insert", "fullDocument": {}})
+    with pytest.raises(ValueError, match="cannot encode envelope"):
+        encoder.change(change_event("delete", clusterTime=12))
+    with pytest.raises(ValueError, match="fullDocument"):
+        encoder.change(change_event("insert", fullDocument=[1]))
+
+
+@pytest.mark.parametrize("value", [0, 1, -1, 63, -64, 64, -65, 2**31, -(2**31) - 1,
+                                   2**63 - 1, -(2**63)])
+def test_avro_long_is_avros_encoding(value: int) -> None:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, "long", value)
+    assert events._avro_long(value) == out.getvalue()

@@ -91,7 +91,10 @@ def seed_items(coll, rng: random.Random, n: int) -> dict[int, tuple[int, int]]:
     docs = []
     for i in range(n):
         price, qty = rng.randint(1, 99), rng.randint(1, 9)
-        docs.append({"_id": i, "price": price, "qty": qty, "legacy": True})
+        if i % 3:
+            docs.append({"_id": i, "price": price, "qty": qty, "legacy": True})
+        else:  # already in the new shape: only a later application write makes it stale
+            docs.append({"_id": i, "price": price, "qty": qty, "total": price * qty})
         expected[i] = (price, qty)
     for start in range(0, n, 5000):
         coll.insert_many(docs[start:start + 5000])
@@ -222,3 +225,53 @@ def test_backfill_refuses_until_change_capture_is_armed(db, settings, transforms
     assert result.returncode == 1
     assert "not armed" in result.stderr and "Traceback" not in result.stderr
     assert db.cdc_migrator_state.count_documents({"backfill": {"$exists": True}}) == 0
+
+
+def test_the_consumers_own_writes_are_not_sent_through_the_topic_again(db, settings,
+                                                                         transforms):
+    coll = db["items"]
+    coll.insert_many([{"_id": i, "price": i, "qty": 2, "legacy": True} for i in range(300)]
+                     + [{"_id": 300 + i, "price": 1, "qty": 1, "total": 1} for i in range(20)])
+    migration = get_migration(transforms, "price_total")
+    report = run_pipeline(settings, migration, show_progress=False, timeout=120)
+    assert report.drained and report.lag == 0
+    # The backfill's 320 events; the 300 writes came back through the change stream and were
+    # dropped by the tailer, since the transform finds those documents migrated.
+    assert report.counts["produced"] == 320
+    assert report.counts["updated"] == 300 and report.counts["skipped"] == 300
+    assert report.counts["consumed"] == 320 and report.counts["unchanged"] == 20
+    assert api.verify(settings, "price_total").ok
+
+
+def test_the_tailer_forwards_every_event_the_consumer_may_have_work_for(db, settings,
+                                                                         transforms):
+    from cdc_migrator.migration import Migration
+    from cdc_migrator.tailer import Tailer
+
+    def event(op, doc):
+        return {"_id": {"_data": "82"}, "operationType": op, "documentKey": {"_id": 1},
+                "fullDocument": doc}
+
+    price_total = get_migration(transforms, "price_total")
+    split_prefs = get_migration(transforms, "split_prefs")
+    tailer = Tailer(settings, price_total)
+    done = {"_id": 1, "price": 2, "qty": 3, "total": 6}
+    assert tailer._needs_nothing(event("update", done))
+    assert tailer._needs_nothing(event("insert", done))
+    assert not tailer._needs_nothing(event("update", {**done, "legacy": True}))
+    assert not tailer._needs_nothing(event("update", None))  # deleted before the look-up
+    assert not tailer._needs_nothing(event("delete", None))
+    assert not tailer._needs_nothing(event("insert", {"_id": 1, "price": 2}))  # it raises
+
+    def bad_patch(doc, ctx):
+        return ["not", "a", "patch"]
+
+    def writes_elsewhere(doc, ctx):
+        ctx.db.audit.insert_one({"seen": doc["_id"]})
+        return None
+
+    for transform in (bad_patch, writes_elsewhere):
+        other = Tailer(settings, Migration(transform.__name__, "items", transform))
+        assert not other._needs_nothing(event("update", done))
+    assert db.audit.count_documents({}) == 0  # the dry run wrote nothing
+    assert Tailer(settings, split_prefs)._needs_nothing(event("update", {"_id": 1}))

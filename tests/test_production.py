@@ -158,6 +158,7 @@ def test_json_logs_are_one_object_per_line_naming_migration_and_component(db, se
 
 
 def test_a_mistake_is_a_json_line_too_with_json_logs(db, settings):
+    seed_users(db)  # the collection exists: the mistake is only the missing `tail`
     result = run_cli("backfill", NAME, "--log-format", "json", settings=settings)
 
     assert result.returncode == 1

@@ -1,0 +1,166 @@
+"""Riding out lost connections: retries with backoff, one log line per outage, a deadline.
+
+The long-running pieces (tailer, backfill, consumer, and ``run`` around them) pass each step
+that talks to MongoDB or Kafka through a :class:`Retrier`. A transient failure (a lost or
+refused connection, a timeout, no primary or broker available) starts an *outage* of that
+service: one warning names the service and the error, and the step is tried again with
+exponential backoff (0.25 s doubling to 4 s, with jitter). The first success ends the outage
+with one info line giving its duration. An outage longer than the deadline
+(``--retry-deadline``, 300 s by default) stops the piece with :class:`ServiceUnavailable`: one
+line naming the service, exit 1.
+
+Repeating a step is safe because every piece saves its position (resume token, backfill cursor,
+consumer offsets) only after the work before it was acknowledged: a retried step at worst does
+again what was done already, which the guarded, idempotent apply makes harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kafka.errors import KafkaError
+from pymongo.errors import ConnectionFailure, OperationFailure
+
+from .config import Settings, mask_secrets
+from .errors import CdcMigratorError, ServiceUnavailable
+
+T = TypeVar("T")
+
+MONGODB = "MongoDB"
+KAFKA = "Kafka"
+BACKOFF_START = 0.25
+BACKOFF_CAP = 4.0
+# Server errors that mean "not now" (shutdown, election, network), not "never".
+_MONGO_TRANSIENT_CODES = {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}
+
+
+class StopRequested(CdcMigratorError):
+    """The process was asked to stop (SIGTERM) while it waited for a service to come back.
+
+    Nothing unacknowledged was recorded as done, so the next start repeats it. The pieces
+    catch it and return; should it reach the command line, it is one line and exit 0.
+    """
+
+    exit_code = 0
+
+
+def service_of(exc: BaseException) -> str | None:
+    """``"MongoDB"`` or ``"Kafka"`` when ``exc`` is a transient failure worth retrying."""
+    if isinstance(exc, ConnectionFailure):  # includes AutoReconnect, server selection timeout
+        return MONGODB
+    if isinstance(exc, OperationFailure) and exc.code in _MONGO_TRANSIENT_CODES:
+        return MONGODB
+    if isinstance(exc, KafkaError) and getattr(exc, "retriable", False):
+        return KAFKA
+    return None
+
+
+def message_of(exc: BaseException) -> str:
+    """The first line of an error's message without the drivers' appendices, secrets masked."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    # pymongo appends the whole server reply, its timeouts and the topology description.
+    text = text.split(", full error:")[0].split(", Timeout: ")[0]
+    text = re.sub(r" \(configured timeouts: [^)]*\)", "", text)
+    name = type(exc).__name__
+    if text.startswith(f"{name}: "):  # kafka-python repeats the class name
+        text = text[len(name) + 2:]
+    return mask_secrets(text)[:300]
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: message`` of an error, as :func:`message_of`."""
+    text = message_of(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass
+class _Outage:
+    started: float
+    attempts: int = 0
+    error: str = ""
+
+
+class Retrier:
+    """Retries the steps of one piece (one thread) and logs each outage once."""
+
+    def __init__(self, settings: Settings, logger: logging.Logger | None = None,
+                 stop: threading.Event | None = None) -> None:
+        self.deadline = settings.retry_deadline
+        self.log = logger or logging.getLogger("cdc_migrator.retry")
+        self.stop = stop
+        self.where = {MONGODB: _hosts(settings.mongodb_uri),
+                      KAFKA: settings.kafka_bootstrap_servers}
+        self._outages: dict[str, _Outage] = {}
+
+    def call(self, service: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, tried again while it fails transiently.
+
+        ``service`` is what a success proves reachable. Raises a non-transient error at once,
+        :class:`ServiceUnavailable` after the deadline, :class:`StopRequested` when stopped.
+        """
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                self.failed(exc)
+                continue
+            self.recovered(service)
+            return result
+
+    def failed(self, exc: Exception) -> None:
+        """One failed attempt: re-raise ``exc`` unless it is transient, else wait the backoff.
+
+        The first failure of an outage is logged as a warning; later ones are not.
+        """
+        service = service_of(exc)
+        if service is None:
+            raise exc
+        now = time.monotonic()
+        outage = self._outages.get(service)
+        if outage is None:
+            outage = self._outages[service] = _Outage(now)
+            self.log.warning("%s at %s unavailable (%s); retrying with backoff for up to %gs "
+                             "(--retry-deadline)", service, self.where[service],
+                             first_line(exc), self.deadline)
+        outage.error = first_line(exc)
+        elapsed = now - outage.started
+        if elapsed >= self.deadline:
+            raise ServiceUnavailable(
+                f"{service} at {self.where[service]} unavailable for {elapsed:.0f}s, longer "
+                f"than the retry deadline ({self.deadline:g}s, --retry-deadline): "
+                f"{outage.error}") from None
+        delay = min(BACKOFF_CAP, BACKOFF_START * 2 ** outage.attempts)
+        delay = min(delay * random.uniform(0.5, 1.0), self.deadline - elapsed)
+        outage.attempts += 1
+        if self.stop is not None:
+            if self.stop.wait(delay):
+                raise StopRequested(f"stopped while waiting for {service} at "
+                                    f"{self.where[service]}; nothing unacknowledged was "
+                                    "recorded as done")
+        else:
+            time.sleep(delay)
+
+    def recovered(self, *services: str) -> None:
+        """End the outage of ``services`` (all when none is named), logging its duration."""
+        for service in services or list(self._outages):
+            outage = self._outages.pop(service, None)
+            if outage is not None:
+                self.log.info("%s at %s reachable again after %.1fs (%d retries)", service,
+                              self.where[service], time.monotonic() - outage.started,
+                              outage.attempts)
+
+    def in_outage(self, service: str) -> bool:
+        return service in self._outages
+
+
+def _hosts(uri: str) -> str:
+    """The host list of a MongoDB URI, without credentials or options."""
+    rest = uri.split("://", 1)[-1]
+    return rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
