@@ -30,8 +30,11 @@ URI = BASE.split("://", 1)[0] + "://" + BASE.split("://", 1)[1].split("/", 1)[0]
     "/cdc_demo?directConnection=true"
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 USERS = int(os.environ.get("DEMO_USERS", "30000"))
+# A topic of its own per run: a reset keeps the old topic, whose events a new group would
+# replay from the start (harmless, since apply is idempotent, but slow for a demo).
+PREFIX = f"cdc-demo-{int(time.time())}"
 ENV = dict(os.environ, MONGODB_URI=URI, KAFKA_BOOTSTRAP_SERVERS=KAFKA,
-           CDC_MIGRATOR_TRANSFORMS=str(ROOT / "transforms"))
+           CDC_MIGRATOR_TRANSFORMS=str(ROOT / "transforms"), CDC_MIGRATOR_TOPIC_PREFIX=PREFIX)
 
 
 def step(text: str) -> None:
@@ -81,7 +84,7 @@ class Application(threading.Thread):
 
 def main() -> None:
     settings = Settings(mongodb_uri=URI, kafka_bootstrap_servers=KAFKA,
-                        transforms=ROOT / "transforms")
+                        transforms=ROOT / "transforms", topic_prefix=PREFIX)
     db = pymongo.MongoClient(URI)["cdc_demo"]
     step(f"seeding {USERS:,} users in cdc_demo.users (some without role, some admins)")
     db.client.drop_database("cdc_demo")
