@@ -760,7 +760,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="two sizes, e.g. 20000,200000 (default: --docs/10,--docs)")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds one pipeline run may take before it counts as failed "
-                        "(default: 600 s per 100,000 documents, at least 300)")
+                        "(default: 300 s per 100,000 documents, at least 240)")
     p.add_argument("--warmup", type=int, default=20_000,
                    help="documents of an unmeasured warm-up run of the server (0: none)")
     p.add_argument("--pause", type=float, default=1.0,
@@ -776,7 +776,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.timeout is None:
-        args.timeout = max(300.0, args.docs / 100_000 * 600)
+        args.timeout = max(240.0, args.docs / 100_000 * 300)
     sections = [s for s in args.only.split(",") if s]
     bench = Bench(args)
     results: dict[str, Any] = {

@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
+from kafka.errors import (
+    CommitFailedError,
+    KafkaError,
+    KafkaTimeoutError,
+    RebalanceInProgressError,
+)
 
 from . import events, logs, observability, topics
 from .applier import Applier, BatchResult
@@ -177,11 +182,13 @@ class TransformConsumer:
         dead: list[dict[str, Any]] = []
         fences: list[tuple[int, str]] = []
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        firsts: dict[TopicPartition, int] = {}
         count = 0
         for tp, records in polled.items():
             for record in records:
                 count += 1
                 offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+                firsts.setdefault(tp, record.offset)
                 try:
                     envelope = events.decode(record.value)
                 except events.PoisonRecord as exc:
@@ -210,7 +217,7 @@ class TransformConsumer:
                                      failure.error, failure.traceback, None))
         if dead:
             self._send_dead_letters(dead)
-        committed = self._commit(offsets)
+        committed = self._commit(offsets, firsts)
         self.stats.records += count
         self.stats.batches += 1
         self.stats.poison += sum(1 for d in dead if d["kind"] == "poison")
@@ -227,14 +234,21 @@ class TransformConsumer:
         if self.on_batch:
             self.on_batch(self.stats)
 
-    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> bool:
-        """Commit the batch's offsets; False when the group took its partitions meanwhile."""
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata],
+                firsts: dict[TopicPartition, int]) -> bool:
+        """Commit the batch's offsets; False when the group is rebalancing its partitions."""
         try:
             self.retry.call(KAFKA, self._consumer.commit, offsets, timeout_ms=10_000)
             return True
-        except CommitFailedError:
-            # A rebalance (e.g. after a long outage) gave the partitions to a member that
-            # starts from the last committed offsets: it applies this batch again, harmlessly.
+        except (CommitFailedError, RebalanceInProgressError):
+            # The group is being rebalanced (a member came or went, or this one was away too
+            # long): nothing is committed. Whoever owns the partitions next starts from the
+            # last committed offsets; those staying here are read again from the batch's start.
+            for tp, offset in firsts.items():
+                try:
+                    self._consumer.seek(tp, offset)
+                except ValueError:
+                    pass  # no longer assigned here
             log.info("the group rebalanced during a batch: its offsets were not committed and "
                      "its events will be applied again")
             return False
