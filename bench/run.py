@@ -557,19 +557,24 @@ def latency(bench: Bench) -> dict[str, Any]:
 
         rng = random.Random(11)
         interval = 1.0 / args.latency_rate
+        unmeasured = int(args.latency_rate * args.latency_warmup)
         total = int(args.latency_rate * args.latency_seconds)
-        started = time.perf_counter()
         lateness = 0.0
-        for i in range(total):
-            due = started + i * interval
+        # The first --latency-warmup seconds of writes are not measured: a freshly started
+        # service pipeline (JIT compilation of the servers, connections) is slower at first.
+        for i in range(unmeasured + total):
+            if i in (0, unmeasured):
+                started, base = time.perf_counter(), i
+            due = started + (i - base) * interval
             now = time.perf_counter()
             if due > now:
                 time.sleep(due - now)
-            else:
+            elif i >= unmeasured:
                 lateness = max(lateness, now - due)
             doc = make_doc(rng, i)
             doc["writtenAt"] = dt.datetime.now(dt.UTC)  # the client timestamp, for readers
-            sent[doc["_id"]] = time.perf_counter()
+            if i >= unmeasured:
+                sent[doc["_id"]] = time.perf_counter()
             coll.insert_one(doc)
         achieved = total / (time.perf_counter() - started)
         try:
@@ -756,6 +761,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--partitions", type=int, default=6, help="topic partitions (default 6)")
     p.add_argument("--latency-rate", type=float, default=200.0, help="inserts per second")
     p.add_argument("--latency-seconds", type=float, default=30.0)
+    p.add_argument("--latency-warmup", type=float, default=5.0,
+                   help="seconds of writes at the same rate before the measured ones")
     p.add_argument("--memory-sizes", default=None,
                    help="two sizes, e.g. 20000,200000 (default: --docs/10,--docs)")
     p.add_argument("--timeout", type=float, default=None,
