@@ -60,21 +60,23 @@ TRANSFORM_SOURCE = f'''\
 from cdc_migrator import migration
 
 
-@migration(collection="{COLLECTION}")
+@migration(collection="{COLLECTION}", filter={{"{FIELD}": {{"$exists": False}}}})
 def {MIGRATION}(doc, ctx):
     if "{FIELD}" not in doc:
         return {{"{FIELD}": "{DEFAULT}"}}
     return None
 '''
 
-TARGETS = {"pipeline": 0.8, "apply": 0.95, "latency_p99_ms": 500.0, "memory_growth": 1.2}
-METHODS = ("server", "direct", "direct_range", "apply", "pipeline")
+TARGETS = {"pipeline": 0.8, "pipeline_procs": 0.8, "apply": 0.95, "latency_p99_ms": 500.0,
+           "memory_growth": 1.2}
+METHODS = ("server", "direct", "direct_range", "apply", "pipeline", "pipeline_procs")
 LABELS = {
     "server": "server-side update_many",
     "direct": "direct loop (one cursor)",
     "direct_range": "direct loop (_id ranges)",
     "apply": "cdc-migrator apply",
     "pipeline": "pipeline (tail+backfill+consume)",
+    "pipeline_procs": "pipeline as processes",
 }
 
 # --------------------------------------------------------------------------- data
@@ -251,10 +253,15 @@ class CpuMeter:
 
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.pids = pids
+        self.ours: list[int] = []  # running processes of ours (pipeline as processes)
 
     def sample(self) -> dict[str, float | None]:
+        """"bench" is ours: this process, its children waited for, and those in ``ours``."""
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        out: dict[str, float | None] = {"bench": usage.ru_utime + usage.ru_stime}
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        mine = usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
+        out: dict[str, float | None] = {
+            "bench": mine + sum(cpu_seconds(pid) or 0.0 for pid in self.ours)}
         for name, pid in self.pids.items():
             out[name] = cpu_seconds(pid)
         return out
@@ -327,8 +334,80 @@ def run_pipeline_method(bench: Bench, settings: Settings) -> dict[str, Any]:
     return {"counts": report.counts}
 
 
+def group_stable(admin: Any, group: str) -> bool:
+    """Whether ``group`` has members and is not rebalancing (kafka-python 3 and 2 APIs)."""
+    if hasattr(admin, "describe_groups"):
+        info = admin.describe_groups([group]).get(group) or {}
+        state, members = info.get("group_state"), info.get("members")
+    else:
+        described = admin.describe_consumer_groups([group])
+        state, members = (described[0].state, described[0].members) if described else (None, None)
+    return state == "Stable" and bool(members)
+
+
+class AlwaysOn:
+    """``cdc-migrator tail`` and ``consume`` running as processes, as deployed: started, and
+    the consumer in its group, before the clock starts; stopped after it stopped."""
+
+    def __init__(self, bench: Bench, settings: Settings) -> None:
+        self.bench = bench
+        arm(settings, bench.migration)
+        self.procs = [Subprocess(bench, settings, command, MIGRATION,
+                                 name=f"{settings.group_id}-{command}")
+                      for command in ("tail", "consume")]
+        admin = topics.admin(settings)
+        group = group_id(settings, bench.migration)
+        try:
+            def joined() -> bool:
+                if any(p.proc.poll() is not None for p in self.procs):
+                    raise RuntimeError("tail or consume exited; see their logs in "
+                                       f"{tempfile.gettempdir()}/cdc-bench-*")
+                return group_stable(admin, group)
+            wait_for(joined, 120, "the consumer to join its group", interval=0.5)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            admin.close()
+        bench.cpu.ours = [p.proc.pid for p in self.procs]
+
+    def close(self) -> None:
+        if os.environ.get("CDC_BENCH_DEBUG"):
+            print("   ", {p.proc.args[3]: cpu_seconds(p.proc.pid) for p in self.procs})
+        self.bench.cpu.ours = []
+        for p in self.procs:
+            p.stop()
+
+
+def run_pipeline_processes(bench: Bench, settings: Settings) -> dict[str, Any]:
+    """``cdc-migrator backfill`` as a process, beside the always-on tail and consume, until
+    every document is migrated and the group's lag is zero."""
+    timeout = bench.args.timeout
+    backfill = Subprocess(bench, settings, "backfill", MIGRATION, "-q",
+                          *(["--batch-size", str(bench.args.batch_size)]
+                            if bench.args.batch_size else []),
+                          name=f"{settings.group_id}-backfill")
+    started = time.perf_counter()
+    if backfill.wait(timeout) != 0:
+        raise RuntimeError(f"backfill exited with {backfill.returncode}")
+    backfill_seconds = time.perf_counter() - started
+    coll = settings.db[COLLECTION]
+    topic, group = settings.topic(COLLECTION), group_id(settings, bench.migration)
+    if os.environ.get("CDC_BENCH_DEBUG"):
+        print(f"    backfill done after {backfill_seconds:.1f} s, lag then "
+              f"{topics.group_lag(settings, topic, group).total}")
+    # The lag first: counting the unmigrated documents scans the collection (not to be done
+    # ten times a second while the pipeline works).
+    wait_for(lambda: topics.group_lag(settings, topic, group).total == 0 and unmigrated(coll) == 0,
+             timeout, "the pipeline to drain", interval=0.1)
+    return {"backfill_seconds": round(backfill_seconds, 2)}
+
+
 RUNNERS = {"server": run_server, "direct": run_direct, "direct_range": run_direct_range,
-           "apply": run_apply, "pipeline": run_pipeline_method}
+           "apply": run_apply, "pipeline": run_pipeline_method,
+           "pipeline_procs": run_pipeline_processes}
+# Set up before the clock starts; closed after it stopped.
+PREPARE = {"pipeline_procs": AlwaysOn}
 
 
 def throughput(bench: Bench) -> dict[str, Any]:
@@ -360,9 +439,12 @@ def throughput(bench: Bench) -> dict[str, Any]:
         for method in order:
             settings = bench.fresh(method)
             coll = settings.db[COLLECTION]
+            prepared: Any = None
             try:
                 seeded = seed(coll, args.docs)
                 time.sleep(args.pause)
+                if method in PREPARE:
+                    prepared = PREPARE[method](bench, settings)
                 cpu_before = bench.cpu.sample()
                 started = time.perf_counter()
                 try:
@@ -387,6 +469,9 @@ def throughput(bench: Bench) -> dict[str, Any]:
                       f"{rate:10,.0f} docs/s   cpu s: " + ", ".join(
                           f"{k} {v}" for k, v in cpu.items() if v is not None), flush=True)
             finally:
+                if prepared is not None:
+                    prepared.close()
+                    prepared = None
                 bench.cleanup(settings)
     summary: dict[str, Any] = {}
     for method, items in runs.items():
@@ -403,7 +488,7 @@ def throughput(bench: Bench) -> dict[str, Any]:
             summary[method]["failed"] = failures[method]
     baseline = "direct"
     if baseline in runs:
-        for method in ("apply", "pipeline", "server", "direct_range"):
+        for method in ("apply", "pipeline", "pipeline_procs", "server", "direct_range"):
             if method not in runs:
                 continue
             by_round = {r["round"]: r["docs_per_s"] for r in runs[baseline]}

@@ -134,7 +134,7 @@ class TransformConsumer:
         consumer = KafkaConsumer(
             group_id=group_id(self.settings, self.migration),
             enable_auto_commit=False, auto_offset_reset="earliest",
-            # Small fetches (gzip-compressed) keep memory flat whatever the backlog: 256 KiB
+            # Small fetches (compressed) keep memory flat whatever the backlog: 256 KiB
             # of one partition still holds thousands of events, more than one poll's batch.
             max_poll_records=self.max_records, fetch_max_bytes=2 << 20,
             max_partition_fetch_bytes=256 << 10, session_timeout_ms=30_000,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import bson
@@ -59,6 +60,53 @@ def arm(settings: Settings, migration: Migration) -> dict[str, Any]:
                   **{"tail.armed_at": armed_at, "tail.produced": 0})
         state = store.get(migration.name)
     return state
+
+
+def image_condition(query: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A migration's filter as a condition on a change event's ``fullDocument``.
+
+    Field paths get the ``fullDocument.`` prefix, ``$and``/``$or``/``$nor`` are rewritten
+    inside; None when the filter uses an operator that is not about fields (``$expr``,
+    ``$where``, ``$text``, ...), which cannot be moved into the event that simply.
+    """
+    out: dict[str, Any] = {}
+    for key, value in query.items():
+        if key in ("$and", "$or", "$nor"):
+            if not isinstance(value, list | tuple) or not value:
+                return None
+            parts = [image_condition(v) if isinstance(v, Mapping) else None for v in value]
+            if any(p is None for p in parts):
+                return None
+            out[key] = parts
+        elif not isinstance(key, str) or key.startswith("$"):
+            return None
+        else:
+            out[f"fullDocument.{key}"] = value
+    return out
+
+
+def stream_pipeline(migration: Migration) -> list[dict[str, Any]]:
+    """The change stream's stages: the collection and the fence collection; and, when the
+    migration has a filter, only those events whose document is inside it.
+
+    The filter runs in the server, on the document as the event carries it (looked up for an
+    update): an event of a document outside the filter never reaches the tailer, the topic or
+    the consumer (which would not touch it: its writes are guarded by the filter too). This
+    drops, without a look at it in Python, the echo of every consumer write that takes the
+    document out of the filter, as an "add a field where missing" filter does. Deletes, events
+    without a document and fences always pass.
+    """
+    stages: list[dict[str, Any]] = [
+        {"$match": {"ns.coll": {"$in": [migration.collection, FENCE_COLLECTION]}}}]
+    image = image_condition(migration.filter) if migration.filter else None
+    if image:
+        stages.append({"$match": {"$or": [
+            {"ns.coll": FENCE_COLLECTION},
+            {"operationType": {"$nin": ["insert", "update", "replace"]}},
+            {"fullDocument": None},
+            image,
+        ]}})
+    return stages
 
 
 def is_armed(state: dict[str, Any] | None) -> bool:
@@ -125,8 +173,7 @@ class Tailer:
             options["resume_after"] = tail["resume_token"]
         else:
             options["start_at_operation_time"] = tail["armed_at"]
-        pipeline = [{"$match": {"ns.coll": {"$in": [self.migration.collection,
-                                                     FENCE_COLLECTION]}}}]
+        pipeline = stream_pipeline(self.migration)
         partitions = topics.ensure_topic(self.settings, self.topic)
         self.retry.recovered(KAFKA)
         # Events arrive as raw BSON: the full document goes on the topic as the server sent it.

@@ -275,3 +275,51 @@ def test_the_tailer_forwards_every_event_the_consumer_may_have_work_for(db, sett
         assert not other._needs_nothing(event("update", done))
     assert db.audit.count_documents({}) == 0  # the dry run wrote nothing
     assert Tailer(settings, split_prefs)._needs_nothing(event("update", {"_id": 1}))
+
+
+FILTERED_MIGRATION = textwrap.dedent('''
+    from cdc_migrator import migration
+
+    @migration(collection="accounts", filter={"tier": {"$exists": False}})
+    def add_tier(doc, ctx):
+        return {"tier": "gold" if doc["n"] % 10 == 0 else "standard"}
+''')
+
+
+def test_a_filtered_migrations_echo_is_dropped_by_the_server(db, settings, tmp_path):
+    """With a filter, the change stream itself drops events of documents outside it: the
+    consumer's writes never reach the tailer, while every application write inside it does."""
+    (tmp_path / "accounts.py").write_text(FILTERED_MIGRATION)
+    settings.transforms = tmp_path
+    coll = db["accounts"]
+    coll.insert_many([{"_id": i, "n": i} for i in range(400)]
+                     + [{"_id": 400 + i, "n": i, "tier": "vip"} for i in range(50)])
+    migration = get_migration(tmp_path, "add_tier")
+    stop = threading.Event()
+    result: dict = {}
+
+    def application():
+        # Writes during the run: new old-shape documents (inside the filter) and an update
+        # of a migrated field (outside it: nothing to do, and no event needed).
+        time.sleep(1.0)
+        coll.insert_many([{"_id": 1000 + i, "n": i} for i in range(30)])
+        coll.update_many({"_id": {"$in": list(range(400, 410))}}, {"$set": {"tier": "bronze"}})
+
+    writer = threading.Thread(target=application, daemon=True)
+    writer.start()
+    result["report"] = run_pipeline(settings, migration, show_progress=False, timeout=120,
+                                    stop=stop, settle=2.0)
+    writer.join(timeout=30)
+    report = result["report"]
+    assert report.drained and report.lag == 0
+    # 400 snapshots, plus the 30 inserts unless the backfill read them first (then the
+    # insert event may arrive with its document already migrated and be dropped).
+    produced = report.counts["produced"]
+    assert 400 <= produced <= 430 + 30, produced
+    # Nothing came back for the tailer to drop in Python: the server dropped the echo.
+    assert report.counts.get("skipped", 0) == 0
+    assert report.counts["updated"] == 430
+    assert coll.count_documents({"tier": {"$exists": False}}) == 0
+    assert coll.count_documents({"tier": "bronze"}) == 10
+    assert coll.count_documents({"tier": "gold"}) == 43
+    assert api.verify(settings, "add_tier").ok

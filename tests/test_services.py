@@ -31,6 +31,27 @@ def test_change_stream_reports_insert_update_delete_with_document_key(db):
     assert events[1]["fullDocument"] in ({"_id": "a", "v": 2}, None)  # None: deleted by lookup time
 
 
+def test_change_stream_match_on_the_looked_up_document_of_an_update(db):
+    """A $match on fullDocument sees the document as looked up (the tailer's filter relies on
+    it), drops the updates whose document does not match, and returns the rest whole."""
+    coll = db.things
+    coll.insert_many([{"_id": i, "n": i, "nested": {"tags": ["a"]}} for i in range(6)])
+    pipeline = [{"$match": {"$or": [{"operationType": {"$ne": "update"}},
+                                    {"fullDocument.done": {"$exists": False}}]}}]
+    with coll.watch(pipeline, full_document="updateLookup", max_await_time_ms=100) as stream:
+        coll.update_many({"_id": {"$in": [0, 2, 4]}}, {"$set": {"done": True}})
+        coll.update_many({"_id": {"$in": [1, 3, 5]}}, {"$set": {"seen": 1}})
+        coll.update_one({"_id": 99}, {"$set": {"x": 1}}, upsert=True)  # an insert: passes
+        coll.delete_one({"_id": 1})
+        events = _drain(stream, 5)
+        assert stream.try_next() is None
+    ops = [(e["operationType"], e["documentKey"]["_id"]) for e in events]
+    assert ops == [("update", 1), ("update", 3), ("update", 5), ("insert", 99), ("delete", 1)]
+    # Looked up when the stream read it: document 1 was already deleted then.
+    assert events[0]["fullDocument"] is None
+    assert events[1]["fullDocument"] == {"_id": 3, "n": 3, "nested": {"tags": ["a"]}, "seen": 1}
+
+
 def test_change_stream_resumes_after_token_without_losing_or_repeating(db):
     coll = db.things
     with coll.watch(max_await_time_ms=100) as stream:
@@ -81,3 +102,22 @@ def test_kafka_group_lag_is_end_minus_committed_per_partition(settings):
         assert p.lag == ends[TopicPartition(topic, p.partition)] - p.committed
     consumer.close()
     producer.close()
+
+
+def test_producer_uses_lz4_and_the_c_checksum_unless_configured_otherwise(settings):
+    from kafka.record import util
+
+    assert util.crc32c_c is not None, "the crc32c package (a dependency) is what kafka-python uses"
+    producer = topics.producer(settings)
+    try:
+        assert producer.config["compression_type"] == "lz4"
+        assert producer.config["acks"] in ("all", -1)
+    finally:
+        producer.close()
+    settings.kafka_options = {"compression_type": "gzip", "linger_ms": 20}
+    producer = topics.producer(settings, linger_ms=1)
+    try:
+        assert producer.config["compression_type"] == "gzip"  # the settings win over defaults
+        assert producer.config["linger_ms"] == 1  # the caller's overrides win over both
+    finally:
+        producer.close()

@@ -20,6 +20,7 @@ import de.bwaldvogel.mongo.backend.AbstractCursor;
 import de.bwaldvogel.mongo.backend.Cursor;
 import de.bwaldvogel.mongo.backend.CursorRegistry;
 import de.bwaldvogel.mongo.backend.aggregation.Aggregation;
+import de.bwaldvogel.mongo.backend.aggregation.stage.MatchStage;
 import de.bwaldvogel.mongo.bson.BsonTimestamp;
 import de.bwaldvogel.mongo.bson.Document;
 import de.bwaldvogel.mongo.exception.MongoServerError;
@@ -441,6 +442,9 @@ public final class ChangeStreamOplog implements Oplog {
 
     /** The stored document itself: only while holding the collection's monitor, and not to be kept. */
     private static Document findLiveById(MongoCollection<?> collection, Object id) {
+        if (collection instanceof IdIndexedMemory.Collection indexed) {
+            return indexed.liveById(id);
+        }
         Document query = new Document("_id", new Document("$in", List.of(id)));
         for (Document document : collection.handleQuery(query)) {
             return document;
@@ -666,6 +670,7 @@ public final class ChangeStreamOplog implements Oplog {
         private final Scope scope;
         private final Aggregation aggregation;
         private final boolean hasStages;
+        private final boolean onlyMatches; // the user's stages only filter: they never modify an event
         private final int lookup;
         private final boolean beforeChangeNull;
         private long position;          // events with a greater timestamp come next
@@ -679,6 +684,7 @@ public final class ChangeStreamOplog implements Oplog {
             this.scope = scope;
             this.aggregation = aggregation;
             this.hasStages = aggregation != null && !aggregation.getStages().isEmpty();
+            this.onlyMatches = hasStages && aggregation.getStages().stream().allMatch(stage -> stage instanceof MatchStage);
             this.lookup = lookup;
             this.beforeChangeNull = beforeChangeNull;
             this.position = position;
@@ -751,7 +757,7 @@ public final class ChangeStreamOplog implements Oplog {
                     position = event.ts;
                     continue;
                 }
-                Document change = applyStages(toChange(event));
+                Document change = changeFor(event);
                 if (change != null) {
                     int size = bsonSize(change);
                     if (!batch.isEmpty() && bytes + size > MAX_BATCH_BYTES) {
@@ -825,6 +831,26 @@ public final class ChangeStreamOplog implements Oplog {
             postBatchResumeToken = (Document) invalidate.get("_id");
         }
 
+        /** The event as this stream returns it, or null when the user's stages drop it. */
+        private Document changeFor(Event event) {
+            if (onlyMatches && lookup == FULL_DOCUMENT_LOOKUP && event.op.equals("update")) {
+                MongoCollection<?> collection = collections.apply(event.ns.db, event.ns.coll);
+                if (collection != null) {
+                    synchronized (collection) {
+                        // $match only reads: decide on the stored document itself, and copy it only
+                        // for an event that passes (a stream that filters most events out, like the
+                        // tailer's, then copies almost nothing).
+                        Document change = applyStages(toChange(event, true));
+                        if (change != null && change.get("fullDocument") instanceof Document image) {
+                            change.put("fullDocument", image.cloneDeeply());
+                        }
+                        return change;
+                    }
+                }
+            }
+            return applyStages(toChange(event, false));
+        }
+
         private Document applyStages(Document change) {
             if (!hasStages) {
                 return change;
@@ -844,8 +870,12 @@ public final class ChangeStreamOplog implements Oplog {
             return result;
         }
 
-        /** The change event document, in MongoDB 6's field order. */
-        private Document toChange(Event event) {
+        /**
+         * The change event document, in MongoDB 6's field order. With {@code live}, an update's
+         * looked-up document is the stored one, not a copy: only while holding its collection's
+         * monitor, and not to be returned as it is.
+         */
+        private Document toChange(Event event, boolean live) {
             Document change = new Document("_id", token(event.ts, KIND_EVENT))
                 .append("operationType", event.op)
                 .append("clusterTime", new BsonTimestamp(event.ts))
@@ -868,7 +898,8 @@ public final class ChangeStreamOplog implements Oplog {
                         .append("truncatedArrays", new ArrayList<>()));
                     if (lookup == FULL_DOCUMENT_LOOKUP) {
                         MongoCollection<?> collection = collections.apply(event.ns.db, event.ns.coll);
-                        change.put("fullDocument", collection == null ? null : findById(collection, event.id));
+                        change.put("fullDocument", collection == null ? null
+                            : live ? findLiveById(collection, event.id) : findById(collection, event.id));
                     } else if (lookup == FULL_DOCUMENT_NULL) {
                         change.put("fullDocument", null);
                     }

@@ -1,6 +1,7 @@
 import java.util.List;
 
 import de.bwaldvogel.mongo.MongoDatabase;
+import de.bwaldvogel.mongo.backend.AbstractUniqueIndex;
 import de.bwaldvogel.mongo.backend.CollectionOptions;
 import de.bwaldvogel.mongo.backend.CursorRegistry;
 import de.bwaldvogel.mongo.backend.Index;
@@ -52,6 +53,24 @@ final class IdIndexedMemory {
                 }
             }
             return super.queryDocuments(query, orderBy, numberToSkip, limit, batchSize, fieldSelector);
+        }
+
+        /**
+         * The stored document with this _id (straight from the _id index, without a query), or
+         * null; only while holding the collection's monitor, and not to be kept or returned.
+         */
+        Document liveById(Object id) {
+            Document key = new Document("_id", id);
+            for (Index<Integer> index : getIndexes()) {
+                if (index instanceof AbstractUniqueIndex<Integer> unique && unique.canHandle(key)) {
+                    Integer position = unique.getPosition(key);
+                    return position == null ? null : getDocument(position);
+                }
+            }
+            for (Document document : handleQuery(new Document("_id", new Document("$in", List.of(id))))) {
+                return document;
+            }
+            return null;
         }
 
         /** {_id: cond} when the query requires _id to satisfy cond besides other conditions. */
