@@ -68,6 +68,7 @@ def test_cutover_refuses_until_backfill_lag_and_unmigrated_documents_clear(db, s
     assert "3,000 documents unmigrated" in refused.stdout
 
     tail = _spawn(settings, "tail", "add_tier")
+    consume = None
     try:
         _wait_state(db, "add_tier", lambda s: (s.get("tail") or {}).get("heartbeat"))
         assert run_cli("backfill", "add_tier", "-q", settings=settings).returncode == 0
@@ -76,7 +77,7 @@ def test_cutover_refuses_until_backfill_lag_and_unmigrated_documents_clear(db, s
         assert "events behind" in behind.stdout and "backfill" not in behind.stdout
 
         consume = _spawn(settings, "consume", "add_tier")
-        _wait_drained(settings, get_migration(transforms, "add_tier"))
+        _wait_drained(settings, get_migration(transforms, "add_tier"), process=consume)
         ok = run_cli("cutover", "add_tier", "--timeout", "60", settings=settings)
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert "cut over" in ok.stdout
@@ -86,8 +87,10 @@ def test_cutover_refuses_until_backfill_lag_and_unmigrated_documents_clear(db, s
         consume.terminate()
         assert consume.wait(timeout=60) == 0
     finally:
-        tail.terminate()
-        tail.wait(timeout=60)
+        for process in (consume, tail):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=60)
 
 
 def test_cutover_refuses_while_documents_fail_and_names_them(db, settings, transforms):

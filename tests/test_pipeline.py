@@ -163,7 +163,8 @@ def _wait_state(db, name, predicate, timeout=120.0):
     raise AssertionError(f"state of {name} never satisfied the condition: {state}")
 
 
-def _wait_drained(settings, migration, timeout=180.0):
+def _wait_drained(settings, migration, timeout=180.0, process=None):
+    """Wait for zero lag; ``process`` (a consumer) is killed and its output shown if not."""
     topic, group = settings.topic(migration.collection), group_id(settings, migration)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -171,7 +172,12 @@ def _wait_drained(settings, migration, timeout=180.0):
         if lag.partitions and lag.total == 0:
             return
         time.sleep(0.5)
-    raise AssertionError(f"lag never reached zero: {lag.as_dict()}")
+    output = ""
+    if process is not None:
+        process.kill()
+        out, err = process.communicate(timeout=30)
+        output = f"; consumer output:\n{out}\n{err[-3000:]}"
+    raise AssertionError(f"lag never reached zero: {lag.as_dict()}{output}")
 
 
 def test_killed_tailer_and_consumer_resume_to_the_same_end_state(db, settings, transforms):
