@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bson.raw_bson import RawBSONDocument
+from kafka.partitioner.default import murmur2
 
 from . import events, logs, observability, topics
 from .config import Settings
@@ -85,7 +87,7 @@ def backfill(
     try:
         if not resumed:
             retry.call(MONGODB, store.unset, migration.name, "backfill")
-        retry.call(KAFKA, topics.ensure_topic, settings, topic)
+        partitions = retry.call(KAFKA, topics.ensure_topic, settings, topic)
         total = retry.call(MONGODB, count, collection, migration.filter)
         retry.call(MONGODB, store.set, migration.name, phase=BACKFILLING,
                    **{"backfill.total": total, "backfill.done": False})
@@ -104,9 +106,9 @@ def backfill(
                                              batch_size=batch_size or migration.batch_size)):
                     retry.recovered(MONGODB)
                     batch_started = time.monotonic()
-                    for doc in batch:
-                        key, value = encoder.snapshot(doc)
-                        publisher.send(topic, value, key=key)
+                    for partition, docs in by_partition(batch, encoder, partitions):
+                        key, value = encoder.snapshot_batch(docs)
+                        publisher.send(topic, value, key=key, partition=partition)
                     publisher.flush()  # rides out a broker outage with this batch in hand
                     retry.call(MONGODB, store.add, migration.name, {"produced": len(batch)},
                                **{"backfill.cursor": batch[-1]["_id"],
@@ -140,6 +142,37 @@ def backfill(
     log.info("backfill %s: %d documents produced in this run, %d in all",
              "finished" if finished else "stopped", scanned, done_before + scanned)
     return BackfillReport(migration.name, scanned, done_before + scanned, resumed, finished)
+
+
+#: The most document bytes one backfill record carries (a batch is split further above it).
+RECORD_BYTES = 512 * 1024
+
+
+def by_partition(batch: list, encoder: events.RawEncoder,
+                 partitions: int) -> Iterator[tuple[int, list]]:
+    """A scanned batch as groups of documents of one partition, each small enough for one
+    record, in ``_id`` order within a partition.
+
+    The partition of a document is the one the producer's default partitioner gives its key
+    (murmur2, as Kafka's Java client), where the tailer's change events of the same document
+    go: one document's events stay in one partition, in order. One record per group instead
+    of one per document is what makes the backfill cheap to produce and to consume.
+    """
+    groups: dict[int, list] = {}
+    sizes: dict[int, int] = {}
+    for doc in batch:
+        partition = (murmur2(encoder.key_of(doc)) & 0x7FFFFFFF) % partitions
+        size = len(doc.raw) if isinstance(doc, RawBSONDocument) else 1024
+        group = groups.get(partition)
+        if group and sizes[partition] + size > RECORD_BYTES:
+            yield partition, group
+            group = None
+        if group is None:
+            groups[partition] = group = []
+            sizes[partition] = 0
+        group.append(doc)
+        sizes[partition] += size
+    yield from groups.items()
 
 
 def _hold_while_paused(store: StateStore, name: str, stop: threading.Event | None) -> bool:

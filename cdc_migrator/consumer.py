@@ -21,7 +21,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,21 +49,6 @@ PROBE_INTERVAL = 3.0  # seconds without records before the broker is asked wheth
 def group_id(settings: Settings, migration: Migration) -> str:
     """The consumer group of one migration."""
     return f"{settings.group_id}.{settings.database_name}.{migration.name}"
-
-
-@dataclass
-class _Batch:
-    """One polled batch on its way: decoded, being written, then committed."""
-
-    started: float
-    count: int = 0
-    ids: list[Any] = field(default_factory=list)
-    images: dict[Any, Any] = field(default_factory=dict)
-    dead: list[dict[str, Any]] = field(default_factory=list)
-    fences: list[tuple[int, str]] = field(default_factory=list)
-    offsets: dict[TopicPartition, OffsetAndMetadata] = field(default_factory=dict)
-    firsts: dict[TopicPartition, int] = field(default_factory=dict)
-    writes: Future | None = None
 
 
 @dataclass
@@ -130,50 +114,21 @@ class TransformConsumer:
         log.info("consuming %s as group %s", self.topic,
                  group_id(self.settings, self.migration))
         last_records = time.monotonic()
-        # One batch is written while the next is polled and decoded: the writes wait on
-        # MongoDB, the rest is ours (see _Batch). The writer applies batches one at a time, in
-        # order, and a batch is committed only after its writes.
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"apply-{self.migration.name}")
-        in_flight: _Batch | None = None
-        try:
-            while not self.stopping.is_set():
-                if retry.call(MONGODB, self._pause_requested):
-                    if in_flight is not None:  # what was polled before the pause is applied
-                        self._finish(in_flight)
-                        in_flight = None
-                    self._hold()
-                    continue
-                try:
-                    polled = self._consumer.poll(timeout_ms=200)
-                except Exception as exc:  # e.g. the group coordinator lost while (re)joining
-                    if in_flight is not None:
-                        self._finish(in_flight)
-                        in_flight = None
-                    retry.failed(exc)
-                    continue
-                if polled:
-                    batch = self._prepare(polled)
-                    if in_flight is not None and not self._finish(in_flight):
-                        # The group rebalanced: the batch polled meanwhile is read again too
-                        # (where the one in flight did not already rewind the partition).
-                        self._rewind({tp: offset for tp, offset in batch.firsts.items()
-                                      if tp not in in_flight.firsts})
-                        in_flight = None
-                        continue
-                    in_flight = self._submit(batch)
-                    last_records = time.monotonic()
-                elif in_flight is not None:
-                    self._finish(in_flight)
-                    in_flight = None
-                    last_records = time.monotonic()
-                elif time.monotonic() - last_records >= PROBE_INTERVAL:
-                    retry.call(KAFKA, self._consumer.end_offsets,
-                               [TopicPartition(self.topic, 0)], timeout_ms=5_000)
-                    last_records = time.monotonic()
-            if in_flight is not None:  # stopping: the batch in hand is written and committed
-                self._finish(in_flight)
-        finally:
-            self._writer.shutdown(wait=True)
+        while not self.stopping.is_set():
+            if retry.call(MONGODB, self._check_paused):
+                continue
+            try:
+                polled = self._consumer.poll(timeout_ms=200)
+            except Exception as exc:  # e.g. the group coordinator lost while (re)joining
+                retry.failed(exc)
+                continue
+            if polled:
+                self._process(polled)
+                last_records = time.monotonic()
+            elif time.monotonic() - last_records >= PROBE_INTERVAL:
+                retry.call(KAFKA, self._consumer.end_offsets,
+                           [TopicPartition(self.topic, 0)], timeout_ms=5_000)
+                last_records = time.monotonic()
 
     def _connect(self) -> KafkaConsumer:
         consumer = KafkaConsumer(
@@ -200,11 +155,7 @@ class TransformConsumer:
             raise
         return consumer
 
-    def _pause_requested(self) -> bool:
-        """Whether the migration is paused (or cancelled); the state is read once a second.
-
-        Pausing pauses the assigned partitions, resuming resumes them.
-        """
+    def _check_paused(self) -> bool:
         now = time.monotonic()
         if now - self._last_pause_check >= 1.0:
             self._last_pause_check = now
@@ -218,84 +169,80 @@ class TransformConsumer:
                     self._consumer.resume(*self._consumer.paused())
                 self._paused = paused
                 log.info("paused: holding the position" if paused else "resumed")
-        return self._paused
+        if self._paused:
+            polled = self._consumer.poll(timeout_ms=200)  # keeps the membership
+            self._consumer.pause(*self._consumer.assignment())  # those assigned meanwhile too
+            if polled:  # from a partition assigned since: read it again once resumed
+                self._rewind({tp: records[0].offset for tp, records in polled.items()
+                              if records})
+            return True
+        return False
 
-    def _hold(self) -> None:
-        """While paused: keep the group membership, take no records."""
-        polled = self._consumer.poll(timeout_ms=200)  # paused partitions return nothing
-        self._consumer.pause(*self._consumer.assignment())  # those assigned meanwhile too
-        if polled:  # from a partition assigned since: read it again once resumed
-            self._rewind({tp: records[0].offset for tp, records in polled.items() if records})
-
-    def _prepare(self, polled: dict[TopicPartition, list[Any]]) -> _Batch:
-        """Decode a polled batch: the ids to migrate, their images, dead letters, fences."""
-        batch = _Batch(started=time.monotonic())
-        images = batch.images
+    def _process(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        started = time.monotonic()
+        ids: list[Any] = []
+        images: dict[Any, Any] = {}
+        dead: list[dict[str, Any]] = []
+        fences: list[tuple[int, str]] = []
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        firsts: dict[TopicPartition, int] = {}
+        count = 0
         for tp, records in polled.items():
             for record in records:
-                batch.count += 1
-                batch.offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
-                batch.firsts.setdefault(tp, record.offset)
+                count += 1
+                offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+                firsts.setdefault(tp, record.offset)
                 try:
                     envelope = events.decode(record.value)
                 except events.PoisonRecord as exc:
                     log.warning("undecodable record at partition %d offset %d "
                                 "dead-lettered: %s", tp.partition, record.offset, exc)
-                    batch.dead.append(_dead_letter(self.migration.name, "poison", None,
-                                                   str(exc), "", record))
+                    dead.append(_dead_letter(self.migration.name, "poison", None, str(exc),
+                                             "", record))
                     continue
                 if envelope.migration != self.migration.name:
                     continue
                 if envelope.source == "fence":
-                    batch.fences.append((tp.partition, envelope.fence_id))
+                    fences.append((tp.partition, envelope.fence_id))
                     continue
-                key = _hashable(envelope.key)
-                batch.ids.append(envelope.key)
-                # One event in the batch: its image may stand in for a database read. Several:
-                # a backfill snapshot may have been read before a change event that precedes
-                # it on the topic, so no image is known to be the newest; read the database.
-                images[key] = None if key in images else envelope.document
-        return batch
-
-    def _submit(self, batch: _Batch) -> _Batch:
-        """Start the batch's writes in the writer thread (retried until they succeed)."""
-        if batch.ids:
-            batch.writes = self._writer.submit(self.retry.call, MONGODB, self.applier.apply_ids,
-                                               batch.ids, batch.images)
-        return batch
-
-    def _finish(self, batch: _Batch) -> bool:
-        """Wait for the batch's writes, then dead-letter, commit and record it.
-
-        False when the commit was refused because the group is rebalancing (the batch's
-        events are read again: see :meth:`_commit`).
-        """
-        result = batch.writes.result() if batch.writes is not None else BatchResult()
-        dead = batch.dead
+                if envelope.documents is not None:  # a backfill batch: an event per document
+                    count += len(envelope.documents) - 1
+                    named = [(doc["_id"], doc) for doc in envelope.documents]
+                else:
+                    named = [(envelope.key, envelope.document)]
+                for doc_id, image in named:
+                    key = _hashable(doc_id)
+                    ids.append(doc_id)
+                    # One event in the batch: its image may stand in for a database read.
+                    # Several: a backfill snapshot may have been read before a change event
+                    # that precedes it on the topic, so no image is known to be the newest;
+                    # read the database.
+                    images[key] = None if key in images else image
+        # Each step is retried until it succeeds: the offsets are committed only after it.
+        result = self.retry.call(MONGODB, self.applier.apply_ids, ids, images) if ids \
+            else BatchResult()
         for failure in result.failures:
             log.warning("transform failed on %r, dead-lettered: %s", failure.id, failure.error)
             dead.append(_dead_letter(self.migration.name, "transform", failure.id,
                                      failure.error, failure.traceback, None))
         if dead:
             self._send_dead_letters(dead)
-        committed = self._commit(batch.offsets, batch.firsts)
-        count = batch.count
+        committed = self._commit(offsets, firsts)
         self.stats.records += count
         self.stats.batches += 1
         self.stats.poison += sum(1 for d in dead if d["kind"] == "poison")
         self.stats.result.add(result)
         fields: dict[str, Any] = {f"fences.{fid}.partitions.{p}": True
-                                  for p, fid in batch.fences} if committed else {}
+                                  for p, fid in fences} if committed else {}
         self.retry.call(MONGODB, self.store.add, self.migration.name,
                         {**result.counts(), "consumed": count},
                         [failure_record(f.id, f.error, "consume") for f in result.failures],
                         **fields)
         observability.record_consumed(self.migration.name, count, result,
-                                      time.monotonic() - batch.started)
+                                      time.monotonic() - started)
         log.debug("batch of %d events applied and committed: %s", count, result.counts())
         if self.on_batch:
             self.on_batch(self.stats)
-        return committed
 
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata],
                 firsts: dict[TopicPartition, int]) -> bool:
@@ -303,13 +250,13 @@ class TransformConsumer:
         try:
             self.retry.call(KAFKA, self._consumer.commit, offsets, timeout_ms=10_000)
             return True
-        except (CommitFailedError, RebalanceInProgressError) as exc:
+        except (CommitFailedError, RebalanceInProgressError):
             # The group is being rebalanced (a member came or went, or this one was away too
             # long): nothing is committed. Whoever owns the partitions next starts from the
             # last committed offsets; those staying here are read again from the batch's start.
             self._rewind(firsts)
-            log.info("the group rebalanced during a batch (%s): its offsets were not committed "
-                     "and its events will be applied again", type(exc).__name__)
+            log.info("the group rebalanced during a batch: its offsets were not committed and "
+                     "its events will be applied again")
             return False
 
     def _rewind(self, firsts: dict[TopicPartition, int]) -> None:

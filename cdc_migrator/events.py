@@ -127,6 +127,8 @@ class Envelope:
             ``watch(resume_after=...)``. None for backfill and fence events.
         emitted_at: wall-clock milliseconds since the Unix epoch when the event was built.
         fence_id: the fence's id on fence events, None otherwise.
+        documents: a backfill batch: several documents of one partition (``document`` is then
+            None and ``key`` the first one's ``_id``); None for every other event.
     """
 
     migration: str
@@ -140,6 +142,7 @@ class Envelope:
     resume_token: dict[str, Any] | None
     emitted_at: int
     fence_id: str | None
+    documents: list[dict[str, Any]] | None = None
 
     @classmethod
     def snapshot(
@@ -433,6 +436,8 @@ def encode(envelope: Envelope) -> bytes:
             "resume_token": None if token is None else ("bytes", _encode_document(token)),
             "emitted_at": emitted_at,
             "fence_id": None if fence_id is None else ("string", fence_id),
+            "documents": None if e.documents is None else (
+                "array", [_encode_document(d) for d in e.documents]),
         }
         out = BytesIO()
         out.write(_HEADER)
@@ -474,6 +479,12 @@ def decode(data: bytes) -> Envelope:
             token = _bson_decode(token, CODEC_OPTIONS)
         except Exception as exc:
             raise PoisonRecord(f"invalid BSON in resume_token: {_one_line(exc)}") from exc
+    documents = rec["documents"]
+    if documents is not None:
+        try:
+            documents = [_bson_decode(d, CODEC_OPTIONS) for d in documents]
+        except Exception as exc:
+            raise PoisonRecord(f"invalid BSON in documents: {_one_line(exc)}") from exc
     ts = rec["cluster_time"]
     return Envelope(
         rec["migration"],
@@ -487,6 +498,7 @@ def decode(data: bytes) -> Envelope:
         token,
         rec["emitted_at"],
         rec["fence_id"],
+        documents,
     )
 
 
@@ -537,6 +549,7 @@ _NULL = _union_branch("document", "null")
 _DOCUMENT = _union_branch("document", "bytes")
 _CLUSTER_TIME = _union_branch("cluster_time", "long")
 _RESUME_TOKEN = _union_branch("resume_token", "bytes")
+_DOCUMENTS = _avro_long(1)  # the array branch of the documents union
 # The key of a document whose _id is an ObjectId, and which starts with it (as every document
 # MongoDB stores does): {"_id": <12 bytes>} as BSON is these bytes around the id.
 _OID_ID_ELEMENT = b"\x07_id\x00"
@@ -563,19 +576,38 @@ class RawEncoder:
         self._change = {op: head + _enum_index(EventSource, EventSource.CHANGE)
                         + _enum_index(Operation, op) + tail for op in _CHANGE_OPERATIONS.values()}
 
-    def snapshot(self, document: Mapping[str, Any]) -> tuple[bytes, bytes]:
-        """``(record key, record value)`` of a backfill read of ``document``."""
+    @staticmethod
+    def key_of(document: Mapping[str, Any]) -> bytes:
+        """The record key of ``document`` (:func:`key_bytes` of its ``_id``)."""
         raw = _raw_bytes(document)
         if raw is not None and raw[4:9] == _OID_ID_ELEMENT:
-            key = _OID_KEY_HEAD + raw[9:21] + b"\x00"
-        else:
-            if not isinstance(document, Mapping) or "_id" not in document:
-                raise ValueError("snapshot document has no _id")
-            key = key_bytes(document["_id"])
-            if raw is None:
-                raw = _encode_document(document)
+            return _OID_KEY_HEAD + raw[9:21] + b"\x00"
+        if not isinstance(document, Mapping) or "_id" not in document:
+            raise ValueError("snapshot document has no _id")
+        return key_bytes(document["_id"])
+
+    def snapshot(self, document: Mapping[str, Any]) -> tuple[bytes, bytes]:
+        """``(record key, record value)`` of a backfill read of ``document``."""
+        key = self.key_of(document)
+        raw = _raw_bytes(document)
+        if raw is None:
+            raw = _encode_document(document)
         return key, b"".join((self._snapshot, _avro_bytes(key), _DOCUMENT, _avro_bytes(raw),
-                              _NULL, _NULL, _avro_long(_now_ms()), _NULL))
+                              _NULL, _NULL, _avro_long(_now_ms()), _NULL, _NULL))
+
+    def snapshot_batch(self, documents: list[Mapping[str, Any]]) -> tuple[bytes, bytes]:
+        """``(record key, record value)`` of a backfill batch of ``documents`` (at least one):
+        one record for documents that all belong to one partition (the caller groups them).
+        The key is the first document's."""
+        if not documents:
+            raise ValueError("a snapshot batch needs at least one document")
+        key = self.key_of(documents[0])
+        parts = [self._snapshot, _avro_bytes(key), _NULL, _NULL, _NULL,
+                 _avro_long(_now_ms()), _NULL, _DOCUMENTS, _avro_long(len(documents))]
+        for document in documents:
+            parts.append(_avro_bytes(_document_bytes(document, "snapshot document")))
+        parts.append(b"\x00")  # the end of the array's blocks
+        return key, b"".join(parts)
 
     def change(self, change_event: Mapping[str, Any]) -> tuple[bytes, bytes]:
         """``(record key, record value)`` of a change stream event (insert, update, replace or
@@ -609,7 +641,7 @@ class RawEncoder:
                 parts += (_RESUME_TOKEN, _avro_bytes(_document_bytes(token, "resume token")))
         except (BSONError, OverflowError, TypeError) as exc:
             raise ValueError(f"cannot encode envelope: {_one_line(exc)}") from exc
-        parts += (_avro_long(_now_ms()), _NULL)
+        parts += (_avro_long(_now_ms()), _NULL, _NULL)
         return key, b"".join(parts)
 
 

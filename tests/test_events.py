@@ -918,6 +918,37 @@ def test_raw_encoder_snapshot_of_objectid_documents_and_bad_input() -> None:
         encoder.snapshot({"name": "no id"})
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(documents(), min_size=1, max_size=6))
+def test_raw_encoder_snapshot_batch_is_byte_for_byte_encode(docs: list[dict[str, Any]]) -> None:
+    """A backfill batch: one record, several documents; every document comes back exact."""
+    encoder = events.RawEncoder("users-v2", "app", "users")
+    expected = dataclasses.replace(Envelope.snapshot("users-v2", "app", "users", docs[0]),
+                                   document=None, documents=docs)
+    for forms in (docs, [_raw(d) for d in docs]):
+        key, value = encoder.snapshot_batch(forms)
+        assert key == key_bytes(docs[0]["_id"])
+        _same_as_encode(value, expected)
+        got = decode(value)
+        assert got.document is None and got.operation is Operation.SNAPSHOT
+        assert len(got.documents) == len(docs)
+        for want, have in zip(docs, got.documents, strict=True):
+            assert_same(want, have)
+
+
+def test_snapshot_batch_refusals_and_poison() -> None:
+    encoder = events.RawEncoder("m", "app", "users")
+    with pytest.raises(ValueError, match="at least one"):
+        encoder.snapshot_batch([])
+    with pytest.raises(ValueError, match="_id"):
+        encoder.snapshot_batch([{"name": "no id"}])
+    _, value = encoder.snapshot_batch([{"_id": 1}, {"_id": 2, "a": "x"}])
+    # Corrupt the second document's BSON length prefix: the whole record is poison.
+    at = value.rindex(bson.encode({"_id": 2, "a": "x"}))
+    bad = value[:at] + b"\xff" + value[at + 1:]
+    assert_poison(bad, "invalid BSON in documents")
+
+
 @pytest.mark.parametrize("case", list(CHANGE_CASES))
 def test_raw_encoder_change_is_byte_for_byte_encode(case: str) -> None:
     event, _ = CHANGE_CASES[case]
