@@ -43,7 +43,10 @@ from .state import StateStore, failure_record
 
 log = logging.getLogger("cdc_migrator.consumer")
 
-PROBE_INTERVAL = 3.0  # seconds without records before the broker is asked whether it is there
+PROBE_INTERVAL = 3.0
+# At most this many documents are decoded and held at once: a poll of backfill records (each
+# a batch of documents) is applied in chunks, and committed once all of them are written.
+APPLY_CHUNK = 2000  # seconds without records before the broker is asked whether it is there
 
 
 def group_id(settings: Settings, migration: Migration) -> str:
@@ -187,8 +190,12 @@ class TransformConsumer:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         firsts: dict[TopicPartition, int] = {}
         count = 0
+        result = BatchResult()
         for tp, records in polled.items():
             for record in records:
+                if len(ids) >= APPLY_CHUNK:  # the documents decoded so far are applied first
+                    result.add(self.retry.call(MONGODB, self.applier.apply_ids, ids, images))
+                    ids, images = [], {}
                 count += 1
                 offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
                 firsts.setdefault(tp, record.offset)
@@ -219,8 +226,8 @@ class TransformConsumer:
                     # read the database.
                     images[key] = None if key in images else image
         # Each step is retried until it succeeds: the offsets are committed only after it.
-        result = self.retry.call(MONGODB, self.applier.apply_ids, ids, images) if ids \
-            else BatchResult()
+        if ids:
+            result.add(self.retry.call(MONGODB, self.applier.apply_ids, ids, images))
         for failure in result.failures:
             log.warning("transform failed on %r, dead-lettered: %s", failure.id, failure.error)
             dead.append(_dead_letter(self.migration.name, "transform", failure.id,
