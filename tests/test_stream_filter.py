@@ -53,3 +53,57 @@ def test_with_a_filter_fences_deletes_and_events_without_a_document_always_pass(
     assert {"operationType": {"$nin": ["insert", "update", "replace"]}} in either
     assert {"fullDocument": None} in either
     assert {"fullDocument.tier": {"$exists": False}} in either
+
+
+# --------------------------------------------------------------------------- the filter in writes
+
+from cdc_migrator.applier import Applier, filter_fields  # noqa: E402
+from cdc_migrator.context import make_context  # noqa: E402
+from cdc_migrator.patch import decide  # noqa: E402
+
+
+def test_filter_fields_are_the_top_level_fields_or_none():
+    assert filter_fields({"tier": {"$exists": False}, "address.city": "Lyon"}) == {
+        "tier", "address"}
+    assert filter_fields({"$or": [{"a": 1}, {"$and": [{"b": 2}]}], "c": None}) == {"a", "b", "c"}
+    for query in ({"$expr": {"$gt": ["$a", 1]}}, {"$and": []}, {"a": 1, "$where": "1"},
+                  {"$or": [{"$text": {"$search": "x"}}]}):
+        assert filter_fields(query) is None
+
+
+def _add_tier(doc, ctx):
+    if "tier" not in doc:
+        return {"tier": "std"}
+
+
+def _flag_active(doc, ctx):
+    if "flag" not in doc:
+        return {"flag": True}
+
+
+def test_a_filter_the_guard_pins_is_left_out_of_the_write_and_still_holds(db):
+    coll = db["accounts"]
+    m = Migration(name="t", collection="accounts", transform=_add_tier,
+                  filter={"tier": {"$exists": False}})
+    applier = Applier(m, coll, make_context(db, "t"))
+    op = applier._op(decide(m, {"_id": 1, "n": 1}, applier.ctx))
+    assert "$and" not in op._filter and op._filter["tier"] == {"$exists": False}
+    # The document left the filter after the image was taken: the guard alone refuses it.
+    coll.insert_one({"_id": 1, "n": 1, "tier": "gold"})
+    result = applier.apply_ids([1], {1: {"_id": 1, "n": 1}})
+    assert result.updated == 0 and result.missing == 0
+    assert coll.find_one({"_id": 1})["tier"] == "gold"
+
+
+def test_a_filter_on_fields_the_transform_does_not_read_stays_in_the_write(db):
+    coll = db["accounts"]
+    m = Migration(name="t", collection="accounts", transform=_flag_active,
+                  filter={"status": "active"})
+    applier = Applier(m, coll, make_context(db, "t"))
+    op = applier._op(decide(m, {"_id": 2, "status": "active"}, applier.ctx))
+    assert op._filter["$and"][1] == {"status": "active"}
+    # The application deactivated the document after the image was taken.
+    coll.insert_one({"_id": 2, "status": "inactive"})
+    result = applier.apply_ids([2], {2: {"_id": 2, "status": "active"}})
+    assert result.updated == 0
+    assert "flag" not in coll.find_one({"_id": 2})
