@@ -262,9 +262,38 @@ class TransformConsumer:
             # long): nothing is committed. Whoever owns the partitions next starts from the
             # last committed offsets; those staying here are read again from the batch's start.
             self._rewind(firsts)
+            self._await_stable()
             log.info("the group rebalanced during a batch: its offsets were not committed and "
                      "its events will be applied again")
             return False
+
+    def _await_stable(self, timeout: float = 60.0) -> None:
+        """After a refused commit: let the rebalance complete before taking records again.
+
+        kafka-python 3.0 completes a rebalance inside poll(), but a poll that has fetched
+        records hands them out before the rebalance is complete; a batch taken then cannot be
+        committed, and processing it again and again can keep the rebalance from ever
+        completing. So the partitions are paused (poll returns nothing) until the member is
+        stable again, then resumed (those it still has; new ones were never paused).
+        """
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        stable = getattr(coordinator, "generation_if_stable", None)
+        if stable is None:  # not kafka-python 3: nothing to wait on
+            return
+        paused_before = set(self._consumer.paused())
+        self._consumer.pause(*self._consumer.assignment())
+        try:
+            deadline = time.monotonic() + timeout
+            while stable() is None and time.monotonic() < deadline \
+                    and not self.stopping.is_set():
+                polled = self._consumer.poll(timeout_ms=500)
+                self._consumer.pause(*self._consumer.assignment())
+                if polled:  # from a partition assigned meanwhile: read it again afterwards
+                    self._rewind({tp: records[0].offset for tp, records in polled.items()
+                                  if records})
+        finally:
+            if not self._paused:
+                self._consumer.resume(*(set(self._consumer.paused()) - paused_before))
 
     def _rewind(self, firsts: dict[TopicPartition, int]) -> None:
         """Read these partitions again from these offsets (those still assigned here)."""

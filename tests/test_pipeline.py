@@ -329,3 +329,55 @@ def test_a_filtered_migrations_echo_is_dropped_by_the_server(db, settings, tmp_p
     assert coll.count_documents({"tier": "bronze"}) == 10
     assert coll.count_documents({"tier": "gold"}) == 43
     assert api.verify(settings, "add_tier").ok
+
+
+SLOW_ONCE_MIGRATION = textwrap.dedent('''
+    import threading, time
+    from cdc_migrator import migration
+
+    SLOW = threading.Event()  # set by the test: the next transform call sleeps once
+
+    @migration(collection="slow")
+    def mark(doc, ctx):
+        if SLOW.is_set():
+            SLOW.clear()
+            time.sleep(4)  # a second member joins meanwhile: the group rebalances
+        if "done" not in doc:
+            return {"done": True}
+''')
+
+
+def test_a_member_joining_during_a_slow_batch_rebalances_and_the_group_drains(
+        db, settings, tmp_path):
+    from cdc_migrator.backfill import backfill
+    from cdc_migrator.consumer import TransformConsumer
+    from cdc_migrator.tailer import arm
+
+    (tmp_path / "slow.py").write_text(SLOW_ONCE_MIGRATION)
+    settings.transforms = tmp_path
+    migration = get_migration(tmp_path, "mark")
+    db.slow.insert_many([{"_id": i} for i in range(3000)])
+    arm(settings, migration)
+    backfill(settings, migration, show_progress=False)
+    sys.modules[migration.transform.__module__].SLOW.set()
+    first, second = TransformConsumer(settings, migration), TransformConsumer(settings, migration)
+    threads = [threading.Thread(target=first.run, daemon=True)]
+    threads[0].start()
+    deadline = time.monotonic() + 60
+    while sys.modules[migration.transform.__module__].SLOW.is_set():  # first is in its batch
+        assert time.monotonic() < deadline, "the first consumer never took a batch"
+        time.sleep(0.05)
+    threads.append(threading.Thread(target=second.run, daemon=True))
+    threads[1].start()
+    try:
+        _wait_drained(settings, migration, timeout=120)
+    finally:
+        first.stop()
+        second.stop()
+        for t in threads:
+            t.join(timeout=60)
+    assert db.slow.count_documents({"done": True}) == 3000
+    # The slow batch's commit came during the rebalance (accepted by the broker, or refused
+    # and the batch applied again after the group settled): either way, every offset is
+    # committed by one member or the other, or the lag would not have reached zero.
+    assert first.stats.batches >= 1
