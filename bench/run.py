@@ -49,6 +49,7 @@ from cdc_migrator import topics  # noqa: E402
 from cdc_migrator.apply import apply_migration  # noqa: E402
 from cdc_migrator.config import Settings  # noqa: E402
 from cdc_migrator.consumer import group_id  # noqa: E402
+from cdc_migrator.demo_data import FIRST_NAMES, LAST_NAMES, WORDS  # noqa: E402
 from cdc_migrator.migration import get_migration  # noqa: E402
 from cdc_migrator.runner import run_pipeline  # noqa: E402
 from cdc_migrator.tailer import arm  # noqa: E402
@@ -81,12 +82,6 @@ LABELS = {
 
 # --------------------------------------------------------------------------- data
 
-_FIRST = ["Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Margaret",
-          "Dennis", "Radia", "Tim", "Leslie", "Sophie", "John", "Katherine", "Niklaus", "Hedy"]
-_LAST = ["Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
-         "Hamilton", "Ritchie", "Perlman", "Berners-Lee", "Lamport", "Wilson", "Backus"]
-_WORDS = ["orbit", "lumen", "quartz", "delta", "harbor", "maple", "cobalt", "ember", "atlas",
-          "nimbus", "vertex", "pioneer", "summit", "willow", "zenith", "coral"]
 _CITIES = ["Amsterdam", "Berlin", "Lisbon", "Oslo", "Nairobi", "Osaka", "Austin", "Lima"]
 _COUNTRIES = ["NL", "DE", "PT", "NO", "KE", "JP", "US", "PE"]
 _BASE = dt.datetime(2021, 1, 1, tzinfo=dt.UTC)
@@ -94,7 +89,7 @@ _BASE = dt.datetime(2021, 1, 1, tzinfo=dt.UTC)
 
 def make_doc(rng: random.Random, i: int) -> dict[str, Any]:
     """A user document of the old shape: 11 fields, about 400 bytes of BSON, no ``tier``."""
-    first, last = rng.choice(_FIRST), rng.choice(_LAST)
+    first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
     created = _BASE + dt.timedelta(seconds=rng.randrange(3 * 365 * 86400))
     city = rng.randrange(len(_CITIES))
     return {
@@ -106,8 +101,8 @@ def make_doc(rng: random.Random, i: int) -> dict[str, Any]:
         "lastLoginAt": created + dt.timedelta(seconds=rng.randrange(86400 * 90)),
         "active": rng.random() < 0.8,
         "score": round(rng.random() * 100, 2),
-        "tags": rng.sample(_WORDS, k=rng.randint(0, 4)),
-        "address": {"street": f"{rng.randint(1, 999)} {rng.choice(_WORDS).title()} Street",
+        "tags": rng.sample(WORDS, k=rng.randint(0, 4)),
+        "address": {"street": f"{rng.randint(1, 999)} {rng.choice(WORDS).title()} Street",
                     "city": _CITIES[city], "zip": f"{rng.randint(10000, 99999)}",
                     "country": _COUNTRIES[city]},
         "logins": rng.randint(0, 5000),
@@ -160,15 +155,7 @@ class Bench:
 
     def env(self, settings: Settings) -> dict[str, str]:
         """The environment of a ``cdc-migrator`` subprocess using ``settings``."""
-        return {
-            **os.environ,
-            "MONGODB_URI": settings.mongodb_uri,
-            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "CDC_MIGRATOR_TRANSFORMS": str(settings.transforms),
-            "CDC_MIGRATOR_TOPIC_PREFIX": settings.topic_prefix,
-            "CDC_MIGRATOR_GROUP": settings.group_id,
-            "CDC_MIGRATOR_PARTITIONS": str(settings.partitions),
-        }
+        return {**os.environ, **settings.environment()}
 
     def cleanup(self, settings: Settings) -> None:
         settings.close()

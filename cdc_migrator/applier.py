@@ -17,7 +17,7 @@ from pymongo import DeleteOne, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
-from .migration import Migration
+from .migration import Migration, filter_fields
 from .patch import Outcome, decide
 
 MAX_ATTEMPTS = 20
@@ -174,26 +174,6 @@ class Applier:
         if self.migration.filter:
             query = {"$and": [query, self.migration.filter]}
         return list(self.collection.find(query))
-
-
-def filter_fields(query: Mapping[str, Any]) -> set[str] | None:
-    """The top-level fields a filter's truth depends on, or None when it depends on more
-    (``$expr``, ``$where``, ``$text``, ...: operators that are not about named fields)."""
-    names: set[str] = set()
-    for key, value in query.items():
-        if key in ("$and", "$or", "$nor"):
-            if not isinstance(value, list | tuple) or not value:
-                return None
-            for part in value:
-                inner = filter_fields(part) if isinstance(part, Mapping) else None
-                if inner is None:
-                    return None
-                names |= inner
-        elif not isinstance(key, str) or key.startswith("$"):
-            return None
-        else:
-            names.add(key.split(".", 1)[0])
-    return names
 
 
 def _hashable(value: Any) -> Any:

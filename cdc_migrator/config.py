@@ -85,6 +85,18 @@ class Settings:
     def db(self) -> Database:
         return self.client[self.database_name]
 
+    def environment(self) -> dict[str, str]:
+        """The environment variables that make a ``cdc-migrator`` command use these services
+        and names (the ``envvar`` of its options): for running one as a subprocess."""
+        return {
+            "MONGODB_URI": self.mongodb_uri,
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
+            "CDC_MIGRATOR_TRANSFORMS": str(self.transforms),
+            "CDC_MIGRATOR_TOPIC_PREFIX": self.topic_prefix,
+            "CDC_MIGRATOR_GROUP": self.group_id,
+            "CDC_MIGRATOR_PARTITIONS": str(self.partitions),
+        }
+
     def topic(self, collection: str) -> str:
         """The Kafka topic of one migrated collection."""
         return f"{self.topic_prefix}.{self.database_name}.{collection}"

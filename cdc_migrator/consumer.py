@@ -173,11 +173,7 @@ class TransformConsumer:
                 self._paused = paused
                 log.info("paused: holding the position" if paused else "resumed")
         if self._paused:
-            polled = self._consumer.poll(timeout_ms=200)  # keeps the membership
-            self._consumer.pause(*self._consumer.assignment())  # those assigned meanwhile too
-            if polled:  # from a partition assigned since: read it again once resumed
-                self._rewind({tp: records[0].offset for tp, records in polled.items()
-                              if records})
+            self._poll_paused(200)  # keeps the membership
             return True
         return False
 
@@ -286,14 +282,19 @@ class TransformConsumer:
             deadline = time.monotonic() + timeout
             while stable() is None and time.monotonic() < deadline \
                     and not self.stopping.is_set():
-                polled = self._consumer.poll(timeout_ms=500)
-                self._consumer.pause(*self._consumer.assignment())
-                if polled:  # from a partition assigned meanwhile: read it again afterwards
-                    self._rewind({tp: records[0].offset for tp, records in polled.items()
-                                  if records})
+                self._poll_paused(500)
         finally:
             if not self._paused:
                 self._consumer.resume(*(set(self._consumer.paused()) - paused_before))
+
+    def _poll_paused(self, timeout_ms: int) -> None:
+        """Poll with every partition paused, taking nothing: group membership and rebalances
+        go on. Partitions assigned meanwhile are paused too; what they returned is read again
+        once they are resumed."""
+        polled = self._consumer.poll(timeout_ms=timeout_ms)
+        self._consumer.pause(*self._consumer.assignment())
+        if polled:
+            self._rewind({tp: records[0].offset for tp, records in polled.items() if records})
 
     def _rewind(self, firsts: dict[TopicPartition, int]) -> None:
         """Read these partitions again from these offsets (those still assigned here)."""

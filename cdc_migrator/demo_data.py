@@ -32,11 +32,11 @@ SEEDED_COLLECTIONS = (
     "users", "userPreferences", "teams", "legacy_teams", "embeddings", "chunks", "smallConfig",
 )
 
-_FIRST = ["Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Margaret",
+FIRST_NAMES = ["Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Margaret",
           "Dennis", "Radia", "Tim", "Leslie", "Sophie", "John", "Katherine", "Niklaus", "Hedy"]
-_LAST = ["Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
+LAST_NAMES = ["Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
          "Hamilton", "Ritchie", "Perlman", "Berners-Lee", "Lamport", "Wilson", "Backus"]
-_WORDS = ["orbit", "lumen", "quartz", "delta", "harbor", "maple", "cobalt", "ember", "atlas",
+WORDS = ["orbit", "lumen", "quartz", "delta", "harbor", "maple", "cobalt", "ember", "atlas",
           "nimbus", "vertex", "pioneer", "summit", "willow", "zenith", "coral"]
 _MODEL = "text-embedding-3-small"
 _BASE_TIME = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -147,7 +147,7 @@ def seed_users(db: Database, n: int, *, rng: random.Random | None = None) -> Use
     users, prefs_docs = [], []
     for i in range(n):
         _id = ObjectId()
-        first, last = rng.choice(_FIRST), rng.choice(_LAST)
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         user: dict[str, Any] = {
             "_id": _id,
             "name": f"{first} {last}",
@@ -192,7 +192,7 @@ def seed_teams(db: Database, n: int, *, rng: random.Random | None = None) -> Tea
     teams = []
     for i in range(n):
         _id = ObjectId()
-        team: dict[str, Any] = {"_id": _id, "name": f"{rng.choice(_WORDS)}-{i}",
+        team: dict[str, Any] = {"_id": _id, "name": f"{rng.choice(WORDS)}-{i}",
                                 "seats": rng.randrange(1, 200)}
         r = rng.random()
         if r < 0.10:
@@ -219,7 +219,7 @@ def seed_legacy_teams(db: Database, n: int, *, rng: random.Random | None = None)
     for i in range(n):
         _id = ObjectId()
         doc: dict[str, Any] = {
-            "_id": _id, "name": f"{rng.choice(_WORDS)}-legacy-{i}",
+            "_id": _id, "name": f"{rng.choice(WORDS)}-legacy-{i}",
             "archivedAt": _BASE_TIME - dt.timedelta(days=rng.randrange(1, 900)),
         }
         if rng.random() < 0.9:
@@ -253,10 +253,10 @@ def seed_embeddings(db: Database, n: int, *, rng: random.Random | None = None,
         document_id = ObjectId()
         for position in range(rng.randint(1, 3)):
             chunks.append({"_id": ObjectId(), "documentId": document_id, "position": position,
-                           "text": " ".join(rng.choices(_WORDS, k=12)), "embeddingId": _id})
+                           "text": " ".join(rng.choices(WORDS, k=12)), "embeddingId": _id})
     for _ in range(max(n // 50, 1)):
         chunks.append({"_id": ObjectId(), "documentId": ObjectId(), "position": 0,
-                       "text": " ".join(rng.choices(_WORDS, k=12)), "embeddingId": None})
+                       "text": " ".join(rng.choices(WORDS, k=12)), "embeddingId": None})
     rng.shuffle(chunks)
     out.chunk_ids = [c["_id"] for c in chunks]
     _insert(db["embeddings"], embeddings)
@@ -271,7 +271,7 @@ def seed_small_config(db: Database, n: int = 40, *, rng: random.Random | None = 
     out = SmallConfig()
     docs = []
     for i in range(n):
-        _id = f"{rng.choice(_WORDS)}.{rng.choice(_WORDS)}.{i}"
+        _id = f"{rng.choice(WORDS)}.{rng.choice(WORDS)}.{i}"
         doc: dict[str, Any] = {"_id": _id, "value": rng.choice([True, False, 10, 0.5, "on"])}
         r = rng.random()
         if r < 0.05:

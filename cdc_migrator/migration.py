@@ -175,3 +175,36 @@ def _short(path: str) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return path
+
+
+def rename_filter_fields(query: Mapping[str, Any],
+                         rename: Callable[[str], str]) -> dict[str, Any] | None:
+    """``query`` (a migration's filter) with every field path replaced by ``rename(path)``,
+    inside ``$and``/``$or``/``$nor`` too; None when the filter also uses an operator that is
+    not about named fields (``$expr``, ``$where``, ``$text``, ...)."""
+    out: dict[str, Any] = {}
+    for key, value in query.items():
+        if key in ("$and", "$or", "$nor"):
+            if not isinstance(value, list | tuple) or not value:
+                return None
+            parts = [rename_filter_fields(v, rename) if isinstance(v, Mapping) else None
+                     for v in value]
+            if any(p is None for p in parts):
+                return None
+            out[key] = parts
+        elif not isinstance(key, str) or key.startswith("$"):
+            return None
+        else:
+            out[rename(key)] = value
+    return out
+
+
+def filter_fields(query: Mapping[str, Any]) -> set[str] | None:
+    """The top-level fields a filter's truth depends on, or None when it depends on more."""
+    names: set[str] = set()
+
+    def note(path: str) -> str:
+        names.add(path.split(".", 1)[0])
+        return path
+
+    return names if rename_filter_fields(query, note) is not None else None

@@ -29,7 +29,7 @@ from . import events, logs, observability, topics
 from .config import Settings
 from .context import make_context
 from .errors import HistoryLost, Refused
-from .migration import Migration
+from .migration import Migration, rename_filter_fields
 from .patch import decide
 from .retry import KAFKA, MONGODB, Retrier, StopRequested
 from .state import ARMED, FAILED, StateStore
@@ -63,26 +63,10 @@ def arm(settings: Settings, migration: Migration) -> dict[str, Any]:
 
 
 def image_condition(query: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A migration's filter as a condition on a change event's ``fullDocument``.
-
-    Field paths get the ``fullDocument.`` prefix, ``$and``/``$or``/``$nor`` are rewritten
-    inside; None when the filter uses an operator that is not about fields (``$expr``,
-    ``$where``, ``$text``, ...), which cannot be moved into the event that simply.
-    """
-    out: dict[str, Any] = {}
-    for key, value in query.items():
-        if key in ("$and", "$or", "$nor"):
-            if not isinstance(value, list | tuple) or not value:
-                return None
-            parts = [image_condition(v) if isinstance(v, Mapping) else None for v in value]
-            if any(p is None for p in parts):
-                return None
-            out[key] = parts
-        elif not isinstance(key, str) or key.startswith("$"):
-            return None
-        else:
-            out[f"fullDocument.{key}"] = value
-    return out
+    """A migration's filter as a condition on a change event's ``fullDocument`` (field paths
+    get the ``fullDocument.`` prefix); None when it cannot be moved into the event that simply
+    (see :func:`~cdc_migrator.migration.rename_filter_fields`)."""
+    return rename_filter_fields(query, lambda path: f"fullDocument.{path}")
 
 
 def stream_pipeline(migration: Migration) -> list[dict[str, Any]]:

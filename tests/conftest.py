@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pymongo
 import pytest
@@ -71,14 +74,7 @@ def cli_env(settings: Settings | None = None, env: dict | None = None) -> dict[s
     """The environment of a ``cdc-migrator`` subprocess: ours, ``settings``, then ``env``."""
     full_env = dict(os.environ)
     if settings is not None:
-        full_env.update({
-            "MONGODB_URI": settings.mongodb_uri,
-            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "CDC_MIGRATOR_TRANSFORMS": str(settings.transforms),
-            "CDC_MIGRATOR_TOPIC_PREFIX": settings.topic_prefix,
-            "CDC_MIGRATOR_GROUP": settings.group_id,
-            "CDC_MIGRATOR_PARTITIONS": str(settings.partitions),
-        })
+        full_env.update(settings.environment())
     full_env.update(env or {})
     return full_env
 
@@ -91,3 +87,15 @@ def run_cli(*args: str, settings: Settings | None = None, env: dict | None = Non
         [sys.executable, "-m", "cdc_migrator", *args], capture_output=True, text=True,
         env=full_env, timeout=timeout, cwd=cwd or ROOT,
     )
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "condition",
+             interval: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something true (returned), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s")

@@ -9,10 +9,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from cdc_migrator import api
 from cdc_migrator.tailer import arm
 
-from .conftest import ROOT, cli_env, run_cli
+from .conftest import ROOT, cli_env, run_cli, wait_for
 
 NAME = "add_default_role"
 SECRET = "s3cretpw"
 KAFKA_SECRET = "k4fkapw"
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 class Service:

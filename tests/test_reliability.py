@@ -33,7 +33,7 @@ from cdc_migrator.config import Settings
 from cdc_migrator.migration import get_migration
 from cdc_migrator.tailer import arm
 
-from .conftest import KAFKA, ROOT, cli_env, run_cli, uri_for
+from .conftest import KAFKA, ROOT, cli_env, run_cli, uri_for, wait_for
 from .test_pipeline import ITEMS_MIGRATION, Writer, assert_invariant, seed_items
 
 NAME = "price_total"
@@ -54,16 +54,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 def state_of(db, name: str = NAME) -> dict:
@@ -302,25 +292,23 @@ def private_kafka(_private_broker):
     return _private_broker
 
 
-def test_tail_backfill_and_consume_ride_out_a_broker_restart(db, settings, transforms,
-                                                            private_kafka):
-    settings.kafka_bootstrap_servers = private_kafka.bootstrap
+def ride_out(db, settings, pieces, env, seed, outage, after=lambda: None):
+    """Tail, consume and a rate-limited backfill as processes using ``pieces`` settings, with
+    the application writing meanwhile; ``outage()`` once the consumer is at work. Then the
+    backfill must finish, cutover succeed, and tail and consume still run and exit 0.
+    ``after()`` runs once they are stopped. Returns the processes and the writer."""
     coll = db["items"]
-    expected = seed_items(coll, random.Random(11), 3000)
-    env = {"CDC_MIGRATOR_RETRY_DEADLINE": "120"}
-    tail, consume = Proc(settings, "tail", NAME, env=env), Proc(settings, "consume", NAME, env=env)
+    expected = seed_items(coll, random.Random(seed), 3000)
+    tail, consume = Proc(pieces, "tail", NAME, env=env), Proc(pieces, "consume", NAME, env=env)
     wait_for(lambda: (state_of(db).get("tail") or {}).get("armed_at"), what="armed")
-    backfill = Proc(settings, "backfill", NAME, "--batch-size", "100", "--rate", "500",
-                    env=env)
-    writer = Writer(coll, random.Random(12), next_id=3000)
+    backfill = Proc(pieces, "backfill", NAME, "--batch-size", "100", "--rate", "500", env=env)
+    writer = Writer(coll, random.Random(seed + 1), next_id=3000)  # the application's connection
     writer.expected = expected
     writer.start()
     try:
         wait_for(lambda: (state_of(db).get("counts") or {}).get("consumed", 0) > 300,
                  what="the consumer at work")
-        private_kafka.kill()
-        time.sleep(6)  # long enough for every piece to notice
-        private_kafka.start()
+        outage()
         time.sleep(2)
         writer.stop.set()
         writer.join()
@@ -331,11 +319,26 @@ def test_tail_backfill_and_consume_ride_out_a_broker_restart(db, settings, trans
     finally:
         writer.stop.set()
         codes = [tail.stop(), consume.stop()]
+        after()
     assert codes == [0, 0]
+    return tail, consume, backfill, writer
+
+
+def test_tail_backfill_and_consume_ride_out_a_broker_restart(db, settings, transforms,
+                                                            private_kafka):
+    settings.kafka_bootstrap_servers = private_kafka.bootstrap
+
+    def restart_the_broker():
+        private_kafka.kill()
+        time.sleep(6)  # long enough for every piece to notice
+        private_kafka.start()
+
+    tail, consume, backfill, writer = ride_out(
+        db, settings, settings, {"CDC_MIGRATOR_RETRY_DEADLINE": "120"}, 11, restart_the_broker)
     outages = outages_logged_once([tail, consume, backfill], "Kafka")
     print(f"broker restart: {outages} outages logged, writer ops {writer.ops}")
     assert outages >= 1
-    assert_invariant(coll, writer.expected, writer.deleted)
+    assert_invariant(db["items"], writer.expected, writer.deleted)
 
 
 def test_consume_exits_1_naming_kafka_when_the_broker_stays_down_past_the_deadline(
@@ -425,39 +428,19 @@ def test_tail_backfill_and_consume_ride_out_a_lost_database(db, settings, transf
     proxy = TcpProxy((host, int(port or 27017)))
     through_proxy = dataclasses.replace(
         settings, mongodb_uri=f"mongodb://127.0.0.1:{proxy.port}/{db.name}?directConnection=true")
-    coll = db["items"]
-    expected = seed_items(coll, random.Random(21), 3000)
-    env = {"CDC_MIGRATOR_MONGO_TIMEOUT_MS": "1500", "CDC_MIGRATOR_RETRY_DEADLINE": "120"}
-    tail = Proc(through_proxy, "tail", NAME, env=env)
-    consume = Proc(through_proxy, "consume", NAME, env=env)
-    wait_for(lambda: (state_of(db).get("tail") or {}).get("armed_at"), what="armed")
-    backfill = Proc(through_proxy, "backfill", NAME, "--batch-size", "100", "--rate", "500",
-                    env=env)
-    writer = Writer(coll, random.Random(22), next_id=3000)  # the application's own connection
-    writer.expected = expected
-    writer.start()
-    try:
-        wait_for(lambda: (state_of(db).get("counts") or {}).get("consumed", 0) > 300,
-                 what="the consumer at work")
+
+    def lose_the_database():
         proxy.cut()
         time.sleep(5)
         proxy.restore()
-        time.sleep(2)
-        writer.stop.set()
-        writer.join()
-        assert backfill.wait(timeout=180) == 0, backfill.log
-        done = run_cli("cutover", NAME, "--timeout", "120", settings=settings, timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr + tail.log + consume.log
-        assert tail.alive and consume.alive, "the pipeline must resume by itself"
-    finally:
-        writer.stop.set()
-        codes = [tail.stop(), consume.stop()]
-        proxy.cut()
-    assert codes == [0, 0]
+
+    env = {"CDC_MIGRATOR_MONGO_TIMEOUT_MS": "1500", "CDC_MIGRATOR_RETRY_DEADLINE": "120"}
+    tail, consume, backfill, writer = ride_out(db, settings, through_proxy, env, 21,
+                                               lose_the_database, after=proxy.cut)
     outages = outages_logged_once([tail, consume, backfill], "MongoDB")
     print(f"lost database: {outages} outages logged, writer ops {writer.ops}")
     assert outages >= 2 and tail.count("from the saved resume token")
-    assert_invariant(coll, writer.expected, writer.deleted)
+    assert_invariant(db["items"], writer.expected, writer.deleted)
 
 
 # Dead letters: poison records and a transform that raises.

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cdc_migrator.migration import Migration
+from cdc_migrator.applier import Applier
+from cdc_migrator.context import make_context
+from cdc_migrator.migration import Migration, filter_fields
+from cdc_migrator.patch import decide
 from cdc_migrator.tailer import FENCE_COLLECTION, image_condition, stream_pipeline
 
 
@@ -56,11 +59,6 @@ def test_with_a_filter_fences_deletes_and_events_without_a_document_always_pass(
 
 
 # --------------------------------------------------------------------------- the filter in writes
-
-from cdc_migrator.applier import Applier, filter_fields  # noqa: E402
-from cdc_migrator.context import make_context  # noqa: E402
-from cdc_migrator.patch import decide  # noqa: E402
-
 
 def test_filter_fields_are_the_top_level_fields_or_none():
     assert filter_fields({"tier": {"$exists": False}, "address.city": "Lyon"}) == {
