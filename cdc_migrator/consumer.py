@@ -43,10 +43,10 @@ from .state import StateStore, failure_record
 
 log = logging.getLogger("cdc_migrator.consumer")
 
-PROBE_INTERVAL = 3.0
+PROBE_INTERVAL = 3.0  # seconds without records before the broker is asked whether it is there
 # At most this many documents are decoded and held at once: a poll of backfill records (each
 # a batch of documents) is applied in chunks, and committed once all of them are written.
-APPLY_CHUNK = 2000  # seconds without records before the broker is asked whether it is there
+APPLY_CHUNK = 2000
 
 
 def group_id(settings: Settings, migration: Migration) -> str:
@@ -270,7 +270,7 @@ class TransformConsumer:
         records hands them out before the rebalance is complete; a batch taken then cannot be
         committed, and processing it again and again can keep the rebalance from ever
         completing. So the partitions are paused (poll returns nothing) until the member is
-        stable again, then resumed (those it still has; new ones were never paused).
+        stable again, then resumed: all it has then, except those paused before (by `pause`).
         """
         coordinator = getattr(self._consumer, "_coordinator", None)
         stable = getattr(coordinator, "generation_if_stable", None)
