@@ -16,6 +16,11 @@ from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from .config import Settings
 from .errors import ServiceUnavailable
 
+#: The largest record the tool writes: a document of MongoDB's maximum size (16 MiB) in its
+#: envelope, with room for the envelope and for compression that cannot shrink the data. The
+#: topics the tool creates allow records of this size, and its producers and consumers agree.
+MAX_RECORD_BYTES = 17 << 20
+
 
 def client_options(settings: Settings) -> dict[str, Any]:
     """Options every Kafka client gets: bootstrap servers plus TLS/SASL pass-through.
