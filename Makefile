@@ -6,7 +6,7 @@ SERVICES := PYTHON=$(abspath $(BIN))/python scripts/services.sh
 export MONGODB_URI ?= mongodb://127.0.0.1:27017/app?directConnection=true
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 
-.PHONY: venv services-up services-down test demo bench lint clean
+.PHONY: venv services-up services-down test demo bench lint check clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench: venv
 
 lint: venv
 	$(BIN)/ruff check cdc_migrator tests transforms bench scripts
+
+# The quality gates CI runs before the tests: ruff, and mypy over the package (it ships
+# py.typed, so its types are part of its interface). Configuration: pyproject.toml.
+check: lint
+	$(BIN)/mypy
 
 clean: services-down
 	rm -rf .services $(VENV)

@@ -106,7 +106,7 @@ class Applier:
         unique = {_hashable(i): i for i in ids}
         result = BatchResult(seen=len(unique))
         images = images or {}
-        docs = [images[k] for k in unique if images.get(k) is not None]
+        docs = [image for k in unique if (image := images.get(k)) is not None]
         unknown = [i for k, i in unique.items() if images.get(k) is None]
         if unknown:
             docs += self._read(unknown)

@@ -108,9 +108,10 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                          *configfile.secrets_of(config.mongo))
         kafka_options, mongo_options = _client_options(kwargs, config)
         logs.add_secrets(*configfile.secrets_of(kafka_options))
-        names = kwargs.get("names") or ((kwargs["name"],) if kwargs.get("name") else ())
+        names: tuple[str, ...] = kwargs.get("names") or (
+            (kwargs["name"],) if kwargs.get("name") else ())
         logs.bind(migration=names[0] if len(names) == 1 else None,
-                  component=_COMPONENT_OF_COMMAND.get(ctx.info_name))
+                  component=_COMPONENT_OF_COMMAND.get(ctx.info_name or ""))
         settings = Settings(
             mongodb_uri=kwargs.pop("mongodb_uri"),
             database=kwargs.pop("database"),
@@ -631,9 +632,13 @@ def config_show(settings: Settings, as_json: bool, metrics_port: int | None) -> 
     sources = {click.core.ParameterSource.COMMANDLINE: "flag",
                click.core.ParameterSource.ENVIRONMENT: "env",
                click.core.ParameterSource.DEFAULT_MAP: "file"}
-    shown = configfile.effective(
-        ctx.params, lambda p: sources.get(ctx.get_parameter_source(p), "default"),
-        ctx.meta.get(_CONFIG) or configfile.ConfigFile())
+
+    def source_of(param: str) -> str:
+        source = ctx.get_parameter_source(param)
+        return sources.get(source, "default") if source is not None else "default"
+
+    shown = configfile.effective(ctx.params, source_of,
+                                 ctx.meta.get(_CONFIG) or configfile.ConfigFile())
     click.echo(json.dumps(shown, indent=2) if as_json else configfile.to_toml(shown))
 
 

@@ -83,10 +83,10 @@ class TransformConsumer:
         self.on_batch = on_batch
         self.stopping = threading.Event()
         self._consumer: KafkaConsumer | None = None
-        self._dlq: topics.Publisher | None = None
         self._paused = False
         self._last_pause_check = 0.0
         self.retry = Retrier(settings, log, self.stopping)
+        self._dlq = topics.Publisher(settings, self.retry)
 
     def stop(self) -> None:
         """Finish the batch in hand, commit, and return from :meth:`run`."""
@@ -94,7 +94,6 @@ class TransformConsumer:
 
     def run(self) -> ConsumeStats:
         logs.bind(migration=self.migration.name, component="consumer")
-        self._dlq = topics.Publisher(self.settings, self.retry)
         try:
             self._run()
         except StopRequested:
@@ -121,7 +120,7 @@ class TransformConsumer:
             if retry.call(MONGODB, self._check_paused):
                 continue
             try:
-                polled = self._consumer.poll(timeout_ms=200)
+                polled = self.kafka.poll(timeout_ms=200)
             except Exception as exc:  # e.g. the group coordinator lost while (re)joining
                 retry.failed(exc)
                 continue
@@ -129,9 +128,16 @@ class TransformConsumer:
                 self._process(polled)
                 last_records = time.monotonic()
             elif time.monotonic() - last_records >= PROBE_INTERVAL:
-                retry.call(KAFKA, self._consumer.end_offsets,
+                retry.call(KAFKA, self.kafka.end_offsets,
                            [TopicPartition(self.topic, 0)], timeout_ms=5_000)
                 last_records = time.monotonic()
+
+    @property
+    def kafka(self) -> KafkaConsumer:
+        """This member's Kafka client, connected by :meth:`run`."""
+        if self._consumer is None:
+            raise RuntimeError("the consumer is not connected: call run()")
+        return self._consumer
 
     def _connect(self) -> KafkaConsumer:
         consumer = KafkaConsumer(
@@ -165,11 +171,11 @@ class TransformConsumer:
             state = self.store.get(self.migration.name) or {}
             paused = bool(state.get("paused") or state.get("cancelled"))
             if paused != self._paused:
-                assignment = list(self._consumer.assignment())
+                assignment = list(self.kafka.assignment())
                 if paused:
-                    self._consumer.pause(*assignment)
+                    self.kafka.pause(*assignment)
                 else:
-                    self._consumer.resume(*self._consumer.paused())
+                    self.kafka.resume(*self.kafka.paused())
                 self._paused = paused
                 log.info("paused: holding the position" if paused else "resumed")
         if self._paused:
@@ -206,8 +212,10 @@ class TransformConsumer:
                 if envelope.migration != self.migration.name:
                     continue
                 if envelope.source == "fence":
-                    fences.append((tp.partition, envelope.fence_id))
+                    if envelope.fence_id is not None:  # the tailer gives every fence its id
+                        fences.append((tp.partition, envelope.fence_id))
                     continue
+                named: list[tuple[Any, dict[str, Any] | None]]
                 if envelope.documents is not None:  # a backfill batch: an event per document
                     count += len(envelope.documents) - 1
                     named = [(doc["_id"], doc) for doc in envelope.documents]
@@ -251,7 +259,7 @@ class TransformConsumer:
                 firsts: dict[TopicPartition, int]) -> bool:
         """Commit the batch's offsets; False when the group is rebalancing its partitions."""
         try:
-            self.retry.call(KAFKA, self._consumer.commit, offsets, timeout_ms=10_000)
+            self.retry.call(KAFKA, self.kafka.commit, offsets, timeout_ms=10_000)
             return True
         except (CommitFailedError, RebalanceInProgressError):
             # The group is being rebalanced (a member came or went, or this one was away too
@@ -276,8 +284,8 @@ class TransformConsumer:
         stable = getattr(coordinator, "generation_if_stable", None)
         if stable is None:  # not kafka-python 3: nothing to wait on
             return
-        paused_before = set(self._consumer.paused())
-        self._consumer.pause(*self._consumer.assignment())
+        paused_before = set(self.kafka.paused())
+        self.kafka.pause(*self.kafka.assignment())
         try:
             deadline = time.monotonic() + timeout
             while stable() is None and time.monotonic() < deadline \
@@ -285,14 +293,14 @@ class TransformConsumer:
                 self._poll_paused(500)
         finally:
             if not self._paused:
-                self._consumer.resume(*(set(self._consumer.paused()) - paused_before))
+                self.kafka.resume(*(set(self.kafka.paused()) - paused_before))
 
     def _poll_paused(self, timeout_ms: int) -> None:
         """Poll with every partition paused, taking nothing: group membership and rebalances
         go on. Partitions assigned meanwhile are paused too; what they returned is read again
         once they are resumed."""
-        polled = self._consumer.poll(timeout_ms=timeout_ms)
-        self._consumer.pause(*self._consumer.assignment())
+        polled = self.kafka.poll(timeout_ms=timeout_ms)
+        self.kafka.pause(*self.kafka.assignment())
         if polled:
             self._rewind({tp: records[0].offset for tp, records in polled.items() if records})
 
@@ -300,7 +308,7 @@ class TransformConsumer:
         """Read these partitions again from these offsets (those still assigned here)."""
         for tp, offset in firsts.items():
             try:
-                self._consumer.seek(tp, offset)
+                self.kafka.seek(tp, offset)
             except (ValueError, AssertionError, KafkaError):
                 pass  # no longer assigned here
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
@@ -50,12 +50,13 @@ class StateStore:
 
     def ensure(self, name: str, collection: str) -> dict[str, Any]:
         """The state of ``name``, created when missing."""
-        return self.collection.find_one_and_update(
+        # An upsert that returns the document after it always returns one.
+        return cast(dict[str, Any], self.collection.find_one_and_update(
             {"_id": name},
             {"$setOnInsert": {"collection": collection, "phase": None, "created_at": now(),
                               "counts": {}, "errors": [], "paused": False}},
             upsert=True, return_document=ReturnDocument.AFTER,
-        )
+        ))
 
     def set(self, name: str, **fields: Any) -> None:
         """Set fields (dotted paths allowed, e.g. ``backfill.cursor``)."""

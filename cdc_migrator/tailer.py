@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import bson
 from bson.raw_bson import RawBSONDocument
@@ -58,7 +58,7 @@ def arm(settings: Settings, migration: Migration) -> dict[str, Any]:
                           "a replica set or sharded cluster")
         store.set(migration.name, phase=state.get("phase") or ARMED,
                   **{"tail.armed_at": armed_at, "tail.produced": 0})
-        state = store.get(migration.name)
+        state = store.get(migration.name) or state
     return state
 
 
@@ -93,7 +93,7 @@ def stream_pipeline(migration: Migration) -> list[dict[str, Any]]:
     return stages
 
 
-def is_armed(state: dict[str, Any] | None) -> bool:
+def is_armed(state: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
     return bool(state and (state.get("tail") or {}).get("armed_at") is not None)
 
 
