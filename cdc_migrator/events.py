@@ -2,7 +2,8 @@
 
 Every event for one MongoDB document, whether the backfill scanner read it or the change-stream
 tailer saw it change, is an :class:`Envelope`. On the wire it is Avro Single Object Encoding
-of the ``cdc_migrator.Envelope`` record in ``schemas/envelope.avsc``:
+of the ``cdc_migrator.Envelope`` record in ``schemas/envelope.avsc`` (shipped inside the package
+as the resource ``cdc_migrator/envelope.avsc``):
 
 * ``0xC3 0x01`` (the single-object marker),
 * the 8-byte little-endian CRC-64-AVRO fingerprint of the schema's Parsing Canonical Form,
@@ -35,9 +36,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC
 from enum import StrEnum
+from importlib import resources
 from io import BytesIO
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bson
 from bson.binary import UuidRepresentation
@@ -51,7 +52,7 @@ from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 __all__ = [
     "CODEC_OPTIONS",
     "SCHEMA_FINGERPRINT",
-    "SCHEMA_PATH",
+    "SCHEMA_RESOURCE",
     "Envelope",
     "EventSource",
     "Operation",
@@ -63,8 +64,9 @@ __all__ = [
     "key_bytes",
 ]
 
-#: Where the canonical schema lives (the project is installed editable, so this is the checkout).
-SCHEMA_PATH: Path = Path(__file__).resolve().parent.parent / "schemas" / "envelope.avsc"
+#: The envelope schema, a resource of this package. In a checkout it is a link to
+#: ``schemas/envelope.avsc``, the one copy people read and edit; a built package holds the file.
+SCHEMA_RESOURCE = "envelope.avsc"
 
 #: The one set of BSON codec options used for keys, documents and resume tokens. Use the same
 #: options wherever these values are written back to MongoDB, or types may not survive.
@@ -266,15 +268,9 @@ _OPERATIONS: dict[str, Operation] = {o.value: o for o in Operation}
 
 
 def _load_schema() -> dict[str, Any]:
-    try:
-        text = SCHEMA_PATH.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"cdc_migrator.events: Avro schema not found at {SCHEMA_PATH}; cdc-migrator must be "
-            "installed editable (pip install -e .) from a checkout containing "
-            "schemas/envelope.avsc"
-        ) from None
-    return json.loads(text)
+    schema: dict[str, Any] = json.loads(
+        resources.files(__package__).joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
+    return schema
 
 
 _SCHEMA_JSON: dict[str, Any] = _load_schema()
@@ -319,7 +315,7 @@ def _check_schema() -> None:
     if to_parsing_canonical_form(_CODEC_SCHEMA_JSON) != _CANONICAL_FORM:
         problems.append("stripping logical types changed the canonical form")
     if problems:
-        raise RuntimeError(f"{SCHEMA_PATH}: " + "; ".join(problems))
+        raise RuntimeError(f"{__package__}/{SCHEMA_RESOURCE}: " + "; ".join(problems))
 
 
 _check_schema()
@@ -334,7 +330,7 @@ def _now_ms() -> int:
 
 def _as_dict(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if value is None or type(value) is dict:
-        return value  # type: ignore[return-value]
+        return value
     # Normalise other mappings (SON, RawBSONDocument, ...) to what decode() will return.
     return _bson_decode(_encode_document(value), CODEC_OPTIONS)
 
@@ -460,7 +456,8 @@ def decode(data: bytes) -> Envelope:
     body = BytesIO(data)
     body.seek(_HEADER_LEN)
     try:
-        rec = schemaless_reader(body, _CODEC_SCHEMA, None)
+        # The schema is a record: the reader gives a dict of its fields.
+        rec = cast(dict[str, Any], schemaless_reader(body, _CODEC_SCHEMA, None))
     except Exception as exc:  # fastavro raises EOFError, IndexError, UnicodeDecodeError, ...
         raise PoisonRecord(f"truncated or malformed Avro body: {_one_line(exc)}") from exc
     if body.tell() != len(data):
@@ -646,7 +643,7 @@ class RawEncoder:
 
 
 def _raw_bytes(document: Any) -> bytes | None:
-    return document.raw if isinstance(document, RawBSONDocument) else None
+    return bytes(document.raw) if isinstance(document, RawBSONDocument) else None
 
 
 def _document_bytes(document: Any, what: str) -> bytes:

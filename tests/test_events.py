@@ -12,6 +12,8 @@ import struct
 import time
 import uuid
 from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import bson
@@ -29,7 +31,6 @@ from cdc_migrator import events
 from cdc_migrator.events import (
     CODEC_OPTIONS,
     SCHEMA_FINGERPRINT,
-    SCHEMA_PATH,
     Envelope,
     EventSource,
     Operation,
@@ -40,7 +41,9 @@ from cdc_migrator.events import (
     key_bytes,
 )
 
-SCHEMA_JSON = json.loads(SCHEMA_PATH.read_text())
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_FILE = ROOT / "schemas" / "envelope.avsc"  # the one people read and edit
+SCHEMA_JSON = json.loads(SCHEMA_FILE.read_text())
 # Parsed independently of the module, straight from the .avsc (logical type included).
 SCHEMA = parse_schema(SCHEMA_JSON)
 HEADER = b"\xc3\x01" + SCHEMA_FINGERPRINT
@@ -754,10 +757,14 @@ def test_fence() -> None:
 # --------------------------------------------------------------------------- schema file
 
 
+def test_the_package_reads_the_schema_file_people_edit_not_a_copy() -> None:
+    resource = resources.files("cdc_migrator").joinpath(events.SCHEMA_RESOURCE)
+    # In a checkout the package's resource is a link to schemas/envelope.avsc: one source,
+    # which the build copies into the wheel (test_install checks the installed wheel).
+    assert Path(str(resource)).resolve() == SCHEMA_FILE.resolve()
+
+
 def test_schema_file_matches_design() -> None:
-    assert SCHEMA_PATH == events.Path(events.__file__).resolve().parent.parent / "schemas" / (
-        "envelope.avsc"
-    )
     assert SCHEMA_JSON["name"] == "Envelope" and SCHEMA_JSON["namespace"] == "cdc_migrator"
     assert SCHEMA_JSON["doc"]
     by_name = {f["name"]: f for f in SCHEMA_JSON["fields"]}
