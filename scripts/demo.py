@@ -1,8 +1,15 @@
 """`make demo`: a zero-downtime migration end to end on the local services.
 
-Seeds `users`, starts the always-on `tail` and `consume` as separate processes, runs the
-backfill while an application thread keeps inserting, updating and deleting users, shows a
-cutover refused while work is outstanding, then drains, verifies and cuts over.
+Seeds the demo data, migrates the small `smallConfig` collection with `apply` (the shortcut
+without Kafka), then for `users` starts the always-on `tail` and `consume` as separate
+processes, runs the backfill while an application thread keeps inserting, updating and deleting
+users, shows a cutover refused while work is outstanding, then drains, verifies and cuts over.
+
+It runs the `cdc-migrator` command installed beside the Python that runs it, and imports the
+package from there: `make demo` uses the checkout's virtual environment, the install test
+(tests/test_install.py) a wheel installed outside the checkout. Environment: MONGODB_URI,
+KAFKA_BOOTSTRAP_SERVERS, CDC_MIGRATOR_TRANSFORMS (default: the checkout's transforms/),
+DEMO_USERS (30000), DEMO_RATE (backfill documents per second, 6000).
 """
 
 from __future__ import annotations
@@ -17,24 +24,27 @@ from pathlib import Path
 
 import pymongo
 
+from cdc_migrator import api
+from cdc_migrator.config import Settings
+from cdc_migrator.demo_data import seed
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from cdc_migrator import api  # noqa: E402
-from cdc_migrator.config import Settings  # noqa: E402
-from cdc_migrator.demo_data import seed  # noqa: E402
-
 NAME = "add_default_role"
+SMALL = "backfill_small_config"
+TRANSFORMS = Path(os.environ.get("CDC_MIGRATOR_TRANSFORMS") or ROOT / "transforms")
 BASE = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017/app?directConnection=true")
 URI = BASE.split("://", 1)[0] + "://" + BASE.split("://", 1)[1].split("/", 1)[0] + \
     "/cdc_demo?directConnection=true"
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 USERS = int(os.environ.get("DEMO_USERS", "30000"))
+RATE = os.environ.get("DEMO_RATE", "6000")
 # A topic of its own per run: a reset keeps the old topic, whose events a new group would
 # replay from the start (harmless, since apply is idempotent, but slow for a demo).
 PREFIX = f"cdc-demo-{int(time.time())}"
 ENV = dict(os.environ, MONGODB_URI=URI, KAFKA_BOOTSTRAP_SERVERS=KAFKA,
-           CDC_MIGRATOR_TRANSFORMS=str(ROOT / "transforms"), CDC_MIGRATOR_TOPIC_PREFIX=PREFIX)
+           CDC_MIGRATOR_TRANSFORMS=str(TRANSFORMS), CDC_MIGRATOR_TOPIC_PREFIX=PREFIX)
+# The command installed with the package, as a user runs it.
+COMMAND = [str(Path(sys.executable).with_name("cdc-migrator"))]
 
 
 def step(text: str) -> None:
@@ -43,7 +53,7 @@ def step(text: str) -> None:
 
 def cli(*args: str, check: bool = True) -> int:
     print("$ cdc-migrator " + " ".join(args), flush=True)
-    code = subprocess.call([sys.executable, "-m", "cdc_migrator", *args], env=ENV, cwd=ROOT)
+    code = subprocess.call([*COMMAND, *args], env=ENV)
     if check and code != 0:
         sys.exit(f"demo: `cdc-migrator {' '.join(args)}` exited {code}")
     return code
@@ -54,7 +64,7 @@ SPAWNED: list[subprocess.Popen] = []
 
 def spawn(*args: str) -> subprocess.Popen:
     print("$ cdc-migrator " + " ".join(args) + " &", flush=True)
-    proc = subprocess.Popen([sys.executable, "-m", "cdc_migrator", *args], env=ENV, cwd=ROOT)
+    proc = subprocess.Popen([*COMMAND, *args], env=ENV)
     SPAWNED.append(proc)
     return proc
 
@@ -84,16 +94,20 @@ class Application(threading.Thread):
 
 def main() -> None:
     settings = Settings(mongodb_uri=URI, kafka_bootstrap_servers=KAFKA,
-                        transforms=ROOT / "transforms", topic_prefix=PREFIX)
+                        transforms=TRANSFORMS, topic_prefix=PREFIX)
     db = pymongo.MongoClient(URI)["cdc_demo"]
     step(f"seeding {USERS:,} users in cdc_demo.users (some without role, some admins)")
     db.client.drop_database("cdc_demo")
     seed(db, n_users=USERS, seed=1)
     api.reset(settings, NAME)
+    api.reset(settings, SMALL)
+
+    step("a small collection: smallConfig migrated in one process with `apply`, no Kafka")
+    cli("apply", SMALL)
+    cli("verify", SMALL)
 
     step("dry run: what the migration would do to the first documents")
-    subprocess.call([sys.executable, "-m", "cdc_migrator", "apply", NAME, "--dry-run",
-                     "--batch-size", "5"], env=ENV, cwd=ROOT)
+    cli("apply", NAME, "--dry-run", "--batch-size", "5")
 
     step("the always-on deployment: tail and consume as separate processes")
     tail = spawn("tail", NAME)
@@ -108,7 +122,7 @@ def main() -> None:
     app.ids = [d["_id"] for d in db.users.find({}, {"_id": 1})]
     app.start()
     step("backfill (rate-capped so the application's writes interleave with it)")
-    backfill = spawn("backfill", NAME, "--rate", "6000")
+    backfill = spawn("backfill", NAME, "--rate", RATE)
     time.sleep(2)
     step("cutover while the backfill runs and the application writes: it must refuse")
     cli("cutover", NAME, "--timeout", "3", check=False)
