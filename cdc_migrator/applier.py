@@ -15,10 +15,12 @@ from typing import Any
 
 from pymongo import DeleteOne, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 
+from .identity import id_key
 from .migration import Migration, filter_fields
 from .patch import Outcome, decide
+from .retry import message_of, service_of
 
 MAX_ATTEMPTS = 20
 
@@ -99,11 +101,13 @@ class Applier:
     ) -> BatchResult:
         """Migrate the documents with these ids from their current state.
 
-        ``images`` may hold a document image per id (e.g. carried by an event); it is tried
-        first and the database is read only for ids without one or whose guard missed. An id
-        whose document does not exist is counted as ``missing`` and skipped.
+        ``images`` may hold a document image per id (keyed by :func:`~cdc_migrator.identity.id_key`,
+        e.g. carried by an event); it is tried first and the database is read only for ids
+        without one or whose guard missed. Ids MongoDB takes as one (``1`` and ``1.0``) are one
+        document, ids it tells apart (``1`` and ``True``) are two. An id whose document does not
+        exist is counted as ``missing`` and skipped.
         """
-        unique = {_hashable(i): i for i in ids}
+        unique = {id_key(i): i for i in ids}
         result = BatchResult(seen=len(unique))
         images = images or {}
         docs = [image for k in unique if (image := images.get(k)) is not None]
@@ -159,7 +163,12 @@ class Applier:
         return UpdateOne(guard, outcome.update)
 
     def _write(self, ops: list[UpdateOne | DeleteOne]) -> tuple[int, int, dict[int, str]]:
-        """Matched and deleted counts, and the server's message per refused op index."""
+        """Matched and deleted counts, and the server's message per refused op index.
+
+        A refusal of the whole bulk (the driver's or the server's, not a lost connection) is
+        one document's problem until shown otherwise: the ops are then written one by one, so
+        that only the refused one fails and the others are written.
+        """
         try:
             res = self.collection.bulk_write(ops, ordered=False)
             return res.matched_count, res.deleted_count, {}
@@ -168,6 +177,20 @@ class Applier:
             rejected = {e["index"]: f"write refused ({e.get('code')}): {e.get('errmsg')}"
                         for e in details.get("writeErrors", [])}
             return details.get("nMatched", 0), details.get("nRemoved", 0), rejected
+        except (OperationFailure, DocumentTooLarge) as exc:
+            if service_of(exc) is not None:
+                raise  # transient: the caller's retries handle it
+            if len(ops) == 1:
+                return 0, 0, {0: _refusal(exc)}
+        matched = deleted = 0
+        rejected = {}
+        for index, op in enumerate(ops):
+            m, d, refused = self._write([op])
+            matched += m
+            deleted += d
+            if refused:
+                rejected[index] = refused[0]
+        return matched, deleted, rejected
 
     def _read(self, ids: list[Any]) -> list[Mapping[str, Any]]:
         query: dict[str, Any] = {"_id": {"$in": ids}}
@@ -176,5 +199,10 @@ class Applier:
         return list(self.collection.find(query))
 
 
-def _hashable(value: Any) -> Any:
-    return value if value.__hash__ is not None else repr(value)
+def _refusal(exc: OperationFailure | DocumentTooLarge) -> str:
+    """The one-line reason a single document's guarded write was refused."""
+    if isinstance(exc, DocumentTooLarge):
+        return ("write refused: the guarded update is larger than MongoDB accepts for one "
+                f"statement ({message_of(exc)}); its filter pins every field the transform "
+                "read, so read fewer large fields")
+    return f"write refused ({exc.code}): {message_of(exc)}"

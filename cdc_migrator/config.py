@@ -12,6 +12,7 @@ import pymongo
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, InvalidURI
 
+from . import codec
 from .errors import UsageError
 
 DEFAULT_MONGODB_URI = "mongodb://127.0.0.1:27017/app?directConnection=true"
@@ -74,7 +75,7 @@ class Settings:
         try:
             return pymongo.MongoClient(
                 self.mongodb_uri, serverSelectionTimeoutMS=self.mongo_timeout_ms,
-                tz_aware=True, **self.mongo_options,
+                **{**self.mongo_options, **codec.client_options()},
             )
         except (InvalidURI, ConfigurationError, ValueError, TypeError) as exc:
             raise UsageError(

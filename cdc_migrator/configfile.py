@@ -128,8 +128,10 @@ def kafka_option_names() -> set[str]:
 
 
 # MongoClient options the tool sets itself, or whose values are Python objects.
-_MONGO_NOT_CONFIGURABLE = {"serverselectiontimeoutms", "tz_aware", "document_class",
-                           "type_registry", "datetime_conversion", "event_listeners",
+# The codec options are the tool's one policy (codec.py): a file cannot change them.
+_MONGO_NOT_CONFIGURABLE = {"serverselectiontimeoutms", "tz_aware", "tzinfo", "document_class",
+                           "type_registry", "datetime_conversion", "uuidrepresentation",
+                           "unicode_decode_error_handler", "event_listeners",
                            "server_api", "auto_encryption_opts", "driver"}
 
 

@@ -37,6 +37,7 @@ from .applier import Applier, BatchResult
 from .config import Settings
 from .context import make_context
 from .errors import CdcMigratorError
+from .identity import id_key
 from .migration import Migration
 from .retry import KAFKA, MONGODB, Retrier, StopRequested
 from .state import StateStore, failure_record
@@ -222,7 +223,7 @@ class TransformConsumer:
                 else:
                     named = [(envelope.key, envelope.document)]
                 for doc_id, image in named:
-                    key = _hashable(doc_id)
+                    key = id_key(doc_id)
                     ids.append(doc_id)
                     # One event in the batch: its image may stand in for a database read.
                     # Several: a backfill snapshot may have been read before a change event
@@ -335,10 +336,6 @@ def _dead_letter(migration: str, kind: str, doc_id: Any, error: str, trace: str,
     if doc_id is not None:
         entry["key_hex"] = events.key_bytes(doc_id).hex()
     return entry
-
-
-def _hashable(value: Any) -> Any:
-    return value if value.__hash__ is not None else repr(value)
 
 
 def consume_until_stopped(settings: Settings, migrations: list[Migration],

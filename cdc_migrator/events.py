@@ -12,10 +12,11 @@ as the resource ``cdc_migrator/envelope.avsc``):
 The Kafka record key is :func:`key_bytes` of the document's ``_id`` (the BSON document
 ``{"_id": <id>}``), so every event for one document lands on one partition, in order.
 
-BSON values (key, document, resume token) are encoded and decoded with :data:`CODEC_OPTIONS`,
-so every BSON type the driver supports survives a round trip with its value, its Python type
-and the document's key order intact (dates outside Python's ``datetime`` range come back as
-:class:`bson.DatetimeMS`; UUIDs are subtype-4 ``Binary``).
+BSON values (key, document, resume token) are encoded and decoded with the tool's one codec
+policy (:data:`cdc_migrator.codec.CODEC_OPTIONS`, re-exported here), so every BSON type the
+driver supports survives a round trip with its value, its Python type and the document's key
+order intact (dates outside Python's ``datetime`` range come back as :class:`bson.DatetimeMS`;
+subtype-4 UUIDs are :class:`uuid.UUID`).
 
 Typical use::
 
@@ -34,20 +35,19 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import UTC
 from enum import StrEnum
 from importlib import resources
 from io import BytesIO
 from typing import Any, cast
 
 import bson
-from bson.binary import UuidRepresentation
-from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.errors import BSONError
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+
+from .codec import CODEC_OPTIONS
 
 __all__ = [
     "CODEC_OPTIONS",
@@ -68,14 +68,6 @@ __all__ = [
 #: ``schemas/envelope.avsc``, the one copy people read and edit; a built package holds the file.
 SCHEMA_RESOURCE = "envelope.avsc"
 
-#: The one set of BSON codec options used for keys, documents and resume tokens. Use the same
-#: options wherever these values are written back to MongoDB, or types may not survive.
-CODEC_OPTIONS: CodecOptions = CodecOptions(
-    tz_aware=True,
-    tzinfo=UTC,
-    uuid_representation=UuidRepresentation.STANDARD,
-    datetime_conversion=DatetimeConversion.DATETIME_AUTO,
-)
 
 _MARKER = b"\xc3\x01"
 _HEADER_LEN = 10

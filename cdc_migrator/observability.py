@@ -23,7 +23,7 @@ import pymongo
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from . import logs, topics
+from . import codec, logs, topics
 from .config import Settings
 from .errors import UsageError
 from .migration import Migration
@@ -96,8 +96,9 @@ class Health:
         self._checked_at = 0.0
         self._stop = threading.Event()
         # Short timeouts of its own, so a check answers well within a probe's timeout.
-        self._mongo = pymongo.MongoClient(settings.mongodb_uri, tz_aware=True, **{
-            **settings.mongo_options, "serverSelectionTimeoutMS": 2000})
+        self._mongo = pymongo.MongoClient(settings.mongodb_uri, **{
+            **settings.mongo_options, "serverSelectionTimeoutMS": 2000,
+            **codec.client_options()})
         self._thread = threading.Thread(target=self._loop, daemon=True, name="health")
 
     def start(self) -> None:

@@ -19,6 +19,7 @@ import bson
 import bson.errors
 from bson import ObjectId
 
+from .codec import CODEC_OPTIONS
 from .errors import PatchError
 from .migration import DELETE, UNSET, Migration
 
@@ -106,7 +107,8 @@ def same_value(a: Any, b: Any) -> bool:
     """True when two BSON values are identical in type and value (``1 != 1.0 != True``)."""
     if type(a) is type(b) and isinstance(a, _EXACT_TYPES) and a == b:
         return True
-    return bson.encode({"v": a}) == bson.encode({"v": b})
+    return (bson.encode({"v": a}, codec_options=CODEC_OPTIONS)
+            == bson.encode({"v": b}, codec_options=CODEC_OPTIONS))
 
 
 def validate_patch(result: Any, migration: Migration) -> dict[str, Any] | None:
@@ -130,8 +132,9 @@ def validate_patch(result: Any, migration: Migration) -> dict[str, Any] | None:
     if all(_plainly_storable(v) for v in patch.values()):
         return patch  # the common case, decided without encoding the patch
     try:
-        bson.encode({k: v for k, v in patch.items() if v is not UNSET})
-    except (bson.errors.InvalidDocument, TypeError, OverflowError) as exc:
+        bson.encode({k: v for k, v in patch.items() if v is not UNSET},
+                    codec_options=CODEC_OPTIONS)
+    except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
         raise PatchError(f"migration {migration.name!r} returned a patch MongoDB cannot "
                          f"store: {exc}") from None
     return patch
@@ -156,16 +159,23 @@ def guard_filter(doc: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
     """A filter matching ``doc`` only while every field in ``fields`` is as it is now.
 
     Present fields are pinned by exact value with ``$expr`` (no array traversal, field order of
-    sub-documents significant); absent fields are pinned by ``$exists: false``.
+    sub-documents significant); absent fields are pinned by ``$exists: false``. A name that a
+    query would read as a path or an operator (with a ``.``, starting with ``$``, or empty:
+    legal top-level names since MongoDB 5.0) is pinned inside ``$expr`` through ``$getField``,
+    for its existence (``$type`` is ``"missing"`` or not) as for its value.
     """
     query: dict[str, Any] = {"_id": doc["_id"]}
-    equal = []
+    equal: list[dict[str, Any]] = []
     for name in sorted(fields - {"_id"}):
-        if name in doc:
+        present = name in doc
+        if _needs_get_field(name):
+            value = {"$getField": {"field": {"$literal": name}}}
+            equal.append({"$ne" if present else "$eq": [{"$type": value}, "missing"]})
+            if present:
+                equal.append({"$eq": [value, {"$literal": doc[name]}]})
+        elif present:
             query[name] = {"$exists": True}
-            equal.append({"$eq": [{"$getField": {"field": {"$literal": name}}}
-                                  if _needs_get_field(name) else f"${name}",
-                                  {"$literal": doc[name]}]})
+            equal.append({"$eq": [f"${name}", {"$literal": doc[name]}]})
         else:
             query[name] = {"$exists": False}
     if equal:
@@ -174,7 +184,7 @@ def guard_filter(doc: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
 
 
 def _needs_get_field(name: str) -> bool:
-    return name.startswith("$") or "." in name
+    return not name or name.startswith("$") or "." in name
 
 
 def decide(migration: Migration, doc: Mapping[str, Any], ctx: Any) -> Outcome:
@@ -231,12 +241,20 @@ def matches_guard(doc: Mapping[str, Any] | None, guard: Mapping[str, Any]) -> bo
     expr = guard.get("$expr")
     if expr is None:
         return True
-    for eq in expr.get("$and", [expr]):
-        ref, literal = eq["$eq"]
-        name = ref["$getField"]["field"]["$literal"] if isinstance(ref, dict) else ref[1:]
-        if name not in doc or not same_value(doc[name], literal["$literal"]):
-            return False
+    for condition in expr.get("$and", [expr]):
+        (operator, (ref, operand)), = condition.items()
+        if isinstance(ref, dict) and "$type" in ref:  # {$eq or $ne: [{$type: F}, "missing"]}
+            if (_field_of(ref["$type"]) in doc) != (operator == "$ne"):
+                return False
+        else:
+            name = _field_of(ref)
+            if name not in doc or not same_value(doc[name], operand["$literal"]):
+                return False
     return True
+
+
+def _field_of(ref: Any) -> str:
+    return ref["$getField"]["field"]["$literal"] if isinstance(ref, dict) else ref[1:]
 
 
 def _brief(value: Any) -> str:

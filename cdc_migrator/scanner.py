@@ -17,7 +17,18 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
-from bson import Binary, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
+from bson import (
+    Binary,
+    DatetimeMS,
+    DBRef,
+    Decimal128,
+    Int64,
+    MaxKey,
+    MinKey,
+    ObjectId,
+    Regex,
+    Timestamp,
+)
 from pymongo.collection import Collection
 
 T = TypeVar("T")
@@ -42,7 +53,7 @@ def _rank(value: Any) -> int:
         return 2
     if isinstance(value, str):
         return 3
-    if isinstance(value, Mapping):
+    if isinstance(value, (Mapping, DBRef)):
         return 4
     if isinstance(value, (list, tuple)):
         return 5
@@ -50,7 +61,7 @@ def _rank(value: Any) -> int:
         return 6
     if isinstance(value, ObjectId):
         return 7
-    if isinstance(value, dt.datetime):
+    if isinstance(value, (dt.datetime, DatetimeMS)):
         return 9
     if isinstance(value, Timestamp):
         return 10

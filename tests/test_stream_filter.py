@@ -6,6 +6,7 @@ import pytest
 
 from cdc_migrator.applier import Applier
 from cdc_migrator.context import make_context
+from cdc_migrator.identity import id_key
 from cdc_migrator.migration import Migration, filter_fields
 from cdc_migrator.patch import decide
 from cdc_migrator.tailer import FENCE_COLLECTION, image_condition, stream_pipeline
@@ -88,7 +89,7 @@ def test_a_filter_the_guard_pins_is_left_out_of_the_write_and_still_holds(db):
     assert "$and" not in op._filter and op._filter["tier"] == {"$exists": False}
     # The document left the filter after the image was taken: the guard alone refuses it.
     coll.insert_one({"_id": 1, "n": 1, "tier": "gold"})
-    result = applier.apply_ids([1], {1: {"_id": 1, "n": 1}})
+    result = applier.apply_ids([1], {id_key(1): {"_id": 1, "n": 1}})
     assert result.updated == 0 and result.missing == 0
     assert coll.find_one({"_id": 1})["tier"] == "gold"
 
@@ -102,6 +103,6 @@ def test_a_filter_on_fields_the_transform_does_not_read_stays_in_the_write(db):
     assert op._filter["$and"][1] == {"status": "active"}
     # The application deactivated the document after the image was taken.
     coll.insert_one({"_id": 2, "status": "inactive"})
-    result = applier.apply_ids([2], {2: {"_id": 2, "status": "active"}})
+    result = applier.apply_ids([2], {id_key(2): {"_id": 2, "status": "active"}})
     assert result.updated == 0
     assert "flag" not in coll.find_one({"_id": 2})
