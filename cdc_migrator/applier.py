@@ -13,16 +13,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 from pymongo import DeleteOne, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 
+from .codec import CODEC_OPTIONS
 from .identity import id_key
 from .migration import Migration, filter_fields
 from .patch import Outcome, decide
 from .retry import message_of, service_of
 
 MAX_ATTEMPTS = 20
+# MongoDB's largest statement of a write (BSONObjMaxInternalSize: 16 MiB plus 16 KiB).
+MAX_STATEMENT_BYTES = 16 * 1024 * 1024 + 16 * 1024
 
 
 @dataclass
@@ -130,6 +134,8 @@ class Applier:
                     result.unchanged += attempt == 1
                 elif outcome.kind == "error":
                     result.failures.append(Failure(outcome.id, outcome.error, outcome.traceback))
+                elif (refusal := _too_large(outcome)) is not None:
+                    result.failures.append(Failure(outcome.id, refusal))
                 else:
                     ops.append(self._op(outcome))
                     pending.append(outcome)
@@ -199,10 +205,25 @@ class Applier:
         return list(self.collection.find(query))
 
 
+def _too_large(outcome: Outcome) -> str | None:
+    """Why MongoDB would refuse the guarded write of ``outcome`` for its size, or None.
+
+    One statement of a write is a BSON document of at most ``MAX_STATEMENT_BYTES``. The guard
+    pins the value of every field the transform read, so a transform that reads a large field
+    and writes another can need more, though the document it makes fits in 16 MiB. (MongoDB
+    would refuse the statement; the local test server drops the connection instead.)
+    """
+    size = len(bson.encode({"q": outcome.guard, "u": outcome.update},
+                           codec_options=CODEC_OPTIONS))
+    if size <= MAX_STATEMENT_BYTES:
+        return None
+    return (f"write refused: the guarded update is {size:,} bytes, larger than MongoDB accepts "
+            f"for one statement ({MAX_STATEMENT_BYTES:,}); its filter pins every field the "
+            "transform read, so read fewer large fields")
+
+
 def _refusal(exc: OperationFailure | DocumentTooLarge) -> str:
     """The one-line reason a single document's guarded write was refused."""
     if isinstance(exc, DocumentTooLarge):
-        return ("write refused: the guarded update is larger than MongoDB accepts for one "
-                f"statement ({message_of(exc)}); its filter pins every field the transform "
-                "read, so read fewer large fields")
+        return f"write refused: {message_of(exc)}"
     return f"write refused ({exc.code}): {message_of(exc)}"

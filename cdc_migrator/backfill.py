@@ -15,10 +15,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import bson
 from bson.raw_bson import RawBSONDocument
 from kafka.partitioner.default import murmur2
 
-from . import events, logs, observability, topics
+from . import deadletter, events, logs, observability, topics
+from .codec import CODEC_OPTIONS
 from .config import Settings
 from .errors import Refused
 from .migration import Migration
@@ -107,9 +109,12 @@ def backfill(
                     retry.recovered(MONGODB)
                     batch_started = time.monotonic()
                     for partition, docs in by_partition(batch, encoder, partitions):
-                        key, value = encoder.snapshot_batch(docs)
-                        publisher.send(topic, value, key=key, partition=partition)
+                        publisher.send_record(snapshot_record(
+                            settings, migration, encoder, topic, partition, docs))
                     publisher.flush()  # rides out a broker outage with this batch in hand
+                    if publisher.dead_lettered:
+                        retry.call(MONGODB, store.increment, migration.name, "dlq_pending",
+                                   publisher.dead_lettered)
                     retry.call(MONGODB, store.add, migration.name, {"produced": len(batch)},
                                **{"backfill.cursor": batch[-1]["_id"],
                                   "backfill.scanned": done_before + scanned + len(batch)})
@@ -156,13 +161,16 @@ def by_partition(batch: list, encoder: events.RawEncoder,
     The partition of a document is the one the producer's default partitioner gives its key
     (murmur2, as Kafka's Java client), where the tailer's change events of the same document
     go: one document's events stay in one partition, in order. One record per group instead
-    of one per document is what makes the backfill cheap to produce and to consume.
+    of one per document is what makes the backfill cheap to produce and to consume. A document
+    larger than ``RECORD_BYTES`` is always alone in its group, so a document as large as
+    MongoDB allows never shares a record with others.
     """
     groups: dict[int, list] = {}
     sizes: dict[int, int] = {}
     for doc in batch:
         partition = (murmur2(encoder.key_of(doc)) & 0x7FFFFFFF) % partitions
-        size = len(doc.raw) if isinstance(doc, RawBSONDocument) else 1024
+        size = len(doc.raw) if isinstance(doc, RawBSONDocument) \
+            else len(bson.encode(doc, codec_options=CODEC_OPTIONS))
         group = groups.get(partition)
         if group and sizes[partition] + size > RECORD_BYTES:
             yield partition, group
@@ -173,6 +181,25 @@ def by_partition(batch: list, encoder: events.RawEncoder,
         group.append(doc)
         sizes[partition] += size
     yield from groups.items()
+
+
+def snapshot_record(settings: Settings, migration: Migration, encoder: events.RawEncoder,
+                    topic: str, partition: int, docs: list) -> topics.Record:
+    """The record of a backfill batch of one partition, and what stands for it should the
+    topic refuse it as too large: each document in a record of its own; a document alone too
+    large, its ``_id`` alone (the consumer reads the document from MongoDB); an ``_id`` too
+    large even so, a dead letter."""
+    key, value = encoder.snapshot_batch(docs)
+    if len(docs) > 1:
+        def fallback() -> list[topics.Record]:
+            return [snapshot_record(settings, migration, encoder, topic, partition, [doc])
+                    for doc in docs]
+    else:
+        def fallback() -> list[topics.Record]:
+            id_key, id_value = encoder.snapshot_key(docs[0])
+            return [topics.Record(topic, id_key, id_value, partition, lambda: deadletter.too_large(
+                settings, migration, id_key, len(value), topic))]
+    return topics.Record(topic, key, value, partition, fallback)
 
 
 def _hold_while_paused(store: StateStore, name: str, stop: threading.Event | None) -> bool:

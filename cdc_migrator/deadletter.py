@@ -1,14 +1,17 @@
 """The dead-letter topic: documents whose transform raised, and records that did not decode.
 
-Each entry is a JSON object (migration, kind ``transform`` or ``poison``, document id, error,
-traceback, time; for poison records the partition, offset and the raw value in hex), keyed by
-the document's key when there is one. ``retry`` replays the entries after the last retry
-through the (fixed) transform; documents that fail again are dead-lettered anew.
+Each entry is a JSON object (migration, kind ``transform``, ``poison`` or ``too_large``,
+document id, error, traceback, time; for poison records the partition, offset and the raw
+value in hex), keyed by the document's key when there is one. A ``too_large`` entry stands
+for an event the topic refused even without its document (its ``_id`` alone is too large).
+``retry`` replays the entries after the last retry through the (fixed) transform; documents
+that fail again are dead-lettered anew.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +23,33 @@ from .config import Settings
 from .context import make_context
 from .migration import Migration
 from .state import StateStore
+
+#: A key larger than this does not go on a dead letter (the record key and its hex): the
+#: entry names the document by a shortened repr and cannot be retried by ``dlq retry``.
+MAX_DEAD_LETTER_KEY = 64 << 10
+
+
+def too_large(settings: Settings, migration: Migration, key: bytes, size: int,
+              topic: str) -> list[topics.Record]:
+    """The dead letter of an event of ``size`` bytes that ``topic`` refused even without its
+    document: one record for the dead-letter topic (created if missing)."""
+    dlq = settings.dlq_topic(migration.collection)
+    topics.ensure_topic(settings, dlq, partitions=1)
+    try:
+        doc_id = repr(events.decode_key(key))
+    except events.PoisonRecord:
+        doc_id = None
+    small = len(key) <= MAX_DEAD_LETTER_KEY
+    entry = {
+        "migration": migration.name, "kind": "too_large",
+        "id": doc_id if doc_id is None or len(doc_id) <= 200 else doc_id[:197] + "...",
+        "error": (f"an event of {size:,} bytes is larger than topic {topic} accepts (its "
+                  f"max.message.bytes) even without its document: its _id alone takes "
+                  f"{len(key):,} bytes"),
+        "traceback": "", "at": time.time(), "key_hex": key.hex() if small else None,
+    }
+    return [topics.Record(dlq, key if small else None, json.dumps(entry).encode(),
+                          dead_letter=True)]
 
 
 @dataclass

@@ -584,6 +584,14 @@ class RawEncoder:
         return key, b"".join((self._snapshot, _avro_bytes(key), _DOCUMENT, _avro_bytes(raw),
                               _NULL, _NULL, _avro_long(_now_ms()), _NULL, _NULL))
 
+    def snapshot_key(self, document: Mapping[str, Any]) -> tuple[bytes, bytes]:
+        """``(record key, record value)`` of a backfill read of ``document`` that carries its
+        ``_id`` alone (no document image): the consumer reads the document from MongoDB. For
+        a document too large for the topic."""
+        key = self.key_of(document)
+        return key, b"".join((self._snapshot, _avro_bytes(key), _NULL, _NULL, _NULL,
+                              _avro_long(_now_ms()), _NULL, _NULL))
+
     def snapshot_batch(self, documents: list[Mapping[str, Any]]) -> tuple[bytes, bytes]:
         """``(record key, record value)`` of a backfill batch of ``documents`` (at least one):
         one record for documents that all belong to one partition (the caller groups them).
@@ -598,9 +606,13 @@ class RawEncoder:
         parts.append(b"\x00")  # the end of the array's blocks
         return key, b"".join(parts)
 
-    def change(self, change_event: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    def change(self, change_event: Mapping[str, Any], *,
+               with_document: bool = True) -> tuple[bytes, bytes]:
         """``(record key, record value)`` of a change stream event (insert, update, replace or
-        delete; anything else raises ValueError, as :meth:`Envelope.change` does)."""
+        delete; anything else raises ValueError, as :meth:`Envelope.change` does).
+
+        Without ``with_document`` the envelope carries no document image, as for an update
+        without ``updateLookup``: the consumer reads the document from MongoDB."""
         op = change_event.get("operationType")
         operation = _CHANGE_OPERATIONS.get(op)  # type: ignore[arg-type]
         if operation is None:
@@ -614,7 +626,8 @@ class RawEncoder:
             key = raw_key  # {_id: ObjectId}, the document key of an unsharded collection
         else:
             key = key_bytes(document_key["_id"])
-        document = None if operation is Operation.DELETE else change_event.get("fullDocument")
+        document = None if operation is Operation.DELETE or not with_document \
+            else change_event.get("fullDocument")
         ts = change_event.get("clusterTime")
         token = change_event.get("_id")
         try:

@@ -18,20 +18,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeGuard
 
 import bson
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure, PyMongoError
 
-from . import events, logs, observability, topics
+from . import deadletter, events, logs, observability, topics
 from .config import Settings
 from .context import make_context
 from .errors import HistoryLost, Refused
 from .migration import Migration, rename_filter_fields
 from .patch import decide
-from .retry import KAFKA, MONGODB, Retrier, StopRequested
+from .retry import KAFKA, MONGODB, Retrier, StopRequested, message_of
 from .state import ARMED, FAILED, StateStore
 
 log = logging.getLogger("cdc_migrator.tailer")
@@ -39,6 +39,15 @@ log = logging.getLogger("cdc_migrator.tailer")
 FENCE_COLLECTION = "cdc_migrator_fences"
 # Server errors meaning the saved resume point is no longer in the server's history.
 HISTORY_LOST_CODES = {136, 280, 286}
+# The last stage of the tailer's stream: only what the tailer uses. An update's description
+# repeats the changed values beside the looked-up document, which can take the event past
+# MongoDB's limit for one event (16 MiB plus 16 KiB).
+UNUSED_FIELDS = {"$unset": ["updateDescription"]}
+# BSONObjectTooLarge: the server could not return a change event larger than its limit.
+EVENT_TOO_LARGE = 10334
+# After an event too large, at most this many events are read one per batch to find it.
+NARROW_EVENTS = 1000
+_FULL, _NARROW, _KEY_ONLY = "full", "narrow", "key only"
 
 
 def arm(settings: Settings, migration: Migration) -> dict[str, Any]:
@@ -78,7 +87,7 @@ def stream_pipeline(migration: Migration) -> list[dict[str, Any]]:
     the consumer (which would not touch it: its writes are guarded by the filter too). This
     drops, without a look at it in Python, the echo of every consumer write that takes the
     document out of the filter, as an "add a field where missing" filter does. Deletes, events
-    without a document and fences always pass.
+    without a document and fences always pass. The events leave out ``updateDescription``.
     """
     stages: list[dict[str, Any]] = [
         {"$match": {"ns.coll": {"$in": [migration.collection, FENCE_COLLECTION]}}}]
@@ -90,6 +99,7 @@ def stream_pipeline(migration: Migration) -> list[dict[str, Any]]:
             {"fullDocument": None},
             image,
         ]}})
+    stages.append(UNUSED_FIELDS)
     return stages
 
 
@@ -147,17 +157,47 @@ class Tailer:
             self.publisher.close()
 
     def _follow(self) -> None:
-        """Open the change stream from the saved point and follow it until stopped."""
+        """Open the change stream from the saved point and follow it until stopped.
+
+        An event larger than MongoDB returns (its limit for one event is 16 MiB plus 16 KiB:
+        the ``getMore`` fails with 10334 BSONObjectTooLarge, and so does every resume from
+        before the event) is found and forwarded by its key alone: the stream is opened again
+        from the saved point taking one event per batch, up to the one that fails; that event
+        is read once more without its document and forwarded as "this document may need
+        migrating" (the consumer reads the document), and the stream goes on as before.
+        """
+        mode = _FULL
+        while not self.stopping.is_set():
+            try:
+                self._stream(mode)
+            except OperationFailure as exc:
+                if exc.code != EVENT_TOO_LARGE or mode == _KEY_ONLY:
+                    raise
+                if mode == _FULL:
+                    log.warning("a change event is larger than MongoDB returns (%s): finding "
+                                "it one event at a time, to forward it without its document",
+                                message_of(exc))
+                mode = _KEY_ONLY if mode == _NARROW else _NARROW
+                continue
+            mode = _FULL
+
+    def _stream(self, mode: str) -> None:
+        """Follow the stream in ``mode`` from the saved point: until stopped (``_FULL``), for
+        at most ``NARROW_EVENTS`` events taken one per batch (``_NARROW``), or for one event
+        without its document (``_KEY_ONLY``)."""
         state = arm(self.settings, self.migration)
         tail = state.get("tail") or {}
         db = self.settings.db
-        options: dict[str, Any] = {"full_document": "updateLookup", "batch_size": 1000,
+        options: dict[str, Any] = {"full_document": "updateLookup",
+                                   "batch_size": 1000 if mode == _FULL else 1,
                                    "max_await_time_ms": 200}
         if tail.get("resume_token"):
             options["resume_after"] = tail["resume_token"]
         else:
             options["start_at_operation_time"] = tail["armed_at"]
         pipeline = stream_pipeline(self.migration)
+        if mode == _KEY_ONLY:
+            pipeline.append({"$unset": ["fullDocument"]})
         partitions = topics.ensure_topic(self.settings, self.topic)
         self.retry.recovered(KAFKA)
         # Events arrive as raw BSON: the full document goes on the topic as the server sent it.
@@ -166,10 +206,13 @@ class Tailer:
         try:
             with raw_db.watch(pipeline, **options) as stream:
                 self.retry.recovered(MONGODB)
-                log.info("tailing %s into %s from %s", self.migration.collection, self.topic,
-                         "the saved resume token" if "resume_after" in options
-                         else f"the armed point {tail['armed_at']}")
-                self._loop(stream, partitions)
+                if mode == _FULL:
+                    log.info("tailing %s into %s from %s", self.migration.collection,
+                             self.topic, "the saved resume token" if "resume_after" in options
+                             else f"the armed point {tail['armed_at']}")
+                self._loop(stream, partitions, limit={_FULL: None, _NARROW: NARROW_EVENTS,
+                                                      _KEY_ONLY: 1}[mode],
+                           key_only=mode == _KEY_ONLY)
         except OperationFailure as exc:
             if exc.code in HISTORY_LOST_CODES:
                 message = (f"the change stream of {self.migration.collection} can no longer "
@@ -181,7 +224,16 @@ class Tailer:
                 raise HistoryLost(message) from None
             raise
 
-    def _loop(self, stream: Any, partitions: int) -> None:
+    def _loop(self, stream: Any, partitions: int, limit: int | None = None,
+              key_only: bool = False) -> None:
+        """Produce the stream's events until stopped; with a ``limit``, until that many
+        events were taken or none is left for now.
+
+        Before an error of the stream (an event too large) is raised, the events before it
+        are produced and the resume token after them saved. With ``key_only`` the events come
+        without their documents; a fence then ends the loop untaken (its id is in its
+        document), to be read again with it.
+        """
         publisher = self.publisher
         unflushed = 0
         last_token = None
@@ -191,10 +243,18 @@ class Tailer:
         collection = self.migration.collection
         encoder = events.RawEncoder(name, database, collection)
         skipped = 0
-        while not self.stopping.is_set():
-            change = stream.try_next()
+        taken = 0
+        while not self.stopping.is_set() and (limit is None or taken < limit):
+            try:
+                change = stream.try_next()
+            except OperationFailure as exc:
+                if exc.code == EVENT_TOO_LARGE:
+                    self._commit(unflushed, last_token, skipped)
+                raise
             if change is not None:
                 if change["ns"]["coll"] == FENCE_COLLECTION:
+                    if key_only:
+                        break
                     fence = change.get("fullDocument") or {}
                     if fence.get("migration") == name and change["operationType"] == "insert":
                         envelope = events.Envelope.fence(name, database, collection,
@@ -209,19 +269,33 @@ class Tailer:
                         skipped += 1
                     else:
                         key, value = encoder.change(change)
-                        publisher.send(self.topic, value, key=key)
+                        publisher.send(self.topic, value, key=key,
+                                       fallback=self._key_only(encoder, change, len(value)))
                         unflushed += 1
                 last_token = change["_id"]
                 self.last_event_time = change.get("clusterTime")
+                taken += 1
             else:
                 last_token = stream.resume_token or last_token
                 self.caught_up.set()
+                if limit is not None:
+                    break  # nothing more now: what was sought has passed
             due = time.monotonic() - last_flush >= self.flush_interval
             if unflushed >= self.flush_every or (due and (unflushed or last_token)):
                 self._commit(unflushed, last_token, skipped)
                 unflushed = skipped = 0
                 last_flush = time.monotonic()
         self._commit(unflushed, last_token, skipped)
+
+    def _key_only(self, encoder: events.RawEncoder, change: Any,
+                  size: int) -> Callable[[], list[topics.Record]]:
+        """What stands for an event the topic refuses as too large: the event without its
+        document; a dead letter if even that is too large."""
+        def records() -> list[topics.Record]:
+            key, value = encoder.change(change, with_document=False)
+            return [topics.Record(self.topic, key, value, fallback=lambda: deadletter.too_large(
+                self.settings, self.migration, key, size, self.topic))]
+        return records
 
     def _needs_nothing(self, change: Any) -> bool:
         """True when the event's document image is migrated already: no event is needed.
@@ -256,6 +330,9 @@ class Tailer:
         """Save the resume token once the broker acknowledged every event before it."""
         started = time.monotonic()
         produced = self.publisher.flush() if unflushed else 0
+        if produced and self.publisher.dead_lettered:
+            self.retry.call(MONGODB, self.store.increment, self.migration.name, "dlq_pending",
+                            self.publisher.dead_lettered)
         if produced:
             self.produced += produced
             observability.record_produced(self.migration.name, produced, "tailer",

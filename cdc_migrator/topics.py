@@ -6,15 +6,24 @@ when nothing is committed yet). It counts events produced but not yet applied an
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    TopicAlreadyExistsError,
+)
 
 from .config import Settings
-from .errors import ServiceUnavailable
+from .errors import CdcMigratorError, ServiceUnavailable
+
+log = logging.getLogger("cdc_migrator.topics")
 
 #: The largest record the tool writes: a document of MongoDB's maximum size (16 MiB) in its
 #: envelope, with room for the envelope and for compression that cannot shrink the data. The
@@ -95,20 +104,44 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     package, a dependency, does it in C instead of pure Python (docs/benchmarks.md).
     ``kafka_options`` of the settings may set another ``compression_type``.
     """
-    options = dict(acks="all", linger_ms=5, batch_size=256 * 1024, max_request_size=16 << 20,
+    options = dict(acks="all", linger_ms=5, batch_size=256 * 1024,
+                   max_request_size=MAX_RECORD_BYTES,
                    retries=2**31 - 1, max_in_flight_requests_per_connection=1,
                    request_timeout_ms=30_000, compression_type="lz4")
     # Settings' kafka_options (in client_options) override these; the caller's overrides win.
     return KafkaProducer(**{**options, **client_options(settings), **overrides})
 
 
+class RecordTooLarge(CdcMigratorError):
+    """A record the producer or the topic refused as too large, with nothing smaller to send."""
+
+
 @dataclass
-class _Record:
+class Record:
+    """One record to produce, and what to produce in its place should it be too large.
+
+    ``fallback`` gives the records sent instead (in order, each with its own fallback) when the
+    producer or the broker refuses this record as larger than it accepts (the topic's
+    ``max.message.bytes``): for an event, the same event without its document. It is called
+    only then.
+    """
+
     topic: str
     key: bytes | None
     value: bytes
-    partition: int | None
+    partition: int | None = None
+    fallback: Callable[[], list[Record]] | None = None
+    dead_letter: bool = False  # a dead letter, counted by the caller (dead_lettered)
     future: Any = None
+    refused: KafkaError | None = None  # the producer's own refusal, before any send
+
+    def too_large(self) -> bool:
+        """Whether this record was refused for its size."""
+        if isinstance(self.refused, MessageSizeTooLargeError):
+            return True
+        future = self.future
+        return bool(future is not None and future.is_done and future.failed()
+                    and isinstance(future.exception, MessageSizeTooLargeError))
 
 
 class Publisher:
@@ -119,7 +152,8 @@ class Publisher:
     in order (so a partition's records keep their order, fences included); a broker that does
     not answer is waited for, with the retries and the deadline of ``retry``. Resent records
     may reach the topic twice: delivery is at-least-once, which the consumer's guarded,
-    idempotent apply makes harmless.
+    idempotent apply makes harmless. A record refused as too large is replaced by its
+    ``fallback`` records (see :class:`Record`); with none, :class:`RecordTooLarge` is raised.
     """
 
     FLUSH_WAIT = 5.0  # seconds one flush waits before the broker counts as unavailable
@@ -130,20 +164,27 @@ class Publisher:
         # send() must not block a minute on metadata while the broker is away.
         self.overrides = {"max_block_ms": 10_000, **overrides}
         self._producer: KafkaProducer | None = None
-        self._pending: list[_Record] = []
+        self._pending: list[Record] = []
         self._unacknowledged = False  # sent since the last successful flush
+        #: Dead letters acknowledged by the last flush (fallbacks of records too large).
+        self.dead_lettered = 0
 
     def send(self, topic: str, value: bytes, key: bytes | None = None,
-             partition: int | None = None) -> None:
-        record = _Record(topic, key, value, partition)
+             partition: int | None = None,
+             fallback: Callable[[], list[Record]] | None = None) -> None:
+        self.send_record(Record(topic, key, value, partition, fallback))
+
+    def send_record(self, record: Record) -> None:
         self._pending.append(record)
         self._unacknowledged = True
         self._send(record)
 
     def flush(self) -> int:
-        """Wait until every record sent since the last flush is acknowledged; their number."""
-        self.retry.call("Kafka", self._deliver)
+        """Wait until every record sent since the last flush is acknowledged; their number
+        (a record sent in place of a larger one counts as that one)."""
         count = len(self._pending)
+        self.retry.call("Kafka", self._deliver)
+        self.dead_lettered = sum(1 for r in self._pending if r.dead_letter)
         self._pending = []
         self._unacknowledged = False
         return count
@@ -166,26 +207,60 @@ class Publisher:
             self._producer = self.retry.call("Kafka", producer, self.settings, **self.overrides)
         return self._producer
 
-    def _send(self, record: _Record) -> None:
+    def _send(self, record: Record) -> None:
+        record.refused = None
         try:
             record.future = self._client().send(record.topic, key=record.key,
                                                 value=record.value, partition=record.partition)
+        except MessageSizeTooLargeError as exc:
+            record.future, record.refused = None, exc  # larger than max_request_size
         except KafkaError as exc:
             if not getattr(exc, "retriable", False):
                 raise
             record.future = None  # not queued: flush sends it again
 
     def _deliver(self) -> None:
-        for index, record in enumerate(self._pending):
-            if record.future is None or (record.future.is_done and record.future.failed()):
-                for later in self._pending[index:]:
-                    self._send(later)
+        while True:
+            for index, record in enumerate(self._pending):
+                if record.future is None or (record.future.is_done and record.future.failed()):
+                    for later in self._pending[index:]:
+                        self._send(later)
+                    break
+            self._client().flush(timeout=self.FLUSH_WAIT)
+            if not self._replace_too_large():
                 break
-        self._client().flush(timeout=self.FLUSH_WAIT)
         for record in self._pending:
             if record.future is None:
                 raise KafkaTimeoutError("the producer could not queue the record")
             record.future.get(timeout=0)  # raises the delivery's error
+
+    def _replace_too_large(self) -> bool:
+        """Put the fallback of the first record refused as too large in its place (sent again
+        with all after it); False when no record was refused for its size."""
+        for index, record in enumerate(self._pending):
+            if not record.too_large():
+                continue
+            replacements = record.fallback() if record.fallback else []
+            if not replacements:
+                raise RecordTooLarge(
+                    f"a record of {len(record.value):,} bytes is larger than topic "
+                    f"{record.topic} accepts (its max.message.bytes), and nothing smaller can "
+                    "stand for it")
+            log.warning("a record of %d bytes is larger than topic %s accepts "
+                        "(max.message.bytes): sending %d smaller record(s) in its place",
+                        len(record.value), record.topic, len(replacements))
+            self._pending[index:index + 1] = replacements
+            # kafka-python 3.0's idempotent producer takes the broker's refusal as fatal: it
+            # fails every later batch too. A new producer sends what was not acknowledged.
+            producer, self._producer = self._producer, None
+            if producer is not None:
+                _abandon(producer)
+            for later in self._pending[index:]:
+                future = later.future
+                if not (future is not None and future.is_done and future.succeeded()):
+                    later.future = None
+            return True
+        return False
 
 
 def _abandon(producer: KafkaProducer) -> None:

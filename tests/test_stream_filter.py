@@ -9,7 +9,12 @@ from cdc_migrator.context import make_context
 from cdc_migrator.identity import id_key
 from cdc_migrator.migration import Migration, filter_fields
 from cdc_migrator.patch import decide
-from cdc_migrator.tailer import FENCE_COLLECTION, image_condition, stream_pipeline
+from cdc_migrator.tailer import (
+    FENCE_COLLECTION,
+    UNUSED_FIELDS,
+    image_condition,
+    stream_pipeline,
+)
 
 
 def _migration(filter_):
@@ -41,17 +46,19 @@ def test_logical_operators_are_rewritten_inside():
 def test_a_filter_that_is_not_about_fields_is_not_moved(query):
     assert image_condition(query) is None
     stages = stream_pipeline(_migration(query))
-    assert len(stages) == 1, "only the namespace stage: the tailer checks every event itself"
+    assert len(stages) == 2, "only the namespace stage: the tailer checks every event itself"
+    assert stages[1] == UNUSED_FIELDS
 
 
 def test_without_a_filter_only_the_namespaces_are_matched():
     assert stream_pipeline(_migration({})) == [
-        {"$match": {"ns.coll": {"$in": ["users", FENCE_COLLECTION]}}}]
+        {"$match": {"ns.coll": {"$in": ["users", FENCE_COLLECTION]}}},
+        {"$unset": ["updateDescription"]}]
 
 
 def test_with_a_filter_fences_deletes_and_events_without_a_document_always_pass():
     stages = stream_pipeline(_migration({"tier": {"$exists": False}}))
-    assert len(stages) == 2
+    assert len(stages) == 3 and stages[2] == UNUSED_FIELDS
     either = stages[1]["$match"]["$or"]
     assert {"ns.coll": FENCE_COLLECTION} in either
     assert {"operationType": {"$nin": ["insert", "update", "replace"]}} in either

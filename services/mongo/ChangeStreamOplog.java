@@ -21,6 +21,7 @@ import de.bwaldvogel.mongo.backend.Cursor;
 import de.bwaldvogel.mongo.backend.CursorRegistry;
 import de.bwaldvogel.mongo.backend.aggregation.Aggregation;
 import de.bwaldvogel.mongo.backend.aggregation.stage.MatchStage;
+import de.bwaldvogel.mongo.backend.aggregation.stage.UnsetStage;
 import de.bwaldvogel.mongo.bson.BsonTimestamp;
 import de.bwaldvogel.mongo.bson.Document;
 import de.bwaldvogel.mongo.exception.MongoServerError;
@@ -51,6 +52,12 @@ public final class ChangeStreamOplog implements Oplog {
 
     /** Largest total BSON size of one batch, as in MongoDB (16 MiB). */
     private static final int MAX_BATCH_BYTES = 16 * 1024 * 1024;
+    /**
+     * Largest change event MongoDB returns, after the stream's stages: BSONObjMaxInternalSize,
+     * 16 MiB plus 16 KiB. A larger one fails the aggregate or getMore with 10334.
+     */
+    static final int MAX_EVENT_BYTES = 16 * 1024 * 1024 + 16 * 1024;
+    static final int EVENT_TOO_LARGE_CODE = 10334;
 
     // resume token kinds, the last byte of the token
     private static final int KIND_HIGH_WATER_MARK = 0x00;
@@ -670,12 +677,13 @@ public final class ChangeStreamOplog implements Oplog {
         private final Scope scope;
         private final Aggregation aggregation;
         private final boolean hasStages;
-        private final boolean onlyMatches; // the user's stages only filter: they never modify an event
+        private final boolean readOnlyStages; // the user's stages filter, or modify a copy of the event
         private final int lookup;
         private final boolean beforeChangeNull;
         private long position;          // events with a greater timestamp come next
         private Event pendingInvalidate; // a terminal event was returned; invalidate comes next
         private boolean closed;
+        private boolean firstBatchTaken; // the aggregate's batch: later ones are getMores
         private Document postBatchResumeToken;
 
         StreamCursor(long id, Scope scope, Aggregation aggregation, int lookup, boolean beforeChangeNull,
@@ -684,7 +692,9 @@ public final class ChangeStreamOplog implements Oplog {
             this.scope = scope;
             this.aggregation = aggregation;
             this.hasStages = aggregation != null && !aggregation.getStages().isEmpty();
-            this.onlyMatches = hasStages && aggregation.getStages().stream().allMatch(stage -> stage instanceof MatchStage);
+            // $match only reads; $unset works on a deep copy of the event
+            this.readOnlyStages = hasStages && aggregation.getStages().stream()
+                .allMatch(stage -> stage instanceof MatchStage || stage instanceof UnsetStage);
             this.lookup = lookup;
             this.beforeChangeNull = beforeChangeNull;
             this.position = position;
@@ -760,6 +770,9 @@ public final class ChangeStreamOplog implements Oplog {
                 Document change = changeFor(event);
                 if (change != null) {
                     int size = bsonSize(change);
+                    if (size > MAX_EVENT_BYTES) {
+                        eventTooLarge(size, change); // the position stays before the event
+                    }
                     if (!batch.isEmpty() && bytes + size > MAX_BATCH_BYTES) {
                         exhausted = false; // the event stays for the next batch
                         break;
@@ -786,7 +799,22 @@ public final class ChangeStreamOplog implements Oplog {
             }
             checkNotDropped(start);
             postBatchResumeToken = lastEmittedTs == position ? lastEmittedId : token(position, KIND_HIGH_WATER_MARK);
+            firstBatchTaken = true;
             return batch;
+        }
+
+        /**
+         * An event larger than MongoDB returns: the command fails as MongoDB's does, and the
+         * cursor dies. A stream resumed from before the event meets it again.
+         */
+        private void eventTooLarge(int size, Document change) {
+            closed = true;
+            cursorRegistry.remove(this);
+            String command = firstBatchTaken ? "Executor error during getMore" : "PlanExecutor error during aggregation";
+            throw new MongoServerError(EVENT_TOO_LARGE_CODE, "BSONObjectTooLarge", command + " :: caused by :: BSONObj size: "
+                + size + " (0x" + Integer.toHexString(size).toUpperCase() + ") is invalid. Size must be between 0 and "
+                + MAX_EVENT_BYTES + "(16MB) First element: _id: { _data: \""
+                + ((Document) change.get("_id")).get("_data") + "\" }");
         }
 
         /** Events with a timestamp after {@code start} that may concern this stream, oldest first. */
@@ -833,16 +861,17 @@ public final class ChangeStreamOplog implements Oplog {
 
         /** The event as this stream returns it, or null when the user's stages drop it. */
         private Document changeFor(Event event) {
-            if (onlyMatches && lookup == FULL_DOCUMENT_LOOKUP && event.op.equals("update")) {
+            if (readOnlyStages && lookup == FULL_DOCUMENT_LOOKUP && event.op.equals("update")) {
                 MongoCollection<?> collection = collections.apply(event.ns.db, event.ns.coll);
                 if (collection != null) {
                     synchronized (collection) {
-                        // $match only reads: decide on the stored document itself, and copy it only
-                        // for an event that passes (a stream that filters most events out, like the
-                        // tailer's, then copies almost nothing).
+                        // The stages do not modify what they get: decide on the stored document
+                        // itself, and copy it only for an event that passes (a stream that filters
+                        // most events out, like the tailer's, then copies almost nothing).
+                        Document live = findLiveById(collection, event.id);
                         Document change = applyStages(toChange(event, true));
-                        if (change != null && change.get("fullDocument") instanceof Document image) {
-                            change.put("fullDocument", image.cloneDeeply());
+                        if (change != null && live != null && change.get("fullDocument") == live) {
+                            change.put("fullDocument", live.cloneDeeply());
                         }
                         return change;
                     }

@@ -1,5 +1,4 @@
 import java.util.List;
-import java.util.Map;
 
 import de.bwaldvogel.mongo.MongoDatabase;
 import de.bwaldvogel.mongo.backend.AbstractUniqueIndex;
@@ -18,7 +17,7 @@ import de.bwaldvogel.mongo.bson.Document;
  * so {@code {_id: 5, role: {$exists: false}}} scans the whole collection, as does an update or
  * delete with that filter. MongoDB narrows by the _id index first and then applies the rest of
  * the filter; so do these collections (see docs/testing.md). They also evaluate the
- * {@code $expr} of guarded writes as MongoDB does ({@link GuardExpression}).
+ * {@code $expr} of guarded writes as MongoDB does ({@link GuardMatcher}).
  */
 final class IdIndexedMemory {
     private IdIndexedMemory() {
@@ -39,6 +38,7 @@ final class IdIndexedMemory {
         Collection(MongoDatabase database, String collectionName, CollectionOptions options,
                    CursorRegistry cursorRegistry) {
             super(database, collectionName, options, cursorRegistry);
+            GuardMatcher.install(this);
         }
 
         @Override
@@ -73,37 +73,6 @@ final class IdIndexedMemory {
                 return document;
             }
             return null;
-        }
-
-        /**
-         * The library's matching, except for {@code $expr} conditions that {@link GuardExpression}
-         * evaluates (at the top level or in a top-level {@code $and}): those MongoDB's way.
-         */
-        @Override
-        protected boolean documentMatchesQuery(Document document, Document query) {
-            if (!query.containsKey("$expr") && !query.containsKey("$and")) {
-                return super.documentMatchesQuery(document, query);
-            }
-            Document rest = new Document();
-            for (Map.Entry<String, Object> condition : query.entrySet()) {
-                String key = condition.getKey();
-                Object value = condition.getValue();
-                if (key.equals("$expr") && GuardExpression.supports(value)) {
-                    if (!GuardExpression.isTrue(GuardExpression.evaluate(value, document))) {
-                        return false;
-                    }
-                } else if (key.equals("$and") && value instanceof List<?> clauses && !clauses.isEmpty()
-                    && clauses.stream().allMatch(Document.class::isInstance)) {
-                    for (Object clause : clauses) {
-                        if (!documentMatchesQuery(document, (Document) clause)) {
-                            return false;
-                        }
-                    }
-                } else {
-                    rest.put(key, value);
-                }
-            }
-            return rest.isEmpty() || super.documentMatchesQuery(document, rest);
         }
 
         /** {_id: cond} when the query requires _id to satisfy cond besides other conditions. */
