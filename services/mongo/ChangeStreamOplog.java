@@ -145,6 +145,11 @@ public final class ChangeStreamOplog implements Oplog {
         return new BsonTimestamp(lastTs);
     }
 
+    /** The oldest point a change stream can still resume from (the start of the history). */
+    BsonTimestamp oldestResumePoint() {
+        return new BsonTimestamp(oldestPoint);
+    }
+
     // ---- Oplog: called by the library ----
 
     @Override

@@ -24,7 +24,8 @@ import java.util.Set;
  * mongo-java-server (in-memory backend) with MongoDB 6 style change streams, for tests.
  *
  * <p>Usage: {@code LocalMongo [host] [port] [maxEvents]}; maxEvents (also {@code -Doplog.maxEvents})
- * bounds the change history like a capped oplog (default 5,000,000). See docs/testing.md.
+ * bounds the change history like a capped oplog (default 5,000,000); {@code -DcursorTimeoutMillis}
+ * sets the idle-cursor timeout (default 600000, as MongoDB). See docs/testing.md.
  */
 public class LocalMongo {
     static final long DEFAULT_MAX_EVENTS = 5_000_000L;
@@ -32,9 +33,26 @@ public class LocalMongo {
     static class Backend extends MemoryBackend {
         private final long maxEvents;
         private volatile ChangeStreamOplog changes;
+        private final IdleCursors idleCursors;
+        private final ServerParameters parameters = new ServerParameters();
+        private final FailCommand failCommand = new FailCommand();
 
-        Backend(long maxEvents) {
+        Backend(long maxEvents, long cursorTimeoutMillis) {
             this.maxEvents = maxEvents;
+            this.idleCursors = new IdleCursors(getCursorRegistry(), cursorTimeoutMillis);
+            parameters.add("cursorTimeoutMillis", idleCursors::timeoutMillis, idleCursors::setTimeoutMillis);
+        }
+
+        @Override
+        public Document getServerStatus() {
+            Document status = super.getServerStatus();
+            if (status.get("metrics") instanceof Document metrics && metrics.get("cursor") instanceof Document cursor) {
+                cursor.put("timedOut", idleCursors.timedOut());
+                if (cursor.get("open") instanceof Document open) {
+                    open.put("noTimeout", idleCursors.openNoTimeout());
+                }
+            }
+            return status;
         }
 
         @Override
@@ -59,15 +77,17 @@ public class LocalMongo {
         @Override
         public Document handleCommand(Channel channel, String database, String command, Document query) {
             Document reply;
+            idleCursors.install(channel); // before installAwait: it must see a getMore before awaitData holds it
             installAwait(channel);
             ChangeStreamOplog.resetThreadState();
             try {
-                reply = dispatch(channel, database, command, query);
+                reply = strictDispatch(channel, database, command, query);
             } catch (MongoServerException e) {
                 reply = errorReply(e);
             } finally {
                 ChangeStreamOplog.resetThreadState();
             }
+            idleCursors.afterCommand(command, query, reply);
             if (reply != null && !reply.containsKey("operationTime")) {
                 ChangeStreamOplog history = changes;
                 reply.put("operationTime", history != null
@@ -89,6 +109,25 @@ public class LocalMongo {
                 channel.pipeline().addBefore(handler.name(), "changeStreamAwait",
                     new ChangeStreamAwait(history, getCursorRegistry()));
             }
+        }
+
+        /** MongoDB's behaviour where the library is kinder: fail points, parameters, collations, oplog window. */
+        private Document strictDispatch(Channel channel, String database, String command, Document query) {
+            if (FailCommand.handles(database, command)) {
+                return failCommand.configure(query);
+            }
+            if (!command.equalsIgnoreCase("hello") && !command.equalsIgnoreCase("isMaster")) {
+                failCommand.check(command);
+            }
+            if (ServerParameters.handles(command)) {
+                return parameters.handle(database, command, query);
+            }
+            ChangeStreamOplog history = changes;
+            if (history != null && OplogWindow.handles(database, command, query)) {
+                return new OplogWindow(history).find(query);
+            }
+            Collations.check(command, query);
+            return dispatch(channel, database, command, query);
         }
 
         private Document dispatch(Channel channel, String database, String command, Document query) {
@@ -357,16 +396,18 @@ public class LocalMongo {
         int port = args.length > 1 ? Integer.parseInt(args[1]) : 27017;
         long maxEvents = args.length > 2 ? Long.parseLong(args[2])
             : Long.getLong("oplog.maxEvents", DEFAULT_MAX_EVENTS);
+        long cursorTimeoutMillis = Long.getLong("cursorTimeoutMillis", IdleCursors.DEFAULT_TIMEOUT_MS);
         MongoVersion v = new MongoVersion() {
             public List<Integer> getVersionArray() { return List.of(6, 0, 0); }
             public int getWireVersion() { return 17; }
         };
-        Backend backend = new Backend(maxEvents);
+        Backend backend = new Backend(maxEvents, cursorTimeoutMillis);
         backend.version(v);
         MongoServer server = new MongoServer(backend);
         server.enableOplog();
         server.bind(host, port);
-        System.out.println("listening " + host + ":" + port + " (change history: up to " + maxEvents + " events)");
+        System.out.println("listening " + host + ":" + port + " (change history: up to " + maxEvents
+            + " events; idle cursors time out after " + cursorTimeoutMillis + " ms)");
         Runtime.getRuntime().addShutdownHook(new Thread(server::shutdownNow));
         Thread.currentThread().join();
     }
