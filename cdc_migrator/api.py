@@ -151,9 +151,14 @@ def next_migration(settings: Settings, collection: str) -> Migration | None:
     return None
 
 
-def tail(settings: Settings, migrations: list[Migration], stop: threading.Event) -> None:
-    """``cdc-migrator tail``: one tailer per migration until ``stop`` is set."""
-    tail_until_stopped(settings, migrations, stop)
+def tail(settings: Settings, migrations: list[Migration], stop: threading.Event, *,
+         on_history_lost: str = "fail") -> None:
+    """``cdc-migrator tail``: one tailer per migration until ``stop`` is set.
+
+    ``on_history_lost``: ``"fail"`` (stop, exit 1) or ``"rebackfill"`` (re-arm and backfill
+    again), see :class:`cdc_migrator.tailer.Tailer`.
+    """
+    tail_until_stopped(settings, migrations, stop, on_history_lost=on_history_lost)
 
 
 def backfill(settings: Settings, name: str, **options: Any) -> BackfillReport:

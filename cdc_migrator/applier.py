@@ -27,6 +27,10 @@ from .retry import message_of, service_of
 MAX_ATTEMPTS = 20
 # MongoDB's largest statement of a write (BSONObjMaxInternalSize: 16 MiB plus 16 KiB).
 MAX_STATEMENT_BYTES = 16 * 1024 * 1024 + 16 * 1024
+#: Binary comparison for guards and re-reads. Without it MongoDB compares strings with the
+#: collection's default collation: under a case-insensitive one a guard pinning "Bob" matches
+#: "BOB", and a patch computed from the stale value would overwrite the application's write.
+SIMPLE_COLLATION = {"locale": "simple"}
 
 
 @dataclass
@@ -165,8 +169,8 @@ class Applier:
             # A document that left the migration's subset since it was read is not migrated.
             guard = {"$and": [guard, self.migration.filter]}
         if outcome.kind == "delete":
-            return DeleteOne(guard)
-        return UpdateOne(guard, outcome.update)
+            return DeleteOne(guard, collation=SIMPLE_COLLATION)
+        return UpdateOne(guard, outcome.update, collation=SIMPLE_COLLATION)
 
     def _write(self, ops: list[UpdateOne | DeleteOne]) -> tuple[int, int, dict[int, str]]:
         """Matched and deleted counts, and the server's message per refused op index.
@@ -202,7 +206,7 @@ class Applier:
         query: dict[str, Any] = {"_id": {"$in": ids}}
         if self.migration.filter:
             query = {"$and": [query, self.migration.filter]}
-        return list(self.collection.find(query))
+        return list(self.collection.find(query, collation=SIMPLE_COLLATION))
 
 
 def _too_large(outcome: Outcome) -> str | None:

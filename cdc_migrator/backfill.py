@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import bson
@@ -27,7 +27,7 @@ from .migration import Migration
 from .progress import Progress
 from .retry import KAFKA, MONGODB, Retrier, StopRequested
 from .scanner import count, prefetched, scan
-from .state import BACKFILLING, CATCHING_UP, StateStore
+from .state import BACKFILLING, CATCHING_UP, FAILED, StateStore
 from .tailer import is_armed
 
 log = logging.getLogger("cdc_migrator.backfill")
@@ -72,6 +72,10 @@ def backfill(
             "between the scan and the change stream")
     if state.get("cancelled"):
         raise Refused(f"migration {migration.name!r} was cancelled; `reset` it to start again")
+    _refuse_failed(migration.name, state)
+    # A tailer that lost its history re-arms capture (--on-history-lost rebackfill): a pass
+    # that began before that no longer covers every write, and gives way to a new one.
+    armed_at = state["tail"]["armed_at"]
     saved = state.get("backfill") or {}
     if saved.get("done") and not reset:
         return BackfillReport(migration.name, 0, saved.get("scanned", 0), False, True)
@@ -103,9 +107,9 @@ def backfill(
             try:
                 # Documents are read as raw BSON and go on the topic as read (no decoding and
                 # encoding again); the next batch is read while this one is produced.
-                for batch in prefetched(scan(raw_collection, migration.filter, after=cursor,
-                                             started=started, rate=rate,
-                                             batch_size=batch_size or migration.batch_size)):
+                batches = scan(raw_collection, migration.filter, after=cursor, started=started,
+                               rate=rate, batch_size=batch_size or migration.batch_size)
+                for batch in prefetched(batches):
                     retry.recovered(MONGODB)
                     batch_started = time.monotonic()
                     for partition, docs in by_partition(batch, encoder, partitions):
@@ -115,15 +119,24 @@ def backfill(
                     if publisher.dead_lettered:
                         retry.call(MONGODB, store.increment, migration.name, "dlq_pending",
                                    publisher.dead_lettered)
-                    retry.call(MONGODB, store.add, migration.name, {"produced": len(batch)},
-                               **{"backfill.cursor": batch[-1]["_id"],
-                                  "backfill.scanned": done_before + scanned + len(batch)})
+                    current = retry.call(
+                        MONGODB, store.add, migration.name, {"produced": len(batch)},
+                        where={"tail.armed_at": armed_at},
+                        **{"backfill.cursor": batch[-1]["_id"],
+                           "backfill.scanned": done_before + scanned + len(batch)})
                     cursor, started = batch[-1]["_id"], True
                     scanned += len(batch)
                     progress.update(len(batch))
                     observability.record_produced(migration.name, len(batch), "backfill",
                                                   time.monotonic() - batch_started)
-                    if not _hold_while_paused(store, migration.name, stop):
+                    # A paused backfill holds no cursor: MongoDB would kill it after 10 idle
+                    # minutes. The scan reopens after the last document read.
+                    if not current:
+                        log.warning("capture was re-armed after the change history was lost; "
+                                    "this backfill pass stops, a new one scans everything")
+                        break
+                    if not _hold_while_paused(store, migration.name, stop,
+                                              before_hold=batches.release):
                         break
                     if stop is not None and stop.is_set():
                         break
@@ -136,8 +149,9 @@ def backfill(
                 publisher.forget()
                 retry.failed(exc)  # then scan again after the last saved position
         if finished:
-            retry.call(MONGODB, store.set, migration.name, phase=CATCHING_UP,
-                       **{"backfill.done": True})
+            finished = retry.call(MONGODB, store.add, migration.name, {},
+                                  where={"tail.armed_at": armed_at}, phase=CATCHING_UP,
+                                  **{"backfill.done": True})
     except StopRequested:
         finished = False
     finally:
@@ -202,14 +216,32 @@ def snapshot_record(settings: Settings, migration: Migration, encoder: events.Ra
     return topics.Record(topic, key, value, partition, fallback)
 
 
-def _hold_while_paused(store: StateStore, name: str, stop: threading.Event | None) -> bool:
-    """Wait while the migration is paused; False when it was cancelled or we must stop."""
+def _refuse_failed(name: str, state: dict) -> None:
+    """Refuse a migration that failed (its collection dropped or renamed, its history lost)."""
+    if state.get("phase") == FAILED or state.get("failure"):
+        error = (state.get("last_error") or {}).get("error") \
+            or (state.get("failure") or {}).get("reason") or "see `cdc-migrator status`"
+        raise Refused(f"migration {name!r} failed, no backfill: {error}")
+
+
+def _hold_while_paused(store: StateStore, name: str, stop: threading.Event | None,
+                       before_hold: Callable[[], None] = lambda: None) -> bool:
+    """Wait while the migration is paused; False when it was cancelled or we must stop.
+
+    ``before_hold`` runs once when the migration is found paused, before waiting. Raises
+    :class:`Refused` when the migration failed (e.g. its collection was dropped).
+    """
+    held = False
     while True:
         state = store.get(name) or {}
+        _refuse_failed(name, state)
         if state.get("cancelled"):
             return False
         if not state.get("paused"):
             return True
+        if not held:
+            before_hold()
+            held = True
         if stop is not None and stop.wait(1.0):
             return False
         if stop is None:

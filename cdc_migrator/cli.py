@@ -227,6 +227,16 @@ def _client_options(kwargs: dict[str, Any],
     return kafka, {**mongo, **flagged}
 
 
+def _history_lost_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--on-history-lost", envvar="CDC_MIGRATOR_ON_HISTORY_LOST", default="fail",
+        show_default=True, type=click.Choice(["fail", "rebackfill"]),
+        help="When the server no longer has the change history to resume from: stop with "
+        "exit 1 (fail), or capture again from now and backfill the whole collection again "
+        "(rebackfill; safe, applying is idempotent; logged and shown by `status`). "
+        "[env: CDC_MIGRATOR_ON_HISTORY_LOST]")(fn)
+
+
 def _metrics_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--metrics-port", envvar="CDC_MIGRATOR_METRICS_PORT", type=click.IntRange(0, 65535),
@@ -338,9 +348,11 @@ def _migrations(settings: Settings, names: tuple[str, ...]) -> list[Any]:
 
 @cli.command()
 @click.argument("names", nargs=-1, metavar="[NAME...]")
+@_history_lost_option
 @_metrics_option
 @_settings_options
-def tail(settings: Settings, names: tuple[str, ...], metrics_port: int | None) -> None:
+def tail(settings: Settings, names: tuple[str, ...], on_history_lost: str,
+         metrics_port: int | None) -> None:
     """Always-on: follow the change stream of each migration's collection into its topic.
 
     Arms change capture on first start (fixes the point from which writes are captured), then
@@ -351,7 +363,7 @@ def tail(settings: Settings, names: tuple[str, ...], metrics_port: int | None) -
     migrations = _migrations(settings, names)
     log.info("tailing %s", ", ".join(m.name for m in migrations))
     with observability.serving(settings, migrations, metrics_port, ("tailer",)):
-        api.tail(settings, migrations, stop)
+        api.tail(settings, migrations, stop, on_history_lost=on_history_lost)
 
 
 @cli.command()
@@ -410,10 +422,12 @@ def consume(settings: Settings, names: tuple[str, ...], instance_id: str | None,
               help="Cut over when drained (see `cutover --help`).")
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress line; log only warnings and errors.")
+@_history_lost_option
 @_metrics_option
 @_settings_options
 def run(settings: Settings, name: str, batch_size: int | None, rate: float | None,
-        timeout: float | None, then_cutover: bool, quiet: bool, metrics_port: int | None) -> None:
+        timeout: float | None, then_cutover: bool, quiet: bool, on_history_lost: str,
+        metrics_port: int | None) -> None:
     """Tail, backfill and consume NAME in this process until the topic is drained.
 
     For one machine; the always-on deployment runs `tail` and `consume` as services instead.
@@ -422,7 +436,8 @@ def run(settings: Settings, name: str, batch_size: int | None, rate: float | Non
     with observability.serving(settings, [api.load(settings, name)], metrics_port,
                                ("tailer", "backfill", "consumer")):
         report = api.run(settings, name, batch_size=batch_size, rate=rate, timeout=timeout,
-                         show_progress=not quiet, stop=stop, then_cutover=then_cutover)
+                         show_progress=not quiet, stop=stop, then_cutover=then_cutover,
+                         on_history_lost=on_history_lost)
     counts = report.counts
     click.echo(f"{name}: {'drained' if report.drained else 'stopped'}; lag {report.lag}; "
                + ", ".join(f"{k} {counts.get(k, 0):,}" for k in

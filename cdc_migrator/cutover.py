@@ -23,8 +23,8 @@ from .config import Settings
 from .consumer import group_id
 from .errors import Refused, UsageError
 from .migration import Migration
-from .schema import validator_for
-from .state import CUT_OVER, StateStore, now
+from .schema import dialect_problems, validator_for
+from .state import CUT_OVER, FAILED, StateStore, now
 from .tailer import FENCE_COLLECTION, is_armed
 from .verify import VerifyReport, verify
 
@@ -46,22 +46,37 @@ class CutoverReport:
         return f"{self.migration}: cutover refused: " + "; ".join(self.reasons)
 
 
+#: The collMod error that means "this server has no such command" (the local test server has no
+#: validators). Any other error is the server refusing the validator: privileges (13), a schema
+#: it rejects (9, 14, 2), a missing collection (26).
+NO_VALIDATORS_CODES = {59}
+
+
 def load_schema(settings: Settings, name: str) -> dict[str, Any]:
-    """A JSON schema file under the schemas/ directory beside the transforms."""
+    """A JSON schema file under the schemas/ directory beside the transforms, checked against
+    MongoDB's ``$jsonSchema`` dialect (a schema MongoDB would reject is a usage error)."""
     path = Path(name)
     if not path.is_absolute():
         path = Path(settings.transforms).resolve().parent / "schemas" / name
     try:
-        return json.loads(path.read_text())
+        schema = json.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"contract schema {path} does not exist") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"contract schema {path} is not valid JSON: {exc}") from None
+    problems = dialect_problems(schema)
+    if problems:
+        raise UsageError(f"contract schema {path} is not one MongoDB's $jsonSchema accepts: "
+                         + "; ".join(problems))
+    return schema
 
 
 def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
             dry_run: bool = False, allow_failed: bool = False) -> CutoverReport:
     """Fence, wait for zero lag, verify, apply the contract schema, mark complete."""
+    # Checked first: a schema MongoDB would reject stops cutover before it writes anything.
+    contract = load_schema(settings, migration.contract_schema) if migration.contract_schema \
+        else None
     store = StateStore(settings.db, settings.state_collection)
     state = store.get(migration.name)
     report = CutoverReport(migration.name, ok=False, dry_run=dry_run)
@@ -74,6 +89,13 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
         return report
     if state.get("cancelled"):
         report.reasons.append("the migration was cancelled")
+        return report
+    if state.get("phase") == FAILED or state.get("failure"):
+        failure = state.get("failure") or {}
+        reason = failure.get("reason") or (state.get("last_error") or {}).get("error") \
+            or "see `cdc-migrator status`"
+        report.reasons.append(f"the migration failed: {reason}; `cdc-migrator reset "
+                              f"{migration.name}` and run it again")
         return report
     piped = is_armed(state)
     if piped:
@@ -91,8 +113,6 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
     if failed_open and not allow_failed:
         report.reasons.append(f"{failed_open} failed documents unresolved in the dead-letter "
                               "topic (`dlq retry`, or --allow-failed)")
-    contract = load_schema(settings, migration.contract_schema) if migration.contract_schema \
-        else None
     check = validator_for(contract) if contract else None
     report.verify = verify(settings, migration, schema_check=check)
     v = report.verify
@@ -104,9 +124,13 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
         report.reasons.append(f"{v.schema_violations:,} documents break the contract schema")
     if report.reasons:
         return report
-    report.ok = True
     if contract is not None:
-        report.notes.append(_apply_contract(settings, migration, contract, dry_run))
+        applied, text = _apply_contract(settings, migration, contract, dry_run)
+        if not applied:
+            report.reasons.append(text)
+            return report
+        report.notes.append(text)
+    report.ok = True
     if dry_run:
         report.notes.append(f"mark {migration.name} complete ({v.checked:,} documents verified)")
         return report
@@ -146,18 +170,29 @@ def _wait_fence_and_lag(settings: Settings, migration: Migration, store: StateSt
 
 
 def _apply_contract(settings: Settings, migration: Migration, schema: dict[str, Any],
-                    dry_run: bool) -> str:
+                    dry_run: bool) -> tuple[bool, str]:
+    """Apply the contract schema with collMod: (True, a note), or (False, the refusal).
+
+    A server without the command (no validators) is not a refusal: every document was checked
+    against the schema by verify, and the note says new writes are not enforced.
+    """
     name = migration.contract_schema
     if dry_run:
-        return f"apply the contract schema {name} with collMod"
+        return True, f"apply the contract schema {name} with collMod"
     try:
         settings.db.command("collMod", migration.collection, validator={"$jsonSchema": schema},
                             validationLevel="strict")
-        return f"Contract schema {name} applied as a validator."
+        return True, f"Contract schema {name} applied as a validator."
     except OperationFailure as exc:
-        return (f"The server lacks validators ({exc.code}: {str(exc).splitlines()[0][:80]}): "
-                f"contract schema {name} was checked by cdc-migrator on every document, but "
-                "new writes are NOT enforced by the server.")
+        what = f"{exc.code}: {str(exc).splitlines()[0].split(', full error')[0][:120]}"
+        if exc.code in NO_VALIDATORS_CODES:
+            return True, (f"The server has no validators ({what}): contract schema {name} was "
+                          "checked by cdc-migrator on every document, but new writes are NOT "
+                          "enforced by the server.")
+        return False, (f"the server refused the contract schema {name} as a validator "
+                       f"(collMod {what}); nothing was recorded: fix the privileges (collMod "
+                       "needs the collMod action, e.g. the dbAdmin role) or the schema, then "
+                       "run cutover again")
 
 
 def require_ok(report: CutoverReport) -> CutoverReport:

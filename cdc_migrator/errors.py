@@ -29,3 +29,8 @@ class ServiceUnavailable(CdcMigratorError):
 
 class HistoryLost(CdcMigratorError):
     """The change stream can no longer resume from the saved point: a new backfill is needed."""
+
+
+class CaptureStopped(CdcMigratorError):
+    """The change stream cannot go on: the migrated collection was dropped or renamed, or the
+    stream was invalidated (its database was dropped)."""

@@ -38,11 +38,13 @@ class RunReport:
 def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | None = None,
                  rate: float | None = None, show_progress: bool = True,
                  stop: threading.Event | None = None, timeout: float | None = None,
-                 settle: float = 1.0, then_cutover: bool = False) -> RunReport:
+                 settle: float = 1.0, then_cutover: bool = False,
+                 on_history_lost: str = "fail") -> RunReport:
     """Run the three pieces in threads of this process until the topic is drained.
 
     With ``then_cutover`` the cutover runs once drained, while the tailer and consumer still
-    run: its fence must travel through them.
+    run: its fence must travel through them. With ``on_history_lost="rebackfill"`` a tailer
+    whose change history is gone re-arms capture, and the backfill runs again from the start.
     """
     stop = stop or threading.Event()
     retry = Retrier(settings, stop=stop)
@@ -50,7 +52,8 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
         retry.call(MONGODB, arm, settings, migration)
     except StopRequested:
         return RunReport(migration.name, None, {}, -1, False)
-    tailer = Tailer(settings, migration)
+    tailer = Tailer(settings, migration, on_history_lost=on_history_lost,
+                    backfill_on_recovery=False)
     consumer = TransformConsumer(settings, migration)
     errors: list[BaseException] = []
 
@@ -72,9 +75,13 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
     drained = False
     deadline = time.monotonic() + timeout if timeout else None
     try:
-        report = backfill(settings, migration, batch_size=batch_size, rate=rate,
-                          show_progress=show_progress, stop=stop)
-        drained = wait_drained(settings, migration, tailer, stop, deadline, settle, retry)
+        while True:
+            tailer.rearmed.clear()
+            report = backfill(settings, migration, batch_size=batch_size, rate=rate,
+                              show_progress=show_progress, stop=stop)
+            drained = wait_drained(settings, migration, tailer, stop, deadline, settle, retry)
+            if not tailer.rearmed.is_set() or stop.is_set():
+                break
         if drained and then_cutover:
             outcome = cutover(settings, migration)
     except StopRequested:
@@ -103,7 +110,7 @@ def wait_drained(settings: Settings, migration: Migration, tailer: Tailer,
     topic = settings.topic(migration.collection)
     group = group_id(settings, migration)
     zero_since = None
-    while not stop.is_set():
+    while not stop.is_set() and not tailer.rearmed.is_set():
         if deadline and time.monotonic() > deadline:
             return False
         tailer.caught_up.clear()

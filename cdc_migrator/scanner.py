@@ -1,20 +1,26 @@
 """Scanning a collection in ``_id`` order, in batches, resumable from the last ``_id`` seen.
 
 The backfill scanner (documents into Kafka), the in-process ``apply`` and ``verify`` all read
-the collection this way. One server cursor serves the whole scan; the position saved between
-batches is the last ``_id``, and :func:`after_filter` turns it back into a query that also
-covers ``_id`` values of later BSON types (``$gt`` alone stays within one type).
+the collection this way. One server cursor serves the scan while it reads steadily; the position
+is the last ``_id`` read, and :func:`after_filter` turns it back into a query that also covers
+``_id`` values of later BSON types (``$gt`` alone stays within one type).
+
+MongoDB kills a cursor left idle for 10 minutes (``cursorTimeoutMillis``); its next ``getMore``
+fails with CursorNotFound (43). A scan therefore reopens its query after the last ``_id`` read
+when its cursor was lost, and closes the cursor itself before it waits (a pause, a low rate):
+it never holds a cursor that nothing reads.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import queue
 import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from bson import (
@@ -30,8 +36,18 @@ from bson import (
     Timestamp,
 )
 from pymongo.collection import Collection
+from pymongo.cursor import Cursor
+from pymongo.errors import OperationFailure
 
 T = TypeVar("T")
+
+log = logging.getLogger("cdc_migrator.scanner")
+
+#: The server error of a getMore whose cursor is gone (timed out, killed, or on a former primary).
+CURSOR_NOT_FOUND = 43
+#: A wait of the scan's own (the rate cap) longer than this closes the cursor first: well below
+#: MongoDB's 10-minute idle timeout, and long enough that a reopen costs nothing in comparison.
+RELEASE_BEFORE_WAIT = 60.0
 
 # MongoDB's comparison order of BSON types, as $type aliases. The deprecated symbol type
 # (sorted with strings) is left out: drivers no longer write it.
@@ -99,13 +115,94 @@ class RateLimiter:
         self._start = time.monotonic()
         self._count = 0
 
-    def wait(self, n: int) -> None:
+    def wait(self, n: int, before_long_wait: Callable[[], None] | None = None) -> None:
+        """Account for ``n`` documents and sleep as long as the cap asks; ``before_long_wait``
+        is called first when that is longer than :data:`RELEASE_BEFORE_WAIT`."""
         if self.rate <= 0:
             return
         self._count += n
         ahead = self._count / self.rate - (time.monotonic() - self._start)
+        if ahead > RELEASE_BEFORE_WAIT and before_long_wait is not None:
+            before_long_wait()
         if ahead > 0:
             time.sleep(ahead)
+
+
+class Scan:
+    """The matching documents in ``_id`` order, ``batch_size`` at a time (iterate it once).
+
+    With ``started`` the scan resumes after the ``_id`` ``after``. ``rate`` caps the documents
+    read per second, to spare a production database. A lost cursor (CursorNotFound) is reopened
+    after the last document read; :meth:`release` closes the cursor for a while (the next batch
+    reopens it), and any thread may call it.
+    """
+
+    def __init__(self, collection: Collection, base_filter: Mapping[str, Any] | None = None, *,
+                 after: Any = None, started: bool = False, batch_size: int = 500,
+                 rate: float | None = None) -> None:
+        self.collection = collection
+        self.base_filter = base_filter
+        self.after = after
+        self.started = started
+        self.batch_size = batch_size
+        self.rate = rate
+        #: How often the cursor was found lost and the query reopened.
+        self.reopened = 0
+        self._cursor: Cursor | None = None
+        self._exhausted = False
+        self._lock = threading.Lock()  # one reader of the cursor at a time, release included
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        limiter = RateLimiter(self.rate)
+        try:
+            while True:
+                batch = self._read_batch()
+                if not batch:
+                    return
+                limiter.wait(len(batch), before_long_wait=self.release)
+                yield batch
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Close the server cursor now; the scan goes on after the last document read."""
+        with self._lock:
+            self._close()
+
+    close = release  # :func:`prefetched` closes what it iterated
+
+    def _read_batch(self) -> list[dict[str, Any]]:
+        batch: list[dict[str, Any]] = []
+        with self._lock:
+            while len(batch) < self.batch_size and not self._exhausted:
+                if self._cursor is None:
+                    self._cursor = self.collection.find(
+                        scan_filter(self.base_filter, self.after, self.started),
+                        sort=[("_id", 1)], batch_size=self.batch_size)
+                try:
+                    doc = next(self._cursor)
+                except StopIteration:
+                    self._exhausted = True
+                    self._close()
+                    break
+                except OperationFailure as exc:
+                    if exc.code != CURSOR_NOT_FOUND:
+                        raise
+                    # The server dropped the cursor (idle too long, killed, failover): the
+                    # documents up to the last one read are in hand, so read on after it.
+                    self._close()
+                    self.reopened += 1
+                    log.info("the scan of %s lost its cursor (%s); reopened after the last "
+                             "document read", self.collection.name, str(exc).split(",")[0])
+                    continue
+                batch.append(doc)
+                self.after, self.started = doc["_id"], True
+        return batch
+
+    def _close(self) -> None:
+        if self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
 
 
 def scan(
@@ -116,31 +213,13 @@ def scan(
     started: bool = False,
     batch_size: int = 500,
     rate: float | None = None,
-) -> Iterator[list[dict[str, Any]]]:
-    """Yield the matching documents in ``_id`` order, ``batch_size`` at a time.
-
-    With ``started`` the scan resumes after the ``_id`` ``after``. ``rate`` caps the documents
-    read per second, to spare a production database.
-    """
-    limiter = RateLimiter(rate)
-    query = scan_filter(base_filter, after, started)
-    cursor = collection.find(query, sort=[("_id", 1)], batch_size=batch_size)
-    try:
-        batch: list[dict[str, Any]] = []
-        for doc in cursor:
-            batch.append(doc)
-            if len(batch) >= batch_size:
-                limiter.wait(len(batch))
-                yield batch
-                batch = []
-        if batch:
-            limiter.wait(len(batch))
-            yield batch
-    finally:
-        cursor.close()
+) -> Scan:
+    """The matching documents in ``_id`` order, ``batch_size`` at a time: see :class:`Scan`."""
+    return Scan(collection, base_filter, after=after, started=started, batch_size=batch_size,
+                rate=rate)
 
 
-def prefetched(batches: Iterator[T], depth: int = 1) -> Iterator[T]:
+def prefetched(batches: Iterable[T], depth: int = 1) -> Iterator[T]:
     """Iterate ``batches`` in a background thread, at most ``depth`` items ahead of the caller.
 
     Overlaps reading the next batch (a server round trip) with the caller's work on the current

@@ -1,8 +1,16 @@
-"""Checking documents against a MongoDB ``$jsonSchema`` where the server cannot.
+"""Contract schemas in MongoDB's ``$jsonSchema`` dialect: checked before use, and applied to
+documents where the server cannot.
 
-Covers the keywords contract schemas use: ``bsonType``/``type``, ``required``, ``properties``,
-``additionalProperties``, ``enum``, ``minimum``/``maximum``, ``minLength``/``maxLength``,
-``pattern``, ``items``, ``minItems``/``maxItems``. Unknown keywords are ignored.
+:func:`dialect_problems` says what MongoDB would refuse in a schema: it implements draft 4 of
+JSON Schema with omissions (no ``$ref``, ``$schema``, ``default``, ``definitions``, ``format``,
+``id``; no ``type: "integer"``; an unknown keyword is an error) and the extension ``bsonType``.
+:func:`errors` evaluates a schema that passed that check: ``bsonType``/``type``, ``required``,
+``properties``, ``additionalProperties``, ``enum``, ``minimum``/``maximum``,
+``minLength``/``maxLength``, ``pattern``, ``items``, ``minItems``/``maxItems``. The other
+keywords MongoDB accepts (``allOf``, ``anyOf``, ``oneOf``, ``not``, ``dependencies``,
+``patternProperties``, ``multipleOf``, ``uniqueItems``, ``minProperties``/``maxProperties``,
+``additionalItems``, ``exclusiveMinimum``/``exclusiveMaximum``) are not evaluated here; the
+server's validator still enforces them on new writes.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import datetime as dt
 import re
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from bson import Binary, Decimal128, Int64, ObjectId, Regex, Timestamp
 
@@ -34,7 +42,122 @@ _BSON_TYPES: dict[str, Callable[[Any], bool]] = {
     "number": lambda v: isinstance(v, (int, float, Decimal128)) and not isinstance(v, bool),
 }
 _JSON_TYPES = {"string": "string", "object": "object", "array": "array", "boolean": "bool",
-               "null": "null", "number": "number", "integer": "long"}
+               "null": "null", "number": "number"}
+
+# MongoDB's $jsonSchema keywords (mongod's json_schema_parser), and those it names as omissions.
+KEYWORDS = frozenset({
+    "additionalItems", "additionalProperties", "allOf", "anyOf", "bsonType", "dependencies",
+    "description", "encrypt", "encryptMetadata", "enum", "exclusiveMaximum", "exclusiveMinimum",
+    "items", "maxItems", "maxLength", "maxProperties", "maximum", "minItems", "minLength",
+    "minProperties", "minimum", "multipleOf", "not", "oneOf", "pattern", "patternProperties",
+    "properties", "required", "title", "type", "uniqueItems",
+})
+OMITTED_KEYWORDS = frozenset({"$ref", "$schema", "default", "definitions", "format", "id"})
+# The aliases of $type, which bsonType takes.
+BSON_TYPE_ALIASES = frozenset({
+    "double", "string", "object", "array", "binData", "undefined", "objectId", "bool", "date",
+    "null", "regex", "dbPointer", "javascript", "symbol", "javascriptWithScope", "int",
+    "timestamp", "long", "decimal", "minKey", "maxKey", "number",
+})
+_COUNT_KEYWORDS = ("maxItems", "maxLength", "maxProperties", "minItems", "minLength",
+                   "minProperties")
+
+
+def dialect_problems(schema: Any, where: str = "schema") -> list[str]:
+    """What MongoDB's ``$jsonSchema`` would refuse in ``schema`` (empty when it accepts it)."""
+    if not isinstance(schema, dict):
+        return [f"{where} must be an object"]
+    problems: list[str] = []
+    for key in schema:
+        if key in OMITTED_KEYWORDS:
+            problems.append(f"{where}: keyword {key!r} is not supported by MongoDB")
+        elif key not in KEYWORDS:
+            problems.append(f"{where}: unknown keyword {key!r}")
+    if "type" in schema and "bsonType" in schema:
+        problems.append(f"{where}: 'type' and 'bsonType' cannot both be given")
+    for key, aliases in (("type", _JSON_TYPES), ("bsonType", BSON_TYPE_ALIASES)):
+        if key not in schema:
+            continue
+        names = schema[key] if isinstance(schema[key], list) else [schema[key]]
+        if not names or not all(isinstance(n, str) for n in names):
+            problems.append(f"{where}: {key!r} must be a type name or a list of them")
+            continue
+        for name in names:
+            if key == "type" and name == "integer":
+                problems.append(f"{where}: type 'integer' is not supported by MongoDB (use "
+                                "bsonType 'int' or 'long', or ['int', 'long'])")
+            elif name not in aliases:
+                problems.append(f"{where}: unknown {key} {name!r}")
+    for key in ("minimum", "maximum", "multipleOf"):
+        if key in schema and not _is_number(schema[key]):
+            problems.append(f"{where}: {key!r} must be a number")
+    if _is_number(schema.get("multipleOf")) and schema["multipleOf"] <= 0:
+        problems.append(f"{where}: 'multipleOf' must be positive")
+    for key, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if key in schema:
+            if not isinstance(schema[key], bool):
+                problems.append(f"{where}: {key!r} must be true or false (draft 4)")
+            if bound not in schema:
+                problems.append(f"{where}: {key!r} needs {bound!r}")
+    for key in _COUNT_KEYWORDS:
+        value = schema.get(key)
+        if key in schema and not (_is_number(value) and value >= 0 and value == int(value)):
+            problems.append(f"{where}: {key!r} must be a non-negative integer")
+    for key in ("title", "description", "pattern"):
+        if key in schema and not isinstance(schema[key], str):
+            problems.append(f"{where}: {key!r} must be a string")
+    if "uniqueItems" in schema and not isinstance(schema["uniqueItems"], bool):
+        problems.append(f"{where}: 'uniqueItems' must be true or false")
+    if "enum" in schema and not (isinstance(schema["enum"], list) and schema["enum"]):
+        problems.append(f"{where}: 'enum' must be a non-empty list")
+    if "required" in schema:
+        required = schema["required"]
+        if not (isinstance(required, list) and required
+                and all(isinstance(n, str) for n in required)
+                and len(set(required)) == len(required)):
+            problems.append(f"{where}: 'required' must be a non-empty list of distinct names")
+    for key in ("properties", "patternProperties"):
+        if key in schema:
+            if not isinstance(schema[key], dict):
+                problems.append(f"{where}: {key!r} must be an object")
+                continue
+            for name, sub in schema[key].items():
+                problems += dialect_problems(sub, f"{where}.{key}.{name}")
+    for key in ("additionalProperties", "additionalItems"):
+        if key in schema and not isinstance(schema[key], bool):
+            problems += dialect_problems(schema[key], f"{where}.{key}")
+    if "items" in schema:
+        items = schema["items"]
+        if isinstance(items, list):
+            for i, sub in enumerate(items):
+                problems += dialect_problems(sub, f"{where}.items[{i}]")
+        else:
+            problems += dialect_problems(items, f"{where}.items")
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            if not (isinstance(schema[key], list) and schema[key]):
+                problems.append(f"{where}: {key!r} must be a non-empty list of schemas")
+                continue
+            for i, sub in enumerate(schema[key]):
+                problems += dialect_problems(sub, f"{where}.{key}[{i}]")
+    if "not" in schema:
+        problems += dialect_problems(schema["not"], f"{where}.not")
+    if "dependencies" in schema:
+        if not isinstance(schema["dependencies"], dict):
+            problems.append(f"{where}: 'dependencies' must be an object")
+        else:
+            for name, dep in schema["dependencies"].items():
+                if isinstance(dep, list):
+                    if not (dep and all(isinstance(n, str) for n in dep)):
+                        problems.append(f"{where}.dependencies.{name}: must be a non-empty "
+                                        "list of names, or a schema")
+                else:
+                    problems += dialect_problems(dep, f"{where}.dependencies.{name}")
+    return problems
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def errors(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:

@@ -68,8 +68,11 @@ class StateStore:
                                                    "$set": {"updated_at": now()}})
 
     def add(self, name: str, counts: dict[str, int], errors: Iterable[dict[str, Any]] = (),
-            **fields: Any) -> None:
-        """Increment counters under ``counts.`` and append failures, in one write."""
+            *, where: dict[str, Any] | None = None, **fields: Any) -> bool:
+        """Increment counters under ``counts.`` and append failures, in one write.
+
+        ``where`` adds conditions on the state document; False when they did not hold.
+        """
         update: dict[str, Any] = {"$set": {"updated_at": now(), **fields}}
         inc = {f"counts.{k}": v for k, v in counts.items() if v}
         if inc:
@@ -78,7 +81,18 @@ class StateStore:
         if errors:
             update["$push"] = {"errors": {"$each": errors, "$slice": -MAX_ERRORS_KEPT}}
             update["$set"]["last_error"] = errors[-1]
-        self.collection.update_one({"_id": name}, update)
+        return self.collection.update_one({"_id": name, **(where or {})}, update).matched_count > 0
+
+    def rearm(self, name: str, armed_at: Any, recovery: dict[str, Any]) -> None:
+        """Capture again from ``armed_at`` after the change history was lost: the resume token
+        and the backfill are forgotten, the recovery is counted and kept."""
+        self.collection.update_one({"_id": name}, {
+            "$set": {"phase": ARMED, "tail.armed_at": armed_at, "tail.last_recovery": recovery,
+                     "updated_at": now()},
+            "$unset": {"tail.resume_token": "", "tail.position_time": "", "backfill": "",
+                       "failure": ""},
+            "$inc": {"tail.recoveries": 1},
+        })
 
     def increment(self, name: str, path: str, n: int) -> None:
         self.collection.update_one({"_id": name}, {"$inc": {path: n}})

@@ -1,4 +1,5 @@
-"""What ``status`` shows: phase, backfill progress with ETA, counts, lag, last error."""
+"""What ``status`` shows: phase, backfill progress with ETA, counts, lag, last error, and the
+runway of the server's change history."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import datetime as dt
 import time
 from typing import Any
 
-from . import topics
+from . import runway, topics
 from .config import Settings
 from .consumer import group_id
 from .migration import Migration
 from .progress import format_duration
-from .state import CATCHING_UP, READY, StateStore
+from .state import CATCHING_UP, CUT_OVER, READY, StateStore
+from .tailer import HEARTBEAT_STALE_AFTER
 
 
 def _timestamp_seconds(ts: Any) -> float | None:
@@ -33,6 +35,7 @@ def migration_status(settings: Settings, migration: Migration | None,
                                                  "updated", "deleted", "unchanged", "failed",
                                                  "retried")},
         "last_error": state.get("last_error"),
+        "failure": state.get("failure"),
         "completed_at": state.get("completed_at"),
     }
     total, scanned = backfill.get("total"), backfill.get("scanned", 0)
@@ -54,17 +57,35 @@ def migration_status(settings: Settings, migration: Migration | None,
             "armed": True,
             "seconds_since_heartbeat": round(time.time() - heartbeat, 1) if heartbeat else None,
             "last_event_age_seconds": round(time.time() - position, 1) if position else None,
+            "recoveries": tail.get("recoveries", 0),
+            "last_recovery": tail.get("last_recovery"),
         }
+        if status["phase"] != CUT_OVER:
+            status["history"] = _history(settings, tail, status.get("backfill"))
     if migration is not None and (tail.get("armed_at") is not None or backfill):
         lag = topics.group_lag(settings, settings.topic(migration.collection),
                                group_id(settings, migration))
         status["lag"] = lag.as_dict()
         heartbeat = (status.get("tail") or {}).get("seconds_since_heartbeat")
-        # Measured, not stored: the always-on deployment never writes this phase itself.
+        # Measured, not stored: the always-on deployment never writes this phase itself. An
+        # idle tailer writes its heartbeat every HEARTBEAT_INTERVAL; three missed mean stopped.
         if status["phase"] == CATCHING_UP and lag.total == 0 and heartbeat is not None \
-                and heartbeat < 5:
+                and heartbeat < HEARTBEAT_STALE_AFTER:
             status["phase"] = READY
     return status
+
+
+def _history(settings: Settings, tail: dict[str, Any],
+             backfill: dict[str, Any] | None) -> dict[str, Any]:
+    """The runway of the tailer's resume point in the server's change history."""
+    window, unknown = runway.history_window(settings.db.client)
+    if window is None:
+        return {"unknown": unknown}
+    position = tail.get("position_time")
+    if position is None and tail.get("resume_token") is None:
+        position = _timestamp_seconds(tail.get("armed_at"))  # not started: it starts there
+    eta = (backfill or {}).get("eta_seconds")
+    return runway.assess(window, position, eta if not (backfill or {}).get("done") else None)
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
@@ -102,6 +123,24 @@ def render(status: dict[str, Any]) -> str:
         age = t.get("seconds_since_heartbeat")
         lines.append("  tailer: " + (f"last checkpoint {age:.0f}s ago" if age is not None
                                      else "armed, not started"))
+        recovery = t.get("last_recovery")
+        if recovery:
+            lines.append(f"  history lost and recovered {t.get('recoveries', 1)}x, last at "
+                         f"{recovery.get('at')}: capture re-armed, backfill again "
+                         f"({recovery.get('backfill')})")
+    h = status.get("history")
+    if h and "unknown" in h:
+        lines.append(f"  change history: window unknown ({h['unknown']})")
+    elif h:
+        age = h.get("resume_point_age_seconds")
+        lines.append(f"  change history: the server keeps {format_duration(h['window_seconds'])}"
+                     + (f"; resume point {format_duration(age)} old, runway "
+                        f"{format_duration(max(0.0, h['runway_seconds']))}"
+                        if age is not None else ""))
+        for warning in h["warnings"]:
+            lines.append(f"  WARNING: {warning}")
+    if status.get("failure"):
+        lines.append(f"  failed: {status['failure'].get('reason')}")
     if status.get("last_error"):
         err = status["last_error"]
         lines.append(f"  last error: {err.get('id')!r}: {err.get('error')}")

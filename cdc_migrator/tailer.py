@@ -11,6 +11,11 @@ and the tailer forwards it into every partition of the topic.
 
 A lost connection to MongoDB re-opens the stream from the saved resume token; a broker that
 does not acknowledge is waited for with the batch in hand (see :mod:`cdc_migrator.retry`).
+
+A drop or rename of the migrated collection fails the migration (phase ``failed``, with the
+reason), and an invalidated stream (its database dropped) stops the tailer: both with one line
+and exit 1, never a loop on a closed stream. Resume history that is gone stops the tailer too,
+or, with ``--on-history-lost rebackfill``, re-arms capture from now and backfills again.
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ from pymongo.errors import OperationFailure, PyMongoError
 from . import deadletter, events, logs, observability, topics
 from .config import Settings
 from .context import make_context
-from .errors import HistoryLost, Refused
+from .errors import CaptureStopped, HistoryLost, Refused
 from .migration import Migration, rename_filter_fields
 from .patch import decide
 from .retry import KAFKA, MONGODB, Retrier, StopRequested, message_of
-from .state import ARMED, FAILED, StateStore
+from .state import ARMED, FAILED, StateStore, now
 
 log = logging.getLogger("cdc_migrator.tailer")
 
@@ -48,6 +53,15 @@ EVENT_TOO_LARGE = 10334
 # After an event too large, at most this many events are read one per batch to find it.
 NARROW_EVENTS = 1000
 _FULL, _NARROW, _KEY_ONLY = "full", "narrow", "key only"
+#: An idle tailer writes its state at most this often (seconds): the latest resume token, so the
+#: saved resume point stays seconds behind the server's history instead of aging toward its end,
+#: and the heartbeat that tells `status` it runs. While events flow it writes every
+#: ``flush_interval`` (200 ms) instead, after the broker acknowledged them.
+HEARTBEAT_INTERVAL = 10.0
+#: `status` counts a tailer as running while its heartbeat is younger than this.
+HEARTBEAT_STALE_AFTER = 3 * HEARTBEAT_INTERVAL
+#: What the tailer does when the history is gone (``--on-history-lost``).
+ON_HISTORY_LOST = ("fail", "rebackfill")
 
 
 def arm(settings: Settings, migration: Migration) -> dict[str, Any]:
@@ -89,8 +103,12 @@ def stream_pipeline(migration: Migration) -> list[dict[str, Any]]:
     document out of the filter, as an "add a field where missing" filter does. Deletes, events
     without a document and fences always pass. The events leave out ``updateDescription``.
     """
-    stages: list[dict[str, Any]] = [
-        {"$match": {"ns.coll": {"$in": [migration.collection, FENCE_COLLECTION]}}}]
+    stages: list[dict[str, Any]] = [{"$match": {"$or": [
+        {"ns.coll": {"$in": [migration.collection, FENCE_COLLECTION]}},
+        # A collection renamed onto the migrated one, and the end of the database's stream.
+        {"to.coll": migration.collection},
+        {"operationType": {"$in": ["dropDatabase", "invalidate"]}},
+    ]}}]
     image = image_condition(migration.filter) if migration.filter else None
     if image:
         stages.append({"$match": {"$or": [
@@ -112,9 +130,21 @@ class Tailer:
 
     def __init__(self, settings: Settings, migration: Migration, *,
                  flush_every: int = 2000, flush_interval: float = 0.2,
-                 skip_migrated: bool = True) -> None:
+                 skip_migrated: bool = True, on_history_lost: str = "fail",
+                 backfill_on_recovery: bool = True) -> None:
         self.settings = settings
         self.migration = migration
+        if on_history_lost not in ON_HISTORY_LOST:
+            raise ValueError(f"on_history_lost must be one of {ON_HISTORY_LOST}")
+        self.on_history_lost = on_history_lost
+        # With rebackfill: run the new backfill here (`tail`), or leave it to the caller that
+        # watches `rearmed` (`run`, whose own backfill starts over).
+        self.backfill_on_recovery = backfill_on_recovery
+        self.rearmed = threading.Event()
+        self._recovery: threading.Thread | None = None
+        self._recovery_error: BaseException | None = None
+        self.heartbeat_interval = HEARTBEAT_INTERVAL
+        self._position_time: float | None = None
         # Drop events whose document image the transform leaves as it is (see _needs_nothing).
         self.skip_migrated = skip_migrated
         self.skipped = 0
@@ -142,10 +172,16 @@ class Tailer:
         self.retry = Retrier(self.settings, log, self.stopping)
         self.publisher = topics.Publisher(self.settings, self.retry)
         try:
+            self._resume_recovery()
             while not self.stopping.is_set():
                 try:
                     self._follow()
-                except (HistoryLost, StopRequested):
+                except HistoryLost as lost:
+                    if self.on_history_lost != "rebackfill":
+                        raise
+                    self.publisher.forget()
+                    self._rebackfill(str(lost))
+                except (CaptureStopped, StopRequested, Refused):
                     raise
                 except Exception as exc:
                     self.publisher.forget()
@@ -155,6 +191,8 @@ class Tailer:
                      "produced again on the next start")
         finally:
             self.publisher.close()
+            if self._recovery is not None:
+                self._recovery.join(timeout=60)
 
     def _follow(self) -> None:
         """Open the change stream from the saved point and follow it until stopped.
@@ -215,14 +253,103 @@ class Tailer:
                            key_only=mode == _KEY_ONLY)
         except OperationFailure as exc:
             if exc.code in HISTORY_LOST_CODES:
-                message = (f"the change stream of {self.migration.collection} can no longer "
-                           f"resume from the saved point ({exc.code}: "
-                           f"{str(exc).splitlines()[0][:160]}); a new backfill is needed: "
-                           f"`cdc-migrator reset {self.migration.name}` then run it again")
+                cause = (f"the change stream of {self.migration.collection} can no longer "
+                         f"resume from the saved point ({exc.code}: "
+                         f"{str(exc).splitlines()[0][:160]})")
+                if self.on_history_lost == "rebackfill":
+                    raise HistoryLost(cause) from None
+                message = (f"{cause}; a new backfill is needed: `cdc-migrator reset "
+                           f"{self.migration.name}` then run it again (or let `tail`/`run` do "
+                           "it: --on-history-lost rebackfill)")
                 self.retry.call(MONGODB, self.store.set, self.migration.name, phase=FAILED,
+                                failure={"reason": cause, "at": now()},
                                 last_error={"error": message})
                 raise HistoryLost(message) from None
             raise
+
+    def _rebackfill(self, cause: str) -> None:
+        """History lost, recovery chosen: capture again from now, then scan every document.
+
+        Safe because applying is idempotent: documents migrated already are no-ops, and every
+        write after the new armed point has an event. The old resume token and backfill
+        position are dropped; the recovery is counted and logged, and `status` shows it.
+        """
+        name = self.migration.name
+        armed_at = self.retry.call(MONGODB, self.settings.db.command, "ping")["operationTime"]
+        self.retry.call(MONGODB, self.store.rearm, name, armed_at,
+                        {"reason": cause, "at": now(), "armed_at": armed_at,
+                         "backfill": "running"})
+        log.warning("%s; --on-history-lost rebackfill: capture re-armed at %s, the collection "
+                    "is backfilled again", cause, armed_at)
+        self.rearmed.set()
+        if self.backfill_on_recovery:
+            self._start_recovery_backfill(reset=True)
+
+    def _resume_recovery(self) -> None:
+        """A recovery backfill that a stopped tailer left unfinished goes on (rebackfill only)."""
+        if self.on_history_lost != "rebackfill" or not self.backfill_on_recovery:
+            return
+        state = self.retry.call(MONGODB, self.store.get, self.migration.name) or {}
+        recovery = (state.get("tail") or {}).get("last_recovery") or {}
+        if recovery.get("backfill") == "running":
+            self._start_recovery_backfill(reset=False)
+
+    def _start_recovery_backfill(self, *, reset: bool) -> None:
+        from .backfill import backfill  # backfill imports this module for arm/is_armed
+
+        def run() -> None:
+            try:
+                report = backfill(self.settings, self.migration, reset=reset,
+                                  show_progress=False, stop=self.stopping)
+                if report.done:
+                    self.store.set(self.migration.name,
+                                   **{"tail.last_recovery.backfill": "done"})
+                    log.info("recovery after lost history: %s", report.summary())
+            except BaseException as exc:  # raised by the tailer's loop
+                self._recovery_error = exc
+
+        if self._recovery is not None and self._recovery.is_alive():
+            return  # the running pass sees the new armed point and stops; a new one follows
+        self._recovery = threading.Thread(target=run, daemon=True,
+                                          name=f"rebackfill-{self.migration.name}")
+        self._recovery.start()
+
+    def _stopped_by(self, change: Any) -> CaptureStopped | None:
+        """The error that ends capture at this event, or None when the event does not."""
+        op = change["operationType"]
+        ns = change.get("ns") or {}
+        to = change.get("to") or {}
+        collection = self.migration.collection
+        if op == "drop" and ns.get("coll") == collection:
+            reason = f"collection {collection!r} was dropped"
+        elif op == "rename" and ns.get("coll") == collection:
+            reason = f"collection {collection!r} was renamed to {to.get('coll')!r}"
+        elif op == "rename" and to.get("coll") == collection:
+            reason = (f"collection {collection!r} was replaced: {ns.get('coll')!r} was renamed "
+                      "onto it")
+        elif op == "dropDatabase":
+            return CaptureStopped(
+                f"database {self.settings.database_name!r} was dropped: the change stream of "
+                f"{collection} ended, and the state of {self.migration.name} went with it; "
+                "start the migration again when the data is back")
+        elif op == "invalidate":
+            return self._invalidated()
+        else:
+            return None
+        at = change.get("clusterTime")
+        message = (f"{reason} (at {at}): migration {self.migration.name} failed, its documents "
+                   f"cannot be followed any more; `cdc-migrator reset {self.migration.name}` "
+                   "and run it again once the collection is what it should be")
+        self.retry.call(MONGODB, self.store.set, self.migration.name, phase=FAILED,
+                        failure={"reason": reason, "at": now(), "cluster_time": at},
+                        last_error={"error": message})
+        return CaptureStopped(message)
+
+    def _invalidated(self) -> CaptureStopped:
+        return CaptureStopped(
+            f"the change stream of {self.migration.collection} was invalidated (its database "
+            f"{self.settings.database_name!r} was dropped, or the deployment closed it): "
+            f"capture of {self.migration.name} stopped; start the migration again")
 
     def _loop(self, stream: Any, partitions: int, limit: int | None = None,
               key_only: bool = False) -> None:
@@ -237,7 +364,7 @@ class Tailer:
         publisher = self.publisher
         unflushed = 0
         last_token = None
-        last_flush = time.monotonic()
+        last_flush = float("-inf")  # the first poll saves a checkpoint: a heartbeat at start
         name = self.migration.name
         database = self.settings.database_name
         collection = self.migration.collection
@@ -245,6 +372,8 @@ class Tailer:
         skipped = 0
         taken = 0
         while not self.stopping.is_set() and (limit is None or taken < limit):
+            if self._recovery_error is not None:
+                raise self._recovery_error
             try:
                 change = stream.try_next()
             except OperationFailure as exc:
@@ -252,7 +381,13 @@ class Tailer:
                     self._commit(unflushed, last_token, skipped)
                 raise
             if change is not None:
-                if change["ns"]["coll"] == FENCE_COLLECTION:
+                stopped = self._stopped_by(change)
+                if stopped is not None:
+                    # Events before it are safe; the saved token stays before it, so a restart
+                    # meets it again instead of carrying on.
+                    self._commit(unflushed, last_token, skipped)
+                    raise stopped
+                if (change.get("ns") or {}).get("coll") == FENCE_COLLECTION:
                     if key_only:
                         break
                     fence = change.get("fullDocument") or {}
@@ -275,13 +410,24 @@ class Tailer:
                 last_token = change["_id"]
                 self.last_event_time = change.get("clusterTime")
                 taken += 1
+                self._position_time = getattr(self.last_event_time, "time", None)
             else:
-                last_token = stream.resume_token or last_token
+                if not stream.alive:
+                    # Closed by the server (invalidated): try_next would return None at once,
+                    # forever, without asking the server anything.
+                    self._commit(unflushed, last_token, skipped)
+                    raise self._invalidated()
+                if stream.resume_token is not None:
+                    last_token = stream.resume_token
+                    self._position_time = time.time()  # caught up: the position is now
                 self.caught_up.set()
                 if limit is not None:
                     break  # nothing more now: what was sought has passed
-            due = time.monotonic() - last_flush >= self.flush_interval
-            if unflushed >= self.flush_every or (due and (unflushed or last_token)):
+            since = time.monotonic() - last_flush
+            # Events in hand: save soon after the broker acknowledged them. Idle: only the
+            # slow heartbeat, however often the server's position moves.
+            if unflushed >= self.flush_every or (unflushed and since >= self.flush_interval) \
+                    or (last_token is not None and since >= self.heartbeat_interval):
                 self._commit(unflushed, last_token, skipped)
                 unflushed = skipped = 0
                 last_flush = time.monotonic()
@@ -344,14 +490,16 @@ class Tailer:
         fields: dict[str, Any] = {"tail.resume_token": token, "tail.heartbeat": time.time()}
         if self.last_event_time is not None:
             fields["tail.last_event_time"] = self.last_event_time
+        if self._position_time is not None:
+            fields["tail.position_time"] = self._position_time
         self.retry.call(MONGODB, self.store.add, self.migration.name,
                         {"produced": produced, "skipped": skipped}, **fields)
 
 
 def tail_until_stopped(settings: Settings, migrations: list[Migration],
-                       stop: threading.Event) -> None:
+                       stop: threading.Event, *, on_history_lost: str = "fail") -> None:
     """Run a tailer per migration in threads until ``stop`` is set (``cdc-migrator tail``)."""
-    tailers = [Tailer(settings, m) for m in migrations]
+    tailers = [Tailer(settings, m, on_history_lost=on_history_lost) for m in migrations]
     errors: list[BaseException] = []
 
     def run(t: Tailer) -> None:

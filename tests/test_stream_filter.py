@@ -50,10 +50,12 @@ def test_a_filter_that_is_not_about_fields_is_not_moved(query):
     assert stages[1] == UNUSED_FIELDS
 
 
-def test_without_a_filter_only_the_namespaces_are_matched():
-    assert stream_pipeline(_migration({})) == [
-        {"$match": {"ns.coll": {"$in": ["users", FENCE_COLLECTION]}}},
-        {"$unset": ["updateDescription"]}]
+def test_without_a_filter_only_the_namespaces_and_the_end_of_the_stream_are_matched():
+    assert stream_pipeline(_migration({})) == [{"$match": {"$or": [
+        {"ns.coll": {"$in": ["users", FENCE_COLLECTION]}},
+        {"to.coll": "users"},
+        {"operationType": {"$in": ["dropDatabase", "invalidate"]}},
+    ]}}, {"$unset": ["updateDescription"]}]
 
 
 def test_with_a_filter_fences_deletes_and_events_without_a_document_always_pass():
