@@ -13,7 +13,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
@@ -72,6 +74,7 @@ def backfill(
             "between the scan and the change stream")
     if state.get("cancelled"):
         raise Refused(f"migration {migration.name!r} was cancelled; `reset` it to start again")
+    assert state is not None  # armed
     _refuse_failed(migration.name, state)
     # A tailer that lost its history re-arms capture (--on-history-lost rebackfill): a pass
     # that began before that no longer covers every write, and gives way to a new one.
@@ -136,7 +139,7 @@ def backfill(
                                     "this backfill pass stops, a new one scans everything")
                         break
                     if not _hold_while_paused(store, migration.name, stop,
-                                              before_hold=batches.release):
+                                              holding=batches.held):
                         break
                     if stop is not None and stop.is_set():
                         break
@@ -225,24 +228,27 @@ def _refuse_failed(name: str, state: dict) -> None:
 
 
 def _hold_while_paused(store: StateStore, name: str, stop: threading.Event | None,
-                       before_hold: Callable[[], None] = lambda: None) -> bool:
+                       holding: Callable[[], AbstractContextManager[Any]] = nullcontext) -> bool:
     """Wait while the migration is paused; False when it was cancelled or we must stop.
 
-    ``before_hold`` runs once when the migration is found paused, before waiting. Raises
-    :class:`Refused` when the migration failed (e.g. its collection was dropped).
+    The wait runs inside ``holding()`` (the scan's :meth:`~cdc_migrator.scanner.Scan.held`).
+    Raises :class:`Refused` when the migration failed (e.g. its collection was dropped).
     """
-    held = False
-    while True:
-        state = store.get(name) or {}
-        _refuse_failed(name, state)
-        if state.get("cancelled"):
-            return False
-        if not state.get("paused"):
-            return True
-        if not held:
-            before_hold()
-            held = True
-        if stop is not None and stop.wait(1.0):
-            return False
-        if stop is None:
-            time.sleep(1.0)
+    state = store.get(name) or {}
+    _refuse_failed(name, state)
+    if state.get("cancelled"):
+        return False
+    if not state.get("paused"):
+        return True
+    with holding():
+        while True:
+            if stop is not None and stop.wait(1.0):
+                return False
+            if stop is None:
+                time.sleep(1.0)
+            state = store.get(name) or {}
+            _refuse_failed(name, state)
+            if state.get("cancelled"):
+                return False
+            if not state.get("paused"):
+                return True

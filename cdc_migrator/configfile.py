@@ -33,6 +33,7 @@ KEYS = {
     "log_format": "log_format",
     "metrics_port": "metrics_port",
     "retry_deadline": "retry_deadline",
+    "on_history_lost": "on_history_lost",
     "mongo_timeout_ms": "mongo_timeout_ms",
     "kafka_security_protocol": "kafka_security_protocol",
     "kafka_sasl_mechanism": "kafka_sasl_mechanism",

@@ -62,7 +62,9 @@ def assess(window: HistoryWindow, position_time: float | None, backfill_eta: flo
     age = None if position_time is None else max(0.0, now - position_time)
     runway = None if age is None else window.seconds - age
     warnings = []
-    if position_time is not None and position_time < window.oldest:
+    # Oplog timestamps count whole seconds: a resume point in the oldest entry's second may be
+    # before it, and is counted as lost.
+    if position_time is not None and position_time < window.oldest + 1:
         warnings.append("the tailer's resume point is older than the server's change history: "
                         "it cannot resume (history lost); `reset` and run again, or use "
                         "--on-history-lost rebackfill")

@@ -13,6 +13,7 @@ it never holds a cursor that nothing reads.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import queue
@@ -133,8 +134,8 @@ class Scan:
 
     With ``started`` the scan resumes after the ``_id`` ``after``. ``rate`` caps the documents
     read per second, to spare a production database. A lost cursor (CursorNotFound) is reopened
-    after the last document read; :meth:`release` closes the cursor for a while (the next batch
-    reopens it), and any thread may call it.
+    after the last document read; :meth:`release` closes the cursor (the next batch reopens it)
+    and :meth:`held` keeps it closed for a while. Any thread may call them.
     """
 
     def __init__(self, collection: Collection, base_filter: Mapping[str, Any] | None = None, *,
@@ -150,6 +151,7 @@ class Scan:
         self.reopened = 0
         self._cursor: Cursor | None = None
         self._exhausted = False
+        self._held = False
         self._lock = threading.Lock()  # one reader of the cursor at a time, release included
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
@@ -170,6 +172,18 @@ class Scan:
             self._close()
 
     close = release  # :func:`prefetched` closes what it iterated
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """While inside, no cursor stays open: the cursor is closed now, and a batch read
+        meanwhile (e.g. by :func:`prefetched` reading ahead) closes its cursor after it."""
+        with self._lock:
+            self._held = True
+            self._close()
+        try:
+            yield
+        finally:
+            self._held = False
 
     def _read_batch(self) -> list[dict[str, Any]]:
         batch: list[dict[str, Any]] = []
@@ -197,6 +211,8 @@ class Scan:
                     continue
                 batch.append(doc)
                 self.after, self.started = doc["_id"], True
+            if self._held:
+                self._close()
         return batch
 
     def _close(self) -> None:

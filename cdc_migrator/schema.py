@@ -101,7 +101,8 @@ def dialect_problems(schema: Any, where: str = "schema") -> list[str]:
                 problems.append(f"{where}: {key!r} needs {bound!r}")
     for key in _COUNT_KEYWORDS:
         value = schema.get(key)
-        if key in schema and not (_is_number(value) and value >= 0 and value == int(value)):
+        if key in schema and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                  and value >= 0 and value == int(value)):
             problems.append(f"{where}: {key!r} must be a non-negative integer")
     for key in ("title", "description", "pattern"):
         if key in schema and not isinstance(schema[key], str):
