@@ -206,7 +206,6 @@ def test_a_scan_reopens_after_the_last_document_read_when_its_cursor_timed_out(s
     coll.insert_many([{"_id": i} for i in range(10)])
     before = cursor_metrics(short_cursors)["timedOut"]
     batches = scan(coll, batch_size=3)
-    batches.release = lambda: None  # hold the cursor the way the old scan did
     seen = []
     for batch in batches:
         seen += [d["_id"] for d in batch]
