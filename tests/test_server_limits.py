@@ -30,6 +30,7 @@ from cdc_migrator.backfill import backfill
 from cdc_migrator.config import Settings
 from cdc_migrator.context import make_context
 from cdc_migrator.errors import CaptureStopped, UsageError
+from cdc_migrator.identity import id_key
 from cdc_migrator.migration import Migration, get_migration
 from cdc_migrator.retry import Retrier
 from cdc_migrator.scanner import scan
@@ -299,8 +300,9 @@ def test_every_guarded_write_and_re_read_states_the_simple_collation(db, db_name
         # Document 1's image is stale (the application changed its name to BOB): its guard
         # misses, it is read again and written from the current value. 2 has no image: read.
         db.people.update_one({"_id": 1}, {"$set": {"name": "BOB"}})
-        result = applier.apply_ids([1, 2, 3], {1: {"_id": 1, "name": "Bob"},
-                                               3: {"_id": 3, "name": "Old", "gone": True}})
+        result = applier.apply_ids([1, 2, 3], {
+            id_key(1): {"_id": 1, "name": "Bob"},
+            id_key(3): {"_id": 3, "name": "Old", "gone": True}})
     finally:
         client.close()
     assert result.retried == 1 and result.updated == 2 and result.deleted == 1
