@@ -16,12 +16,12 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from . import deadletter, topics
+from . import deadletter, logs, topics
 from .apply import ApplyReport, DryRunLine, apply_migration
 from .apply import dry_run as _dry_run
 from .backfill import BackfillReport
 from .backfill import backfill as _backfill
-from .config import Settings, mask_uri
+from .config import Settings
 from .consumer import consume_until_stopped, group_id
 from .cutover import CutoverReport, load_schema
 from .cutover import cutover as _cutover
@@ -226,4 +226,4 @@ def _is_auth_failure(exc: OperationFailure) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    return mask_uri(message_of(exc) or type(exc).__name__)
+    return logs.mask(message_of(exc) or type(exc).__name__)

@@ -21,7 +21,7 @@ import click
 from bson import json_util
 
 from . import api, configfile, logs, observability
-from .config import DEFAULT_KAFKA, DEFAULT_MONGODB_URI, Settings
+from .config import DEFAULT_KAFKA, DEFAULT_MONGODB_URI, Settings, uri_secrets
 from .errors import CdcMigratorError, UsageError
 from .status import render
 
@@ -126,6 +126,7 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             kafka_options=kafka_options,
             mongo_options=mongo_options,
         )
+        logs.add_secrets(*uri_secrets(settings.mongodb_uri))
         try:
             return fn(settings, *args, **kwargs)
         finally:

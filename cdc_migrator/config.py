@@ -20,17 +20,40 @@ DEFAULT_KAFKA = "127.0.0.1:9092"
 
 
 def mask_uri(uri: str) -> str:
-    """``uri`` with any password replaced by ``***``, safe to print or log."""
-    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", uri)
+    """``uri`` with its credentials replaced by ``***``, safe to print or log.
+
+    Everything between ``://`` and the last ``@`` is hidden, whatever characters the password
+    holds: the URIs that leak a password are the malformed ones (an unescaped ``@``, ``/`` or
+    ``:`` in it), so nothing here relies on the URI being valid.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep or "@" not in rest:
+        return uri
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+# A connection string inside free text: up to the last "@" before the next whitespace.
+_URI_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)\S*@")
+# Shorter secrets are not registered for masking: they would blank out ordinary words.
+MIN_SECRET_LENGTH = 4
 
 
 def mask_secrets(text: str, *secrets: str | None) -> str:
-    """Remove passwords of connection strings and the given secrets from ``text``."""
-    text = re.sub(r"(mongodb(?:\+srv)?://[^:/@\s]+:)[^@/\s]*@", r"\1***@", text)
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+    """Remove the credentials of connection strings and the given secrets from ``text``."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return _URI_CREDENTIALS.sub(r"\1***@", text)
+
+
+def uri_secrets(uri: str) -> list[str]:
+    """The credentials of ``uri`` (all of them, and the password alone), to be masked wherever
+    they might appear, e.g. quoted in part by a driver's message about a malformed URI."""
+    rest = uri.partition("://")[2]
+    if "@" not in rest:
+        return []
+    userinfo = rest.rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    return [s for s in (userinfo, password) if len(s) >= MIN_SECRET_LENGTH]
 
 
 @dataclass
@@ -52,16 +75,25 @@ class Settings:
     mongo_options: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
-    def database_name(self) -> str:
-        if self.database:
-            return self.database
+    def parsed_uri(self) -> dict[str, Any]:
+        """The URI as pymongo parses it; an invalid URI or option is a UsageError.
+
+        pymongo only warns about an invalid option (``directConnection=maybe``) and ignores
+        it; here it is refused, as is an option pymongo does not know (often a typo).
+        """
         try:
-            parsed = pymongo.uri_parser.parse_uri(self.mongodb_uri, warn=True)
+            return pymongo.uri_parser.parse_uri(self.mongodb_uri, warn=False)
         except (InvalidURI, ConfigurationError, ValueError) as exc:
             raise UsageError(
                 f"MONGODB_URI {mask_uri(self.mongodb_uri)!r} is not a valid MongoDB URI: "
-                f"{mask_secrets(str(exc))}"
+                f"{mask_secrets(str(exc), *uri_secrets(self.mongodb_uri))}"
             ) from None
+
+    @cached_property
+    def database_name(self) -> str:
+        parsed = self.parsed_uri  # validated even when --db names the database
+        if self.database:
+            return self.database
         if not parsed.get("database"):
             raise UsageError(
                 "MONGODB_URI names no database: put it in the path "
@@ -79,7 +111,8 @@ class Settings:
             )
         except (InvalidURI, ConfigurationError, ValueError, TypeError) as exc:
             raise UsageError(
-                f"cannot use MONGODB_URI {mask_uri(self.mongodb_uri)!r}: {mask_secrets(str(exc))}"
+                f"cannot use MONGODB_URI {mask_uri(self.mongodb_uri)!r}: "
+                f"{mask_secrets(str(exc), *uri_secrets(self.mongodb_uri))}"
             ) from None
 
     @property

@@ -161,6 +161,7 @@ class Retrier:
 
 
 def _hosts(uri: str) -> str:
-    """The host list of a MongoDB URI, without credentials or options."""
-    rest = uri.split("://", 1)[-1]
-    return rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    """The host list of a MongoDB URI, without credentials (up to the last "@", whatever the
+    password holds) or options."""
+    rest = uri.split("://", 1)[-1].rpartition("@")[2]
+    return rest.split("/", 1)[0].split("?", 1)[0]
