@@ -447,6 +447,11 @@ def run(settings: Settings, name: str, batch_size: int | None, rate: float | Non
         sys.exit(1)
     if report.cutover is not None:
         _print_cutover(report.cutover)
+    if report.unresolved:  # as `apply`: documents that failed make the run fail
+        click.echo(f"{name}: {report.unresolved:,} failed documents unresolved in the "
+                   f"dead-letter topic: see `cdc-migrator dlq list {name}`, fix the transform, "
+                   f"then `cdc-migrator dlq retry {name}`", err=True)
+        sys.exit(1)
 
 
 def _print_cutover(report: Any) -> None:

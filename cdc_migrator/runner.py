@@ -33,6 +33,7 @@ class RunReport:
     lag: int
     drained: bool
     cutover: CutoverReport | None = None
+    unresolved: int = 0  # failed documents and poison records in the dead-letter topic
 
 
 def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | None = None,
@@ -99,7 +100,8 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
     if drained and lag == 0 and outcome is None:
         retry.call(MONGODB, store.set, migration.name, phase=READY)
     state = retry.call(MONGODB, store.get, migration.name) or {}
-    return RunReport(migration.name, report, state.get("counts", {}), lag, drained, outcome)
+    return RunReport(migration.name, report, state.get("counts", {}), lag, drained, outcome,
+                     unresolved=state.get("dlq_pending", 0))
 
 
 def wait_drained(settings: Settings, migration: Migration, tailer: Tailer,

@@ -479,7 +479,8 @@ def test_poison_records_and_raising_transforms_are_dead_lettered_then_retried(db
     as_json = run_cli("dlq", "list", "add_currency", "--json", settings=settings)
     refused = run_cli("cutover", "add_currency", "--timeout", "2", settings=settings)
 
-    assert ran.returncode == 0, ran.stderr
+    assert ran.returncode == 1, ran.stderr
+    assert "5 failed documents unresolved in the dead-letter topic" in ran.stderr
     assert listed.returncode == 0 and "5 dead letters" in listed.stdout, listed.stdout
     letters = [json.loads(line) for line in as_json.stdout.splitlines()]
     failed = sorted((e for e in letters if e["kind"] == "transform"), key=lambda e: e["id"])
