@@ -29,6 +29,8 @@ from kafka.errors import (
     CommitFailedError,
     KafkaError,
     KafkaTimeoutError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
     RebalanceInProgressError,
 )
 
@@ -36,11 +38,11 @@ from . import events, logs, observability, topics
 from .applier import Applier, BatchResult
 from .config import Settings
 from .context import make_context
-from .errors import CdcMigratorError
+from .errors import CdcMigratorError, EventsLost
 from .identity import id_key
 from .migration import Migration
-from .retry import KAFKA, MONGODB, Retrier, StopRequested
-from .state import StateStore, failure_record
+from .retry import KAFKA, MONGODB, Retrier, StopRequested, first_line
+from .state import FAILED, StateStore, failure_record, stop_record
 
 log = logging.getLogger("cdc_migrator.consumer")
 
@@ -86,6 +88,7 @@ class TransformConsumer:
         self._consumer: KafkaConsumer | None = None
         self._paused = False
         self._last_pause_check = 0.0
+        self._stop_cleared = False  # a stop recorded by an earlier run, cleared on progress
         self.retry = Retrier(settings, log, self.stopping)
         self._dlq = topics.Publisher(settings, self.retry)
 
@@ -100,6 +103,9 @@ class TransformConsumer:
         except StopRequested:
             log.info("stopped during an outage; the batch in hand was not committed and is "
                      "applied again on the next start")
+        except Exception as exc:
+            self._record_stop(exc)
+            raise
         finally:
             if self._consumer is not None:
                 try:
@@ -108,6 +114,18 @@ class TransformConsumer:
                     log.debug("closing the consumer: %s", exc)
             self._dlq.close()
         return self.stats
+
+    def _record_stop(self, exc: Exception) -> None:
+        """Leave why this consumer stopped in the state, for status, /readyz and metrics."""
+        error = logs.mask(str(exc) if isinstance(exc, CdcMigratorError) else first_line(exc))
+        record = stop_record("consumer", error, getattr(exc, "document_id", None))
+        fields: dict[str, Any] = {"stopped.consumer": record, "last_error": record}
+        if isinstance(exc, EventsLost):
+            fields["phase"] = FAILED
+        try:
+            self.store.set(self.migration.name, **fields)
+        except Exception as failure:  # MongoDB gone too: the exit code still tells
+            log.debug("could not record the stop: %s", failure)
 
     def _run(self) -> None:
         retry = self.retry
@@ -121,7 +139,9 @@ class TransformConsumer:
             if retry.call(MONGODB, self._check_paused):
                 continue
             try:
-                polled = self.kafka.poll(timeout_ms=200)
+                polled = self._poll(200)
+            except EventsLost:
+                raise
             except Exception as exc:  # e.g. the group coordinator lost while (re)joining
                 retry.failed(exc)
                 continue
@@ -143,7 +163,9 @@ class TransformConsumer:
     def _connect(self) -> KafkaConsumer:
         consumer = KafkaConsumer(
             group_id=group_id(self.settings, self.migration),
-            enable_auto_commit=False, auto_offset_reset="earliest",
+            # No automatic reset: a partition without a committed offset starts at its
+            # first record (see _poll), one whose committed offset is gone stops the consumer.
+            enable_auto_commit=False, auto_offset_reset="none",
             # Small fetches (compressed) keep memory flat whatever the backlog: 256 KiB
             # of one partition still holds thousands of events, more than one poll's batch.
             max_poll_records=self.max_records, fetch_max_bytes=2 << 20,
@@ -250,6 +272,9 @@ class TransformConsumer:
                         {**result.counts(), "consumed": count},
                         [failure_record(f.id, f.error, "consume") for f in result.failures],
                         **fields)
+        if committed and not self._stop_cleared:  # running again: an earlier stop is over
+            self.retry.call(MONGODB, self.store.unset, self.migration.name, "stopped.consumer")
+            self._stop_cleared = True
         observability.record_consumed(self.migration.name, count, result,
                                       time.monotonic() - started)
         log.debug("batch of %d events applied and committed: %s", count, result.counts())
@@ -300,10 +325,49 @@ class TransformConsumer:
         """Poll with every partition paused, taking nothing: group membership and rebalances
         go on. Partitions assigned meanwhile are paused too; what they returned is read again
         once they are resumed."""
-        polled = self.kafka.poll(timeout_ms=timeout_ms)
+        polled = self._poll(timeout_ms)
         self.kafka.pause(*self.kafka.assignment())
         if polled:
             self._rewind({tp: records[0].offset for tp, records in polled.items() if records})
+
+    def _poll(self, timeout_ms: int) -> dict[TopicPartition, list[Any]]:
+        """One poll. A partition the group never committed starts at its first record; one
+        whose committed offset no longer exists raises :class:`EventsLost`: the records between
+        were deleted (retention, delete-records) before they were consumed, and jumping over
+        them would leave their documents unmigrated without a word."""
+        try:
+            return self.kafka.poll(timeout_ms=timeout_ms)
+        except NoOffsetForPartitionError as exc:
+            fresh = exc.args[0] if exc.args and isinstance(exc.args[0], (set, frozenset)) \
+                else {tp for tp in self.kafka.assignment()
+                      if self.kafka.committed(tp) is None}
+            self.kafka.seek_to_beginning(*fresh)
+            return {}
+        except OffsetOutOfRangeError as exc:
+            offsets = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+            raise self._events_lost(offsets) from None
+
+    def _events_lost(self, offsets: dict[TopicPartition, int]) -> EventsLost:
+        tps = sorted(offsets)
+        starts = self.retry.call(KAFKA, self.kafka.beginning_offsets, tps, timeout_ms=10_000)
+        ends = self.retry.call(KAFKA, self.kafka.end_offsets, tps, timeout_ms=10_000)
+        where = []
+        for tp in tps:
+            offset = offsets[tp]
+            if offset < starts[tp]:
+                where.append(f"partition {tp.partition} of {tp.topic}: the group's next event "
+                             f"(offset {offset}) was deleted before it was consumed (the "
+                             f"partition now starts at offset {starts[tp]})")
+            else:
+                where.append(f"partition {tp.partition} of {tp.topic}: the group's next event "
+                             f"(offset {offset}) is past the partition's end ({ends[tp]}): was "
+                             "the topic deleted and created again?")
+        name = self.migration.name
+        return EventsLost(
+            "; ".join(where or ["events were deleted before they were consumed"])
+            + f". The documents they named may be unmigrated; nothing was skipped. Fix: stop "
+            f"tail and consume, `cdc-migrator reset {name}`, then run the pipeline again (it "
+            "backfills again); keep the topic's retention.ms and retention.bytes at -1")
 
     def _rewind(self, firsts: dict[TopicPartition, int]) -> None:
         """Read these partitions again from these offsets (those still assigned here)."""

@@ -18,6 +18,8 @@ class UsageError(CdcMigratorError):
 class PatchError(UsageError):
     """A transform returned something that is not a patch, None or DELETE."""
 
+    document_id: object = None  # the document it was given, when known
+
 
 class Refused(CdcMigratorError):
     """An operation declined with a reason (cutover not ready, verify found documents)."""
@@ -34,3 +36,8 @@ class HistoryLost(CdcMigratorError):
 class CaptureStopped(CdcMigratorError):
     """The change stream cannot go on: the migrated collection was dropped or renamed, or the
     stream was invalidated (its database was dropped)."""
+
+
+class EventsLost(CdcMigratorError):
+    """Events were deleted from the topic before the group consumed them: a new backfill is
+    needed."""

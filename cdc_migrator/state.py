@@ -101,5 +101,11 @@ class StateStore:
         self.collection.delete_one({"_id": name})
 
 
+def stop_record(component: str, error: str, doc_id: Any = None) -> dict[str, Any]:
+    """Why a piece (``consumer``, ``tailer``) stopped: kept under ``stopped.<component>`` and as
+    ``last_error`` until the piece runs again, for ``status``, ``/readyz`` and the metrics."""
+    return {"component": component, "error": error, "id": doc_id, "at": now()}
+
+
 def failure_record(doc_id: Any, error: str, source: str) -> dict[str, Any]:
     return {"id": doc_id, "error": error, "source": source, "at": now()}

@@ -7,12 +7,14 @@ when nothing is committed yet). It counts events produced but not yet applied an
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource
 from kafka.errors import (
     KafkaError,
     KafkaTimeoutError,
@@ -21,7 +23,7 @@ from kafka.errors import (
 )
 
 from .config import Settings
-from .errors import CdcMigratorError, ServiceUnavailable
+from .errors import CdcMigratorError, Refused, ServiceUnavailable
 
 log = logging.getLogger("cdc_migrator.topics")
 
@@ -29,6 +31,14 @@ log = logging.getLogger("cdc_migrator.topics")
 #: envelope, with room for the envelope and for compression that cannot shrink the data. The
 #: topics the tool creates allow records of this size, and its producers and consumers agree.
 MAX_RECORD_BYTES = 17 << 20
+
+#: How the tool creates its topics: nothing is deleted while a migration is live (a paused
+#: migration or a long backfill must not lose events before they are consumed: no time or
+#: size retention, no compaction), and a record of MAX_RECORD_BYTES fits.
+TOPIC_CONFIGS = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete",
+                 "max.message.bytes": str(MAX_RECORD_BYTES)}
+_warned: set[tuple[str, str]] = set()  # (topic, what): warnings given once per process
+_warned_lock = threading.Lock()
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -49,21 +59,82 @@ def admin(settings: Settings) -> KafkaAdminClient:
 
 
 def ensure_topic(settings: Settings, topic: str, partitions: int | None = None) -> int:
-    """Create ``topic`` when missing; return its partition count."""
+    """Create ``topic`` (with :data:`TOPIC_CONFIGS`) when missing; return its partition count.
+
+    A topic created by someone else is checked: see :func:`check_topic_configs`.
+    """
     client = admin(settings)
     try:
         existing = partition_count(client, topic)
-        if existing:
-            return existing
-        try:
-            client.create_topics({topic: {"num_partitions": partitions or settings.partitions,
-                                           "replication_factor": -1}})
-        except TopicAlreadyExistsError:
-            pass
-        client.wait_for_topics([topic], timeout_ms=30_000)
-        return partition_count(client, topic)
+        if not existing:
+            try:
+                client.create_topics({topic: {
+                    "num_partitions": partitions or settings.partitions,
+                    "replication_factor": -1, "configs": TOPIC_CONFIGS}})
+            except TopicAlreadyExistsError:
+                pass
+            client.wait_for_topics([topic], timeout_ms=30_000)
+            existing = partition_count(client, topic)
+        check_topic_configs(client, settings, topic)
+        return existing
     finally:
         client.close()
+
+
+def check_topic_configs(client: KafkaAdminClient, settings: Settings, topic: str) -> None:
+    """Refuse a topic whose settings can delete events before they are consumed; warn once
+    when its records cannot hold the largest document.
+
+    The effective values are read (the broker's defaults included), so a topic created by
+    someone else with the cluster's default retention (7 days unless set otherwise) is refused
+    with the command that fixes it.
+    """
+    described = client.describe_configs(
+        [ConfigResource("TOPIC", topic, list(TOPIC_CONFIGS))], config_filter="all")
+    values = {name: entry.get("value") for name, entry in
+              ((described.get("topic") or {}).get(topic) or {}).items()}
+    fix = (f"kafka-configs.sh --bootstrap-server {settings.kafka_bootstrap_servers} --alter "
+           f"--entity-type topics --entity-name {topic} --add-config")
+    if any(values.get(name) is None for name in TOPIC_CONFIGS):
+        _warn_once(topic, "unread", "cannot read the settings of topic %s (DescribeConfigs not "
+                   "allowed?): make sure it deletes nothing while the migration runs (%s "
+                   "retention.ms=-1,retention.bytes=-1,cleanup.policy=delete)", topic, fix)
+        return
+    losing = []
+    if "compact" in values["cleanup.policy"].split(","):
+        losing.append(f"cleanup.policy={values['cleanup.policy']} (compaction keeps only the "
+                      "newest record of a key)")
+    if int(values["retention.ms"]) >= 0:
+        losing.append(f"retention.ms={values['retention.ms']} (records older than "
+                      f"{_duration(int(values['retention.ms']))} are deleted)")
+    if int(values["retention.bytes"]) >= 0:
+        losing.append(f"retention.bytes={values['retention.bytes']} (a partition loses its "
+                      "oldest records beyond that size)")
+    if losing:
+        raise Refused(f"topic {topic} can delete events before they are consumed: "
+                      f"{'; '.join(losing)}. Fix: {fix} "
+                      "retention.ms=-1,retention.bytes=-1,cleanup.policy=delete")
+    if int(values["max.message.bytes"]) < MAX_RECORD_BYTES:
+        _warn_once(topic, "size", "topic %s takes records of at most max.message.bytes=%s, less "
+                   "than the %d a 16 MiB document needs: larger documents travel as key-only "
+                   "events or become dead letters. To carry them whole: %s "
+                   "max.message.bytes=%d", topic, values["max.message.bytes"],
+                   MAX_RECORD_BYTES, fix, MAX_RECORD_BYTES)
+
+
+def _warn_once(topic: str, what: str, message: str, *args: Any) -> None:
+    with _warned_lock:
+        if (topic, what) in _warned:
+            return
+        _warned.add((topic, what))
+    log.warning(message, *args)
+
+
+def _duration(ms: int) -> str:
+    for unit, size in (("days", 86_400_000), ("hours", 3_600_000), ("minutes", 60_000)):
+        if ms >= size and ms % size == 0:
+            return f"{ms // size} {unit}"
+    return f"{ms} ms"
 
 
 def partition_count(client: KafkaAdminClient, topic: str) -> int:

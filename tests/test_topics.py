@@ -1,0 +1,118 @@
+"""Real Kafka behaviour: the settings of the topics (retention, compaction, record size), records
+deleted before they were consumed, and a consumer that stops making progress."""
+
+from __future__ import annotations
+
+import pytest
+from kafka import KafkaAdminClient, TopicPartition
+from kafka.admin import ConfigResource
+
+from cdc_migrator import api, topics
+from cdc_migrator.consumer import group_id
+
+from .conftest import KAFKA, run_cli
+
+NAME = "add_default_role"
+KEYS = ["retention.ms", "retention.bytes", "cleanup.policy", "max.message.bytes"]
+
+
+@pytest.fixture
+def kafka_admin():
+    client = KafkaAdminClient(bootstrap_servers=KAFKA, request_timeout_ms=15_000)
+    yield client
+    client.close()
+
+
+def configs_of(client: KafkaAdminClient, topic: str) -> dict[str, str]:
+    described = client.describe_configs([ConfigResource("TOPIC", topic, KEYS)],
+                                        config_filter="all")
+    return {k: v["value"] for k, v in described["topic"][topic].items()}
+
+
+def seed_users(db, n: int = 40) -> None:
+    db.users.insert_many([{"_id": i, "name": f"u{i}"} for i in range(n)])
+
+
+def test_the_topics_the_tool_creates_delete_nothing_and_take_the_largest_record(
+        db, settings, kafka_admin):
+    seed_users(db)
+
+    ran = run_cli("run", NAME, "--timeout", "60", "-q", settings=settings)
+
+    assert ran.returncode == 0, ran.stderr
+    for topic in (settings.topic("users"), settings.dlq_topic("users")):
+        assert configs_of(kafka_admin, topic) == {
+            "retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete",
+            "max.message.bytes": str(17 << 20)}, topic
+
+
+def test_a_topic_created_by_someone_else_that_can_delete_events_is_refused_naming_each_setting(
+        db, settings, kafka_admin):
+    seed_users(db)
+    topic = settings.topic("users")
+    kafka_admin.create_topics({topic: {"num_partitions": 2, "replication_factor": -1, "configs": {
+        "cleanup.policy": "compact", "retention.ms": "86400000", "retention.bytes": "1000000"}}})
+
+    refused = [run_cli(command, NAME, "--retry-deadline", "5", settings=settings, timeout=60)
+               for command in ("tail", "consume")]
+
+    for result in refused:
+        assert result.returncode == 1, result.stderr
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("cdc-migrator:")]
+        assert f"topic {topic} can delete events before they are consumed" in line
+        for setting in ("cleanup.policy=compact", "retention.ms=86400000 (records older than "
+                        "1 days are deleted)", "retention.bytes=1000000"):
+            assert setting in line
+        assert (f"Fix: kafka-configs.sh --bootstrap-server {KAFKA} --alter --entity-type topics "
+                f"--entity-name {topic} --add-config retention.ms=-1,retention.bytes=-1,"
+                "cleanup.policy=delete") in line
+        assert "Traceback" not in result.stderr
+
+
+def test_a_topic_with_small_records_is_used_with_one_warning_naming_the_limit(db, settings,
+                                                                             kafka_admin):
+    seed_users(db)
+    topic = settings.topic("users")
+    kafka_admin.create_topics({topic: {"num_partitions": 2, "replication_factor": -1, "configs": {
+        "retention.ms": "-1", "max.message.bytes": "1048588"}}})
+
+    ran = run_cli("run", NAME, "--timeout", "60", "-q", settings=settings)
+
+    assert ran.returncode == 0, ran.stderr
+    warnings = [line for line in ran.stderr.splitlines() if "max.message.bytes=1048588" in line]
+    assert len(warnings) == 1, ran.stderr
+    assert f"topic {topic} takes records of at most max.message.bytes=1048588" in warnings[0]
+    assert "key-only events or become dead letters" in warnings[0]
+    assert db.users.count_documents({"role": "user"}) == 40
+
+
+def test_records_deleted_before_they_were_consumed_stop_the_consumer_with_the_fix(
+        db, settings, kafka_admin):
+    seed_users(db)
+    first = api.run(settings, NAME, show_progress=False, timeout=60)
+    assert first.drained and first.lag == 0
+    migration = api.load(settings, NAME)
+    committed = topics.group_lag(settings, settings.topic("users"), group_id(settings, migration))
+    # A second backfill puts records behind the committed offsets; retention (here: the admin
+    # API's delete-records) removes them before the consumer got to them.
+    api.backfill(settings, NAME, reset=True, show_progress=False)
+    after = topics.group_lag(settings, settings.topic("users"), group_id(settings, migration))
+    kafka_admin.delete_records({TopicPartition(settings.topic("users"), p.partition): p.end
+                                for p in after.partitions})
+
+    consume = run_cli("consume", NAME, settings=settings, timeout=60)
+    status = run_cli("status", NAME, "--json", settings=settings)
+
+    assert consume.returncode == 1, consume.stderr
+    (line,) = [x for x in consume.stderr.splitlines() if x.startswith("cdc-migrator:")]
+    gone = next(p for p in committed.partitions if after.partitions[p.partition].end > p.end)
+    assert (f"partition {gone.partition} of {settings.topic('users')}: the group's next event "
+            f"(offset {gone.committed}) was deleted before it was consumed") in line
+    assert f"`cdc-migrator reset {NAME}`" in line and "backfill" in line
+    assert "Traceback" not in consume.stderr
+    assert "was deleted before it was consumed" in status.stdout
+    # Nothing was skipped: the group's offsets are where they were.
+    assert topics.group_lag(settings, settings.topic("users"),
+                            group_id(settings, migration)).partitions == [
+        topics.PartitionLag(p.partition, after.partitions[p.partition].end, p.committed)
+        for p in committed.partitions]
