@@ -55,6 +55,10 @@ CONSUMER_LAG = Gauge(
 TAILER_DELAY = Gauge(
     "tailer_delay_seconds", "Age of the newest change event at the tailer's last checkpoint "
     "(0 when it has caught up with the change stream)", ["migration"], registry=REGISTRY)
+PIPELINE_STOPPED = Gauge(
+    "pipeline_stopped", "1 while a piece of the migration (consumer, tailer) is stopped on an "
+    "error, until it runs again; the labels name the document (when one caused it) and the "
+    "error", ["migration", "component", "document", "error"], registry=REGISTRY)
 BATCH_DURATION = Histogram(
     "batch_duration_seconds", "Wall time of one batch: produced and acknowledged (tailer, "
     "backfill) or applied and committed (consumer)", ["migration", "component"],
@@ -100,6 +104,7 @@ class Health:
             **settings.mongo_options, "serverSelectionTimeoutMS": 2000,
             **codec.client_options()})
         self._thread = threading.Thread(target=self._loop, daemon=True, name="health")
+        self._stopped_labels: set[tuple[str, ...]] = set()  # PIPELINE_STOPPED samples set
 
     def start(self) -> None:
         self._thread.start()
@@ -138,15 +143,33 @@ class Health:
             db.command("ping")
             store = StateStore(db, self.settings.state_collection)
             problems = []
+            stopped: set[tuple[str, ...]] = set()
             for m in self.migrations:
                 state = store.get(m.name) or {}
                 if state.get("cancelled"):
                     problems.append(f"migration {m.name} is cancelled")
                 elif state.get("paused"):
                     problems.append(f"migration {m.name} is paused")
+                for component, record in (state.get("stopped") or {}).items():
+                    if not record:
+                        continue
+                    error = logs.mask(str(record.get("error") or ""))
+                    document = "" if record.get("id") is None else repr(record["id"])
+                    problems.append(f"migration {m.name}: {component} stopped"
+                                    + (f" on document {document}" if document else "")
+                                    + f": {error}")
+                    stopped.add((m.name, component, document, error[:200]))
+            self._export_stopped(stopped)
             return problems
         except Exception as exc:  # any failure means: not ready, with its reason
             return [f"MongoDB: {_first_line(exc)}"]
+
+    def _export_stopped(self, stopped: set[tuple[str, ...]]) -> None:
+        for labels in self._stopped_labels - stopped:
+            PIPELINE_STOPPED.remove(*labels)
+        for labels in stopped:
+            PIPELINE_STOPPED.labels(*labels).set(1)
+        self._stopped_labels = stopped
 
     def _check_kafka(self) -> list[str]:
         from .consumer import group_id  # the consumer reports here: import it late

@@ -205,7 +205,12 @@ def decide(migration: Migration, doc: Mapping[str, Any], ctx: Any) -> Outcome:
         )
     if result is DELETE:
         return Outcome("delete", doc["_id"], guard=guard_filter(doc, view.fields_read()))
-    patch = validate_patch(result, migration)
+    try:
+        patch = validate_patch(result, migration)
+    except PatchError as exc:  # name the document: the migration stops on it
+        named = PatchError(f"{exc} (document _id {doc['_id']!r})")
+        named.document_id = doc["_id"]
+        raise named from None
     if not patch:
         return Outcome("noop", doc["_id"])
     to_set = {k: v for k, v in patch.items()

@@ -7,7 +7,7 @@ import datetime as dt
 import time
 from typing import Any
 
-from . import runway, topics
+from . import logs, runway, topics
 from .config import Settings
 from .consumer import group_id
 from .migration import Migration
@@ -34,8 +34,11 @@ def migration_status(settings: Settings, migration: Migration | None,
         "counts": {k: counts.get(k, 0) for k in ("produced", "skipped", "consumed", "applied",
                                                  "updated", "deleted", "unchanged", "failed",
                                                  "retried")},
-        "last_error": state.get("last_error"),
+        "last_error": _masked(state.get("last_error")),
         "failure": state.get("failure"),
+        # The pieces that stopped on an error (until they run again), and why.
+        "stopped": {component: _masked(record)
+                    for component, record in (state.get("stopped") or {}).items() if record},
         "completed_at": state.get("completed_at"),
     }
     total, scanned = backfill.get("total"), backfill.get("scanned", 0)
@@ -86,6 +89,13 @@ def _history(settings: Settings, tail: dict[str, Any],
         position = _timestamp_seconds(tail.get("armed_at"))  # not started: it starts there
     eta = (backfill or {}).get("eta_seconds")
     return runway.assess(window, position, eta if not (backfill or {}).get("done") else None)
+
+
+def _masked(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An error record whose message cannot show a secret."""
+    if not record:
+        return record
+    return {**record, "error": logs.mask(str(record.get("error") or ""))}
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
@@ -141,8 +151,12 @@ def render(status: dict[str, Any]) -> str:
             lines.append(f"  WARNING: {warning}")
     if status.get("failure"):
         lines.append(f"  failed: {status['failure'].get('reason')}")
-    if status.get("last_error"):
-        err = status["last_error"]
+    stopped = status.get("stopped") or {}
+    for component, record in stopped.items():
+        document = f" on document {record['id']!r}" if record.get("id") is not None else ""
+        lines.append(f"  {component} STOPPED{document}: {record.get('error')}")
+    err = status.get("last_error")
+    if err and err.get("component") not in stopped:
         lines.append(f"  last error: {err.get('id')!r}: {err.get('error')}")
     if status.get("completed_at"):
         lines.append(f"  cut over at {status['completed_at']}")

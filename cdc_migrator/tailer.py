@@ -33,11 +33,11 @@ from pymongo.errors import OperationFailure, PyMongoError
 from . import deadletter, events, logs, observability, topics
 from .config import Settings
 from .context import make_context
-from .errors import CaptureStopped, HistoryLost, Refused
+from .errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused
 from .migration import Migration, rename_filter_fields
 from .patch import decide
-from .retry import KAFKA, MONGODB, Retrier, StopRequested, message_of
-from .state import ARMED, FAILED, StateStore, now
+from .retry import KAFKA, MONGODB, Retrier, StopRequested, first_line, message_of
+from .state import ARMED, FAILED, StateStore, now, stop_record
 
 log = logging.getLogger("cdc_migrator.tailer")
 
@@ -157,6 +157,7 @@ class Tailer:
         self.produced = 0
         self.last_event_time: Any = None
         self.caught_up = threading.Event()
+        self._stop_cleared = False  # a stop recorded by an earlier run, cleared on progress
 
     def stop(self) -> None:
         self.stopping.set()
@@ -189,6 +190,15 @@ class Tailer:
         except StopRequested:
             log.info("stopped during an outage; events after the saved resume token are "
                      "produced again on the next start")
+        except Exception as exc:  # why it stopped, for status, /readyz and the metrics
+            error = logs.mask(str(exc) if isinstance(exc, CdcMigratorError) else first_line(exc))
+            record = stop_record("tailer", error)
+            try:
+                self.store.set(self.migration.name,
+                               **{"stopped.tailer": record, "last_error": record})
+            except Exception as failure:  # MongoDB gone too: the exit code still tells
+                log.debug("could not record the stop: %s", failure)
+            raise
         finally:
             self.publisher.close()
             if self._recovery is not None:
@@ -494,6 +504,9 @@ class Tailer:
             fields["tail.position_time"] = self._position_time
         self.retry.call(MONGODB, self.store.add, self.migration.name,
                         {"produced": produced, "skipped": skipped}, **fields)
+        if not self._stop_cleared:  # running again: an earlier stop is over
+            self.retry.call(MONGODB, self.store.unset, self.migration.name, "stopped.tailer")
+            self._stop_cleared = True
 
 
 def tail_until_stopped(settings: Settings, migrations: list[Migration],

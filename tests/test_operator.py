@@ -4,11 +4,16 @@ metrics show, naming the document and the migration."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
 
-from .conftest import run_cli
+from cdc_migrator import api
+from cdc_migrator.tailer import arm
+
+from .conftest import run_cli, wait_for
+from .test_production import Service
 
 ACCOUNTS = textwrap.dedent('''
     from cdc_migrator import migration
@@ -40,3 +45,64 @@ def test_run_with_failed_documents_exits_1_as_apply_does(db, settings, transform
     assert "2 failed documents unresolved in the dead-letter topic" in ran.stderr
     assert "`cdc-migrator dlq list add_plan`" in ran.stderr
     assert db.accounts.count_documents({"plan": "free"}) == 28
+
+
+RETURNS_A_STRING = textwrap.dedent('''
+    from cdc_migrator import migration
+
+    @migration(collection="accounts")
+    def add_plan(doc, ctx):
+        if "plan" not in doc:
+            if doc["_id"] == 137:
+                return "free"  # a bug: a string, not a patch
+            return {"plan": "free"}
+''')
+
+
+def test_a_stopped_consumer_leaves_its_error_in_status_readyz_and_metrics(db, settings,
+                                                                         tmp_path):
+    (tmp_path / "accounts.py").write_text(RETURNS_A_STRING)
+    settings.transforms = tmp_path
+    db.accounts.insert_many([{"_id": i} for i in range(200)])
+    arm(settings, api.load(settings, "add_plan"))
+    api.backfill(settings, "add_plan", show_progress=False)
+
+    with Service(settings, "tail", "add_plan") as tail:
+        consume = run_cli("consume", "add_plan", settings=settings, timeout=60)
+        text = run_cli("status", "add_plan", settings=settings)
+        as_json = json.loads(run_cli("status", "add_plan", "--json", settings=settings).stdout)
+        readyz = wait_for(lambda: (r := tail.get("/readyz"))[0] == 503 and "stopped" in r[1]
+                          and r, what="the tailer's /readyz naming the stopped consumer")
+        stopped = wait_for(lambda: [(dict(labels), v) for (n, labels), v in
+                                    tail.metrics().items() if n == "pipeline_stopped"],
+                           what="the pipeline_stopped metric")
+
+    assert consume.returncode == 2, consume.stderr
+    assert "migration 'add_plan' returned str ('free')" in consume.stderr
+    assert "(document _id 137)" in consume.stderr
+    assert "consumer STOPPED on document 137: migration 'add_plan' returned str" in text.stdout
+    record = as_json["stopped"]["consumer"]
+    assert record["id"] == 137 and "migration 'add_plan' returned str" in record["error"]
+    assert as_json["last_error"]["error"] == record["error"]
+    assert "migration add_plan: consumer stopped on document 137: migration 'add_plan' " \
+           "returned str" in readyz[1]
+    ((labels, value),) = stopped
+    assert value == 1 and labels["migration"] == "add_plan" and labels["document"] == "137"
+    assert labels["component"] == "consumer" and "returned str" in labels["error"]
+
+
+def test_a_stop_is_cleared_once_the_piece_runs_again(db, settings, tmp_path):
+    (tmp_path / "accounts.py").write_text(RETURNS_A_STRING)
+    settings.transforms = tmp_path
+    db.accounts.insert_many([{"_id": i} for i in range(200)])
+    arm(settings, api.load(settings, "add_plan"))
+    api.backfill(settings, "add_plan", show_progress=False)
+    assert run_cli("consume", "add_plan", settings=settings, timeout=60).returncode == 2
+    (tmp_path / "accounts.py").write_text(RETURNS_A_STRING.replace('return "free"  #', "pass  #"))
+
+    ran = run_cli("run", "add_plan", "--timeout", "60", "-q", settings=settings)
+
+    assert ran.returncode == 0, ran.stderr
+    state = db.cdc_migrator_state.find_one({"_id": "add_plan"})
+    assert not state.get("stopped", {}).get("consumer")
+    assert "STOPPED" not in run_cli("status", "add_plan", settings=settings).stdout
