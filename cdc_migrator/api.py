@@ -16,7 +16,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from . import deadletter, logs, topics
+from . import deadletter, logs, refusals, topics
 from .apply import ApplyReport, DryRunLine, apply_migration
 from .apply import dry_run as _dry_run
 from .backfill import BackfillReport
@@ -213,6 +213,9 @@ def translate_service_error(exc: BaseException) -> CdcMigratorError | None:
         return ServiceUnavailable(f"lost the connection to MongoDB: {_first_line(exc)}")
     from kafka.errors import KafkaError
 
+    refused = refusals.explain(exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, KafkaError):
         what = "cannot reach Kafka" if getattr(exc, "retriable", False) else "Kafka"
         return ServiceUnavailable(f"{what}: {type(exc).__name__}: {_first_line(exc)}")

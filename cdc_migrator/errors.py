@@ -41,3 +41,8 @@ class CaptureStopped(CdcMigratorError):
 class EventsLost(CdcMigratorError):
     """Events were deleted from the topic before the group consumed them: a new backfill is
     needed."""
+
+
+class ConnectionRefused(CdcMigratorError):
+    """A service refused the connection for good (a wrong password, an untrusted certificate):
+    retrying cannot help."""

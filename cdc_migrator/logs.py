@@ -89,6 +89,21 @@ class _Masking(logging.Filter):
         return True
 
 
+class _LibraryLevel(logging.Filter):
+    """Drops the drivers' records below their level: the Kafka client's warnings are created
+    (:mod:`cdc_migrator.refusals` reads the causes of refused connections in them) but not
+    shown unless asked for."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] in ("kafka", "pymongo"):
+            return record.levelno >= self.level
+        return True
+
+
 class TextFormatter(logging.Formatter):
     """``2025-01-31 12:00:00 INFO    consumer add_default_role: message``
 
@@ -165,7 +180,8 @@ def configure(log_format: str = "text", verbosity: int = 0) -> None:
     logging.getLogger("cdc_migrator").setLevel(own)
     libraries = logging.DEBUG if verbosity >= 2 else (
         logging.INFO if verbosity == 1 else logging.CRITICAL)
-    for name in ("kafka", "pymongo"):
-        logging.getLogger(name).setLevel(libraries)
+    handler.addFilter(_LibraryLevel(libraries))
+    logging.getLogger("pymongo").setLevel(libraries)
+    logging.getLogger("kafka").setLevel(min(libraries, logging.WARNING))
     logging.captureWarnings(True)  # warnings become records, so JSON output stays JSON
     _handler, _format = handler, log_format

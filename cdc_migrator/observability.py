@@ -23,7 +23,7 @@ import pymongo
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from . import codec, logs, topics
+from . import codec, logs, refusals, topics
 from .config import Settings
 from .errors import UsageError
 from .migration import Migration
@@ -184,7 +184,8 @@ class Health:
                         CONSUMER_LAG.labels(m.name, str(p.partition)).set(p.lag)
             return []
         except Exception as exc:  # any failure means: not ready, with its reason
-            return [f"Kafka: {_first_line(exc)}"]
+            refused = refusals.explain(exc)
+            return [f"Kafka: {refused}" if refused else f"Kafka: {_first_line(exc)}"]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from kafka.errors import KafkaError
 from pymongo.errors import ConnectionFailure, OperationFailure
 
+from . import refusals
 from .config import Settings, mask_secrets
 from .errors import CdcMigratorError, ServiceUnavailable
 
@@ -57,7 +58,8 @@ def service_of(exc: BaseException) -> str | None:
         return MONGODB
     if isinstance(exc, OperationFailure) and exc.code in _MONGO_TRANSIENT_CODES:
         return MONGODB
-    if isinstance(exc, KafkaError) and getattr(exc, "retriable", False):
+    if isinstance(exc, KafkaError) and getattr(exc, "retriable", False) \
+            and refusals.explain(exc) is None:  # a wrong password is not an outage
         return KAFKA
     return None
 
@@ -112,6 +114,8 @@ class Retrier:
                 self.failed(exc)
                 continue
             self.recovered(service)
+            if service == KAFKA:
+                refusals.forget()
             return result
 
     def failed(self, exc: Exception) -> None:
@@ -121,6 +125,9 @@ class Retrier:
         """
         service = service_of(exc)
         if service is None:
+            refused = refusals.explain(exc)
+            if refused is not None:
+                raise refused from None
             raise exc
         now = time.monotonic()
         outage = self._outages.get(service)

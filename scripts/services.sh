@@ -7,7 +7,11 @@
 #   scripts/services.sh down    stop exactly the processes that `up` started
 #   scripts/services.sh status  say what runs
 #
-# Ports: MONGO_PORT (27017), KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093).
+# Ports: MONGO_PORT (27017), KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_SSL_PORT
+# (9094: TLS) and KAFKA_SASL_SSL_PORT (9095: SASL/SCRAM over TLS). The TLS listeners use a CA and
+# a broker certificate made once with the JDK's keytool in .services/tls (ca.pem: the CA for
+# clients); the SCRAM user (both SHA-256 and SHA-512) is written when the storage is formatted.
+# These are test credentials for a broker on loopback, not secrets.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,6 +19,11 @@ home="${SERVICES_DIR:-$root/.services}"
 mongo_port="${MONGO_PORT:-27017}"
 kafka_port="${KAFKA_PORT:-9092}"
 controller_port="${KAFKA_CONTROLLER_PORT:-9093}"
+ssl_port="${KAFKA_SSL_PORT:-9094}"
+sasl_ssl_port="${KAFKA_SASL_SSL_PORT:-9095}"
+tls_password="cdc-migrator-local"
+scram_user="cdc-migrator"
+scram_password="cdc-migrator-local-secret"
 python="${PYTHON:-python3}"
 
 die() { echo "services: $*" >&2; exit 1; }
@@ -51,6 +60,29 @@ fetch_jars() {
   fi
 }
 
+make_tls() {  # a CA, a broker certificate it signed (localhost, 127.0.0.1), the CA as PEM
+  local tls="$home/tls"
+  [[ -f "$tls/.complete" ]] && return
+  rm -rf "$tls"; mkdir -p "$tls"
+  local ks=(-storetype PKCS12 -storepass "$tls_password" -keypass "$tls_password")
+  {
+    keytool -genkeypair -alias ca -dname "CN=cdc-migrator local test CA" -keyalg RSA \
+      -keysize 2048 -validity 3650 -ext bc:c=ca:true -ext ku:c=keyCertSign,cRLSign \
+      -keystore "$tls/ca.p12" "${ks[@]}"
+    keytool -exportcert -rfc -alias ca -keystore "$tls/ca.p12" "${ks[@]}" -file "$tls/ca.pem"
+    keytool -genkeypair -alias broker -dname "CN=localhost" -keyalg RSA -keysize 2048 \
+      -validity 3650 -keystore "$tls/broker.p12" "${ks[@]}"
+    keytool -certreq -alias broker -keystore "$tls/broker.p12" "${ks[@]}" -file "$tls/broker.csr"
+    keytool -gencert -alias ca -keystore "$tls/ca.p12" "${ks[@]}" -infile "$tls/broker.csr" \
+      -outfile "$tls/broker.pem" -rfc -validity 3650 -ext SAN=dns:localhost,ip:127.0.0.1 \
+      -ext ku:c=digitalSignature,keyEncipherment -ext eku=serverAuth
+    keytool -importcert -noprompt -alias ca -file "$tls/ca.pem" -keystore "$tls/broker.p12" "${ks[@]}"
+    keytool -importcert -noprompt -alias broker -file "$tls/broker.pem" \
+      -keystore "$tls/broker.p12" "${ks[@]}"
+  } >"$home/keytool.log" 2>&1 || { cat "$home/keytool.log" >&2; die "keytool could not make the certificates"; }
+  touch "$tls/.complete"
+}
+
 start_mongo() {
   if alive mongo; then echo "services: mongo already running (pid $(cat "$home/mongo.pid"))"; return; fi
   port_busy "$mongo_port" && die "port $mongo_port is taken by a process services.sh did not start; set MONGO_PORT"
@@ -63,17 +95,33 @@ start_mongo() {
 
 start_kafka() {
   if alive kafka; then echo "services: kafka already running (pid $(cat "$home/kafka.pid"))"; return; fi
-  port_busy "$kafka_port" && die "port $kafka_port is taken by a process services.sh did not start; set KAFKA_PORT"
+  local port var
+  for var in kafka_port ssl_port sasl_ssl_port; do
+    port=${!var}
+    port_busy "$port" && die "port $port is taken by a process services.sh did not start; set ${var^^} (KAFKA_PORT, KAFKA_SSL_PORT, KAFKA_SASL_SSL_PORT)"
+  done
+  make_tls
   local props="$home/kafka/server.properties" data="$home/kafka/data"
   mkdir -p "$home/kafka"
   sed -e "s|@PORT@|$kafka_port|g" -e "s|@CONTROLLER_PORT@|$controller_port|g" -e "s|@DATA@|$data|g" \
+    -e "s|@SSL_PORT@|$ssl_port|g" -e "s|@SASL_SSL_PORT@|$sasl_ssl_port|g" \
+    -e "s|@TLS@|$home/tls|g" -e "s|@TLS_PASSWORD@|$tls_password|g" \
     "$root/services/kafka/server.properties" >"$props"
   local cp="$home/lib/*"
+  # Storage formatted before the SCRAM user existed holds only test data: format it again.
+  if [[ -f "$data/meta.properties" && ! -f "$data/.scram-users" ]]; then
+    echo "services: formatting the local Kafka storage again, to add its SCRAM user"
+    rm -rf "$data"
+  fi
   if [[ ! -f "$data/meta.properties" ]]; then
     local cluster; cluster=$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
     java -Dlog4j2.configurationFile="$root/services/log4j2.properties" -Dservice.log="$home/kafka-format.log" \
-      -cp "$cp" kafka.tools.StorageTool format -t "$cluster" -c "$props" >"$home/kafka-format.out" 2>&1 \
+      -cp "$cp" kafka.tools.StorageTool format -t "$cluster" -c "$props" \
+      --add-scram "SCRAM-SHA-256=[name=$scram_user,password=$scram_password]" \
+      --add-scram "SCRAM-SHA-512=[name=$scram_user,password=$scram_password]" \
+      >"$home/kafka-format.out" 2>&1 \
       || { cat "$home/kafka-format.out" >&2; die "could not format Kafka storage"; }
+    touch "$data/.scram-users"
   fi
   nohup java -Dcdc-migrator-service=kafka -Xms256m -Xmx1g -XX:+UseG1GC \
     -Dlog4j2.configurationFile="$root/services/log4j2.properties" -Dservice.log="$home/kafka.log" \
@@ -98,6 +146,7 @@ case "${1:-}" in
     need java "a Java 17+ JDK (e.g. apt-get install openjdk-17-jdk-headless)"
     need javac "a Java 17+ JDK (e.g. apt-get install openjdk-17-jdk-headless)"
     need mvn "Apache Maven (e.g. apt-get install maven)"
+    need keytool "a Java 17+ JDK (e.g. apt-get install openjdk-17-jdk-headless)"
     mkdir -p "$home"
     fetch_jars
     start_mongo
@@ -106,6 +155,8 @@ case "${1:-}" in
       --mongo "mongodb://127.0.0.1:$mongo_port/app?directConnection=true" \
       --kafka "127.0.0.1:$kafka_port" --logs "$home" \
       || die "services did not become ready (logs in $home)"
+    echo "services: Kafka also on 127.0.0.1:$ssl_port (SSL) and 127.0.0.1:$sasl_ssl_port" \
+      "(SASL_SSL, SCRAM user $scram_user); CA certificate $home/tls/ca.pem" >&2
     ;;
   down)
     stop kafka

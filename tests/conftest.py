@@ -23,6 +23,12 @@ from cdc_migrator.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 MONGO_BASE = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017/app?directConnection=true")
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+# The local broker's TLS listeners (scripts/services.sh): SSL, and SASL/SCRAM over TLS.
+KAFKA_SSL = f"127.0.0.1:{os.environ.get('KAFKA_SSL_PORT', '9094')}"
+KAFKA_SASL_SSL = f"127.0.0.1:{os.environ.get('KAFKA_SASL_SSL_PORT', '9095')}"
+KAFKA_CA = ROOT / ".services" / "tls" / "ca.pem"
+KAFKA_TLS_PASSWORD = "cdc-migrator-local"  # of the broker's keystore
+SCRAM_USER, SCRAM_PASSWORD = "cdc-migrator", "cdc-migrator-local-secret"
 
 
 def uri_for(database: str) -> str:

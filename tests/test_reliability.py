@@ -33,7 +33,16 @@ from cdc_migrator.config import Settings
 from cdc_migrator.migration import get_migration
 from cdc_migrator.tailer import arm
 
-from .conftest import KAFKA, ROOT, cli_env, run_cli, uri_for, wait_for
+from .conftest import (
+    KAFKA,
+    KAFKA_CA,
+    KAFKA_TLS_PASSWORD,
+    ROOT,
+    cli_env,
+    run_cli,
+    uri_for,
+    wait_for,
+)
 from .test_pipeline import ITEMS_MIGRATION, Writer, assert_invariant, seed_items
 
 NAME = "price_total"
@@ -237,6 +246,8 @@ class PrivateKafka:
         self.port, controller = free_port(), free_port()
         text = (ROOT / "services" / "kafka" / "server.properties").read_text()
         for marker, value in (("@PORT@", self.port), ("@CONTROLLER_PORT@", controller),
+                              ("@SSL_PORT@", free_port()), ("@SASL_SSL_PORT@", free_port()),
+                              ("@TLS@", KAFKA_CA.parent), ("@TLS_PASSWORD@", KAFKA_TLS_PASSWORD),
                               ("@DATA@", home / "data")):
             text = text.replace(marker, str(value))
         self.props = home / "server.properties"

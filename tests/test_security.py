@@ -5,16 +5,29 @@ certificate."""
 
 from __future__ import annotations
 
+import json
 import string
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_migrator import retry
+from cdc_migrator import api, retry
 from cdc_migrator.config import mask_secrets, mask_uri, uri_secrets
+from cdc_migrator.tailer import arm
 
-from .conftest import run_cli
+from .conftest import (
+    KAFKA_CA,
+    KAFKA_SASL_SSL,
+    KAFKA_SSL,
+    SCRAM_PASSWORD,
+    SCRAM_USER,
+    run_cli,
+    wait_for,
+)
+from .test_reliability import Proc
+
+NAME = "add_default_role"
 
 HOSTS = "db0.example.net:27017,db1.example.net:27018"
 TAIL = "/app?replicaSet=rs0&authSource=admin"
@@ -80,3 +93,94 @@ def test_an_invalid_uri_option_is_a_usage_error(settings, option, with_db):
     assert result.returncode == 2, result.stdout + result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("cdc-migrator: MONGODB_URI ") and "is not a valid MongoDB URI" in line
+
+
+# Kafka over TLS and SASL/SCRAM: the local broker's SSL and SASL_SSL listeners.
+
+def sasl_ssl(mechanism: str = "SCRAM-SHA-512", password: str = SCRAM_PASSWORD) -> dict:
+    return {"KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
+            "CDC_MIGRATOR_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "CDC_MIGRATOR_KAFKA_SASL_MECHANISM": mechanism,
+            "CDC_MIGRATOR_KAFKA_SASL_USERNAME": SCRAM_USER,
+            "CDC_MIGRATOR_KAFKA_SASL_PASSWORD": password,
+            "CDC_MIGRATOR_KAFKA_SSL_CAFILE": str(KAFKA_CA)}
+
+
+def ssl_only(cafile: bool = True) -> dict:
+    return {"KAFKA_BOOTSTRAP_SERVERS": KAFKA_SSL, "CDC_MIGRATOR_KAFKA_SECURITY_PROTOCOL": "SSL",
+            **({"CDC_MIGRATOR_KAFKA_SSL_CAFILE": str(KAFKA_CA)} if cafile else {})}
+
+
+@pytest.fixture
+def tls_listeners():
+    if not KAFKA_CA.is_file():
+        pytest.skip("no .services/tls/ca.pem: start the services with scripts/services.sh up")
+
+
+def seed_users(db, n: int = 300) -> None:
+    db.users.insert_many([{"_id": i, "name": f"u{i}"} for i in range(n)])
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_tail_backfill_consume_and_cutover_over_sasl_ssl(db, settings, tls_listeners,
+                                                         mechanism):
+    seed_users(db)
+    env = sasl_ssl(mechanism)
+    tail, consume = Proc(settings, "tail", NAME, env=env), Proc(settings, "consume", NAME, env=env)
+    try:
+        wait_for(lambda: (db.cdc_migrator_state.find_one({"_id": NAME}) or {}).get("tail"),
+                 what="capture armed over SASL_SSL")
+        backfill = run_cli("backfill", NAME, "-q", settings=settings, env=env)
+        db.users.insert_one({"_id": 1000, "name": "written during the migration"})
+        wait_for(lambda: db.users.count_documents({"role": "user"}) == 301, what="all migrated")
+        cutover = run_cli("cutover", NAME, "--timeout", "60", settings=settings, env=env)
+    finally:
+        codes = [tail.stop(), consume.stop()]
+
+    assert backfill.returncode == 0, backfill.stderr
+    assert cutover.returncode == 0, cutover.stdout + cutover.stderr
+    assert codes == [0, 0], tail.log + consume.log
+    for output in (backfill.stdout, backfill.stderr, cutover.stdout, tail.log, consume.log):
+        assert SCRAM_PASSWORD not in output
+
+
+def test_run_and_status_over_ssl(db, settings, tls_listeners):
+    seed_users(db)
+
+    ran = run_cli("run", NAME, "--timeout", "60", "-q", settings=settings, env=ssl_only())
+    status = run_cli("status", NAME, "--json", settings=settings, env=ssl_only())
+
+    assert ran.returncode == 0, ran.stderr
+    assert db.users.count_documents({"role": "user"}) == 300
+    assert json.loads(status.stdout)["lag"]["total"] == 0
+
+
+REFUSED = [
+    # what, environment, the commands tried, the cause named
+    ("wrong-password", sasl_ssl(password="not-the-password"), ["consume", "backfill"],
+     "cdc-migrator: Kafka refused the SASL credentials (Authentication failed during "
+     "authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512): check "
+     "--kafka-sasl-mechanism, --kafka-sasl-username and --kafka-sasl-password"),
+    ("untrusted-certificate", ssl_only(cafile=False), ["tail", "status"],
+     "cdc-migrator: the Kafka broker's TLS certificate is not trusted (self-signed certificate "
+     "in certificate chain): give the CA that signed it with --kafka-ssl-cafile"),
+]
+
+
+@pytest.mark.parametrize(("env", "commands", "message"), [r[1:] for r in REFUSED],
+                         ids=[r[0] for r in REFUSED])
+def test_a_refused_kafka_connection_is_one_line_and_exit_1_not_a_retry_loop(
+        db, settings, tls_listeners, env, commands, message):
+    seed_users(db, 10)
+    arm(settings, api.load(settings, NAME))  # over plaintext, so backfill gets to Kafka
+
+    for command in commands:
+        # The default retry deadline (300 s) stays: the refusal must end it, not the deadline.
+        result = run_cli(command, *([NAME] if command != "status" else []), settings=settings,
+                         env=env, timeout=45)
+
+        assert result.returncode == 1, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.startswith("cdc-migrator:")]
+        assert lines == [message], result.stderr
+        assert "Traceback" not in result.stderr and "not-the-password" not in result.stderr
+        assert "retrying with backoff" not in result.stderr

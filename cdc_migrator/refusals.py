@@ -1,0 +1,97 @@
+"""Kafka connections refused for good: a wrong SASL password, an untrusted TLS certificate.
+
+kafka-python 3.0 treats such a connection like a lost one: it tries again until its bootstrap
+times out and then reports only ``KafkaTimeoutError: Unable to bootstrap``, which the tool
+would retry until ``--retry-deadline`` with the cause hidden. Its network layer logs each
+failed connection with the exception, though. A handler on the ``kafka`` logger keeps the
+latest refusal among them; :func:`explain` turns the timeout that it explains (or a refusal
+raised directly) into one line naming the cause, not to be retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+
+from kafka.errors import (
+    IllegalSaslStateError,
+    KafkaError,
+    SaslAuthenticationFailedError,
+    UnsupportedSaslMechanismError,
+)
+
+from .errors import ConnectionRefused
+
+#: A refusal logged this many seconds before a timeout is taken as its cause (one bootstrap
+#: attempt lasts at most 10 s).
+RECENT = 60.0
+_SASL = (SaslAuthenticationFailedError, UnsupportedSaslMechanismError, IllegalSaslStateError)
+
+_lock = threading.Lock()
+_latest: tuple[float, BaseException] | None = None
+
+
+def refusal_of(exc: BaseException) -> str | None:
+    """What refused the connection, when ``exc`` (or the error it was raised from) is a
+    refusal; None for anything retrying may cure."""
+    if isinstance(exc, _SASL):
+        return ("Kafka refused the SASL credentials (" + _text(exc) + "): check "
+                "--kafka-sasl-mechanism, --kafka-sasl-username and --kafka-sasl-password")
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:  # the handshake error is the context
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return ("the Kafka broker's TLS certificate is not trusted ("
+                    f"{cause.verify_message or cause.reason}): give the CA that signed it "
+                    "with --kafka-ssl-cafile")
+        if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
+            return ("the Kafka listener does not speak TLS (SSL: WRONG_VERSION_NUMBER): check "
+                    "--kafka-security-protocol and the port of --kafka")
+        cause = cause.__context__ or cause.__cause__
+    return None
+
+
+def explain(exc: BaseException) -> ConnectionRefused | None:
+    """A :class:`ConnectionRefused` when ``exc`` is a refusal, or a Kafka timeout or lost
+    connection following one that was logged within :data:`RECENT` seconds; else None."""
+    reason = refusal_of(exc)
+    if reason is None and isinstance(exc, KafkaError) and getattr(exc, "retriable", False):
+        with _lock:
+            latest = _latest
+        if latest is not None and time.monotonic() - latest[0] <= RECENT:
+            reason = refusal_of(latest[1])
+    return ConnectionRefused(reason) if reason else None
+
+
+def forget() -> None:
+    """A Kafka call succeeded: an earlier refusal no longer explains anything."""
+    global _latest
+    with _lock:
+        _latest = None
+
+
+def _text(exc: BaseException) -> str:
+    text = str(exc).replace("[Error 58] ", "")
+    name = type(exc).__name__
+    while text.startswith(f"{name}: "):  # kafka-python repeats the class name
+        text = text[len(name) + 2:]
+    return text
+
+
+class _Capture(logging.Handler):
+    """Keeps the latest refusal that kafka-python logs as an argument of a record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        global _latest
+        args = record.args if isinstance(record.args, tuple) else ()
+        for arg in args:
+            if isinstance(arg, BaseException) and refusal_of(arg):
+                with _lock:
+                    _latest = (time.monotonic(), arg)
+
+
+_capture = _Capture(logging.WARNING)
+logging.getLogger("kafka").addHandler(_capture)
