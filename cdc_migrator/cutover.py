@@ -19,6 +19,7 @@ from typing import Any
 from pymongo.errors import OperationFailure
 
 from . import topics
+from .catchup import catching_up
 from .config import Settings
 from .consumer import group_id
 from .errors import Refused, UsageError
@@ -104,7 +105,16 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
             report.reasons.append(
                 f"backfill unfinished ({backfill.get('scanned', 0):,} of "
                 f"{backfill.get('total') or '?'} documents scanned)")
-        behind = _wait_fence_and_lag(settings, migration, store, timeout)
+        # Catching up applies events: not in a dry run, nor when the backfill is unfinished
+        # (cutover refuses then anyway).
+        if dry_run or not backfill.get("done"):
+            behind = _wait_fence_and_lag(settings, migration, store, timeout)
+        else:
+            with catching_up(settings, migration, state) as caught:
+                behind = _wait_fence_and_lag(settings, migration, store, timeout)
+            report.reasons += caught.errors
+            if caught.note():
+                report.notes.append(caught.note())
         if behind:
             report.reasons.append(behind)
     elif not (state.get("apply") or {}).get("done"):

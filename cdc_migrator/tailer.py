@@ -203,6 +203,10 @@ class Tailer:
             self.publisher.close()
             if self._recovery is not None:
                 self._recovery.join(timeout=60)
+            try:  # not running any more, whatever the last heartbeat says (see catchup.py)
+                self.store.set(self.migration.name, **{"tail.stopped_at": time.time()})
+            except Exception as failure:
+                log.debug("could not record the stop: %s", failure)
 
     def _follow(self) -> None:
         """Open the change stream from the saved point and follow it until stopped.

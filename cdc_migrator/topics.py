@@ -144,6 +144,16 @@ def partition_count(client: KafkaAdminClient, topic: str) -> int:
     return len(described[0]["partitions"]) if described else 0
 
 
+def group_members(settings: Settings, group: str) -> int:
+    """How many members the consumer group has now (0 when it does not exist)."""
+    client = admin(settings)
+    try:
+        described = client.describe_groups([group]).get(group) or {}
+        return len(described.get("members") or [])
+    finally:
+        client.close()
+
+
 def delete_topics(settings: Settings, topics: list[str]) -> None:
     client = admin(settings)
     try:

@@ -72,9 +72,12 @@ def test_cutover_refuses_until_backfill_lag_and_unmigrated_documents_clear(db, s
     try:
         _wait_state(db, "add_tier", lambda s: (s.get("tail") or {}).get("heartbeat"))
         assert run_cli("backfill", "add_tier", "-q", settings=settings).returncode == 0
+        # Paused, no consumer applies anything (not even the one cutover would start).
+        assert run_cli("pause", "add_tier", settings=settings).returncode == 0
         behind = run_cli("cutover", "add_tier", "--timeout", "2", settings=settings)
         assert behind.returncode == 1
         assert "events behind" in behind.stdout and "backfill" not in behind.stdout
+        assert run_cli("resume", "add_tier", settings=settings).returncode == 0
 
         consume = _spawn(settings, "consume", "add_tier")
         _wait_drained(settings, get_migration(transforms, "add_tier"), process=consume)

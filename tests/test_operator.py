@@ -106,3 +106,20 @@ def test_a_stop_is_cleared_once_the_piece_runs_again(db, settings, tmp_path):
     state = db.cdc_migrator_state.find_one({"_id": "add_plan"})
     assert not state.get("stopped", {}).get("consumer")
     assert "STOPPED" not in run_cli("status", "add_plan", settings=settings).stdout
+
+
+def test_cutover_after_run_finished_catches_up_by_itself(db, settings, transforms):
+    db.accounts.insert_many([{"_id": i} for i in range(500)])
+    assert run_cli("run", "add_plan", "--timeout", "60", "-q", settings=settings).returncode == 0
+    # Written after the run ended, with nothing running: only the change stream has them.
+    db.accounts.insert_many([{"_id": 1000 + i} for i in range(50)])
+    db.accounts.update_one({"_id": 3}, {"$unset": {"plan": ""}})
+
+    done = run_cli("cutover", "add_plan", "--timeout", "60", settings=settings)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "add_plan: cut over." in done.stdout
+    assert "No tailer or consumer was running: cutover caught up itself" in done.stdout
+    assert db.accounts.count_documents({"plan": "free"}) == 550
+    state = db.cdc_migrator_state.find_one({"_id": "add_plan"})
+    assert state["phase"] == "cut over"
