@@ -15,12 +15,13 @@ seconds, since an empty poll cannot tell a quiet topic from a broker that is gon
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,13 @@ class ConsumeStats:
 class TransformConsumer:
     """One member of a migration's consumer group."""
 
+    #: A Kafka call (poll, commit, offsets) that has not returned for this long while the
+    #: member's partitions have lag means a stuck client (kafka-python was seen to hang in
+    #: poll()): it is recreated.
+    STALL_AFTER = 60.0
+    WATCH_INTERVAL = 5.0  # how often the watching thread looks
+    SESSION_TIMEOUT_MS = 30_000
+
     def __init__(self, settings: Settings, migration: Migration, *, max_records: int = 2000,
                  on_batch: Callable[[ConsumeStats], None] | None = None,
                  instance_id: str | None = None) -> None:
@@ -89,6 +97,9 @@ class TransformConsumer:
         self._paused = False
         self._last_pause_check = 0.0
         self._stop_cleared = False  # a stop recorded by an earlier run, cleared on progress
+        self._worker: threading.Thread | None = None  # the thread consuming, see _run
+        self._waiting_since: float | None = None  # since when the worker waits on Kafka
+        self._assigned: frozenset[TopicPartition] = frozenset()  # as of its last poll()
         self.retry = Retrier(settings, log, self.stopping)
         self._dlq = topics.Publisher(settings, self.retry)
 
@@ -128,12 +139,76 @@ class TransformConsumer:
             log.debug("could not record the stop: %s", failure)
 
     def _run(self) -> None:
+        """Consume in a worker thread with its own Kafka client, watched from this thread: a
+        worker stuck in a Kafka call while its partitions have lag is abandoned and the client
+        recreated (see :meth:`_stalled`)."""
         retry = self.retry
         retry.call(KAFKA, topics.ensure_topic, self.settings, self.topic)
         retry.call(KAFKA, topics.ensure_topic, self.settings, self.dlq_topic, partitions=1)
-        self._consumer = retry.call(KAFKA, self._connect)
-        log.info("consuming %s as group %s", self.topic,
-                 group_id(self.settings, self.migration))
+        while not self.stopping.is_set():
+            self._consumer = retry.call(KAFKA, self._connect)
+            log.info("consuming %s as group %s", self.topic,
+                     group_id(self.settings, self.migration))
+            failed: list[BaseException] = []
+            worker = threading.Thread(target=self._work, args=(failed,), daemon=True,
+                                      name=f"consume-{self.migration.name}-client")
+            self._worker, self._waiting_since, self._assigned = worker, None, frozenset()
+            worker.start()
+            while worker.is_alive() and not self._stalled():
+                worker.join(timeout=self.WATCH_INTERVAL)
+            if failed:
+                raise failed[0]
+            if not worker.is_alive():
+                return
+            # Abandoned: it exits if that call ever returns. Its client is closed aside, since
+            # closing a stuck client may hang too; the broker drops its membership once its
+            # heartbeats stop (session timeout) or it leaves.
+            stuck, self._consumer = self._consumer, None
+            threading.Thread(target=_close_quietly, args=(stuck,), daemon=True).start()
+
+    def _stalled(self) -> bool:
+        """True when the worker has waited on one Kafka call for :attr:`STALL_AFTER` seconds
+        while the partitions assigned to it have lag (measured with a client of its own): no
+        progress where there is work. Reported (log, state: status and /readyz) at once."""
+        since = self._waiting_since
+        if since is None or self._paused or time.monotonic() - since < self.STALL_AFTER:
+            return False
+        try:
+            lag = topics.group_lag(self.settings, self.topic,
+                                   group_id(self.settings, self.migration))
+        except Exception:  # Kafka itself unreachable: the retries and /readyz tell
+            return False
+        # Stuck before its first poll() returned, it knows no assignment: the group's lag.
+        mine = self._assigned or {TopicPartition(self.topic, p.partition)
+                                  for p in lag.partitions}
+        behind = sum(p.lag for p in lag.partitions
+                     if TopicPartition(self.topic, p.partition) in mine)
+        if not behind:
+            return False
+        idle = time.monotonic() - since
+        message = (f"no progress for {idle:.0f}s while its partitions are {behind:,} events "
+                   "behind: the Kafka client seems stuck; recreating it")
+        log.warning("%s", message)
+        try:
+            self.store.set(self.migration.name,
+                           **{"stalled.consumer": stop_record("consumer", message)})
+        except Exception as failure:  # MongoDB gone too: the log tells
+            log.debug("could not record the stall: %s", failure)
+        self._stop_cleared = False  # the next committed batch clears it
+        return True
+
+    def _work(self, failed: list[BaseException]) -> None:
+        logs.bind(migration=self.migration.name, component="consumer")
+        try:
+            self._consume()
+        except _Abandoned:
+            log.info("the abandoned Kafka client returned from poll(); its records are left "
+                     "to the new one")
+        except BaseException as exc:  # raised again by the watching thread
+            failed.append(exc)
+
+    def _consume(self) -> None:
+        retry = self.retry
         last_records = time.monotonic()
         while not self.stopping.is_set():
             if retry.call(MONGODB, self._check_paused):
@@ -149,8 +224,9 @@ class TransformConsumer:
                 self._process(polled)
                 last_records = time.monotonic()
             elif time.monotonic() - last_records >= PROBE_INTERVAL:
-                retry.call(KAFKA, self.kafka.end_offsets,
-                           [TopicPartition(self.topic, 0)], timeout_ms=5_000)
+                with self._waiting_on_kafka():
+                    retry.call(KAFKA, self.kafka.end_offsets,
+                               [TopicPartition(self.topic, 0)], timeout_ms=5_000)
                 last_records = time.monotonic()
 
     @property
@@ -169,7 +245,7 @@ class TransformConsumer:
             # Small fetches (compressed) keep memory flat whatever the backlog: 256 KiB
             # of one partition still holds thousands of events, more than one poll's batch.
             max_poll_records=self.max_records, fetch_max_bytes=2 << 20,
-            max_partition_fetch_bytes=256 << 10, session_timeout_ms=30_000,
+            max_partition_fetch_bytes=256 << 10, session_timeout_ms=self.SESSION_TIMEOUT_MS,
             max_poll_interval_ms=600_000, group_instance_id=self.instance_id,
             **topics.client_options(self.settings))
         try:
@@ -273,7 +349,8 @@ class TransformConsumer:
                         [failure_record(f.id, f.error, "consume") for f in result.failures],
                         **fields)
         if committed and not self._stop_cleared:  # running again: an earlier stop is over
-            self.retry.call(MONGODB, self.store.unset, self.migration.name, "stopped.consumer")
+            self.retry.call(MONGODB, self.store.unset, self.migration.name, "stopped.consumer",
+                            "stalled.consumer")
             self._stop_cleared = True
         observability.record_consumed(self.migration.name, count, result,
                                       time.monotonic() - started)
@@ -285,7 +362,8 @@ class TransformConsumer:
                 firsts: dict[TopicPartition, int]) -> bool:
         """Commit the batch's offsets; False when the group is rebalancing its partitions."""
         try:
-            self.retry.call(KAFKA, self.kafka.commit, offsets, timeout_ms=10_000)
+            with self._waiting_on_kafka():
+                self.retry.call(KAFKA, self.kafka.commit, offsets, timeout_ms=10_000)
             return True
         except (CommitFailedError, RebalanceInProgressError):
             # The group is being rebalanced (a member came or went, or this one was away too
@@ -335,8 +413,12 @@ class TransformConsumer:
         whose committed offset no longer exists raises :class:`EventsLost`: the records between
         were deleted (retention, delete-records) before they were consumed, and jumping over
         them would leave their documents unmigrated without a word."""
+        consumer = self.kafka
         try:
-            return self.kafka.poll(timeout_ms=timeout_ms)
+            with self._waiting_on_kafka():
+                polled = consumer.poll(timeout_ms=timeout_ms)
+            self._assigned = frozenset(consumer.assignment())
+            return polled
         except NoOffsetForPartitionError as exc:
             fresh = exc.args[0] if exc.args and isinstance(exc.args[0], (set, frozenset)) \
                 else {tp for tp in self.kafka.assignment()
@@ -346,6 +428,18 @@ class TransformConsumer:
         except OffsetOutOfRangeError as exc:
             offsets = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
             raise self._events_lost(offsets) from None
+
+    @contextlib.contextmanager
+    def _waiting_on_kafka(self) -> Iterator[None]:
+        """Around each call of the worker that waits on its Kafka client: how long it has
+        waited is what :meth:`_stalled` watches; a worker replaced meanwhile stops there."""
+        self._waiting_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._waiting_since = None
+            if threading.current_thread() is not self._worker:
+                raise _Abandoned  # replaced while stuck here: touch nothing any more
 
     def _events_lost(self, offsets: dict[TopicPartition, int]) -> EventsLost:
         tps = sorted(offsets)
@@ -384,6 +478,18 @@ class TransformConsumer:
                 key=d["key_bytes"])
         sent = self._dlq.flush()
         self.retry.call(MONGODB, self.store.increment, self.migration.name, "dlq_pending", sent)
+
+
+class _Abandoned(BaseException):
+    """Raised in a worker whose client was replaced while it was stuck (not an Exception, so
+    no retry catches it)."""
+
+
+def _close_quietly(consumer: KafkaConsumer) -> None:
+    try:
+        consumer.close(autocommit=False, timeout_ms=5_000)
+    except Exception as exc:  # a stuck client may fail to close: it is abandoned anyway
+        log.debug("closing the abandoned consumer: %s", exc)
 
 
 def _dead_letter(migration: str, kind: str, doc_id: Any, error: str, trace: str,

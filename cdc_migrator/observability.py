@@ -159,6 +159,10 @@ class Health:
                                     + (f" on document {document}" if document else "")
                                     + f": {error}")
                     stopped.add((m.name, component, document, error[:200]))
+                for component, record in (state.get("stalled") or {}).items():
+                    if record:
+                        problems.append(f"migration {m.name}: {component} stalled: "
+                                        f"{logs.mask(str(record.get('error') or ''))}")
             self._export_stopped(stopped)
             return problems
         except Exception as exc:  # any failure means: not ready, with its reason

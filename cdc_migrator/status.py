@@ -39,6 +39,9 @@ def migration_status(settings: Settings, migration: Migration | None,
         # The pieces that stopped on an error (until they run again), and why.
         "stopped": {component: _masked(record)
                     for component, record in (state.get("stopped") or {}).items() if record},
+        # Pieces running but making no progress where there is work (the consumer watchdog).
+        "stalled": {component: _masked(record)
+                    for component, record in (state.get("stalled") or {}).items() if record},
         "completed_at": state.get("completed_at"),
     }
     total, scanned = backfill.get("total"), backfill.get("scanned", 0)
@@ -155,6 +158,8 @@ def render(status: dict[str, Any]) -> str:
     for component, record in stopped.items():
         document = f" on document {record['id']!r}" if record.get("id") is not None else ""
         lines.append(f"  {component} STOPPED{document}: {record.get('error')}")
+    for component, record in (status.get("stalled") or {}).items():
+        lines.append(f"  {component} STALLED: {record.get('error')}")
     err = status.get("last_error")
     if err and err.get("component") not in stopped:
         lines.append(f"  last error: {err.get('id')!r}: {err.get('error')}")

@@ -3,14 +3,21 @@ deleted before they were consumed, and a consumer that stops making progress."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import urllib.error
+import urllib.request
+
 import pytest
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import ConfigResource
 
-from cdc_migrator import api, topics
-from cdc_migrator.consumer import group_id
+from cdc_migrator import api, observability, topics
+from cdc_migrator.consumer import TransformConsumer, group_id
+from cdc_migrator.status import render
+from cdc_migrator.tailer import arm
 
-from .conftest import KAFKA, run_cli
+from .conftest import KAFKA, run_cli, wait_for
 
 NAME = "add_default_role"
 KEYS = ["retention.ms", "retention.bytes", "cleanup.policy", "max.message.bytes"]
@@ -116,3 +123,59 @@ def test_records_deleted_before_they_were_consumed_stop_the_consumer_with_the_fi
                             group_id(settings, migration)).partitions == [
         topics.PartitionLag(p.partition, after.partitions[p.partition].end, p.committed)
         for p in committed.partitions]
+
+
+def readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_a_consumer_stuck_in_poll_reports_not_ready_and_recovers_with_a_new_client(
+        db, settings, monkeypatch, caplog):
+    monkeypatch.setattr(TransformConsumer, "STALL_AFTER", 3.0)
+    monkeypatch.setattr(TransformConsumer, "WATCH_INTERVAL", 0.5)
+    # The stuck client's membership ends with its session: until then the stall shows.
+    monkeypatch.setattr(TransformConsumer, "SESSION_TIMEOUT_MS", 10_000)
+    seed_users(db, 300)
+    migration = api.load(settings, NAME)
+    arm(settings, migration)
+    member = TransformConsumer(settings, migration)
+    thread = threading.Thread(target=member.run, daemon=True)
+    thaw = threading.Event()
+    caplog.set_level(logging.WARNING, logger="cdc_migrator.consumer")
+    with observability.serving(settings, [migration], 0, ("consumer",)) as port:
+        thread.start()
+        try:
+            wait_for(lambda: topics.group_members(settings, group_id(settings, migration)),
+                     what="the member in its group")
+            # Freeze the client: its network loop runs this and waits, as in the hang seen
+            # under load (poll() waiting on the client's network loop for ever).
+            member._consumer._net.call_soon_threadsafe(thaw.wait)
+            api.backfill(settings, NAME, show_progress=False)  # work it cannot get to
+
+            status = wait_for(lambda: "STALLED" in (text := render(api.status(settings, NAME)[0]))
+                              and text, what="status reporting the stall")
+            stalled = wait_for(lambda: (r := readyz(port))[0] == 503 and "stalled" in r[1]
+                               and r[1], what="/readyz reporting the stall")
+            wait_for(lambda: db.users.count_documents({"role": "user"}) == 300, timeout=90,
+                     what="every document migrated by the new client")
+            recovered = wait_for(lambda: (r := readyz(port))[0] == 200 and r[1],
+                                 what="ready again")
+        finally:
+            member.stop()
+            thaw.set()
+            thread.join(timeout=60)
+
+    assert f"migration {NAME}: consumer stalled: no progress for" in stalled
+    assert "the Kafka client seems stuck; recreating it" in stalled
+    assert "consumer STALLED: no progress for" in status
+    assert recovered.strip() == "ready"
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "cdc_migrator.consumer" and "seems stuck" in r.getMessage()]
+    assert len(warnings) == 1 and "events behind" in warnings[0], warnings
+    assert not thread.is_alive()
+    assert topics.group_lag(settings, settings.topic("users"),
+                            group_id(settings, migration)).total == 0
