@@ -442,12 +442,18 @@ class TransformConsumer:
                 raise _Abandoned  # replaced while stuck here: touch nothing any more
 
     def _events_lost(self, offsets: dict[TopicPartition, int]) -> EventsLost:
-        tps = sorted(offsets)
+        """The stop, naming every partition of the member that lost events (the client
+        reports one at a time)."""
+        tps = sorted(set(offsets) | set(self.kafka.assignment()))
         starts = self.retry.call(KAFKA, self.kafka.beginning_offsets, tps, timeout_ms=10_000)
         ends = self.retry.call(KAFKA, self.kafka.end_offsets, tps, timeout_ms=10_000)
         where = []
         for tp in tps:
-            offset = offsets[tp]
+            offset = offsets.get(tp)
+            if offset is None:
+                offset = self.retry.call(KAFKA, self.kafka.committed, tp)
+                if offset is None or starts[tp] <= offset <= ends[tp]:
+                    continue
             if offset < starts[tp]:
                 where.append(f"partition {tp.partition} of {tp.topic}: the group's next event "
                              f"(offset {offset}) was deleted before it was consumed (the "

@@ -112,9 +112,12 @@ def test_records_deleted_before_they_were_consumed_stop_the_consumer_with_the_fi
 
     assert consume.returncode == 1, consume.stderr
     (line,) = [x for x in consume.stderr.splitlines() if x.startswith("cdc-migrator:")]
-    gone = next(p for p in committed.partitions if after.partitions[p.partition].end > p.end)
-    assert (f"partition {gone.partition} of {settings.topic('users')}: the group's next event "
-            f"(offset {gone.committed}) was deleted before it was consumed") in line
+    gone = [p for p in committed.partitions if after.partitions[p.partition].end > p.end]
+    assert gone
+    for p in committed.partitions:  # each partition that lost events, and only those
+        named = (f"partition {p.partition} of {settings.topic('users')}: the group's next "
+                 f"event (offset {p.committed}) was deleted before it was consumed")
+        assert (named in line) == (p in gone), line
     assert f"`cdc-migrator reset {NAME}`" in line and "backfill" in line
     assert "Traceback" not in consume.stderr
     assert "was deleted before it was consumed" in status.stdout
