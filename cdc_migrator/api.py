@@ -201,6 +201,9 @@ def translate_service_error(exc: BaseException) -> CdcMigratorError | None:
     """A one-line error for a failure of the services (unreachable, auth); None for bugs."""
     if isinstance(exc, CdcMigratorError):
         return exc
+    refused = refusals.explain(exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, ServerSelectionTimeoutError):
         return ServiceUnavailable(f"cannot reach MongoDB: {_first_line(exc)}")
     if isinstance(exc, OperationFailure) and (exc.code in (13, 18) or _is_auth_failure(exc)):
@@ -213,9 +216,6 @@ def translate_service_error(exc: BaseException) -> CdcMigratorError | None:
         return ServiceUnavailable(f"lost the connection to MongoDB: {_first_line(exc)}")
     from kafka.errors import KafkaError
 
-    refused = refusals.explain(exc)
-    if refused is not None:
-        return refused
     if isinstance(exc, KafkaError):
         what = "cannot reach Kafka" if getattr(exc, "retriable", False) else "Kafka"
         return ServiceUnavailable(f"{what}: {type(exc).__name__}: {_first_line(exc)}")

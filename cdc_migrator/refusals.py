@@ -1,4 +1,4 @@
-"""Kafka connections refused for good: a wrong SASL password, an untrusted TLS certificate.
+"""Connections refused for good: a wrong SASL password, an untrusted TLS certificate.
 
 kafka-python 3.0 treats such a connection like a lost one: it tries again until its bootstrap
 times out and then reports only ``KafkaTimeoutError: Unable to bootstrap``, which the tool
@@ -6,11 +6,15 @@ would retry until ``--retry-deadline`` with the cause hidden. Its network layer 
 failed connection with the exception, though. A handler on the ``kafka`` logger keeps the
 latest refusal among them; :func:`explain` turns the timeout that it explains (or a refusal
 raised directly) into one line naming the cause, not to be retried.
+
+pymongo reports an untrusted certificate in its server-selection timeout, which is otherwise
+an outage: that one is told apart by the message.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import threading
 import time
@@ -21,6 +25,7 @@ from kafka.errors import (
     SaslAuthenticationFailedError,
     UnsupportedSaslMechanismError,
 )
+from pymongo.errors import ConnectionFailure
 
 from .errors import ConnectionRefused
 
@@ -54,9 +59,18 @@ def refusal_of(exc: BaseException) -> str | None:
     return None
 
 
+_MONGO_UNTRUSTED = re.compile(r"certificate verify failed: ([^(]*?)\s*\(_ssl")
+
+
 def explain(exc: BaseException) -> ConnectionRefused | None:
     """A :class:`ConnectionRefused` when ``exc`` is a refusal, or a Kafka timeout or lost
     connection following one that was logged within :data:`RECENT` seconds; else None."""
+    if isinstance(exc, ConnectionFailure):
+        untrusted = _MONGO_UNTRUSTED.search(str(exc))
+        if untrusted is None:
+            return None
+        return ConnectionRefused(f"MongoDB's TLS certificate is not trusted ({untrusted[1]}): "
+                                 "give the CA that signed it with --mongo-tls-ca-file")
     reason = refusal_of(exc)
     if reason is None and isinstance(exc, KafkaError) and getattr(exc, "retriable", False):
         with _lock:

@@ -54,12 +54,13 @@ class StopRequested(CdcMigratorError):
 
 def service_of(exc: BaseException) -> str | None:
     """``"MongoDB"`` or ``"Kafka"`` when ``exc`` is a transient failure worth retrying."""
+    if refusals.explain(exc) is not None:  # a wrong password is not an outage
+        return None
     if isinstance(exc, ConnectionFailure):  # includes AutoReconnect, server selection timeout
         return MONGODB
     if isinstance(exc, OperationFailure) and exc.code in _MONGO_TRANSIENT_CODES:
         return MONGODB
-    if isinstance(exc, KafkaError) and getattr(exc, "retriable", False) \
-            and refusals.explain(exc) is None:  # a wrong password is not an outage
+    if isinstance(exc, KafkaError) and getattr(exc, "retriable", False):
         return KAFKA
     return None
 

@@ -184,3 +184,20 @@ def test_a_refused_kafka_connection_is_one_line_and_exit_1_not_a_retry_loop(
         assert lines == [message], result.stderr
         assert "Traceback" not in result.stderr and "not-the-password" not in result.stderr
         assert "retrying with backoff" not in result.stderr
+
+
+def test_an_untrusted_mongodb_certificate_is_one_line_and_exit_1_not_a_retry_loop(
+        settings, tls_listeners):
+    # A real TLS server whose certificate this client does not trust: the broker's SSL port.
+    env = {"MONGODB_URI": f"mongodb://{KAFKA_SSL}/app?directConnection=true&tls=true",
+           "CDC_MIGRATOR_MONGO_TIMEOUT_MS": "2000"}
+
+    for command in (["backfill", NAME], ["status"]):
+        result = run_cli(*command, settings=settings, env=env, timeout=45)
+
+        assert result.returncode == 1, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.startswith("cdc-migrator:")]
+        assert lines == ["cdc-migrator: MongoDB's TLS certificate is not trusted (self-signed "
+                         "certificate in certificate chain): give the CA that signed it with "
+                         "--mongo-tls-ca-file"], result.stderr
+        assert "retrying with backoff" not in result.stderr
