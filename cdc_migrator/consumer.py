@@ -134,7 +134,8 @@ class TransformConsumer:
         if isinstance(exc, EventsLost):
             fields["phase"] = FAILED
         try:
-            self.store.set(self.migration.name, **fields)
+            if self.store.get(self.migration.name) is not None:  # never started: nothing
+                self.store.set(self.migration.name, **fields)
         except Exception as failure:  # MongoDB gone too: the exit code still tells
             log.debug("could not record the stop: %s", failure)
 
@@ -202,8 +203,8 @@ class TransformConsumer:
         try:
             self._consume()
         except _Abandoned:
-            log.info("the abandoned Kafka client returned from poll(); its records are left "
-                     "to the new one")
+            log.info("the abandoned Kafka client's call returned; what it brought is left to "
+                     "the new client")
         except BaseException as exc:  # raised again by the watching thread
             failed.append(exc)
 

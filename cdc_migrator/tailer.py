@@ -194,8 +194,9 @@ class Tailer:
             error = logs.mask(str(exc) if isinstance(exc, CdcMigratorError) else first_line(exc))
             record = stop_record("tailer", error)
             try:
-                self.store.set(self.migration.name,
-                               **{"stopped.tailer": record, "last_error": record})
+                if self.store.get(self.migration.name) is not None:  # never started: nothing
+                    self.store.set(self.migration.name,
+                                   **{"stopped.tailer": record, "last_error": record})
             except Exception as failure:  # MongoDB gone too: the exit code still tells
                 log.debug("could not record the stop: %s", failure)
             raise
@@ -204,7 +205,8 @@ class Tailer:
             if self._recovery is not None:
                 self._recovery.join(timeout=60)
             try:  # not running any more, whatever the last heartbeat says (see catchup.py)
-                self.store.set(self.migration.name, **{"tail.stopped_at": time.time()})
+                if self.store.get(self.migration.name) is not None:
+                    self.store.set(self.migration.name, **{"tail.stopped_at": time.time()})
             except Exception as failure:
                 log.debug("could not record the stop: %s", failure)
 
