@@ -113,8 +113,9 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
             with catching_up(settings, migration, state) as caught:
                 behind = _wait_fence_and_lag(settings, migration, store, timeout)
             report.reasons += caught.errors
-            if caught.note():
-                report.notes.append(caught.note())
+            note = caught.note()
+            if note:
+                report.notes.append(note)
         if behind:
             report.reasons.append(behind)
     elif not (state.get("apply") or {}).get("done"):
