@@ -22,14 +22,9 @@ from . import topics
 from .config import Settings
 from .consumer import TransformConsumer, group_id
 from .migration import Migration
-from .tailer import Tailer
+from .tailer import HEARTBEAT_STALE_AFTER, Tailer
 
 log = logging.getLogger("cdc_migrator.cutover")
-
-#: A tailer saves its position (and a heartbeat) every 200 ms while it runs; one silent for
-#: this long is taken as not running.
-TAILER_SILENT = 5.0
-
 
 @dataclass
 class CatchUp:
@@ -46,10 +41,11 @@ class CatchUp:
 
 
 def tailer_running(state: dict[str, Any]) -> bool:
-    """A heartbeat within :data:`TAILER_SILENT` seconds, after the last stop (if any)."""
+    """A heartbeat as fresh as ``status`` wants it, and after the last clean stop (a tailer
+    records that, so the one of a finished ``run`` does not count)."""
     tail = state.get("tail") or {}
     heartbeat, stopped = tail.get("heartbeat"), tail.get("stopped_at")
-    return heartbeat is not None and time.time() - heartbeat < TAILER_SILENT \
+    return heartbeat is not None and time.time() - heartbeat < HEARTBEAT_STALE_AFTER \
         and (stopped is None or heartbeat > stopped)
 
 
