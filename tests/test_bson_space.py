@@ -47,11 +47,12 @@ def _run(settings, tmp_path, name: str, **options):
 
 
 def _create_topic(settings, collection: str, **config: str) -> None:
-    """The migration's topic, made before the tool makes it (as a user's may be)."""
+    """The migration's topic, made before the tool makes it (as a user's may be, with the
+    settings the tool checks: docs/deploy.md), with ``config`` on top."""
     client = topics.admin(settings)
     try:
         client.create_topics([NewTopic(settings.topic(collection), settings.partitions, 1,
-                                       topic_configs=config)])
+                                       topic_configs={**topics.TOPIC_CONFIGS, **config})])
     finally:
         client.close()
 

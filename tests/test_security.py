@@ -175,9 +175,10 @@ def test_a_refused_kafka_connection_is_one_line_and_exit_1_not_a_retry_loop(
     arm(settings, api.load(settings, NAME))  # over plaintext, so backfill gets to Kafka
 
     for command in commands:
-        # The default retry deadline (300 s) stays: the refusal must end it, not the deadline.
+        # A short deadline keeps one bootstrap attempt short (2 s); that no retry began (no
+        # outage logged) shows the refusal ended the command, not the deadline.
         result = run_cli(command, *([NAME] if command != "status" else []), settings=settings,
-                         env=env, timeout=45)
+                         env={**env, "CDC_MIGRATOR_RETRY_DEADLINE": "2"}, timeout=45)
 
         assert result.returncode == 1, result.stderr
         lines = [line for line in result.stderr.splitlines() if line.startswith("cdc-migrator:")]
