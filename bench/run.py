@@ -45,14 +45,15 @@ from pymongo import UpdateOne
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cdc_migrator import topics  # noqa: E402
-from cdc_migrator.apply import apply_migration  # noqa: E402
-from cdc_migrator.config import Settings  # noqa: E402
-from cdc_migrator.consumer import group_id  # noqa: E402
+from cdc_migrator.apply.shortcut.shortcut import apply_migration  # noqa: E402
+
+from cdc_migrator.apply.consumer import group_id  # noqa: E402
+from cdc_migrator.base import topics  # noqa: E402
+from cdc_migrator.base.settings import Settings  # noqa: E402
+from cdc_migrator.capture.tailer import arm  # noqa: E402
 from cdc_migrator.demo_data import FIRST_NAMES, LAST_NAMES, WORDS  # noqa: E402
 from cdc_migrator.migration import get_migration  # noqa: E402
-from cdc_migrator.runner import run_pipeline  # noqa: E402
-from cdc_migrator.tailer import arm  # noqa: E402
+from cdc_migrator.pipeline import run_pipeline  # noqa: E402
 
 COLLECTION = "bench_users"
 MIGRATION = "bench_add_tier"

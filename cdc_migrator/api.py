@@ -16,26 +16,27 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from . import deadletter, logs, refusals, topics
-from .apply import ApplyReport, DryRunLine, apply_migration
-from .apply import dry_run as _dry_run
-from .backfill import BackfillReport
-from .backfill import backfill as _backfill
-from .config import Settings
-from .consumer import consume_until_stopped, group_id
-from .cutover import CutoverReport, load_schema
-from .cutover import cutover as _cutover
+from .apply.consumer import consume_until_stopped, group_id
+from .apply.shortcut import ApplyReport, DryRunLine, apply_migration
+from .apply.shortcut import dry_run as _dry_run
+from .base import deadletters as deadletter
+from .base import logs, refusals, topics
+from .base.retry import MONGODB, Retrier, message_of
+from .base.settings import Settings
+from .base.state import CANCELLED, CUT_OVER, StateStore
+from .capture.backfill import BackfillReport
+from .capture.backfill import backfill as _backfill
+from .capture.tailer import tail_until_stopped
 from .errors import CdcMigratorError, Refused, ServiceUnavailable, UsageError
 from .migration import Migration, get_migration, load_migrations
-from .retry import MONGODB, Retrier, message_of
-from .runner import RunReport, run_pipeline
-from .scaffold import init_migration
-from .schema import validator_for
-from .state import CANCELLED, CUT_OVER, StateStore
-from .status import all_status
-from .tailer import tail_until_stopped
-from .verify import VerifyReport
-from .verify import verify as _verify
+from .operations.cutover import CutoverReport, load_schema
+from .operations.cutover import cutover as _cutover
+from .operations.scaffold import init_migration
+from .operations.schema import validator_for
+from .operations.status import all_status
+from .operations.verify import VerifyReport
+from .operations.verify import verify as _verify
+from .pipeline import RunReport, run_pipeline
 
 
 def load(settings: Settings, name: str) -> Migration:
@@ -64,7 +65,7 @@ def require_collection(settings: Settings, migration: Migration, *,
 
 
 def apply(settings: Settings, name: str, **options: Any) -> ApplyReport:
-    """``cdc-migrator apply NAME``: see :func:`cdc_migrator.apply.apply_migration`."""
+    """``cdc-migrator apply NAME``: see :func:`cdc_migrator.apply.shortcut.apply_migration`."""
     migration = load(settings, name)
     require_collection(settings, migration)
     return apply_migration(settings, migration, **options)
@@ -90,7 +91,7 @@ def verify(settings: Settings, name: str, **options: Any) -> VerifyReport:
 
 
 def cutover(settings: Settings, name: str, **options: Any) -> CutoverReport:
-    """``cdc-migrator cutover NAME``: see :func:`cdc_migrator.cutover.cutover`."""
+    """``cdc-migrator cutover NAME``: see :func:`cdc_migrator.operations.cutover.cutover`."""
     return _cutover(settings, load(settings, name), **options)
 
 
@@ -156,13 +157,13 @@ def tail(settings: Settings, migrations: list[Migration], stop: threading.Event,
     """``cdc-migrator tail``: one tailer per migration until ``stop`` is set.
 
     ``on_history_lost``: ``"fail"`` (stop, exit 1) or ``"rebackfill"`` (re-arm and backfill
-    again), see :class:`cdc_migrator.tailer.Tailer`.
+    again), see :class:`cdc_migrator.capture.tailer.Tailer`.
     """
     tail_until_stopped(settings, migrations, stop, on_history_lost=on_history_lost)
 
 
 def backfill(settings: Settings, name: str, **options: Any) -> BackfillReport:
-    """``cdc-migrator backfill NAME``: see :func:`cdc_migrator.backfill.backfill`."""
+    """``cdc-migrator backfill NAME``: see :func:`cdc_migrator.capture.backfill.backfill`."""
     migration = load(settings, name)
     require_collection(settings, migration, retry=True)
     return _backfill(settings, migration, **options)
@@ -176,7 +177,7 @@ def consume(settings: Settings, migrations: list[Migration], stop: threading.Eve
 
 def init(settings: Settings, name: str, collection: str, *,
          test_path: Path | None = None) -> list[Path]:
-    """``cdc-migrator init NAME``: see :func:`cdc_migrator.scaffold.init_migration`."""
+    """``cdc-migrator init NAME``: see :func:`cdc_migrator.operations.scaffold.init_migration`."""
     return init_migration(name, collection, settings.transforms, test_path)
 
 

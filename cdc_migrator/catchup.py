@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import topics
-from .config import Settings
-from .consumer import TransformConsumer, group_id
+from .apply.consumer import TransformConsumer, group_id
+from .base import topics
+from .base.settings import Settings
+from .capture.tailer import HEARTBEAT_STALE_AFTER, Tailer
 from .migration import Migration
-from .tailer import HEARTBEAT_STALE_AFTER, Tailer
 
 log = logging.getLogger("cdc_migrator.cutover")
 

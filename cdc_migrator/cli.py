@@ -20,10 +20,12 @@ from typing import Any
 import click
 from bson import json_util
 
-from . import api, configfile, logs, observability
-from .config import DEFAULT_KAFKA, DEFAULT_MONGODB_URI, Settings, uri_secrets
+from . import api
+from .base import configfile, logs
+from .base.settings import DEFAULT_KAFKA, DEFAULT_MONGODB_URI, Settings, uri_secrets
 from .errors import CdcMigratorError, UsageError
-from .status import render
+from .operations import observability
+from .operations.status import render
 
 log = logging.getLogger("cdc_migrator.cli")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pymongo
 
 from cdc_migrator import api
-from cdc_migrator.config import Settings
+from cdc_migrator.base.settings import Settings
 from cdc_migrator.demo_data import seed
 
 ROOT = Path(__file__).resolve().parent.parent

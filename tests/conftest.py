@@ -18,7 +18,7 @@ from typing import Any
 import pymongo
 import pytest
 
-from cdc_migrator.config import Settings
+from cdc_migrator.base.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 MONGO_BASE = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017/app?directConnection=true")

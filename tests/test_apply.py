@@ -13,8 +13,8 @@ import warnings
 import pymongo
 
 from cdc_migrator import api, migration
-from cdc_migrator.applier import Applier
-from cdc_migrator.context import make_context
+from cdc_migrator.apply.applier import Applier
+from cdc_migrator.base.context import make_context
 from cdc_migrator.migration import _defined
 
 from .conftest import MONGO_BASE

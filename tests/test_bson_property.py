@@ -31,10 +31,11 @@ from bson.raw_bson import RawBSONDocument
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from cdc_migrator import api, codec
-from cdc_migrator.identity import id_key
+from cdc_migrator import api
+from cdc_migrator.base import codec
+from cdc_migrator.base.identity import id_key
 from cdc_migrator.migration import get_migration
-from cdc_migrator.runner import run_pipeline
+from cdc_migrator.pipeline import run_pipeline
 
 MIB = 1 << 20
 _names = itertools.count()

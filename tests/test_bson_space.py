@@ -16,17 +16,18 @@ from bson import DatetimeMS, Decimal128, Int64, Regex
 from bson.raw_bson import RawBSONDocument
 from kafka.admin import NewTopic
 
-from cdc_migrator import api, codec, events, topics
-from cdc_migrator.applier import Applier
-from cdc_migrator.backfill import RECORD_BYTES, backfill, by_partition
-from cdc_migrator.consumer import TransformConsumer
-from cdc_migrator.context import make_context
-from cdc_migrator.deadletter import read as read_dead_letters
-from cdc_migrator.identity import id_key
+from cdc_migrator import api
+from cdc_migrator.apply.applier import Applier
+from cdc_migrator.apply.consumer import TransformConsumer
+from cdc_migrator.base import codec, events, topics
+from cdc_migrator.base.context import make_context
+from cdc_migrator.base.deadletters import read as read_dead_letters
+from cdc_migrator.base.identity import id_key
+from cdc_migrator.capture.backfill import RECORD_BYTES, backfill, by_partition
+from cdc_migrator.capture.tailer import Tailer, arm
 from cdc_migrator.migration import get_migration
-from cdc_migrator.observability import Health
-from cdc_migrator.runner import run_pipeline
-from cdc_migrator.tailer import Tailer, arm
+from cdc_migrator.operations.observability import Health
+from cdc_migrator.pipeline import run_pipeline
 
 from .conftest import run_cli, wait_for
 

@@ -9,10 +9,10 @@ import time
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from cdc_migrator import topics
-from cdc_migrator.consumer import group_id
+from cdc_migrator.apply.consumer import group_id
+from cdc_migrator.base import topics
+from cdc_migrator.capture.tailer import arm
 from cdc_migrator.migration import get_migration
-from cdc_migrator.tailer import arm
 
 from .conftest import run_cli
 from .test_pipeline import _spawn, _wait_drained, _wait_state

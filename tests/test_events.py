@@ -27,8 +27,8 @@ from fastavro.schema import parse_schema, to_parsing_canonical_form
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdc_migrator import events
-from cdc_migrator.events import (
+from cdc_migrator.base import events
+from cdc_migrator.base.events import (
     CODEC_OPTIONS,
     SCHEMA_FINGERPRINT,
     Envelope,

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from cdc_migrator import api
-from cdc_migrator.tailer import arm
+from cdc_migrator.capture.tailer import arm
 
 from .conftest import run_cli, wait_for
 from .test_production import Service

@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cdc_migrator import DELETE, UNSET, PatchError, migration
-from cdc_migrator.migration import _defined
-from cdc_migrator.patch import (
+from cdc_migrator.base.patch import (
     Outcome,
     RecordingDocument,
     apply_to,
@@ -26,6 +25,7 @@ from cdc_migrator.patch import (
     same_value,
     validate_patch,
 )
+from cdc_migrator.migration import _defined
 
 
 def make(fn, collection: str = "things"):

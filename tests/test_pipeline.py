@@ -13,10 +13,11 @@ import time
 
 import pytest
 
-from cdc_migrator import api, topics
-from cdc_migrator.consumer import group_id
+from cdc_migrator import api
+from cdc_migrator.apply.consumer import group_id
+from cdc_migrator.base import topics
 from cdc_migrator.migration import get_migration
-from cdc_migrator.runner import run_pipeline
+from cdc_migrator.pipeline import run_pipeline
 
 from .conftest import ROOT, cli_env, run_cli
 
@@ -251,8 +252,8 @@ def test_the_consumers_own_writes_are_not_sent_through_the_topic_again(db, setti
 
 def test_the_tailer_forwards_every_event_the_consumer_may_have_work_for(db, settings,
                                                                          transforms):
+    from cdc_migrator.capture.tailer import Tailer
     from cdc_migrator.migration import Migration
-    from cdc_migrator.tailer import Tailer
 
     def event(op, doc):
         return {"_id": {"_data": "82"}, "operationType": op, "documentKey": {"_id": 1},
@@ -349,9 +350,9 @@ SLOW_ONCE_MIGRATION = textwrap.dedent('''
 
 def test_a_member_joining_during_a_slow_batch_rebalances_and_the_group_drains(
         db, settings, tmp_path):
-    from cdc_migrator.backfill import backfill
-    from cdc_migrator.consumer import TransformConsumer
-    from cdc_migrator.tailer import arm
+    from cdc_migrator.apply.consumer import TransformConsumer
+    from cdc_migrator.capture.backfill import backfill
+    from cdc_migrator.capture.tailer import arm
 
     (tmp_path / "slow.py").write_text(SLOW_ONCE_MIGRATION)
     settings.transforms = tmp_path

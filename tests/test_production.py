@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cdc_migrator import api
-from cdc_migrator.tailer import arm
+from cdc_migrator.capture.tailer import arm
 
 from .conftest import ROOT, cli_env, run_cli, wait_for
 
@@ -200,7 +200,7 @@ def test_passwords_never_appear_in_any_output_or_log_line(db, settings, tmp_path
 
 LOG_SECRETS = f"""
 import logging
-from cdc_migrator import logs
+from cdc_migrator.base import logs
 logs.configure("json")
 logs.add_secrets("{KAFKA_SECRET}")
 log = logging.getLogger("cdc_migrator.test")

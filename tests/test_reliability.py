@@ -28,10 +28,13 @@ import pytest
 from click.testing import CliRunner
 from kafka import KafkaAdminClient, KafkaProducer
 
-from cdc_migrator import api, cli, config, consumer, events, topics
-from cdc_migrator.config import Settings
+from cdc_migrator import api, cli
+from cdc_migrator.apply import consumer
+from cdc_migrator.base import events, topics
+from cdc_migrator.base import settings as config
+from cdc_migrator.base.settings import Settings
+from cdc_migrator.capture.tailer import arm
 from cdc_migrator.migration import get_migration
-from cdc_migrator.tailer import arm
 
 from .conftest import (
     KAFKA,

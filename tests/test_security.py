@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_migrator import api, retry
-from cdc_migrator.config import mask_secrets, mask_uri, uri_secrets
-from cdc_migrator.tailer import arm
+from cdc_migrator import api
+from cdc_migrator.base import retry
+from cdc_migrator.base.settings import mask_secrets, mask_uri, uri_secrets
+from cdc_migrator.capture.tailer import arm
 
 from .conftest import (
     KAFKA_CA,

@@ -24,19 +24,21 @@ import pytest
 from pymongo import monitoring
 from pymongo.errors import CursorNotFound, OperationFailure
 
-from cdc_migrator import api, runway, topics
-from cdc_migrator.applier import Applier
-from cdc_migrator.backfill import backfill
-from cdc_migrator.config import Settings
-from cdc_migrator.context import make_context
+from cdc_migrator import api
+from cdc_migrator.apply.applier import Applier
+from cdc_migrator.base import topics
+from cdc_migrator.base.context import make_context
+from cdc_migrator.base.identity import id_key
+from cdc_migrator.base.retry import Retrier
+from cdc_migrator.base.scanner import scan
+from cdc_migrator.base.settings import Settings
+from cdc_migrator.capture.backfill import backfill
+from cdc_migrator.capture.tailer import HEARTBEAT_INTERVAL, Tailer, arm
 from cdc_migrator.errors import CaptureStopped, UsageError
-from cdc_migrator.identity import id_key
 from cdc_migrator.migration import Migration, get_migration
-from cdc_migrator.retry import Retrier
-from cdc_migrator.scanner import scan
-from cdc_migrator.schema import dialect_problems
-from cdc_migrator.status import migration_status
-from cdc_migrator.tailer import HEARTBEAT_INTERVAL, Tailer, arm
+from cdc_migrator.operations import runway
+from cdc_migrator.operations.schema import dialect_problems
+from cdc_migrator.operations.status import migration_status
 
 from . import test_reliability as reliability
 from .conftest import KAFKA, run_cli, wait_for
@@ -604,7 +606,7 @@ def test_the_dialect_check_names_what_mongodb_rejects():
 
 def test_load_schema_refuses_a_schema_mongodb_rejects(settings, tmp_path):
     _contracted(settings, tmp_path, {"properties": {"x": {"type": "integer"}}})
-    from cdc_migrator.cutover import load_schema
+    from cdc_migrator.operations.cutover import load_schema
     with pytest.raises(UsageError, match="not one MongoDB's \\$jsonSchema accepts"):
         load_schema(settings, "users.contract.json")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kafka import KafkaConsumer, TopicPartition
 
-from cdc_migrator import topics
+from cdc_migrator.base import topics
 
 
 def _drain(stream, n, limit=50):

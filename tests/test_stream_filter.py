@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from cdc_migrator.applier import Applier
-from cdc_migrator.context import make_context
-from cdc_migrator.identity import id_key
-from cdc_migrator.migration import Migration, filter_fields
-from cdc_migrator.patch import decide
-from cdc_migrator.tailer import (
+from cdc_migrator.apply.applier import Applier
+from cdc_migrator.base.context import make_context
+from cdc_migrator.base.identity import id_key
+from cdc_migrator.base.patch import decide
+from cdc_migrator.capture.tailer import (
     FENCE_COLLECTION,
     UNUSED_FIELDS,
     image_condition,
     stream_pipeline,
 )
+from cdc_migrator.migration import Migration, filter_fields
 
 
 def _migration(filter_):

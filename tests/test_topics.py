@@ -12,10 +12,12 @@ import pytest
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import ConfigResource
 
-from cdc_migrator import api, observability, topics
-from cdc_migrator.consumer import TransformConsumer, group_id
-from cdc_migrator.status import render
-from cdc_migrator.tailer import arm
+from cdc_migrator import api
+from cdc_migrator.apply.consumer import TransformConsumer, group_id
+from cdc_migrator.base import topics
+from cdc_migrator.capture.tailer import arm
+from cdc_migrator.operations import observability
+from cdc_migrator.operations.status import render
 
 from .conftest import KAFKA, run_cli, wait_for
 

@@ -27,7 +27,7 @@ from kafka.errors import (
 )
 from pymongo.errors import ConnectionFailure
 
-from .errors import ConnectionRefused
+from ..errors import ConnectionRefused
 
 #: A refusal logged this many seconds before a timeout is taken as its cause (one bootstrap
 #: attempt lasts at most 10 s).

@@ -35,15 +35,16 @@ from kafka.errors import (
     RebalanceInProgressError,
 )
 
-from . import events, logs, observability, topics
+from ..base import events, logs, topics
+from ..base.context import make_context
+from ..base.identity import id_key
+from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line
+from ..base.settings import Settings
+from ..base.state import FAILED, StateStore, failure_record, stop_record
+from ..errors import CdcMigratorError, EventsLost
+from ..migration import Migration
+from ..operations import observability
 from .applier import Applier, BatchResult
-from .config import Settings
-from .context import make_context
-from .errors import CdcMigratorError, EventsLost
-from .identity import id_key
-from .migration import Migration
-from .retry import KAFKA, MONGODB, Retrier, StopRequested, first_line
-from .state import FAILED, StateStore, failure_record, stop_record
 
 log = logging.getLogger("cdc_migrator.consumer")
 

@@ -12,8 +12,8 @@ import pymongo
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, InvalidURI
 
+from ..errors import UsageError
 from . import codec
-from .errors import UsageError
 
 DEFAULT_MONGODB_URI = "mongodb://127.0.0.1:27017/app?directConnection=true"
 DEFAULT_KAFKA = "127.0.0.1:9092"

@@ -22,8 +22,8 @@ from kafka.errors import (
     TopicAlreadyExistsError,
 )
 
-from .config import Settings
-from .errors import CdcMigratorError, Refused, ServiceUnavailable
+from ..errors import CdcMigratorError, Refused, ServiceUnavailable
+from .settings import Settings
 
 log = logging.getLogger("cdc_migrator.topics")
 

@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 from kafka.errors import KafkaError
 from pymongo.errors import ConnectionFailure, OperationFailure
 
+from ..errors import CdcMigratorError, ServiceUnavailable
 from . import refusals
-from .config import Settings, mask_secrets
-from .errors import CdcMigratorError, ServiceUnavailable
+from .settings import Settings, mask_secrets
 
 T = TypeVar("T")
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import mask_uri
-from .errors import UsageError
+from ..errors import UsageError
+from .settings import mask_uri
 
 DEFAULT_PATH = "cdc-migrator.toml"
 

@@ -13,7 +13,7 @@ The Kafka record key is :func:`key_bytes` of the document's ``_id`` (the BSON do
 ``{"_id": <id>}``), so every event for one document lands on one partition, in order.
 
 BSON values (key, document, resume token) are encoded and decoded with the tool's one codec
-policy (:data:`cdc_migrator.codec.CODEC_OPTIONS`, re-exported here), so every BSON type the
+policy (:data:`cdc_migrator.base.codec.CODEC_OPTIONS`, re-exported here), so every BSON type the
 driver supports survives a round trip with its value, its Python type and the document's key
 order intact (dates outside Python's ``datetime`` range come back as :class:`bson.DatetimeMS`;
 subtype-4 UUIDs are :class:`uuid.UUID`).
@@ -261,7 +261,7 @@ _OPERATIONS: dict[str, Operation] = {o.value: o for o in Operation}
 
 def _load_schema() -> dict[str, Any]:
     schema: dict[str, Any] = json.loads(
-        resources.files(__package__).joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
+        resources.files("cdc_migrator").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
     return schema
 
 
@@ -307,7 +307,7 @@ def _check_schema() -> None:
     if to_parsing_canonical_form(_CODEC_SCHEMA_JSON) != _CANONICAL_FORM:
         problems.append("stripping logical types changed the canonical form")
     if problems:
-        raise RuntimeError(f"{__package__}/{SCHEMA_RESOURCE}: " + "; ".join(problems))
+        raise RuntimeError(f"cdc_migrator/{SCHEMA_RESOURCE}: " + "; ".join(problems))
 
 
 _check_schema()

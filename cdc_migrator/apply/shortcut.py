@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..base.context import make_context
+from ..base.patch import Outcome, decide
+from ..base.progress import Progress
+from ..base.scanner import count, prefetched, scan
+from ..base.settings import Settings
+from ..base.state import APPLIED, APPLYING, StateStore, failure_record
+from ..migration import Migration
 from .applier import Applier, BatchResult
-from .config import Settings
-from .context import make_context
-from .migration import Migration
-from .patch import Outcome, decide
-from .progress import Progress
-from .scanner import count, prefetched, scan
-from .state import APPLIED, APPLYING, StateStore, failure_record
 
 
 @dataclass

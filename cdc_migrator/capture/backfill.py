@@ -21,15 +21,17 @@ import bson
 from bson.raw_bson import RawBSONDocument
 from kafka.partitioner.default import murmur2
 
-from . import deadletter, events, logs, observability, topics
-from .codec import CODEC_OPTIONS
-from .config import Settings
-from .errors import Refused
-from .migration import Migration
-from .progress import Progress
-from .retry import KAFKA, MONGODB, Retrier, StopRequested
-from .scanner import count, prefetched, scan
-from .state import BACKFILLING, CATCHING_UP, FAILED, StateStore
+from ..base import deadletters as deadletter
+from ..base import events, logs, topics
+from ..base.codec import CODEC_OPTIONS
+from ..base.progress import Progress
+from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested
+from ..base.scanner import count, prefetched, scan
+from ..base.settings import Settings
+from ..base.state import BACKFILLING, CATCHING_UP, FAILED, StateStore
+from ..errors import Refused
+from ..migration import Migration
+from ..operations import observability
 from .tailer import is_armed
 
 log = logging.getLogger("cdc_migrator.backfill")
@@ -231,7 +233,7 @@ def _hold_while_paused(store: StateStore, name: str, stop: threading.Event | Non
                        holding: Callable[[], AbstractContextManager[Any]] = nullcontext) -> bool:
     """Wait while the migration is paused; False when it was cancelled or we must stop.
 
-    The wait runs inside ``holding()`` (the scan's :meth:`~cdc_migrator.scanner.Scan.held`).
+    The wait runs inside ``holding()`` (the scan's :meth:`~cdc_migrator.base.scanner.Scan.held`).
     Raises :class:`Refused` when the migration failed (e.g. its collection was dropped).
     """
     state = store.get(name) or {}

@@ -215,7 +215,8 @@ def errors(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
 
 
 def validator_for(schema: dict[str, Any]) -> Callable[[dict[str, Any]], str | None]:
-    """A document check for :func:`cdc_migrator.verify.verify`: first problem, or None."""
+    """A document check for :func:`~cdc_migrator.operations.verify.verify`: its first problem,
+    or None."""
     def check(doc: dict[str, Any]) -> str | None:
         found = errors(schema, doc)
         return found[0] if found else None

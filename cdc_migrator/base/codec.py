@@ -1,6 +1,6 @@
 """The one BSON codec policy of the tool: how every document it reads becomes Python values.
 
-Every MongoDB client (:class:`~cdc_migrator.config.Settings`, the health checks), every scan,
+Every MongoDB client (:class:`~cdc_migrator.base.settings.Settings`, the health checks), every scan,
 change stream and re-read, and the decoding of event envelopes use these options, so a
 transform receives the same Python values for a document whichever path delivered it:
 

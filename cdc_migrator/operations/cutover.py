@@ -18,15 +18,15 @@ from typing import Any
 
 from pymongo.errors import OperationFailure
 
-from . import topics
-from .catchup import catching_up
-from .config import Settings
-from .consumer import group_id
-from .errors import Refused, UsageError
-from .migration import Migration
+from ..apply.consumer import group_id
+from ..base import topics
+from ..base.settings import Settings
+from ..base.state import CUT_OVER, FAILED, StateStore, now
+from ..capture.tailer import FENCE_COLLECTION, is_armed
+from ..catchup import catching_up
+from ..errors import Refused, UsageError
+from ..migration import Migration
 from .schema import dialect_problems, validator_for
-from .state import CUT_OVER, FAILED, StateStore, now
-from .tailer import FENCE_COLLECTION, is_armed
 from .verify import VerifyReport, verify
 
 

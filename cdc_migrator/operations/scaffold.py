@@ -7,7 +7,7 @@ import keyword
 import os
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 
 MIGRATION_TEMPLATE = '''\
 """{name}: TODO say in one line what changes in each document of {collection}.

@@ -17,11 +17,11 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from ..apply.applier import Applier
+from ..migration import Migration
 from . import events, topics
-from .applier import Applier
-from .config import Settings
 from .context import make_context
-from .migration import Migration
+from .settings import Settings
 from .state import StateStore
 
 #: A key larger than this does not go on a dead letter (the record key and its hex): the

@@ -30,14 +30,16 @@ import bson
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure, PyMongoError
 
-from . import deadletter, events, logs, observability, topics
-from .config import Settings
-from .context import make_context
-from .errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused
-from .migration import Migration, rename_filter_fields
-from .patch import decide
-from .retry import KAFKA, MONGODB, Retrier, StopRequested, first_line, message_of
-from .state import ARMED, FAILED, StateStore, now, stop_record
+from ..base import deadletters as deadletter
+from ..base import events, logs, topics
+from ..base.context import make_context
+from ..base.patch import decide
+from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line, message_of
+from ..base.settings import Settings
+from ..base.state import ARMED, FAILED, StateStore, now, stop_record
+from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused
+from ..migration import Migration, rename_filter_fields
+from ..operations import observability
 
 log = logging.getLogger("cdc_migrator.tailer")
 

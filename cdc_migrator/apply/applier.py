@@ -18,11 +18,11 @@ from pymongo import DeleteOne, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 
-from .codec import CODEC_OPTIONS
-from .identity import id_key
-from .migration import Migration, filter_fields
-from .patch import Outcome, decide
-from .retry import message_of, service_of
+from ..base.codec import CODEC_OPTIONS
+from ..base.identity import id_key
+from ..base.patch import Outcome, decide
+from ..base.retry import message_of, service_of
+from ..migration import Migration, filter_fields
 
 MAX_ATTEMPTS = 20
 # MongoDB's largest statement of a write (BSONObjMaxInternalSize: 16 MiB plus 16 KiB).
@@ -109,10 +109,11 @@ class Applier:
     ) -> BatchResult:
         """Migrate the documents with these ids from their current state.
 
-        ``images`` may hold a document image per id (keyed by :func:`~cdc_migrator.identity.id_key`,
-        e.g. carried by an event); it is tried first and the database is read only for ids
-        without one or whose guard missed. Ids MongoDB takes as one (``1`` and ``1.0``) are one
-        document, ids it tells apart (``1`` and ``True``) are two. An id whose document does not
+        ``images`` may hold a document image per id (keyed by
+        :func:`~cdc_migrator.base.identity.id_key`, e.g. carried by an event); it is tried
+        first and the database is read only for ids without one or whose guard missed. Ids
+        MongoDB takes as one (``1`` and ``1.0``) are one document, ids it tells apart (``1``
+        and ``True``) are two. An id whose document does not
         exist is counted as ``missing`` and skipped.
         """
         unique = {id_key(i): i for i in ids}

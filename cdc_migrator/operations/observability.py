@@ -23,11 +23,11 @@ import pymongo
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from . import codec, logs, refusals, topics
-from .config import Settings
-from .errors import UsageError
-from .migration import Migration
-from .state import StateStore
+from ..base import codec, logs, refusals, topics
+from ..base.settings import Settings
+from ..base.state import StateStore
+from ..errors import UsageError
+from ..migration import Migration
 
 log = logging.getLogger("cdc_migrator.observability")
 
@@ -73,7 +73,7 @@ def record_produced(migration: str, events: int, component: str, seconds: float)
 
 
 def record_consumed(migration: str, records: int, result: Any, seconds: float) -> None:
-    """A consumed batch: ``result`` is its :class:`~cdc_migrator.applier.BatchResult`."""
+    """A consumed batch: ``result`` is its :class:`~cdc_migrator.apply.applier.BatchResult`."""
     EVENTS_CONSUMED.labels(migration).inc(records)
     EVENTS_APPLIED.labels(migration).inc(result.applied)
     DOCUMENTS_UNCHANGED.labels(migration).inc(result.unchanged)
@@ -176,7 +176,7 @@ class Health:
         self._stopped_labels = stopped
 
     def _check_kafka(self) -> list[str]:
-        from .consumer import group_id  # the consumer reports here: import it late
+        from ..apply.consumer import group_id  # the consumer reports here: import it late
 
         # Reading the group's offsets proves the broker answers; the lag comes with it.
         try:

@@ -7,13 +7,14 @@ import datetime as dt
 import time
 from typing import Any
 
-from . import logs, runway, topics
-from .config import Settings
-from .consumer import group_id
-from .migration import Migration
-from .progress import format_duration
-from .state import CATCHING_UP, CUT_OVER, READY, StateStore
-from .tailer import HEARTBEAT_STALE_AFTER
+from ..apply.consumer import group_id
+from ..base import logs, topics
+from ..base.progress import format_duration
+from ..base.settings import Settings
+from ..base.state import CATCHING_UP, CUT_OVER, READY, StateStore
+from ..capture.tailer import HEARTBEAT_STALE_AFTER
+from ..migration import Migration
+from . import runway
 
 
 def _timestamp_seconds(ts: Any) -> float | None:

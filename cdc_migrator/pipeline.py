@@ -14,15 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import topics
-from .backfill import BackfillReport, backfill
-from .config import Settings
-from .consumer import TransformConsumer, group_id
-from .cutover import CutoverReport, cutover
+from .apply.consumer import TransformConsumer, group_id
+from .base import topics
+from .base.retry import KAFKA, MONGODB, Retrier, StopRequested
+from .base.settings import Settings
+from .base.state import READY, StateStore
+from .capture.backfill import BackfillReport, backfill
+from .capture.tailer import Tailer, arm
 from .migration import Migration
-from .retry import KAFKA, MONGODB, Retrier, StopRequested
-from .state import READY, StateStore
-from .tailer import Tailer, arm
+from .operations.cutover import CutoverReport, cutover
 
 
 @dataclass

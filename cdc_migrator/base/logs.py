@@ -15,7 +15,7 @@ import logging
 import sys
 from typing import Any
 
-from .config import mask_secrets
+from .settings import mask_secrets
 
 FORMATS = ("text", "json")
 

@@ -16,8 +16,8 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from .progress import format_duration
-from .tailer import HEARTBEAT_STALE_AFTER
+from ..base.progress import format_duration
+from ..capture.tailer import HEARTBEAT_STALE_AFTER
 
 #: Warn once the tailer's resume point has aged through this share of the history window.
 WARN_AT_SHARE = 0.5

@@ -6,11 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Settings
-from .context import make_context
-from .migration import Migration
-from .patch import decide
-from .scanner import scan
+from ..base.context import make_context
+from ..base.patch import decide
+from ..base.scanner import scan
+from ..base.settings import Settings
+from ..migration import Migration
 
 
 @dataclass
