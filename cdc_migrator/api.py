@@ -1,11 +1,17 @@
-"""The Python API: one function per command, over a :class:`Settings`.
+"""The Python API: one function per command, over a :class:`Settings`, with the command's
+options as keyword arguments.
 
-The command line is a thin layer over these; scripts and tests call them directly.
+The command line is a thin layer over these (as Alembic's ``command.py`` is); scripts and tests
+call them directly. Settings (where the services are, how things are named, TLS, ...) come from
+the :class:`~cdc_migrator.base.settings.Settings`; what a single command does differently
+comes as keyword arguments.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +22,17 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from .apply.consumer import consume_until_stopped, group_id
+from .apply.consumer import ConsumeStats, consume_until_stopped
+from .apply.replay import RetryReport
+from .apply.replay import retry as retry_dead_letters
 from .apply.shortcut import ApplyReport, DryRunLine, apply_migration
 from .apply.shortcut import dry_run as _dry_run
-from .base import deadletters as deadletter
 from .base import logs, refusals, topics
+from .base.deadletters import DeadLetter
+from .base.deadletters import read as read_dead_letters
 from .base.retry import MONGODB, Retrier, message_of
 from .base.settings import Settings
-from .base.state import CANCELLED, CUT_OVER, StateStore
+from .base.state import Phase, StateStore
 from .capture.backfill import BackfillReport
 from .capture.backfill import backfill as _backfill
 from .capture.tailer import tail_until_stopped
@@ -36,7 +45,7 @@ from .operations.schema import validator_for
 from .operations.status import all_status
 from .operations.verify import VerifyReport
 from .operations.verify import verify as _verify
-from .pipeline import RunReport, run_pipeline
+from .pipeline import RunReport, catch_up, run_pipeline
 
 
 def load(settings: Settings, name: str) -> Migration:
@@ -64,35 +73,45 @@ def require_collection(settings: Settings, migration: Migration, *,
                       "the database in MONGODB_URI or --db)")
 
 
-def apply(settings: Settings, name: str, **options: Any) -> ApplyReport:
-    """``cdc-migrator apply NAME``: see :func:`cdc_migrator.apply.shortcut.apply_migration`."""
+def apply(settings: Settings, name: str, *, batch_size: int | None = None,
+          rate: float | None = None, reset: bool = False,
+          show_progress: bool = True) -> ApplyReport:
+    """``cdc-migrator apply NAME``: the small-collection shortcut, in this process; resumable
+    (``reset`` starts from the first document). See
+    :func:`cdc_migrator.apply.shortcut.apply_migration`."""
     migration = load(settings, name)
     require_collection(settings, migration)
-    return apply_migration(settings, migration, **options)
+    return apply_migration(settings, migration, batch_size=batch_size, rate=rate, reset=reset,
+                           show_progress=show_progress)
 
 
-def dry_run(settings: Settings, name: str, **options: Any) -> list[DryRunLine]:
+def dry_run(settings: Settings, name: str, *, batch_size: int | None = None
+            ) -> list[DryRunLine]:
     """``cdc-migrator apply NAME --dry-run``: each document's patch of the first batch."""
     migration = load(settings, name)
     require_collection(settings, migration)
-    return _dry_run(settings, migration, **options)
+    return _dry_run(settings, migration, batch_size=batch_size)
 
 
-def verify(settings: Settings, name: str, **options: Any) -> VerifyReport:
-    """``cdc-migrator verify NAME``: documents the transform would still change.
-
-    When the migration names a contract schema, documents breaking it are reported too.
-    """
+def verify(settings: Settings, name: str, *, sample_size: int = 10,
+           batch_size: int | None = None) -> VerifyReport:
+    """``cdc-migrator verify NAME``: documents the transform would still change (and, when
+    the migration names a contract schema, documents breaking it); ``sample_size`` ids of each
+    kind are kept."""
     migration = load(settings, name)
-    if migration.contract_schema:
-        options.setdefault("schema_check",
-                           validator_for(load_schema(settings, migration.contract_schema)))
-    return _verify(settings, migration, **options)
+    check = validator_for(load_schema(settings, migration.contract_schema)) \
+        if migration.contract_schema else None
+    return _verify(settings, migration, sample_size=sample_size, batch_size=batch_size,
+                   schema_check=check)
 
 
-def cutover(settings: Settings, name: str, **options: Any) -> CutoverReport:
-    """``cdc-migrator cutover NAME``: see :func:`cdc_migrator.operations.cutover.cutover`."""
-    return _cutover(settings, load(settings, name), **options)
+def cutover(settings: Settings, name: str, *, timeout: float = 60.0, dry_run: bool = False,
+            allow_failed: bool = False) -> CutoverReport:
+    """``cdc-migrator cutover NAME``: fence, wait for zero lag (catching up itself where no
+    tailer or consumer runs), verify, apply the contract schema, mark complete. See
+    :func:`cdc_migrator.operations.cutover.cutover`."""
+    return _cutover(settings, load(settings, name), timeout=timeout, dry_run=dry_run,
+                    allow_failed=allow_failed, catch_up=catch_up)
 
 
 def status(settings: Settings, name: str | None = None) -> list[dict[str, Any]]:
@@ -113,27 +132,29 @@ def _store(settings: Settings) -> StateStore:
 def pause(settings: Settings, name: str) -> None:
     """Consumers and backfill stop applying and hold their position until :func:`resume`."""
     migration = load(settings, name)
-    _store(settings).ensure(name, migration.collection)
-    _store(settings).set(name, paused=True)
+    store = _store(settings)
+    store.ensure(name, migration.collection)
+    store.pause(name)
 
 
 def resume(settings: Settings, name: str) -> None:
     load(settings, name)
-    _store(settings).set(name, paused=False)
+    _store(settings).resume(name)
 
 
 def cancel(settings: Settings, name: str) -> None:
     """Stop a migration for good: tail, backfill and consume refuse it until :func:`reset`."""
     migration = load(settings, name)
-    _store(settings).ensure(name, migration.collection)
-    _store(settings).set(name, cancelled=True, phase=CANCELLED)
+    store = _store(settings)
+    store.ensure(name, migration.collection)
+    store.cancel(name)
 
 
 def reset(settings: Settings, name: str) -> None:
     """Forget a migration's state, topic position and group offsets: it starts over."""
-    migration = load(settings, name)
+    load(settings, name)
     _store(settings).delete(name)
-    topics.delete_group(settings, group_id(settings, migration))
+    topics.delete_group(settings, settings.group(name))
 
 
 def next_migration(settings: Settings, collection: str) -> Migration | None:
@@ -146,33 +167,71 @@ def next_migration(settings: Settings, collection: str) -> Migration | None:
     for migration in migrations(settings).values():
         if migration.collection != collection:
             continue
-        state = store.get(migration.name) or {}
-        if state.get("phase") != CUT_OVER:
+        state = store.get(migration.name)
+        if state is None or state.phase is not Phase.CUT_OVER:
             return migration
     return None
 
 
-def tail(settings: Settings, migrations: list[Migration], stop: threading.Event, *,
-         on_history_lost: str = "fail") -> None:
-    """``cdc-migrator tail``: one tailer per migration until ``stop`` is set.
+@dataclass
+class SeriesReport:
+    """What ``next --run`` did: each migration's run, in order, and whether all cut over."""
 
-    ``on_history_lost``: ``"fail"`` (stop, exit 1) or ``"rebackfill"`` (re-arm and backfill
-    again), see :class:`cdc_migrator.capture.tailer.Tailer`.
-    """
-    tail_until_stopped(settings, migrations, stop, on_history_lost=on_history_lost)
+    collection: str
+    runs: list[RunReport] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Every migration of the collection has cut over."""
+        return all(r.drained and r.cutover is not None and r.cutover.ok for r in self.runs)
 
 
-def backfill(settings: Settings, name: str, **options: Any) -> BackfillReport:
-    """``cdc-migrator backfill NAME``: see :func:`cdc_migrator.capture.backfill.backfill`."""
+def run_series(settings: Settings, collection: str, *, timeout: float = 600.0,
+               stop: threading.Event | None = None,
+               on_start: Callable[[Migration], None] | None = None) -> SeriesReport:
+    """``cdc-migrator next COLLECTION --run``: the migrations of ``collection`` not cut over
+    yet, one after another (the pipeline, then cutover), each only once the previous one cut
+    over; it stops at the first that does not drain within ``timeout`` or is refused.
+    ``on_start`` is called with each migration as it starts."""
+    report = SeriesReport(collection)
+    while (found := next_migration(settings, collection)) is not None:
+        if on_start is not None:
+            on_start(found)
+        run_report = run(settings, found.name, timeout=timeout, show_progress=False,
+                         stop=stop, then_cutover=True)
+        report.runs.append(run_report)
+        if not report.ok:
+            break
+    return report
+
+
+def _loaded(settings: Settings, name: str) -> Migration:
     migration = load(settings, name)
     require_collection(settings, migration, retry=True)
-    return _backfill(settings, migration, **options)
+    return migration
 
 
-def consume(settings: Settings, migrations: list[Migration], stop: threading.Event, *,
-            instance_id: str | None = None) -> None:
-    """``cdc-migrator consume``: one group member per migration until ``stop`` is set."""
-    consume_until_stopped(settings, migrations, stop, instance_id=instance_id)
+def tail(settings: Settings, migrations: list[Migration], stop: threading.Event) -> None:
+    """``cdc-migrator tail``: one tailer per migration until ``stop`` is set. The setting
+    ``on_history_lost`` says what a tailer does when the change history is gone."""
+    tail_until_stopped(settings, migrations, stop)
+
+
+def backfill(settings: Settings, name: str, *, batch_size: int | None = None,
+             rate: float | None = None, reset: bool = False, show_progress: bool = True,
+             stop: threading.Event | None = None) -> BackfillReport:
+    """``cdc-migrator backfill NAME``: the existing documents into the topic, resumable
+    (``reset`` starts over). See :func:`cdc_migrator.capture.backfill.backfill`."""
+    migration = _loaded(settings, name)
+    return _backfill(settings, migration, batch_size=batch_size, rate=rate, reset=reset,
+                     show_progress=show_progress, stop=stop)
+
+
+def consume(settings: Settings, migrations: list[Migration],
+            stop: threading.Event) -> list[ConsumeStats]:
+    """``cdc-migrator consume``: one group member per migration until ``stop`` is set (the
+    setting ``instance_id`` gives the members static membership)."""
+    return consume_until_stopped(settings, migrations, stop)
 
 
 def init(settings: Settings, name: str, collection: str, *,
@@ -181,21 +240,24 @@ def init(settings: Settings, name: str, collection: str, *,
     return init_migration(name, collection, settings.transforms, test_path)
 
 
-def run(settings: Settings, name: str, **options: Any) -> RunReport:
-    """``cdc-migrator run NAME``: the pipeline in one process until drained."""
-    migration = load(settings, name)
-    require_collection(settings, migration, retry=True)
-    return run_pipeline(settings, migration, **options)
+def run(settings: Settings, name: str, *, batch_size: int | None = None,
+        rate: float | None = None, timeout: float | None = None, then_cutover: bool = False,
+        show_progress: bool = True, stop: threading.Event | None = None) -> RunReport:
+    """``cdc-migrator run NAME``: tail, backfill and consume in this process until drained
+    (at most ``timeout`` seconds), then cutover with ``then_cutover``."""
+    return run_pipeline(settings, _loaded(settings, name), batch_size=batch_size, rate=rate,
+                        timeout=timeout, then_cutover=then_cutover,
+                        show_progress=show_progress, stop=stop)
 
 
-def dlq_list(settings: Settings, name: str) -> list[deadletter.DeadLetter]:
+def dlq_list(settings: Settings, name: str) -> list[DeadLetter]:
     """``cdc-migrator dlq list NAME``: every dead letter of the migration."""
-    return deadletter.read(settings, load(settings, name))
+    return read_dead_letters(settings, load(settings, name))
 
 
-def dlq_retry(settings: Settings, name: str) -> deadletter.RetryReport:
+def dlq_retry(settings: Settings, name: str) -> RetryReport:
     """``cdc-migrator dlq retry NAME``: replay dead letters through the fixed transform."""
-    return deadletter.retry(settings, load(settings, name))
+    return retry_dead_letters(settings, load(settings, name))
 
 
 def translate_service_error(exc: BaseException) -> CdcMigratorError | None:

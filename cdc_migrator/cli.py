@@ -1,5 +1,9 @@
 """The ``cdc-migrator`` command line: parses, calls the Python API, prints. Nothing more.
 
+Every setting's option (flag, environment variable, default from the configuration file) is
+derived from the settings table (``base/settings.py``); the options of a command alone are
+declared once below and shared by the commands that take them.
+
 Exit codes: 0 success, 1 refused or failed with a reason, 2 usage or configuration error.
 """
 
@@ -22,7 +26,7 @@ from bson import json_util
 
 from . import api
 from .base import configfile, logs
-from .base.settings import DEFAULT_KAFKA, DEFAULT_MONGODB_URI, Settings, uri_secrets
+from .base.settings import Setting, Settings
 from .errors import CdcMigratorError, UsageError
 from .operations import observability
 from .operations.status import render
@@ -33,6 +37,7 @@ _CONFIG = "cdc_migrator.config"
 # The component named in the log lines of a command's main thread.
 _COMPONENT_OF_COMMAND = {"tail": "tailer", "consume": "consumer", "backfill": "backfill",
                          "apply": "apply", "cutover": "cutover"}
+_Command = Callable[..., Any]
 
 
 def _read_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -42,62 +47,51 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     ctx.default_map = {**(ctx.default_map or {}), **config.defaults}
 
 
-def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Connection, naming and logging options every command takes.
+def _option(spec: Setting) -> Callable[[_Command], _Command]:
+    """The click option of one setting of the table."""
+    kind: Any
+    if spec.choices:
+        kind = click.Choice(spec.choices, case_sensitive=spec.kafka is None)
+    elif spec.path == "existing":
+        kind = click.Path(exists=True, dir_okay=False, path_type=str)
+    elif spec.path:
+        kind = click.Path(path_type=Path)
+    elif spec.kind is int:
+        kind = click.IntRange(min=spec.minimum, max=spec.maximum)  # type: ignore[arg-type]
+    elif spec.kind is float:
+        kind = click.FloatRange(min=spec.minimum, max=spec.maximum)
+    else:
+        kind = None
+    help_text = spec.help + (f" [env: {spec.env_name}]" if spec.env_name else "")
+    extra: dict[str, Any] = {"is_flag": True} if spec.kind is bool else {"type": kind}
+    return click.option(spec.flag_name, spec.name, envvar=spec.env_name, default=spec.default,
+                        show_default=spec.default is not None and spec.kind is not bool,
+                        metavar=spec.metavar, help=help_text, **extra)
 
-    Each from a flag, else the environment, else the configuration file, else the default.
-    """
+
+def _setting(name: str) -> Callable[[_Command], _Command]:
+    """The option of one setting that only some commands take (``everywhere=False``)."""
+    return _option(Settings.table()[name])
+
+
+def _settings_options(fn: _Command) -> _Command:
+    """The options of every setting every command takes, with the configuration file and
+    logging; the command receives the Settings (the table's values) as its first argument."""
     takes_quiet = "quiet" in inspect.signature(fn).parameters  # its own -q: shared meaning
-    options = [
-        click.option("--mongodb-uri", envvar="MONGODB_URI", default=DEFAULT_MONGODB_URI,
-                     show_default=True, metavar="URI",
-                     help="MongoDB connection string; its path names the database. "
-                          "[env: MONGODB_URI]"),
-        click.option("--db", "database", envvar="CDC_MIGRATOR_DB", metavar="NAME",
-                     help="Database, overriding the URI's path. [env: CDC_MIGRATOR_DB]"),
-        click.option("--kafka", "kafka_bootstrap_servers", envvar="KAFKA_BOOTSTRAP_SERVERS",
-                     default=DEFAULT_KAFKA, show_default=True, metavar="HOST:PORT[,...]",
-                     help="Kafka bootstrap servers. [env: KAFKA_BOOTSTRAP_SERVERS]"),
-        click.option("--transforms", envvar="CDC_MIGRATOR_TRANSFORMS", default="transforms",
-                     show_default=True, type=click.Path(path_type=Path), metavar="DIR",
-                     help="Directory of migration files. [env: CDC_MIGRATOR_TRANSFORMS]"),
-        click.option("--state-collection", envvar="CDC_MIGRATOR_STATE_COLLECTION",
-                     default="cdc_migrator_state", show_default=True, metavar="NAME",
-                     help="Collection holding the state of each migration."),
-        click.option("--topic-prefix", envvar="CDC_MIGRATOR_TOPIC_PREFIX",
-                     default="cdc-migrator", show_default=True, metavar="PREFIX",
-                     help="Topics are named PREFIX.DB.COLLECTION."),
-        click.option("--group", "group_id", envvar="CDC_MIGRATOR_GROUP",
-                     default="cdc-migrator", show_default=True, metavar="PREFIX",
-                     help="Consumer groups are named PREFIX.DB.MIGRATION."),
-        click.option("--partitions", envvar="CDC_MIGRATOR_PARTITIONS", default=6,
-                     show_default=True, type=click.IntRange(min=1), metavar="N",
-                     help="Partitions of a topic the tool creates."),
-        click.option("--retry-deadline", envvar="CDC_MIGRATOR_RETRY_DEADLINE", default=300,
-                     show_default=True, type=click.FloatRange(min=0), metavar="SECONDS",
-                     help="tail, backfill, consume and run retry a lost MongoDB or Kafka with "
-                          "backoff; they give up (exit 1) when an outage lasts longer. "
-                          "[env: CDC_MIGRATOR_RETRY_DEADLINE]"),
-        click.option("--mongo-timeout-ms", envvar="CDC_MIGRATOR_MONGO_TIMEOUT_MS",
-                     default=10_000, show_default=True, type=click.IntRange(min=1),
-                     metavar="MS", help="How long one MongoDB operation waits for a usable "
-                     "server (serverSelectionTimeoutMS). [env: CDC_MIGRATOR_MONGO_TIMEOUT_MS]"),
-        *_security_options(),
+    options = [_option(spec) for spec in Settings.table().values() if spec.everywhere]
+    options += [
         click.option("--config", envvar="CDC_MIGRATOR_CONFIG", metavar="FILE", is_eager=True,
                      expose_value=False, callback=_read_config,
                      help=f"TOML configuration file (default: ./{configfile.DEFAULT_PATH} if "
                           "it exists); flags and environment override it. "
                           "[env: CDC_MIGRATOR_CONFIG]"),
-        click.option("--log-format", envvar="CDC_MIGRATOR_LOG_FORMAT", default="text",
-                     type=click.Choice(logs.FORMATS), show_default=True,
-                     help="Log lines on stderr as plain text or one JSON object per line. "
-                          "[env: CDC_MIGRATOR_LOG_FORMAT]"),
         click.option("--verbose", "-v", count=True,
                      help="Debug logging (-vv: the Kafka and MongoDB drivers' too)."),
     ]
     if not takes_quiet:
         options.append(click.option("--quiet", "-q", is_flag=True,
                                     help="Log only warnings and errors."))
+    table = Settings.table()
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -105,147 +99,41 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         config = ctx.meta.get(_CONFIG) or configfile.ConfigFile()
         quiet = kwargs["quiet"] if takes_quiet else kwargs.pop("quiet")
         verbose = kwargs.pop("verbose")
-        logs.configure(kwargs.pop("log_format"), verbose or (-1 if quiet else 0))
-        logs.add_secrets(*configfile.secrets_of(config.kafka),
-                         *configfile.secrets_of(config.mongo))
-        kafka_options, mongo_options = _client_options(kwargs, config)
-        logs.add_secrets(*configfile.secrets_of(kafka_options))
+        values = {name: kwargs.pop(name) for name in list(kwargs) if name in table}
+        settings = Settings.from_values(values, kafka_options=config.kafka,
+                                        mongo_options=config.mongo)
+        logs.configure(settings.log_format, verbose or (-1 if quiet else 0))
+        logs.add_secrets(*settings.secrets())
         names: tuple[str, ...] = kwargs.get("names") or (
             (kwargs["name"],) if kwargs.get("name") else ())
         logs.bind(migration=names[0] if len(names) == 1 else None,
                   component=_COMPONENT_OF_COMMAND.get(ctx.info_name or ""))
-        settings = Settings(
-            mongodb_uri=kwargs.pop("mongodb_uri"),
-            database=kwargs.pop("database"),
-            kafka_bootstrap_servers=kwargs.pop("kafka_bootstrap_servers"),
-            transforms=kwargs.pop("transforms"),
-            state_collection=kwargs.pop("state_collection"),
-            topic_prefix=kwargs.pop("topic_prefix"),
-            group_id=kwargs.pop("group_id"),
-            partitions=kwargs.pop("partitions"),
-            mongo_timeout_ms=kwargs.pop("mongo_timeout_ms"),
-            retry_deadline=kwargs.pop("retry_deadline"),
-            kafka_options=kafka_options,
-            mongo_options=mongo_options,
-        )
-        logs.add_secrets(*uri_secrets(settings.mongodb_uri))
         try:
             return fn(settings, *args, **kwargs)
         finally:
             settings.close()
 
+    command: _Command = wrapper
     for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
+        command = option(command)
+    return command
 
 
-# Flag parameter -> Kafka client option (kafka-python's names).
-_KAFKA_FLAGS = {
-    "kafka_security_protocol": "security_protocol",
-    "kafka_sasl_mechanism": "sasl_mechanism",
-    "kafka_sasl_username": "sasl_plain_username",
-    "kafka_sasl_password": "sasl_plain_password",
-    "kafka_ssl_cafile": "ssl_cafile",
-    "kafka_ssl_certfile": "ssl_certfile",
-    "kafka_ssl_keyfile": "ssl_keyfile",
-    "kafka_ssl_password": "ssl_password",
-}
-# Flag parameter -> MongoClient option.
-_MONGO_FLAGS = {
-    "mongo_tls_ca_file": "tlsCAFile",
-    "mongo_tls_cert_key_file": "tlsCertificateKeyFile",
-    "mongo_tls_insecure": "tlsInsecure",
-}
+# The options of commands, each declared once.
+_BATCH_SIZE = click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
+                           help="Documents per batch (default: the migration's batch_size).")
+_RATE = click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="DOCS/S",
+                     help="Cap documents read per second, to spare a production database.")
+_RESET = click.option("--reset", is_flag=True,
+                      help="Start from the first document, not the saved position.")
+_PROGRESS_QUIET = click.option("--quiet", "-q", is_flag=True,
+                               help="No progress line; log only warnings and errors.")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON).")
 
 
-def _security_options() -> list[Callable[..., Any]]:
-    """TLS and SASL flags; each one overrides the same option of the file's client tables."""
-    def env(param: str) -> str:
-        return f"CDC_MIGRATOR_{param.upper()}"
-
-    existing = click.Path(exists=True, dir_okay=False, path_type=str)
-    return [
-        click.option("--kafka-security-protocol", envvar=env("kafka_security_protocol"),
-                     type=click.Choice(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
-                                       case_sensitive=False),
-                     help="How to talk to Kafka (default PLAINTEXT). "
-                          "[env: CDC_MIGRATOR_KAFKA_SECURITY_PROTOCOL]"),
-        click.option("--kafka-sasl-mechanism", envvar=env("kafka_sasl_mechanism"),
-                     type=click.Choice(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
-                                       case_sensitive=False),
-                     help="SASL mechanism (with SASL_PLAINTEXT or SASL_SSL). "
-                          "[env: CDC_MIGRATOR_KAFKA_SASL_MECHANISM]"),
-        click.option("--kafka-sasl-username", envvar=env("kafka_sasl_username"), metavar="USER",
-                     help="SASL user name. [env: CDC_MIGRATOR_KAFKA_SASL_USERNAME]"),
-        click.option("--kafka-sasl-password", envvar=env("kafka_sasl_password"), metavar="PW",
-                     help="SASL password; masked in every output. Prefer the variable: a "
-                          "flag is visible in the process list. "
-                          "[env: CDC_MIGRATOR_KAFKA_SASL_PASSWORD]"),
-        click.option("--kafka-ssl-cafile", envvar=env("kafka_ssl_cafile"), type=existing,
-                     metavar="FILE", help="CA certificates (PEM) to verify the brokers. "
-                     "[env: CDC_MIGRATOR_KAFKA_SSL_CAFILE]"),
-        click.option("--kafka-ssl-certfile", envvar=env("kafka_ssl_certfile"), type=existing,
-                     metavar="FILE", help="Client certificate (PEM), for mutual TLS. "
-                     "[env: CDC_MIGRATOR_KAFKA_SSL_CERTFILE]"),
-        click.option("--kafka-ssl-keyfile", envvar=env("kafka_ssl_keyfile"), type=existing,
-                     metavar="FILE", help="Client private key (PEM). "
-                     "[env: CDC_MIGRATOR_KAFKA_SSL_KEYFILE]"),
-        click.option("--kafka-ssl-password", envvar=env("kafka_ssl_password"), metavar="PW",
-                     help="Password of the client private key; masked in every output. "
-                          "[env: CDC_MIGRATOR_KAFKA_SSL_PASSWORD]"),
-        click.option("--mongo-tls-ca-file", envvar=env("mongo_tls_ca_file"), type=existing,
-                     metavar="FILE", help="CA certificates (PEM) to verify MongoDB; turns TLS "
-                     "on. [env: CDC_MIGRATOR_MONGO_TLS_CA_FILE]"),
-        click.option("--mongo-tls-cert-key-file", envvar=env("mongo_tls_cert_key_file"),
-                     type=existing, metavar="FILE", help="Client certificate and key (PEM), "
-                     "for mutual TLS; turns TLS on. [env: CDC_MIGRATOR_MONGO_TLS_CERT_KEY_FILE]"),
-        click.option("--mongo-tls-insecure", envvar=env("mongo_tls_insecure"), is_flag=True,
-                     default=None, help="TLS without verifying the server's certificate or "
-                     "host name (tests only). [env: CDC_MIGRATOR_MONGO_TLS_INSECURE]"),
-    ]
-
-
-def _client_options(kwargs: dict[str, Any],
-                    config: configfile.ConfigFile) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The Kafka and MongoClient options: the file's tables, overridden by the TLS/SASL flags.
-
-    Pops the flags' parameters from ``kwargs``.
-    """
-    kafka = dict(config.kafka)
-    for param, option in _KAFKA_FLAGS.items():
-        value = kwargs.pop(param)
-        if value is not None:
-            kafka[option] = value.upper() if option in ("security_protocol",
-                                                        "sasl_mechanism") else value
-    flagged = {}
-    for param, option in _MONGO_FLAGS.items():
-        value = kwargs.pop(param)
-        if value:  # an unset flag is None or False: it leaves the file's option alone
-            flagged[option] = value
-    if flagged:
-        flagged["tls"] = True
-    # MongoClient option names are case-insensitive: a flag replaces the file's spelling too.
-    mongo = {k: v for k, v in config.mongo.items()
-             if k.lower() not in {f.lower() for f in flagged}}
-    return kafka, {**mongo, **flagged}
-
-
-def _history_lost_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--on-history-lost", envvar="CDC_MIGRATOR_ON_HISTORY_LOST", default="fail",
-        show_default=True, type=click.Choice(["fail", "rebackfill"]),
-        help="When the server no longer has the change history to resume from: stop with "
-        "exit 1 (fail), or capture again from now and backfill the whole collection again "
-        "(rebackfill; safe, applying is idempotent; logged and shown by `status`). "
-        "[env: CDC_MIGRATOR_ON_HISTORY_LOST]")(fn)
-
-
-def _metrics_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--metrics-port", envvar="CDC_MIGRATOR_METRICS_PORT", type=click.IntRange(0, 65535),
-        metavar="PORT", help="Serve /metrics (Prometheus), /healthz and /readyz over HTTP on "
-        "PORT; 0 picks a free port (logged). Default: no server. "
-        "[env: CDC_MIGRATOR_METRICS_PORT]")(fn)
+def _timeout(default: float | None, text: str) -> Callable[[_Command], _Command]:
+    return click.option("--timeout", type=click.FloatRange(min=0), default=default,
+                        show_default=default is not None, metavar="SECONDS", help=text)
 
 
 def _echo_json(value: Any) -> None:
@@ -265,16 +153,12 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
-              help="Documents per batch (default: the migration's batch_size).")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="DOCS/S",
-              help="Cap documents read per second.")
+@_BATCH_SIZE
+@_RATE
 @click.option("--dry-run", is_flag=True,
               help="Run the transform on the first batch, print each patch, write nothing.")
-@click.option("--reset", is_flag=True,
-              help="Start from the first document, not the saved position.")
-@click.option("--quiet", "-q", is_flag=True,
-              help="No progress line; log only warnings and errors.")
+@_RESET
+@_PROGRESS_QUIET
 @_settings_options
 def apply(settings: Settings, name: str, batch_size: int | None, rate: float | None,
           dry_run: bool, reset: bool, quiet: bool) -> None:
@@ -301,7 +185,7 @@ def apply(settings: Settings, name: str, batch_size: int | None, rate: float | N
 @click.argument("name")
 @click.option("--sample", type=click.IntRange(min=0), default=10, show_default=True,
               help="How many ids of remaining documents to show.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_JSON
 @_settings_options
 def verify(settings: Settings, name: str, sample: int, as_json: bool) -> None:
     """Count the documents NAME would still change; exit 0 only when none remain.
@@ -351,11 +235,10 @@ def _migrations(settings: Settings, names: tuple[str, ...]) -> list[Any]:
 
 @cli.command()
 @click.argument("names", nargs=-1, metavar="[NAME...]")
-@_history_lost_option
-@_metrics_option
+@_setting("on_history_lost")
+@_setting("metrics_port")
 @_settings_options
-def tail(settings: Settings, names: tuple[str, ...], on_history_lost: str,
-         metrics_port: int | None) -> None:
+def tail(settings: Settings, names: tuple[str, ...]) -> None:
     """Always-on: follow the change stream of each migration's collection into its topic.
 
     Arms change capture on first start (fixes the point from which writes are captured), then
@@ -365,19 +248,16 @@ def tail(settings: Settings, names: tuple[str, ...], on_history_lost: str,
     stop = _stop_on_signals()
     migrations = _migrations(settings, names)
     log.info("tailing %s", ", ".join(m.name for m in migrations))
-    with observability.serving(settings, migrations, metrics_port, ("tailer",)):
-        api.tail(settings, migrations, stop, on_history_lost=on_history_lost)
+    with observability.serving(settings, migrations, ("tailer",)):
+        api.tail(settings, migrations, stop)
 
 
 @cli.command()
 @click.argument("name")
-@click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
-              help="Documents per batch (default: the migration's batch_size).")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="DOCS/S",
-              help="Cap documents read per second, to spare a production database.")
-@click.option("--reset", is_flag=True, help="Start over from the first document.")
-@click.option("--quiet", "-q", is_flag=True,
-              help="No progress line; log only warnings and errors.")
+@_BATCH_SIZE
+@_RATE
+@_RESET
+@_PROGRESS_QUIET
 @_settings_options
 def backfill(settings: Settings, name: str, batch_size: int | None, rate: float | None,
              reset: bool, quiet: bool) -> None:
@@ -394,15 +274,10 @@ def backfill(settings: Settings, name: str, batch_size: int | None, rate: float 
 
 @cli.command()
 @click.argument("names", nargs=-1, metavar="[NAME...]")
-@click.option("--instance-id", envvar="CDC_MIGRATOR_INSTANCE_ID", metavar="NAME",
-              help="A stable name for this process, unique in the group (e.g. the pod name of "
-                   "a StatefulSet): restarted under it after a crash, it takes its partitions "
-                   "back at once instead of after the group's 30 s session timeout (static "
-                   "membership). [env: CDC_MIGRATOR_INSTANCE_ID]")
-@_metrics_option
+@_setting("instance_id")
+@_setting("metrics_port")
 @_settings_options
-def consume(settings: Settings, names: tuple[str, ...], instance_id: str | None,
-            metrics_port: int | None) -> None:
+def consume(settings: Settings, names: tuple[str, ...]) -> None:
     """Always-on: the transform consumer group; run several processes to share partitions.
 
     Applies each migration to the documents its topic names, with guarded writes, and commits
@@ -411,36 +286,32 @@ def consume(settings: Settings, names: tuple[str, ...], instance_id: str | None,
     stop = _stop_on_signals()
     migrations = _migrations(settings, names)
     log.info("consuming %s", ", ".join(m.name for m in migrations))
-    with observability.serving(settings, migrations, metrics_port, ("consumer",)):
-        api.consume(settings, migrations, stop, instance_id=instance_id)
+    with observability.serving(settings, migrations, ("consumer",)):
+        api.consume(settings, migrations, stop)
 
 
 @cli.command()
 @click.argument("name")
-@click.option("--batch-size", type=click.IntRange(min=1), metavar="N")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="DOCS/S")
-@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Give up waiting for the topic to drain after this long.")
+@_BATCH_SIZE
+@_RATE
+@_timeout(None, "Give up waiting for the topic to drain after this long.")
 @click.option("--cutover", "then_cutover", is_flag=True,
               help="Cut over when drained (see `cutover --help`).")
-@click.option("--quiet", "-q", is_flag=True,
-              help="No progress line; log only warnings and errors.")
-@_history_lost_option
-@_metrics_option
+@_PROGRESS_QUIET
+@_setting("on_history_lost")
+@_setting("metrics_port")
 @_settings_options
 def run(settings: Settings, name: str, batch_size: int | None, rate: float | None,
-        timeout: float | None, then_cutover: bool, quiet: bool, on_history_lost: str,
-        metrics_port: int | None) -> None:
+        timeout: float | None, then_cutover: bool, quiet: bool) -> None:
     """Tail, backfill and consume NAME in this process until the topic is drained.
 
     For one machine; the always-on deployment runs `tail` and `consume` as services instead.
     """
     stop = _stop_on_signals()
-    with observability.serving(settings, [api.load(settings, name)], metrics_port,
+    with observability.serving(settings, [api.load(settings, name)],
                                ("tailer", "backfill", "consumer")):
         report = api.run(settings, name, batch_size=batch_size, rate=rate, timeout=timeout,
-                         show_progress=not quiet, stop=stop, then_cutover=then_cutover,
-                         on_history_lost=on_history_lost)
+                         show_progress=not quiet, stop=stop, then_cutover=then_cutover)
     counts = report.counts
     click.echo(f"{name}: {'drained' if report.drained else 'stopped'}; lag {report.lag}; "
                + ", ".join(f"{k} {counts.get(k, 0):,}" for k in
@@ -466,8 +337,7 @@ def _print_cutover(report: Any) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--timeout", type=click.FloatRange(min=0), default=60, show_default=True,
-              metavar="SECONDS", help="How long to wait for the fence and zero lag.")
+@_timeout(60, "How long to wait for the fence and zero lag.")
 @click.option("--dry-run", is_flag=True, help="Check everything, change nothing, say what "
               "would be done.")
 @click.option("--allow-failed", is_flag=True,
@@ -487,8 +357,9 @@ def cutover(settings: Settings, name: str, timeout: float, dry_run: bool,
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--watch", is_flag=True, help="Refresh in place every --interval seconds.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=2, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2, show_default=True,
+              metavar="SECONDS", help="With --watch: seconds between refreshes.")
+@_JSON
 @_settings_options
 def status(settings: Settings, name: str | None, watch: bool, interval: float,
            as_json: bool) -> None:
@@ -550,8 +421,7 @@ def reset(settings: Settings, name: str, yes: bool) -> None:
 @click.option("--run", "run_all", is_flag=True,
               help="Run the remaining migrations one after another (pipeline, then cutover), "
                    "each starting only after the previous one cut over.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=600, show_default=True,
-              metavar="SECONDS", help="With --run: how long each may take to drain.")
+@_timeout(600, "With --run: how long each may take to drain.")
 @_settings_options
 def next_(settings: Settings, collection: str, run_all: bool, timeout: float) -> None:
     """Name the migration of COLLECTION to run now: the first not cut over, in file order.
@@ -566,18 +436,15 @@ def next_(settings: Settings, collection: str, run_all: bool, timeout: float) ->
     if not run_all:
         click.echo(found.name)
         return
-    stop = _stop_on_signals()
-    while found is not None:
-        click.echo(f"== {found.name}")
-        report = api.run(settings, found.name, timeout=timeout, show_progress=False, stop=stop,
-                         then_cutover=True)
+    series = api.run_series(settings, collection, timeout=timeout, stop=_stop_on_signals(),
+                            on_start=lambda m: click.echo(f"== {m.name}"))
+    for report in series.runs:
         if not report.drained or report.cutover is None:
-            click.echo(f"{found.name}: did not drain; stopping the series")
-            sys.exit(1)
-        click.echo(report.cutover.summary())
-        if not report.cutover.ok:
-            sys.exit(1)
-        found = api.next_migration(settings, collection)
+            click.echo(f"{report.migration}: did not drain; stopping the series")
+        else:
+            click.echo(report.cutover.summary())
+    if not series.ok:
+        sys.exit(1)
     click.echo(f"every migration of {collection} has cut over")
 
 
@@ -588,7 +455,7 @@ def dlq() -> None:
 
 @dlq.command(name="list")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per dead letter.")
+@_JSON
 @_settings_options
 def dlq_list(settings: Settings, name: str, as_json: bool) -> None:
     """Show NAME's dead letters: document id, error, and the traceback's last line."""
@@ -646,11 +513,13 @@ def config_group() -> None:
 
 
 @config_group.command(name="show")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of TOML.")
-@_metrics_option
+@_JSON
+@_setting("metrics_port")
+@_setting("on_history_lost")
 @_settings_options
-def config_show(settings: Settings, as_json: bool, metrics_port: int | None) -> None:
-    """Print the effective configuration, each value's source, secrets masked."""
+def config_show(settings: Settings, as_json: bool) -> None:
+    """Print the effective configuration (TOML; JSON with --json), each value's source,
+    secrets masked."""
     ctx = click.get_current_context()
     sources = {click.core.ParameterSource.COMMANDLINE: "flag",
                click.core.ParameterSource.ENVIRONMENT: "env",
@@ -660,7 +529,7 @@ def config_show(settings: Settings, as_json: bool, metrics_port: int | None) -> 
         source = ctx.get_parameter_source(param)
         return sources.get(source, "default") if source is not None else "default"
 
-    shown = configfile.effective(ctx.params, source_of,
+    shown = configfile.effective(settings, source_of,
                                  ctx.meta.get(_CONFIG) or configfile.ConfigFile())
     click.echo(json.dumps(shown, indent=2) if as_json else configfile.to_toml(shown))
 

@@ -1,28 +1,40 @@
-"""``cdc-migrator run``: tail, backfill and consume in one process, until the topic is drained.
+"""The pieces wired together in one process: ``run``, ``next --run``, and cutover's catch-up.
 
-The orchestrator of the single-machine deployment. The tailer is armed before the backfill
-reads its first document; the run ends when the backfill finished, the tailer has caught up,
-and the group's lag is zero. Each piece rides out lost connections on its own (see
-:mod:`cdc_migrator.retry`); the run fails when one of them gives up.
+The orchestrator above the actors (capture, apply, operations), which know nothing of each
+other. ``run``: the tailer is armed before the backfill reads its first document; the run ends
+when the backfill finished, the tailer has caught up, and the group's lag is zero. Each piece
+rides out lost connections on its own (see :mod:`cdc_migrator.base.retry`); the run fails when
+one of them gives up.
+
+Catching up for ``cutover``: after ``run`` finished (or the always-on services were stopped),
+nothing forwards the cutover's fence or applies the events before it. Cutover then runs, in its
+own process and only while it waits, the pieces that are missing: a tailer from the saved
+resume token and a member of the consumer group from the committed offsets. Beside running
+services it starts nothing. Either way the fence travels the whole path, so it still proves
+that everything before it was applied.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from .apply.consumer import TransformConsumer, group_id
+from .apply.consumer import TransformConsumer
 from .base import topics
 from .base.retry import KAFKA, MONGODB, Retrier, StopRequested
 from .base.settings import Settings
-from .base.state import READY, StateStore
+from .base.state import MigrationState, StateStore
 from .capture.backfill import BackfillReport, backfill
 from .capture.tailer import Tailer, arm
 from .migration import Migration
 from .operations.cutover import CutoverReport, cutover
+
+log = logging.getLogger("cdc_migrator.cutover")
 
 
 @dataclass
@@ -39,13 +51,13 @@ class RunReport:
 def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | None = None,
                  rate: float | None = None, show_progress: bool = True,
                  stop: threading.Event | None = None, timeout: float | None = None,
-                 settle: float = 1.0, then_cutover: bool = False,
-                 on_history_lost: str = "fail") -> RunReport:
+                 settle: float = 1.0, then_cutover: bool = False) -> RunReport:
     """Run the three pieces in threads of this process until the topic is drained.
 
     With ``then_cutover`` the cutover runs once drained, while the tailer and consumer still
-    run: its fence must travel through them. With ``on_history_lost="rebackfill"`` a tailer
-    whose change history is gone re-arms capture, and the backfill runs again from the start.
+    run: its fence must travel through them. With the setting ``on_history_lost`` at
+    ``"rebackfill"``, a tailer whose change history is gone re-arms capture, and the backfill
+    runs again from the start.
     """
     stop = stop or threading.Event()
     retry = Retrier(settings, stop=stop)
@@ -53,8 +65,7 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
         retry.call(MONGODB, arm, settings, migration)
     except StopRequested:
         return RunReport(migration.name, None, {}, -1, False)
-    tailer = Tailer(settings, migration, on_history_lost=on_history_lost,
-                    backfill_on_recovery=False)
+    tailer = Tailer(settings, migration, backfill_on_recovery=False)
     consumer = TransformConsumer(settings, migration)
     errors: list[BaseException] = []
 
@@ -95,13 +106,13 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
     if errors:
         raise errors[0]
     lag = retry.call(KAFKA, topics.group_lag, settings, settings.topic(migration.collection),
-                     group_id(settings, migration)).total
+                     settings.group(migration.name)).total
     store = StateStore(settings.db, settings.state_collection)
     if drained and lag == 0 and outcome is None:
-        retry.call(MONGODB, store.set, migration.name, phase=READY)
-    state = retry.call(MONGODB, store.get, migration.name) or {}
-    return RunReport(migration.name, report, state.get("counts", {}), lag, drained, outcome,
-                     unresolved=state.get("dlq_pending", 0))
+        retry.call(MONGODB, store.mark_ready, migration.name)
+    state = retry.call(MONGODB, store.get, migration.name)
+    return RunReport(migration.name, report, state.counts.as_dict() if state else {}, lag,
+                     drained, outcome, unresolved=state.dlq_pending if state else 0)
 
 
 def wait_drained(settings: Settings, migration: Migration, tailer: Tailer,
@@ -110,7 +121,7 @@ def wait_drained(settings: Settings, migration: Migration, tailer: Tailer,
     """Wait until the tailer has caught up and the group's lag stays zero for ``settle`` s."""
     retry = retry or Retrier(settings, stop=stop)
     topic = settings.topic(migration.collection)
-    group = group_id(settings, migration)
+    group = settings.group(migration.name)
     zero_since = None
     while not stop.is_set() and not tailer.rearmed.is_set():
         if deadline and time.monotonic() > deadline:
@@ -126,3 +137,58 @@ def wait_drained(settings: Settings, migration: Migration, tailer: Tailer,
             zero_since = None
         time.sleep(0.2)
     return False
+
+
+@dataclass
+class CatchUp:
+    """What cutover started itself, and how those pieces ended."""
+
+    started: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def note(self) -> str | None:
+        if not self.started:
+            return None
+        return (f"No {' or '.join(self.started)} was running: cutover caught up itself from "
+                "the saved positions.")
+
+
+def consumers_running(settings: Settings, migration: Migration) -> bool:
+    return topics.group_members(settings, settings.group(migration.name)) > 0
+
+
+@contextlib.contextmanager
+def catch_up(settings: Settings, migration: Migration,
+             state: MigrationState) -> Iterator[CatchUp]:
+    """Run a tailer and a consumer in threads while in the block, each only if none runs (a
+    tailer counts as running as ``status`` counts it: a fresh heartbeat, no stop after it)."""
+    outcome = CatchUp()
+    pieces: list[tuple[str, Any]] = []
+    if not state.tail.running:
+        pieces.append(("tailer", Tailer(settings, migration)))
+    if not consumers_running(settings, migration):
+        pieces.append(("consumer", TransformConsumer(settings, migration)))
+    threads = []
+    for name, piece in pieces:
+        log.info("no %s is running: cutover runs one until its fence has passed", name)
+        outcome.started.append(name)
+        thread = threading.Thread(target=_reporting(name, piece.run, outcome), daemon=True,
+                                  name=f"cutover-{name}")
+        thread.start()
+        threads.append(thread)
+    try:
+        yield outcome
+    finally:
+        for _, piece in pieces:
+            piece.stop()  # each saves its position: the tailer its token, the consumer offsets
+        for thread in threads:
+            thread.join(timeout=60)
+
+
+def _reporting(name: str, run: Callable[[], Any], outcome: CatchUp) -> Callable[[], None]:
+    def target() -> None:
+        try:
+            run()
+        except Exception as exc:  # reported as a reason the cutover is refused
+            outcome.errors.append(f"the {name} cutover started failed: {exc}")
+    return target

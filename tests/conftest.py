@@ -69,7 +69,7 @@ def settings(db, tmp_path) -> Settings:
         kafka_bootstrap_servers=KAFKA,
         transforms=ROOT / "transforms",
         topic_prefix=f"t-{db.name}",
-        group_id=f"g-{db.name}",
+        group_prefix=f"g-{db.name}",
         partitions=3,
     )
     yield s

@@ -16,7 +16,7 @@ from bson import DatetimeMS, Decimal128, Int64, Regex
 from bson.raw_bson import RawBSONDocument
 from kafka.admin import NewTopic
 
-from cdc_migrator import api
+from cdc_migrator import api, testing
 from cdc_migrator.apply.applier import Applier
 from cdc_migrator.apply.consumer import TransformConsumer
 from cdc_migrator.base import codec, events, topics
@@ -106,7 +106,7 @@ def test_a_transform_sees_a_uuid_whether_the_image_or_a_re_read_delivered_it(db,
     accounts.insert_many([{"_id": i, "owner": uuid.uuid4()} for i in ids])
     applier = Applier(migration, accounts, make_context(settings.db, migration.name))
     # The first from an event's image, as the consumer decodes it; the second re-read.
-    image = events.decode(events.encode(events.Envelope.snapshot(
+    image = events.decode(events.encode(testing.snapshot_envelope(
         "owner_kind", db.name, "accounts", accounts.find_one({"_id": ids[0]}))))
     result = applier.apply_ids(ids, {id_key(ids[0]): image.document})
     assert result.updated == 2

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import textwrap
+import threading
 import time
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from cdc_migrator.apply.consumer import group_id
 from cdc_migrator.base import topics
+from cdc_migrator.base.naming import FENCE_COLLECTION
+from cdc_migrator.base.state import Phase, StateStore
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.migration import get_migration
 
@@ -85,7 +87,7 @@ def test_cutover_refuses_until_backfill_lag_and_unmigrated_documents_clear(db, s
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert "cut over" in ok.stdout
         state = db.cdc_migrator_state.find_one({"_id": "add_tier"})
-        assert state["phase"] == "cut over" and state["completed_at"]
+        assert state["phase"] == Phase.CUT_OVER and state["completed_at"]
         assert db.accounts.count_documents({"tier": "free"}) == 3000
         consume.terminate()
         assert consume.wait(timeout=60) == 0
@@ -121,7 +123,7 @@ def test_status_lag_agrees_with_an_independent_count_at_the_broker(db, settings,
     reported = json.loads(status.stdout)["lag"]
 
     topic = settings.topic("accounts")
-    consumer = KafkaConsumer(group_id=group_id(settings, migration),
+    consumer = KafkaConsumer(group_id=settings.group(migration.name),
                              bootstrap_servers=settings.kafka_bootstrap_servers)
     parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
     ends = consumer.end_offsets(parts)
@@ -140,15 +142,31 @@ def test_fence_waits_for_every_partition_with_several_consumers(db, settings, tr
     try:
         _wait_state(db, "add_tier", lambda s: (s.get("tail") or {}).get("heartbeat"))
         assert run_cli("backfill", "add_tier", "-q", settings=settings).returncode == 0
-        # Cut over at once: the fence makes cutover wait for every event before it.
+        # Cut over at once: the fence makes cutover wait for every event before it. How far
+        # the fence got is watched while cutover waits (it forgets the fence when done).
+        store = StateStore(db, settings.state_collection)
+        reached: list[int] = []
+        watching = threading.Event()
+
+        def watch() -> None:
+            while not watching.is_set():
+                state = store.get("add_tier")
+                reached.extend(len(p) for p in (state.fences.values() if state else ()))
+                watching.wait(0.05)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         result = run_cli("cutover", "add_tier", "--timeout", "120", settings=settings)
+        watching.set()
+        watcher.join()
         assert result.returncode == 0, result.stdout + result.stderr
-        state = db.cdc_migrator_state.find_one({"_id": "add_tier"})
-        fences = state["fences"]
-        assert any(len(f["partitions"]) == settings.partitions for f in fences.values())
+        assert max(reached) == settings.partitions, "a fence passed by every partition"
+        # Done: the fence document and what the state knew of it are gone.
+        assert store.get("add_tier").fences == {}
+        assert db[FENCE_COLLECTION].count_documents({}) == 0
         assert db.accounts.count_documents({"tier": {"$ne": "free"}}) == 0
         lag = topics.group_lag(settings, settings.topic("accounts"),
-                               group_id(settings, get_migration(transforms, "add_tier")))
+                               settings.group("add_tier"))
         assert lag.total == 0
     finally:
         assert deployment.stop() == [0, 0, 0]
@@ -207,6 +225,6 @@ def test_next_run_cuts_over_each_migration_before_starting_the_next(db, settings
                      timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     states = {s["_id"]: s for s in db.cdc_migrator_state.find()}
-    assert states["add_tier"]["phase"] == states["add_region"]["phase"] == "cut over"
+    assert states["add_tier"]["phase"] == states["add_region"]["phase"] == Phase.CUT_OVER
     assert states["add_tier"]["completed_at"] <= states["add_region"]["created_at"]
     assert db.accounts.count_documents({"tier": "free", "region": "eu"}) == 300

@@ -40,6 +40,7 @@ from cdc_migrator.base.events import (
     encode,
     key_bytes,
 )
+from cdc_migrator.testing import change_envelope, snapshot_envelope
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = ROOT / "schemas" / "envelope.avsc"  # the one people read and edit
@@ -645,7 +646,7 @@ CHANGE_CASES = {
 def test_change_maps_each_operation_type(case: str) -> None:
     event, expected_document = CHANGE_CASES[case]
     before = now_ms()
-    env = Envelope.change("users-v2", "app", "users", event)
+    env = change_envelope("users-v2", "app", "users", event)
     after = now_ms()
     assert env.migration == "users-v2"
     assert env.source is EventSource.CHANGE
@@ -662,7 +663,7 @@ def test_change_maps_each_operation_type(case: str) -> None:
 
 def test_change_takes_only_id_from_a_sharded_document_key() -> None:
     event = change_event("delete", documentKey={"region": "eu", "_id": "user-1"})
-    env = Envelope.change("m", "app", "users", event)
+    env = change_envelope("m", "app", "users", event)
     assert env.key == "user-1"
     assert decode_key(key_bytes(env.key)) == "user-1"
 
@@ -674,7 +675,7 @@ def test_change_accepts_raw_bson_events() -> None:
         ),
         CODEC_OPTIONS.with_options(document_class=RawBSONDocument),
     )
-    env = Envelope.change("m", "app", "users", event)
+    env = change_envelope("m", "app", "users", event)
     assert type(env.document) is dict and type(env.resume_token) is dict
     assert_same(FULL_DOCUMENT, env.document)
     assert_same(RESUME_TOKEN, env.resume_token)
@@ -695,24 +696,24 @@ def test_change_accepts_raw_bson_events() -> None:
 )
 def test_change_rejects_unsupported_operation_types(event: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="operationType"):
-        Envelope.change("m", "app", "users", event)
+        change_envelope("m", "app", "users", event)
 
 
 def test_change_rejects_malformed_events() -> None:
     with pytest.raises(ValueError, match="documentKey"):
-        Envelope.change("m", "app", "users", {"operationType": "insert", "fullDocument": {}})
+        change_envelope("m", "app", "users", {"operationType": "insert", "fullDocument": {}})
     with pytest.raises(ValueError, match="clusterTime"):
-        Envelope.change("m", "app", "users", change_event("delete", clusterTime=12))
+        change_envelope("m", "app", "users", change_event("delete", clusterTime=12))
     with pytest.raises(ValueError, match="resume token"):
-        Envelope.change("m", "app", "users", change_event("delete", _id="token"))
+        change_envelope("m", "app", "users", change_event("delete", _id="token"))
     with pytest.raises(ValueError, match="fullDocument"):
-        Envelope.change("m", "app", "users", change_event("insert", fullDocument=[1]))
+        change_envelope("m", "app", "users", change_event("insert", fullDocument=[1]))
 
 
 def test_snapshot() -> None:
     doc = {"name": "Ada", "_id": USER_ID, "n": Int64(3)}  # _id deliberately not first
     before = now_ms()
-    env = Envelope.snapshot("users-v2", "app", "users", doc)
+    env = snapshot_envelope("users-v2", "app", "users", doc)
     after = now_ms()
     assert env.source is EventSource.BACKFILL and env.operation is Operation.SNAPSHOT
     assert_same(USER_ID, env.key)
@@ -726,19 +727,19 @@ def test_snapshot() -> None:
 
 def test_snapshot_with_cluster_time_and_other_mappings() -> None:
     son = SON([("_id", 1), ("z", {"b": 1, "a": 2})])
-    env = Envelope.snapshot("m", "app", "users", son, cluster_time=Timestamp(9, 1))
+    env = snapshot_envelope("m", "app", "users", son, cluster_time=Timestamp(9, 1))
     assert type(env.document) is dict
     assert_same({"_id": 1, "z": {"b": 1, "a": 2}}, env.document)
     assert decode(encode(env)).cluster_time == Timestamp(9, 1)
     raw = RawBSONDocument(bson.encode({"_id": "r", "x": [1]}))
-    assert_same({"_id": "r", "x": [1]}, Envelope.snapshot("m", "a", "b", raw).document)
+    assert_same({"_id": "r", "x": [1]}, snapshot_envelope("m", "a", "b", raw).document)
 
 
 def test_snapshot_requires_an_id() -> None:
     with pytest.raises(ValueError, match="_id"):
-        Envelope.snapshot("m", "app", "users", {"name": "no id"})
+        snapshot_envelope("m", "app", "users", {"name": "no id"})
     with pytest.raises(ValueError, match="mapping"):
-        Envelope.snapshot("m", "app", "users", [("_id", 1)])  # type: ignore[arg-type]
+        snapshot_envelope("m", "app", "users", [("_id", 1)])  # type: ignore[arg-type]
 
 
 def test_fence() -> None:
@@ -867,7 +868,7 @@ def documents(draw: st.DrawFn) -> dict[str, Any]:
     st.none() | st.builds(Timestamp, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
 )
 def test_property_arbitrary_documents_round_trip(doc: dict[str, Any], ts: Timestamp | None) -> None:
-    env = Envelope.snapshot("m", "db", "coll", doc, cluster_time=ts)
+    env = snapshot_envelope("m", "db", "coll", doc, cluster_time=ts)
     data = encode(env)
     got = decode(data)
     assert_same(doc, got.document)
@@ -890,7 +891,7 @@ def test_property_arbitrary_ids_round_trip_as_keys(_id: Any) -> None:
 
 def _raw(doc: dict[str, Any]) -> RawBSONDocument:
     """``doc`` as the driver hands it over when reading with RawBSONDocument (order kept)."""
-    return RawBSONDocument(events._encode_document(doc),
+    return RawBSONDocument(events.encode_document(doc),
                            CODEC_OPTIONS.with_options(document_class=RawBSONDocument))
 
 
@@ -904,7 +905,7 @@ def _same_as_encode(value: bytes, envelope: Envelope) -> None:
 @given(documents())
 def test_raw_encoder_snapshot_is_byte_for_byte_encode(doc: dict[str, Any]) -> None:
     encoder = events.RawEncoder("users-v2", "app", "users")
-    expected = Envelope.snapshot("users-v2", "app", "users", doc)
+    expected = snapshot_envelope("users-v2", "app", "users", doc)
     for form in (doc, _raw(doc)):
         key, value = encoder.snapshot(form)
         assert key == key_bytes(doc["_id"])
@@ -930,7 +931,7 @@ def test_raw_encoder_snapshot_of_objectid_documents_and_bad_input() -> None:
 def test_raw_encoder_snapshot_batch_is_byte_for_byte_encode(docs: list[dict[str, Any]]) -> None:
     """A backfill batch: one record, several documents; every document comes back exact."""
     encoder = events.RawEncoder("users-v2", "app", "users")
-    expected = dataclasses.replace(Envelope.snapshot("users-v2", "app", "users", docs[0]),
+    expected = dataclasses.replace(snapshot_envelope("users-v2", "app", "users", docs[0]),
                                    document=None, documents=docs)
     for forms in (docs, [_raw(d) for d in docs]):
         key, value = encoder.snapshot_batch(forms)
@@ -960,7 +961,7 @@ def test_snapshot_batch_refusals_and_poison() -> None:
 def test_raw_encoder_change_is_byte_for_byte_encode(case: str) -> None:
     event, _ = CHANGE_CASES[case]
     encoder = events.RawEncoder("users-v2", "app", "users")
-    expected = Envelope.change("users-v2", "app", "users", event)
+    expected = change_envelope("users-v2", "app", "users", event)
     raw_event = RawBSONDocument(bson.encode(event, codec_options=CODEC_OPTIONS),
                                 CODEC_OPTIONS.with_options(document_class=RawBSONDocument))
     for form in (event, raw_event):

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from cdc_migrator import api
+from cdc_migrator.base.state import Phase
 from cdc_migrator.capture.tailer import arm
 
 from .conftest import run_cli, wait_for
@@ -122,4 +123,4 @@ def test_cutover_after_run_finished_catches_up_by_itself(db, settings, transform
     assert "No tailer or consumer was running: cutover caught up itself" in done.stdout
     assert db.accounts.count_documents({"plan": "free"}) == 550
     state = db.cdc_migrator_state.find_one({"_id": "add_plan"})
-    assert state["phase"] == "cut over"
+    assert state["phase"] == Phase.CUT_OVER

@@ -18,14 +18,13 @@ from cdc_migrator import DELETE, UNSET, PatchError, migration
 from cdc_migrator.base.patch import (
     Outcome,
     RecordingDocument,
-    apply_to,
     decide,
     guard_filter,
-    matches_guard,
     same_value,
     validate_patch,
 )
 from cdc_migrator.migration import _defined
+from cdc_migrator.testing import apply_to, matches_guard
 
 
 def make(fn, collection: str = "things"):

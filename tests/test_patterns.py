@@ -1,6 +1,7 @@
-"""The shipped migrations (one per pattern of migration-patterns.txt) on the demo dataset, and
-what `apply` promises a user: dry-run writes nothing, an interrupted run resumes, mistakes in a
-migration file are one-line errors with no write, failing documents are reported and kept.
+"""The shipped migrations (one per common pattern, see docs/writing-migrations.md) on the demo
+dataset, and what `apply` promises a user: dry-run writes nothing, an interrupted run resumes,
+mistakes in a migration file are one-line errors with no write, failing documents are reported
+and kept.
 
 Everything runs against the real local MongoDB; each test has its own database.
 """

@@ -14,7 +14,6 @@ import time
 import pytest
 
 from cdc_migrator import api
-from cdc_migrator.apply.consumer import group_id
 from cdc_migrator.base import topics
 from cdc_migrator.migration import get_migration
 from cdc_migrator.pipeline import run_pipeline
@@ -166,7 +165,7 @@ def _wait_state(db, name, predicate, timeout=120.0):
 
 def _wait_drained(settings, migration, timeout=180.0, process=None):
     """Wait for zero lag; ``process`` (a consumer) is killed and its output shown if not."""
-    topic, group = settings.topic(migration.collection), group_id(settings, migration)
+    topic, group = settings.topic(migration.collection), settings.group(migration.name)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         lag = topics.group_lag(settings, topic, group)

@@ -28,11 +28,12 @@ import pytest
 from click.testing import CliRunner
 from kafka import KafkaAdminClient, KafkaProducer
 
-from cdc_migrator import api, cli
+from cdc_migrator import api, cli, testing
 from cdc_migrator.apply import consumer
 from cdc_migrator.base import events, topics
 from cdc_migrator.base import settings as config
 from cdc_migrator.base.settings import Settings
+from cdc_migrator.base.state import Phase
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.migration import get_migration
 
@@ -480,7 +481,7 @@ def test_poison_records_and_raising_transforms_are_dead_lettered_then_retried(db
     migration = get_migration(tmp_path, "add_currency")
     arm(settings, migration)
     topic = settings.topic("orders")
-    truncated = events.encode(events.Envelope.snapshot("add_currency", db.name, "orders",
+    truncated = events.encode(testing.snapshot_envelope("add_currency", db.name, "orders",
                                                        {"_id": 5, "country": "FR"}))[:-7]
     poison = {0: b"\x00not an envelope at all", 1: truncated}
     producer = KafkaProducer(bootstrap_servers=KAFKA)
@@ -657,7 +658,7 @@ def test_tailer_stops_with_history_lost_and_never_skips_ahead(private_mongo, tmp
     settings = Settings(mongodb_uri=f"mongodb://{host}:{port}/app?directConnection=true",
                         kafka_bootstrap_servers=KAFKA, transforms=tmp_path,
                         topic_prefix=f"t-hl-{uuid.uuid4().hex[:8]}",
-                        group_id=f"g-hl-{uuid.uuid4().hex[:8]}", partitions=2)
+                        group_prefix=f"g-hl-{uuid.uuid4().hex[:8]}", partitions=2)
     db = private_mongo.app
     seed_items(db.items, random.Random(3), 200)
     tail = Proc(settings, "tail", NAME)
@@ -681,7 +682,7 @@ def test_tailer_stops_with_history_lost_and_never_skips_ahead(private_mongo, tmp
     assert f"a new backfill is needed: `cdc-migrator reset {NAME}`" in error
     assert "Traceback" not in again.stderr
     state = state_of(db)
-    assert state["phase"] == "failed" and state["tail"]["resume_token"] == saved
+    assert state["phase"] == Phase.FAILED and state["tail"]["resume_token"] == saved
     # The way back the message names: reset, then the pipeline migrates everything.
     assert run_cli("reset", NAME, "--yes", settings=settings).returncode == 0
     rerun = run_cli("run", NAME, "--timeout", "60", "-q", settings=settings)
@@ -761,7 +762,8 @@ def test_the_mongo_tls_flags_build_a_tls_client(monkeypatch, tmp_path):
         pytest.skip("no system CA bundle to load")
     settings = settings_from_cli(monkeypatch, ["--mongo-tls-ca-file", str(bundle),
                                                "--mongo-tls-insecure"], {})
-    client = pymongo.MongoClient(settings.mongodb_uri, connect=False, **settings.mongo_options)
+    client = pymongo.MongoClient(settings.mongodb_uri, connect=False,
+                                 **settings.mongo_client_options)
     try:
         assert client.options.pool_options._ssl_context is not None
         assert client.options.pool_options.tls_allow_invalid_hostnames

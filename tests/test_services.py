@@ -73,7 +73,7 @@ def test_kafka_group_lag_is_end_minus_committed_per_partition(settings):
         producer.send(topic, key=f"k{i}".encode(), value=b"v")
     producer.flush()
 
-    group = f"{settings.group_id}-lag"
+    group = f"{settings.group_prefix}-lag"
     before = topics.group_lag(settings, topic, group)
     assert before.total == 30 and len(before.partitions) == 3
 

@@ -13,7 +13,7 @@ from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import ConfigResource
 
 from cdc_migrator import api
-from cdc_migrator.apply.consumer import TransformConsumer, group_id
+from cdc_migrator.apply.consumer import TransformConsumer
 from cdc_migrator.base import topics
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.operations import observability
@@ -101,11 +101,11 @@ def test_records_deleted_before_they_were_consumed_stop_the_consumer_with_the_fi
     first = api.run(settings, NAME, show_progress=False, timeout=60)
     assert first.drained and first.lag == 0
     migration = api.load(settings, NAME)
-    committed = topics.group_lag(settings, settings.topic("users"), group_id(settings, migration))
+    committed = topics.group_lag(settings, settings.topic("users"), settings.group(migration.name))
     # A second backfill puts records behind the committed offsets; retention (here: the admin
     # API's delete-records) removes them before the consumer got to them.
     api.backfill(settings, NAME, reset=True, show_progress=False)
-    after = topics.group_lag(settings, settings.topic("users"), group_id(settings, migration))
+    after = topics.group_lag(settings, settings.topic("users"), settings.group(migration.name))
     kafka_admin.delete_records({TopicPartition(settings.topic("users"), p.partition): p.end
                                 for p in after.partitions})
 
@@ -125,7 +125,7 @@ def test_records_deleted_before_they_were_consumed_stop_the_consumer_with_the_fi
     assert "was deleted before it was consumed" in status.stdout
     # Nothing was skipped: the group's offsets are where they were.
     assert topics.group_lag(settings, settings.topic("users"),
-                            group_id(settings, migration)).partitions == [
+                            settings.group(migration.name)).partitions == [
         topics.PartitionLag(p.partition, after.partitions[p.partition].end, p.committed)
         for p in committed.partitions]
 
@@ -151,10 +151,11 @@ def test_a_consumer_stuck_in_poll_reports_not_ready_and_recovers_with_a_new_clie
     thread = threading.Thread(target=member.run, daemon=True)
     thaw = threading.Event()
     caplog.set_level(logging.WARNING, logger="cdc_migrator.consumer")
-    with observability.serving(settings, [migration], 0, ("consumer",)) as port:
+    settings.metrics_port = 0
+    with observability.serving(settings, [migration], ("consumer",)) as port:
         thread.start()
         try:
-            wait_for(lambda: topics.group_members(settings, group_id(settings, migration)),
+            wait_for(lambda: topics.group_members(settings, settings.group(migration.name)),
                      what="the member in its group")
             # Freeze the client: its network loop runs this and waits, as in the hang seen
             # under load (poll() waiting on the client's network loop for ever).
@@ -183,4 +184,4 @@ def test_a_consumer_stuck_in_poll_reports_not_ready_and_recovers_with_a_new_clie
     assert len(warnings) == 1 and "events behind" in warnings[0], warnings
     assert not thread.is_alive()
     assert topics.group_lag(settings, settings.topic("users"),
-                            group_id(settings, migration)).total == 0
+                            settings.group(migration.name)).total == 0

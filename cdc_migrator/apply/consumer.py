@@ -16,7 +16,6 @@ seconds, since an empty poll cannot tell a quiet topic from a broker that is gon
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -35,15 +34,14 @@ from kafka.errors import (
     RebalanceInProgressError,
 )
 
-from ..base import events, logs, topics
+from ..base import deadletters, events, logs, metrics, topics
 from ..base.context import make_context
 from ..base.identity import id_key
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line
 from ..base.settings import Settings
-from ..base.state import FAILED, StateStore, failure_record, stop_record
+from ..base.state import StateStore, failure_record, stop_record
 from ..errors import CdcMigratorError, EventsLost
 from ..migration import Migration
-from ..operations import observability
 from .applier import Applier, BatchResult
 
 log = logging.getLogger("cdc_migrator.consumer")
@@ -52,11 +50,6 @@ PROBE_INTERVAL = 3.0  # seconds without records before the broker is asked wheth
 # At most this many documents are decoded and held at once: a poll of backfill records (each
 # a batch of documents) is applied in chunks, and committed once all of them are written.
 APPLY_CHUNK = 2000
-
-
-def group_id(settings: Settings, migration: Migration) -> str:
-    """The consumer group of one migration."""
-    return f"{settings.group_id}.{settings.database_name}.{migration.name}"
 
 
 @dataclass
@@ -78,13 +71,13 @@ class TransformConsumer:
     SESSION_TIMEOUT_MS = 30_000
 
     def __init__(self, settings: Settings, migration: Migration, *, max_records: int = 2000,
-                 on_batch: Callable[[ConsumeStats], None] | None = None,
-                 instance_id: str | None = None) -> None:
+                 on_batch: Callable[[ConsumeStats], None] | None = None) -> None:
         self.settings = settings
         self.migration = migration
         # Static membership: a member restarted under the same name gets its partitions back
         # without waiting for the crashed one's session to expire.
-        self.instance_id = f"{instance_id}.{migration.name}" if instance_id else None
+        self.instance_id = (f"{settings.instance_id}.{migration.name}" if settings.instance_id
+                            else None)
         self.topic = settings.topic(migration.collection)
         self.dlq_topic = settings.dlq_topic(migration.collection)
         self.store = StateStore(settings.db, settings.state_collection)
@@ -97,7 +90,6 @@ class TransformConsumer:
         self._consumer: KafkaConsumer | None = None
         self._paused = False
         self._last_pause_check = 0.0
-        self._stop_cleared = False  # a stop recorded by an earlier run, cleared on progress
         self._worker: threading.Thread | None = None  # the thread consuming, see _run
         self._waiting_since: float | None = None  # since when the worker waits on Kafka
         self._assigned: frozenset[TopicPartition] = frozenset()  # as of its last poll()
@@ -131,12 +123,9 @@ class TransformConsumer:
         """Leave why this consumer stopped in the state, for status, /readyz and metrics."""
         error = logs.mask(str(exc) if isinstance(exc, CdcMigratorError) else first_line(exc))
         record = stop_record("consumer", error, getattr(exc, "document_id", None))
-        fields: dict[str, Any] = {"stopped.consumer": record, "last_error": record}
-        if isinstance(exc, EventsLost):
-            fields["phase"] = FAILED
         try:
-            if self.store.get(self.migration.name) is not None:  # never started: nothing
-                self.store.set(self.migration.name, **fields)
+            self.store.record_stop(self.migration.name, "consumer", record,
+                                   failed=isinstance(exc, EventsLost))
         except Exception as failure:  # MongoDB gone too: the exit code still tells
             log.debug("could not record the stop: %s", failure)
 
@@ -150,7 +139,7 @@ class TransformConsumer:
         while not self.stopping.is_set():
             self._consumer = retry.call(KAFKA, self._connect)
             log.info("consuming %s as group %s", self.topic,
-                     group_id(self.settings, self.migration))
+                     self.settings.group(self.migration.name))
             failed: list[BaseException] = []
             worker = threading.Thread(target=self._work, args=(failed,), daemon=True,
                                       name=f"consume-{self.migration.name}-client")
@@ -177,7 +166,7 @@ class TransformConsumer:
             return False
         try:
             lag = topics.group_lag(self.settings, self.topic,
-                                   group_id(self.settings, self.migration))
+                                   self.settings.group(self.migration.name))
         except Exception:  # Kafka itself unreachable: the retries and /readyz tell
             return False
         # Stuck before its first poll() returned, it knows no assignment: the group's lag.
@@ -192,11 +181,10 @@ class TransformConsumer:
                    "behind: the Kafka client seems stuck; recreating it")
         log.warning("%s", message)
         try:
-            self.store.set(self.migration.name,
-                           **{"stalled.consumer": stop_record("consumer", message)})
+            self.store.record_stall(self.migration.name, "consumer",
+                                    stop_record("consumer", message))
         except Exception as failure:  # MongoDB gone too: the log tells
             log.debug("could not record the stall: %s", failure)
-        self._stop_cleared = False  # the next committed batch clears it
         return True
 
     def _work(self, failed: list[BaseException]) -> None:
@@ -240,12 +228,13 @@ class TransformConsumer:
 
     def _connect(self) -> KafkaConsumer:
         consumer = KafkaConsumer(
-            group_id=group_id(self.settings, self.migration),
+            group_id=self.settings.group(self.migration.name),
             # No automatic reset: a partition without a committed offset starts at its
             # first record (see _poll), one whose committed offset is gone stops the consumer.
             enable_auto_commit=False, auto_offset_reset="none",
-            # Small fetches (compressed) keep memory flat whatever the backlog: 256 KiB
-            # of one partition still holds thousands of events, more than one poll's batch.
+            # Small fetches (compressed) keep memory flat whatever the backlog: 256 KiB of
+            # one partition holds a backfill record of up to 512 KiB of documents compressed,
+            # or hundreds of change events; a single larger record still comes whole.
             max_poll_records=self.max_records, fetch_max_bytes=2 << 20,
             max_partition_fetch_bytes=256 << 10, session_timeout_ms=self.SESSION_TIMEOUT_MS,
             max_poll_interval_ms=600_000, group_instance_id=self.instance_id,
@@ -269,8 +258,8 @@ class TransformConsumer:
         now = time.monotonic()
         if now - self._last_pause_check >= 1.0:
             self._last_pause_check = now
-            state = self.store.get(self.migration.name) or {}
-            paused = bool(state.get("paused") or state.get("cancelled"))
+            state = self.store.get(self.migration.name)
+            paused = bool(state and (state.paused or state.cancelled))
             if paused != self._paused:
                 assignment = list(self.kafka.assignment())
                 if paused:
@@ -288,7 +277,7 @@ class TransformConsumer:
         started = time.monotonic()
         ids: list[Any] = []
         images: dict[Any, Any] = {}
-        dead: list[dict[str, Any]] = []
+        dead: list[tuple[str, bytes | None, bytes]] = []  # kind, key, value
         fences: list[tuple[int, str]] = []
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         firsts: dict[TopicPartition, int] = {}
@@ -307,8 +296,9 @@ class TransformConsumer:
                 except events.PoisonRecord as exc:
                     log.warning("undecodable record at partition %d offset %d "
                                 "dead-lettered: %s", tp.partition, record.offset, exc)
-                    dead.append(_dead_letter(self.migration.name, "poison", None, str(exc),
-                                             "", record))
+                    dead.append(("poison", *deadletters.dead_letter(
+                        self.migration.name, "poison", str(exc), key=record.key,
+                        record=record)))
                     continue
                 if envelope.migration != self.migration.name:
                     continue
@@ -335,26 +325,26 @@ class TransformConsumer:
             result.add(self.retry.call(MONGODB, self.applier.apply_ids, ids, images))
         for failure in result.failures:
             log.warning("transform failed on %r, dead-lettered: %s", failure.id, failure.error)
-            dead.append(_dead_letter(self.migration.name, "transform", failure.id,
-                                     failure.error, failure.traceback, None))
+            dead.append(("transform", *deadletters.dead_letter(
+                self.migration.name, "transform", failure.error,
+                key=events.key_bytes(failure.id), doc_id=failure.id,
+                traceback=failure.traceback)))
         if dead:
             self._send_dead_letters(dead)
         committed = self._commit(offsets, firsts)
         self.stats.records += count
         self.stats.batches += 1
-        self.stats.poison += sum(1 for d in dead if d["kind"] == "poison")
+        self.stats.poison += sum(1 for kind, _, _ in dead if kind == "poison")
         self.stats.result.add(result)
-        fields: dict[str, Any] = {f"fences.{fid}.partitions.{p}": True
-                                  for p, fid in fences} if committed else {}
-        self.retry.call(MONGODB, self.store.add, self.migration.name,
-                        {**result.counts(), "consumed": count},
-                        [failure_record(f.id, f.error, "consume") for f in result.failures],
-                        **fields)
-        if committed and not self._stop_cleared:  # running again: an earlier stop is over
-            self.retry.call(MONGODB, self.store.unset, self.migration.name, "stopped.consumer",
-                            "stalled.consumer")
-            self._stop_cleared = True
-        observability.record_consumed(self.migration.name, count, result,
+        # A fence counts as passed only once the offsets before it are committed; a committed
+        # batch also ends any stop or stall recorded before.
+        self.retry.call(MONGODB, self.store.record_applied, self.migration.name,
+                        counts={**result.counts(), "consumed": count},
+                        failures=[failure_record(f.id, f.error, "consume")
+                                  for f in result.failures],
+                        fences=[(fid, p) for p, fid in fences] if committed else [],
+                        clear_stop=committed)
+        metrics.record_consumed(self.migration.name, count, result,
                                       time.monotonic() - started)
         log.debug("batch of %d events applied and committed: %s", count, result.counts())
         if self.on_batch:
@@ -479,13 +469,11 @@ class TransformConsumer:
             except (ValueError, AssertionError, KafkaError):
                 pass  # no longer assigned here
 
-    def _send_dead_letters(self, dead: list[dict[str, Any]]) -> None:
-        for d in dead:
-            self._dlq.send(self.dlq_topic, json.dumps(
-                {k: v for k, v in d.items() if k != "key_bytes"}, default=str).encode(),
-                key=d["key_bytes"])
+    def _send_dead_letters(self, dead: list[tuple[str, bytes | None, bytes]]) -> None:
+        for _, key, value in dead:
+            self._dlq.send(self.dlq_topic, value, key=key)
         sent = self._dlq.flush()
-        self.retry.call(MONGODB, self.store.increment, self.migration.name, "dlq_pending", sent)
+        self.retry.call(MONGODB, self.store.add_dead_letters, self.migration.name, sent)
 
 
 class _Abandoned(BaseException):
@@ -500,27 +488,10 @@ def _close_quietly(consumer: KafkaConsumer) -> None:
         log.debug("closing the abandoned consumer: %s", exc)
 
 
-def _dead_letter(migration: str, kind: str, doc_id: Any, error: str, trace: str,
-                 record: Any) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "migration": migration, "kind": kind, "id": repr(doc_id) if doc_id is not None else None,
-        "error": error, "traceback": trace, "at": time.time(),
-        "key_bytes": events.key_bytes(doc_id) if doc_id is not None else (
-            record.key if record is not None else None),
-    }
-    if record is not None:
-        entry.update(partition=record.partition, offset=record.offset,
-                     value_hex=(record.value or b"")[:4096].hex())
-    if doc_id is not None:
-        entry["key_hex"] = events.key_bytes(doc_id).hex()
-    return entry
-
-
 def consume_until_stopped(settings: Settings, migrations: list[Migration],
-                          stop: threading.Event, *,
-                          instance_id: str | None = None) -> list[ConsumeStats]:
+                          stop: threading.Event) -> list[ConsumeStats]:
     """Run one group member per migration in threads until ``stop`` is set."""
-    consumers = [TransformConsumer(settings, m, instance_id=instance_id) for m in migrations]
+    consumers = [TransformConsumer(settings, m) for m in migrations]
     errors: list[BaseException] = []
 
     def run(c: TransformConsumer) -> None:

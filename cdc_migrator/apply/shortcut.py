@@ -17,7 +17,7 @@ from ..base.patch import Outcome, decide
 from ..base.progress import Progress
 from ..base.scanner import count, prefetched, scan
 from ..base.settings import Settings
-from ..base.state import APPLIED, APPLYING, StateStore, failure_record
+from ..base.state import StateStore, failure_record
 from ..migration import Migration
 from .applier import Applier, BatchResult
 
@@ -53,12 +53,12 @@ def apply_migration(
     dry_run(settings, migration, batch_size=batch_size)
     store = StateStore(db, settings.state_collection)
     state = store.ensure(migration.name, migration.collection)
-    saved = state.get("apply") or {}
-    resumed = bool(saved.get("started")) and not saved.get("done") and not reset
-    after = saved.get("cursor") if resumed else None
-    store.set(migration.name, phase=APPLYING, **{"apply.started": resumed, "apply.done": False})
-    if not resumed:
-        store.unset(migration.name, "apply.cursor")
+    saved = state.apply
+    position = saved.position if saved and saved.started and not saved.done and not reset \
+        else None
+    resumed = position is not None
+    after = position.last if position is not None else None
+    store.start_apply(migration.name, resumed=resumed)
 
     collection = db[migration.collection]
     applier = Applier(migration, collection, make_context(db, migration.name))
@@ -72,14 +72,12 @@ def apply_migration(
         result = applier.apply_documents(batch)
         totals.add(result)
         scanned += len(batch)
-        store.add(
-            migration.name, result.counts(),
-            [failure_record(f.id, f.error, "apply") for f in result.failures],
-            **{"apply.cursor": batch[-1]["_id"], "apply.started": True},
-        )
+        store.save_apply_position(
+            migration.name, last_id=batch[-1]["_id"], counts=result.counts(),
+            failures=[failure_record(f.id, f.error, "apply") for f in result.failures])
         progress.update(len(batch), updated=result.updated, failed=result.failed)
     progress.close()
-    store.set(migration.name, phase=APPLIED, **{"apply.done": True})
+    store.finish_apply(migration.name)
     return ApplyReport(migration.name, scanned, totals, resumed)
 
 

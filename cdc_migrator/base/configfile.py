@@ -1,4 +1,4 @@
-"""The configuration file: TOML with a key for every setting that is a flag or variable.
+"""The configuration file: TOML with a key for every setting of the table (settings.py).
 
 Precedence, highest first: command-line flag, environment variable, configuration file,
 built-in default. The file gives defaults to the command line's parameters (the command line
@@ -16,42 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .settings import mask_uri
+from .settings import Settings, is_secret_option, mask_secrets
 
 DEFAULT_PATH = "cdc-migrator.toml"
 
-# File key -> name of the command-line parameter it gives a default to.
-KEYS = {
-    "mongodb_uri": "mongodb_uri",
-    "db": "database",
-    "kafka_bootstrap_servers": "kafka_bootstrap_servers",
-    "transforms": "transforms",
-    "state_collection": "state_collection",
-    "topic_prefix": "topic_prefix",
-    "group": "group_id",
-    "partitions": "partitions",
-    "log_format": "log_format",
-    "metrics_port": "metrics_port",
-    "retry_deadline": "retry_deadline",
-    "on_history_lost": "on_history_lost",
-    "mongo_timeout_ms": "mongo_timeout_ms",
-    "kafka_security_protocol": "kafka_security_protocol",
-    "kafka_sasl_mechanism": "kafka_sasl_mechanism",
-    "kafka_sasl_username": "kafka_sasl_username",
-    "kafka_sasl_password": "kafka_sasl_password",
-    "kafka_ssl_cafile": "kafka_ssl_cafile",
-    "kafka_ssl_certfile": "kafka_ssl_certfile",
-    "kafka_ssl_keyfile": "kafka_ssl_keyfile",
-    "kafka_ssl_password": "kafka_ssl_password",
-    "mongo_tls_ca_file": "mongo_tls_ca_file",
-    "mongo_tls_cert_key_file": "mongo_tls_cert_key_file",
-    "mongo_tls_insecure": "mongo_tls_insecure",
-}
-# Keys naming files: a relative path in the file is relative to the file's directory.
-PATH_KEYS = {"transforms", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
-             "mongo_tls_ca_file", "mongo_tls_cert_key_file"}
 TABLES = ("kafka", "mongo")
-_SECRET_WORDS = ("password", "secret", "token")
+
+
+def keys() -> dict[str, str]:
+    """File key -> name of the setting it gives a value to (the settings table's keys)."""
+    return {spec.key_name: name for name, spec in Settings.table().items() if spec.key_name}
 
 
 @dataclass
@@ -85,18 +59,20 @@ def load(path: Path | None) -> ConfigFile:
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     config = ConfigFile(path=path)
+    known = keys()
+    table = Settings.table()
     for key, value in data.items():
         if key in TABLES:
             if not isinstance(value, dict):
                 raise UsageError(f"config file {path}: {key} must be a table ([{key}])")
             setattr(config, key, _client_options(path, key, value))
-        elif key in KEYS:
-            if key in PATH_KEYS and isinstance(value, str):
+        elif key in known:
+            if table[known[key]].path and isinstance(value, str):
                 value = str(path.parent / value)  # relative to the file, not the cwd
-            config.defaults[KEYS[key]] = value
+            config.defaults[known[key]] = value
         else:
             raise UsageError(f"config file {path}: unknown key {key!r} (known: "
-                             f"{', '.join([*KEYS, *TABLES])})")
+                             f"{', '.join([*known, *TABLES])})")
     return config
 
 
@@ -142,37 +118,28 @@ def _is_mongo_option(key: str) -> bool:
     return key.lower() in common.VALIDATORS and key.lower() not in _MONGO_NOT_CONFIGURABLE
 
 
-def secrets_of(options: Mapping[str, Any]) -> list[str]:
-    """The values of password-like client options, to be masked wherever they could appear."""
-    return [str(v) for k, v in options.items() if is_secret(k) and v]
-
-
-def is_secret(key: str) -> bool:
-    return any(word in key.lower() for word in _SECRET_WORDS)
-
-
-def effective(values: Mapping[str, Any], source_of: Callable[[str], str],
+def effective(settings: Settings, source_of: Callable[[str], str],
               config: ConfigFile) -> dict[str, Any]:
-    """Each file key's effective value (secrets masked) and where it came from.
+    """Each setting's effective value (secrets masked) and where it came from, by file key.
 
-    ``values`` are the parameter values by parameter name, ``source_of`` names the source of
-    one of them: "flag", "env", "file" or "default".
+    ``source_of`` names the source of a setting: "flag", "env", "file" or "default".
     """
     shown: dict[str, Any] = {"config_file": str(config.path) if config.path else None}
-    for key, param in KEYS.items():
-        if param not in values:
+    for name, spec in Settings.table().items():
+        if not spec.key_name:
             continue
-        value = values[param]
+        value = getattr(settings, name)
         if isinstance(value, Path):
             value = str(value)
-        if key == "mongodb_uri" and value:
-            value = mask_uri(value)
-        elif is_secret(key) and value:
+        if spec.secret and value:
             value = "***"
-        shown[key] = {"value": value, "source": source_of(param)}
+        elif isinstance(value, str):
+            value = mask_secrets(value)  # the credentials of a connection string
+        shown[spec.key_name] = {"value": value, "source": source_of(name)}
     for table in TABLES:
         options = getattr(config, table)
-        shown[table] = {"value": {k: "***" if is_secret(k) else v for k, v in options.items()},
+        shown[table] = {"value": {k: "***" if is_secret_option(k) else v
+                                  for k, v in options.items()},
                         "source": "file" if options else "default"}
     return shown
 

@@ -20,8 +20,8 @@ subtype-4 UUIDs are :class:`uuid.UUID`).
 
 Typical use::
 
-    producer.send(topic, key=key_bytes(doc["_id"]),
-                  value=encode(Envelope.snapshot("m1", "app", "users", doc)))
+    key, value = RawEncoder("m1", "app", "users").snapshot(doc)
+    producer.send(topic, key=key, value=value)
     ...
     try:
         event = decode(record.value)
@@ -105,7 +105,8 @@ class Operation(StrEnum):
 class Envelope:
     """One migration event, decoded.
 
-    Build one with :meth:`snapshot`, :meth:`change` or :meth:`fence` rather than by hand.
+    The producers write envelopes straight from raw BSON (:class:`RawEncoder`); :meth:`fence`
+    builds a fence. (``cdc_migrator.testing`` builds snapshot and change envelopes for tests.)
 
     Attributes:
         migration: name of the migration the event belongs to.
@@ -139,98 +140,11 @@ class Envelope:
     documents: list[dict[str, Any]] | None = None
 
     @classmethod
-    def snapshot(
-        cls,
-        migration: str,
-        database: str,
-        collection: str,
-        document: Mapping[str, Any],
-        *,
-        cluster_time: Timestamp | None = None,
-    ) -> Envelope:
-        """A backfill read of ``document`` (which must have an ``_id``).
-
-        ``cluster_time`` is optional: pass the read's ``operationTime`` / ``atClusterTime`` if
-        the scanner knows it. Raises ValueError if the document has no ``_id``.
-        """
-        if not isinstance(document, Mapping):
-            raise ValueError(f"snapshot document must be a mapping, got {type(document).__name__}")
-        if "_id" not in document:
-            raise ValueError("snapshot document has no _id")
-        return cls(
-            migration=migration,
-            source=EventSource.BACKFILL,
-            operation=Operation.SNAPSHOT,
-            database=database,
-            collection=collection,
-            key=document["_id"],
-            document=_as_dict(document),
-            cluster_time=cluster_time,
-            resume_token=None,
-            emitted_at=_now_ms(),
-            fence_id=None,
-        )
-
-    @classmethod
-    def change(
-        cls,
-        migration: str,
-        database: str,
-        collection: str,
-        change_event: Mapping[str, Any],
-    ) -> Envelope:
-        """Map one pymongo change stream event to an envelope.
-
-        Uses ``operationType`` (insert, update, replace or delete), ``documentKey._id`` (any
-        shard-key fields in ``documentKey`` are dropped), ``fullDocument`` (None for deletes,
-        and for updates unless the stream uses ``full_document="updateLookup"`` and the document
-        still exists), ``clusterTime`` and ``_id`` (the resume token). ``database`` and
-        ``collection`` name the namespace the event came from (normally ``change_event["ns"]``).
-
-        Raises ValueError for other operation types (drop, rename, invalidate, ...): the
-        tailer must handle those itself.
-        """
-        op = change_event.get("operationType")
-        operation = _CHANGE_OPERATIONS.get(op)  # type: ignore[arg-type]
-        if operation is None:
-            raise ValueError(
-                f"change event operationType {op!r} has no envelope; "
-                "only insert, update, replace and delete do"
-            )
-        document_key = change_event.get("documentKey")
-        if not isinstance(document_key, Mapping) or "_id" not in document_key:
-            raise ValueError(f"{op} change event has no documentKey._id")
-        document = None if operation is Operation.DELETE else change_event.get("fullDocument")
-        if document is not None and not isinstance(document, Mapping):
-            raise ValueError(f"fullDocument must be a mapping, got {type(document).__name__}")
-        cluster_time = change_event.get("clusterTime")
-        if cluster_time is not None and not isinstance(cluster_time, Timestamp):
-            raise ValueError(
-                f"clusterTime must be a bson.Timestamp, got {type(cluster_time).__name__}"
-            )
-        token = change_event.get("_id")
-        if token is not None and not isinstance(token, Mapping):
-            raise ValueError(f"resume token (_id) must be a mapping, got {type(token).__name__}")
-        return cls(
-            migration=migration,
-            source=EventSource.CHANGE,
-            operation=operation,
-            database=database,
-            collection=collection,
-            key=document_key["_id"],
-            document=_as_dict(document),
-            cluster_time=cluster_time,
-            resume_token=_as_dict(token),
-            emitted_at=_now_ms(),
-            fence_id=None,
-        )
-
-    @classmethod
     def fence(cls, migration: str, database: str, collection: str, fence_id: str) -> Envelope:
         """A fence marker with id ``fence_id``; its ``key`` is ``fence_id`` too.
 
-        The fence's Kafka key is therefore ``key_bytes(fence_id)``. A producer that needs the
-        fence on every partition must send it to each partition explicitly.
+        The tailer sends one to every partition of the topic, naming each partition
+        explicitly, with an empty record key (the key decides no partition here).
         """
         if not isinstance(fence_id, str):
             raise ValueError(f"fence_id must be a str, got {type(fence_id).__name__}")
@@ -244,12 +158,12 @@ class Envelope:
             document=None,
             cluster_time=None,
             resume_token=None,
-            emitted_at=_now_ms(),
+            emitted_at=now_ms(),
             fence_id=fence_id,
         )
 
 
-_CHANGE_OPERATIONS: dict[str, Operation] = {
+CHANGE_OPERATIONS: dict[str, Operation] = {
     op.value: op for op in (Operation.INSERT, Operation.UPDATE, Operation.REPLACE, Operation.DELETE)
 }
 _SOURCES: dict[str, EventSource] = {s.value: s for s in EventSource}
@@ -316,18 +230,11 @@ _check_schema()
 # --------------------------------------------------------------------------- helpers
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _as_dict(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if value is None or type(value) is dict:
-        return value
-    # Normalise other mappings (SON, RawBSONDocument, ...) to what decode() will return.
-    return _bson_decode(_encode_document(value), CODEC_OPTIONS)
-
-
-def _encode_document(document: Mapping[str, Any]) -> bytes:
+def encode_document(document: Mapping[str, Any]) -> bytes:
     # bson.encode() moves a top-level "_id" to the front; a nested document keeps its key
     # order, so encode {"": document} and cut the embedded document out:
     # int32 length, 0x03, "" + NUL, <document>, NUL.
@@ -419,13 +326,13 @@ def encode(envelope: Envelope) -> bytes:
             "database": e.database,
             "collection": e.collection,
             "key": _bson_encode({"_id": e.key}, False, CODEC_OPTIONS),
-            "document": None if document is None else ("bytes", _encode_document(document)),
+            "document": None if document is None else ("bytes", encode_document(document)),
             "cluster_time": None if ts is None else ("long", _pack_timestamp(ts)),
-            "resume_token": None if token is None else ("bytes", _encode_document(token)),
+            "resume_token": None if token is None else ("bytes", encode_document(token)),
             "emitted_at": emitted_at,
             "fence_id": None if fence_id is None else ("string", fence_id),
             "documents": None if e.documents is None else (
-                "array", [_encode_document(d) for d in e.documents]),
+                "array", [encode_document(d) for d in e.documents]),
         }
         out = BytesIO()
         out.write(_HEADER)
@@ -563,7 +470,7 @@ class RawEncoder:
         self._snapshot = (head + _enum_index(EventSource, EventSource.BACKFILL)
                           + _enum_index(Operation, Operation.SNAPSHOT) + tail)
         self._change = {op: head + _enum_index(EventSource, EventSource.CHANGE)
-                        + _enum_index(Operation, op) + tail for op in _CHANGE_OPERATIONS.values()}
+                        + _enum_index(Operation, op) + tail for op in CHANGE_OPERATIONS.values()}
 
     @staticmethod
     def key_of(document: Mapping[str, Any]) -> bytes:
@@ -580,9 +487,9 @@ class RawEncoder:
         key = self.key_of(document)
         raw = _raw_bytes(document)
         if raw is None:
-            raw = _encode_document(document)
+            raw = encode_document(document)
         return key, b"".join((self._snapshot, _avro_bytes(key), _DOCUMENT, _avro_bytes(raw),
-                              _NULL, _NULL, _avro_long(_now_ms()), _NULL, _NULL))
+                              _NULL, _NULL, _avro_long(now_ms()), _NULL, _NULL))
 
     def snapshot_key(self, document: Mapping[str, Any]) -> tuple[bytes, bytes]:
         """``(record key, record value)`` of a backfill read of ``document`` that carries its
@@ -590,7 +497,7 @@ class RawEncoder:
         a document too large for the topic."""
         key = self.key_of(document)
         return key, b"".join((self._snapshot, _avro_bytes(key), _NULL, _NULL, _NULL,
-                              _avro_long(_now_ms()), _NULL, _NULL))
+                              _avro_long(now_ms()), _NULL, _NULL))
 
     def snapshot_batch(self, documents: list[Mapping[str, Any]]) -> tuple[bytes, bytes]:
         """``(record key, record value)`` of a backfill batch of ``documents`` (at least one):
@@ -600,7 +507,7 @@ class RawEncoder:
             raise ValueError("a snapshot batch needs at least one document")
         key = self.key_of(documents[0])
         parts = [self._snapshot, _avro_bytes(key), _NULL, _NULL, _NULL,
-                 _avro_long(_now_ms()), _NULL, _DOCUMENTS, _avro_long(len(documents))]
+                 _avro_long(now_ms()), _NULL, _DOCUMENTS, _avro_long(len(documents))]
         for document in documents:
             parts.append(_avro_bytes(_document_bytes(document, "snapshot document")))
         parts.append(b"\x00")  # the end of the array's blocks
@@ -609,12 +516,12 @@ class RawEncoder:
     def change(self, change_event: Mapping[str, Any], *,
                with_document: bool = True) -> tuple[bytes, bytes]:
         """``(record key, record value)`` of a change stream event (insert, update, replace or
-        delete; anything else raises ValueError, as :meth:`Envelope.change` does).
+        delete; anything else raises ValueError).
 
         Without ``with_document`` the envelope carries no document image, as for an update
         without ``updateLookup``: the consumer reads the document from MongoDB."""
         op = change_event.get("operationType")
-        operation = _CHANGE_OPERATIONS.get(op)  # type: ignore[arg-type]
+        operation = CHANGE_OPERATIONS.get(op)  # type: ignore[arg-type]
         if operation is None:
             raise ValueError(f"change event operationType {op!r} has no envelope; "
                              "only insert, update, replace and delete do")
@@ -643,7 +550,7 @@ class RawEncoder:
                 parts += (_RESUME_TOKEN, _avro_bytes(_document_bytes(token, "resume token")))
         except (BSONError, OverflowError, TypeError) as exc:
             raise ValueError(f"cannot encode envelope: {_one_line(exc)}") from exc
-        parts += (_avro_long(_now_ms()), _NULL, _NULL)
+        parts += (_avro_long(now_ms()), _NULL, _NULL)
         return key, b"".join(parts)
 
 
@@ -657,7 +564,7 @@ def _document_bytes(document: Any, what: str) -> bytes:
         return raw
     if not isinstance(document, Mapping):
         raise ValueError(f"{what} must be a mapping, got {type(document).__name__}")
-    return _encode_document(document)
+    return encode_document(document)
 
 
 def _check_header(data: Any) -> bytes:

@@ -222,46 +222,6 @@ def decide(migration: Migration, doc: Mapping[str, Any], ctx: Any) -> Outcome:
     return Outcome("update", doc["_id"], guard=guard, set=to_set, unset=to_unset)
 
 
-def apply_to(doc: Mapping[str, Any], outcome: Outcome) -> dict[str, Any] | None:
-    """The document as it is after ``outcome`` is written (None once deleted). Pure."""
-    if outcome.kind == "delete":
-        return None
-    new = dict(doc)
-    if outcome.kind == "update":
-        new.update(outcome.set)
-        for name in outcome.unset:
-            new.pop(name, None)
-    return new
-
-
-def matches_guard(doc: Mapping[str, Any] | None, guard: Mapping[str, Any]) -> bool:
-    """Evaluate a :func:`guard_filter` against a document in memory. Pure; used in tests."""
-    if doc is None or not same_value(doc.get("_id"), guard["_id"]):
-        return False
-    for name, cond in guard.items():
-        if name in ("_id", "$expr"):
-            continue
-        if cond["$exists"] != (name in doc):
-            return False
-    expr = guard.get("$expr")
-    if expr is None:
-        return True
-    for condition in expr.get("$and", [expr]):
-        (operator, (ref, operand)), = condition.items()
-        if isinstance(ref, dict) and "$type" in ref:  # {$eq or $ne: [{$type: F}, "missing"]}
-            if (_field_of(ref["$type"]) in doc) != (operator == "$ne"):
-                return False
-        else:
-            name = _field_of(ref)
-            if name not in doc or not same_value(doc[name], operand["$literal"]):
-                return False
-    return True
-
-
-def _field_of(ref: Any) -> str:
-    return ref["$getField"]["field"]["$literal"] if isinstance(ref, dict) else ref[1:]
-
-
 def _brief(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -164,8 +164,6 @@ class Retrier:
                               self.where[service], time.monotonic() - outage.started,
                               outage.attempts)
 
-    def in_outage(self, service: str) -> bool:
-        return service in self._outages
 
 
 def _hosts(uri: str) -> str:

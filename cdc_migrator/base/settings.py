@@ -1,19 +1,31 @@
-"""Settings shared by every command, and the connections made from them."""
+"""Every setting of the tool, declared once, and the connections made from them.
+
+:class:`Settings` is the table: each of its fields is a setting, and its :class:`Setting`
+metadata says how a user gives it (flag, environment variable, key of the configuration file),
+what it means and what values it takes. The command line's options (``cli.py``), the keys of
+the configuration file (``configfile.py``), ``config show`` and :meth:`Settings.environment`
+are all derived from it: adding a setting is adding one field here.
+
+Precedence, highest first: flag, environment variable, configuration file, default.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pymongo
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, InvalidURI
 
 from ..errors import UsageError
-from . import codec
+from . import codec, naming
 
 DEFAULT_MONGODB_URI = "mongodb://127.0.0.1:27017/app?directConnection=true"
 DEFAULT_KAFKA = "127.0.0.1:9092"
@@ -32,8 +44,10 @@ def mask_uri(uri: str) -> str:
     return f"{scheme}://***@{rest.rpartition('@')[2]}"
 
 
-# A connection string inside free text: up to the last "@" before the next whitespace.
-_URI_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)\S*@")
+# A connection string inside free text: up to the last "@" of the line before a host name. A
+# password may hold any character, spaces included (a malformed URI does not escape them), so
+# the credentials end only there; text after the URI with an "@" of its own is masked too.
+_URI_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\n]*@(?=[\w\[])")
 # Shorter secrets are not registered for masking: they would blank out ordinary words.
 MIN_SECRET_LENGTH = 4
 
@@ -56,23 +70,158 @@ def uri_secrets(uri: str) -> list[str]:
     return [s for s in (userinfo, password) if len(s) >= MIN_SECRET_LENGTH]
 
 
+
+@dataclass(frozen=True)
+class Setting:
+    """How a user gives one setting, and what it takes (the metadata of a Settings field).
+
+    ``flag`` defaults to ``--`` and the field's name with dashes, ``env`` to ``CDC_MIGRATOR_``
+    and the name in capitals, ``key`` (the configuration file's) to the name; ``env`` or
+    ``key`` None means there is none. ``everywhere`` settings are options of every command;
+    the others only of the commands that name them. ``path`` is ``"dir"`` or ``"file"`` (a
+    relative path in the file is relative to the file); ``"existing"`` files must exist.
+    ``kafka``/``mongo`` name the client option the setting gives (TLS, SASL).
+    """
+
+    help: str
+    flag: str = ""
+    env: str | None = ""
+    key: str | None = ""
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    path: Literal["dir", "file", "existing"] | None = None
+    secret: bool = False
+    everywhere: bool = True
+    kafka: str | None = None
+    mongo: str | None = None
+    name: str = ""
+    kind: type = str
+    default: Any = None
+
+    @property
+    def flag_name(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def env_name(self) -> str | None:
+        return f"CDC_MIGRATOR_{self.name.upper()}" if self.env == "" else self.env
+
+    @property
+    def key_name(self) -> str | None:
+        return self.name if self.key == "" else self.key
+
+
+def setting(default: Any, help: str, **how: Any) -> Any:
+    """A field of :class:`Settings` with its :class:`Setting` (the ``how`` keywords)."""
+    return field(default=default, metadata={"setting": Setting(help=help, **how)})
+
+
+_KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
 @dataclass
 class Settings:
-    """Where the services are and how the tool names what it creates."""
+    """Where the services are, how the tool names what it creates, and how it behaves.
 
-    mongodb_uri: str = DEFAULT_MONGODB_URI
-    database: str | None = None
-    kafka_bootstrap_servers: str = DEFAULT_KAFKA
-    transforms: Path = Path("transforms")
-    state_collection: str = "cdc_migrator_state"
-    topic_prefix: str = "cdc-migrator"
-    group_id: str = "cdc-migrator"
-    partitions: int = 6
-    mongo_timeout_ms: int = 10_000
-    # How long a long-running command rides out a lost MongoDB or Kafka (see retry.py).
-    retry_deadline: float = 300.0
+    Each field is one setting (see the module's docstring); ``kafka_options`` and
+    ``mongo_options`` are the client options of the configuration file's ``[kafka]`` and
+    ``[mongo]`` tables.
+    """
+
+    mongodb_uri: str = setting(
+        DEFAULT_MONGODB_URI, "MongoDB connection string; its path names the database.",
+        env="MONGODB_URI", metavar="URI")
+    database: str | None = setting(
+        None, "Database, overriding the URI's path.", flag="--db", env="CDC_MIGRATOR_DB",
+        key="db", metavar="NAME")
+    kafka_bootstrap_servers: str = setting(
+        DEFAULT_KAFKA, "Kafka bootstrap servers.", flag="--kafka",
+        env="KAFKA_BOOTSTRAP_SERVERS", metavar="HOST:PORT[,...]")
+    transforms: Path = setting(
+        Path("transforms"), "Directory of migration files.", metavar="DIR", path="dir")
+    state_collection: str = setting(
+        naming.STATE_COLLECTION, "Collection holding the state of each migration.",
+        metavar="NAME")
+    topic_prefix: str = setting(
+        naming.TOPIC_PREFIX, "Topics are named PREFIX.DB.COLLECTION.", metavar="PREFIX")
+    group_prefix: str = setting(
+        naming.GROUP_PREFIX, "Consumer groups are named PREFIX.DB.MIGRATION.", flag="--group",
+        env="CDC_MIGRATOR_GROUP", key="group", metavar="PREFIX")
+    partitions: int = setting(6, "Partitions of a topic the tool creates.", metavar="N",
+                              minimum=1)
+    retry_deadline: float = setting(
+        300.0, "tail, backfill, consume and run retry a lost MongoDB or Kafka with backoff; "
+        "they give up (exit 1) when an outage lasts longer.", metavar="SECONDS", minimum=0)
+    mongo_timeout_ms: int = setting(
+        10_000, "How long one MongoDB operation waits for a usable server "
+        "(serverSelectionTimeoutMS).", metavar="MS", minimum=1)
+    kafka_security_protocol: str | None = setting(
+        None, "How to talk to Kafka (default PLAINTEXT).", choices=_KAFKA_PROTOCOLS,
+        kafka="security_protocol")
+    kafka_sasl_mechanism: str | None = setting(
+        None, "SASL mechanism (with SASL_PLAINTEXT or SASL_SSL).", choices=_SASL_MECHANISMS,
+        kafka="sasl_mechanism")
+    kafka_sasl_username: str | None = setting(
+        None, "SASL user name.", metavar="USER", kafka="sasl_plain_username")
+    kafka_sasl_password: str | None = setting(
+        None, "SASL password; masked in every output. Prefer the variable: a flag is visible "
+        "in the process list.", metavar="PW", secret=True, kafka="sasl_plain_password")
+    kafka_ssl_cafile: str | None = setting(
+        None, "CA certificates (PEM) to verify the brokers.", metavar="FILE", path="existing",
+        kafka="ssl_cafile")
+    kafka_ssl_certfile: str | None = setting(
+        None, "Client certificate (PEM), for mutual TLS.", metavar="FILE", path="existing",
+        kafka="ssl_certfile")
+    kafka_ssl_keyfile: str | None = setting(
+        None, "Client private key (PEM).", metavar="FILE", path="existing",
+        kafka="ssl_keyfile")
+    kafka_ssl_password: str | None = setting(
+        None, "Password of the client private key; masked in every output.", metavar="PW",
+        secret=True, kafka="ssl_password")
+    mongo_tls_ca_file: str | None = setting(
+        None, "CA certificates (PEM) to verify MongoDB; turns TLS on.", metavar="FILE",
+        path="existing", mongo="tlsCAFile")
+    mongo_tls_cert_key_file: str | None = setting(
+        None, "Client certificate and key (PEM), for mutual TLS; turns TLS on.",
+        metavar="FILE", path="existing", mongo="tlsCertificateKeyFile")
+    mongo_tls_insecure: bool | None = setting(
+        None, "TLS without verifying the server's certificate or host name (tests only).",
+        mongo="tlsInsecure")
+    log_format: str = setting(
+        "text", "Log lines on stderr as plain text or one JSON object per line.",
+        choices=("text", "json"))
+    metrics_port: int | None = setting(
+        None, "Serve /metrics (Prometheus), /healthz and /readyz over HTTP on PORT; 0 picks a "
+        "free port (logged). Default: no server.", metavar="PORT", minimum=0, maximum=65535,
+        everywhere=False)
+    on_history_lost: str = setting(
+        "fail", "When the server no longer has the change history to resume from: stop with "
+        "exit 1 (fail), or capture again from now and backfill the whole collection again "
+        "(rebackfill; safe, applying is idempotent; logged and shown by `status`).",
+        choices=("fail", "rebackfill"), everywhere=False)
+    instance_id: str | None = setting(
+        None, "A stable name for this process, unique in the group (e.g. the pod name of a "
+        "StatefulSet): restarted under it after a crash, it takes its partitions back at once "
+        "instead of after the group's 30 s session timeout (static membership).",
+        metavar="NAME", key=None, everywhere=False)
     kafka_options: dict[str, Any] = field(default_factory=dict)
     mongo_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def table(cls) -> dict[str, Setting]:
+        """Every setting by field name, in declaration order, with its name, type and
+        default filled in."""
+        return _table(cls)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], **extra: Any) -> Settings:
+        """Settings from a mapping that may hold more than settings (a command's parameters):
+        the names of the table are taken, the rest is left alone."""
+        table = cls.table()
+        return cls(**{k: v for k, v in values.items() if k in table}, **extra)
 
     @cached_property
     def parsed_uri(self) -> dict[str, Any]:
@@ -99,7 +248,31 @@ class Settings:
                 "MONGODB_URI names no database: put it in the path "
                 "(mongodb://host:27017/DBNAME) or pass --db"
             )
-        return parsed["database"]
+        return str(parsed["database"])
+
+    @property
+    def kafka_client_options(self) -> dict[str, Any]:
+        """The options every Kafka client gets beyond the bootstrap servers: the file's
+        ``[kafka]`` table, overridden by the TLS/SASL settings that are set."""
+        options = dict(self.kafka_options)
+        for name, spec in self.table().items():
+            value = getattr(self, name)
+            if spec.kafka and value is not None:
+                options[spec.kafka] = value.upper() if spec.choices else value
+        return options
+
+    @property
+    def mongo_client_options(self) -> dict[str, Any]:
+        """The file's ``[mongo]`` table, overridden by the TLS settings that are set (any of
+        them turns TLS on). MongoClient option names are case-insensitive: a setting replaces
+        the file's spelling of the same option."""
+        flagged = {spec.mongo: getattr(self, name) for name, spec in self.table().items()
+                   if spec.mongo and getattr(self, name)}
+        if flagged:
+            flagged["tls"] = True
+        lowered = {option.lower() for option in flagged}
+        return {**{k: v for k, v in self.mongo_options.items() if k.lower() not in lowered},
+                **flagged}
 
     @cached_property
     def client(self) -> pymongo.MongoClient:
@@ -107,7 +280,7 @@ class Settings:
         try:
             return pymongo.MongoClient(
                 self.mongodb_uri, serverSelectionTimeoutMS=self.mongo_timeout_ms,
-                **{**self.mongo_options, **codec.client_options()},
+                **{**self.mongo_client_options, **codec.client_options()},
             )
         except (InvalidURI, ConfigurationError, ValueError, TypeError) as exc:
             raise UsageError(
@@ -119,26 +292,61 @@ class Settings:
     def db(self) -> Database:
         return self.client[self.database_name]
 
+    def secrets(self) -> list[str]:
+        """The values to mask wherever they could appear: secret settings, the URI's
+        credentials, and the password-like options of the client tables."""
+        found = [str(getattr(self, n)) for n, s in self.table().items()
+                 if s.secret and n != "mongodb_uri" and getattr(self, n)]
+        found += [str(v) for table in (self.kafka_options, self.mongo_options)
+                  for k, v in table.items() if is_secret_option(k) and v]
+        return found + uri_secrets(self.mongodb_uri)
+
     def environment(self) -> dict[str, str]:
-        """The environment variables that make a ``cdc-migrator`` command use these services
-        and names (the ``envvar`` of its options): for running one as a subprocess."""
-        return {
-            "MONGODB_URI": self.mongodb_uri,
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
-            "CDC_MIGRATOR_TRANSFORMS": str(self.transforms),
-            "CDC_MIGRATOR_TOPIC_PREFIX": self.topic_prefix,
-            "CDC_MIGRATOR_GROUP": self.group_id,
-            "CDC_MIGRATOR_PARTITIONS": str(self.partitions),
-        }
+        """The environment variables that make a ``cdc-migrator`` command use these settings:
+        for running one as a subprocess. (The client tables of a file have no variables.)"""
+        env = {}
+        for name, spec in self.table().items():
+            value = getattr(self, name)
+            if spec.env_name and value is not None:
+                env[spec.env_name] = ("1" if value else "") if isinstance(value, bool) \
+                    else str(value)
+        return env
 
     def topic(self, collection: str) -> str:
         """The Kafka topic of one migrated collection."""
-        return f"{self.topic_prefix}.{self.database_name}.{collection}"
+        return naming.topic(self.topic_prefix, self.database_name, collection)
 
     def dlq_topic(self, collection: str) -> str:
-        return f"{self.topic(collection)}.dlq"
+        """The dead-letter topic of one migrated collection."""
+        return naming.dlq_topic(self.topic_prefix, self.database_name, collection)
+
+    def group(self, migration: str) -> str:
+        """The consumer group of one migration."""
+        return naming.group(self.group_prefix, self.database_name, migration)
 
     def close(self) -> None:
         if "client" in self.__dict__:
             self.client.close()
             del self.__dict__["client"]
+
+
+_SECRET_WORDS = ("password", "secret", "token")
+
+
+def is_secret_option(key: str) -> bool:
+    """Whether a client option (of the file's ``[kafka]``/``[mongo]`` tables) is a secret."""
+    return any(word in key.lower() for word in _SECRET_WORDS)
+
+
+def _table(cls: type[Settings]) -> dict[str, Setting]:
+    hints = typing.get_type_hints(cls)
+    table = {}
+    for f in dataclasses.fields(cls):
+        spec = f.metadata.get("setting")
+        if spec is None:
+            continue
+        kinds = [k for k in typing.get_args(hints[f.name]) if k is not type(None)] \
+            or [hints[f.name]]
+        table[f.name] = dataclasses.replace(spec, name=f.name, kind=kinds[0],
+                                            default=f.default)
+    return table

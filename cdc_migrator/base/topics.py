@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ from kafka.errors import (
     TopicAlreadyExistsError,
 )
 
-from ..errors import CdcMigratorError, Refused, ServiceUnavailable
+from ..errors import CdcMigratorError, Refused
 from .settings import Settings
 
 log = logging.getLogger("cdc_migrator.topics")
@@ -51,7 +50,7 @@ def client_options(settings: Settings) -> dict[str, Any]:
     bootstrap_ms = int(min(10_000, max(1_000, settings.retry_deadline * 1000)))
     return {"bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
             "reconnect_backoff_max_ms": 2_000, "bootstrap_timeout_ms": bootstrap_ms,
-            **settings.kafka_options}
+            **settings.kafka_client_options}
 
 
 def admin(settings: Settings) -> KafkaAdminClient:
@@ -403,18 +402,3 @@ def group_lag(settings: Settings, topic: str, group: str) -> Lag:
                                   for tp in tps])
     finally:
         consumer.close()
-
-
-def wait_for_broker(settings: Settings, deadline_s: float) -> None:
-    """Block until a broker answers, or raise ServiceUnavailable after ``deadline_s``."""
-    end = time.monotonic() + deadline_s
-    while True:
-        try:
-            admin(settings).close()
-            return
-        except KafkaError as exc:
-            if time.monotonic() > end:
-                raise ServiceUnavailable(
-                    f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: "
-                    f"{type(exc).__name__}") from None
-            time.sleep(1)

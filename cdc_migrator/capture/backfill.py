@@ -22,17 +22,15 @@ from bson.raw_bson import RawBSONDocument
 from kafka.partitioner.default import murmur2
 
 from ..base import deadletters as deadletter
-from ..base import events, logs, topics
+from ..base import events, logs, metrics, topics
 from ..base.codec import CODEC_OPTIONS
 from ..base.progress import Progress
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested
 from ..base.scanner import count, prefetched, scan
 from ..base.settings import Settings
-from ..base.state import BACKFILLING, CATCHING_UP, FAILED, StateStore
+from ..base.state import MigrationState, StateStore
 from ..errors import Refused
 from ..migration import Migration
-from ..operations import observability
-from .tailer import is_armed
 
 log = logging.getLogger("cdc_migrator.backfill")
 
@@ -69,23 +67,23 @@ def backfill(
         state = retry.call(MONGODB, store.get, migration.name)
     except StopRequested:
         return BackfillReport(migration.name, 0, 0, False, False)
-    if not is_armed(state):
+    if state is None or not state.armed:
         raise Refused(
             f"change capture for {migration.name!r} is not armed: start `cdc-migrator tail "
             f"{migration.name}` first (or use `cdc-migrator run`), so no write can fall "
             "between the scan and the change stream")
-    if state.get("cancelled"):
+    if state.cancelled:
         raise Refused(f"migration {migration.name!r} was cancelled; `reset` it to start again")
-    assert state is not None  # armed
-    _refuse_failed(migration.name, state)
+    _refuse_failed(state)
     # A tailer that lost its history re-arms capture (--on-history-lost rebackfill): a pass
     # that began before that no longer covers every write, and gives way to a new one.
-    armed_at = state["tail"]["armed_at"]
-    saved = state.get("backfill") or {}
-    if saved.get("done") and not reset:
-        return BackfillReport(migration.name, 0, saved.get("scanned", 0), False, True)
-    resumed = "cursor" in saved and not reset
-    done_before = saved.get("scanned", 0) if resumed else 0
+    armed_at = state.tail.armed_at
+    saved = state.backfill
+    if saved is not None and saved.done and not reset:
+        return BackfillReport(migration.name, 0, saved.scanned, False, True)
+    position = saved.position if saved is not None and not reset else None
+    resumed = position is not None
+    done_before = saved.scanned if saved is not None and resumed else 0
     topic = settings.topic(migration.collection)
     collection = settings.db[migration.collection]
     raw_collection = collection.with_options(
@@ -96,18 +94,15 @@ def backfill(
     scanned = 0
     finished = False
     try:
-        if not resumed:
-            retry.call(MONGODB, store.unset, migration.name, "backfill")
         partitions = retry.call(KAFKA, topics.ensure_topic, settings, topic)
         total = retry.call(MONGODB, count, collection, migration.filter)
-        retry.call(MONGODB, store.set, migration.name, phase=BACKFILLING,
-                   **{"backfill.total": total, "backfill.done": False})
+        retry.call(MONGODB, store.start_backfill, migration.name, total, over=not resumed)
         log.info("backfill %s: %d documents to scan into %s",
                  f"resumed after {done_before} documents" if resumed else "started", total,
                  topic)
         progress = Progress(f"backfill {migration.name}", total, enabled=show_progress)
         progress.done = done_before
-        cursor, started = saved.get("cursor"), resumed
+        cursor, started = (position.last if position else None), resumed
         while True:
             try:
                 # Documents are read as raw BSON and go on the topic as read (no decoding and
@@ -122,17 +117,16 @@ def backfill(
                             settings, migration, encoder, topic, partition, docs))
                     publisher.flush()  # rides out a broker outage with this batch in hand
                     if publisher.dead_lettered:
-                        retry.call(MONGODB, store.increment, migration.name, "dlq_pending",
+                        retry.call(MONGODB, store.add_dead_letters, migration.name,
                                    publisher.dead_lettered)
                     current = retry.call(
-                        MONGODB, store.add, migration.name, {"produced": len(batch)},
-                        where={"tail.armed_at": armed_at},
-                        **{"backfill.cursor": batch[-1]["_id"],
-                           "backfill.scanned": done_before + scanned + len(batch)})
+                        MONGODB, store.save_backfill_position, migration.name,
+                        last_id=batch[-1]["_id"], scanned=done_before + scanned + len(batch),
+                        produced=len(batch), armed_at=armed_at)
                     cursor, started = batch[-1]["_id"], True
                     scanned += len(batch)
                     progress.update(len(batch))
-                    observability.record_produced(migration.name, len(batch), "backfill",
+                    metrics.record_produced(migration.name, len(batch), "backfill",
                                                   time.monotonic() - batch_started)
                     # A paused backfill holds no cursor: MongoDB would kill it after 10 idle
                     # minutes. The scan reopens after the last document read.
@@ -154,9 +148,8 @@ def backfill(
                 publisher.forget()
                 retry.failed(exc)  # then scan again after the last saved position
         if finished:
-            finished = retry.call(MONGODB, store.add, migration.name, {},
-                                  where={"tail.armed_at": armed_at}, phase=CATCHING_UP,
-                                  **{"backfill.done": True})
+            finished = retry.call(MONGODB, store.finish_backfill, migration.name,
+                                  armed_at=armed_at)
     except StopRequested:
         finished = False
     finally:
@@ -221,12 +214,10 @@ def snapshot_record(settings: Settings, migration: Migration, encoder: events.Ra
     return topics.Record(topic, key, value, partition, fallback)
 
 
-def _refuse_failed(name: str, state: dict) -> None:
+def _refuse_failed(state: MigrationState) -> None:
     """Refuse a migration that failed (its collection dropped or renamed, its history lost)."""
-    if state.get("phase") == FAILED or state.get("failure"):
-        error = (state.get("last_error") or {}).get("error") \
-            or (state.get("failure") or {}).get("reason") or "see `cdc-migrator status`"
-        raise Refused(f"migration {name!r} failed, no backfill: {error}")
+    if state.failed:
+        raise Refused(f"migration {state.name!r} failed, no backfill: {state.failure_reason}")
 
 
 def _hold_while_paused(store: StateStore, name: str, stop: threading.Event | None,
@@ -236,11 +227,11 @@ def _hold_while_paused(store: StateStore, name: str, stop: threading.Event | Non
     The wait runs inside ``holding()`` (the scan's :meth:`~cdc_migrator.base.scanner.Scan.held`).
     Raises :class:`Refused` when the migration failed (e.g. its collection was dropped).
     """
-    state = store.get(name) or {}
-    _refuse_failed(name, state)
-    if state.get("cancelled"):
+    state = store.get(name)
+    if state is None or state.cancelled:
         return False
-    if not state.get("paused"):
+    _refuse_failed(state)
+    if not state.paused:
         return True
     with holding():
         while True:
@@ -248,9 +239,9 @@ def _hold_while_paused(store: StateStore, name: str, stop: threading.Event | Non
                 return False
             if stop is None:
                 time.sleep(1.0)
-            state = store.get(name) or {}
-            _refuse_failed(name, state)
-            if state.get("cancelled"):
+            state = store.get(name)
+            if state is None or state.cancelled:
                 return False
-            if not state.get("paused"):
+            _refuse_failed(state)
+            if not state.paused:
                 return True

@@ -24,26 +24,26 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeGuard
+from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure, PyMongoError
 
 from ..base import deadletters as deadletter
-from ..base import events, logs, topics
+from ..base import events, logs, metrics, topics
 from ..base.context import make_context
+from ..base.naming import FENCE_COLLECTION
 from ..base.patch import decide
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line, message_of
 from ..base.settings import Settings
-from ..base.state import ARMED, FAILED, StateStore, now, stop_record
+from ..base.state import HEARTBEAT_INTERVAL, MigrationState, StateStore, now, stop_record
 from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused
 from ..migration import Migration, rename_filter_fields
-from ..operations import observability
+from .backfill import backfill
 
 log = logging.getLogger("cdc_migrator.tailer")
 
-FENCE_COLLECTION = "cdc_migrator_fences"
 # Server errors meaning the saved resume point is no longer in the server's history.
 HISTORY_LOST_CODES = {136, 280, 286}
 # The last stage of the tailer's stream: only what the tailer uses. An update's description
@@ -55,34 +55,23 @@ EVENT_TOO_LARGE = 10334
 # After an event too large, at most this many events are read one per batch to find it.
 NARROW_EVENTS = 1000
 _FULL, _NARROW, _KEY_ONLY = "full", "narrow", "key only"
-#: An idle tailer writes its state at most this often (seconds): the latest resume token, so the
-#: saved resume point stays seconds behind the server's history instead of aging toward its end,
-#: and the heartbeat that tells `status` it runs. While events flow it writes every
-#: ``flush_interval`` (200 ms) instead, after the broker acknowledged them.
-HEARTBEAT_INTERVAL = 10.0
-#: `status` counts a tailer as running while its heartbeat is younger than this.
-HEARTBEAT_STALE_AFTER = 3 * HEARTBEAT_INTERVAL
-#: What the tailer does when the history is gone (``--on-history-lost``).
-ON_HISTORY_LOST = ("fail", "rebackfill")
 
 
-def arm(settings: Settings, migration: Migration) -> dict[str, Any]:
+def arm(settings: Settings, migration: Migration) -> MigrationState:
     """Fix the point from which changes are captured (idempotent); create the topic."""
     store = StateStore(settings.db, settings.state_collection)
     state = store.ensure(migration.name, migration.collection)
-    if state.get("cancelled"):
+    if state.cancelled:
         raise Refused(f"migration {migration.name!r} was cancelled; `reset` it to start again")
     topics.ensure_topic(settings, settings.topic(migration.collection))
-    tail = state.get("tail") or {}
-    if tail.get("armed_at") is None:
+    if not state.armed:
         # The reply's operationTime is the server's latest operation: a change stream started
         # at it (inclusive) sees every write the backfill's scan could miss.
         armed_at = settings.db.command("ping").get("operationTime")
         if armed_at is None:
             raise Refused("the MongoDB server reports no operationTime: change streams need "
                           "a replica set or sharded cluster")
-        store.set(migration.name, phase=state.get("phase") or ARMED,
-                  **{"tail.armed_at": armed_at, "tail.produced": 0})
+        store.arm(migration.name, armed_at)
         state = store.get(migration.name) or state
     return state
 
@@ -123,22 +112,16 @@ def stream_pipeline(migration: Migration) -> list[dict[str, Any]]:
     return stages
 
 
-def is_armed(state: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
-    return bool(state and (state.get("tail") or {}).get("armed_at") is not None)
-
-
 class Tailer:
     """Follows one migration's collection until :meth:`stop` is called."""
 
     def __init__(self, settings: Settings, migration: Migration, *,
                  flush_every: int = 2000, flush_interval: float = 0.2,
-                 skip_migrated: bool = True, on_history_lost: str = "fail",
-                 backfill_on_recovery: bool = True) -> None:
+                 skip_migrated: bool = True, backfill_on_recovery: bool = True) -> None:
         self.settings = settings
         self.migration = migration
-        if on_history_lost not in ON_HISTORY_LOST:
-            raise ValueError(f"on_history_lost must be one of {ON_HISTORY_LOST}")
-        self.on_history_lost = on_history_lost
+        # What to do when the history is gone: the setting (--on-history-lost).
+        self.on_history_lost = settings.on_history_lost
         # With rebackfill: run the new backfill here (`tail`), or leave it to the caller that
         # watches `rearmed` (`run`, whose own backfill starts over).
         self.backfill_on_recovery = backfill_on_recovery
@@ -159,7 +142,6 @@ class Tailer:
         self.produced = 0
         self.last_event_time: Any = None
         self.caught_up = threading.Event()
-        self._stop_cleared = False  # a stop recorded by an earlier run, cleared on progress
 
     def stop(self) -> None:
         self.stopping.set()
@@ -194,11 +176,9 @@ class Tailer:
                      "produced again on the next start")
         except Exception as exc:  # why it stopped, for status, /readyz and the metrics
             error = logs.mask(str(exc) if isinstance(exc, CdcMigratorError) else first_line(exc))
-            record = stop_record("tailer", error)
             try:
-                if self.store.get(self.migration.name) is not None:  # never started: nothing
-                    self.store.set(self.migration.name,
-                                   **{"stopped.tailer": record, "last_error": record})
+                self.store.record_stop(self.migration.name, "tailer",
+                                       stop_record("tailer", error))
             except Exception as failure:  # MongoDB gone too: the exit code still tells
                 log.debug("could not record the stop: %s", failure)
             raise
@@ -207,8 +187,7 @@ class Tailer:
             if self._recovery is not None:
                 self._recovery.join(timeout=60)
             try:  # not running any more, whatever the last heartbeat says (see catchup.py)
-                if self.store.get(self.migration.name) is not None:
-                    self.store.set(self.migration.name, **{"tail.stopped_at": time.time()})
+                self.store.tailer_stopped(self.migration.name)
             except Exception as failure:
                 log.debug("could not record the stop: %s", failure)
 
@@ -241,16 +220,15 @@ class Tailer:
         """Follow the stream in ``mode`` from the saved point: until stopped (``_FULL``), for
         at most ``NARROW_EVENTS`` events taken one per batch (``_NARROW``), or for one event
         without its document (``_KEY_ONLY``)."""
-        state = arm(self.settings, self.migration)
-        tail = state.get("tail") or {}
+        tail = arm(self.settings, self.migration).tail
         db = self.settings.db
         options: dict[str, Any] = {"full_document": "updateLookup",
                                    "batch_size": 1000 if mode == _FULL else 1,
                                    "max_await_time_ms": 200}
-        if tail.get("resume_token"):
-            options["resume_after"] = tail["resume_token"]
+        if tail.resume_token:
+            options["resume_after"] = tail.resume_token
         else:
-            options["start_at_operation_time"] = tail["armed_at"]
+            options["start_at_operation_time"] = tail.armed_at
         pipeline = stream_pipeline(self.migration)
         if mode == _KEY_ONLY:
             pipeline.append({"$unset": ["fullDocument"]})
@@ -265,7 +243,7 @@ class Tailer:
                 if mode == _FULL:
                     log.info("tailing %s into %s from %s", self.migration.collection,
                              self.topic, "the saved resume token" if "resume_after" in options
-                             else f"the armed point {tail['armed_at']}")
+                             else f"the armed point {tail.armed_at}")
                 self._loop(stream, partitions, limit={_FULL: None, _NARROW: NARROW_EVENTS,
                                                       _KEY_ONLY: 1}[mode],
                            key_only=mode == _KEY_ONLY)
@@ -279,9 +257,7 @@ class Tailer:
                 message = (f"{cause}; a new backfill is needed: `cdc-migrator reset "
                            f"{self.migration.name}` then run it again (or let `tail`/`run` do "
                            "it: --on-history-lost rebackfill)")
-                self.retry.call(MONGODB, self.store.set, self.migration.name, phase=FAILED,
-                                failure={"reason": cause, "at": now()},
-                                last_error={"error": message})
+                self.retry.call(MONGODB, self.store.fail, self.migration.name, cause, message)
                 raise HistoryLost(message) from None
             raise
 
@@ -307,21 +283,18 @@ class Tailer:
         """A recovery backfill that a stopped tailer left unfinished goes on (rebackfill only)."""
         if self.on_history_lost != "rebackfill" or not self.backfill_on_recovery:
             return
-        state = self.retry.call(MONGODB, self.store.get, self.migration.name) or {}
-        recovery = (state.get("tail") or {}).get("last_recovery") or {}
+        state = self.retry.call(MONGODB, self.store.get, self.migration.name)
+        recovery = (state.tail.last_recovery if state else None) or {}
         if recovery.get("backfill") == "running":
             self._start_recovery_backfill(reset=False)
 
     def _start_recovery_backfill(self, *, reset: bool) -> None:
-        from .backfill import backfill  # backfill imports this module for arm/is_armed
-
         def run() -> None:
             try:
                 report = backfill(self.settings, self.migration, reset=reset,
                                   show_progress=False, stop=self.stopping)
                 if report.done:
-                    self.store.set(self.migration.name,
-                                   **{"tail.last_recovery.backfill": "done"})
+                    self.store.finish_recovery(self.migration.name)
                     log.info("recovery after lost history: %s", report.summary())
             except BaseException as exc:  # raised by the tailer's loop
                 self._recovery_error = exc
@@ -358,9 +331,8 @@ class Tailer:
         message = (f"{reason} (at {at}): migration {self.migration.name} failed, its documents "
                    f"cannot be followed any more; `cdc-migrator reset {self.migration.name}` "
                    "and run it again once the collection is what it should be")
-        self.retry.call(MONGODB, self.store.set, self.migration.name, phase=FAILED,
-                        failure={"reason": reason, "at": now(), "cluster_time": at},
-                        last_error={"error": message})
+        self.retry.call(MONGODB, self.store.fail, self.migration.name, reason, message,
+                        cluster_time=at)
         return CaptureStopped(message)
 
     def _invalidated(self) -> CaptureStopped:
@@ -495,32 +467,25 @@ class Tailer:
         started = time.monotonic()
         produced = self.publisher.flush() if unflushed else 0
         if produced and self.publisher.dead_lettered:
-            self.retry.call(MONGODB, self.store.increment, self.migration.name, "dlq_pending",
+            self.retry.call(MONGODB, self.store.add_dead_letters, self.migration.name,
                             self.publisher.dead_lettered)
         if produced:
             self.produced += produced
-            observability.record_produced(self.migration.name, produced, "tailer",
+            metrics.record_produced(self.migration.name, produced, "tailer",
                                           time.monotonic() - started)
-        observability.record_tailer_position(self.migration.name,
+        metrics.record_tailer_position(self.migration.name,
                                              self.last_event_time if produced else None)
         if token is None:
             return
-        fields: dict[str, Any] = {"tail.resume_token": token, "tail.heartbeat": time.time()}
-        if self.last_event_time is not None:
-            fields["tail.last_event_time"] = self.last_event_time
-        if self._position_time is not None:
-            fields["tail.position_time"] = self._position_time
-        self.retry.call(MONGODB, self.store.add, self.migration.name,
-                        {"produced": produced, "skipped": skipped}, **fields)
-        if not self._stop_cleared:  # running again: an earlier stop is over
-            self.retry.call(MONGODB, self.store.unset, self.migration.name, "stopped.tailer")
-            self._stop_cleared = True
+        self.retry.call(MONGODB, self.store.save_tail_position, self.migration.name,
+                        resume_token=token, last_event_time=self.last_event_time,
+                        position_time=self._position_time, produced=produced, skipped=skipped)
 
 
 def tail_until_stopped(settings: Settings, migrations: list[Migration],
-                       stop: threading.Event, *, on_history_lost: str = "fail") -> None:
+                       stop: threading.Event) -> None:
     """Run a tailer per migration in threads until ``stop`` is set (``cdc-migrator tail``)."""
-    tailers = [Tailer(settings, m, on_history_lost=on_history_lost) for m in migrations]
+    tailers = [Tailer(settings, m) for m in migrations]
     errors: list[BaseException] = []
 
     def run(t: Tailer) -> None:

@@ -12,19 +12,19 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pymongo.errors import OperationFailure
 
-from ..apply.consumer import group_id
 from ..base import topics
+from ..base.naming import FENCE_COLLECTION
 from ..base.settings import Settings
-from ..base.state import CUT_OVER, FAILED, StateStore, now
-from ..capture.tailer import FENCE_COLLECTION, is_armed
-from ..catchup import catching_up
-from ..errors import Refused, UsageError
+from ..base.state import MigrationState, Phase, StateStore, now
+from ..errors import UsageError
 from ..migration import Migration
 from .schema import dialect_problems, validator_for
 from .verify import VerifyReport, verify
@@ -72,9 +72,28 @@ def load_schema(settings: Settings, name: str) -> dict[str, Any]:
     return schema
 
 
+class CatchUp(Protocol):
+    """What a catch-up started, and how it ended (see :func:`cdc_migrator.pipeline.catch_up`)."""
+
+    errors: list[str]
+
+    def note(self) -> str | None: ...
+
+
+#: Runs, while in its block, the pieces of the pipeline that do not run (so that the fence
+#: travels the whole path); given by the caller, which knows the pieces.
+CatchUpRunner = Callable[[Settings, Migration, MigrationState], AbstractContextManager[CatchUp]]
+
+
 def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
-            dry_run: bool = False, allow_failed: bool = False) -> CutoverReport:
-    """Fence, wait for zero lag, verify, apply the contract schema, mark complete."""
+            dry_run: bool = False, allow_failed: bool = False,
+            catch_up: CatchUpRunner | None = None) -> CutoverReport:
+    """Fence, wait for zero lag, verify, apply the contract schema, mark complete.
+
+    ``catch_up`` runs a tailer and a consumer where none runs (after ``run`` finished);
+    without it cutover only waits for the pieces that run. A dry run writes nothing: no fence,
+    no validator, no state; it reports the lag the group has now.
+    """
     # Checked first: a schema MongoDB would reject stops cutover before it writes anything.
     contract = load_schema(settings, migration.contract_schema) if migration.contract_schema \
         else None
@@ -84,33 +103,32 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
     if state is None:
         report.reasons.append("the migration has not started (no state): run it first")
         return report
-    if state.get("phase") == CUT_OVER:
+    if state.phase is Phase.CUT_OVER:
         report.ok = True
-        report.notes.append(f"already cut over at {state.get('completed_at')}")
+        report.notes.append(f"already cut over at {state.completed_at}")
         return report
-    if state.get("cancelled"):
+    if state.cancelled:
         report.reasons.append("the migration was cancelled")
         return report
-    if state.get("phase") == FAILED or state.get("failure"):
-        failure = state.get("failure") or {}
-        reason = failure.get("reason") or (state.get("last_error") or {}).get("error") \
-            or "see `cdc-migrator status`"
-        report.reasons.append(f"the migration failed: {reason}; `cdc-migrator reset "
-                              f"{migration.name}` and run it again")
+    if state.failed:
+        report.reasons.append(f"the migration failed: {state.failure_reason}; `cdc-migrator "
+                              f"reset {migration.name}` and run it again")
         return report
-    piped = is_armed(state)
-    if piped:
-        backfill = state.get("backfill") or {}
-        if not backfill.get("done"):
+    if state.armed:
+        backfill = state.backfill
+        finished = backfill is not None and backfill.done
+        if not finished:
             report.reasons.append(
-                f"backfill unfinished ({backfill.get('scanned', 0):,} of "
-                f"{backfill.get('total') or '?'} documents scanned)")
-        # Catching up applies events: not in a dry run, nor when the backfill is unfinished
-        # (cutover refuses then anyway).
-        if dry_run or not backfill.get("done"):
+                f"backfill unfinished ({backfill.scanned if backfill else 0:,} of "
+                f"{(backfill.total if backfill else None) or '?'} documents scanned)")
+        if dry_run:
+            behind = _lag_now(settings, migration)
+        elif catch_up is None or not finished:
+            # Catching up applies events: not while the backfill is unfinished (cutover
+            # refuses then anyway).
             behind = _wait_fence_and_lag(settings, migration, store, timeout)
         else:
-            with catching_up(settings, migration, state) as caught:
+            with catch_up(settings, migration, state) as caught:
                 behind = _wait_fence_and_lag(settings, migration, store, timeout)
             report.reasons += caught.errors
             note = caught.note()
@@ -118,12 +136,11 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
                 report.notes.append(note)
         if behind:
             report.reasons.append(behind)
-    elif not (state.get("apply") or {}).get("done"):
+    elif not (state.apply and state.apply.done):
         report.reasons.append("neither `apply` finished nor the pipeline (tail/backfill) ran")
-    failed_open = state.get("dlq_pending", 0)
-    if failed_open and not allow_failed:
-        report.reasons.append(f"{failed_open} failed documents unresolved in the dead-letter "
-                              "topic (`dlq retry`, or --allow-failed)")
+    if state.dlq_pending and not allow_failed:
+        report.reasons.append(f"{state.dlq_pending} failed documents unresolved in the "
+                              "dead-letter topic (`dlq retry`, or --allow-failed)")
     check = validator_for(contract) if contract else None
     report.verify = verify(settings, migration, schema_check=check)
     v = report.verify
@@ -143,37 +160,50 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
         report.notes.append(text)
     report.ok = True
     if dry_run:
-        report.notes.append(f"mark {migration.name} complete ({v.checked:,} documents verified)")
+        report.notes.append(f"write a fence and wait for it, then mark {migration.name} "
+                            f"complete ({v.checked:,} documents verified)")
         return report
-    store.set(migration.name, phase=CUT_OVER, completed_at=now())
+    store.mark_cut_over(migration.name)
     report.notes.append(f"{v.checked:,} documents verified; recorded complete.")
     return report
+
+
+def _lag_now(settings: Settings, migration: Migration) -> str | None:
+    """The group's backlog as it is now (a dry run writes no fence to wait for)."""
+    lag = topics.group_lag(settings, settings.topic(migration.collection),
+                           settings.group(migration.name))
+    return f"{lag.total:,} events behind (consumer lag now)" if lag.total else None
 
 
 def _wait_fence_and_lag(settings: Settings, migration: Migration, store: StateStore,
                         timeout: float) -> str | None:
     """Write a fence and wait until every partition passed it and the group has no backlog.
 
-    Returns None when both hold, else the reason.
+    Returns None when both hold, else the reason. The fence is removed afterwards, whatever
+    the outcome: its document and what the state recorded of it.
     """
     topic = settings.topic(migration.collection)
-    group = group_id(settings, migration)
+    group = settings.group(migration.name)
     partitions = topics.ensure_topic(settings, topic)
     fence_id = uuid.uuid4().hex
-    settings.db[FENCE_COLLECTION].insert_one(
-        {"_id": fence_id, "migration": migration.name, "at": now()})
+    fences = settings.db[FENCE_COLLECTION]
+    fences.insert_one({"_id": fence_id, "migration": migration.name, "at": now()})
     deadline = time.monotonic() + timeout
     lag = None
-    passed: dict[str, Any] = {}
-    while True:
-        state = store.get(migration.name) or {}
-        passed = ((state.get("fences") or {}).get(fence_id) or {}).get("partitions") or {}
-        lag = topics.group_lag(settings, topic, group)
-        if len(passed) >= partitions and lag.total == 0:
-            return None
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.25)
+    passed: set[int] = set()
+    try:
+        while True:
+            state = store.get(migration.name)
+            passed = state.fences.get(fence_id, set()) if state else set()
+            lag = topics.group_lag(settings, topic, group)
+            if len(passed) >= partitions and lag.total == 0:
+                return None
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+    finally:
+        fences.delete_one({"_id": fence_id})
+        store.forget_fence(migration.name, fence_id)
     if lag is not None and lag.total:
         return f"{lag.total:,} events behind (consumer lag after {timeout:g}s)"
     return (f"the fence reached {len(passed)} of {partitions} partitions within {timeout:g}s "
@@ -204,9 +234,3 @@ def _apply_contract(settings: Settings, migration: Migration, schema: dict[str, 
                        f"(collMod {what}); nothing was recorded: fix the privileges (collMod "
                        "needs the collMod action, e.g. the dbAdmin role) or the schema, then "
                        "run cutover again")
-
-
-def require_ok(report: CutoverReport) -> CutoverReport:
-    if not report.ok:
-        raise Refused(report.summary())
-    return report

@@ -1,12 +1,11 @@
 """Metrics and health over HTTP for the always-on commands (``tail``, ``consume``, ``run``).
 
-``/metrics`` serves Prometheus metrics, ``/healthz`` answers 200 while the process runs
-(liveness), ``/readyz`` answers 200 when MongoDB and Kafka answer and no migration served is
-paused or cancelled, else 503 with the reason (readiness).
+``/metrics`` serves the Prometheus metrics of :mod:`cdc_migrator.base.metrics`, ``/healthz``
+answers 200 while the process runs (liveness), ``/readyz`` answers 200 when MongoDB and Kafka
+answer and no migration served is paused or cancelled, else 503 with the reason (readiness).
 
-The pipeline's pieces call the ``record_*`` functions; without a server they only increment
-counters in memory. Lag and readiness are measured by a background thread every few seconds,
-so a scrape or a probe never waits for the broker.
+Lag and readiness are measured by a background thread every few seconds, so a scrape or a
+probe never waits for the broker.
 """
 
 from __future__ import annotations
@@ -20,10 +19,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pymongo
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
 from ..base import codec, logs, refusals, topics
+from ..base.metrics import (
+    CONSUMER_LAG,
+    DOCUMENTS_FAILED,
+    DOCUMENTS_UNCHANGED,
+    EVENTS_APPLIED,
+    EVENTS_CONSUMED,
+    EVENTS_PRODUCED,
+    PIPELINE_STOPPED,
+    REGISTRY,
+    TAILER_DELAY,
+)
 from ..base.settings import Settings
 from ..base.state import StateStore
 from ..errors import UsageError
@@ -32,60 +41,6 @@ from ..migration import Migration
 log = logging.getLogger("cdc_migrator.observability")
 
 REFRESH_INTERVAL = 3.0
-
-REGISTRY = CollectorRegistry()
-EVENTS_PRODUCED = Counter(
-    "events_produced", "Events the tailer and backfill wrote to the topic, acknowledged",
-    ["migration"], registry=REGISTRY)
-EVENTS_CONSUMED = Counter(
-    "events_consumed", "Records the consumer read from the topic and committed",
-    ["migration"], registry=REGISTRY)
-EVENTS_APPLIED = Counter(
-    "events_applied", "Documents the consumer changed (updated or deleted)",
-    ["migration"], registry=REGISTRY)
-DOCUMENTS_UNCHANGED = Counter(
-    "documents_unchanged", "Documents the consumer found already migrated (no-op)",
-    ["migration"], registry=REGISTRY)
-DOCUMENTS_FAILED = Counter(
-    "documents_failed", "Documents whose transform raised (dead-lettered)",
-    ["migration"], registry=REGISTRY)
-CONSUMER_LAG = Gauge(
-    "consumer_lag", "Events on the topic the group has not applied and committed yet",
-    ["migration", "partition"], registry=REGISTRY)
-TAILER_DELAY = Gauge(
-    "tailer_delay_seconds", "Age of the newest change event at the tailer's last checkpoint "
-    "(0 when it has caught up with the change stream)", ["migration"], registry=REGISTRY)
-PIPELINE_STOPPED = Gauge(
-    "pipeline_stopped", "1 while a piece of the migration (consumer, tailer) is stopped on an "
-    "error, until it runs again; the labels name the document (when one caused it) and the "
-    "error", ["migration", "component", "document", "error"], registry=REGISTRY)
-BATCH_DURATION = Histogram(
-    "batch_duration_seconds", "Wall time of one batch: produced and acknowledged (tailer, "
-    "backfill) or applied and committed (consumer)", ["migration", "component"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-    registry=REGISTRY)
-
-
-def record_produced(migration: str, events: int, component: str, seconds: float) -> None:
-    """A batch of ``events`` acknowledged by the broker, from the tailer or the backfill."""
-    EVENTS_PRODUCED.labels(migration).inc(events)
-    BATCH_DURATION.labels(migration, component).observe(seconds)
-
-
-def record_consumed(migration: str, records: int, result: Any, seconds: float) -> None:
-    """A consumed batch: ``result`` is its :class:`~cdc_migrator.apply.applier.BatchResult`."""
-    EVENTS_CONSUMED.labels(migration).inc(records)
-    EVENTS_APPLIED.labels(migration).inc(result.applied)
-    DOCUMENTS_UNCHANGED.labels(migration).inc(result.unchanged)
-    DOCUMENTS_FAILED.labels(migration).inc(result.failed)
-    BATCH_DURATION.labels(migration, "consumer").observe(seconds)
-
-
-def record_tailer_position(migration: str, last_event_time: Any) -> None:
-    """The tailer's checkpoint: the cluster time of its newest event, None when caught up."""
-    seconds = getattr(last_event_time, "time", None)
-    TAILER_DELAY.labels(migration).set(max(0.0, time.time() - seconds) if seconds else 0.0)
-
 
 class Health:
     """Readiness, measured every ``interval`` seconds in a thread; also refreshes the lag."""
@@ -101,7 +56,7 @@ class Health:
         self._stop = threading.Event()
         # Short timeouts of its own, so a check answers well within a probe's timeout.
         self._mongo = pymongo.MongoClient(settings.mongodb_uri, **{
-            **settings.mongo_options, "serverSelectionTimeoutMS": 2000,
+            **settings.mongo_client_options, "serverSelectionTimeoutMS": 2000,
             **codec.client_options()})
         self._thread = threading.Thread(target=self._loop, daemon=True, name="health")
         self._stopped_labels: set[tuple[str, ...]] = set()  # PIPELINE_STOPPED samples set
@@ -145,24 +100,23 @@ class Health:
             problems = []
             stopped: set[tuple[str, ...]] = set()
             for m in self.migrations:
-                state = store.get(m.name) or {}
-                if state.get("cancelled"):
+                state = store.get(m.name)
+                if state is None:
+                    continue
+                if state.cancelled:
                     problems.append(f"migration {m.name} is cancelled")
-                elif state.get("paused"):
+                elif state.paused:
                     problems.append(f"migration {m.name} is paused")
-                for component, record in (state.get("stopped") or {}).items():
-                    if not record:
-                        continue
+                for component, record in state.stopped.items():
                     error = logs.mask(str(record.get("error") or ""))
                     document = "" if record.get("id") is None else repr(record["id"])
                     problems.append(f"migration {m.name}: {component} stopped"
                                     + (f" on document {document}" if document else "")
                                     + f": {error}")
                     stopped.add((m.name, component, document, error[:200]))
-                for component, record in (state.get("stalled") or {}).items():
-                    if record:
-                        problems.append(f"migration {m.name}: {component} stalled: "
-                                        f"{logs.mask(str(record.get('error') or ''))}")
+                for component, record in state.stalled.items():
+                    problems.append(f"migration {m.name}: {component} stalled: "
+                                    f"{logs.mask(str(record.get('error') or ''))}")
             self._export_stopped(stopped)
             return problems
         except Exception as exc:  # any failure means: not ready, with its reason
@@ -176,13 +130,11 @@ class Health:
         self._stopped_labels = stopped
 
     def _check_kafka(self) -> list[str]:
-        from ..apply.consumer import group_id  # the consumer reports here: import it late
-
         # Reading the group's offsets proves the broker answers; the lag comes with it.
         try:
             for m in self.migrations:
                 lag = topics.group_lag(self.settings, self.settings.topic(m.collection),
-                                       group_id(self.settings, m))
+                                       self.settings.group(m.name))
                 if self.track_lag:
                     for p in lag.partitions:
                         CONSUMER_LAG.labels(m.name, str(p.partition)).set(p.lag)
@@ -231,14 +183,16 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serving(settings: Settings, migrations: Sequence[Migration], port: int | None,
-            components: Sequence[str], host: str = "") -> Iterator[int | None]:
-    """Serve /metrics, /healthz and /readyz on ``port`` (0: any free port) while in the block.
+def serving(settings: Settings, migrations: Sequence[Migration], components: Sequence[str],
+            host: str = "") -> Iterator[int | None]:
+    """Serve /metrics, /healthz and /readyz on the settings' ``metrics_port`` (0: any free
+    port) while in the block.
 
     ``components`` are the pieces this process runs ("tailer", "backfill", "consumer"): their
-    metrics are exported from the start, at zero. Yields the port, or None when ``port`` is
-    None (no server).
+    metrics are exported from the start, at zero. Yields the port, or None when no port is set
+    (no server).
     """
+    port = settings.metrics_port
     if port is None:
         yield None
         return

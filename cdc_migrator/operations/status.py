@@ -7,12 +7,10 @@ import datetime as dt
 import time
 from typing import Any
 
-from ..apply.consumer import group_id
 from ..base import logs, topics
 from ..base.progress import format_duration
 from ..base.settings import Settings
-from ..base.state import CATCHING_UP, CUT_OVER, READY, StateStore
-from ..capture.tailer import HEARTBEAT_STALE_AFTER
+from ..base.state import MigrationState, Phase, StateStore, TailState
 from ..migration import Migration
 from . import runway
 
@@ -21,76 +19,77 @@ def _timestamp_seconds(ts: Any) -> float | None:
     return float(ts.time) if ts is not None and hasattr(ts, "time") else None
 
 
+def ready_for_cutover(state: MigrationState, lag_total: int) -> bool:
+    """The one rule of the "ready for cutover" phase, measured rather than stored: the
+    backfill finished, the group has no backlog, and the tailer runs (a fresh heartbeat) or
+    stopped cleanly after its last checkpoint (``cutover`` then catches up by itself)."""
+    if state.phase is not Phase.CATCHING_UP or lag_total:
+        return False
+    tail = state.tail
+    stopped_cleanly = tail.heartbeat is not None and tail.stopped_at is not None \
+        and tail.stopped_at >= tail.heartbeat and "tailer" not in state.stopped
+    return tail.running or stopped_cleanly
+
+
 def migration_status(settings: Settings, migration: Migration | None,
-                     state: dict[str, Any]) -> dict[str, Any]:
+                     state: MigrationState) -> dict[str, Any]:
     """A JSON-friendly status of one migration, lag measured now from the broker."""
-    backfill = state.get("backfill") or {}
-    tail = state.get("tail") or {}
-    counts = state.get("counts") or {}
+    backfill, tail = state.backfill, state.tail
     status: dict[str, Any] = {
-        "migration": state["_id"],
-        "collection": state.get("collection"),
-        "phase": state.get("phase"),
-        "paused": bool(state.get("paused")),
-        "counts": {k: counts.get(k, 0) for k in ("produced", "skipped", "consumed", "applied",
-                                                 "updated", "deleted", "unchanged", "failed",
-                                                 "retried")},
-        "last_error": _masked(state.get("last_error")),
-        "failure": state.get("failure"),
+        "migration": state.name,
+        "collection": state.collection,
+        "phase": state.phase.label if state.phase else None,
+        "paused": state.paused,
+        "counts": state.counts.as_dict(),
+        "last_error": _masked(state.last_error),
+        "failure": state.failure,
         # The pieces that stopped on an error (until they run again), and why.
-        "stopped": {component: _masked(record)
-                    for component, record in (state.get("stopped") or {}).items() if record},
+        "stopped": {component: _masked(record) for component, record in state.stopped.items()},
         # Pieces running but making no progress where there is work (the consumer watchdog).
-        "stalled": {component: _masked(record)
-                    for component, record in (state.get("stalled") or {}).items() if record},
-        "completed_at": state.get("completed_at"),
+        "stalled": {component: _masked(record) for component, record in state.stalled.items()},
+        "completed_at": state.completed_at,
     }
-    total, scanned = backfill.get("total"), backfill.get("scanned", 0)
-    if backfill:
-        started = backfill.get("started_at") or state.get("created_at")
+    if backfill is not None:
+        started = backfill.started_at or state.created_at
         eta = None
-        if started and total and not backfill.get("done") and scanned:
+        if started and backfill.total and not backfill.done and backfill.scanned:
             elapsed = (dt.datetime.now(dt.UTC) - _aware(started)).total_seconds()
-            eta = (total - scanned) / (scanned / elapsed) if elapsed > 0 else None
-        status["backfill"] = {"scanned": scanned, "total": total,
-                              "done": bool(backfill.get("done")), "eta_seconds": eta}
-    apply_state = state.get("apply")
-    if apply_state:
-        status["apply"] = {"done": bool(apply_state.get("done"))}
-    if tail.get("armed_at") is not None:
-        heartbeat = tail.get("heartbeat")
-        position = _timestamp_seconds(tail.get("last_event_time"))
+            eta = (backfill.total - backfill.scanned) / (backfill.scanned / elapsed) \
+                if elapsed > 0 else None
+        status["backfill"] = {"scanned": backfill.scanned, "total": backfill.total,
+                              "done": backfill.done, "eta_seconds": eta}
+    if state.apply is not None:
+        status["apply"] = {"done": state.apply.done}
+    if state.armed:
+        position = _timestamp_seconds(tail.last_event_time)
         status["tail"] = {
             "armed": True,
-            "seconds_since_heartbeat": round(time.time() - heartbeat, 1) if heartbeat else None,
+            "seconds_since_heartbeat": round(time.time() - tail.heartbeat, 1)
+            if tail.heartbeat else None,
             "last_event_age_seconds": round(time.time() - position, 1) if position else None,
-            "recoveries": tail.get("recoveries", 0),
-            "last_recovery": tail.get("last_recovery"),
+            "recoveries": tail.recoveries,
+            "last_recovery": tail.last_recovery,
         }
-        if status["phase"] != CUT_OVER:
+        if state.phase is not Phase.CUT_OVER:
             status["history"] = _history(settings, tail, status.get("backfill"))
-    if migration is not None and (tail.get("armed_at") is not None or backfill):
+    if migration is not None and (state.armed or backfill is not None):
         lag = topics.group_lag(settings, settings.topic(migration.collection),
-                               group_id(settings, migration))
+                               settings.group(migration.name))
         status["lag"] = lag.as_dict()
-        heartbeat = (status.get("tail") or {}).get("seconds_since_heartbeat")
-        # Measured, not stored: the always-on deployment never writes this phase itself. An
-        # idle tailer writes its heartbeat every HEARTBEAT_INTERVAL; three missed mean stopped.
-        if status["phase"] == CATCHING_UP and lag.total == 0 and heartbeat is not None \
-                and heartbeat < HEARTBEAT_STALE_AFTER:
-            status["phase"] = READY
+        if ready_for_cutover(state, lag.total):
+            status["phase"] = Phase.READY.label
     return status
 
 
-def _history(settings: Settings, tail: dict[str, Any],
+def _history(settings: Settings, tail: TailState,
              backfill: dict[str, Any] | None) -> dict[str, Any]:
     """The runway of the tailer's resume point in the server's change history."""
     window, unknown = runway.history_window(settings.db.client)
     if window is None:
         return {"unknown": unknown}
-    position = tail.get("position_time")
-    if position is None and tail.get("resume_token") is None:
-        position = _timestamp_seconds(tail.get("armed_at"))  # not started: it starts there
+    position = tail.position_time
+    if position is None and tail.resume_token is None:
+        position = _timestamp_seconds(tail.armed_at)  # not started: it starts there
     eta = (backfill or {}).get("eta_seconds")
     return runway.assess(window, position, eta if not (backfill or {}).get("done") else None)
 
@@ -110,7 +109,7 @@ def all_status(settings: Settings, migrations: dict[str, Migration],
                name: str | None = None) -> list[dict[str, Any]]:
     store = StateStore(settings.db, settings.state_collection)
     states = [store.get(name)] if name else store.all()
-    return [migration_status(settings, migrations.get(s["_id"]), s) for s in states if s]
+    return [migration_status(settings, migrations.get(s.name), s) for s in states if s]
 
 
 def render(status: dict[str, Any]) -> str:

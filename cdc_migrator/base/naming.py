@@ -1,0 +1,32 @@
+"""What the tool names in Kafka and MongoDB, in one place.
+
+Every actor learns a name here (or from :class:`~cdc_migrator.base.settings.Settings`, whose
+``topic``, ``dlq_topic`` and ``group`` use these functions), never from another actor.
+"""
+
+from __future__ import annotations
+
+#: The collection ``cutover`` writes its fences to, in the migrated database. The tailer follows
+#: it in the same change stream as the migrated collection.
+FENCE_COLLECTION = "cdc_migrator_fences"
+#: Default of the collection holding the state of each migration (``--state-collection``).
+STATE_COLLECTION = "cdc_migrator_state"
+#: Default of the prefix of the topics the tool creates (``--topic-prefix``).
+TOPIC_PREFIX = "cdc-migrator"
+#: Default of the prefix of the consumer groups (``--group``).
+GROUP_PREFIX = "cdc-migrator"
+
+
+def topic(prefix: str, database: str, collection: str) -> str:
+    """The topic of one migrated collection: every migration of it shares it."""
+    return f"{prefix}.{database}.{collection}"
+
+
+def dlq_topic(prefix: str, database: str, collection: str) -> str:
+    """The dead-letter topic beside :func:`topic`."""
+    return f"{topic(prefix, database, collection)}.dlq"
+
+
+def group(prefix: str, database: str, migration: str) -> str:
+    """The consumer group of one migration."""
+    return f"{prefix}.{database}.{migration}"

@@ -1,0 +1,92 @@
+"""The package's layout keeps its rules (docs/architecture.md): read from the imports.
+
+Every import of every module is read from its source (module level and inside functions), so a
+late import cannot hide a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from .conftest import ROOT
+
+PACKAGE = ROOT / "cdc_migrator"
+ROOMS = ("capture", "apply", "operations")
+CONTRACT = {"cdc_migrator.migration", "cdc_migrator.errors"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """Every module of the package -> the package modules it imports."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[:len(base) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                for alias in node.names:
+                    candidate = f"{target}.{alias.name}"
+                    found.add(candidate if candidate in modules else target)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 else "top"
+
+
+def test_the_base_layer_imports_no_actor_and_no_shell():
+    for module, imported in _imports().items():
+        if _room(module) == "base":
+            above = {m for m in imported if _room(m) != "base" and m not in CONTRACT}
+            assert not above, f"{module} imports {sorted(above)}"
+
+
+def test_a_room_imports_the_base_layer_and_the_contract_never_another_room():
+    for module, imported in _imports().items():
+        room = _room(module)
+        if room in ROOMS:
+            others = {m for m in imported
+                      if _room(m) not in (room, "base") and m not in CONTRACT}
+            assert not others, f"{module} imports {sorted(others)}"
+
+
+def test_the_package_has_no_import_cycle():
+    graph = _imports()
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                cycle = path[path.index(target):] + [target]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, path + [target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_the_rooms_and_the_base_layer_exist_as_documented():
+    documented = (ROOT / "docs" / "architecture.md").read_text()
+    for folder in ("base", *ROOMS):
+        assert (PACKAGE / folder / "__init__.py").is_file()
+        assert f"{folder}/" in documented
