@@ -6,14 +6,17 @@ certificate."""
 from __future__ import annotations
 
 import json
+import socket
 import string
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from kafka.net.selector import NetworkSelector
+from kafka.net.transport import KafkaTCPTransport
 
 from cdc_migrator import api
-from cdc_migrator.base import retry
+from cdc_migrator.base import refusals, retry  # noqa: F401  (refusals: mends kafka-python)
 from cdc_migrator.base.settings import mask_secrets, mask_uri, uri_secrets
 from cdc_migrator.capture.tailer import arm
 
@@ -205,3 +208,37 @@ def test_an_untrusted_mongodb_certificate_is_one_line_and_exit_1_not_a_retry_loo
                          "certificate in certificate chain): give the CA that signed it with "
                          "--mongo-tls-ca-file"], result.stderr
         assert "retrying with backoff" not in result.stderr
+
+
+def test_an_answer_that_arrives_with_the_close_reaches_the_kafka_client_first():
+    """A broker refusing SASL credentials sends its answer and closes. kafka-python 3.0.12
+    dropped an answer read together with the close, so the refusal was not seen and the
+    command retried the "outage" instead (about half of the wrong-password runs here)."""
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    broker.sendall(b"the broker's answer")
+    broker.close()  # both are waiting before the client reads
+    net = NetworkSelector()
+    transport = KafkaTCPTransport(net, ours)
+    seen: list[tuple[str, object]] = []
+
+    class Connection:
+        _sensors = None
+
+        def data_received(self, data: bytes) -> None:
+            seen.append(("data", data))
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            seen.append(("lost", type(exc).__name__))
+
+    transport.set_protocol(Connection())
+    transport.resume_reading()
+    try:
+        for _ in range(50):
+            if any(kind == "lost" for kind, _ in seen):
+                break
+            net.poll(timeout_ms=100)
+    finally:
+        net.close()
+
+    assert seen == [("data", b"the broker's answer"), ("lost", "KafkaConnectionError")]

@@ -7,17 +7,27 @@ failed connection with the exception, though. A handler on the ``kafka`` logger 
 latest refusal among them; :func:`explain` turns the timeout that it explains (or a refusal
 raised directly) into one line naming the cause, not to be retried.
 
+A broker refusing SASL credentials answers and closes the connection at once. When the answer
+and the close arrive together, kafka-python 3.0 reports the close and drops the answer (its
+transport reads a socket until it would block, and aborts on the end of the stream with what it
+read): the refusal is then never seen, and on a loaded machine a whole bootstrap attempt may
+pass that way. :func:`_deliver_data_before_eof` makes its transports hand over what they read
+before the end of the stream first.
+
 pymongo reports an untrusted certificate in its server-selection timeout, which is otherwise
 an outage: that one is told apart by the message.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import ssl
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from kafka.errors import (
     IllegalSaslStateError,
@@ -109,3 +119,35 @@ class _Capture(logging.Handler):
 
 _capture = _Capture(logging.WARNING)
 logging.getLogger("kafka").addHandler(_capture)
+
+
+def _data_first(receive: Callable[[Any], tuple[bytes, Exception | None]]
+                ) -> Callable[[Any], tuple[bytes, Exception | None]]:
+    """``receive`` (a transport's ``_sock_recv``: what it read, and the error that ended the
+    read) returning the data read before an error alone, and the error at the next read."""
+    @functools.wraps(receive)
+    def read(transport: Any) -> tuple[bytes, Exception | None]:
+        pending = transport.__dict__.pop("_cdc_migrator_error", None)
+        if pending is not None:
+            return b"", pending
+        data, error = receive(transport)
+        if data and error is not None:
+            # The socket stays readable at its end, so the transport reads again at once.
+            transport._cdc_migrator_error = error
+            return data, None
+        return data, error
+    return read
+
+
+def _deliver_data_before_eof() -> None:
+    try:
+        from kafka.net import transport
+    except ImportError:  # not kafka-python 3.0: its connections read another way
+        return
+    for cls in (transport.KafkaTCPTransport, transport.KafkaSSLTransport):
+        receive = cls.__dict__.get("_sock_recv")
+        if receive is not None and not hasattr(receive, "__wrapped__"):
+            cls._sock_recv = _data_first(receive)
+
+
+_deliver_data_before_eof()
