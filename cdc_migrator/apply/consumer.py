@@ -268,6 +268,10 @@ class TransformConsumer:
                     self.kafka.resume(*self.kafka.paused())
                 self._paused = paused
                 log.info("paused: holding the position" if paused else "resumed")
+            elif paused:
+                # Each check while paused (at -v): the sign that the consumer is alive and
+                # still holding, which the tests bound a pause's window with.
+                log.debug("still paused")
         if self._paused:
             self._poll_paused(200)  # keeps the membership
             return True
