@@ -6,7 +6,7 @@ SERVICES := PYTHON=$(abspath $(BIN))/python scripts/services.sh
 export MONGODB_URI ?= mongodb://127.0.0.1:27017/app?directConnection=true
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 
-.PHONY: venv services-up services-down test demo bench lint check clean
+.PHONY: venv services-up services-down test unit demo bench lint check clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ services-down:
 test: venv
 	$(SERVICES) up
 	status=0; $(BIN)/pytest -q $(PYTEST_ARGS) || status=$$?; $(SERVICES) down; exit $$status
+
+# The tests that need no service (pure logic, the CLI's parsing, the package build): no
+# Kafka, no MongoDB. Tests that need them are marked `services` (tests/conftest.py).
+unit: venv
+	$(BIN)/pytest -q -m "not services" $(PYTEST_ARGS)
 
 demo: venv
 	$(SERVICES) up

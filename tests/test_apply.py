@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import threading
 import warnings
-
-import pymongo
 
 from cdc_migrator import api, migration
 from cdc_migrator.apply.applier import Applier
 from cdc_migrator.base.context import make_context
 from cdc_migrator.migration import _defined
 
-from .conftest import MONGO_BASE
+from .harness import MONGO_BASE, UsersWriter
 
 ROLE_FROM_TIER = """
 from cdc_migrator import migration
@@ -50,90 +47,30 @@ def seed_users(db, n: int, rng: random.Random) -> dict[int, str]:
     return tiers
 
 
-class Application(threading.Thread):
-    """Writes the fields the migration reads, on random users, and remembers what it wrote.
-
-    Half of its writes go to the users just ahead of the saved apply position, where the scan
-    reads next: that is where a write lands between a read and a guarded write.
-    """
-
-    def __init__(self, db_name: str, ids: list[int], state_collection: str, name: str) -> None:
-        super().__init__(daemon=True)
-        self.db_name, self.state_collection, self.migration = db_name, state_collection, name
-        self.ids = ids
-        self.role: dict[int, str | None] = {}  # last role written (None: set to None or unset)
-        self.tier: dict[int, str] = {}
-        self.deleted: set[int] = set()
-        self.writes = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        rng = random.Random(2024)
-        client = pymongo.MongoClient(MONGO_BASE)
-        db = client[self.db_name]
-        cursor = -1
-        try:
-            while not self.stop.is_set():
-                if self.writes % 20 == 0:
-                    state = db[self.state_collection].find_one({"_id": self.migration}) or {}
-                    cursor = (state.get("apply") or {}).get("cursor", -1)
-                if rng.random() < 0.5:
-                    _id = rng.randint(cursor + 1, min(cursor + 250, len(self.ids) - 1))
-                else:
-                    _id = rng.choice(self.ids)
-                if _id in self.deleted:
-                    continue
-                self.write(db.users, _id, rng)
-                self.writes += 1
-        finally:
-            client.close()
-
-    def write(self, users, _id: int, rng: random.Random) -> None:
-        op = rng.random()
-        if op < 0.35:
-            users.update_one({"_id": _id}, {"$set": {"role": "admin"}})
-            self.role[_id] = "admin"
-        elif op < 0.55:
-            users.update_one({"_id": _id}, {"$set": {"role": None}})
-            self.role[_id] = None
-        elif op < 0.75:
-            users.update_one({"_id": _id}, {"$unset": {"role": ""}})
-            self.role[_id] = None
-        elif op < 0.98:
-            # A change of tier resets the role the application derives from it.
-            tier = rng.choice(["free", "paid"])
-            users.update_one({"_id": _id}, {"$set": {"tier": tier}, "$unset": {"role": ""}})
-            self.tier[_id] = tier
-            self.role[_id] = None
-        else:
-            users.delete_one({"_id": _id})
-            self.deleted.add(_id)
-
-
 def test_apply_racing_the_application_loses_no_application_write(settings, db, tmp_path):
     n = 5_000
     seeded = seed_users(db, n, random.Random(7))
     (tmp_path / "role_from_tier.py").write_text(ROLE_FROM_TIER)
     user = dataclasses.replace(settings, transforms=tmp_path)
-    app = Application(db.name, list(range(n)), settings.state_collection, "role_from_tier")
+    app = UsersWriter(MONGO_BASE, db.name, range(n), settings.state_collection,
+                      "role_from_tier", random.Random(2024))
 
     app.start()
     try:
         racing = api.apply(user, "role_from_tier", show_progress=False)
     finally:
-        app.stop.set()
-        app.join()
+        app.finish()
     # Writes after the scan passed a document are not seen by this run: one more run, as a
     # user would after `verify`, finishes them.
     final = api.apply(user, "role_from_tier", show_progress=False)
 
-    print(f"\napplication writes during apply: {app.writes:,}; "
+    print(f"\napplication writes during apply: {app.ops:,}; "
           f"apply retried {racing.result.retried:,} guarded writes; "
           f"racing run updated {racing.result.updated:,}, final run {final.result.updated:,}")
     if racing.result.retried == 0:
         warnings.warn("the application's writes never raced a guarded write in this run",
                       stacklevel=1)
-    assert app.writes > 100, "the application did write while apply ran"
+    assert app.ops > 100, "the application did write while apply ran"
     assert racing.result.failed == final.result.failed == 0
 
     users = {d["_id"]: d for d in db.users.find()}

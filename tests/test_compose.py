@@ -28,7 +28,7 @@ import yaml
 
 from cdc_migrator.cli import cli
 
-from .conftest import ROOT
+from .harness import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 APP_SERVICES = ("tail", "consume")

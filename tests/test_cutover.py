@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 import threading
-import time
 
-import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from cdc_migrator.base import topics
@@ -16,8 +14,7 @@ from cdc_migrator.base.state import Phase, StateStore
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.migration import get_migration
 
-from .conftest import run_cli
-from .test_pipeline import _spawn, _wait_drained, _wait_state
+from .harness import CliProcess, run_cli, wait_drained, wait_for, wait_for_state
 
 MIGRATIONS = textwrap.dedent('''
     from cdc_migrator import migration
@@ -34,13 +31,7 @@ MIGRATIONS = textwrap.dedent('''
         if "region" not in doc:
             return {"region": "eu"}
 ''')
-
-
-@pytest.fixture
-def transforms(tmp_path, settings):
-    (tmp_path / "accounts.py").write_text(MIGRATIONS)
-    settings.transforms = tmp_path
-    return tmp_path
+TRANSFORMS = {"accounts.py": MIGRATIONS}
 
 
 def seed(db, n, start=0):
@@ -48,15 +39,17 @@ def seed(db, n, start=0):
 
 
 class Deployment:
-    """tail and consume as separate processes, stopped with SIGTERM at the end."""
+    """tail and consume (at -v) as separate processes, stopped with SIGTERM at the end."""
 
     def __init__(self, settings, name, consumers=1):
-        self.procs = [_spawn(settings, "tail", name)]
-        self.procs += [_spawn(settings, "consume", name) for _ in range(consumers)]
+        self.procs = [CliProcess(settings, "tail", name)]
+        self.consumers = [CliProcess(settings, "consume", name, "-v") for _ in range(consumers)]
+        self.procs += self.consumers
 
     def stop(self):
         for proc in self.procs:
-            proc.terminate()
+            if proc.alive:
+                proc.proc.terminate()
         return [proc.wait(timeout=60) for proc in self.procs]
 
 
@@ -69,10 +62,10 @@ def test_cutover_refuses_until_backfill_lag_and_unmigrated_documents_clear(db, s
     assert "backfill unfinished" in refused.stdout
     assert "3,000 documents unmigrated" in refused.stdout
 
-    tail = _spawn(settings, "tail", "add_tier")
+    tail = CliProcess(settings, "tail", "add_tier")
     consume = None
     try:
-        _wait_state(db, "add_tier", lambda s: (s.get("tail") or {}).get("heartbeat"))
+        wait_for_state(db, "add_tier", lambda s: (s.get("tail") or {}).get("heartbeat"))
         assert run_cli("backfill", "add_tier", "-q", settings=settings).returncode == 0
         # Paused, no consumer applies anything (not even the one cutover would start).
         assert run_cli("pause", "add_tier", settings=settings).returncode == 0
@@ -81,21 +74,19 @@ def test_cutover_refuses_until_backfill_lag_and_unmigrated_documents_clear(db, s
         assert "events behind" in behind.stdout and "backfill" not in behind.stdout
         assert run_cli("resume", "add_tier", settings=settings).returncode == 0
 
-        consume = _spawn(settings, "consume", "add_tier")
-        _wait_drained(settings, get_migration(transforms, "add_tier"), process=consume)
+        consume = CliProcess(settings, "consume", "add_tier")
+        wait_drained(settings, get_migration(transforms, "add_tier"), process=consume)
         ok = run_cli("cutover", "add_tier", "--timeout", "60", settings=settings)
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert "cut over" in ok.stdout
         state = db.cdc_migrator_state.find_one({"_id": "add_tier"})
         assert state["phase"] == Phase.CUT_OVER and state["completed_at"]
         assert db.accounts.count_documents({"tier": "free"}) == 3000
-        consume.terminate()
-        assert consume.wait(timeout=60) == 0
+        assert consume.stop() == 0
     finally:
         for process in (consume, tail):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                process.wait(timeout=60)
+            if process is not None and process.alive:
+                process.stop()
 
 
 def test_cutover_refuses_while_documents_fail_and_names_them(db, settings, transforms):
@@ -140,7 +131,7 @@ def test_fence_waits_for_every_partition_with_several_consumers(db, settings, tr
     seed(db, 6000)
     deployment = Deployment(settings, "add_tier", consumers=2)
     try:
-        _wait_state(db, "add_tier", lambda s: (s.get("tail") or {}).get("heartbeat"))
+        wait_for_state(db, "add_tier", lambda s: (s.get("tail") or {}).get("heartbeat"))
         assert run_cli("backfill", "add_tier", "-q", settings=settings).returncode == 0
         # Cut over at once: the fence makes cutover wait for every event before it. How far
         # the fence got is watched while cutover waits (it forgets the fence when done).
@@ -176,18 +167,31 @@ def test_pause_holds_and_resume_continues(db, settings, transforms):
     seed(db, 100)
     deployment = Deployment(settings, "add_tier")
     try:
-        _wait_state(db, "add_tier", lambda s: (s.get("tail") or {}).get("heartbeat"))
+        wait_for_state(db, "add_tier", lambda s: (s.get("tail") or {}).get("heartbeat"))
         assert run_cli("backfill", "add_tier", "-q", settings=settings).returncode == 0
-        _wait_drained(settings, get_migration(transforms, "add_tier"))
+        migration = get_migration(transforms, "add_tier")
+        wait_drained(settings, migration)
         assert run_cli("pause", "add_tier", settings=settings).returncode == 0
-        time.sleep(2.5)  # consumers look at the pause flag every second
+        (consumer,) = deployment.consumers
+        wait_for(lambda: consumer.count("paused: holding the position"),
+                 what="the consumer holding after pause")
         seed(db, 50, start=1000)
-        time.sleep(3)
+        topic, group = settings.topic("accounts"), settings.group("add_tier")
+        wait_for(lambda: topics.group_lag(settings, topic, group).total == 50,
+                 what="the 50 new events on the topic")
+        # The paused consumer checks the flag every second and polls (every partition
+        # paused) for 200 ms at a time in between. Three checks after the events were on its
+        # partitions are two seconds of polls to which they were there to take: a consumer
+        # that did not hold would have applied them within the first (its fetches wait at
+        # most 500 ms). The checks are logged at -v, so the window is what it says.
+        held = consumer.count("still paused")
+        wait_for(lambda: consumer.count("still paused") >= held + 3,
+                 what="three pause checks with the events on the topic")
         assert db.accounts.count_documents({"tier": None}) == 50, "paused, yet applied"
         status = json.loads(run_cli("status", "add_tier", "--json", settings=settings).stdout)
         assert status["paused"] and status["lag"]["total"] == 50
         assert run_cli("resume", "add_tier", settings=settings).returncode == 0
-        _wait_drained(settings, get_migration(transforms, "add_tier"))
+        wait_drained(settings, migration)
         assert db.accounts.count_documents({"tier": None}) == 0
     finally:
         assert deployment.stop() == [0, 0]

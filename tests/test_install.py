@@ -27,7 +27,7 @@ from pathlib import Path
 import dockerfile
 import pytest
 
-from .conftest import KAFKA, MONGO_BASE, ROOT
+from .harness import KAFKA, MONGO_BASE, ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]

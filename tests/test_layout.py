@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from .conftest import ROOT
+from .harness import ROOT
 
 PACKAGE = ROOT / "cdc_migrator"
 ROOMS = ("capture", "apply", "operations")

@@ -7,14 +7,11 @@ from __future__ import annotations
 import json
 import textwrap
 
-import pytest
-
 from cdc_migrator import api
 from cdc_migrator.base.state import Phase
 from cdc_migrator.capture.tailer import arm
 
-from .conftest import run_cli, wait_for
-from .test_production import Service
+from .harness import Service, run_cli, wait_for
 
 ACCOUNTS = textwrap.dedent('''
     from cdc_migrator import migration
@@ -26,13 +23,7 @@ ACCOUNTS = textwrap.dedent('''
                 raise ValueError(f"account {doc['_id']} has no owner")
             return {"plan": "free"}
 ''')
-
-
-@pytest.fixture
-def transforms(tmp_path, settings):
-    (tmp_path / "accounts.py").write_text(ACCOUNTS)
-    settings.transforms = tmp_path
-    return tmp_path
+TRANSFORMS = {"accounts.py": ACCOUNTS}
 
 
 def test_run_with_failed_documents_exits_1_as_apply_does(db, settings, transforms):

@@ -24,7 +24,7 @@ from cdc_migrator.base.context import make_context
 from cdc_migrator.base.patch import decide
 from cdc_migrator.base.settings import Settings
 
-from .conftest import run_cli
+from .harness import run_cli
 
 RAW = CodecOptions(document_class=RawBSONDocument)
 

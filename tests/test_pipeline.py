@@ -4,111 +4,30 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
 import sys
 import textwrap
 import threading
 import time
-
-import pytest
 
 from cdc_migrator import api
 from cdc_migrator.base import topics
 from cdc_migrator.migration import get_migration
 from cdc_migrator.pipeline import run_pipeline
 
-from .conftest import ROOT, cli_env, run_cli
+from .harness import (
+    ITEMS_MIGRATION,
+    CliProcess,
+    ItemsWriter,
+    assert_invariant,
+    part_of,
+    run_cli,
+    seed_items,
+    wait_drained,
+    wait_for,
+    wait_for_state,
+)
 
-ITEMS_MIGRATION = textwrap.dedent('''
-    from cdc_migrator import migration, UNSET
-
-    @migration(collection="items", batch_size=1000)
-    def price_total(doc, ctx):
-        """total = price * qty, and the legacy flag goes."""
-        total = doc["price"] * doc["qty"]
-        if doc.get("total") != total or "legacy" in doc:
-            return {"total": total, "legacy": UNSET}
-
-    @migration(collection="members", batch_size=500)
-    def split_prefs(doc, ctx):
-        """Move prefs into member_prefs exactly once (idempotent side effect)."""
-        if "prefs" not in doc:
-            return None
-        prefs = ctx.db.member_prefs
-        if prefs.find_one({"memberId": doc["_id"]}) is None:
-            prefs.insert_one({"memberId": doc["_id"], **doc["prefs"]})
-        return {"prefs": UNSET}
-''')
-
-
-@pytest.fixture
-def transforms(tmp_path, settings):
-    (tmp_path / "items.py").write_text(ITEMS_MIGRATION)
-    settings.transforms = tmp_path
-    return tmp_path
-
-
-class Writer(threading.Thread):
-    """The application: inserts (old shape), updates the fields the transform reads, deletes.
-
-    Remembers the last value it gave each document, and what it deleted.
-    """
-
-    def __init__(self, coll, rng: random.Random, next_id: int) -> None:
-        super().__init__(daemon=True)
-        self.coll, self.rng, self.next_id = coll, rng, next_id
-        self.expected: dict[int, tuple[int, int]] = {}
-        self.deleted: set[int] = set()
-        self.stop = threading.Event()
-        self.ops = 0
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            roll = self.rng.random()
-            if roll < 0.3:
-                doc_id = self.next_id
-                self.next_id += 1
-                price, qty = self.rng.randint(1, 99), self.rng.randint(1, 9)
-                self.coll.insert_one({"_id": doc_id, "price": price, "qty": qty, "legacy": True})
-                self.expected[doc_id] = (price, qty)
-            elif roll < 0.85 and self.expected:
-                doc_id = self.rng.choice(list(self.expected))
-                price, qty = self.rng.randint(1, 99), self.rng.randint(1, 9)
-                self.coll.update_one({"_id": doc_id}, {"$set": {"price": price, "qty": qty}})
-                self.expected[doc_id] = (price, qty)
-            elif self.expected:
-                doc_id = self.rng.choice(list(self.expected))
-                self.coll.delete_one({"_id": doc_id})
-                del self.expected[doc_id]
-                self.deleted.add(doc_id)
-            self.ops += 1
-            time.sleep(0.001)
-
-
-def seed_items(coll, rng: random.Random, n: int) -> dict[int, tuple[int, int]]:
-    expected = {}
-    docs = []
-    for i in range(n):
-        price, qty = rng.randint(1, 99), rng.randint(1, 9)
-        if i % 3:
-            docs.append({"_id": i, "price": price, "qty": qty, "legacy": True})
-        else:  # already in the new shape: only a later application write makes it stale
-            docs.append({"_id": i, "price": price, "qty": qty, "total": price * qty})
-        expected[i] = (price, qty)
-    for start in range(0, n, 5000):
-        coll.insert_many(docs[start:start + 5000])
-    return expected
-
-
-def assert_invariant(coll, expected: dict, deleted: set) -> None:
-    docs = {d["_id"]: d for d in coll.find()}
-    assert not (deleted & docs.keys()), "a deleted document came back"
-    assert docs.keys() == expected.keys()
-    wrong = [i for i, (price, qty) in expected.items()
-             if (docs[i]["price"], docs[i]["qty"]) != (price, qty)
-             or docs[i].get("total") != price * qty or "legacy" in docs[i]]
-    assert not wrong, f"{len(wrong)} documents wrong, e.g. {docs[wrong[0]]} vs {expected[wrong[0]]}"
+TRANSFORMS = {"items.py": ITEMS_MIGRATION}
 
 
 def test_invariant_holds_while_the_application_writes_during_backfill(db, settings, transforms):
@@ -118,17 +37,15 @@ def test_invariant_holds_while_the_application_writes_during_backfill(db, settin
     coll = db["items"]
     expected = seed_items(coll, rng, 20_000)
     migration = get_migration(transforms, "price_total")
-    writer = Writer(coll, random.Random(seed + 1), next_id=20_000)
-    writer.expected = expected
+    writer = ItemsWriter(coll, random.Random(seed + 1), next_id=20_000, expected=expected)
     stop = threading.Event()
 
     def stop_writer_after_backfill() -> None:
-        while not stop.is_set():
-            state = db.cdc_migrator_state.find_one({"_id": "price_total"}) or {}
-            if (state.get("backfill") or {}).get("done"):
-                break
-            time.sleep(0.05)
-        writer.stop.set()
+        try:
+            wait_for(lambda: stop.is_set() or part_of(db, "price_total", "backfill").get("done"),
+                     timeout=600, what="the backfill done", interval=0.05)
+        finally:
+            writer.stop.set()
 
     writer.start()
     watcher = threading.Thread(target=stop_writer_after_backfill, daemon=True)
@@ -136,8 +53,7 @@ def test_invariant_holds_while_the_application_writes_during_backfill(db, settin
     # The rate cap keeps the backfill running long enough for the writer to race with it.
     report = run_pipeline(settings, migration, show_progress=False, timeout=300, stop=stop,
                           batch_size=1000, rate=4000)
-    writer.stop.set()
-    writer.join()
+    writer.finish()
     # Writes made after `run` saw zero lag are caught by a second drain, as `consume` would.
     report = run_pipeline(settings, migration, show_progress=False, timeout=120)
     print(f"writer ops={writer.ops} counts={report.counts}")
@@ -147,74 +63,35 @@ def test_invariant_holds_while_the_application_writes_during_backfill(db, settin
     assert api.verify(settings, "price_total").ok
 
 
-def _spawn(settings, *args):
-    return subprocess.Popen([sys.executable, "-m", "cdc_migrator", *args],
-                            env=cli_env(settings), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_state(db, name, predicate, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = db.cdc_migrator_state.find_one({"_id": name}) or {}
-        if predicate(state):
-            return state
-        time.sleep(0.1)
-    raise AssertionError(f"state of {name} never satisfied the condition: {state}")
-
-
-def _wait_drained(settings, migration, timeout=180.0, process=None):
-    """Wait for zero lag; ``process`` (a consumer) is killed and its output shown if not."""
-    topic, group = settings.topic(migration.collection), settings.group(migration.name)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lag = topics.group_lag(settings, topic, group)
-        if lag.partitions and lag.total == 0:
-            return
-        time.sleep(0.5)
-    output = ""
-    if process is not None:
-        process.kill()
-        out, err = process.communicate(timeout=30)
-        output = f"; consumer output:\n{out}\n{err[-3000:]}"
-    raise AssertionError(f"lag never reached zero: {lag.as_dict()}{output}")
-
-
 def test_killed_tailer_and_consumer_resume_to_the_same_end_state(db, settings, transforms):
     rng = random.Random(7)
     members = db["members"]
     members.insert_many([{"_id": i, "name": f"m{i}", "prefs": {"theme": rng.choice("ab"),
                                                                "n": i}} for i in range(6000)])
     migration = get_migration(transforms, "split_prefs")
-    tail = _spawn(settings, "tail", "split_prefs")
-    consume = _spawn(settings, "consume", "split_prefs")
-    _wait_state(db, "split_prefs", lambda s: (s.get("tail") or {}).get("armed_at"))
-    backfill = _spawn(settings, "backfill", "split_prefs", "--batch-size", "200", "-q")
+    tail = CliProcess(settings, "tail", "split_prefs")
+    consume = CliProcess(settings, "consume", "split_prefs")
+    wait_for_state(db, "split_prefs", lambda s: (s.get("tail") or {}).get("armed_at"))
+    backfill = CliProcess(settings, "backfill", "split_prefs", "--batch-size", "200", "-q")
     # Writes during the run: new members in the old shape, which only the tailer can see.
     members.insert_many([{"_id": 10_000 + i, "prefs": {"theme": "c", "n": i}}
                          for i in range(500)])
-    _wait_state(db, "split_prefs", lambda s: (s.get("counts") or {}).get("consumed", 0) > 500)
+    wait_for_state(db, "split_prefs", lambda s: (s.get("counts") or {}).get("consumed", 0) > 500)
     tail.kill()
     consume.kill()
-    tail.wait()
-    consume.wait()
     members.insert_many([{"_id": 20_000 + i, "prefs": {"theme": "d", "n": i}}
                          for i in range(500)])
-    assert backfill.wait(timeout=180) == 0, backfill.stderr.read()
-    tail = _spawn(settings, "tail", "split_prefs")
-    consume = _spawn(settings, "consume", "split_prefs")
+    assert backfill.wait(timeout=180) == 0, backfill.log
+    tail = CliProcess(settings, "tail", "split_prefs")
+    consume = CliProcess(settings, "consume", "split_prefs")
     try:
-        _wait_state(db, "split_prefs", lambda s: (s.get("tail") or {}).get("heartbeat", 0)
-                    > time.time() - 1)
-        _wait_drained(settings, migration)
-        deadline = time.monotonic() + 120
-        while members.count_documents({"prefs": {"$exists": True}}) and \
-                time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_for_state(db, "split_prefs", lambda s: (s.get("tail") or {}).get("heartbeat", 0)
+                       > time.time() - 1)
+        wait_drained(settings, migration)
+        wait_for(lambda: members.count_documents({"prefs": {"$exists": True}}) == 0,
+                 timeout=120, interval=0.5, what="every member's prefs moved")
     finally:
-        for proc in (tail, consume):
-            proc.send_signal(signal.SIGTERM)
-        codes = [proc.wait(timeout=60) for proc in (tail, consume)]
+        codes = [proc.stop() for proc in (tail, consume)]
     assert codes == [0, 0], "SIGTERM must finish the batch, commit and exit 0"
     assert members.count_documents({"prefs": {"$exists": True}}) == 0
     prefs = list(db.member_prefs.find())
@@ -305,9 +182,11 @@ def test_a_filtered_migrations_echo_is_dropped_by_the_server(db, settings, tmp_p
     result: dict = {}
 
     def application():
-        # Writes during the run: new old-shape documents (inside the filter) and an update
-        # of a migrated field (outside it: nothing to do, and no event needed).
-        time.sleep(1.0)
+        # Writes during the run, once capture is armed: new old-shape documents (inside the
+        # filter) and an update of a migrated field (outside it: nothing to do, and no event
+        # needed). The run cannot end before it backfilled 400 documents and drained.
+        wait_for_state(db, "add_tier", lambda s: (s.get("tail") or {}).get("armed_at"),
+                       timeout=60)
         coll.insert_many([{"_id": 1000 + i, "n": i} for i in range(30)])
         coll.update_many({"_id": {"$in": list(range(400, 410))}}, {"$set": {"tier": "bronze"}})
 
@@ -332,16 +211,17 @@ def test_a_filtered_migrations_echo_is_dropped_by_the_server(db, settings, tmp_p
 
 
 SLOW_ONCE_MIGRATION = textwrap.dedent('''
-    import threading, time
+    import threading
     from cdc_migrator import migration
 
-    SLOW = threading.Event()  # set by the test: the next transform call sleeps once
+    SLOW = threading.Event()  # set by the test: the next transform call holds its batch
+    RELEASE = threading.Event()  # set by the test once the group is rebalancing
 
     @migration(collection="slow")
     def mark(doc, ctx):
         if SLOW.is_set():
             SLOW.clear()
-            time.sleep(4)  # a second member joins meanwhile: the group rebalances
+            RELEASE.wait(60)  # a second member joins meanwhile: the group rebalances
         if "done" not in doc:
             return {"done": True}
 ''')
@@ -359,19 +239,33 @@ def test_a_member_joining_during_a_slow_batch_rebalances_and_the_group_drains(
     db.slow.insert_many([{"_id": i} for i in range(3000)])
     arm(settings, migration)
     backfill(settings, migration, show_progress=False)
-    sys.modules[migration.transform.__module__].SLOW.set()
+    transform = sys.modules[migration.transform.__module__]
+    transform.SLOW.set()
     first, second = TransformConsumer(settings, migration), TransformConsumer(settings, migration)
     threads = [threading.Thread(target=first.run, daemon=True)]
     threads[0].start()
-    deadline = time.monotonic() + 60
-    while sys.modules[migration.transform.__module__].SLOW.is_set():  # first is in its batch
-        assert time.monotonic() < deadline, "the first consumer never took a batch"
-        time.sleep(0.05)
+    wait_for(lambda: not transform.SLOW.is_set(), what="the first consumer in its batch")
     threads.append(threading.Thread(target=second.run, daemon=True))
     threads[1].start()
+    group = settings.group(migration.name)
+
+    def rebalancing() -> bool:
+        client = topics.admin(settings)
+        try:
+            state = (client.describe_groups([group]).get(group) or {}).get("group_state")
+        finally:
+            client.close()
+        return state in ("PreparingRebalance", "CompletingRebalance")
+
     try:
-        _wait_drained(settings, migration, timeout=120)
+        # The second member's join puts the group into a rebalance, which waits for the first
+        # member, still in its batch; only then does the batch go on (and its commit meets the
+        # rebalance).
+        wait_for(rebalancing, what="the group rebalancing while the first member is in its batch")
+        transform.RELEASE.set()
+        wait_drained(settings, migration, timeout=120)
     finally:
+        transform.RELEASE.set()
         first.stop()
         second.stop()
         for t in threads:

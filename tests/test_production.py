@@ -4,74 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
-import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cdc_migrator import api
 from cdc_migrator.capture.tailer import arm
 
-from .conftest import ROOT, cli_env, run_cli, wait_for
+from .harness import ROOT, Service, cli_env, run_cli, wait_for
 
 NAME = "add_default_role"
 SECRET = "s3cretpw"
 KAFKA_SECRET = "k4fkapw"
-
-
-class Service:
-    """``cdc-migrator ARGS --metrics-port 0`` in the background, its stderr collected."""
-
-    def __init__(self, settings, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cdc_migrator", *args, "--metrics-port", "0"],
-            env=cli_env(settings), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        self.port = int(wait_for(self._port, what="the 'serving ... on port' log line"))
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def _port(self) -> str | None:
-        if self.proc.poll() is not None:
-            raise AssertionError("exited early:\n" + "\n".join(self.lines))
-        found = [re.search(r"on port (\d+)", line) for line in self.lines]
-        return next((m.group(1) for m in found if m), None)
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def metrics(self) -> dict[tuple[str, frozenset], float]:
-        status, text = self.get("/metrics")
-        assert status == 200
-        return {(s.name, frozenset(s.labels.items())): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-    def __enter__(self) -> Service:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.proc.poll() is None:
-            self.stop()
 
 
 def metric(samples: dict, name: str, **labels: str) -> float | None:

@@ -20,16 +20,17 @@ from cdc_migrator.base import refusals, retry  # noqa: F401  (refusals: mends ka
 from cdc_migrator.base.settings import mask_secrets, mask_uri, uri_secrets
 from cdc_migrator.capture.tailer import arm
 
-from .conftest import (
+from .harness import (
     KAFKA_CA,
     KAFKA_SASL_SSL,
     KAFKA_SSL,
     SCRAM_PASSWORD,
     SCRAM_USER,
+    CliProcess,
+    part_of,
     run_cli,
     wait_for,
 )
-from .test_reliability import Proc
 
 NAME = "add_default_role"
 
@@ -131,9 +132,10 @@ def test_tail_backfill_consume_and_cutover_over_sasl_ssl(db, settings, tls_liste
                                                          mechanism):
     seed_users(db)
     env = sasl_ssl(mechanism)
-    tail, consume = Proc(settings, "tail", NAME, env=env), Proc(settings, "consume", NAME, env=env)
+    tail = CliProcess(settings, "tail", NAME, env=env)
+    consume = CliProcess(settings, "consume", NAME, env=env)
     try:
-        wait_for(lambda: (db.cdc_migrator_state.find_one({"_id": NAME}) or {}).get("tail"),
+        wait_for(lambda: part_of(db, NAME, "tail"),
                  what="capture armed over SASL_SSL")
         backfill = run_cli("backfill", NAME, "-q", settings=settings, env=env)
         db.users.insert_one({"_id": 1000, "name": "written during the migration"})

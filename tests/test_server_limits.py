@@ -10,7 +10,6 @@ shorten the idle-cursor timeout or truncate the change history use a server of t
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import textwrap
 import threading
@@ -41,8 +40,17 @@ from cdc_migrator.operations import runway
 from cdc_migrator.operations.schema import dialect_problems
 from cdc_migrator.operations.status import migration_status
 
-from . import test_reliability as reliability
-from .conftest import KAFKA, run_cli, wait_for
+from .harness import (
+    KAFKA,
+    CliProcess,
+    local_mongo_missing,
+    part_of,
+    run_cli,
+    start_local_mongo,
+    state_of,
+    stop_local_mongo,
+    wait_for,
+)
 
 CURSOR_TIMEOUT_MS = 600
 ITEMS = textwrap.dedent('''
@@ -60,32 +68,21 @@ ITEMS = textwrap.dedent('''
 ''')
 
 
-def start_local_mongo(tmp_path: Path, *properties: str) -> tuple[subprocess.Popen, Any]:
-    """A LocalMongo of our own (JVM ``-D`` ``properties``) and a client for it."""
-    if shutil.which("java") is None or not reliability.CLASSES.is_dir():
-        pytest.skip("needs java and the compiled server in .services/classes (make services-up)")
-    port = reliability.free_port()
-    with open(tmp_path / "mongo.out", "ab") as out:
-        proc = subprocess.Popen(
-            ["java", *reliability.FAST_JVM, "-Xmx256m", reliability.LOG4J, *properties,
-             f"-Dservice.log={tmp_path / 'mongo.log'}", "-cp",
-             f"{reliability.CLASSES}:{reliability.LIB}/*", "LocalMongo", "127.0.0.1", str(port)],
-            stdout=out, stderr=subprocess.STDOUT)
-    client = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true",
-                                 serverSelectionTimeoutMS=30_000, tz_aware=True)
-    client.admin.command("ping")
-    return proc, client
+def local_mongo(home: Path, *properties: str) -> tuple[subprocess.Popen, Any]:
+    """A LocalMongo of this test's own (JVM ``-D`` ``properties``) and a client for it."""
+    missing = local_mongo_missing()
+    if missing:
+        pytest.skip(missing)
+    return start_local_mongo(home, *properties)
 
 
 @pytest.fixture(scope="module")
 def short_cursors(tmp_path_factory):
     """A server whose idle cursors time out after CURSOR_TIMEOUT_MS."""
-    proc, client = start_local_mongo(tmp_path_factory.mktemp("cursors"),
+    proc, client = local_mongo(tmp_path_factory.mktemp("cursors"),
                                      f"-DcursorTimeoutMillis={CURSOR_TIMEOUT_MS}")
     yield client
-    client.close()
-    proc.kill()
-    proc.wait()
+    stop_local_mongo(proc, client)
 
 
 def cursor_metrics(client) -> dict:
@@ -104,10 +101,6 @@ def private_settings(client, tmp_path: Path, **options: Any) -> Settings:
 
 def seed(coll, n: int) -> None:
     coll.insert_many([{"_id": i, "price": i, "qty": 2, "legacy": True} for i in range(n)])
-
-
-def state_of(db, name: str = "price_total") -> dict:
-    return db.cdc_migrator_state.find_one({"_id": name}) or {}
 
 
 # ----------------------------------------------------------------- the local server, stricter
@@ -188,8 +181,9 @@ def test_the_fail_command_fail_point_fails_the_named_command_as_often_as_asked(d
         admin.command({"configureFailPoint": "failCommand", "mode": "off"})
 
 
+@pytest.mark.services  # a LocalMongo of its own
 def test_the_oplog_window_is_read_from_local_oplog_rs_as_on_a_replica_set(tmp_path):
-    proc, client = start_local_mongo(tmp_path)
+    proc, client = local_mongo(tmp_path)
     try:
         client.app.things.insert_one({"_id": 1})
         window, unknown = runway.history_window(client)
@@ -232,7 +226,7 @@ def test_a_paused_backfill_holds_no_cursor_and_finishes_after_resume(short_curso
         backfill(settings, migration, show_progress=False)), daemon=True)
     worker.start()
     try:
-        wait_for(lambda: (state_of(settings.db).get("backfill") or {}).get("scanned"),
+        wait_for(lambda: part_of(settings.db, "price_total", "backfill").get("scanned"),
                  what="the first batch produced")
         # Holding: the scan closed its cursor rather than leave it to the server's timeout.
         wait_for(lambda: cursor_metrics(short_cursors)["open"]["total"]
@@ -333,9 +327,9 @@ def test_a_dropped_or_renamed_collection_fails_its_migration_and_cutover_names_i
         db, items_settings, change):
     settings = items_settings
     seed(db.items, 20)
-    tail = reliability.Proc(settings, "tail", "price_total")
+    tail = CliProcess(settings, "tail", "price_total")
     try:
-        wait_for(lambda: (state_of(db).get("tail") or {}).get("heartbeat"), what="tailing")
+        wait_for(lambda: part_of(db, "price_total", "tail").get("heartbeat"), what="tailing")
         if change == "drop":
             db.items.drop()
             reasons = ["collection 'items' was dropped"]
@@ -356,7 +350,7 @@ def test_a_dropped_or_renamed_collection_fails_its_migration_and_cutover_names_i
     assert len(errors) == 1, tail.log
     reason = next(r for r in reasons if r in errors[0])
     assert "Traceback" not in tail.log
-    state = state_of(db)
+    state = state_of(db, "price_total")
     assert state["phase"] == Phase.FAILED and state["failure"]["reason"] == reason
     refused = run_cli("cutover", "price_total", "--timeout", "1", settings=settings)
     assert refused.returncode == 1
@@ -364,9 +358,9 @@ def test_a_dropped_or_renamed_collection_fails_its_migration_and_cutover_names_i
 
 
 def test_a_dropped_database_stops_the_tailer_with_one_line(db, items_settings):
-    tail = reliability.Proc(items_settings, "tail", "early")  # its collection does not exist
+    tail = CliProcess(items_settings, "tail", "early")  # its collection does not exist
     try:
-        wait_for(lambda: (state_of(db, "early").get("tail") or {}).get("heartbeat"),
+        wait_for(lambda: part_of(db, "early", "tail").get("heartbeat"),
                  what="tailing")
         db.client.drop_database(db.name)
         code = tail.wait(timeout=30)
@@ -429,7 +423,7 @@ def test_an_idle_tailer_writes_its_state_only_at_the_heartbeat(db, items_setting
         def polls() -> int:
             return len(recorder.named("getMore"))
 
-        wait_for(lambda: (state_of(db).get("tail") or {}).get("heartbeat"),
+        wait_for(lambda: part_of(db, "price_total", "tail").get("heartbeat"),
                  what="the first checkpoint")
         writes, start = state_writes(), polls()
         wait_for(lambda: polls() >= start + 20, timeout=30, what="20 idle polls")
@@ -450,21 +444,23 @@ def test_status_counts_a_tailer_with_a_slow_heartbeat_as_running(db, items_setti
         "phase": "catching up", "backfill": {"done": True, "scanned": 3, "total": 3},
         "tail.heartbeat": time.time() - (HEARTBEAT_INTERVAL + 2)}})
     # Stored as version 1 wrote it ("catching up"): read as the same phase after an upgrade.
-    status = migration_status(settings, migration, MigrationState.from_document(state_of(db)))
+    stored = MigrationState.from_document(state_of(db, "price_total"))
+    status = migration_status(settings, migration, stored)
     assert status["lag"]["total"] == 0
     assert status["phase"] == "ready for cutover"
 
 
 # ------------------------------------------------------------------------------ history lost
 
+@pytest.mark.services  # a LocalMongo of its own and the shared Kafka
 def test_status_warns_of_lost_history_and_rebackfill_recovers_it(tmp_path):
-    proc, client = start_local_mongo(tmp_path)
+    proc, client = local_mongo(tmp_path)
     try:
         settings = private_settings(client, tmp_path)
         db = settings.db
         seed(db.items, 30)
-        tail = reliability.Proc(settings, "tail", "price_total")
-        wait_for(lambda: (state_of(db).get("tail") or {}).get("position_time"),
+        tail = CliProcess(settings, "tail", "price_total")
+        wait_for(lambda: part_of(db, "price_total", "tail").get("position_time"),
                  what="a saved resume point")
         assert tail.stop() == 0
         healthy = api.status(settings, "price_total")[0]["history"]
@@ -477,11 +473,11 @@ def test_status_warns_of_lost_history_and_rebackfill_recovers_it(tmp_path):
         assert "WARNING: the tailer's resume point is older than the server's change " \
                "history" in lost.stdout, lost.stdout
 
-        tail = reliability.Proc(settings, "tail", "price_total", "--on-history-lost",
+        tail = CliProcess(settings, "tail", "price_total", "--on-history-lost",
                                 "rebackfill")
-        consume = reliability.Proc(settings, "consume", "price_total")
+        consume = CliProcess(settings, "consume", "price_total")
         try:
-            wait_for(lambda: ((state_of(db).get("tail") or {}).get("last_recovery") or {})
+            wait_for(lambda: (part_of(db, "price_total", "tail").get("last_recovery") or {})
                      .get("backfill") == "done", timeout=120, what="the recovery backfill")
             wait_for(lambda: db.items.count_documents({"legacy": {"$exists": True}}) == 0,
                      timeout=120, what="every document migrated")
@@ -489,7 +485,7 @@ def test_status_warns_of_lost_history_and_rebackfill_recovers_it(tmp_path):
             assert tail.stop() == 0, tail.log
             consume.stop()
         assert tail.count("capture re-armed") == 1, tail.log
-        state = state_of(db)
+        state = state_of(db, "price_total")
         assert state["tail"]["recoveries"] == 1 and state["phase"] != Phase.FAILED
         shown = run_cli("status", "price_total", settings=settings)
         assert "history lost and recovered 1x" in shown.stdout, shown.stdout

@@ -1,0 +1,530 @@
+"""What the tests share, and what bench/run.py may import: the services' addresses, the
+``cdc-migrator`` command in the foreground (:func:`run_cli`) and in the background
+(:class:`CliProcess`, :class:`Service`), polling on observable signals (:func:`wait_for` and
+the readers of the state document built on it), a LocalMongo of one's own, and the
+application writing while a migration runs (:class:`ItemsWriter`, :class:`UsersWriter`).
+
+Plain functions and classes only, no pytest: the fixtures that use them are in conftest.py.
+``sys.path`` must hold the repository's root (``from tests.harness import ...``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pymongo
+
+from cdc_migrator.base import topics
+from cdc_migrator.base.naming import STATE_COLLECTION
+from cdc_migrator.base.settings import Settings
+from cdc_migrator.migration import Migration
+
+ROOT = Path(__file__).resolve().parent.parent
+MONGO_BASE = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017/app?directConnection=true")
+KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+# The local broker's TLS listeners (scripts/services.sh): SSL, and SASL/SCRAM over TLS.
+KAFKA_SSL = f"127.0.0.1:{os.environ.get('KAFKA_SSL_PORT', '9094')}"
+KAFKA_SASL_SSL = f"127.0.0.1:{os.environ.get('KAFKA_SASL_SSL_PORT', '9095')}"
+KAFKA_CA = ROOT / ".services" / "tls" / "ca.pem"
+KAFKA_TLS_PASSWORD = "cdc-migrator-local"  # of the broker's keystore
+SCRAM_USER, SCRAM_PASSWORD = "cdc-migrator", "cdc-migrator-local-secret"
+# What scripts/services.sh fetched and compiled: the servers a test may start of its own.
+LIB = ROOT / ".services" / "lib"
+CLASSES = ROOT / ".services" / "classes"
+LOG4J = f"-Dlog4j2.configurationFile={ROOT / 'services' / 'log4j2.properties'}"
+FAST_JVM = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]  # quick to start, enough for tests
+
+
+# ------------------------------------------------------------------------------ the services
+
+def uri_for(database: str) -> str:
+    """MONGO_BASE with its path replaced by ``database``."""
+    head, _, tail = MONGO_BASE.partition("://")
+    hostpart, _, rest = tail.partition("/")
+    query = rest.partition("?")[2]
+    return f"{head}://{hostpart}/{database}" + (f"?{query}" if query else "")
+
+
+def _first_address(hosts: str, default_port: int) -> tuple[str, int]:
+    host, _, port = hosts.split(",")[0].rpartition("@")[2].partition(":")
+    return host, int(port or default_port)
+
+
+def services_unreachable(timeout: float = 2.0) -> str | None:
+    """Why the local services cannot be used (one line naming them), or None when both accept
+    connections."""
+    mongo = MONGO_BASE.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0]
+    down = []
+    for what, address, shown in (("MongoDB", _first_address(mongo, 27017), MONGO_BASE),
+                                 ("Kafka", _first_address(KAFKA, 9092), KAFKA)):
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+        except OSError as exc:
+            down.append(f"{what} at {shown} ({exc})")
+    if not down:
+        return None
+    return (f"{' and '.join(down)} not reachable: run `make services-up` (with the ports of "
+            "MONGODB_URI and KAFKA_BOOTSTRAP_SERVERS), or `make unit` for the tests that need "
+            "no service")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def local_mongo_missing() -> str | None:
+    """Why a LocalMongo of one's own cannot start here, or None."""
+    if shutil.which("java") is None or not CLASSES.is_dir():
+        return "needs java and the compiled server in .services/classes (make services-up)"
+    return None
+
+
+def start_local_mongo(home: Path, *properties: str,
+                      heap: str = "256m") -> tuple[subprocess.Popen, pymongo.MongoClient]:
+    """A LocalMongo of one's own on a free port (JVM ``-D`` ``properties``), logging into
+    ``home``, and a client for it, once it answers. Stop it with :func:`stop_local_mongo`."""
+    port = free_port()
+    with open(home / "mongo.out", "ab") as out:
+        proc = subprocess.Popen(
+            ["java", *FAST_JVM, f"-Xmx{heap}", LOG4J, *properties,
+             f"-Dservice.log={home / 'mongo.log'}", "-cp", f"{CLASSES}:{LIB}/*", "LocalMongo",
+             "127.0.0.1", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    client: pymongo.MongoClient = pymongo.MongoClient(
+        f"mongodb://127.0.0.1:{port}/?directConnection=true", serverSelectionTimeoutMS=30_000,
+        tz_aware=True)
+    try:
+        client.admin.command("ping")
+    except BaseException:
+        stop_local_mongo(proc, client)
+        raise
+    return proc, client
+
+
+def stop_local_mongo(proc: subprocess.Popen, client: pymongo.MongoClient) -> None:
+    client.close()
+    proc.kill()
+    proc.wait()
+
+
+# --------------------------------------------------------------------------------- polling
+
+def poll(check: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something true (returned) or ``timeout`` passed (then
+    its last, false, result)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() >= deadline:
+            return result
+        time.sleep(interval)
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60,
+             what: str | Callable[[], str] = "condition", interval: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something true (returned), or fail after ``timeout``.
+
+    ``what`` names the condition in the failure; a callable is asked for it then (to show the
+    last value seen, say).
+    """
+    result = poll(check, timeout, interval)
+    if not result:
+        described = what() if callable(what) else what
+        raise AssertionError(f"{described} not reached within {timeout}s")
+    return result
+
+
+def state_of(db: Any, name: str, collection: str = STATE_COLLECTION) -> dict:
+    """The migration's state document as stored (empty before anything wrote it)."""
+    return db[collection].find_one({"_id": name}) or {}
+
+
+def part_of(db: Any, name: str, part: str) -> dict:
+    """One part of the state document (``tail``, ``backfill``, ``counts``...), or {}."""
+    return state_of(db, name).get(part) or {}
+
+
+def wait_for_state(db: Any, name: str, predicate: Callable[[dict], Any],
+                   timeout: float = 120.0) -> dict:
+    """Poll the state document of ``name`` until ``predicate`` holds for it; returns it."""
+    seen: dict = {}
+
+    def holds() -> dict | None:
+        nonlocal seen
+        seen = state_of(db, name)
+        return seen if predicate(seen) else None
+
+    return wait_for(holds, timeout=timeout, interval=0.1,
+                    what=lambda: f"state of {name} satisfying the condition (last: {seen})")
+
+
+def wait_drained(settings: Settings, migration: Migration, timeout: float = 180.0,
+                 process: CliProcess | None = None) -> None:
+    """Poll the consumer group's lag until it is zero on every partition; ``process`` (a
+    consumer) is killed and its output shown if that never happens."""
+    topic, group = settings.topic(migration.collection), settings.group(migration.name)
+    last: list[Any] = []
+
+    def drained() -> bool:
+        lag = topics.group_lag(settings, topic, group)
+        last[:] = [lag]
+        return bool(lag.partitions) and lag.total == 0
+
+    def failure() -> str:
+        output = ""
+        if process is not None:
+            process.kill()
+            output = f"; consumer output:\n{process.output}\n{process.log[-3000:]}"
+        return f"zero lag (last: {last[0].as_dict() if last else None}){output}"
+
+    wait_for(drained, timeout=timeout, interval=0.5, what=failure)
+
+
+# ------------------------------------------------------------------------ cdc-migrator itself
+
+def cli_env(settings: Settings | None = None, env: dict | None = None) -> dict[str, str]:
+    """The environment of a ``cdc-migrator`` subprocess: ours, ``settings``, then ``env``."""
+    full_env = dict(os.environ)
+    if settings is not None:
+        full_env.update(settings.environment())
+    full_env.update(env or {})
+    return full_env
+
+
+def run_cli(*args: str, settings: Settings | None = None, env: dict | None = None,
+            timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``cdc-migrator ARGS`` as a user would, in a subprocess, to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "cdc_migrator", *args], capture_output=True, text=True,
+        env=cli_env(settings, env), timeout=timeout, cwd=cwd or ROOT)
+
+
+class CliProcess:
+    """``cdc-migrator ARGS`` in the background with the settings' environment; its stderr
+    (the log) and stdout collected line by line as they come, so neither pipe fills up."""
+
+    def __init__(self, settings: Settings | None, *args: str, env: dict | None = None) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cdc_migrator", *args], env=cli_env(settings, env),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []  # stderr
+        self.out: list[str] = []  # stdout
+        self._readers = [threading.Thread(target=self._read, args=(s, t), daemon=True)
+                         for s, t in ((self.proc.stderr, self.lines),
+                                      (self.proc.stdout, self.out))]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line.rstrip("\n"))
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing finished or committed."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def wait(self, timeout: float = 120) -> int:
+        """Its exit code, once it ended and its output was read to the end."""
+        code = self.proc.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        return code
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM (finish the batch, commit, exit) and its exit code."""
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def count(self, *words: str) -> int:
+        """How many log lines hold every one of ``words``."""
+        return sum(all(w in line for w in words) for line in self.lines)
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.out)
+
+    def __enter__(self) -> CliProcess:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.alive:
+            self.stop()
+
+
+class Service(CliProcess):
+    """``cdc-migrator ARGS --metrics-port 0``: started once it logged the port it serves on."""
+
+    def __init__(self, settings: Settings, *args: str, env: dict | None = None) -> None:
+        super().__init__(settings, *args, "--metrics-port", "0", env=env)
+        self.port = int(wait_for(self._port, what="the 'serving ... on port' log line"))
+
+    def _port(self) -> str | None:
+        if not self.alive:
+            self.wait()
+            raise AssertionError("exited early:\n" + self.log)
+        found = [re.search(r"on port (\d+)", line) for line in list(self.lines)]
+        return next((m.group(1) for m in found if m), None)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def metrics(self) -> dict[tuple[str, frozenset], float]:
+        """Every sample of /metrics, by name and labels."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        status, text = self.get("/metrics")
+        assert status == 200
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def __enter__(self) -> Service:
+        return self
+
+
+def write_transforms(directory: Path, settings: Settings, files: dict[str, str]) -> Path:
+    """``files`` ({file name: source}) in ``directory``, which becomes the settings'
+    transforms directory."""
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    settings.transforms = directory
+    return directory
+
+
+# ------------------------------------------------------------------------ the application
+
+# The items workload: a migration of the total, seeded documents, the application's writes,
+# and the invariant at the end.
+ITEMS_MIGRATION = textwrap.dedent('''
+    from cdc_migrator import migration, UNSET
+
+    @migration(collection="items", batch_size=1000)
+    def price_total(doc, ctx):
+        """total = price * qty, and the legacy flag goes."""
+        total = doc["price"] * doc["qty"]
+        if doc.get("total") != total or "legacy" in doc:
+            return {"total": total, "legacy": UNSET}
+
+    @migration(collection="members", batch_size=500)
+    def split_prefs(doc, ctx):
+        """Move prefs into member_prefs exactly once (idempotent side effect)."""
+        if "prefs" not in doc:
+            return None
+        prefs = ctx.db.member_prefs
+        if prefs.find_one({"memberId": doc["_id"]}) is None:
+            prefs.insert_one({"memberId": doc["_id"], **doc["prefs"]})
+        return {"prefs": UNSET}
+''')
+
+
+def seed_items(coll: Any, rng: random.Random, n: int) -> dict[int, tuple[int, int]]:
+    """``n`` items, two in three in the old shape; returns each one's (price, qty)."""
+    expected = {}
+    docs = []
+    for i in range(n):
+        price, qty = rng.randint(1, 99), rng.randint(1, 9)
+        if i % 3:
+            docs.append({"_id": i, "price": price, "qty": qty, "legacy": True})
+        else:  # already in the new shape: only a later application write makes it stale
+            docs.append({"_id": i, "price": price, "qty": qty, "total": price * qty})
+        expected[i] = (price, qty)
+    for start in range(0, n, 5000):
+        coll.insert_many(docs[start:start + 5000])
+    return expected
+
+
+def assert_invariant(coll: Any, expected: dict, deleted: set) -> None:
+    """Every live item has the application's last price and qty and is migrated; nothing
+    deleted came back."""
+    docs = {d["_id"]: d for d in coll.find()}
+    assert not (deleted & docs.keys()), "a deleted document came back"
+    assert docs.keys() == expected.keys()
+    wrong = [i for i, (price, qty) in expected.items()
+             if (docs[i]["price"], docs[i]["qty"]) != (price, qty)
+             or docs[i].get("total") != price * qty or "legacy" in docs[i]]
+    assert not wrong, f"{len(wrong)} documents wrong, e.g. {docs[wrong[0]]} vs {expected[wrong[0]]}"
+
+
+def pick(rng: random.Random, ids: Iterable[int], low: int | None = None,
+         high: int | None = None) -> int | None:
+    """A random one of ``ids`` (within ``low``..``high`` when given), or None when there is
+    none: an application picks among the documents that exist, and there may be none."""
+    if low is not None or high is not None:
+        lo = low if low is not None else -(1 << 62)
+        hi = high if high is not None else 1 << 62
+        if isinstance(ids, range):
+            window = range(max(ids.start, lo), min(ids.stop, hi + 1))
+            return rng.choice(window) if len(window) else None
+        ids = [i for i in ids if lo <= i <= hi]
+    elif not isinstance(ids, range | list):
+        ids = list(ids)
+    return rng.choice(ids) if ids else None
+
+
+class AppWriter(threading.Thread):
+    """The application: a thread that writes until :attr:`stop` is set, counting its writes
+    in :attr:`ops`, ``pace`` seconds apart. Subclasses make one write in :meth:`write`."""
+
+    def __init__(self, rng: random.Random, pace: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.rng, self.pace = rng, pace
+        self.stop = threading.Event()
+        self.ops = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                if self.write():
+                    self.ops += 1
+                if self.pace:
+                    time.sleep(self.pace)  # pacing the application, not synchronisation
+        except Exception as exc:  # raised by finish(): a dead writer must not pass silently
+            self.error = exc
+
+    def write(self) -> bool:
+        """One write; False when there was nothing to write to."""
+        raise NotImplementedError
+
+    def finish(self, timeout: float = 60) -> None:
+        """Stop, wait for the thread, and fail if it died of an error."""
+        self.stop.set()
+        self.join(timeout)
+        assert not self.is_alive(), "the application writer did not stop"
+        if self.error is not None:
+            raise AssertionError(f"the application writer failed: {self.error!r}") \
+                from self.error
+
+
+class ItemsWriter(AppWriter):
+    """Inserts items (old shape), updates the fields the transform reads, deletes.
+
+    Remembers the last value it gave each document (:attr:`expected`, to start from what
+    :func:`seed_items` returned) and what it deleted.
+    """
+
+    def __init__(self, coll: Any, rng: random.Random, next_id: int,
+                 expected: dict[int, tuple[int, int]] | None = None,
+                 pace: float = 0.001) -> None:
+        super().__init__(rng, pace)
+        self.coll, self.next_id = coll, next_id
+        self.expected: dict[int, tuple[int, int]] = expected if expected is not None else {}
+        self.deleted: set[int] = set()
+
+    def write(self) -> bool:
+        roll = self.rng.random()
+        target = None if roll < 0.3 else pick(self.rng, list(self.expected))
+        if target is None:
+            doc_id = self.next_id
+            self.next_id += 1
+            price, qty = self.rng.randint(1, 99), self.rng.randint(1, 9)
+            self.coll.insert_one({"_id": doc_id, "price": price, "qty": qty, "legacy": True})
+            self.expected[doc_id] = (price, qty)
+        elif roll < 0.85:
+            price, qty = self.rng.randint(1, 99), self.rng.randint(1, 9)
+            self.coll.update_one({"_id": target}, {"$set": {"price": price, "qty": qty}})
+            self.expected[target] = (price, qty)
+        else:
+            self.coll.delete_one({"_id": target})
+            del self.expected[target]
+            self.deleted.add(target)
+        return True
+
+
+class UsersWriter(AppWriter):
+    """Writes the fields a role-from-tier migration reads, on random users of ``ids``, and
+    remembers what it wrote.
+
+    Half of its writes go to the users just ahead of the saved apply position of
+    ``migration``, where the scan reads next: that is where a write lands between a read and
+    a guarded write. Once the scan passed the last user, those go to any user.
+    """
+
+    def __init__(self, uri: str, db_name: str, ids: range, state_collection: str,
+                 migration: str, rng: random.Random) -> None:
+        super().__init__(rng)
+        self.uri, self.db_name = uri, db_name
+        self.state_collection, self.migration = state_collection, migration
+        self.ids = ids
+        self.role: dict[int, str | None] = {}  # last role written (None: set to None or unset)
+        self.tier: dict[int, str] = {}
+        self.deleted: set[int] = set()
+        self.cursor = -1
+        self.users: Any = None
+
+    def run(self) -> None:
+        client: pymongo.MongoClient = pymongo.MongoClient(self.uri)
+        db = client[self.db_name]
+        self.users, self.state = db.users, db[self.state_collection]
+        try:
+            super().run()
+        finally:
+            client.close()
+
+    def write(self) -> bool:
+        if self.ops % 20 == 0:
+            state = self.state.find_one({"_id": self.migration}) or {}
+            self.cursor = (state.get("apply") or {}).get("cursor", -1)
+        _id = None
+        if self.rng.random() < 0.5:
+            _id = pick(self.rng, self.ids, self.cursor + 1, self.cursor + 250)
+        if _id is None:
+            _id = pick(self.rng, self.ids)
+        if _id is None or _id in self.deleted:
+            return False
+        op = self.rng.random()
+        if op < 0.35:
+            self.users.update_one({"_id": _id}, {"$set": {"role": "admin"}})
+            self.role[_id] = "admin"
+        elif op < 0.55:
+            self.users.update_one({"_id": _id}, {"$set": {"role": None}})
+            self.role[_id] = None
+        elif op < 0.75:
+            self.users.update_one({"_id": _id}, {"$unset": {"role": ""}})
+            self.role[_id] = None
+        elif op < 0.98:
+            # A change of tier resets the role the application derives from it.
+            tier = self.rng.choice(["free", "paid"])
+            self.users.update_one({"_id": _id}, {"$set": {"tier": tier},
+                                                 "$unset": {"role": ""}})
+            self.tier[_id] = tier
+            self.role[_id] = None
+        else:
+            self.users.delete_one({"_id": _id})
+            self.deleted.add(_id)
+        return True
