@@ -96,7 +96,7 @@ COSTLY_ITEMS = textwrap.dedent('''
 
     @migration(collection="items", batch_size=1000)
     def price_total(doc, ctx):
-        time.sleep(0.0001)
+        time.sleep(0.0001)  # the cost of a document, not synchronisation
         marker = os.environ.get("CDC_TEST_CRASH_MARKER")
         if marker and next(calls) == int(os.environ["CDC_TEST_CRASH_AT"]) \\
                 and not os.path.exists(marker):
