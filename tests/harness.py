@@ -52,6 +52,14 @@ FAST_JVM = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]  # quick to start, en
 
 # ------------------------------------------------------------------------------ the services
 
+
+def examples(count: int) -> int:
+    """How many examples a property test tries: ``count``, or a tenth of it (at least 10) when
+    ``CDC_TEST_QUICK=1``. `make unit` sets it for a quick loop; `make test` (and CI) try all."""
+    if os.environ.get("CDC_TEST_QUICK") == "1":
+        return max(10, count // 10)
+    return count
+
 def uri_for(database: str) -> str:
     """MONGO_BASE with its path replaced by ``database``."""
     head, _, tail = MONGO_BASE.partition("://")

@@ -42,6 +42,8 @@ from cdc_migrator.base.events import (
 )
 from cdc_migrator.testing import change_envelope, snapshot_envelope
 
+from .harness import examples
+
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = ROOT / "schemas" / "envelope.avsc"  # the one people read and edit
 SCHEMA_JSON = json.loads(SCHEMA_FILE.read_text())
@@ -561,7 +563,7 @@ def test_every_single_byte_mutation_is_an_envelope_or_poison() -> None:
                 pass
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=300))
 def test_fuzz_body_after_a_valid_header(body: bytes) -> None:
     try:
@@ -862,7 +864,7 @@ def documents(draw: st.DrawFn) -> dict[str, Any]:
     return dict(items)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     documents(),
     st.none() | st.builds(Timestamp, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
@@ -878,7 +880,7 @@ def test_property_arbitrary_documents_round_trip(doc: dict[str, Any], ts: Timest
     assert key_bytes(got.key) == key_bytes(doc["_id"])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(_VALUES)
 def test_property_arbitrary_ids_round_trip_as_keys(_id: Any) -> None:
     kb = key_bytes(_id)
@@ -901,7 +903,7 @@ def _same_as_encode(value: bytes, envelope: Envelope) -> None:
     assert encode(dataclasses.replace(envelope, emitted_at=got.emitted_at)) == value
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(documents())
 def test_raw_encoder_snapshot_is_byte_for_byte_encode(doc: dict[str, Any]) -> None:
     encoder = events.RawEncoder("users-v2", "app", "users")
@@ -926,7 +928,7 @@ def test_raw_encoder_snapshot_of_objectid_documents_and_bad_input() -> None:
         encoder.snapshot({"name": "no id"})
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(documents(), min_size=1, max_size=6))
 def test_raw_encoder_snapshot_batch_is_byte_for_byte_encode(docs: list[dict[str, Any]]) -> None:
     """A backfill batch: one record, several documents; every document comes back exact."""

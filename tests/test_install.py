@@ -29,6 +29,9 @@ import pytest
 
 from .harness import KAFKA, MONGO_BASE, ROOT
 
+# Each of these builds the wheel or installs it: slow, though no service is needed.
+pytestmark = pytest.mark.package
+
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 SCHEMA = (ROOT / "schemas" / "envelope.avsc").read_bytes()

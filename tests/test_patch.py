@@ -26,6 +26,8 @@ from cdc_migrator.base.patch import (
 from cdc_migrator.migration import _defined
 from cdc_migrator.testing import apply_to, matches_guard
 
+from .harness import examples
+
 
 def make(fn, collection: str = "things"):
     """A Migration from a plain function, without leaving it in the loader's registry."""
@@ -319,7 +321,7 @@ def transforms(draw):
     return make(transform)
 
 
-property_settings = settings(max_examples=300, deadline=None,
+property_settings = settings(max_examples=examples(300), deadline=None,
                              suppress_health_check=[HealthCheck.too_slow])
 
 
