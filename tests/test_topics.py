@@ -138,6 +138,40 @@ def readyz(port: int) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def test_a_consumer_whose_polls_return_nothing_while_it_has_lag_recovers_with_a_new_client(
+        db, settings, monkeypatch, caplog):
+    """Seen under load: a consumer restarted under its --instance-id got its three partitions
+    and then its polls returned nothing for minutes, 12,000 events behind, without a word.
+    Here its client's partitions are paused behind its back: its polls return, empty."""
+    monkeypatch.setattr(TransformConsumer, "STALL_AFTER", 3.0)
+    monkeypatch.setattr(TransformConsumer, "WATCH_INTERVAL", 0.5)
+    monkeypatch.setattr(TransformConsumer, "SESSION_TIMEOUT_MS", 10_000)
+    seed_users(db, 300)
+    migration = api.load(settings, NAME)
+    arm(settings, migration)
+    member = TransformConsumer(settings, migration)
+    thread = threading.Thread(target=member.run, daemon=True)
+    caplog.set_level(logging.WARNING, logger="cdc_migrator.consumer")
+    thread.start()
+    try:
+        client = wait_for(lambda: member._consumer is not None and member._assigned
+                          and member._consumer, what="the member with its partitions")
+        client.pause(*client.assignment())
+        api.backfill(settings, NAME, show_progress=False)  # work its polls never bring
+        wait_for(lambda: db.users.count_documents({"role": "user"}) == 300, timeout=90,
+                 what="every document migrated by a new client")
+    finally:
+        member.stop()
+        thread.join(timeout=60)
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "cdc_migrator.consumer" and "seems stuck" in r.getMessage()]
+    assert len(warnings) == 1 and "events behind" in warnings[0], warnings
+    assert member._consumer is not client
+    assert not thread.is_alive()
+    assert topics.group_lag(settings, settings.topic("users"),
+                            settings.group(migration.name)).total == 0
+
+
 def test_a_consumer_stuck_in_poll_reports_not_ready_and_recovers_with_a_new_client(
         db, settings, monkeypatch, caplog):
     monkeypatch.setattr(TransformConsumer, "STALL_AFTER", 3.0)

@@ -63,9 +63,11 @@ class ConsumeStats:
 class TransformConsumer:
     """One member of a migration's consumer group."""
 
-    #: A Kafka call (poll, commit, offsets) that has not returned for this long while the
-    #: member's partitions have lag means a stuck client (kafka-python was seen to hang in
-    #: poll()): it is recreated.
+    #: A Kafka call (poll, commit, offsets) that has not returned for this long, or polls
+    #: that have returned nothing for this long, while the member's partitions have lag mean
+    #: a stuck client (kafka-python was seen to hang in poll(), and, after a restart under
+    #: load, to return from it empty for minutes with three partitions assigned and 12,000
+    #: events behind): it is recreated.
     STALL_AFTER = 60.0
     WATCH_INTERVAL = 5.0  # how often the watching thread looks
     SESSION_TIMEOUT_MS = 30_000
@@ -93,6 +95,8 @@ class TransformConsumer:
         self._worker: threading.Thread | None = None  # the thread consuming, see _run
         self._waiting_since: float | None = None  # since when the worker waits on Kafka
         self._assigned: frozenset[TopicPartition] = frozenset()  # as of its last poll()
+        self._empty_since: float | None = None  # since when its polls have returned nothing
+        self._last_poll = 0.0  # when its last poll returned
         self.retry = Retrier(settings, log, self.stopping)
         self._dlq = topics.Publisher(settings, self.retry)
 
@@ -144,6 +148,7 @@ class TransformConsumer:
             worker = threading.Thread(target=self._work, args=(failed,), daemon=True,
                                       name=f"consume-{self.migration.name}-client")
             self._worker, self._waiting_since, self._assigned = worker, None, frozenset()
+            self._empty_since = None
             worker.start()
             while worker.is_alive() and not self._stalled():
                 worker.join(timeout=self.WATCH_INTERVAL)
@@ -161,9 +166,17 @@ class TransformConsumer:
         """True when the worker has waited on one Kafka call for :attr:`STALL_AFTER` seconds
         while the partitions assigned to it have lag (measured with a client of its own): no
         progress where there is work. Reported (log, state: status and /readyz) at once."""
-        since = self._waiting_since
-        if since is None or self._paused or time.monotonic() - since < self.STALL_AFTER:
+        now, since, empty = time.monotonic(), self._waiting_since, self._empty_since
+        waiting = since is not None and now - since >= self.STALL_AFTER
+        # Polls still returning, and returning nothing, with partitions assigned. (Not while
+        # it is off doing something else, such as riding out a MongoDB outage.)
+        starved = (empty is not None and now - empty >= self.STALL_AFTER and bool(self._assigned)
+                   and now - self._last_poll < 2 * self.WATCH_INTERVAL + 1)
+        if self._paused or not (waiting or starved):
             return False
+        if not waiting:
+            since = empty
+        assert since is not None
         try:
             lag = topics.group_lag(self.settings, self.topic,
                                    self.settings.group(self.migration.name))
@@ -176,7 +189,7 @@ class TransformConsumer:
                      if TopicPartition(self.topic, p.partition) in mine)
         if not behind:
             return False
-        idle = time.monotonic() - since
+        idle = now - since
         message = (f"no progress for {idle:.0f}s while its partitions are {behind:,} events "
                    "behind: the Kafka client seems stuck; recreating it")
         log.warning("%s", message)
@@ -266,7 +279,7 @@ class TransformConsumer:
                     self.kafka.pause(*assignment)
                 else:
                     self.kafka.resume(*self.kafka.paused())
-                self._paused = paused
+                self._paused, self._empty_since = paused, None  # a pause's quiet is no stall
                 log.info("paused: holding the position" if paused else "resumed")
             elif paused:
                 # Each check while paused (at -v): the sign that the consumer is alive and
@@ -414,6 +427,11 @@ class TransformConsumer:
             with self._waiting_on_kafka():
                 polled = consumer.poll(timeout_ms=timeout_ms)
             self._assigned = frozenset(consumer.assignment())
+            self._last_poll = time.monotonic()
+            if polled:
+                self._empty_since = None
+            elif self._empty_since is None:
+                self._empty_since = self._last_poll
             return polled
         except NoOffsetForPartitionError as exc:
             fresh = exc.args[0] if exc.args and isinstance(exc.args[0], (set, frozenset)) \
