@@ -1,19 +1,25 @@
-"""Benchmarks of cdc-migrator: throughput, change-to-applied latency, and peak memory.
+"""Benchmarks of cdc-migrator against a careful hand-written loop: throughput, client CPU per
+document, change-to-applied latency, and peak memory.
 
-    .venv/bin/python bench/run.py [--docs 100000] [--repeat 3] [--only throughput,latency,memory]
-                                  [--mongodb-uri URI] [--kafka HOST:PORT]
+    .venv/bin/python bench/run.py [--docs 300000] [--repeat 3] [--only throughput,latency,memory]
+                                  [--methods loop,apply,...] [--mongodb-uri URI] [--kafka HOST:PORT]
 
 (``make bench`` starts the local services and runs this with ``$(BENCH_ARGS)``.) Every
 measurement runs in a database and on topics of its own, which are dropped afterwards, so the
 services may be shared. See docs/benchmarks.md for what is measured and the figures.
 
-1. Throughput: the same "add a field with a default" migration, each time on a freshly seeded
-   collection, run five ways: the server alone (``update_many``), two well-written direct
-   pymongo loops (one sorted cursor; or re-queried ``_id`` ranges), ``apply`` (the Python API)
-   and the full pipeline (``run_pipeline``: tail + backfill + consume until the lag is zero).
-2. Latency: application inserts at a steady rate while ``cdc-migrator tail`` and
-   ``cdc-migrator consume`` run as processes; a change stream sees when each document got the
-   migrated field.
+The migration is the one of issue 17: split ``fullName`` into ``first`` and ``last`` and unset
+``fullName``, declared with ``filter={"fullName": {"$exists": True}}`` as a user would.
+
+1. Throughput: each method on a freshly seeded collection, every method once per round, the
+   order rotated from round to round; medians of the rounds, ratios paired per round against
+   the careful loop. Start-up (until the first document is applied) and the drain (after the
+   last) are reported apart from the steady-state rate (the middle 80% of the documents).
+   Client CPU is that of every process of the tool (or of the loop), the local server's and
+   the broker's apart.
+2. Latency: application inserts at a steady rate (1,500/s by default, from several writer
+   threads) while ``cdc-migrator tail`` and ``cdc-migrator consume`` run as processes; a change
+   stream sees when each document was migrated.
 3. Memory: peak RSS of ``cdc-migrator backfill`` and ``cdc-migrator consume`` processes at two
    collection sizes ten times apart.
 """
@@ -34,7 +40,10 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,65 +54,100 @@ from pymongo import UpdateOne
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cdc_migrator.apply.shortcut.shortcut import apply_migration  # noqa: E402
-
-from cdc_migrator.apply.consumer import group_id  # noqa: E402
-from cdc_migrator.base import topics  # noqa: E402
-from cdc_migrator.base.settings import Settings  # noqa: E402
-from cdc_migrator.capture.tailer import arm  # noqa: E402
-from cdc_migrator.demo_data import FIRST_NAMES, LAST_NAMES, WORDS  # noqa: E402
+from cdc_migrator import topics  # noqa: E402
+from cdc_migrator.apply import apply_migration  # noqa: E402
+from cdc_migrator.config import Settings  # noqa: E402
+from cdc_migrator.consumer import group_id  # noqa: E402
 from cdc_migrator.migration import get_migration  # noqa: E402
-from cdc_migrator.pipeline import run_pipeline  # noqa: E402
+from cdc_migrator.runner import run_pipeline  # noqa: E402
+from cdc_migrator.tailer import arm  # noqa: E402
 
 COLLECTION = "bench_users"
-MIGRATION = "bench_add_tier"
-FIELD, DEFAULT = "tier", "standard"
+MIGRATION = "bench_split_full_name"
+# What the migration declares and the loops query: the documents still holding a fullName.
+FILTER: dict[str, Any] = {"fullName": {"$exists": True}}
 TRANSFORM_SOURCE = f'''\
-from cdc_migrator import migration
+from cdc_migrator import UNSET, migration
 
 
-@migration(collection="{COLLECTION}", filter={{"{FIELD}": {{"$exists": False}}}})
+@migration(collection="{COLLECTION}", filter={{"fullName": {{"$exists": True}}}})
 def {MIGRATION}(doc, ctx):
-    if "{FIELD}" not in doc:
-        return {{"{FIELD}": "{DEFAULT}"}}
-    return None
+    full = doc.get("fullName")
+    if not isinstance(full, str):
+        return None  # not a name to split: left for a person to look at
+    first, _, last = full.partition(" ")
+    return {{"first": first, "last": last, "fullName": UNSET}}
 '''
+# The loops write 1,000 updates per bulk write (issue 17's careful loop).
+LOOP_BATCH = 1000
 
-TARGETS = {"pipeline": 0.8, "pipeline_procs": 0.8, "apply": 0.95, "latency_p99_ms": 500.0,
-           "memory_growth": 1.2}
-METHODS = ("server", "direct", "direct_range", "apply", "pipeline", "pipeline_procs")
-LABELS = {
-    "server": "server-side update_many",
-    "direct": "direct loop (one cursor)",
-    "direct_range": "direct loop (_id ranges)",
-    "apply": "cdc-migrator apply",
-    "pipeline": "pipeline (tail+backfill+consume)",
-    "pipeline_procs": "pipeline as processes",
+TARGETS: dict[str, float] = {
+    "apply": 0.95, "pipeline": 0.8, "pipeline_procs": 0.8,  # x the careful loop's rate
+    "cpu_apply": 1.5, "cpu_pipeline": 3.0,  # client CPU per document, x the loop's (at most)
+    "latency_p99_ms": 100.0, "latency_rate": 1500.0, "memory_growth": 1.2,
 }
+RATE_TARGETS = {"apply": "apply", "pipeline": "pipeline", "pipeline_procs": "pipeline_procs"}
+CPU_TARGETS = {"apply": "cpu_apply", "pipeline": "cpu_pipeline", "pipeline_procs": "cpu_pipeline"}
+BASELINE = "loop"
+METHODS = ("loop", "loop_id", "loop_expr", "server", "apply", "pipeline", "pipeline_procs")
+LABELS = {
+    "loop": "careful loop (baseline)",
+    "loop_id": "loop, _id-only filter",
+    "loop_expr": "careful loop, $expr guard",
+    "server": "server alone (update_many)",
+    "apply": "cdc-migrator apply",
+    "pipeline": "run (pipeline, one process)",
+    "pipeline_procs": "tail+consume+backfill procs",
+}
+TOOL_METHODS = ("apply", "pipeline", "pipeline_procs")
 
 # --------------------------------------------------------------------------- data
 
+_FIRST = ["Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Margaret",
+          "Dennis", "Katherine", "John", "Radia", "Tim", "Sophie", "Linus", "Hedy", "Niklaus",
+          "Mary", "James", "Wei", "Aiko", "Fatima", "Carlos", "Priya", "Olga", "Kwame", "Ana",
+          "José", "Zoë", "Søren", "Björn", "Łucja", "Chloé"]
+_LAST = ["Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson",
+         "Hamilton", "Ritchie", "Johnson", "McCarthy", "Perlman", "Berners-Lee", "Wilson",
+         "Torvalds", "Lamarr", "Wirth", "Smith", "Garcia", "Chen", "Tanaka", "Okafor", "Silva",
+         "Patel", "Ivanova", "Mensah", "van der Berg", "Müller", "Nguyễn", "Ødegård", "Åström"]
+_WORDS = ["orbit", "lumen", "quartz", "delta", "harbor", "maple", "cobalt", "ember", "atlas",
+          "cedar", "nova", "pixel", "summit", "tundra", "vertex", "willow"]
 _CITIES = ["Amsterdam", "Berlin", "Lisbon", "Oslo", "Nairobi", "Osaka", "Austin", "Lima"]
 _COUNTRIES = ["NL", "DE", "PT", "NO", "KE", "JP", "US", "PE"]
 _BASE = dt.datetime(2021, 1, 1, tzinfo=dt.UTC)
 
 
+def _ascii(text: str) -> str:
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().replace(" ", "")
+
+
+def full_name(rng: random.Random) -> str:
+    """A person's name as an application stores it: "First Last", sometimes with a middle
+    name; about a fifth of them have a letter outside ASCII."""
+    first, last = rng.choice(_FIRST), rng.choice(_LAST)
+    if rng.random() < 0.15:
+        return f"{first} {rng.choice(_FIRST)} {last}"
+    return f"{first} {last}"
+
+
 def make_doc(rng: random.Random, i: int) -> dict[str, Any]:
-    """A user document of the old shape: 11 fields, about 400 bytes of BSON, no ``tier``."""
-    first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+    """A user document of the old shape: 11 fields, about 300 bytes of BSON, a ``fullName``."""
+    name = full_name(rng)
     created = _BASE + dt.timedelta(seconds=rng.randrange(3 * 365 * 86400))
     city = rng.randrange(len(_CITIES))
+    parts = name.split(" ")
     return {
         "_id": ObjectId(),
-        "name": f"{first} {last}",
-        "email": f"{first.lower()}.{last.lower()}{i}@example.com",
+        "fullName": name,
+        "email": f"{_ascii(parts[0]).lower()}.{_ascii(parts[-1]).lower()}{i}@example.com",
         "age": rng.randint(18, 90),
         "createdAt": created,
         "lastLoginAt": created + dt.timedelta(seconds=rng.randrange(86400 * 90)),
         "active": rng.random() < 0.8,
         "score": round(rng.random() * 100, 2),
-        "tags": rng.sample(WORDS, k=rng.randint(0, 4)),
-        "address": {"street": f"{rng.randint(1, 999)} {rng.choice(WORDS).title()} Street",
+        "tags": rng.sample(_WORDS, k=rng.randint(0, 4)),
+        "address": {"street": f"{rng.randint(1, 999)} {rng.choice(_WORDS).title()} Street",
                     "city": _CITIES[city], "zip": f"{rng.randint(10000, 99999)}",
                     "country": _COUNTRIES[city]},
         "logins": rng.randint(0, 5000),
@@ -140,6 +184,9 @@ class Bench:
         self.cpu = CpuMeter({"mongo": local_server_pid(args.mongodb_uri, 27017),
                              "kafka": local_server_pid("kafka://" + args.kafka.split(",")[0],
                                                        9092)})
+        self.profile_dir = Path(args.py_spy) if args.py_spy else None
+        if self.profile_dir:
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
 
     def fresh(self, label: str) -> Settings:
         """Settings of a new database, topic prefix and group, all unique to this call."""
@@ -154,9 +201,22 @@ class Bench:
             partitions=self.args.partitions,
         )
 
+    def collection(self, settings: Settings) -> Any:
+        """The migrated collection through the benchmark's own client (not the tool's)."""
+        return self.client[settings.database_name][COLLECTION]
+
     def env(self, settings: Settings) -> dict[str, str]:
         """The environment of a ``cdc-migrator`` subprocess using ``settings``."""
         return {**os.environ, **settings.environment()}
+
+    def truncate_history(self) -> None:
+        """With --truncate-history: drop the local server's change history (a test-only
+        command of the local server; meaningless on MongoDB, where it does not exist)."""
+        if self.args.truncate_history:
+            try:
+                self.client.admin.command({"truncateChangeHistory": 1})
+            except pymongo.errors.PyMongoError:
+                pass
 
     def cleanup(self, settings: Settings) -> None:
         settings.close()
@@ -167,13 +227,7 @@ class Bench:
             topics.delete_group(settings, group_id(settings, self.migration))
         except Exception as exc:  # clean-up is best effort
             print(f"  (could not delete topic {topic}: {exc})", file=sys.stderr)
-        if self.args.truncate_history:
-            # Test-only command of the local server: frees the change history the seeding
-            # filled. Meaningless on MongoDB (the command does not exist there).
-            try:
-                self.client.admin.command({"truncateChangeHistory": 1})
-            except pymongo.errors.PyMongoError:
-                pass
+        self.truncate_history()
 
     def close(self) -> None:
         self.client.close()
@@ -225,6 +279,16 @@ def listening_pid(port: int) -> int | None:
     return None
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds every core of this machine spent busy so far (/proc/stat), whoever's."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+        return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+
+
 def cpu_seconds(pid: int | None) -> float | None:
     """User + system CPU seconds a process has used so far."""
     if pid is None:
@@ -237,89 +301,246 @@ def cpu_seconds(pid: int | None) -> float | None:
 
 
 class CpuMeter:
-    """CPU seconds used by this process and by the two servers between start and stop."""
+    """CPU seconds of this process, its waited-for children, the processes of the tool that
+    run meanwhile (``procs``), and the two local servers."""
 
-    def __init__(self, pids: dict[str, int | None]) -> None:
-        self.pids = pids
-        self.ours: list[int] = []  # running processes of ours (pipeline as processes)
+    def __init__(self, servers: dict[str, int | None]) -> None:
+        self.servers = servers
+        self.procs: dict[str, int] = {}  # name -> pid: running processes of the tool
 
     def sample(self) -> dict[str, float | None]:
-        """"bench" is ours: this process, its children waited for, and those in ``ours``."""
-        usage = resource.getrusage(resource.RUSAGE_SELF)
+        own = resource.getrusage(resource.RUSAGE_SELF)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        mine = usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
         out: dict[str, float | None] = {
-            "bench": mine + sum(cpu_seconds(pid) or 0.0 for pid in self.ours)}
-        for name, pid in self.pids.items():
-            out[name] = cpu_seconds(pid)
+            "self": own.ru_utime + own.ru_stime,
+            "children": children.ru_utime + children.ru_stime,
+            "machine": machine_busy_seconds(),
+            **{name: cpu_seconds(pid) for name, pid in self.servers.items()},
+            **{f"proc:{name}": cpu_seconds(pid) for name, pid in self.procs.items()}}
         return out
 
     @staticmethod
-    def delta(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, Any]:
-        return {k: round(after[k] - v, 2) if v is not None and after[k] is not None else None
-                for k, v in before.items()}
+    def delta(before: dict[str, float | None], after: dict[str, float | None]
+              ) -> dict[str, float | None]:
+        return {k: round(after[k] - v, 3) if v is not None and after.get(k) is not None
+                else None for k, v in before.items()}
 
 
 def unmigrated(coll: Any) -> int:
-    return coll.count_documents({FIELD: {"$exists": False}})
+    return coll.count_documents(FILTER)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Timeline:
+    """Documents applied so far, noted as (seconds since the clock started, count) whenever
+    the count changes."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.points: list[tuple[float, int]] = []
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        self.points = []
+
+    def note(self, applied: int) -> None:
+        if not self.points or applied != self.points[-1][1]:
+            self.points.append((round(time.perf_counter() - self.started, 4), applied))
+
+    @property
+    def applied(self) -> int:
+        return self.points[-1][1] if self.points else 0
+
+
+class StateWatcher:
+    """Polls the migration's state document for its count of applied documents (the count
+    ``status`` shows; apply and the consumer add to it after every batch they wrote), so the
+    tool's methods get a timeline too. Its own CPU is measured, to be left out of the tool's."""
+
+    def __init__(self, bench: Bench, settings: Settings, timeline: Timeline,
+                 interval: float = 0.05) -> None:
+        self.coll = bench.client[settings.database_name][settings.state_collection]
+        self.timeline = timeline
+        self.interval = interval
+        self.cpu_s = 0.0
+        self.last_change = time.monotonic()
+        self._seen = -1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="bench-watcher")
+        self._thread.start()
+
+    def _poll(self) -> None:
+        doc = self.coll.find_one({"_id": MIGRATION}, {"counts.applied": 1}) or {}
+        applied = (doc.get("counts") or {}).get("applied", 0)
+        if applied != self._seen:
+            self._seen, self.last_change = applied, time.monotonic()
+        self.timeline.note(applied)
+
+    def stalled(self, seconds: float) -> bool:
+        """Whether no document was applied for ``seconds``."""
+        return time.monotonic() - self.last_change > seconds
+
+    def _run(self) -> None:
+        started = time.thread_time()
+        while not self._stop.wait(self.interval):
+            self._poll()
+            self.cpu_s = time.thread_time() - started
+        self._poll()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def phases(points: list[tuple[float, int]], total: int, seconds: float) -> dict[str, Any]:
+    """Fixed costs and the steady-state rate, from a timeline of applied documents.
+
+    ``first_applied_s``: the clock's start until the first document was applied (start-up,
+    group join, the first batch). ``drain_s``: the last document applied until the method was
+    done. ``steady_docs_per_s``: the rate between the points where 10% and 90% of ``total``
+    were applied (the first points at or past them: the counts move in batches).
+    ``first_to_last_docs_per_s``: the documents applied after the first point, over the time
+    from it to the last.
+    """
+    applied = [(t, n) for t, n in points if n > 0]
+    if not applied:
+        return {}
+    t_first, n_first = applied[0]
+    t_last, n_last = next(((t, n) for t, n in applied if n >= total), applied[-1])
+    out: dict[str, Any] = {"first_applied_s": round(t_first, 3),
+                           "last_applied_s": round(t_last, 3),
+                           "drain_s": round(max(0.0, seconds - t_last), 3),
+                           "steady_docs_per_s": None, "first_to_last_docs_per_s": None}
+    if t_last > t_first:
+        out["first_to_last_docs_per_s"] = round((n_last - n_first) / (t_last - t_first), 1)
+    low = next(((t, n) for t, n in applied if n >= 0.1 * total), None)
+    high = next(((t, n) for t, n in applied if n >= 0.9 * total), None)
+    if low and high and high[0] > low[0]:
+        out["steady_docs_per_s"] = round((high[1] - low[1]) / (high[0] - low[0]), 1)
+        out["steady_window"] = [low[0], high[0], low[1], high[1]]
+    return out
 
 
 # --------------------------------------------------------------------------- 1. throughput
 
 
-def run_server(bench: Bench, settings: Settings) -> None:
-    settings.db[COLLECTION].update_many({FIELD: {"$exists": False}}, {"$set": {FIELD: DEFAULT}})
+@dataclass
+class Run:
+    """What a method's runner gets beside the settings of its database."""
+
+    docs: int
+    timeline: Timeline
+    watcher: StateWatcher | None = None  # the tool's methods: its state's count of applied
+    always_on: AlwaysOn | None = None  # pipeline_procs: tail and consume, running
 
 
-def _patch(doc: dict[str, Any]) -> dict[str, Any] | None:
-    return {FIELD: DEFAULT} if FIELD not in doc else None
+def split(full: str) -> dict[str, Any]:
+    """The loops' version of the migration's transform: the same update."""
+    first, _, last = full.partition(" ")
+    return {"$set": {"first": first, "last": last}, "$unset": {"fullName": ""}}
 
 
-def run_direct(bench: Bench, settings: Settings) -> None:
-    """One sorted cursor over the unmigrated documents; an unordered bulk write per batch."""
-    coll = settings.db[COLLECTION]
-    size = bench.args.batch_size or 1000
-    ops: list[UpdateOne] = []
-    for doc in coll.find({FIELD: {"$exists": False}}, sort=[("_id", 1)], batch_size=size):
-        patch = _patch(doc)
-        if patch:
-            ops.append(UpdateOne({"_id": doc["_id"]}, {"$set": patch}))
-        if len(ops) >= size:
-            coll.bulk_write(ops, ordered=False)
-            ops = []
-    if ops:
-        coll.bulk_write(ops, ordered=False)
+def careful_filter(doc_id: Any, full: str) -> dict[str, Any]:
+    """Pins ``_id`` and the one field the loop read, by plain equality."""
+    return {"_id": doc_id, "fullName": full}
 
 
-def run_direct_range(bench: Bench, settings: Settings) -> None:
-    """A find per batch, by ``_id`` range with the filter; an unordered bulk write per batch."""
-    coll = settings.db[COLLECTION]
-    size = bench.args.batch_size or 1000
-    last = None
-    while True:
-        query: dict[str, Any] = {FIELD: {"$exists": False}}
-        if last is not None:
-            query["_id"] = {"$gt": last}
-        docs = list(coll.find(query, sort=[("_id", 1)], limit=size))
-        if not docs:
-            return
-        last = docs[-1]["_id"]
-        ops = [UpdateOne({"_id": d["_id"]}, {"$set": p}) for d in docs if (p := _patch(d))]
+def id_filter(doc_id: Any, full: str) -> dict[str, Any]:
+    """``_id`` alone: overwrites a concurrent change of ``fullName`` (not a safe loop)."""
+    return {"_id": doc_id}
+
+
+def expr_filter(doc_id: Any, full: str) -> dict[str, Any]:
+    """The guard ``patch.guard_filter`` writes (at commit 6ec40d2) for a present field the
+    loop read: ``$exists`` and an ``$expr`` equality. Written out here on purpose, so that this
+    row keeps measuring the ``$expr`` guard whatever the package writes later."""
+    return {"_id": doc_id, "fullName": {"$exists": True},
+            "$expr": {"$eq": ["$fullName", {"$literal": full}]}}
+
+
+def run_loop(bench: Bench, settings: Settings, run: Run,
+             guard: Callable[[Any, str], dict[str, Any]]) -> dict[str, Any]:
+    """One sorted cursor over the documents to migrate; an unordered bulk write of 1,000
+    ``UpdateOne`` at a time, each filtered by ``guard``. A client of pymongo's defaults, as a
+    person writing the loop would make it."""
+    client = pymongo.MongoClient(settings.mongodb_uri)
+    try:
+        coll = client[settings.database_name][COLLECTION]
+        ops: list[UpdateOne] = []
+        matched = 0
+        for doc in coll.find(FILTER, sort=[("_id", 1)], batch_size=LOOP_BATCH):
+            full = doc.get("fullName")
+            if not isinstance(full, str):
+                continue
+            ops.append(UpdateOne(guard(doc["_id"], full), split(full)))
+            if len(ops) >= LOOP_BATCH:
+                matched += coll.bulk_write(ops, ordered=False).matched_count
+                run.timeline.note(matched)
+                ops = []
         if ops:
-            coll.bulk_write(ops, ordered=False)
+            matched += coll.bulk_write(ops, ordered=False).matched_count
+            run.timeline.note(matched)
+        return {"matched": matched}
+    finally:
+        client.close()
 
 
-def run_apply(bench: Bench, settings: Settings) -> None:
+def run_server(bench: Bench, settings: Settings, run: Run) -> None:
+    """The server alone, for its share: the same update shape with constant values (the local
+    server has no pipeline updates, so it cannot split the name itself)."""
+    result = bench.collection(settings).update_many(
+        FILTER, {"$set": {"first": "First", "last": "Last"}, "$unset": {"fullName": ""}})
+    run.timeline.note(result.modified_count)
+
+
+def run_apply(bench: Bench, settings: Settings, run: Run) -> None:
     apply_migration(settings, bench.migration, batch_size=bench.args.batch_size,
                     show_progress=False)
 
 
-def run_pipeline_method(bench: Bench, settings: Settings) -> dict[str, Any]:
-    report = run_pipeline(settings, bench.migration, batch_size=bench.args.batch_size,
-                          show_progress=False, settle=0.0, timeout=bench.args.timeout)
+def run_pipeline_method(bench: Bench, settings: Settings, run: Run) -> dict[str, Any]:
+    watcher = run.watcher
+    assert watcher is not None
+    stop, finished = threading.Event(), threading.Event()
+    stalled: list[str] = []
+
+    def watchdog() -> None:
+        while not finished.wait(1.0):
+            if watcher.stalled(bench.args.stall):
+                stalled.append(dump_stacks(bench, os.getpid(), "pipeline-stall"))
+                stop.set()
+                return
+
+    dog = threading.Thread(target=watchdog, daemon=True, name="bench-watchdog")
+    dog.start()
+    try:
+        report = run_pipeline(settings, bench.migration, batch_size=bench.args.batch_size,
+                              show_progress=False, settle=0.0, timeout=bench.args.timeout,
+                              stop=stop)
+    finally:
+        finished.set()
+        dog.join()
+    if stalled:
+        raise RuntimeError(f"no document applied for {bench.args.stall:.0f} s, at "
+                           f"{run.timeline.applied:,} applied (stacks: {stalled[0]})")
     if not report.drained or report.lag:
         raise RuntimeError(f"pipeline did not drain: lag {report.lag}")
     return {"counts": report.counts}
+
+
+def dump_stacks(bench: Bench, pid: int, name: str) -> str:
+    """The Python stacks of every thread of ``pid`` into a file (py-spy dump), for a stall."""
+    path = Path(bench.args.output) / f"stacks-{bench.run_id}-{name}-{pid}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        return "py-spy not installed"
+    with open(path, "w") as out:
+        subprocess.run([str(spy), "dump", "--nonblocking", "--pid", str(pid)], stdout=out,
+                       stderr=subprocess.STDOUT, timeout=60)
+    return str(path)
 
 
 def group_stable(admin: Any, group: str) -> bool:
@@ -339,155 +560,254 @@ class AlwaysOn:
 
     def __init__(self, bench: Bench, settings: Settings) -> None:
         self.bench = bench
+        started = time.perf_counter()
         arm(settings, bench.migration)
-        self.procs = [Subprocess(bench, settings, command, MIGRATION,
-                                 name=f"{settings.group_id}-{command}")
-                      for command in ("tail", "consume")]
+        self.procs = {command: Subprocess(bench, settings, command, MIGRATION,
+                                          name=f"{settings.group_id}-{command}")
+                      for command in ("tail", "consume")}
         admin = topics.admin(settings)
         group = group_id(settings, bench.migration)
         try:
             def joined() -> bool:
-                if any(p.proc.poll() is not None for p in self.procs):
+                if any(p.proc.poll() is not None for p in self.procs.values()):
                     raise RuntimeError("tail or consume exited; see their logs in "
                                        f"{tempfile.gettempdir()}/cdc-bench-*")
                 return group_stable(admin, group)
-            wait_for(joined, 120, "the consumer to join its group", interval=0.5)
+            wait_for(joined, 120, "the consumer to join its group", interval=0.2)
         except BaseException:
             self.close()
             raise
         finally:
             admin.close()
-        bench.cpu.ours = [p.proc.pid for p in self.procs]
+        self.setup_s = round(time.perf_counter() - started, 2)
+        bench.cpu.procs = {name: p.proc.pid for name, p in self.procs.items()}
 
     def close(self) -> None:
-        if os.environ.get("CDC_BENCH_DEBUG"):
-            print("   ", {p.proc.args[3]: cpu_seconds(p.proc.pid) for p in self.procs})
-        self.bench.cpu.ours = []
-        for p in self.procs:
+        self.bench.cpu.procs = {}
+        for p in self.procs.values():
             p.stop()
 
 
-def run_pipeline_processes(bench: Bench, settings: Settings) -> dict[str, Any]:
+def run_pipeline_processes(bench: Bench, settings: Settings, run: Run) -> dict[str, Any]:
     """``cdc-migrator backfill`` as a process, beside the always-on tail and consume, until
-    every document is migrated and the group's lag is zero."""
+    every document is applied (the state's count) and the group's lag is zero."""
     timeout = bench.args.timeout
+    watcher, always_on, timeline = run.watcher, run.always_on, run.timeline
+    assert watcher is not None and always_on is not None
     backfill = Subprocess(bench, settings, "backfill", MIGRATION, "-q",
                           *(["--batch-size", str(bench.args.batch_size)]
                             if bench.args.batch_size else []),
                           name=f"{settings.group_id}-backfill")
-    started = time.perf_counter()
     if backfill.wait(timeout) != 0:
-        raise RuntimeError(f"backfill exited with {backfill.returncode}")
-    backfill_seconds = time.perf_counter() - started
-    coll = settings.db[COLLECTION]
+        raise RuntimeError(f"backfill exited with {backfill.returncode} (log {backfill.log.name})")
+    backfill_seconds = time.perf_counter() - timeline.started
+    total = run.docs
+
+    def applied() -> bool:
+        if watcher.stalled(bench.args.stall):
+            where = dump_stacks(bench, always_on.procs["consume"].proc.pid, "consume-stall")
+            raise RuntimeError(f"no document applied for {bench.args.stall:.0f} s, at "
+                               f"{timeline.applied:,} applied (consumer's stacks: {where})")
+        return timeline.applied >= total
+    wait_for(applied, timeout, "every document to be applied", interval=0.02)
     topic, group = settings.topic(COLLECTION), group_id(settings, bench.migration)
-    if os.environ.get("CDC_BENCH_DEBUG"):
-        print(f"    backfill done after {backfill_seconds:.1f} s, lag then "
-              f"{topics.group_lag(settings, topic, group).total}")
-    # The lag first: counting the unmigrated documents scans the collection (not to be done
-    # ten times a second while the pipeline works).
-    wait_for(lambda: topics.group_lag(settings, topic, group).total == 0 and unmigrated(coll) == 0,
-             timeout, "the pipeline to drain", interval=0.1)
+    wait_for(lambda: topics.group_lag(settings, topic, group).total == 0, timeout,
+             "the group's lag to be zero", interval=0.1)
     return {"backfill_seconds": round(backfill_seconds, 2)}
 
 
-RUNNERS = {"server": run_server, "direct": run_direct, "direct_range": run_direct_range,
-           "apply": run_apply, "pipeline": run_pipeline_method,
-           "pipeline_procs": run_pipeline_processes}
-# Set up before the clock starts; closed after it stopped.
-PREPARE = {"pipeline_procs": AlwaysOn}
+RUNNERS: dict[str, Callable[[Bench, Settings, Run], Any]] = {
+    "loop": lambda b, s, r: run_loop(b, s, r, careful_filter),
+    "loop_id": lambda b, s, r: run_loop(b, s, r, id_filter),
+    "loop_expr": lambda b, s, r: run_loop(b, s, r, expr_filter),
+    "server": run_server, "apply": run_apply, "pipeline": run_pipeline_method,
+    "pipeline_procs": run_pipeline_processes,
+}
+
+
+class SelfProfile:
+    """With --py-spy DIR: py-spy records this process while an in-process method runs."""
+
+    def __init__(self, bench: Bench, name: str) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        if bench.profile_dir is None:
+            return
+        out = bench.profile_dir / f"{name}.txt"
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(os.getpid()),
+             "-f", "raw", "-o", str(out), *bench.args.py_spy_args.split()],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # py-spy attaches before the clock starts
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+            self.proc.wait(60)
+
+
+def measure(bench: Bench, method: str, docs: int, round_no: int) -> dict[str, Any]:
+    """One run of ``method`` on a freshly seeded collection of ``docs`` documents."""
+    args = bench.args
+    settings = bench.fresh(method)
+    prepared: AlwaysOn | None = None
+    watcher: StateWatcher | None = None
+    profile: SelfProfile | None = None
+    try:
+        seeded = seed(bench.collection(settings), docs)
+        bench.truncate_history()  # the seeding's inserts are history nothing needs
+        time.sleep(args.pause)
+        setup: dict[str, Any] = {}
+        if method == "pipeline_procs":
+            prepared = AlwaysOn(bench, settings)
+            setup["setup_s"] = prepared.setup_s
+            if bench.profile_dir:
+                for name, p in prepared.procs.items():
+                    p.profile(bench, f"{method}-r{round_no}-{name}")
+        elif bench.profile_dir:
+            profile = SelfProfile(bench, f"{method}-r{round_no}")
+        timeline = Timeline()
+        if method in TOOL_METHODS:
+            watcher = StateWatcher(bench, settings, timeline)
+        cpu_before = bench.cpu.sample()
+        timeline.start()
+        extra = RUNNERS[method](bench, settings, Run(docs, timeline, watcher, prepared)) or {}
+        seconds = time.perf_counter() - timeline.started
+        cpu = CpuMeter.delta(cpu_before, bench.cpu.sample())
+        watcher_cpu = watcher.cpu_s if watcher else 0.0
+        if watcher:
+            watcher.close()
+            watcher = None
+        if profile:
+            profile.close()
+            profile = None
+        left = unmigrated(bench.collection(settings))  # outside the clock
+        if left:
+            raise RuntimeError(f"{left} documents left unmigrated")
+        procs = {k[5:]: v for k, v in cpu.items() if k.startswith("proc:")}
+        if method == "pipeline_procs":
+            # The three processes of the tool: backfill (a child waited for) and the
+            # always-on two. This process only watched.
+            tool = (cpu["children"] or 0.0) + sum(v or 0.0 for v in procs.values())
+            procs["backfill"] = cpu["children"]
+            overhead = cpu["self"]
+        else:
+            tool = (cpu["self"] or 0.0) - watcher_cpu
+            overhead = watcher_cpu
+        run = {"round": round_no, "docs": docs, "seconds": round(seconds, 3),
+               "docs_per_s": round(docs / seconds, 1), "seed_seconds": round(seeded, 2),
+               **setup, **phases(timeline.points, docs, seconds),
+               "cpu_s": {"tool": round(tool, 3), "mongo": cpu.get("mongo"),
+                         "kafka": cpu.get("kafka"), "bench_overhead": round(overhead or 0.0, 3),
+                         # The machine's busy CPU not ours, the servers' or the tool's: the
+                         # other users of this machine, meanwhile (a sign of a disturbed run).
+                         "others": round((cpu["machine"] or 0.0) - tool - (overhead or 0.0)
+                                         - (cpu.get("mongo") or 0.0) - (cpu.get("kafka") or 0.0),
+                                         2),
+                         **({"by_process": procs} if procs else {})},
+               "timeline": timeline.points, **extra}
+        run["us_per_doc"] = {k: round(v / docs * 1e6, 2) if v is not None else None
+                             for k, v in run["cpu_s"].items()
+                             if k in ("tool", "mongo", "kafka")}
+        return run
+    finally:
+        if watcher:
+            watcher.close()
+        if profile:
+            profile.close()
+        if prepared is not None:
+            prepared.close()
+        bench.cleanup(settings)
 
 
 def throughput(bench: Bench) -> dict[str, Any]:
     args = bench.args
     methods = [m for m in args.methods.split(",") if m]
-    if "direct_range" in methods and args.docs > args.range_limit:
-        print(f"  direct_range skipped: {args.docs:,} documents > --range-limit "
-              f"{args.range_limit:,} (on the local server each range query scans and sorts the "
-              "whole collection)")
-        methods.remove("direct_range")
+    unknown = [m for m in methods if m not in RUNNERS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
     if args.warmup:
-        # A freshly started server (JIT compilation, a heap still growing) is slower at first.
-        for method in ("server", "direct"):
-            settings = bench.fresh(f"warmup_{method}")
+        # A freshly started server (JIT compilation, a heap still growing) is slower at first:
+        # every method once, unmeasured, on a small collection.
+        print(f"  warm-up: every method once on {args.warmup:,} documents (not measured)",
+              flush=True)
+        for method in methods:
             try:
-                seed(settings.db[COLLECTION], args.warmup)
-                RUNNERS[method](bench, settings)
-            finally:
-                bench.cleanup(settings)
+                measure(bench, method, args.warmup, 0)
+            except Exception as exc:  # the measured rounds will say
+                print(f"  warm-up {method} failed: {exc}", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     failures: dict[str, list[dict[str, Any]]] = {}
-    # The order rotates from round to round, so that no method always follows the same one
-    # (the local server's garbage collection after a heavy method bills the next one); the
-    # _id-range loop, by far the heaviest for the local server, always comes last.
-    rotating = [m for m in methods if m != "direct_range"]
     for round_no in range(1, args.repeat + 1):
-        shift = (round_no - 1) % max(1, len(rotating))
-        order = rotating[shift:] + rotating[:shift] + [m for m in methods if m == "direct_range"]
-        for method in order:
-            settings = bench.fresh(method)
-            coll = settings.db[COLLECTION]
-            prepared: Any = None
+        # The order rotates from round to round, so that no method always follows the same
+        # one (the local server's garbage collection after a heavy method bills the next).
+        shift = (round_no - 1) % len(methods)
+        for method in methods[shift:] + methods[:shift]:
+            load = os.getloadavg()[0]
             try:
-                seeded = seed(coll, args.docs)
-                time.sleep(args.pause)
-                if method in PREPARE:
-                    prepared = PREPARE[method](bench, settings)
-                cpu_before = bench.cpu.sample()
-                started = time.perf_counter()
-                try:
-                    extra = RUNNERS[method](bench, settings) or {}
-                    left = unmigrated(coll)
-                    if left:
-                        raise RuntimeError(f"{left} documents left unmigrated")
-                except Exception as exc:  # recorded; the other runs go on
-                    seconds = time.perf_counter() - started
-                    failures.setdefault(method, []).append(
-                        {"round": round_no, "seconds": round(seconds, 1), "error": str(exc)})
-                    print(f"  round {round_no} {LABELS[method]:<34} FAILED after {seconds:.0f} s: "
-                          f"{exc}", flush=True)
-                    continue
-                seconds = time.perf_counter() - started
-                cpu = CpuMeter.delta(cpu_before, bench.cpu.sample())
-                rate = args.docs / seconds
-                runs[method].append({"round": round_no, "seconds": round(seconds, 3),
-                                     "docs_per_s": round(rate, 1), "seed_seconds":
-                                     round(seeded, 2), "cpu_s": cpu, **extra})
-                print(f"  round {round_no} {LABELS[method]:<34} {seconds:8.2f} s "
-                      f"{rate:10,.0f} docs/s   cpu s: " + ", ".join(
-                          f"{k} {v}" for k, v in cpu.items() if v is not None), flush=True)
-            finally:
-                if prepared is not None:
-                    prepared.close()
-                    prepared = None
-                bench.cleanup(settings)
+                run = measure(bench, method, args.docs, round_no)
+            except Exception as exc:  # recorded; the other runs go on
+                failures.setdefault(method, []).append({"round": round_no, "error": str(exc)})
+                print(f"  round {round_no} {LABELS[method]:<30} FAILED: {exc}", flush=True)
+                continue
+            run["loadavg_1m_before"] = load
+            runs[method].append(run)
+            steady = run.get("steady_docs_per_s")
+            print(f"  round {round_no} {LABELS[method]:<30} {run['seconds']:7.2f} s "
+                  f"{run['docs_per_s']:8,.0f}/s steady "
+                  + (f"{steady:8,.0f}/s" if steady else "       -")
+                  + f" first {run.get('first_applied_s', 0):5.2f} s"
+                  f"  cpu s tool {run['cpu_s']['tool']:.2f} mongo {run['cpu_s']['mongo']}"
+                  f" kafka {run['cpu_s']['kafka']} others {run['cpu_s']['others']}"
+                  f"  load {load:.1f}", flush=True)
+    return summarize(runs, failures)
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]],
+              failures: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Medians per method, and ratios paired per round against the careful loop."""
     summary: dict[str, Any] = {}
     for method, items in runs.items():
-        if not items:
-            summary[method] = {"label": LABELS[method], "runs": [],
-                               "failed": failures.get(method, [])}
-            continue
-        rates = [r["docs_per_s"] for r in items]
-        summary[method] = {"label": LABELS[method], "runs": items, **spread(rates)}
-        summary[method]["cpu_s_median"] = {
-            k: round(statistics.median(r["cpu_s"][k] for r in items), 2)
-            for k in items[0]["cpu_s"] if all(r["cpu_s"][k] is not None for r in items)}
+        entry: dict[str, Any] = {"label": LABELS[method], "runs": items}
         if method in failures:
-            summary[method]["failed"] = failures[method]
-    baseline = "direct"
-    if baseline in runs:
-        for method in ("apply", "pipeline", "pipeline_procs", "server", "direct_range"):
-            if method not in runs:
-                continue
-            by_round = {r["round"]: r["docs_per_s"] for r in runs[baseline]}
-            ratios = [a["docs_per_s"] / by_round[a["round"]] for a in runs[method]
-                      if a["round"] in by_round]
-            if not ratios:
-                continue
-            summary[method]["ratio_to_direct"] = spread(ratios, 3)
-            if method in TARGETS:
-                summary[method]["target"] = TARGETS[method]
-                summary[method]["target_met"] = statistics.median(ratios) >= TARGETS[method]
+            entry["failed"] = failures[method]
+        if items:
+            for key in ("docs_per_s", "steady_docs_per_s", "first_applied_s", "drain_s",
+                        "seconds", "setup_s"):
+                values = [r[key] for r in items if r.get(key) is not None]
+                if values:
+                    entry[key] = spread(values, 2)
+            for key in ("tool", "mongo", "kafka"):
+                values = [r["us_per_doc"][key] for r in items
+                          if r["us_per_doc"].get(key) is not None]
+                if values:
+                    entry[f"{key}_us_per_doc"] = spread(values, 2)
+        summary[method] = entry
+    base = {r["round"]: r for r in runs.get(BASELINE, [])}
+    for method, items in runs.items():
+        if method == BASELINE or not base:
+            continue
+        paired = [(r, base[r["round"]]) for r in items if r["round"] in base]
+        ratios: dict[str, list[float]] = {"steady": [], "end_to_end": [], "cpu": []}
+        for r, b in paired:
+            if r.get("steady_docs_per_s") and b.get("steady_docs_per_s"):
+                ratios["steady"].append(r["steady_docs_per_s"] / b["steady_docs_per_s"])
+            ratios["end_to_end"].append(r["docs_per_s"] / b["docs_per_s"])
+            if b["us_per_doc"]["tool"]:
+                ratios["cpu"].append(r["us_per_doc"]["tool"] / b["us_per_doc"]["tool"])
+        entry = summary[method]
+        for kind, values in ratios.items():
+            if values:
+                entry[f"x_loop_{kind}"] = spread(values, 3)
+        if method in RATE_TARGETS:
+            target = TARGETS[RATE_TARGETS[method]]
+            entry["target_rate"] = target
+            for kind in ("steady", "end_to_end"):
+                if f"x_loop_{kind}" in entry:
+                    entry[f"target_met_{kind}"] = entry[f"x_loop_{kind}"]["median"] >= target
+        if method in CPU_TARGETS and "x_loop_cpu" in entry:
+            target = TARGETS[CPU_TARGETS[method]]
+            entry["target_cpu"] = target
+            entry["target_met_cpu"] = entry["x_loop_cpu"]["median"] <= target
     return summary
 
 
@@ -498,7 +818,7 @@ def spread(values: list[float], digits: int = 1) -> dict[str, Any]:
             "min": round(min(values), digits), "max": round(max(values), digits)}
 
 
-# --------------------------------------------------------------------------- 2. latency
+# --------------------------------------------------------------------------- processes
 
 
 # Runs ``cdc-migrator ARGS`` and, at exit, writes the process's own peak resident set (VmHWM
@@ -534,6 +854,18 @@ class Subprocess:
         self.returncode: int | None = None
         self._peak_kib = 0
         self.trace: list[int] = []
+        self._spy: subprocess.Popen[bytes] | None = None
+        if bench.profile_dir is not None and args and args[0] == "backfill":
+            self.profile(bench, f"{name}")
+
+    def profile(self, bench: Bench, name: str) -> None:
+        """py-spy records this process until it exits (--py-spy)."""
+        assert bench.profile_dir is not None
+        self._spy = subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(self.proc.pid),
+             "-f", "raw", "-o", str(bench.profile_dir / f"{name}.txt"),
+             *bench.args.py_spy_args.split()],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def sample(self) -> None:
         """Note the running process's peak resident set so far (VmHWM)."""
@@ -559,6 +891,8 @@ class Subprocess:
         except subprocess.TimeoutExpired:
             raise TimeoutError(f"{self.proc.args[3:]} still running") from None
         self.log.close()
+        if self._spy is not None:
+            self._spy.wait(60)  # py-spy ends with the process, after writing its file
         return self.returncode
 
     def stop(self, timeout: float = 60) -> int:
@@ -588,92 +922,169 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[rank - 1]
 
 
+# --------------------------------------------------------------------------- 2. latency
+
+
+class Writers:
+    """The application: ``threads`` clients inserting ``docs`` on one schedule (write ``i``
+    is due ``i / rate`` seconds after the start), as many concurrent requests would."""
+
+    def __init__(self, coll: Any, docs: list[dict[str, Any]], rate: float, measured_from: int,
+                 threads: int) -> None:
+        self.coll, self.docs, self.measured_from = coll, docs, measured_from
+        self.interval = 1.0 / rate
+        self.written_at: dict[Any, dt.datetime] = {}  # _id -> the client's clock before insert
+        self.starts = [0.0] * len(docs)
+        self.lateness = [0.0] * len(docs)
+        self._next = 0
+        self._lock = threading.Lock()
+        self.started = time.perf_counter() + 0.05
+        self.threads = [threading.Thread(target=self._write, daemon=True, name=f"writer-{n}")
+                        for n in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _write(self) -> None:
+        while True:
+            with self._lock:
+                i = self._next
+                self._next += 1
+            if i >= len(self.docs):
+                return
+            due = self.started + i * self.interval
+            now = time.perf_counter()
+            if due > now:
+                time.sleep(due - now)
+            doc = self.docs[i]
+            if i >= self.measured_from:
+                self.written_at[doc["_id"]] = dt.datetime.now(dt.UTC)
+            self.starts[i] = time.perf_counter()
+            self.lateness[i] = self.starts[i] - due
+            self.coll.insert_one(doc)
+
+    def join(self) -> None:
+        for t in self.threads:
+            t.join()
+
+    def achieved(self) -> float:
+        """Inserts started per second over the measured writes."""
+        starts = self.starts[self.measured_from:]
+        return (len(starts) - 1) / (max(starts) - min(starts)) if len(starts) > 1 else 0.0
+
+
+def wall_times(coll: Any, since: Any, ids: set[Any]) -> tuple[dict[Any, dt.datetime],
+                                                               dict[Any, dt.datetime]]:
+    """The server's ``wallTime`` of the insert and of the first update of each of ``ids``,
+    read from the change history after the writes (so nothing reads it while they run)."""
+    inserted: dict[Any, dt.datetime] = {}
+    updated: dict[Any, dt.datetime] = {}
+    pipeline = [{"$match": {"operationType": {"$in": ["insert", "update"]}}},
+                {"$project": {"operationType": 1, "documentKey": 1, "wallTime": 1}}]
+    with coll.watch(pipeline, start_at_operation_time=since, batch_size=10_000,
+                    max_await_time_ms=200) as stream:
+        while len(updated) < len(ids):
+            change = stream.try_next()
+            if change is None:
+                break
+            key = change["documentKey"]["_id"]
+            if key in ids:
+                side = inserted if change["operationType"] == "insert" else updated
+                side.setdefault(key, change["wallTime"])
+    return inserted, updated
+
+
 def latency(bench: Bench) -> dict[str, Any]:
+    """Change-to-applied latency: the server's time of each insert to the server's time of the
+    consumer's update of that document, at a steady rate of application inserts."""
     args = bench.args
     settings = bench.fresh("latency")
-    coll = settings.db[COLLECTION]
+    coll = bench.collection(settings)
     procs: list[Subprocess] = []
     try:
         seed(coll, 1000)
         arm(settings, bench.migration)
         procs.append(Subprocess(bench, settings, "tail", MIGRATION, name="tail"))
         procs.append(Subprocess(bench, settings, "consume", MIGRATION, name="consume"))
-        procs.append(Subprocess(bench, settings, "backfill", MIGRATION, "-q", name="backfill"))
-        if procs[-1].wait(300) != 0:
+        backfill = Subprocess(bench, settings, "backfill", MIGRATION, "-q", name="backfill")
+        if backfill.wait(300) != 0:
             raise RuntimeError("backfill failed")
         wait_for(lambda: unmigrated(coll) == 0, 300, "the backfill to be applied")
-
-        sent: dict[Any, float] = {}
-        seen: dict[Any, float] = {}
-        stop = threading.Event()
-        ready = threading.Event()
-        watch_client = pymongo.MongoClient(settings.mongodb_uri, tz_aware=True)
-
-        def detect() -> None:
-            stream_coll = watch_client[settings.database_name][COLLECTION]
-            pipeline = [{"$match": {"operationType": "update",
-                                    f"updateDescription.updatedFields.{FIELD}": {"$exists": True}}}]
-            with stream_coll.watch(pipeline, max_await_time_ms=50) as stream:
-                ready.set()
-                while not stop.is_set():
-                    change = stream.try_next()
-                    if change is not None:
-                        seen.setdefault(change["documentKey"]["_id"], time.perf_counter())
-
-        detector = threading.Thread(target=detect, daemon=True, name="detector")
-        detector.start()
-        ready.wait(30)
         # Warm-up: the consumer's partitions are assigned and its connections open.
-        warm = [make_doc(random.Random(1), i) for i in range(20)]
-        coll.insert_many(warm)
-        wait_for(lambda: all(d["_id"] in seen for d in warm), 120, "the warm-up writes")
+        coll.insert_many([make_doc(random.Random(1), i) for i in range(20)])
+        wait_for(lambda: unmigrated(coll) == 0, 120, "the warm-up writes")
+        if bench.profile_dir:
+            for p, name in zip(procs, ("tail", "consume"), strict=True):
+                p.profile(bench, f"latency-{name}")
 
         rng = random.Random(11)
-        interval = 1.0 / args.latency_rate
         unmeasured = int(args.latency_rate * args.latency_warmup)
         total = int(args.latency_rate * args.latency_seconds)
-        lateness = 0.0
+        # Made before the clock, so the writers only write.
+        docs = [make_doc(rng, i) for i in range(unmeasured + total)]
+        writer_client = pymongo.MongoClient(settings.mongodb_uri, tz_aware=True,
+                                            maxPoolSize=args.latency_writers + 2)
+        since = writer_client[settings.database_name].command("ping")["operationTime"]
+        bench.cpu.procs = {"tail": procs[0].proc.pid, "consume": procs[1].proc.pid}
+        writers = Writers(writer_client[settings.database_name][COLLECTION], docs,
+                          args.latency_rate, unmeasured, args.latency_writers)
         # The first --latency-warmup seconds of writes are not measured: a freshly started
         # service pipeline (JIT compilation of the servers, connections) is slower at first.
-        for i in range(unmeasured + total):
-            if i in (0, unmeasured):
-                started, base = time.perf_counter(), i
-            due = started + (i - base) * interval
-            now = time.perf_counter()
-            if due > now:
-                time.sleep(due - now)
-            elif i >= unmeasured:
-                lateness = max(lateness, now - due)
-            doc = make_doc(rng, i)
-            doc["writtenAt"] = dt.datetime.now(dt.UTC)  # the client timestamp, for readers
-            if i >= unmeasured:
-                sent[doc["_id"]] = time.perf_counter()
-            coll.insert_one(doc)
-        achieved = total / (time.perf_counter() - started)
+        time.sleep(max(0.0, writers.started + args.latency_warmup - time.perf_counter()))
+        cpu_before = bench.cpu.sample()
+        writers.join()
+        cpu = CpuMeter.delta(cpu_before, bench.cpu.sample())
+        bench.cpu.procs = {}
+        writer_client.close()
+        achieved = writers.achieved()
         try:
-            wait_for(lambda: all(k in seen for k in sent), 30, "the last writes", 0.1)
+            wait_for(lambda: unmigrated(coll) == 0, 60, "the last writes to be applied", 0.2)
         except TimeoutError:
             pass
-        stop.set()
-        detector.join(5)
-        watch_client.close()
-        values = sorted((seen[k] - t) * 1000 for k, t in sent.items() if k in seen)
-        result = {
-            "writes": total, "rate_target": args.latency_rate, "rate_achieved": round(achieved, 1),
-            "seconds": args.latency_seconds, "detected": len(values),
-            "missed": total - len(values), "writer_max_lateness_ms": round(lateness * 1000, 1),
+        measured = set(writers.written_at)
+        inserted, updated = wall_times(coll, since, measured)
+        values = sorted((updated[k] - inserted[k]).total_seconds() * 1000
+                        for k in measured if k in updated and k in inserted)
+        from_client = sorted((updated[k] - writers.written_at[k]).total_seconds() * 1000
+                             for k in measured if k in updated)
+        late = sorted(x * 1000 for x in writers.lateness[unmeasured:])
+        # The median latency of the writes of each second: flat when the pipeline keeps up,
+        # rising when a queue builds.
+        by_second: dict[int, list[float]] = {}
+        first = min(inserted.values(), default=None)
+        for k in measured:
+            if k in updated and k in inserted and first is not None:
+                by_second.setdefault(int((inserted[k] - first).total_seconds()), []).append(
+                    (updated[k] - inserted[k]).total_seconds() * 1000)
+        result: dict[str, Any] = {
+            "writes": total, "writers": args.latency_writers, "rate_target": args.latency_rate,
+            "rate_achieved": round(achieved, 1), "seconds": args.latency_seconds,
+            "detected": len(values), "missed": total - len(values),
+            "writer_lateness_ms": {"p99": round(percentile(late, 99), 1),
+                                   "max": round(late[-1], 1) if late else None},
             "p50_ms": round(percentile(values, 50), 1), "p95_ms": round(percentile(values, 95), 1),
-            "p99_ms": round(percentile(values, 99), 1), "max_ms": round(values[-1], 1)
-            if values else None,
-            "target_p99_ms": TARGETS["latency_p99_ms"],
+            "p99_ms": round(percentile(values, 99), 1),
+            "max_ms": round(values[-1], 1) if values else None,
+            # From the client's clock just before its insert call instead: adds the insert's
+            # own round trip (and the writer thread's wait for the GIL).
+            "from_client_ms": {"p50": round(percentile(from_client, 50), 1),
+                               "p99": round(percentile(from_client, 99), 1)},
+            "p50_ms_by_second": [round(statistics.median(v), 1)
+                                 for _, v in sorted(by_second.items())],
+            "cpu_s": cpu, "cpu_us_per_write": {
+                k.removeprefix("proc:"): round(v / total * 1e6, 1)
+                for k, v in cpu.items() if v is not None and k not in ("children", "machine")},
+            "machine_busy_cores": round((cpu["machine"] or 0.0) / args.latency_seconds, 2),
+            "target_p99_ms": TARGETS["latency_p99_ms"], "target_rate": TARGETS["latency_rate"],
         }
         result["target_met"] = bool(values) and result["p99_ms"] < TARGETS["latency_p99_ms"] \
-            and not result["missed"]
-        print(f"  {len(values):,}/{total:,} writes migrated at {achieved:.0f}/s: "
-              f"p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, "
-              f"max {result['max_ms']} ms", flush=True)
+            and not result["missed"] and achieved >= TARGETS["latency_rate"]
+        print(f"  {len(values):,}/{total:,} writes migrated at {achieved:,.0f}/s "
+              f"({args.latency_writers} writers): p50 {result['p50_ms']} ms, "
+              f"p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms",
+              flush=True)
         return result
     finally:
+        bench.cpu.procs = {}
         for p in procs:
             p.stop()
         bench.cleanup(settings)
@@ -688,6 +1099,7 @@ def memory_at(bench: Bench, size: int) -> dict[str, Any]:
     procs: list[Subprocess] = []
     try:
         seed(coll, size)
+        bench.truncate_history()
         arm(settings, bench.migration)
         started = time.perf_counter()
         backfill_proc = Subprocess(bench, settings, "backfill", MIGRATION, "-q", name="backfill")
@@ -710,8 +1122,6 @@ def memory_at(bench: Bench, size: int) -> dict[str, Any]:
                                                 if p.end) and lag.total == 0
         wait_for(drained, bench.args.timeout * size / max(1, bench.args.docs) + 300,
                  "the consumer to drain the topic", 0.5)
-        if os.environ.get("CDC_BENCH_RSS_TRACE"):
-            print(f"    consume VmHWM trace (MiB): {consume_proc.trace}")
         consume_seconds = time.perf_counter() - started
         consume_proc.stop()
         result = {
@@ -750,42 +1160,81 @@ def memory(bench: Bench) -> dict[str, Any]:
 # --------------------------------------------------------------------------- report
 
 
+def _range(s: dict[str, Any] | None, fmt: str) -> str:
+    if not s:
+        return "-"
+    return f"{s['median']:{fmt}} [{s['min']:{fmt}}-{s['max']:{fmt}}]"
+
+
+def _verdict(met: bool | None) -> str:
+    return "" if met is None else ("met" if met else "NOT met")
+
+
 def table(results: dict[str, Any]) -> str:
     lines = []
     tp = results.get("throughput")
     if tp:
         lines += [f"Throughput, {results['args']['docs']:,} documents, "
-                  f"{results['args']['repeat']} round(s) (median [min-max])", ""]
-        lines.append(f"{'method':<34} {'docs/s':>24}   {'x direct loop':>22}   "
-                     f"{'target':<18} CPU s: ours/mongo/kafka")
+                  f"{results['args']['repeat']} interleaved round(s); median [min-max]; ratios "
+                  "paired per round against the careful loop", ""]
+        lines.append(f"{'method':<30} {'steady docs/s':>22} {'x loop':>19} {'target':<14} "
+                     f"{'end-to-end docs/s':>22} {'x loop':>19} {'first applied s':>17} "
+                     f"{'drain s':>8}")
         for method in METHODS:
-            if method not in tp:
+            s = tp.get(method)
+            if s is None:
                 continue
-            s = tp[method]
             failed = f"   ({len(s['failed'])} run(s) failed)" if s.get("failed") else ""
-            if "median" not in s:
-                lines.append(f"{s['label']:<34} {'no successful run':>24}{failed}")
+            if not s["runs"]:
+                lines.append(f"{s['label']:<30} no successful run{failed}")
                 continue
-            rate = f"{s['median']:,.0f} [{s['min']:,.0f}-{s['max']:,.0f}]"
-            ratio = target = ""
-            if "ratio_to_direct" in s:
-                r = s["ratio_to_direct"]
-                ratio = f"{r['median']:.2f} [{r['min']:.2f}-{r['max']:.2f}]"
-            if "target" in s:
-                target = f">= {s['target']:.2f}: " + ("met" if s["target_met"] else "NOT met")
-            cpu = s.get("cpu_s_median", {})
-            cpu_text = "/".join(f"{cpu[k]:.1f}" if k in cpu else "?"
-                                for k in ("bench", "mongo", "kafka"))
-            lines.append(f"{s['label']:<34} {rate:>24}   {ratio:>22}   {target:<18} {cpu_text}"
-                         + failed)
+            target = ""
+            if "target_rate" in s:
+                target = f">= {s['target_rate']:.2f} " + _verdict(s.get("target_met_steady"))
+            e2e = _range(s.get("x_loop_end_to_end"), ".2f")
+            if "target_rate" in s:
+                e2e += " " + _verdict(s.get("target_met_end_to_end"))
+            lines.append(
+                f"{s['label']:<30} {_range(s.get('steady_docs_per_s'), ',.0f'):>22} "
+                f"{_range(s.get('x_loop_steady'), '.2f'):>19} {target:<14} "
+                f"{_range(s.get('docs_per_s'), ',.0f'):>22} {e2e:>19} "
+                f"{_range(s.get('first_applied_s'), '.2f'):>17} "
+                f"{(s.get('drain_s') or {}).get('median', '-'):>8}{failed}")
+        lines += ["", "CPU per document (microseconds; tool: every process of the tool, or the "
+                  "loop's process)", ""]
+        lines.append(f"{'method':<30} {'tool us/doc':>22} {'x loop':>19} {'target':<14} "
+                     f"{'local server us/doc':>22} {'broker us/doc':>18}")
+        for method in METHODS:
+            s = tp.get(method)
+            if not s or not s["runs"]:
+                continue
+            target = ""
+            if "target_cpu" in s:
+                target = f"<= {s['target_cpu']:.1f} " + _verdict(s.get("target_met_cpu"))
+            lines.append(f"{s['label']:<30} {_range(s.get('tool_us_per_doc'), '.1f'):>22} "
+                         f"{_range(s.get('x_loop_cpu'), '.2f'):>19} {target:<14} "
+                         f"{_range(s.get('mongo_us_per_doc'), '.1f'):>22} "
+                         f"{_range(s.get('kafka_us_per_doc'), '.1f'):>18}")
+        procs = tp.get("pipeline_procs", {}).get("runs") or []
+        if procs:
+            parts = {k: statistics.median(r["cpu_s"]["by_process"][k] / r["docs"] * 1e6
+                                          for r in procs)
+                     for k in ("tail", "consume", "backfill")}
+            lines.append("  processes, us/doc: " + ", ".join(f"{k} {v:.1f}"
+                                                            for k, v in parts.items())
+                         + f"; set up before the clock (start, group join): "
+                         f"{_range(tp['pipeline_procs'].get('setup_s'), '.1f')} s")
         lines.append("")
     lat = results.get("latency")
     if lat:
-        lines.append(f"Change-to-applied latency, {lat['rate_achieved']:.0f} inserts/s for "
+        lines.append(f"Change-to-applied latency, {lat['rate_achieved']:,.0f} inserts/s achieved "
+                     f"(target rate {lat['rate_target']:,.0f}/s, {lat['writers']} writers) for "
                      f"{lat['seconds']} s ({lat['detected']:,}/{lat['writes']:,} detected)")
         lines.append(f"  p50 {lat['p50_ms']} ms   p95 {lat['p95_ms']} ms   p99 {lat['p99_ms']} ms"
-                     f"   max {lat['max_ms']} ms   target p99 < {lat['target_p99_ms']:.0f} ms: "
-                     + ("met" if lat["target_met"] else "NOT met"))
+                     f"   max {lat['max_ms']} ms   target p99 < {lat['target_p99_ms']:.0f} ms at"
+                     f" >= {lat['target_rate']:,.0f}/s: " + _verdict(lat["target_met"]))
+        lines.append(f"  writer lateness p99 {lat['writer_lateness_ms']['p99']} ms; CPU us per "
+                     "write: " + ", ".join(f"{k} {v}" for k, v in lat["cpu_us_per_write"].items()))
         lines.append("")
     mem = results.get("memory")
     if mem:
@@ -795,7 +1244,7 @@ def table(results: dict[str, Any]) -> str:
             lines.append(f"  {part:<9} {small[f'{part}_peak_rss_mb']:8.1f} "
                          f"{large[f'{part}_peak_rss_mb']:8.1f}"
                          f"   x{mem[f'{part}_growth']:.2f}   target <= x{mem['target_growth']}: "
-                         + ("met" if mem[f"{part}_target_met"] else "NOT met"))
+                         + _verdict(mem[f"{part}_target_met"]))
         lines.append("")
     return "\n".join(lines)
 
@@ -819,35 +1268,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="MongoDB to use (default: $MONGODB_URI); each measurement uses its own database")
     p.add_argument("--kafka", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
                    help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS)")
-    p.add_argument("--docs", type=int, default=100_000, help="collection size (default 100000)")
+    p.add_argument("--docs", type=int, default=300_000, help="collection size (default 300000)")
     p.add_argument("--repeat", type=int, default=3,
-                   help="rounds of the throughput methods (default 3); medians are reported")
+                   help="interleaved rounds of the throughput methods (default 3)")
     p.add_argument("--only", default="throughput,latency,memory",
                    help="comma-separated sections: throughput, latency, memory")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"throughput methods (default {','.join(METHODS)})")
-    p.add_argument("--range-limit", type=int, default=200_000,
-                   help="skip the _id-range direct loop above this many documents")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="batch size for apply/pipeline (default: the migration's) and the "
-                        "direct loops (default 1000)")
+                   help="batch size of apply and the pipeline (default: the migration's, 500); "
+                        f"the loops always write {LOOP_BATCH:,} per bulk write")
     p.add_argument("--partitions", type=int, default=6, help="topic partitions (default 6)")
-    p.add_argument("--latency-rate", type=float, default=200.0, help="inserts per second")
+    p.add_argument("--latency-rate", type=float, default=1500.0,
+                   help="application inserts per second (default 1500)")
+    p.add_argument("--latency-writers", type=int, default=4,
+                   help="writer threads sharing the schedule (default 4)")
     p.add_argument("--latency-seconds", type=float, default=30.0)
     p.add_argument("--latency-warmup", type=float, default=5.0,
                    help="seconds of writes at the same rate before the measured ones")
     p.add_argument("--memory-sizes", default=None,
-                   help="two sizes, e.g. 20000,200000 (default: --docs/10,--docs)")
+                   help="two sizes, e.g. 30000,300000 (default: --docs/10,--docs)")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds one pipeline run may take before it counts as failed "
                         "(default: 300 s per 100,000 documents, at least 240)")
+    p.add_argument("--stall", type=float, default=60.0,
+                   help="a pipeline run that applies no document for this many seconds is "
+                        "stopped and counted as failed, its stacks dumped (default 60)")
     p.add_argument("--warmup", type=int, default=20_000,
-                   help="documents of an unmeasured warm-up run of the server (0: none)")
+                   help="documents of an unmeasured warm-up round of every method (0: none)")
     p.add_argument("--pause", type=float, default=1.0,
                    help="seconds to let the server settle after seeding (default 1)")
     p.add_argument("--truncate-history", action="store_true",
-                   help="after each measurement, drop the local server's change history "
-                        "(test-only command; never against shared services in use)")
+                   help="after seeding and after each measurement, drop the local server's "
+                        "change history (test-only command; never against shared services)")
+    p.add_argument("--py-spy", default=None, metavar="DIR",
+                   help="record every measured run with py-spy (raw files in DIR): this "
+                        "process for in-process methods, each tool process otherwise; "
+                        "figures of a profiled run are not comparable")
+    p.add_argument("--py-spy-args", default="-r 100 --threads",
+                   help="extra py-spy record options (default '-r 100 --threads'; add --gil "
+                        "or --idle)")
     p.add_argument("--output", default=str(ROOT / "bench" / "results"),
                    help="directory for the JSON results (default bench/results)")
     return p.parse_args(argv)
@@ -866,13 +1326,14 @@ def main(argv: list[str] | None = None) -> int:
                     "platform": platform.platform(), "loadavg_before": os.getloadavg()},
         "args": {k: v for k, v in vars(args).items()},
         "targets": TARGETS,
+        "migration": TRANSFORM_SOURCE,
     }
     try:
         if "throughput" in sections:
             print(f"throughput: {args.docs:,} documents, {args.repeat} round(s)", flush=True)
             results["throughput"] = throughput(bench)
         if "latency" in sections:
-            print(f"latency: {args.latency_rate:.0f} inserts/s for {args.latency_seconds:.0f} s",
+            print(f"latency: {args.latency_rate:,.0f} inserts/s for {args.latency_seconds:.0f} s",
                   flush=True)
             results["latency"] = latency(bench)
         if "memory" in sections:
