@@ -125,7 +125,7 @@ def _ascii(text: str) -> str:
 
 def full_name(rng: random.Random) -> str:
     """A person's name as an application stores it: "First Last", sometimes with a middle
-    name; about a fifth of them have a letter outside ASCII."""
+    name; about three in ten have a letter outside ASCII."""
     first, last = rng.choice(_FIRST), rng.choice(_LAST)
     if rng.random() < 0.15:
         return f"{first} {rng.choice(_FIRST)} {last}"
