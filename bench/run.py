@@ -55,13 +55,12 @@ from pymongo import UpdateOne
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cdc_migrator import topics  # noqa: E402
-from cdc_migrator.apply import apply_migration  # noqa: E402
-from cdc_migrator.config import Settings  # noqa: E402
-from cdc_migrator.consumer import group_id  # noqa: E402
+from cdc_migrator.apply.shortcut import apply_migration  # noqa: E402
+from cdc_migrator.base import topics  # noqa: E402
+from cdc_migrator.base.settings import Settings  # noqa: E402
+from cdc_migrator.capture.tailer import arm  # noqa: E402
 from cdc_migrator.migration import get_migration  # noqa: E402
-from cdc_migrator.runner import run_pipeline  # noqa: E402
-from cdc_migrator.tailer import arm  # noqa: E402
+from cdc_migrator.pipeline import run_pipeline  # noqa: E402
 
 COLLECTION = "bench_users"
 MIGRATION = "bench_split_full_name"
@@ -198,7 +197,7 @@ class Bench:
             kafka_bootstrap_servers=self.args.kafka,
             transforms=self.transforms,
             topic_prefix=f"bench-{self.run_id}-{self.counter}",
-            group_id=f"bench-{self.run_id}-{self.counter}",
+            group_prefix=f"bench-{self.run_id}-{self.counter}",
             partitions=self.args.partitions,
         )
 
@@ -225,7 +224,7 @@ class Bench:
         topic = settings.topic(COLLECTION)
         try:
             topics.delete_topics(settings, [topic, settings.dlq_topic(COLLECTION)])
-            topics.delete_group(settings, group_id(settings, self.migration))
+            topics.delete_group(settings, settings.group(self.migration.name))
         except Exception as exc:  # clean-up is best effort
             print(f"  (could not delete topic {topic}: {exc})", file=sys.stderr)
         self.truncate_history()
@@ -564,10 +563,10 @@ class AlwaysOn:
         started = time.perf_counter()
         arm(settings, bench.migration)
         self.procs = {command: Subprocess(bench, settings, command, MIGRATION,
-                                          name=f"{settings.group_id}-{command}")
+                                          name=f"{settings.group_prefix}-{command}")
                       for command in ("tail", "consume")}
         admin = topics.admin(settings)
-        group = group_id(settings, bench.migration)
+        group = settings.group(bench.migration.name)
         try:
             def joined() -> bool:
                 if any(p.proc.poll() is not None for p in self.procs.values()):
@@ -598,7 +597,7 @@ def run_pipeline_processes(bench: Bench, settings: Settings, run: Run) -> dict[s
     backfill = Subprocess(bench, settings, "backfill", MIGRATION, "-q",
                           *(["--batch-size", str(bench.args.batch_size)]
                             if bench.args.batch_size else []),
-                          name=f"{settings.group_id}-backfill")
+                          name=f"{settings.group_prefix}-backfill")
     if backfill.wait(timeout) != 0:
         raise RuntimeError(f"backfill exited with {backfill.returncode} (log {backfill.log.name})")
     backfill_seconds = time.perf_counter() - timeline.started
@@ -611,7 +610,7 @@ def run_pipeline_processes(bench: Bench, settings: Settings, run: Run) -> dict[s
                                f"{timeline.applied:,} applied (consumer's stacks: {where})")
         return timeline.applied >= total
     wait_for(applied, timeout, "every document to be applied", interval=0.02)
-    topic, group = settings.topic(COLLECTION), group_id(settings, bench.migration)
+    topic, group = settings.topic(COLLECTION), settings.group(bench.migration.name)
     wait_for(lambda: topics.group_lag(settings, topic, group).total == 0, timeout,
              "the group's lag to be zero", interval=0.1)
     return {"backfill_seconds": round(backfill_seconds, 2)}
@@ -1149,7 +1148,7 @@ def memory_at(bench: Bench, size: int) -> dict[str, Any]:
             raise RuntimeError(f"backfill failed (log {backfill_proc.log.name})")
         backfill_seconds = time.perf_counter() - started
         topic = settings.topic(COLLECTION)
-        group = group_id(settings, bench.migration)
+        group = settings.group(bench.migration.name)
         started = time.perf_counter()
         consume_proc = Subprocess(bench, settings, "consume", MIGRATION, name="consume")
         procs.append(consume_proc)
