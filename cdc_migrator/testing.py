@@ -44,7 +44,10 @@ def matches_guard(doc: Mapping[str, Any] | None, guard: Mapping[str, Any]) -> bo
     for name, cond in guard.items():
         if name in ("_id", "$expr"):
             continue
-        if cond["$exists"] != (name in doc):
+        if "$eq" in cond:  # {$eq: v, $not: {$type: "array"}}: a plain value, pinned
+            if name not in doc or not same_value(doc[name], cond["$eq"]):
+                return False
+        elif cond["$exists"] != (name in doc):
             return False
     expr = guard.get("$expr")
     if expr is None:

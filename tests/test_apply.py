@@ -6,12 +6,18 @@ final run leaves every document migrated.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import random
 import warnings
 
+import bson
+import hypothesis
+from hypothesis import strategies as st
+
 from cdc_migrator import api, migration
-from cdc_migrator.apply.applier import Applier
+from cdc_migrator.apply.applier import MAX_STATEMENT_BYTES, Applier, _too_large, size_bound
 from cdc_migrator.base.context import make_context
+from cdc_migrator.base.patch import Outcome, guard_filter
 from cdc_migrator.migration import _defined
 
 from .harness import MONGO_BASE, UsersWriter
@@ -118,3 +124,47 @@ def test_a_document_deleted_after_the_read_is_not_brought_back(db):
     assert (result.updated, result.retried) == (9, 1)
     assert db.users.find_one({"_id": 5}) is None
     assert db.users.count_documents({"role": {"$exists": True}}) == 9
+
+
+# --------------------------------------------------------------------------- statement size
+
+_bounded_values = st.one_of(
+    st.text(max_size=40), st.booleans(), st.none(), st.floats(allow_nan=True),
+    st.integers(-2**63, 2**63 - 1), st.builds(bson.ObjectId), st.binary(max_size=40),
+    st.datetimes(timezones=st.just(dt.UTC)).map(
+        lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000)),
+    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers()),
+)
+_names = st.text(max_size=12).filter(lambda k: k != "_id" and "\0" not in k)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    _id=st.one_of(st.integers(-2**63, 2**63 - 1), st.text(max_size=20), st.builds(bson.ObjectId),
+                  st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)),
+    doc=st.dictionaries(_names, _bounded_values, max_size=6),
+    read=st.sets(_names, max_size=6),
+    to_set=st.dictionaries(_names.filter(lambda k: k and k[0] != "$" and "." not in k),
+                           _bounded_values, max_size=4),
+    to_unset=st.sets(_names, max_size=3),
+)
+def test_the_size_bound_of_a_guarded_statement_is_never_below_its_encoded_size(
+        _id, doc, read, to_set, to_unset):
+    """The size check encodes a statement only when its bound does not fit: a bound below the
+    real size would let a statement MongoDB refuses through unchecked."""
+    doc = {"_id": _id, **doc}
+    outcome = Outcome("update", _id, guard=guard_filter(doc, read | set(to_set) | to_unset),
+                      set=to_set, unset=tuple(sorted(to_unset - set(to_set))))
+    bound = size_bound(outcome)
+    if bound is not None:
+        assert bound >= len(bson.encode({"q": outcome.guard, "u": outcome.update}))
+
+
+def test_a_statement_of_large_strings_is_measured_exactly_and_refused_over_the_limit():
+    big = "é" * (5 * 1024 * 1024)  # 10 MiB of UTF-8, 5 Mi characters
+    doc = {"_id": 1, "text": big}
+    fits = Outcome("update", 1, guard=guard_filter(doc, {"text", "n"}), set={"n": 1})
+    assert size_bound(fits) > MAX_STATEMENT_BYTES  # the bound is loose: the exact size decides
+    assert _too_large(fits) is None
+    copied = Outcome("update", 1, guard=guard_filter(doc, {"text", "copy"}), set={"copy": big})
+    assert "larger than MongoDB accepts" in _too_large(copied)

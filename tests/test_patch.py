@@ -139,8 +139,7 @@ def test_decide_delete_pins_the_fields_the_transform_read():
     outcome = decide(make(lambda d, c: DELETE if d.get("orphan") else None),
                      {"_id": 2, "orphan": True, "x": 1}, None)
     assert outcome.kind == "delete"
-    assert outcome.guard == {"_id": 2, "orphan": {"$exists": True},
-                             "$expr": {"$eq": ["$orphan", {"$literal": True}]}}
+    assert outcome.guard == {"_id": 2, "orphan": {"$eq": True, "$not": {"$type": "array"}}}
     assert apply_to({"_id": 2}, outcome) is None
 
 
@@ -201,6 +200,15 @@ def test_validate_patch_rejects_a_value_bson_cannot_encode():
         validate_patch({"day": dt.date(2024, 1, 1)}, m)
 
 
+@pytest.mark.parametrize("text", ["\ud800", "Zoë \udfff", "ok\ud83d"])
+def test_validate_patch_rejects_a_string_utf8_cannot_hold_and_accepts_any_other(text):
+    m = make(lambda d, c: None)
+    with pytest.raises(PatchError, match="cannot store"):
+        validate_patch({"name": text}, m)
+    for fine in ("José", "Nguyễn \U0001f600", "\0", "a" * 1000):
+        assert validate_patch({"name": fine}, m) == {"name": fine}
+
+
 # --------------------------------------------------------------------------- guard_filter
 
 
@@ -221,10 +229,30 @@ def test_guard_filter_pins_present_fields_by_exact_value_and_absent_ones_by_exis
 
 
 def test_guard_filter_with_one_present_field_has_a_single_equality_and_none_without():
-    assert guard_filter({"_id": 1, "a": "$x"}, {"a"})["$expr"] == \
-        {"$eq": ["$a", {"$literal": "$x"}]}  # $literal: a string value is never a path
+    assert guard_filter({"_id": 1, "a": [1]}, {"a"})["$expr"] == \
+        {"$eq": ["$a", {"$literal": [1]}]}  # $literal: a value is never a path or an operator
     assert guard_filter({"_id": 1}, {"a"}) == {"_id": 1, "a": {"$exists": False}}
     assert guard_filter({"_id": 1}, set()) == {"_id": 1}
+
+
+def test_guard_filter_pins_strings_booleans_object_ids_and_dates_by_plain_equality_not_arrays():
+    when = dt.datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=dt.UTC)
+    oid = bson.ObjectId()
+    doc = {"_id": 1, "s": "$x", "t": True, "o": oid, "d": when}
+    not_array = {"$not": {"$type": "array"}}
+    assert guard_filter(doc, {"s", "t", "o", "d"}) == {
+        "_id": 1, "d": {"$eq": when, **not_array}, "o": {"$eq": oid, **not_array},
+        "s": {"$eq": "$x", **not_array}, "t": {"$eq": True, **not_array}}
+
+
+@pytest.mark.parametrize("value", [
+    1, 1.0, Int64(1), math.nan, -0.0, bson.Decimal128("1"), None, [], ["a"], {"a": 1},
+    bson.Regex("^a"), bson.Binary(b"a"), bson.Timestamp(1, 1), bson.DatetimeMS(2**62),
+    bson.Code("x"), bson.MinKey(),
+])
+def test_guard_filter_keeps_expr_for_values_plain_equality_would_pin_differently(value):
+    assert guard_filter({"_id": 1, "a": value}, {"a"}) == {
+        "_id": 1, "a": {"$exists": True}, "$expr": {"$eq": ["$a", {"$literal": value}]}}
 
 
 def test_guard_filter_pins_dotted_and_dollar_names_inside_expr_through_get_field():
@@ -439,3 +467,58 @@ def test_the_server_evaluates_a_guard_as_matches_guard_does(db):
     assert [label for label, matched in verdicts.items() if matched] == \
         ["unchanged", "unpinned field changed", "unpinned field added",
          "path of the dotted name appeared"]
+
+
+# A value the plain-equality guard pins, and what a stored field may hold instead of it.
+plain_pinned = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=4), st.booleans(),
+    st.builds(bson.ObjectId),
+    st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31),
+                 timezones=st.just(dt.UTC)).map(
+        lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000)),
+)
+MISSING = object()
+
+
+def _neighbours(pinned) -> list:
+    """Stored values around ``pinned``: itself, inside arrays and documents, the same value
+    of another type, and nearby values of its own type."""
+    out = [pinned, [pinned], [pinned, pinned], [[pinned]], [], {"v": pinned}, None, MISSING]
+    if isinstance(pinned, str):
+        out += [pinned.upper(), pinned.lower(), pinned + "\0", bson.Regex(pinned),
+                bson.Code(pinned), pinned.encode(), bson.Binary(pinned.encode())]
+    elif isinstance(pinned, bool):
+        out += [not pinned, int(pinned), float(pinned), Int64(int(pinned)), str(pinned).lower()]
+    elif isinstance(pinned, bson.ObjectId):
+        out += [bson.ObjectId(), str(pinned), pinned.binary]
+    else:
+        millis = int(pinned.timestamp() * 1000)
+        out += [bson.DatetimeMS(millis + 1), bson.DatetimeMS(millis - 1), millis,
+                bson.Timestamp(max(0, min(2**31 - 1, millis // 1000)), 0), pinned.isoformat()]
+    return out
+
+
+@settings(max_examples=120, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(pinned=plain_pinned, other=values)
+def test_on_the_server_a_plain_equality_guard_matches_exactly_where_the_expr_guard_does(
+        db, pinned, other):
+    """For the values it pins by plain equality, the guard means on the server what the
+    ``$expr`` guard it replaced means: the same verdict on the same stored value, whatever
+    that value is (the pinned one, one inside an array or document, one of another type...),
+    and what :func:`matches_guard` says."""
+    guard = guard_filter({"_id": 0, "f": pinned}, {"f"})
+    assert "$expr" not in guard
+    with_expr = {"_id": 0, "f": {"$exists": True},
+                 "$expr": {"$eq": ["$f", {"$literal": pinned}]}}
+    simple = {"locale": "simple"}
+    for stored_value in [*_neighbours(pinned), other]:
+        db.guards.delete_many({})
+        db.guards.insert_one({"_id": 0} if stored_value is MISSING
+                             else {"_id": 0, "f": stored_value})
+        plain = db.guards.find_one(guard, collation=simple) is not None
+        assert plain == (db.guards.find_one(with_expr, collation=simple) is not None), \
+            stored_value
+        assert plain == matches_guard(db.guards.find_one({"_id": 0}), guard), stored_value
+        read = db.guards.find_one({"_id": 0})
+        assert plain == ("f" in read and same_value(read["f"], pinned)), stored_value

@@ -9,11 +9,13 @@ comes back.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import bson
+from bson import ObjectId
 from pymongo import DeleteOne, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
@@ -216,8 +218,13 @@ def _too_large(outcome: Outcome) -> str | None:
     One statement of a write is a BSON document of at most ``MAX_STATEMENT_BYTES``. The guard
     pins the value of every field the transform read, so a transform that reads a large field
     and writes another can need more, though the document it makes fits in 16 MiB. (MongoDB
-    would refuse the statement; the local test server drops the connection instead.)
+    would refuse the statement; the local test server drops the connection instead.) The
+    statement is encoded for its size only when a cheap upper bound of it does not fit: the
+    driver encodes it again to send it.
     """
+    bound = size_bound(outcome)
+    if bound is not None and bound <= MAX_STATEMENT_BYTES:
+        return None
     size = len(bson.encode({"q": outcome.guard, "u": outcome.update},
                            codec_options=CODEC_OPTIONS))
     if size <= MAX_STATEMENT_BYTES:
@@ -225,6 +232,54 @@ def _too_large(outcome: Outcome) -> str | None:
     return (f"write refused: the guarded update is {size:,} bytes, larger than MongoDB accepts "
             f"for one statement ({MAX_STATEMENT_BYTES:,}); its filter pins every field the "
             "transform read, so read fewer large fields")
+
+
+# Bytes that bound, in BSON, one element's type, a key's terminator and a value of a fixed-size
+# type (at most 16 bytes: Decimal128 is the largest), or a string's length and terminator.
+_ELEMENT = 32
+_FIXED_SIZE = frozenset({bool, int, float, type(None), ObjectId, dt.datetime})
+
+
+def size_bound(outcome: Outcome) -> int | None:
+    """An upper bound of the encoded size of ``outcome``'s guarded statement, or None when it
+    holds a value the bound does not know (a sub-document, an array, ``$expr``...).
+
+    A character of a ``str`` is at most 4 bytes of UTF-8; a key is bounded like a string; a
+    guard's condition (``{$exists: b}``, ``{$eq: v, $not: {$type: "array"}}``) adds at most
+    ``4 * _ELEMENT`` to its value.
+    """
+    total = 8 * _ELEMENT  # the statement, its "q" and "u", "$set" and "$unset"
+    for name, condition in outcome.guard.items():
+        if name == "$expr":
+            return None
+        total += 4 * len(name) + _ELEMENT
+        if name == "_id":
+            value = condition
+        elif type(condition) is dict and len(condition) <= 2:
+            total += 4 * _ELEMENT
+            value = condition.get("$eq")
+        else:
+            return None
+        kind = type(value)
+        if kind is str:
+            total += 4 * len(value) + _ELEMENT
+        elif kind in _FIXED_SIZE:
+            total += _ELEMENT
+        else:
+            return None
+    for name, value in outcome.set.items():
+        kind = type(value)
+        if kind is str:
+            total += 4 * (len(name) + len(value)) + 2 * _ELEMENT
+        elif kind in _FIXED_SIZE:
+            total += 4 * len(name) + 2 * _ELEMENT
+        elif kind is bytes:
+            total += 4 * len(name) + len(value) + 2 * _ELEMENT
+        else:
+            return None
+    for name in outcome.unset:
+        total += 4 * len(name) + 2 * _ELEMENT
+    return total
 
 
 def _refusal(exc: OperationFailure | DocumentTooLarge) -> str:

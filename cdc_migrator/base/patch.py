@@ -121,7 +121,7 @@ def validate_patch(result: Any, migration: Migration) -> dict[str, Any] | None:
             f"({_brief(result)}); return a dict patch, None or DELETE"
         )
     for key in result:
-        if not isinstance(key, str) or not key or key.startswith("$") or "." in key:
+        if not isinstance(key, str) or not key or key[0] == "$" or "." in key:
             raise PatchError(
                 f"migration {migration.name!r} returned a patch with field {key!r}; "
                 "patch keys must be top-level field names (no '$', no '.')"
@@ -129,7 +129,10 @@ def validate_patch(result: Any, migration: Migration) -> dict[str, Any] | None:
         if key == "_id":
             raise PatchError(f"migration {migration.name!r} tried to change _id; _id is immutable")
     patch = dict(result)
-    if all(_plainly_storable(v) for v in patch.values()):
+    for value in patch.values():
+        if not _plainly_storable(value):
+            break
+    else:
         return patch  # the common case, decided without encoding the patch
     try:
         bson.encode({k: v for k, v in patch.items() if v is not UNSET},
@@ -147,44 +150,67 @@ def _plainly_storable(value: Any) -> bool:
     """True for values BSON certainly stores as they are (a shortcut past encoding them)."""
     kind = type(value)
     if kind is str:
-        return value.isascii()
+        # BSON strings are UTF-8: only a lone surrogate cannot be stored.
+        return value.isascii() or _utf8(value)
     if kind is int:
         return value in _INT64
     if kind is dt.datetime:
         return value.tzinfo is None or value.tzinfo is dt.UTC
-    return kind in (bool, float, type(None), ObjectId) or value is UNSET
+    return kind in _PLAIN_KINDS or value is UNSET
+
+
+_PLAIN_KINDS = frozenset({bool, float, type(None), ObjectId})
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+#: Values a plain query equality pins exactly as ``$expr``'s ``$eq`` does, once arrays are
+#: excluded: ``{f: v}`` also matches an array holding ``v``, ``$expr`` never does. Left to
+#: ``$expr``: numbers (both compare across numeric types, but that NaN and -0 are pinned alike
+#: by both is not proven here), null (``{f: null}`` also matches a missing field), regexes (a
+#: query regex *matches* strings), sub-documents, arrays and every other type. Exact types:
+#: ``bool`` is an ``int`` to Python, ``DatetimeMS`` is no ``datetime``.
+_PLAIN_EQUALITY = frozenset({str, bool, ObjectId, dt.datetime})
 
 
 def guard_filter(doc: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
     """A filter matching ``doc`` only while every field in ``fields`` is as it is now.
 
-    Present fields are pinned by exact value with ``$expr`` (no array traversal, field order of
+    A present string, boolean, ObjectId or date is pinned by plain equality with arrays
+    excluded (``{f: {$eq: v, $not: {$type: "array"}}}``), which means what ``$expr``'s
+    equality means for these values and costs the server and the client less. Other present
+    values are pinned by exact value with ``$expr`` (no array traversal, field order of
     sub-documents significant); absent fields are pinned by ``$exists: false``. A name that a
     query would read as a path or an operator (with a ``.``, starting with ``$``, or empty:
     legal top-level names since MongoDB 5.0) is pinned inside ``$expr`` through ``$getField``,
-    for its existence (``$type`` is ``"missing"`` or not) as for its value.
+    for its existence (``$type`` is ``"missing"`` or not) as for its value. Strings compare
+    binary only under the simple collation, which every guarded write states.
     """
     query: dict[str, Any] = {"_id": doc["_id"]}
     equal: list[dict[str, Any]] = []
     for name in sorted(fields - {"_id"}):
         present = name in doc
-        if _needs_get_field(name):
+        if not name or name[0] == "$" or "." in name:  # a path or an operator to a query
             value = {"$getField": {"field": {"$literal": name}}}
             equal.append({"$ne" if present else "$eq": [{"$type": value}, "missing"]})
             if present:
                 equal.append({"$eq": [value, {"$literal": doc[name]}]})
-        elif present:
-            query[name] = {"$exists": True}
-            equal.append({"$eq": [f"${name}", {"$literal": doc[name]}]})
-        else:
+        elif not present:
             query[name] = {"$exists": False}
+        elif type(pinned := doc[name]) in _PLAIN_EQUALITY:
+            query[name] = {"$eq": pinned, "$not": {"$type": "array"}}
+        else:
+            query[name] = {"$exists": True}
+            equal.append({"$eq": [f"${name}", {"$literal": pinned}]})
     if equal:
         query["$expr"] = equal[0] if len(equal) == 1 else {"$and": equal}
     return query
-
-
-def _needs_get_field(name: str) -> bool:
-    return not name or name.startswith("$") or "." in name
 
 
 def decide(migration: Migration, doc: Mapping[str, Any], ctx: Any) -> Outcome:
