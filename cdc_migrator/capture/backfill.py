@@ -19,11 +19,11 @@ from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
-from kafka.partitioner.default import murmur2
 
 from ..base import deadletters as deadletter
 from ..base import events, logs, metrics, topics
 from ..base.codec import CODEC_OPTIONS
+from ..base.partitions import partition_of
 from ..base.progress import Progress
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested
 from ..base.scanner import count, prefetched, scan
@@ -171,16 +171,17 @@ def by_partition(batch: list, encoder: events.RawEncoder,
     record, in ``_id`` order within a partition.
 
     The partition of a document is the one the producer's default partitioner gives its key
-    (murmur2, as Kafka's Java client), where the tailer's change events of the same document
-    go: one document's events stay in one partition, in order. One record per group instead
-    of one per document is what makes the backfill cheap to produce and to consume. A document
-    larger than ``RECORD_BYTES`` is always alone in its group, so a document as large as
-    MongoDB allows never shares a record with others.
+    (:func:`~cdc_migrator.base.partitions.partition_of`, as Kafka's Java client), where the
+    tailer's change events of the same document go: one document's events stay in one
+    partition, in order. One record per group instead of one per document is what makes the
+    backfill cheap to produce and to consume. A document larger than ``RECORD_BYTES`` is
+    always alone in its group, so a document as large as MongoDB allows never shares a record
+    with others.
     """
     groups: dict[int, list] = {}
     sizes: dict[int, int] = {}
     for doc in batch:
-        partition = (murmur2(encoder.key_of(doc)) & 0x7FFFFFFF) % partitions
+        partition = partition_of(encoder.key_of(doc), partitions)
         size = len(doc.raw) if isinstance(doc, RawBSONDocument) \
             else len(bson.encode(doc, codec_options=CODEC_OPTIONS))
         group = groups.get(partition)
