@@ -275,3 +275,20 @@ def test_a_member_joining_during_a_slow_batch_rebalances_and_the_group_drains(
     # and the batch applied again after the group settled): either way, every offset is
     # committed by one member or the other, or the lag would not have reached zero.
     assert first.stats.batches >= 1
+
+
+def test_a_poll_applied_in_small_chunks_counts_and_migrates_every_document(
+        db, settings, transforms, monkeypatch):
+    """The consumer writes one chunk of a poll while it decides the next: with chunks of 7
+    documents every poll has many, and every chunk's writes and counts must be in before
+    the poll is committed."""
+    from cdc_migrator.apply import consumer
+
+    monkeypatch.setattr(consumer, "APPLY_CHUNK", 7)
+    expected = seed_items(db["items"], random.Random(5), 1000)
+    report = run_pipeline(settings, get_migration(transforms, "price_total"),
+                          show_progress=False, timeout=120, batch_size=200)
+    assert report.drained and report.lag == 0
+    assert_invariant(db["items"], expected, set())
+    # A third of the documents were in the new shape already: no write for them.
+    assert report.counts["updated"] == sum(1 for i in expected if i % 3)

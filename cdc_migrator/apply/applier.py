@@ -9,6 +9,7 @@ comes back.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -76,6 +77,15 @@ class BatchResult:
         }
 
 
+@dataclass
+class Decided:
+    """A batch decided and not yet written (see :meth:`Applier.decide_documents`)."""
+
+    result: BatchResult
+    ops: list[UpdateOne | DeleteOne]
+    pending: list[Outcome]
+
+
 class Applier:
     """Migrates documents of one collection; writes are guarded and idempotent."""
 
@@ -83,7 +93,9 @@ class Applier:
         self.migration = migration
         self.collection = collection
         self.ctx = ctx
-        self._filter_fields = filter_fields(migration.filter) if migration.filter else None
+        fields = filter_fields(migration.filter) if migration.filter else None
+        # The filter's fields but _id, which every guard pins.
+        self._filter_fields = fields - {"_id"} if fields is not None else None
 
     def _filter_implied(self, guard: Mapping[str, Any]) -> bool:
         """Whether the guard alone keeps the write inside the migration's filter.
@@ -95,15 +107,28 @@ class Applier:
         filter is then left out of the write (for the server, one condition less per write).
         """
         fields = self._filter_fields
-        if fields is None:
-            return False
-        return all(name == "_id" or name in guard for name in fields)
+        return fields is not None and fields <= guard.keys()
 
     def apply_documents(self, docs: Iterable[Mapping[str, Any]]) -> BatchResult:
         """Migrate documents read just now (e.g. by a scan); misses are re-read and retried."""
+        return self.write(self.decide_documents(docs))
+
+    def decide_documents(self, docs: Iterable[Mapping[str, Any]]) -> Decided:
+        """The first half of :meth:`apply_documents`: run the transform on documents read just
+        now and make their guarded writes, writing nothing. :meth:`write` writes them; in
+        between, another batch may be decided (``apply`` decides the next batch while this one
+        is written)."""
         docs = list(docs)
         result = BatchResult(seen=len(docs))
-        self._apply(docs, result)
+        ops, pending = self._decide(docs, result, 1)
+        return Decided(result, ops, pending)
+
+    def write(self, decided: Decided) -> BatchResult:
+        """The second half of :meth:`apply_documents`: the writes of ``decided``; misses are
+        re-read, decided again and retried. ``decided`` is left as it was, so that a write
+        interrupted by a lost connection can be retried with it."""
+        result = dataclasses.replace(decided.result, failures=list(decided.result.failures))
+        self._write_decided(decided.ops, decided.pending, result)
         return result
 
     def apply_ids(
@@ -118,6 +143,13 @@ class Applier:
         and ``True``) are two. An id whose document does not
         exist is counted as ``missing`` and skipped.
         """
+        return self.write(self.decide_ids(ids, images))
+
+    def decide_ids(
+        self, ids: Iterable[Any], images: Mapping[Any, Mapping[str, Any] | None] | None = None
+    ) -> Decided:
+        """The first half of :meth:`apply_ids`: read what has no image, decide, write nothing
+        (see :meth:`decide_documents`)."""
         unique = {id_key(i): i for i in ids}
         result = BatchResult(seen=len(unique))
         images = images or {}
@@ -126,26 +158,32 @@ class Applier:
         if unknown:
             docs += self._read(unknown)
         result.missing += len(unique) - len(docs)
-        self._apply(docs, result)
-        return result
+        return Decided(result, *self._decide(docs, result, 1))
 
-    def _apply(self, docs: list[Mapping[str, Any]], result: BatchResult) -> None:
+    def _decide(self, docs: list[Mapping[str, Any]], result: BatchResult, attempt: int
+                ) -> tuple[list[UpdateOne | DeleteOne], list[Outcome]]:
+        """The writes of ``docs`` and the outcomes they carry out; no-ops, failures and
+        refusals counted in ``result``."""
+        ops: list[UpdateOne | DeleteOne] = []
         pending: list[Outcome] = []
+        for outcome in [decide(self.migration, d, self.ctx) for d in docs]:
+            kind = outcome.kind
+            if kind == "noop":
+                # On a retry a no-op means our earlier write or the application's own
+                # write already migrated the document: it was counted then.
+                result.unchanged += attempt == 1
+            elif kind == "error":
+                result.failures.append(Failure(outcome.id, outcome.error, outcome.traceback))
+            elif (refusal := _too_large(outcome)) is not None:
+                result.failures.append(Failure(outcome.id, refusal))
+            else:
+                ops.append(self._op(outcome))
+                pending.append(outcome)
+        return ops, pending
+
+    def _write_decided(self, ops: list[UpdateOne | DeleteOne], pending: list[Outcome],
+                       result: BatchResult) -> None:
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            outcomes = [decide(self.migration, d, self.ctx) for d in docs]
-            ops, pending = [], []
-            for outcome in outcomes:
-                if outcome.kind == "noop":
-                    # On a retry a no-op means our earlier write or the application's own
-                    # write already migrated the document: it was counted then.
-                    result.unchanged += attempt == 1
-                elif outcome.kind == "error":
-                    result.failures.append(Failure(outcome.id, outcome.error, outcome.traceback))
-                elif (refusal := _too_large(outcome)) is not None:
-                    result.failures.append(Failure(outcome.id, refusal))
-                else:
-                    ops.append(self._op(outcome))
-                    pending.append(outcome)
             if not ops:
                 return
             matched, deleted, rejected = self._write(ops)
@@ -161,7 +199,10 @@ class Applier:
             # Some guards missed: the application changed those documents in between. Re-read
             # them and decide again from their current state; deleted ones are skipped.
             result.retried += missed
-            docs = self._read([o.id for o in pending])
+            if attempt == MAX_ATTEMPTS:
+                break
+            ops, pending = self._decide(self._read([o.id for o in pending]), result,
+                                        attempt + 1)
         for o in pending:
             result.failures.append(
                 Failure(o.id, f"document kept changing; gave up after {MAX_ATTEMPTS} attempts"))

@@ -21,6 +21,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,9 +48,10 @@ from .applier import Applier, BatchResult
 log = logging.getLogger("cdc_migrator.consumer")
 
 PROBE_INTERVAL = 3.0  # seconds without records before the broker is asked whether it is there
-# At most this many documents are decoded and held at once: a poll of backfill records (each
-# a batch of documents) is applied in chunks, and committed once all of them are written.
-APPLY_CHUNK = 2000
+# A poll of backfill records (each a batch of documents) is applied in chunks of this many
+# documents, and committed once all of them are written. While one chunk is written (by a
+# writer thread) the next is decoded and decided: at most two chunks are held at once.
+APPLY_CHUNK = 1000
 
 
 @dataclass
@@ -98,6 +100,8 @@ class TransformConsumer:
         self._empty_since: float | None = None  # since when its polls have returned nothing
         self._last_poll = 0.0  # when its last poll returned
         self.retry = Retrier(settings, log, self.stopping)
+        self._write_retry = Retrier(settings, log, self.stopping)  # the writer thread's
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"consume-{migration.name}-write")
         self._dlq = topics.Publisher(settings, self.retry)
 
     def stop(self) -> None:
@@ -120,6 +124,7 @@ class TransformConsumer:
                     self._consumer.close(autocommit=False, timeout_ms=5_000)
                 except KafkaError as exc:
                     log.debug("closing the consumer: %s", exc)
+            self._writer.shutdown(wait=False)
             self._dlq.close()
         return self.stats
 
@@ -300,10 +305,22 @@ class TransformConsumer:
         firsts: dict[TopicPartition, int] = {}
         count = 0
         result = BatchResult()
+        in_flight: Future[BatchResult] | None = None
+
+        def apply_chunk() -> None:
+            # Decided here, written by the writer thread while the next chunk is decoded and
+            # decided; the chunks are written in order, each after the one before.
+            nonlocal in_flight
+            decided = self.retry.call(MONGODB, self.applier.decide_ids, ids, images)
+            if in_flight is not None:
+                result.add(in_flight.result())
+            in_flight = self._writer.submit(self._write_retry.call, MONGODB, self.applier.write,
+                                            decided)
+
         for tp, records in polled.items():
             for record in records:
                 if len(ids) >= APPLY_CHUNK:  # the documents decoded so far are applied first
-                    result.add(self.retry.call(MONGODB, self.applier.apply_ids, ids, images))
+                    apply_chunk()
                     ids, images = [], {}
                 count += 1
                 offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
@@ -339,7 +356,9 @@ class TransformConsumer:
                     images[key] = None if key in images else image
         # Each step is retried until it succeeds: the offsets are committed only after it.
         if ids:
-            result.add(self.retry.call(MONGODB, self.applier.apply_ids, ids, images))
+            apply_chunk()
+        if in_flight is not None:
+            result.add(in_flight.result())
         for failure in result.failures:
             log.warning("transform failed on %r, dead-lettered: %s", failure.id, failure.error)
             dead.append(("transform", *deadletters.dead_letter(
