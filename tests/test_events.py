@@ -1025,3 +1025,14 @@ def test_murmur2_gives_the_java_clients_values():
     assert partitions_module.murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") \
         & 0xFFFFFFFF == (-58897971) & 0xFFFFFFFF
     assert partitions_module.murmur2(b"abc") & 0xFFFFFFFF == 479470107
+
+
+@settings(max_examples=200, deadline=None)
+@given(oid=st.builds(ObjectId))
+def test_the_identity_of_an_object_id_is_its_bson_as_for_any_other_such_type(oid):
+    """id_key takes a shortcut for ObjectIds: the key must be the one of the general rule
+    (the value's encoding), so an ObjectId never equals another type's key."""
+    from cdc_migrator.base.identity import id_key
+
+    assert id_key(oid) == ("bson", bson.encode({"": oid}))
+    assert id_key(oid) != id_key(oid.binary) and id_key(oid) != id_key(str(oid))

@@ -63,7 +63,9 @@ def apply_migration(
 
     collection = db[migration.collection]
     applier = Applier(migration, collection, make_context(db, migration.name))
-    total = count(collection, migration.filter)
+    # The total is for the progress line alone: not counted when none is shown (a count of
+    # the filter reads the collection once more).
+    total = count(collection, migration.filter) if show_progress else None
     progress = Progress(f"apply {migration.name}", total, enabled=show_progress)
     totals = BatchResult()
     scanned = 0

@@ -15,7 +15,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 import bson
-from bson import Decimal128
+from bson import Decimal128, ObjectId
 
 from .codec import CODEC_OPTIONS
 
@@ -25,6 +25,8 @@ __all__ = ["id_key"]
 # exponent range is wide enough for every double and every Decimal128.
 _DECIMAL = decimal.Context(prec=34, rounding=decimal.ROUND_HALF_EVEN, Emax=10**9, Emin=-10**9)
 _NAN = ("number", "NaN")
+# bson.encode({"": oid}) up to the ObjectId's 12 bytes: its length (19), type 7, the empty name.
+_OBJECT_ID_HEAD = b"\x13\x00\x00\x00\x07\x00"
 
 
 def id_key(value: Any) -> Hashable:
@@ -35,6 +37,8 @@ def id_key(value: Any) -> Hashable:
     documents compare field by field in order, arrays element by element, with these rules;
     every other type compares by its BSON encoding (type and bytes).
     """
+    if type(value) is ObjectId:  # the common _id, without encoding it: the same bytes
+        return ("bson", _OBJECT_ID_HEAD + value.binary + b"\x00")
     if isinstance(value, bool):
         return ("bool", value)
     if isinstance(value, (int, float, Decimal128)):
