@@ -187,9 +187,15 @@ class Scan:
 
     def _read_batch(self) -> list[dict[str, Any]]:
         batch: list[dict[str, Any]] = []
+        # The position moves to the last document read, taken from it only when a query is
+        # reopened after it and at the end of the batch: the _id of a RawBSONDocument (the
+        # backfill's) is read by decoding the whole document, once a batch, not once a document.
+        last: Any = None
         with self._lock:
             while len(batch) < self.batch_size and not self._exhausted:
                 if self._cursor is None:
+                    if last is not None:
+                        self.after, self.started = last["_id"], True
                     self._cursor = self.collection.find(
                         scan_filter(self.base_filter, self.after, self.started),
                         sort=[("_id", 1)], batch_size=self.batch_size)
@@ -210,7 +216,9 @@ class Scan:
                              "document read", self.collection.name, str(exc).split(",")[0])
                     continue
                 batch.append(doc)
-                self.after, self.started = doc["_id"], True
+                last = doc
+            if last is not None:
+                self.after, self.started = last["_id"], True
             if self._held:
                 self._close()
         return batch
