@@ -61,6 +61,7 @@ from cdc_migrator.base.settings import Settings  # noqa: E402
 from cdc_migrator.capture.tailer import arm  # noqa: E402
 from cdc_migrator.migration import get_migration  # noqa: E402
 from cdc_migrator.pipeline import run_pipeline  # noqa: E402
+from tests.harness import AppWriter, cli_env, wait_for  # noqa: E402
 
 COLLECTION = "bench_users"
 MIGRATION = "bench_split_full_name"
@@ -204,10 +205,6 @@ class Bench:
     def collection(self, settings: Settings) -> Any:
         """The migrated collection through the benchmark's own client (not the tool's)."""
         return self.client[settings.database_name][COLLECTION]
-
-    def env(self, settings: Settings) -> dict[str, str]:
-        """The environment of a ``cdc-migrator`` subprocess using ``settings``."""
-        return {**os.environ, **settings.environment()}
 
     def truncate_history(self) -> None:
         """With --truncate-history: drop the local server's change history (a test-only
@@ -864,7 +861,7 @@ class Subprocess:
         self.log = open(f"{base}.log", "w")
         self.peak_file = Path(f"{base}.peak")
         self.peak_file.unlink(missing_ok=True)
-        env = {**bench.env(settings), "CDC_BENCH_PEAK_FILE": str(self.peak_file)}
+        env = cli_env(settings, {"CDC_BENCH_PEAK_FILE": str(self.peak_file)})
         self.proc = subprocess.Popen([sys.executable, "-c", _PEAK_WRAPPER, *args], env=env,
                                      cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         self.returncode: int | None = None
@@ -922,14 +919,6 @@ class Subprocess:
         return self.returncode
 
 
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(interval)
-
-
 def percentile(sorted_values: list[float], p: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     if not sorted_values:
@@ -943,7 +932,8 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 class Writers:
     """The application: ``threads`` clients inserting ``docs`` on one schedule (write ``i``
-    is due ``i / rate`` seconds after the start), as many concurrent requests would."""
+    is due ``i / rate`` seconds after the start), as many concurrent requests would; each
+    client is a :class:`tests.harness.AppWriter`."""
 
     def __init__(self, coll: Any, docs: list[dict[str, Any]], rate: float, measured_from: int,
                  threads: int) -> None:
@@ -955,37 +945,53 @@ class Writers:
         self._next = 0
         self._lock = threading.Lock()
         self.started = time.perf_counter() + 0.05
-        self.threads = [threading.Thread(target=self._write, daemon=True, name=f"writer-{n}")
-                        for n in range(threads)]
+        self.threads = [ScheduledWriter(self, random.Random(n)) for n in range(threads)]
         for t in self.threads:
             t.start()
 
-    def _write(self) -> None:
-        while True:
-            with self._lock:
-                i = self._next
-                self._next += 1
-            if i >= len(self.docs):
-                return
-            due = self.started + i * self.interval
-            now = time.perf_counter()
-            if due > now:
-                time.sleep(due - now)
-            doc = self.docs[i]
-            if i >= self.measured_from:
-                self.written_at[doc["_id"]] = dt.datetime.now(dt.UTC)
-            self.starts[i] = time.perf_counter()
-            self.lateness[i] = self.starts[i] - due
-            self.coll.insert_one(doc)
+    def take(self) -> int | None:
+        """The index of the next write due, or None when every one was taken."""
+        with self._lock:
+            i = self._next
+            self._next += 1
+        return i if i < len(self.docs) else None
 
     def join(self) -> None:
+        """Wait for every client to finish; fails if one died of an error."""
         for t in self.threads:
             t.join()
+            t.finish()
 
     def achieved(self) -> float:
         """Inserts started per second over the measured writes."""
         starts = self.starts[self.measured_from:]
         return (len(starts) - 1) / (max(starts) - min(starts)) if len(starts) > 1 else 0.0
+
+
+class ScheduledWriter(AppWriter):
+    """One client of :class:`Writers`: takes the next write due, waits for its time, inserts."""
+
+    def __init__(self, schedule: Writers, rng: random.Random) -> None:
+        super().__init__(rng)
+        self.schedule = schedule
+
+    def write(self) -> bool:
+        s = self.schedule
+        i = s.take()
+        if i is None:
+            self.stop.set()
+            return False
+        due = s.started + i * s.interval
+        now = time.perf_counter()
+        if due > now:
+            time.sleep(due - now)  # the schedule's pace, not synchronisation
+        doc = s.docs[i]
+        if i >= s.measured_from:
+            s.written_at[doc["_id"]] = dt.datetime.now(dt.UTC)
+        s.starts[i] = time.perf_counter()
+        s.lateness[i] = s.starts[i] - due
+        s.coll.insert_one(doc)
+        return True
 
 
 def wall_times(coll: Any, since: Any, ids: set[Any]) -> tuple[dict[Any, dt.datetime],
@@ -1073,7 +1079,7 @@ def latency_at(bench: Bench, rate: float) -> dict[str, Any]:
         achieved = writers.achieved()
         try:
             wait_for(lambda: unmigrated(coll) == 0, 60, "the last writes to be applied", 0.2)
-        except TimeoutError:
+        except AssertionError:  # harness.wait_for's failure: measured as they are
             pass
         measured = set(writers.written_at)
         inserted, updated = wall_times(coll, since, measured)
