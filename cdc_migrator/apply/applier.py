@@ -9,6 +9,7 @@ comes back.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,8 @@ class Applier:
         self.collection = collection
         self.ctx = ctx
         self._filter_fields = filter_fields(migration.filter) if migration.filter else None
+        #: Seconds the last bulk write took (for the throttle's ``max_write_latency``).
+        self.last_write_seconds: float | None = None
 
     def _filter_implied(self, guard: Mapping[str, Any]) -> bool:
         """Whether the guard alone keeps the write inside the migration's filter.
@@ -146,7 +149,9 @@ class Applier:
                     pending.append(outcome)
             if not ops:
                 return
+            written = time.monotonic()
             matched, deleted, rejected = self._write(ops)
+            self.last_write_seconds = time.monotonic() - written
             result.updated += matched
             result.deleted += deleted
             for index, message in rejected.items():

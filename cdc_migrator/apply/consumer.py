@@ -40,6 +40,7 @@ from ..base.identity import id_key
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line
 from ..base.settings import Settings
 from ..base.state import StateStore, failure_record, stop_record
+from ..base.throttle import Bounds, Throttle, worker_name
 from ..errors import CdcMigratorError, EventsLost
 from ..migration import Migration
 from .applier import Applier, BatchResult
@@ -95,6 +96,12 @@ class TransformConsumer:
         self._assigned: frozenset[TopicPartition] = frozenset()  # as of its last poll()
         self.retry = Retrier(settings, log, self.stopping)
         self._dlq = topics.Publisher(settings, self.retry)
+        # The group's share of `cdc-migrator throttle`, by the partitions this member holds.
+        self.throttle = Throttle(
+            self.store, migration.name, member=self.instance_id or worker_name(),
+            bounds=Bounds(settings.max_replication_lag, settings.max_write_latency),
+            client=settings.client, weight=lambda: float(len(self._assigned)), members=True,
+            stop=self.stopping)
 
     def stop(self) -> None:
         """Finish the batch in hand, commit, and return from :meth:`run`."""
@@ -289,8 +296,8 @@ class TransformConsumer:
         result = BatchResult()
         for tp, records in polled.items():
             for record in records:
-                if len(ids) >= APPLY_CHUNK:  # the documents decoded so far are applied first
-                    result.add(self.retry.call(MONGODB, self.applier.apply_ids, ids, images))
+                if len(ids) >= self.throttle.chunk(APPLY_CHUNK):  # those so far go first
+                    result.add(self._apply(ids, images))
                     ids, images = [], {}
                 count += 1
                 offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
@@ -326,7 +333,7 @@ class TransformConsumer:
                     images[key] = None if key in images else image
         # Each step is retried until it succeeds: the offsets are committed only after it.
         if ids:
-            result.add(self.retry.call(MONGODB, self.applier.apply_ids, ids, images))
+            result.add(self._apply(ids, images))
         for failure in result.failures:
             log.warning("transform failed on %r, dead-lettered: %s", failure.id, failure.error)
             dead.append(("transform", *deadletters.dead_letter(
@@ -353,6 +360,13 @@ class TransformConsumer:
         log.debug("batch of %d events applied and committed: %s", count, result.counts())
         if self.on_batch:
             self.on_batch(self.stats)
+
+    def _apply(self, ids: list[Any], images: dict[Any, Any]) -> BatchResult:
+        """Apply a chunk of documents at the pace of the throttle (paid before writing)."""
+        self.throttle.spend(len(ids))
+        result = self.retry.call(MONGODB, self.applier.apply_ids, ids, images)
+        self.throttle.note_write(self.applier.last_write_seconds)
+        return result
 
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata],
                 firsts: dict[TopicPartition, int]) -> bool:
@@ -412,7 +426,10 @@ class TransformConsumer:
         consumer = self.kafka
         try:
             with self._waiting_on_kafka():
-                polled = consumer.poll(timeout_ms=timeout_ms)
+                # Throttled: a poll of about a second's worth of the member's share, so
+                # that a slow rate does not keep a batch uncommitted for long.
+                polled = consumer.poll(timeout_ms=timeout_ms,
+                                       max_records=self.throttle.chunk(self.max_records))
             self._assigned = frozenset(consumer.assignment())
             return polled
         except NoOffsetForPartitionError as exc:
