@@ -209,6 +209,19 @@ def test_the_server_orders_mixed_ids_as_mongodb_and_ranges_cover_each_once(setti
 
 
 @pytest.mark.services
+def test_sample_is_uniform_so_the_ranges_come_out_about_equal(settings):
+    coll = settings.db.many
+    for start in range(0, 60_000, 10_000):
+        coll.insert_many([{"_id": i} for i in range(start, start + 10_000)])
+
+    points = split_points(coll, None, 32)  # a $sample of 640, sorted by the server
+
+    assert len(points) == 31 and points == sorted(points)
+    gaps = [b - a for a, b in zip([0, *points], [*points, 60_000], strict=True)]
+    assert max(gaps) < 3 * 60_000 / 32, gaps  # the stock server's samples crowd the start
+
+
+@pytest.mark.services
 def test_a_range_is_claimed_by_one_worker_at_a_time(db):
     ranges = RangeStore(db.cdc_migrator_state)
     assert ranges.begin_planning(NAME, "planner", hold=60, armed_at=1)
@@ -271,6 +284,30 @@ def test_backfill_reset_starts_every_range_over(db, settings, transforms):
     ranges = RangeStore(db.cdc_migrator_state).ranges(NAME)
     assert len(ranges) == 5 and all(r.done for r in ranges)
     assert sum(r.scanned for r in ranges) == 5000
+
+
+@pytest.mark.services
+def test_a_reset_while_another_backfill_runs_replans_and_both_finish_the_new_pass(
+        db, settings, transforms):
+    seed_items(db.items, random.Random(10), 6000)
+    arm(settings, get_migration(transforms, NAME))
+    assert run_cli("throttle", NAME, "--rate", "1500", settings=settings).returncode == 0
+    running = Proc(settings, "backfill", NAME, "--batch-size", "100", "-q")
+    try:
+        wait_for(lambda: _scanned(db) >= 1000, timeout=60, what="the first backfill at work")
+        old = {r.id: r.scanned for r in RangeStore(db.cdc_migrator_state).ranges(NAME)}
+        reset = run_cli("backfill", NAME, "--reset", "--batch-size", "100", "-q",
+                        settings=settings)
+        assert reset.returncode == 0, reset.stderr
+        assert running.wait(timeout=120) == 0, running.log
+    finally:
+        running.stop()
+    ranges = RangeStore(db.cdc_migrator_state).ranges(NAME)
+    assert ranges and all(r.done for r in ranges)
+    assert sum(r.scanned for r in ranges) >= 6000  # the new pass covered everything
+    assert sum(old.values()) >= 1000 and "finished" in reset.stdout
+    state = StateStore(db).get(NAME)
+    assert state.backfill.done
 
 
 def _scanned(db) -> int:

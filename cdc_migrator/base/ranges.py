@@ -173,6 +173,15 @@ class RangeStore:
     def plan(self, name: str) -> dict[str, Any] | None:
         return self.collection.find_one({"_id": _plan_id(name)})
 
+    def all_done(self, name: str, armed_at: Any) -> bool:
+        """Whether the pass armed at ``armed_at`` is planned and every range of it is done
+        (not while a ``--reset`` or a re-armed capture plans it again)."""
+        plan = self.plan(name)
+        if plan is None or plan.get("state") != "ready" or plan.get("armed_at") != armed_at:
+            return False
+        ranges = self.ranges(name)
+        return bool(ranges) and all(r.done for r in ranges)
+
     def leased_count(self, name: str) -> int:
         """Ranges held by a live lease now: the backfill's working workers."""
         return self.collection.count_documents(

@@ -186,8 +186,8 @@ class _Pass:
                     thread.join(timeout=0.2)
         if errors:
             raise errors[0]
-        return not self.halt.is_set() and not self.rearmed and all(
-            r.done for r in self.ranges.ranges(self.migration.name))
+        return not self.halt.is_set() and not self.rearmed and \
+            self.ranges.all_done(self.migration.name, self.armed_at)
 
     def _work(self, index: int) -> None:
         """One worker: claim a range, scan it, claim the next; wait while ranges held by
@@ -212,9 +212,11 @@ class _Pass:
                     return
                 claim = retry.call(MONGODB, self.ranges.claim, name, owner, self.lease)
                 if claim is None:
-                    if all(r.done for r in retry.call(MONGODB, self.ranges.ranges, name)):
+                    if retry.call(MONGODB, self.ranges.all_done, name, self.armed_at):
                         return
-                    self.halt.wait(min(1.0, self.lease / 3))  # others hold the rest
+                    # Others hold the rest (their leases may run out), or a `--reset` plans
+                    # the pass again.
+                    self.halt.wait(min(1.0, self.lease / 3))
                     continue
                 if claim.taken_from:
                     # A worker died or was cut off (or stopped renewing for a lease).
