@@ -106,7 +106,8 @@ def backfill(
         resumed = retry.call(
             MONGODB, plan, pass_.collection, migration.filter, pass_.ranges, store,
             migration.name, owner=worker_name(), total=total, most=settings.backfill_ranges,
-            armed_at=pass_.armed_at, saved=saved, reset=reset, wait=halt)
+            armed_at=pass_.armed_at, saved=saved, reset=reset,
+            wait=stop if stop is not None else halt)
         done_before = (retry.call(MONGODB, store.get, migration.name) or state).backfill
         log.info("backfill %s: %d documents to scan into %s, %d worker(s) here",
                  "resumed" if resumed else "started", total, pass_.topic, workers)
