@@ -23,10 +23,10 @@ from cdc_migrator.capture.ranges import ranges_for, split_points
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.migration import get_migration
 
-from .conftest import (
+from .harness import (
     ITEMS_MIGRATION,
-    Proc,
-    Writer,
+    CliProcess,
+    ItemsWriter,
     assert_invariant,
     run_cli,
     seed_items,
@@ -34,6 +34,7 @@ from .conftest import (
 )
 
 NAME = "price_total"
+TRANSFORMS = {"items.py": ITEMS_MIGRATION}
 
 # Every _id type MongoDB allows, in its comparison order (arrays and regexes cannot be _ids).
 # One binData: the local server compares a UUID and other binData as two types, and strings by
@@ -180,13 +181,6 @@ def test_a_slow_bulk_write_holds_every_worker_for_a_while():
 
 # ------------------------------------------------------------------ on the real server
 
-@pytest.fixture
-def transforms(tmp_path, settings):
-    (tmp_path / "items.py").write_text(ITEMS_MIGRATION)
-    settings.transforms = tmp_path
-    return tmp_path
-
-
 @pytest.mark.services
 def test_the_server_orders_mixed_ids_as_mongodb_and_ranges_cover_each_once(settings):
     mixed = settings.db.mixed  # the tool's codec: standard UUIDs
@@ -292,7 +286,7 @@ def test_a_reset_while_another_backfill_runs_replans_and_both_finish_the_new_pas
     seed_items(db.items, random.Random(10), 6000)
     arm(settings, get_migration(transforms, NAME))
     assert run_cli("throttle", NAME, "--rate", "1500", settings=settings).returncode == 0
-    running = Proc(settings, "backfill", NAME, "--batch-size", "100", "-q")
+    running = CliProcess(settings, "backfill", NAME, "--batch-size", "100", "-q")
     try:
         wait_for(lambda: _scanned(db) >= 1000, timeout=60, what="the first backfill at work")
         old = {r.id: r.scanned for r in RangeStore(db.cdc_migrator_state).ranges(NAME)}
@@ -335,16 +329,15 @@ def test_three_backfills_and_two_consumers_killed_at_random_lose_nothing(db, set
                  ("backfill", NAME, "--batch-size", "200", "--rate", "2500", "-q", *lease),
                  ("backfill", NAME, "--batch-size", "200", "--rate", "2500", "--workers", "2",
                   "-q", *lease)]
-    tail = Proc(settings, "tail", NAME)
-    consumers = [Proc(settings, "consume", NAME, "--instance-id", f"c{i}") for i in range(2)]
-    procs: list[Proc] = []
-    started: list[Proc] = []
-    writer = Writer(coll, random.Random(seed + 1), next_id=12_000)
-    writer.expected = expected
+    tail = CliProcess(settings, "tail", NAME)
+    consumers = [CliProcess(settings, "consume", NAME, "--instance-id", f"c{i}") for i in range(2)]
+    procs: list[CliProcess] = []
+    started: list[CliProcess] = []
+    writer = ItemsWriter(coll, random.Random(seed + 1), next_id=12_000, expected=expected)
     try:
         wait_for(lambda: (db.cdc_migrator_state.find_one({"_id": NAME}) or {}).get(
             "tail", {}).get("armed_at"), what="armed")
-        procs = [Proc(settings, *args) for args in backfills]
+        procs = [CliProcess(settings, *args) for args in backfills]
         started = list(procs)
         writer.start()
         kills = consumer_kills = 0
@@ -361,23 +354,22 @@ def test_three_backfills_and_two_consumers_killed_at_random_lose_nothing(db, set
             if rng.random() < 0.25:  # now and then a consumer, restarted under its name
                 member = rng.randrange(len(consumers))
                 consumers[member].kill()
-                consumers[member] = Proc(settings, "consume", NAME, "--instance-id",
+                consumers[member] = CliProcess(settings, "consume", NAME, "--instance-id",
                                          f"c{member}")
                 consumer_kills += 1
             victim = rng.choice(alive)
             procs[victim].kill()
             kills += 1
             if rng.random() < 0.7:  # mostly restarted; some ranges wait for their lease
-                procs[victim] = Proc(settings, *backfills[victim])
+                procs[victim] = CliProcess(settings, *backfills[victim])
                 started.append(procs[victim])
         if not any(p.alive for p in procs):  # all killed: one more finishes the rest
-            procs.append(Proc(settings, *backfills[0]))
+            procs.append(CliProcess(settings, *backfills[0]))
             started.append(procs[-1])
         for proc in procs:
             if proc.alive:
                 assert proc.wait(timeout=240) == 0, proc.log
-        writer.stop.set()
-        writer.join()
+        writer.finish()
         ranges = finished.ranges(NAME)
         assert ranges and all(r.done for r in ranges)
         done = run_cli("cutover", NAME, "--timeout", "120", settings=settings, timeout=300)
@@ -407,12 +399,12 @@ def test_a_throttle_change_reaches_the_running_backfill_and_consumers(db, settin
                                                                     transforms):
     seed_items(db.items, random.Random(8), 30_000)
     assert run_cli("throttle", NAME, "--rate", "150", settings=settings).returncode == 0
-    tail = Proc(settings, "tail", NAME)
+    tail = CliProcess(settings, "tail", NAME)
     procs = [tail]
     try:
         wait_for(lambda: (db.cdc_migrator_state.find_one({"_id": NAME}) or {}).get(
             "tail", {}).get("armed_at"), what="armed")
-        procs.append(Proc(settings, "backfill", NAME, "--batch-size", "100", "--workers", "2",
+        procs.append(CliProcess(settings, "backfill", NAME, "--batch-size", "100", "--workers", "2",
                           "-q"))
         slow_read = _rate_over(lambda: _scanned(db), 450, timeout=60)
         shown = json.loads(run_cli("status", NAME, "--json", settings=settings).stdout)
@@ -424,7 +416,7 @@ def test_a_throttle_change_reaches_the_running_backfill_and_consumers(db, settin
         assert procs[-1].wait(timeout=120) == 0, procs[-1].log  # the backfill finished
         # The consumers start on the whole backlog: their own pace is what the count shows.
         assert run_cli("throttle", NAME, "--rate", "150", settings=settings).returncode == 0
-        procs += [Proc(settings, "consume", NAME) for _ in range(2)]
+        procs += [CliProcess(settings, "consume", NAME) for _ in range(2)]
         wait_for(lambda: _unmigrated(db) < 20_000 - 100, timeout=60, what="consumers at work")
         slow_applied = _rate_over(lambda: 30_000 - _unmigrated(db), 450, timeout=60)
         assert run_cli("throttle", NAME, "--off", settings=settings).returncode == 0
@@ -462,7 +454,7 @@ def test_the_backfill_holds_while_replication_lags_and_status_says_why(
     assert throttling.replication_lag(mongo_client) == pytest.approx(30, abs=1.5)
     seed_items(db.items, random.Random(9), 3000)
     arm(settings, get_migration(transforms, NAME))
-    backfill = Proc(settings, "backfill", NAME, "--max-replication-lag", "5", "-q")
+    backfill = CliProcess(settings, "backfill", NAME, "--max-replication-lag", "5", "-q")
     try:
         held = wait_for(lambda: json.loads(run_cli("status", NAME, "--json",
                                                    settings=settings).stdout)["throttle"]
