@@ -219,12 +219,25 @@ def tail(settings: Settings, migrations: list[Migration], stop: threading.Event)
 
 def backfill(settings: Settings, name: str, *, batch_size: int | None = None,
              rate: float | None = None, reset: bool = False, show_progress: bool = True,
-             stop: threading.Event | None = None) -> BackfillReport:
+             stop: threading.Event | None = None, workers: int = 1) -> BackfillReport:
     """``cdc-migrator backfill NAME``: the existing documents into the topic, resumable
-    (``reset`` starts over). See :func:`cdc_migrator.capture.backfill.backfill`."""
+    (``reset`` starts over), shared by every backfill of NAME running (``workers`` threads in
+    this process). See :func:`cdc_migrator.capture.backfill.backfill`."""
     migration = _loaded(settings, name)
     return _backfill(settings, migration, batch_size=batch_size, rate=rate, reset=reset,
-                     show_progress=show_progress, stop=stop)
+                     show_progress=show_progress, stop=stop, workers=workers)
+
+
+def throttle(settings: Settings, name: str, *, rate: float | None) -> None:
+    """``cdc-migrator throttle NAME --rate R`` (``rate`` None: ``--off``): the pace of every
+    backfill worker and consumer of NAME together, picked up live. See
+    :mod:`cdc_migrator.base.throttle`."""
+    if rate is not None and not rate > 0:
+        raise UsageError(f"--rate must be a positive number of documents per second: {rate}")
+    migration = load(settings, name)
+    store = _store(settings)
+    store.ensure(name, migration.collection)
+    store.set_throttle(name, rate)
 
 
 def consume(settings: Settings, migrations: list[Migration],

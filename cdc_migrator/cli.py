@@ -257,25 +257,53 @@ def tail(settings: Settings, names: tuple[str, ...]) -> None:
 @_BATCH_SIZE
 @_RATE
 @_RESET
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N", help="Scan N ranges at once in this process (threads).")
 @_PROGRESS_QUIET
+@_setting("backfill_ranges")
+@_setting("lease_seconds")
+@_setting("max_replication_lag")
+@_setting("max_write_latency")
 @_settings_options
 def backfill(settings: Settings, name: str, batch_size: int | None, rate: float | None,
-             reset: bool, quiet: bool) -> None:
-    """Scan NAME's existing documents into its topic, in _id order; resumable.
+             reset: bool, workers: int, quiet: bool) -> None:
+    """Scan NAME's existing documents into its topic, in _id ranges; resumable.
 
-    Refuses unless change capture is armed (`tail` ran once), so that no write falls between
-    the scan and the change stream.
+    Run it as often as you like, on as many machines: every backfill of NAME shares the work
+    (each _id range is leased to one worker; a dead worker's range is taken over once its
+    lease ran out). Refuses unless change capture is armed (`tail` ran once), so that no
+    write falls between the scan and the change stream. --reset starts every range over.
     """
     stop = _stop_on_signals()
     report = api.backfill(settings, name, batch_size=batch_size, rate=rate, reset=reset,
-                          show_progress=not quiet, stop=stop)
+                          show_progress=not quiet, stop=stop, workers=workers)
     click.echo(report.summary())
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="DOCS/S",
+              help="Documents per second: read by all backfill workers together, and "
+                   "applied by all consumers together.")
+@click.option("--off", is_flag=True, help="Remove the limit.")
+@_settings_options
+def throttle(settings: Settings, name: str, rate: float | None, off: bool) -> None:
+    """Change the pace of NAME's running backfill and consumers, without a restart.
+
+    They read the throttle every second. `status` shows the one in force.
+    """
+    if (rate is None) == (not off):
+        raise UsageError("give either --rate DOCS/S or --off")
+    api.throttle(settings, name, rate=None if off else rate)
+    click.echo(f"{name}: throttle " + ("off" if off else f"{rate:g} documents/s"))
 
 
 @cli.command()
 @click.argument("names", nargs=-1, metavar="[NAME...]")
 @_setting("instance_id")
 @_setting("metrics_port")
+@_setting("max_replication_lag")
+@_setting("max_write_latency")
 @_settings_options
 def consume(settings: Settings, names: tuple[str, ...]) -> None:
     """Always-on: the transform consumer group; run several processes to share partitions.
@@ -300,6 +328,10 @@ def consume(settings: Settings, names: tuple[str, ...]) -> None:
 @_PROGRESS_QUIET
 @_setting("on_history_lost")
 @_setting("metrics_port")
+@_setting("backfill_ranges")
+@_setting("lease_seconds")
+@_setting("max_replication_lag")
+@_setting("max_write_latency")
 @_settings_options
 def run(settings: Settings, name: str, batch_size: int | None, rate: float | None,
         timeout: float | None, then_cutover: bool, quiet: bool) -> None:
@@ -516,6 +548,10 @@ def config_group() -> None:
 @_JSON
 @_setting("metrics_port")
 @_setting("on_history_lost")
+@_setting("backfill_ranges")
+@_setting("lease_seconds")
+@_setting("max_replication_lag")
+@_setting("max_write_latency")
 @_settings_options
 def config_show(settings: Settings, as_json: bool) -> None:
     """Print the effective configuration (TOML; JSON with --json), each value's source,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,8 @@ class Applier:
         fields = filter_fields(migration.filter) if migration.filter else None
         # The filter's fields but _id, which every guard pins.
         self._filter_fields = fields - {"_id"} if fields is not None else None
+        #: Seconds the last bulk write took (for the throttle's ``max_write_latency``).
+        self.last_write_seconds: float | None = None
 
     def _filter_implied(self, guard: Mapping[str, Any]) -> bool:
         """Whether the guard alone keeps the write inside the migration's filter.
@@ -186,7 +189,9 @@ class Applier:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             if not ops:
                 return
+            written = time.monotonic()
             matched, deleted, rejected = self._write(ops)
+            self.last_write_seconds = time.monotonic() - written
             result.updated += matched
             result.deleted += deleted
             for index, message in rejected.items():

@@ -41,6 +41,7 @@ from ..base.identity import id_key
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line
 from ..base.settings import Settings
 from ..base.state import StateStore, failure_record, stop_record
+from ..base.throttle import Bounds, Throttle, worker_name
 from ..errors import CdcMigratorError, EventsLost
 from ..migration import Migration
 from .applier import Applier, BatchResult
@@ -103,6 +104,12 @@ class TransformConsumer:
         self._write_retry = Retrier(settings, log, self.stopping)  # the writer thread's
         self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"consume-{migration.name}-write")
         self._dlq = topics.Publisher(settings, self.retry)
+        # The group's share of `cdc-migrator throttle`, by the partitions this member holds.
+        self.throttle = Throttle(
+            self.store, migration.name, member=self.instance_id or worker_name(),
+            bounds=Bounds(settings.max_replication_lag, settings.max_write_latency),
+            client=settings.client, weight=lambda: float(len(self._assigned)), members=True,
+            stop=self.stopping)
 
     def stop(self) -> None:
         """Finish the batch in hand, commit, and return from :meth:`run`."""
@@ -307,19 +314,26 @@ class TransformConsumer:
         result = BatchResult()
         in_flight: Future[BatchResult] | None = None
 
+        def written() -> None:
+            assert in_flight is not None
+            result.add(in_flight.result())
+            self.throttle.note_write(self.applier.last_write_seconds)
+
         def apply_chunk() -> None:
             # Decided here, written by the writer thread while the next chunk is decoded and
-            # decided; the chunks are written in order, each after the one before.
+            # decided; the chunks are written in order, each after the one before. The
+            # throttle's pace is paid before deciding.
             nonlocal in_flight
+            self.throttle.spend(len(ids))
             decided = self.retry.call(MONGODB, self.applier.decide_ids, ids, images)
             if in_flight is not None:
-                result.add(in_flight.result())
+                written()
             in_flight = self._writer.submit(self._write_retry.call, MONGODB, self.applier.write,
                                             decided)
 
         for tp, records in polled.items():
             for record in records:
-                if len(ids) >= APPLY_CHUNK:  # the documents decoded so far are applied first
+                if len(ids) >= self.throttle.chunk(APPLY_CHUNK):  # those so far go first
                     apply_chunk()
                     ids, images = [], {}
                 count += 1
@@ -358,7 +372,7 @@ class TransformConsumer:
         if ids:
             apply_chunk()
         if in_flight is not None:
-            result.add(in_flight.result())
+            written()
         for failure in result.failures:
             log.warning("transform failed on %r, dead-lettered: %s", failure.id, failure.error)
             dead.append(("transform", *deadletters.dead_letter(
@@ -444,7 +458,10 @@ class TransformConsumer:
         consumer = self.kafka
         try:
             with self._waiting_on_kafka():
-                polled = consumer.poll(timeout_ms=timeout_ms)
+                # Throttled: a poll of about a second's worth of the member's share, so
+                # that a slow rate does not keep a batch uncommitted for long.
+                polled = consumer.poll(timeout_ms=timeout_ms,
+                                       max_records=self.throttle.chunk(self.max_records))
             self._assigned = frozenset(consumer.assignment())
             self._last_poll = time.monotonic()
             if polled:

@@ -207,6 +207,22 @@ class Settings:
         "StatefulSet): restarted under it after a crash, it takes its partitions back at once "
         "instead of after the group's 30 s session timeout (static membership).",
         metavar="NAME", key=None, everywhere=False)
+    backfill_ranges: int = setting(
+        32, "A backfill splits the collection into at most N _id ranges (at least 1,000 "
+        "documents each), which its workers and processes share.", metavar="N", minimum=1,
+        everywhere=False)
+    lease_seconds: float = setting(
+        30.0, "A backfill worker holds its range for this long past its last renewal; a "
+        "worker killed or cut off loses the range to another worker after it.",
+        metavar="SECONDS", minimum=0.5, everywhere=False)
+    max_replication_lag: float | None = setting(
+        None, "Hold the backfill and the consumers while a secondary is more than SECONDS "
+        "behind the primary (replSetGetStatus). Default: not checked.", metavar="SECONDS",
+        minimum=0, everywhere=False)
+    max_write_latency: float | None = setting(
+        None, "Hold the backfill and the consumers for a while when a bulk write of the "
+        "migration took longer than MS. Default: not checked.", metavar="MS", minimum=0,
+        everywhere=False)
     kafka_options: dict[str, Any] = field(default_factory=dict)
     mongo_options: dict[str, Any] = field(default_factory=dict)
 

@@ -15,7 +15,14 @@ The stored layout (``schema_version`` 2)::
     apply {started, done, cursor}, backfill {total, scanned, done, cursor, started_at},
     tail {armed_at, resume_token, heartbeat, last_event_time, position_time, stopped_at,
           recoveries, last_recovery {reason, at, armed_at, backfill}},
-    fences {FENCE_ID: {partitions: {P: true}}}, dlq_pending, dlq_offset
+    fences {FENCE_ID: {partitions: {P: true}}}, dlq_pending, dlq_offset,
+    throttle {rate, set_at, auto {bound, value, limit, unit, by, at, until},
+              members {MEMBER: {at, weight}}}
+
+The ranges of a shared backfill are documents of their own in the same collection (with a
+``range_of`` field, see :mod:`cdc_migrator.base.ranges`); :meth:`StateStore.all` leaves them
+out. A document written before ranges existed (``backfill.cursor``, one position) is resumed
+as ranges: the first one starts after that position.
 
 A document written by version 1 (no ``schema_version``; phases as display strings such as
 ``"ready for cutover"``) is read as the same state: a migration running during an upgrade
@@ -36,6 +43,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from . import naming
+from .ranges import RANGE_OF
 
 SCHEMA_VERSION = 2
 MAX_ERRORS_KEPT = 50
@@ -148,6 +156,21 @@ class TailState:
 
 
 @dataclass
+class ThrottleState:
+    """The pace set for the migration (``cdc-migrator throttle``) and the hold in force."""
+
+    rate: float | None = None  # documents per second, for all workers together
+    set_at: dt.datetime | None = None
+    auto: dict[str, Any] | None = None  # the last automatic hold (a bound exceeded)
+    members: dict[str, tuple[float, float]] = field(default_factory=dict)  # at, weight
+
+    @property
+    def holding(self) -> bool:
+        """Whether an automatic hold is in force now."""
+        return self.auto is not None and float(self.auto.get("until") or 0) > time.time()
+
+
+@dataclass
 class MigrationState:
     """One migration's state, as read from its document."""
 
@@ -168,6 +191,7 @@ class MigrationState:
     fences: dict[str, set[int]] = field(default_factory=dict)
     dlq_pending: int = 0
     dlq_offset: int = 0
+    throttle: ThrottleState = field(default_factory=ThrottleState)
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
@@ -194,6 +218,7 @@ class MigrationState:
         apply_ = doc.get("apply")
         tail = doc.get("tail") or {}
         counts = doc.get("counts") or {}
+        throttle = doc.get("throttle") or {}
         return cls(
             name=doc["_id"],
             collection=doc.get("collection"),
@@ -220,6 +245,11 @@ class MigrationState:
                     for fence, entry in (doc.get("fences") or {}).items()},
             dlq_pending=int(doc.get("dlq_pending", 0)),
             dlq_offset=int(doc.get("dlq_offset", 0)),
+            throttle=ThrottleState(
+                rate=throttle.get("rate"), set_at=throttle.get("set_at"),
+                auto=throttle.get("auto"),
+                members={m: (float(v.get("at", 0)), float(v.get("weight", 0)))
+                         for m, v in (throttle.get("members") or {}).items()}),
             created_at=doc.get("created_at"),
             updated_at=doc.get("updated_at"),
             completed_at=doc.get("completed_at"),
@@ -251,7 +281,8 @@ class StateStore:
         return None if doc is None else MigrationState.from_document(doc)
 
     def all(self) -> list[MigrationState]:
-        return [MigrationState.from_document(d) for d in self.collection.find().sort("_id", 1)]
+        return [MigrationState.from_document(d) for d in
+                self.collection.find({RANGE_OF: {"$exists": False}}).sort("_id", 1)]
 
     def ensure(self, name: str, collection: str) -> MigrationState:
         """The state of ``name``, created when missing."""
@@ -266,6 +297,7 @@ class StateStore:
 
     def delete(self, name: str) -> None:
         self.collection.delete_one({"_id": name})
+        self.collection.delete_many({RANGE_OF: name})  # its backfill's ranges
 
     # ------------------------------------------------------------------ operator
 
@@ -298,6 +330,8 @@ class StateStore:
                        "failure": ""},
             "$inc": {"tail.recoveries": 1},
         })
+        # The ranges of the old pass go too: their workers' next writes match nothing.
+        self.collection.delete_many({RANGE_OF: name})
 
     def finish_recovery(self, name: str) -> None:
         """The backfill of a recovery after lost history finished."""
@@ -341,11 +375,44 @@ class StateStore:
             "$set": {"backfill.cursor": last_id, "backfill.scanned": scanned},
             **_inc({"produced": produced})}, where={"tail.armed_at": armed_at})
 
+    def record_backfill_batch(self, name: str, *, scanned: int, armed_at: Any) -> bool:
+        """A batch of one range of a shared backfill, acknowledged by the broker (several
+        workers add to the same counters). False when capture was armed again meanwhile."""
+        return self._update(name, {"$inc": {"backfill.scanned": scanned,
+                                            "counts.produced": scanned}},
+                            where={"tail.armed_at": armed_at})
+
     def finish_backfill(self, name: str, *, armed_at: Any) -> bool:
         """Every document was scanned; False when capture was armed again meanwhile."""
         return self._update(name, {"$set": {"phase": Phase.CATCHING_UP,
                                             "backfill.done": True}},
                             where={"tail.armed_at": armed_at})
+
+    # ------------------------------------------------------------------ throttle
+
+    def set_throttle(self, name: str, rate: float | None) -> None:
+        """The pace of every backfill worker and consumer together (None: no limit)."""
+        if rate is None:
+            self.collection.update_one({"_id": name}, {
+                "$unset": {"throttle.rate": "", "throttle.members": ""},
+                "$set": {"throttle.set_at": now(), "updated_at": now()}})
+        else:
+            self._set(name, **{"throttle.rate": float(rate), "throttle.set_at": now()})
+
+    def record_auto_throttle(self, name: str, record: dict[str, Any]) -> None:
+        """A bound was found exceeded: every worker holds until ``record["until"]``."""
+        self.collection.update_one({"_id": name}, {"$set": {"throttle.auto": record}})
+
+    def report_member(self, name: str, member: str, weight: float, *,
+                      forget: Iterable[str] = ()) -> None:
+        """A consumer counts in the shares of the rate with ``weight`` (its partitions);
+        members seen stale are forgotten."""
+        update: dict[str, Any] = {"$set": {f"throttle.members.{member}": {
+            "at": time.time(), "weight": weight}}}
+        gone = {f"throttle.members.{m}": "" for m in forget}
+        if gone:
+            update["$unset"] = gone
+        self.collection.update_one({"_id": name}, update)
 
     # ------------------------------------------------------------------ apply
 

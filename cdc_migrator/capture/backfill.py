@@ -1,8 +1,11 @@
 """The backfill scanner: the documents already in the collection become events on its topic.
 
 It refuses to start before change capture is armed, so every write after a document was
-scanned also yields a change event. The position (last ``_id``) is saved after the broker
-acknowledged the batch, so an interrupted backfill resumes where it stopped. A lost connection
+scanned also yields a change event. The collection is split into ``_id`` ranges that any
+number of backfill processes (and threads, ``--workers``) share: each range is leased to one
+worker at a time and has its own position (last ``_id``), saved after the broker acknowledged
+the batch, so an interrupted range resumes where it stopped, by whichever worker takes it
+over once the lease ran out (see :mod:`cdc_migrator.base.ranges`). A lost connection
 is ridden out the same way within one run (see :mod:`cdc_migrator.retry`): the batch in hand
 is sent again, and the scan is re-opened after the last saved position.
 """
@@ -25,14 +28,18 @@ from ..base import events, logs, metrics, topics
 from ..base.codec import CODEC_OPTIONS
 from ..base.partitions import partition_of
 from ..base.progress import Progress
+from ..base.ranges import Claim, RangeStore, range_filter
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested
 from ..base.scanner import count, prefetched, scan
 from ..base.settings import Settings
 from ..base.state import MigrationState, StateStore
+from ..base.throttle import Bounds, Throttle, worker_name
 from ..errors import Refused
 from ..migration import Migration
+from .ranges import LeaseKeeper, plan
 
 log = logging.getLogger("cdc_migrator.backfill")
+
 
 @dataclass
 class BackfillReport:
@@ -58,8 +65,17 @@ def backfill(
     reset: bool = False,
     show_progress: bool = True,
     stop: threading.Event | None = None,
+    workers: int = 1,
 ) -> BackfillReport:
-    """Scan the collection in ``_id`` order into the migration's topic."""
+    """Scan the collection into the migration's topic, sharing the work with every other
+    backfill of the same migration (other processes, and ``workers`` threads in this one).
+
+    The collection is split into ``_id`` ranges (planned by the first process of the pass,
+    see :mod:`cdc_migrator.capture.ranges`); each worker claims a range with a lease, scans it
+    from its saved position, and claims the next one, until every range is done. A range whose
+    worker died is taken over once its lease ran out. ``rate`` caps this process's reads
+    (shared by its workers); ``cdc-migrator throttle`` paces all of them, live.
+    """
     logs.bind(migration=migration.name, component="backfill")
     retry = Retrier(settings, log, stop)
     store = StateStore(settings.db, settings.state_collection)
@@ -75,90 +91,216 @@ def backfill(
     if state.cancelled:
         raise Refused(f"migration {migration.name!r} was cancelled; `reset` it to start again")
     _refuse_failed(state)
-    # A tailer that lost its history re-arms capture (--on-history-lost rebackfill): a pass
-    # that began before that no longer covers every write, and gives way to a new one.
-    armed_at = state.tail.armed_at
     saved = state.backfill
     if saved is not None and saved.done and not reset:
         return BackfillReport(migration.name, 0, saved.scanned, False, True)
-    position = saved.position if saved is not None and not reset else None
-    resumed = position is not None
-    done_before = saved.scanned if saved is not None and resumed else 0
-    topic = settings.topic(migration.collection)
-    collection = settings.db[migration.collection]
-    raw_collection = collection.with_options(
-        codec_options=collection.codec_options.with_options(document_class=RawBSONDocument))
-    encoder = events.RawEncoder(migration.name, settings.database_name, migration.collection)
-    publisher = topics.Publisher(settings, retry)
+    halt = threading.Event()  # this call's workers stop: asked to, or one of them failed
+    pass_ = _Pass(settings, migration, store, state.tail.armed_at, halt, rate, workers,
+                  batch_size or migration.batch_size)
     progress: Progress | None = None
-    scanned = 0
     finished = False
+    resumed = False
     try:
-        partitions = retry.call(KAFKA, topics.ensure_topic, settings, topic)
-        total = retry.call(MONGODB, count, collection, migration.filter)
-        retry.call(MONGODB, store.start_backfill, migration.name, total, over=not resumed)
-        log.info("backfill %s: %d documents to scan into %s",
-                 f"resumed after {done_before} documents" if resumed else "started", total,
-                 topic)
+        pass_.partitions = retry.call(KAFKA, topics.ensure_topic, settings, pass_.topic)
+        total = retry.call(MONGODB, count, pass_.collection, migration.filter)
+        resumed = retry.call(
+            MONGODB, plan, pass_.collection, migration.filter, pass_.ranges, store,
+            migration.name, owner=worker_name(), total=total, most=settings.backfill_ranges,
+            armed_at=pass_.armed_at, saved=saved, reset=reset,
+            wait=stop if stop is not None else halt)
+        done_before = (retry.call(MONGODB, store.get, migration.name) or state).backfill
+        log.info("backfill %s: %d documents to scan into %s, %d worker(s) here",
+                 "resumed" if resumed else "started", total, pass_.topic, workers)
         progress = Progress(f"backfill {migration.name}", total, enabled=show_progress)
-        progress.done = done_before
-        cursor, started = (position.last if position else None), resumed
+        progress.done = done_before.scanned if done_before else 0
+        pass_.progress = progress
+        finished = pass_.run(stop)
+        if finished:
+            finished = retry.call(MONGODB, store.finish_backfill, migration.name,
+                                  armed_at=pass_.armed_at)
+    except StopRequested:
+        finished = False
+    finally:
+        if progress is not None:
+            progress.close()
+    try:
+        after = retry.call(MONGODB, store.get, migration.name)
+    except StopRequested:
+        after = None
+    total_scanned = after.backfill.scanned if after is not None and after.backfill else 0
+    log.info("backfill %s: %d documents produced in this run, %d in all",
+             "finished" if finished else "stopped", pass_.scanned, total_scanned)
+    return BackfillReport(migration.name, pass_.scanned, total_scanned, resumed, finished)
+
+
+class _Pass:
+    """The workers of this process in one backfill pass."""
+
+    def __init__(self, settings: Settings, migration: Migration, store: StateStore,
+                 armed_at: Any, halt: threading.Event, rate: float | None, workers: int,
+                 batch_size: int) -> None:
+        self.settings, self.migration, self.store = settings, migration, store
+        self.armed_at, self.halt, self.workers, self.batch_size = armed_at, halt, workers, \
+            batch_size
+        self.rate = rate / workers if rate else None  # --rate is this process's cap
+        self.ranges = RangeStore(settings.db[settings.state_collection])
+        self.lease = settings.lease_seconds
+        self.topic = settings.topic(migration.collection)
+        self.collection = settings.db[migration.collection]
+        self.raw_collection = self.collection.with_options(
+            codec_options=self.collection.codec_options.with_options(
+                document_class=RawBSONDocument))
+        self.encoder = events.RawEncoder(migration.name, settings.database_name,
+                                         migration.collection)
+        self.bounds = Bounds(settings.max_replication_lag, settings.max_write_latency)
+        self.partitions = 1
+        self.progress: Progress | None = None
+        self.scanned = 0
+        self.rearmed = False
+        self._lock = threading.Lock()
+        self.keeper = LeaseKeeper(self.ranges, self.lease)
+
+    def run(self, stop: threading.Event | None) -> bool:
+        """Run the workers until every range is done (True) or they must stop."""
+        errors: list[BaseException] = []
+
+        def work(index: int) -> None:
+            logs.bind(migration=self.migration.name, component="backfill")
+            try:
+                self._work(index)
+            except StopRequested:
+                pass
+            except BaseException as exc:  # raised again below, in the caller's thread
+                errors.append(exc)
+                self.halt.set()
+
+        threads = [threading.Thread(target=work, args=(i,), daemon=True,
+                                    name=f"backfill-{self.migration.name}-{i}")
+                   for i in range(self.workers)]
+        with self.keeper:
+            for thread in threads:
+                thread.start()
+            while any(t.is_alive() for t in threads):
+                if stop is not None and stop.is_set():
+                    self.halt.set()
+                for thread in threads:
+                    thread.join(timeout=0.2)
+        if errors:
+            raise errors[0]
+        return not self.halt.is_set() and not self.rearmed and \
+            self.ranges.all_done(self.migration.name, self.armed_at)
+
+    def _work(self, index: int) -> None:
+        """One worker: claim a range, scan it, claim the next; wait while ranges held by
+        others are unfinished (their leases may run out); return when all are done."""
+        owner = worker_name(index)
+        retry = Retrier(self.settings, log, self.halt)
+        publisher = topics.Publisher(self.settings, retry)
+        throttle = Throttle(self.store, self.migration.name, member=owner, bounds=self.bounds,
+                            client=self.settings.client,
+                            live=lambda _: self.ranges.leased_count(self.migration.name),
+                            stop=self.halt)
+        name = self.migration.name
+        try:
+            while not self.halt.is_set():
+                state = retry.call(MONGODB, self.store.get, name)
+                if state is None or state.cancelled:
+                    self.halt.set()
+                    return
+                _refuse_failed(state)
+                if state.tail.armed_at != self.armed_at:
+                    self._rearmed()
+                    return
+                claim = retry.call(MONGODB, self.ranges.claim, name, owner, self.lease)
+                if claim is None:
+                    if retry.call(MONGODB, self.ranges.all_done, name, self.armed_at):
+                        return
+                    # Others hold the rest (their leases may run out), or a `--reset` plans
+                    # the pass again.
+                    self.halt.wait(min(1.0, self.lease / 3))
+                    continue
+                if claim.taken_from:
+                    # A worker died or was cut off (or stopped renewing for a lease).
+                    log.warning("range %d taken over from %s (its lease ran out), from its "
+                                "saved position", claim.range.index, claim.taken_from)
+                self.keeper.hold(claim)
+                try:
+                    self._scan_range(claim, retry, publisher, throttle)
+                finally:
+                    self.keeper.drop(claim)
+                    if self.halt.is_set():
+                        retry.call(MONGODB, self.ranges.release, claim)
+        finally:
+            publisher.close()
+
+    def _rearmed(self) -> None:
+        log.warning("capture was re-armed after the change history was lost; this backfill "
+                    "pass stops, a new one scans everything")
+        self.rearmed = True
+        self.halt.set()
+
+    def _scan_range(self, claim: Claim, retry: Retrier, publisher: topics.Publisher,
+                    throttle: Throttle) -> None:
+        """Scan one claimed range from its saved position to its end (marked done), or until
+        it is taken over or the workers must stop."""
+        name = self.migration.name
+        parts = [f for f in (self.migration.filter, range_filter(claim.range.key_range)) if f]
+        base = None if not parts else parts[0] if len(parts) == 1 else {"$and": parts}
+        cursor, started = claim.range.position, claim.range.started
         while True:
             try:
                 # Documents are read as raw BSON and go on the topic as read (no decoding and
                 # encoding again); the next batch is read while this one is produced.
-                batches = scan(raw_collection, migration.filter, after=cursor, started=started,
-                               rate=rate, batch_size=batch_size or migration.batch_size)
+                batches = scan(self.raw_collection, base, after=cursor, started=started,
+                               rate=self.rate, batch_size=self.batch_size)
                 for batch in prefetched(batches):
                     retry.recovered(MONGODB)
+                    # The throttle paces reads: paying for this batch delays the next one.
+                    throttle.spend(len(batch), before_long_wait=batches.release)
                     batch_started = time.monotonic()
-                    for partition, docs in by_partition(batch, encoder, partitions):
+                    for partition, docs in by_partition(batch, self.encoder, self.partitions):
                         publisher.send_record(snapshot_record(
-                            settings, migration, encoder, topic, partition, docs))
+                            self.settings, self.migration, self.encoder, self.topic,
+                            partition, docs))
                     publisher.flush()  # rides out a broker outage with this batch in hand
                     if publisher.dead_lettered:
-                        retry.call(MONGODB, store.add_dead_letters, migration.name,
+                        retry.call(MONGODB, self.store.add_dead_letters, name,
                                    publisher.dead_lettered)
-                    current = retry.call(
-                        MONGODB, store.save_backfill_position, migration.name,
-                        last_id=batch[-1]["_id"], scanned=done_before + scanned + len(batch),
-                        produced=len(batch), armed_at=armed_at)
+                    ours = retry.call(MONGODB, self.ranges.save_position, claim,
+                                      batch[-1]["_id"], len(batch), self.lease)
+                    if not ours:
+                        log.info("range %d was taken over by another worker (this one's "
+                                 "lease ran out); its batch is sent again by it",
+                                 claim.range.index)
+                        return
+                    if not retry.call(MONGODB, self.store.record_backfill_batch, name,
+                                      scanned=len(batch), armed_at=self.armed_at):
+                        self._rearmed()
+                        return
                     cursor, started = batch[-1]["_id"], True
-                    scanned += len(batch)
-                    progress.update(len(batch))
-                    metrics.record_produced(migration.name, len(batch), "backfill",
-                                                  time.monotonic() - batch_started)
+                    with self._lock:
+                        self.scanned += len(batch)
+                        if self.progress is not None:
+                            self.progress.update(len(batch))
+                    metrics.record_produced(name, len(batch), "backfill",
+                                            time.monotonic() - batch_started)
                     # A paused backfill holds no cursor: MongoDB would kill it after 10 idle
                     # minutes. The scan reopens after the last document read.
-                    if not current:
-                        log.warning("capture was re-armed after the change history was lost; "
-                                    "this backfill pass stops, a new one scans everything")
-                        break
-                    if not _hold_while_paused(store, migration.name, stop,
+                    if not _hold_while_paused(self.store, name, self.halt,
                                               holding=batches.held):
-                        break
-                    if stop is not None and stop.is_set():
-                        break
+                        self.halt.set()
+                        return
+                    if self.halt.is_set():
+                        return
                 else:
-                    finished = True
-                break
+                    retry.call(MONGODB, self.ranges.finish, claim)
+                    log.debug("range %d done", claim.range.index)
+                return
             except StopRequested:
                 raise
             except Exception as exc:
                 publisher.forget()
                 retry.failed(exc)  # then scan again after the last saved position
-        if finished:
-            finished = retry.call(MONGODB, store.finish_backfill, migration.name,
-                                  armed_at=armed_at)
-    except StopRequested:
-        finished = False
-    finally:
-        publisher.close()
-        if progress is not None:
-            progress.close()
-    log.info("backfill %s: %d documents produced in this run, %d in all",
-             "finished" if finished else "stopped", scanned, done_before + scanned)
-    return BackfillReport(migration.name, scanned, done_before + scanned, resumed, finished)
 
 
 #: The most document bytes one backfill record carries (a batch is split further above it).

@@ -12,7 +12,7 @@ from ..base.progress import format_duration
 from ..base.settings import Settings
 from ..base.state import MigrationState, Phase, StateStore, TailState
 from ..migration import Migration
-from . import runway
+from . import runway, sharing
 
 
 def _timestamp_seconds(ts: Any) -> float | None:
@@ -57,7 +57,9 @@ def migration_status(settings: Settings, migration: Migration | None,
             eta = (backfill.total - backfill.scanned) / (backfill.scanned / elapsed) \
                 if elapsed > 0 else None
         status["backfill"] = {"scanned": backfill.scanned, "total": backfill.total,
-                              "done": backfill.done, "eta_seconds": eta}
+                              "done": backfill.done, "eta_seconds": eta,
+                              "ranges": sharing.ranges_status(settings, state.name)}
+    status["throttle"] = sharing.throttle_status(state)
     if state.apply is not None:
         status["apply"] = {"done": state.apply.done}
     if state.armed:
@@ -122,6 +124,7 @@ def render(status: dict[str, Any]) -> str:
         eta = "" if b["done"] else f", ETA {format_duration(b.get('eta_seconds'))}"
         lines.append(f"  backfill: {b['scanned']:,}/{b.get('total') or 0:,}{pct}"
                      + (" done" if b["done"] else eta))
+    lines += sharing.render_lines(status)
     c = status["counts"]
     lines.append("  events: produced {produced:,} (skipped {skipped:,} already migrated), "
                  "consumed {consumed:,}; documents: updated "

@@ -8,7 +8,10 @@ import de.bwaldvogel.mongo.backend.Index;
 import de.bwaldvogel.mongo.backend.QueryResult;
 import de.bwaldvogel.mongo.backend.memory.MemoryCollection;
 import de.bwaldvogel.mongo.backend.memory.MemoryDatabase;
+import de.bwaldvogel.mongo.backend.DatabaseResolver;
 import de.bwaldvogel.mongo.bson.Document;
+import de.bwaldvogel.mongo.oplog.Oplog;
+import io.netty.channel.Channel;
 
 /**
  * In-memory databases whose collections use the _id index for any query that pins _id.
@@ -26,6 +29,13 @@ final class IdIndexedMemory {
     static final class Database extends MemoryDatabase {
         Database(String databaseName, CursorRegistry cursorRegistry) {
             super(databaseName, cursorRegistry);
+        }
+
+        @Override
+        public Document handleCommand(Channel channel, String command, Document query, DatabaseResolver resolver,
+                                      Oplog oplog) {
+            Document sampled = UniformSample.aggregate(this, command, query, resolver, oplog);
+            return sampled != null ? sampled : super.handleCommand(channel, command, query, resolver, oplog);
         }
 
         @Override

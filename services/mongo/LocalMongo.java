@@ -36,6 +36,7 @@ public class LocalMongo {
         private final IdleCursors idleCursors;
         private final ServerParameters parameters = new ServerParameters();
         private final FailCommand failCommand = new FailCommand();
+        private final ReplicaSetStatus replicaSet = new ReplicaSetStatus();
 
         Backend(long maxEvents, long cursorTimeoutMillis) {
             this.maxEvents = maxEvents;
@@ -121,6 +122,9 @@ public class LocalMongo {
             }
             if (ServerParameters.handles(command)) {
                 return parameters.handle(database, command, query);
+            }
+            if (ReplicaSetStatus.handles(database, command)) {
+                return replicaSet.handle(command, query, getClock().instant());
             }
             ChangeStreamOplog history = changes;
             if (history != null && OplogWindow.handles(database, command, query)) {
