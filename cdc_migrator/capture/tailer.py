@@ -102,17 +102,18 @@ def stream_pipeline(migration: Migration) -> list[dict[str, Any]]:
     document out of the filter, as an "add a field where missing" filter does. Deletes, events
     without a document and fences always pass. The events leave out ``updateDescription``.
     """
-    followed = [migration.collection, *migration.depends_on]
+    others = list(migration.depends_on)  # the collections it depends on: followed too
     stages: list[dict[str, Any]] = [{"$match": {"$or": [
-        {"ns.coll": {"$in": [*followed, FENCE_COLLECTION]}},
-        # A collection renamed onto a followed one, and the end of the database's stream.
-        {"to.coll": {"$in": followed}},
+        {"ns.coll": {"$in": [migration.collection, *others, FENCE_COLLECTION]}},
+        # A collection renamed onto the migrated one, and the end of the database's stream.
+        {"to.coll": {"$in": [migration.collection, *others]} if others
+         else migration.collection},
         {"operationType": {"$in": ["dropDatabase", "invalidate"]}},
     ]}}]
     image = image_condition(migration.filter) if migration.filter else None
     if image:
         stages.append({"$match": {"$or": [
-            {"ns.coll": {"$in": [FENCE_COLLECTION, *migration.depends_on]}},
+            {"ns.coll": {"$in": [FENCE_COLLECTION, *others]} if others else FENCE_COLLECTION},
             {"operationType": {"$nin": ["insert", "update", "replace"]}},
             {"fullDocument": None},
             image,
