@@ -35,9 +35,10 @@ class Context:
     but recorded in ``side_effects``.
 
     ``reads`` is the read-set: every collection whose documents the transform read through
-    ``ctx.db`` (since the context was made, or the caller last cleared it). With ``declared`` (the migrated collection and
-    its ``depends_on``), the first read of any other collection is logged once as a warning,
-    and kept in ``undeclared``: a change to it during the window makes no document due again.
+    ``ctx.db`` (since the context was made, or the caller last cleared it). With ``declared``
+    (the migrated collection and its ``depends_on``), the first read of any other collection
+    is logged once as a warning, and kept in ``undeclared``: a change to it during the window
+    makes no document due again.
     """
 
     db: Any
@@ -101,10 +102,11 @@ class _RecordingCollection:
     def __getattr__(self, name: str) -> Any:
         if name in _READ_METHODS:
             self._ctx.note_read(self._collection.name)
-        if self._log is not None and name in _WRITE_METHODS:
+        log = self._log
+        if log is not None and name in _WRITE_METHODS:
             def skipped(*args: Any, **kwargs: Any) -> SimpleNamespace:
                 brief = ", ".join(repr(a) for a in args)
-                self._log.append(f"{self._collection.name}.{name}({brief})")
+                log.append(f"{self._collection.name}.{name}({brief})")
                 first = args[0] if args else None
                 inserted = first.get("_id") if isinstance(first, dict) else None
                 return SimpleNamespace(acknowledged=False, inserted_id=inserted,
