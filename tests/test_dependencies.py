@@ -18,7 +18,6 @@ from bson import ObjectId
 
 from cdc_migrator import api
 from cdc_migrator.base import events
-from cdc_migrator.base.naming import REFERENCES_COLLECTION
 from cdc_migrator.errors import UsageError
 from cdc_migrator.migration import get_migration, load_migrations
 from cdc_migrator.pipeline import run_pipeline
@@ -26,6 +25,7 @@ from cdc_migrator.pipeline import run_pipeline
 from .conftest import ROOT, run_cli
 
 OLD = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)  # older than the orphan pattern's grace period
+REFERENCES = "cdc_migrator_references"  # the reference map (base/naming.py)
 
 
 # --------------------------------------------------------------------------- declarations
@@ -244,7 +244,7 @@ def test_orphans_made_during_the_window_are_deleted_and_verify_passes(
     verify = run_cli("verify", migration.name, settings=settings)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
-    mapped = db[REFERENCES_COLLECTION].count_documents({"_id.m": migration.name})
+    mapped = db[REFERENCES].count_documents({"_id.m": migration.name})
     if pre_images:
         assert mapped == 0, "with pre-images no reference map is kept"
     else:
@@ -271,7 +271,7 @@ def test_a_deleted_chunk_reaches_its_embedding_through_the_reference_map(db, set
     report = run_pipeline(settings, migration, show_progress=False, timeout=120)
     assert report.drained
     assert db.embeddings.count_documents({}) == 0
-    assert db[REFERENCES_COLLECTION].count_documents({"_id.m": migration.name, "refs": {
+    assert db[REFERENCES].count_documents({"_id.m": migration.name, "refs": {
         "$exists": True}}) == 0, "deleted chunks leave the map"
 
 
