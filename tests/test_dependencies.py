@@ -403,3 +403,54 @@ def test_the_local_server_keeps_pre_images_only_where_they_are_enabled(db):
     with db.watch(full_document_before_change="whenAvailable") as stream:
         db.plain.delete_one({"_id": 2})
         assert stream.next()["fullDocumentBeforeChange"] == {"_id": 2, "v": 1}
+
+
+# --------------------------------------------------------------------------- failures
+
+POSTS_BY_MAY_RAISE = '''
+    from cdc_migrator import UNSET, migration
+
+    def posts_by(user, ctx):
+        if user.get("name") == "boom" and ctx.db["flags"].find_one({"_id": "fixed"}) is None:
+            raise ValueError("cannot look up boom")
+        return [p["_id"] for p in ctx.db["posts"].find({"authorId": user["_id"]}, {"_id": 1})]
+
+    @migration(collection="posts", depends_on={"users": posts_by})
+    def author(doc, ctx):
+        user = ctx.db["users"].find_one({"_id": doc["authorId"]})
+        return {"authorName": user["name"]} if user else {"authorName": UNSET}
+'''
+
+
+def test_a_dependency_function_that_raises_stops_capture_before_the_change(
+        tmp_path, settings, db):
+    from cdc_migrator.errors import CaptureStopped
+
+    db.users.insert_many([{"_id": 1, "name": "a"}, {"_id": 2, "name": "b"}])
+    db.posts.insert_many([{"_id": 10, "authorId": 1}, {"_id": 11, "authorId": 2}])
+    settings.transforms = _write(tmp_path, POSTS_BY_MAY_RAISE)
+    migration = get_migration(settings.transforms, "author")
+    assert run_pipeline(settings, migration, show_progress=False, timeout=120).drained
+    db.users.update_one({"_id": 1}, {"$set": {"name": "boom"}})
+    with pytest.raises(CaptureStopped) as stopped:
+        run_pipeline(settings, migration, show_progress=False, timeout=120)
+    message = str(stopped.value)
+    assert "posts_by() raised on users document 1: ValueError: cannot look up boom" in message
+    assert "\n" not in message
+    assert db.posts.find_one({"_id": 10})["authorName"] == "a"
+    db.flags.insert_one({"_id": "fixed"})
+    assert run_pipeline(settings, migration, show_progress=False, timeout=120).drained
+    assert db.posts.find_one({"_id": 10})["authorName"] == "boom", "the change was not lost"
+
+
+def test_a_dropped_dependency_collection_fails_the_migration(db, settings):
+    db.embeddings.insert_one({"_id": 1, "createdAt": OLD})
+    db.chunks.insert_one({"_id": 10, "embeddingId": 1})
+    migration = get_migration(settings.transforms, "delete_orphaned_embeddings")
+    assert run_pipeline(settings, migration, show_progress=False, timeout=120).drained
+    db.chunks.drop()
+    with pytest.raises(Exception, match="'chunks', which delete_orphaned_embeddings depends on, "
+                                        "was dropped"):
+        run_pipeline(settings, migration, show_progress=False, timeout=120)
+    state = db.cdc_migrator_state.find_one({"_id": migration.name})
+    assert state["phase"] == "failed"
