@@ -34,6 +34,7 @@ from pymongo.database import Database
 
 from ..base.codec import CODEC_OPTIONS
 from ..base.context import make_context
+from ..base.events import key_bytes
 from ..base.identity import id_key
 from ..base.naming import REFERENCES_COLLECTION
 from ..base.scanner import scan
@@ -218,7 +219,10 @@ class DependencyFollower:
         for image in images:
             try:
                 found = fn(image, self.ctx)
-                ids += [] if found is None else list(_iterable(found))
+                named = [] if found is None else list(_iterable(found))
+                for i in named:
+                    key_bytes(i)  # raises for a value that cannot be an _id
+                ids += named
             except Exception as exc:  # user code: capture stops at this event, nothing is lost
                 raise CaptureStopped(
                     f"depends_on[{dependency.collection!r}] of {self.migration.name}: "
