@@ -273,6 +273,11 @@ def test_a_deleted_chunk_reaches_its_embedding_through_the_reference_map(db, set
     assert db.embeddings.count_documents({}) == 0
     assert db[REFERENCES].count_documents({"_id.m": migration.name, "refs": {
         "$exists": True}}) == 0, "deleted chunks leave the map"
+    db.chunks.insert_one({"_id": 13, "embeddingId": 3})
+    assert run_pipeline(settings, migration, show_progress=False, timeout=120).drained
+    assert db[REFERENCES].count_documents({"_id.m": migration.name}) >= 1
+    api.reset(settings, migration.name)
+    assert db[REFERENCES].count_documents({"_id.m": migration.name}) == 0, "reset forgets it"
 
 
 # --------------------------------------------------------------------------- denormalization
