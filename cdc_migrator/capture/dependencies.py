@@ -37,7 +37,6 @@ from ..base.context import make_context
 from ..base.events import key_bytes
 from ..base.identity import id_key
 from ..base.naming import REFERENCES_COLLECTION
-from ..base.scanner import scan
 from ..errors import CaptureStopped
 from ..migration import Dependency, Migration
 
@@ -95,13 +94,20 @@ def seed(db: Database, migration: Migration) -> int:
             continue
         field = dependency.field
         assert field is not None
-        for batch in scan(db[dependency.collection], batch_size=SEED_BATCH):
-            ops = [UpdateOne({"_id": _entry_id(migration.name, dependency.collection, d["_id"])},
-                             {"$setOnInsert": {"refs": references(d.get(field))}}, upsert=True)
-                   for d in batch]
-            if ops:
+        # Only the _id and the field are read. A document changed while this reads has an
+        # event after the armed point, which brings its entry up to date.
+        cursor = db[dependency.collection].find({}, {field: 1}, batch_size=SEED_BATCH)
+        ops: list[UpdateOne] = []
+        for d in cursor:
+            ops.append(UpdateOne(
+                {"_id": _entry_id(migration.name, dependency.collection, d["_id"])},
+                {"$setOnInsert": {"refs": references(d.get(field))}}, upsert=True))
+            if len(ops) >= SEED_BATCH:
                 store.bulk_write(ops, ordered=False)
-                written += len(ops)
+                written, ops = written + len(ops), []
+        if ops:
+            store.bulk_write(ops, ordered=False)
+            written += len(ops)
         store.update_one({"_id": marker}, {"$set": {"field": field}}, upsert=True)
         log.info("reference map of %s seeded from %s.%s", migration.name,
                  dependency.collection, field)

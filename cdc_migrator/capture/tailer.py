@@ -100,7 +100,9 @@ def stream_pipeline(migration: Migration) -> list[dict[str, Any]]:
     the consumer (which would not touch it: its writes are guarded by the filter too). This
     drops, without a look at it in Python, the echo of every consumer write that takes the
     document out of the filter, as an "add a field where missing" filter does. Deletes, events
-    without a document and fences always pass. The events leave out ``updateDescription``.
+    without a document and fences always pass. The events leave out ``updateDescription``,
+    except, for a migration with a reference in ``depends_on``, the reference fields' new values
+    (see :mod:`.dependencies`).
     """
     others = list(migration.depends_on)  # the collections it depends on: followed too
     stages: list[dict[str, Any]] = [{"$match": {"$or": [
@@ -258,7 +260,9 @@ class Tailer:
             options["start_at_operation_time"] = tail.armed_at
         pipeline = stream_pipeline(self.migration)
         if mode == _KEY_ONLY:
-            pipeline.append({"$unset": ["fullDocument"]})
+            pre_images = self._dependencies is not None and self._dependencies.wants_pre_images
+            pipeline.append({"$unset": ["fullDocument", "fullDocumentBeforeChange"] if pre_images
+                             else ["fullDocument"]})
         partitions = topics.ensure_topic(self.settings, self.topic)
         self.retry.recovered(KAFKA)
         # Events arrive as raw BSON: the full document goes on the topic as the server sent it.
