@@ -459,3 +459,32 @@ def test_a_dropped_dependency_collection_fails_the_migration(db, settings):
         run_pipeline(settings, migration, show_progress=False, timeout=120)
     state = db.cdc_migrator_state.find_one({"_id": migration.name})
     assert state["phase"] == "failed"
+
+
+def _update(coll: str, doc_id, fields: dict, *, removed=(), full=None) -> dict:
+    return {"_id": {"_data": "82"}, "operationType": "update", "ns": {"db": "x", "coll": coll},
+            "documentKey": {"_id": doc_id}, "fullDocument": full,
+            "updateDescription": {"updatedFields": fields, "removedFields": list(removed)}}
+
+
+def test_the_reference_map_is_saved_only_after_the_events_it_reflects(db):
+    from cdc_migrator.capture.dependencies import DependencyFollower, seed
+
+    db.chunks.insert_many([{"_id": 10, "embeddingId": "e1", "text": "a"},
+                           {"_id": 11, "embeddingId": ["e5", "e6"]}])
+    migration = get_migration(ROOT / "transforms", "delete_orphaned_embeddings")
+    assert seed(db, migration) == 2
+    follower = DependencyFollower(db, migration)
+    re_point = _update("chunks", 10, {"embeddingId": "e2"}, full={"_id": 10, "embeddingId": "e3"})
+    assert follower.affected(re_point) == ["e1", "e2", "e3"]  # before, as of the event, now
+    follower.forget_pending()  # the broker did not acknowledge: the event comes again
+    assert follower.affected(re_point) == ["e1", "e2", "e3"]
+    follower.save()
+    assert follower.affected(_update("chunks", 10, {"text": "b"})) == ["e2"], "untouched field"
+    assert follower.affected(_update("chunks", 10, {}, removed=["embeddingId"])) == ["e2"]
+    follower.save()
+    assert follower.affected({"operationType": "delete", "ns": {"coll": "chunks"},
+                              "documentKey": {"_id": 11}}) == ["e5", "e6"]
+    follower.save()
+    mapped = {d["_id"]["d"]: d.get("refs") for d in db[REFERENCES].find({"_id.d": {"$exists": 1}})}
+    assert mapped == {10: []}
