@@ -483,8 +483,13 @@ def test_the_reference_map_is_saved_only_after_the_events_it_reflects(db):
     assert follower.affected(_update("chunks", 10, {"text": "b"})) == ["e2"], "untouched field"
     assert follower.affected(_update("chunks", 10, {}, removed=["embeddingId"])) == ["e2"]
     follower.save()
+    # MongoDB describes an append as "embeddingId.2", a path the stream leaves out: the
+    # looked-up image brings the new element, and the map keeps it.
+    appended = _update("chunks", 11, {}, full={"_id": 11, "embeddingId": ["e5", "e6", "e7"]})
+    assert follower.affected(appended) == ["e5", "e6", "e7"]
+    follower.save()
     assert follower.affected({"operationType": "delete", "ns": {"coll": "chunks"},
-                              "documentKey": {"_id": 11}}) == ["e5", "e6"]
+                              "documentKey": {"_id": 11}}) == ["e5", "e6", "e7"]
     follower.save()
     mapped = {d["_id"]["d"]: d.get("refs") for d in db[REFERENCES].find({"_id.d": {"$exists": 1}})}
     assert mapped == {10: []}

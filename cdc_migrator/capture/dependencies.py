@@ -197,11 +197,14 @@ class DependencyFollower:
             was = self._mapped(dependency.collection, doc_id)
         else:
             was = []
+        later = references(after.get(field)) if after is not None else []
         if now is _UNCHANGED:
-            now = was
-        ids = list(was) + list(now)
-        if after is not None:
-            ids += references(after.get(field))  # later than the event: harmless, maybe more
+            # Not named in the description: untouched, or, on MongoDB, elements appended to an
+            # array of references (reported as paths inside it, which the stream leaves out).
+            # The looked-up image holds those; keeping both in the map errs on the side of an
+            # extra event, never a missed one.
+            now = list({id_key(i): i for i in [*was, *later]}.values())
+        ids = list(was) + list(now) + later  # the image is later than the event: maybe more
         if use_map and (op != "insert" or now):
             self._pending[(dependency.collection, id_key(doc_id))] = (
                 doc_id, None if op == "delete" else list(now))
