@@ -323,8 +323,11 @@ def test_renamed_and_deleted_users_reach_their_posts_and_verify_passes(db, setti
         del users[user]
     db.posts.insert_one({"_id": 99_999, "authorId": 7, "title": "new"})
     posts[99_999] = 7
-    report = run_pipeline(settings, migration, show_progress=False, timeout=120)
+    # The fence travels after the dependency events of those writes.
+    report = run_pipeline(settings, migration, show_progress=False, timeout=120,
+                          then_cutover=True)
     assert report.drained and report.lag == 0
+    assert report.cutover is not None and report.cutover.ok, report.cutover
 
     found = {d["_id"]: d.get("authorName") for d in db.posts.find()}
     wrong = [p for p, author in posts.items() if found[p] != users.get(author)]
