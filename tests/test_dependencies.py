@@ -10,7 +10,6 @@ import logging
 import random
 import textwrap
 import threading
-import time
 
 import fastavro
 import pytest
@@ -22,7 +21,7 @@ from cdc_migrator.errors import UsageError
 from cdc_migrator.migration import get_migration, load_migrations
 from cdc_migrator.pipeline import run_pipeline
 
-from .conftest import ROOT, run_cli
+from .harness import ROOT, AppWriter, part_of, run_cli, wait_for
 
 OLD = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)  # older than the orphan pattern's grace period
 REFERENCES = "cdc_migrator_references"  # the reference map (base/naming.py)
@@ -136,22 +135,38 @@ def test_a_dependency_event_names_the_affected_document_and_the_collection():
 # --------------------------------------------------------------------------- orphan cleanup
 
 
-class ChunkWriter(threading.Thread):
+def _after_backfill(db, name: str, writer: AppWriter, stop: threading.Event) -> None:
+    """Stops ``writer`` once the backfill of ``name`` is done (or ``stop`` is set)."""
+    def watch() -> None:
+        try:
+            wait_for(lambda: stop.is_set() or part_of(db, name, "backfill").get("done"),
+                     timeout=600, what="the backfill done", interval=0.05)
+        finally:
+            writer.stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+class ChunkWriter(AppWriter):
     """The application of the orphan pattern: deletes chunks, re-points them, adds new ones.
 
     It attaches chunks only to embeddings that have one now (as the pattern asks), so an
     embedding whose last chunk went never gets one again. Keeps the model of chunk -> embedding.
     """
 
-    def __init__(self, db, rng: random.Random, chunks: dict, embeddings: list) -> None:
-        super().__init__(daemon=True)
-        self.db, self.rng, self.chunks, self.embeddings = db, rng, chunks, embeddings
-        self.stop = threading.Event()
-        self.ops = 0
+    def __init__(self, db, rng: random.Random, chunks: dict) -> None:
+        super().__init__(rng, pace=0.002)
+        self.db, self.chunks = db, chunks
         self.next_chunk = 1_000_000
 
     def referenced(self) -> set:
         return {e for e in self.chunks.values() if e is not None}
+
+    def write(self) -> bool:
+        if len(self.chunks) <= 10:
+            return False
+        self.step()
+        return True
 
     def step(self) -> None:
         roll = self.rng.random()
@@ -169,12 +184,6 @@ class ChunkWriter(threading.Thread):
             self.db.chunks.insert_one({"_id": self.next_chunk, "embeddingId": target})
             self.chunks[self.next_chunk] = target
             self.next_chunk += 1
-        self.ops += 1
-
-    def run(self) -> None:
-        while not self.stop.is_set() and len(self.chunks) > 10:
-            self.step()
-            time.sleep(0.002)
 
 
 def _seed_embeddings(db, rng: random.Random, n: int) -> tuple[dict, list]:
@@ -209,29 +218,19 @@ def test_orphans_made_during_the_window_are_deleted_and_verify_passes(
     if pre_images:
         db.command("collMod", "chunks", changeStreamPreAndPostImages={"enabled": True})
     migration = get_migration(settings.transforms, "delete_orphaned_embeddings")
-    writer = ChunkWriter(db, random.Random(21), chunks, [])
+    writer = ChunkWriter(db, random.Random(21), chunks)
     stop = threading.Event()
-
-    def stop_writer_after_backfill() -> None:
-        while not stop.is_set():
-            state = db.cdc_migrator_state.find_one({"_id": migration.name}) or {}
-            if (state.get("backfill") or {}).get("done"):
-                break
-            time.sleep(0.05)
-        writer.stop.set()
-
     writer.start()
-    threading.Thread(target=stop_writer_after_backfill, daemon=True).start()
+    _after_backfill(db, migration.name, writer, stop)
     report = run_pipeline(settings, migration, show_progress=False, timeout=300, stop=stop,
                           batch_size=200, rate=1500)
-    writer.stop.set()
-    writer.join()
+    writer.finish()
     assert report.drained
     racing = writer.ops
     # After every embedding was migrated once: the application deletes and re-points chunks,
     # which only the dependency events can bring back to the consumer.
     for _ in range(300):
-        writer.step()
+        writer.write()
     report = run_pipeline(settings, migration, show_progress=False, timeout=120)
     assert report.drained and report.lag == 0
     print(f"writer ops={writer.ops} (during backfill {racing}) counts={report.counts}")
@@ -283,6 +282,23 @@ def test_a_deleted_chunk_reaches_its_embedding_through_the_reference_map(db, set
 # --------------------------------------------------------------------------- denormalization
 
 
+class Renamer(AppWriter):
+    """Renames users, at most 400 times (each is about 7 dependency events: the drain stays
+    short on a loaded machine)."""
+
+    def __init__(self, db, rng: random.Random, users: dict) -> None:
+        super().__init__(rng, pace=0.003)
+        self.db, self.users = db, users
+
+    def write(self) -> bool:
+        if self.ops >= 400:
+            return False
+        user = self.rng.randrange(200)
+        self.users[user] = f"renamed {user} {self.ops}"
+        self.db.users.update_one({"_id": user}, {"$set": {"name": self.users[user]}})
+        return True
+
+
 def test_renamed_and_deleted_users_reach_their_posts_and_verify_passes(db, settings):
     rng = random.Random(5)
     users = {i: f"user {i}" for i in range(200)}
@@ -291,32 +307,15 @@ def test_renamed_and_deleted_users_reach_their_posts_and_verify_passes(db, setti
     db.posts.insert_many([{"_id": p, "authorId": a, "title": f"t{p}"} for p, a in posts.items()])
     migration = get_migration(settings.transforms, "copy_author_name")
     stop = threading.Event()
-    done = threading.Event()
-    renames = {"n": 0}
-
-    def application() -> None:
-        # Renames while the backfill runs, then after it: the posts migrated before a rename
-        # only learn of it through the dependency events.
-        # At most 400 renames (each is about 7 dependency events): the drain stays short on
-        # a loaded machine.
-        while not done.is_set() and renames["n"] < 400:
-            state = db.cdc_migrator_state.find_one({"_id": migration.name}) or {}
-            if (state.get("backfill") or {}).get("done"):
-                break
-            user = rng.randrange(200)
-            if user in users:
-                users[user] = f"renamed {user} {renames['n']}"
-                db.users.update_one({"_id": user}, {"$set": {"name": users[user]}})
-                renames["n"] += 1
-            time.sleep(0.003)
-
-    app = threading.Thread(target=application, daemon=True)
+    # Renames while the backfill runs (then after it, below): the posts migrated before a
+    # rename only learn of it through the dependency events.
+    app = Renamer(db, rng, users)
     app.start()
+    _after_backfill(db, migration.name, app, stop)
     report = run_pipeline(settings, migration, show_progress=False, timeout=300, stop=stop,
                           batch_size=200, rate=1500)
-    done.set()
-    app.join()
-    assert report.drained and renames["n"] > 20
+    app.finish()
+    assert report.drained and app.ops > 20
     for user in range(0, 200, 7):
         users[user] = f"late {user}"
         db.users.update_one({"_id": user}, {"$set": {"name": users[user]}})
