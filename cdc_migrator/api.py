@@ -35,6 +35,7 @@ from .base.settings import Settings
 from .base.state import Phase, StateStore
 from .capture.backfill import BackfillReport
 from .capture.backfill import backfill as _backfill
+from .capture.dependencies import forget as forget_references
 from .capture.tailer import tail_until_stopped
 from .errors import CdcMigratorError, Refused, ServiceUnavailable, UsageError
 from .migration import Migration, get_migration, load_migrations
@@ -154,6 +155,7 @@ def reset(settings: Settings, name: str) -> None:
     """Forget a migration's state, topic position and group offsets: it starts over."""
     load(settings, name)
     _store(settings).delete(name)
+    forget_references(settings.db, name)
     topics.delete_group(settings, settings.group(name))
 
 

@@ -14,8 +14,9 @@ there is nothing to do, or :data:`DELETE` to delete the document.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,79 @@ DELETE = _Sentinel("DELETE")
 """Return value of a transform that deletes the document."""
 
 Transform = Callable[[Mapping[str, Any], Any], Any]
+#: The function form of a dependency: given a changed document of the other collection and the
+#: ``ctx``, the ``_id`` values of the migrated documents it affects.
+Affected = Callable[[Mapping[str, Any], Any], Iterable[Any]]
+
+# Collections the tool writes itself: a migration cannot depend on them.
+_TOOL_COLLECTIONS = ("cdc_migrator_",)
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """A collection a migration's transform reads: a change to one of its documents makes the
+    migrated documents it names due again.
+
+    Either ``field``, a top-level field of the other collection's documents holding the
+    ``_id`` (or an array of ``_id`` values) of migrated documents, or ``affected``, a function
+    ``(changed_doc, ctx) -> ids``.
+    """
+
+    collection: str
+    field: str | None = None
+    affected: Affected | None = None
+
+    def describe(self) -> str:
+        if self.field is not None:
+            return f"{self.collection}.{self.field}"
+        return f"{self.collection} via {getattr(self.affected, '__name__', 'a function')}()"
+
+
+def dependencies_of(collection: str, depends_on: Any) -> dict[str, Dependency]:
+    """The validated ``depends_on`` of a migration of ``collection``; raises UsageError with
+    one line naming what is wrong."""
+    if depends_on is None:
+        return {}
+    if not isinstance(depends_on, Mapping):
+        raise UsageError("@migration depends_on must be a dict {collection: field or "
+                         f"function}}, not {type(depends_on).__name__}")
+    found: dict[str, Dependency] = {}
+    for name, how in depends_on.items():
+        if not isinstance(name, str) or not name or "$" in name or "\0" in name \
+                or name.startswith("system."):
+            raise UsageError(f"@migration depends_on: {name!r} is not a collection name")
+        if name == collection:
+            raise UsageError(f"@migration depends_on: {name!r} is the migrated collection "
+                             "itself; its changes are followed anyway")
+        if name.startswith(_TOOL_COLLECTIONS):
+            raise UsageError(f"@migration depends_on: {name!r} is a collection of the tool")
+        if isinstance(how, str):
+            if not how or how.startswith("$") or "." in how or how == "_id":
+                raise UsageError(
+                    f"@migration depends_on[{name!r}]: {how!r} must be a top-level field "
+                    "holding the migrated document's _id (not _id, no '.', no '$'); for "
+                    "anything else give a function (changed_doc, ctx) -> ids")
+            found[name] = Dependency(name, field=how)
+        elif callable(how):
+            if not _takes_two(how):
+                raise UsageError(
+                    f"@migration depends_on[{name!r}]: the function "
+                    f"{getattr(how, '__name__', how)!r} must take (changed_doc, ctx)")
+            found[name] = Dependency(name, affected=how)
+        else:
+            raise UsageError(f"@migration depends_on[{name!r}] must be a field name or a "
+                             f"function (changed_doc, ctx) -> ids, not {type(how).__name__}")
+    return found
+
+
+def _takes_two(fn: Callable[..., Any]) -> bool:
+    try:
+        inspect.signature(fn).bind(None, None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to inspect (a builtin): trust it
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -57,6 +131,13 @@ class Migration:
     expand_schema: str | None = None
     contract_schema: str | None = None
     source: str = ""
+    depends_on: dict[str, Dependency] = field(default_factory=dict)
+
+    @property
+    def declared_reads(self) -> frozenset[str]:
+        """The collections whose changes make documents due again: the migrated one and its
+        declared dependencies. A transform reading any other is not covered during the window."""
+        return frozenset({self.collection, *self.depends_on})
 
     def __call__(self, doc: Mapping[str, Any], ctx: Any) -> Any:
         return self.transform(doc, ctx)
@@ -75,6 +156,7 @@ def migration(
     batch_size: int = 500,
     expand_schema: str | None = None,
     contract_schema: str | None = None,
+    depends_on: Mapping[str, str | Affected] | None = None,
 ) -> Callable[[Transform], Migration]:
     """Register ``fn(doc, ctx)`` as a migration of ``collection``.
 
@@ -83,11 +165,18 @@ def migration(
     ``expand_schema`` / ``contract_schema`` name JSON-schema files (relative to the ``schemas/``
     directory) describing the collection during and after the migration; cutover applies the
     contract schema.
+
+    ``depends_on`` names the other collections the transform reads, so that their changes
+    during the window make the affected documents due again: ``{"chunks": "embeddingId"}``
+    (a change to a chunk makes the document named by its ``embeddingId``, before and after the
+    change, due again), or ``{"users": posts_of}`` with ``posts_of(user, ctx)`` returning the
+    ``_id`` values of the documents a changed user affects. See docs/writing-migrations.md.
     """
     if not isinstance(collection, str) or not collection:
         raise UsageError("@migration needs collection='name'")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"@migration batch_size must be a positive integer, not {batch_size!r}")
+    dependencies = dependencies_of(collection, depends_on)
 
     def register(fn: Transform) -> Migration:
         if not callable(fn):
@@ -102,6 +191,7 @@ def migration(
             expand_schema=expand_schema,
             contract_schema=contract_schema,
             source=code.co_filename if code else "",
+            depends_on=dependencies,
         )
         _defined.append(m)
         return m

@@ -777,7 +777,7 @@ def test_schema_file_matches_design() -> None:
     for field in SCHEMA_JSON["fields"]:
         assert field.get("doc"), f"{field['name']} has no doc"
     assert by_name["source"]["type"]["name"] == "EventSource"
-    assert by_name["source"]["type"]["symbols"] == ["backfill", "change", "fence"]
+    assert by_name["source"]["type"]["symbols"] == ["backfill", "change", "fence", "dependency"]
     assert by_name["operation"]["type"]["name"] == "Operation"
     assert by_name["operation"]["type"]["symbols"] == [
         "insert",

@@ -7,8 +7,14 @@ right after that insert. Embeddings younger than ``GRACE`` (by ``createdAt``, el
 ObjectId's time) are therefore left alone; a later ``verify``/``apply`` picks them up if they are
 still orphaned then.
 
-Deploy 1: the application no longer leaves embeddings behind (it deletes the embedding with its
-last chunk) and never re-attaches a chunk to an embedding older than ``GRACE``.
+The transform reads ``chunks``, so it declares it: ``depends_on={"chunks": "embeddingId"}``.
+A chunk inserted, re-pointed or deleted while the migration runs makes the embeddings it
+names, before and after the change, due again: an embedding whose last chunk goes during the
+window is looked at again and deleted (see "Migrations that read other collections" in
+docs/writing-migrations.md).
+
+Deploy 1: the application never attaches a chunk to an embedding older than ``GRACE`` that
+has no chunk (such an embedding may be deleted by then).
 Migration: DELETE each orphaned embedding older than ``GRACE``. The look-up uses an index on
 ``chunks.embeddingId``, created once per process when missing.
 Deploy 2: nothing to change in the schema; code that tolerated dangling embeddings can go.
@@ -41,7 +47,7 @@ def _created_at(doc) -> dt.datetime | None:
     return None
 
 
-@migration(collection="embeddings")
+@migration(collection="embeddings", depends_on={"chunks": "embeddingId"})
 def delete_orphaned_embeddings(doc, ctx):
     created = _created_at(doc)
     if created is not None and dt.datetime.now(dt.UTC) - created < GRACE:

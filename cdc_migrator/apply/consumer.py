@@ -87,7 +87,8 @@ class TransformConsumer:
         self.dlq_topic = settings.dlq_topic(migration.collection)
         self.store = StateStore(settings.db, settings.state_collection)
         self.applier = Applier(migration, settings.db[migration.collection],
-                               make_context(settings.db, migration.name))
+                               make_context(settings.db, migration.name,
+                                            declared=migration.declared_reads))
         self.max_records = max_records
         self.stats = ConsumeStats()
         self.on_batch = on_batch

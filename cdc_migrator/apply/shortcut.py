@@ -10,7 +10,7 @@ written to during a long migration, use the Kafka pipeline (``backfill`` + ``tai
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..base.context import make_context
@@ -62,7 +62,8 @@ def apply_migration(
     store.start_apply(migration.name, resumed=resumed)
 
     collection = db[migration.collection]
-    applier = Applier(migration, collection, make_context(db, migration.name))
+    applier = Applier(migration, collection,
+                      make_context(db, migration.name, declared=migration.declared_reads))
     # The total is for the progress line alone: not counted when none is shown (a count of
     # the filter reads the collection once more).
     total = count(collection, migration.filter) if show_progress else None
@@ -109,6 +110,8 @@ class DryRunLine:
     id: Any
     outcome: Outcome
     side_effects: list[str]
+    #: Collections the transform read for this document without declaring them in depends_on.
+    undeclared_reads: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         o = self.outcome
@@ -127,6 +130,9 @@ class DryRunLine:
             text = " ".join(parts)
         if self.side_effects:
             text += "; would also write: " + "; ".join(self.side_effects)
+        if self.undeclared_reads:
+            text += ("; reads " + ", ".join(self.undeclared_reads) + ", not declared in "
+                     "depends_on: its changes during the window are not followed")
         return f"{self.id!r}: {text}"
 
 
@@ -134,13 +140,15 @@ def dry_run(settings: Settings, migration: Migration, *, batch_size: int | None 
             ) -> list[DryRunLine]:
     """Run the transform on the first batch and return each document's patch; writes nothing."""
     db = settings.db
-    ctx = make_context(db, migration.name, dry_run=True)
+    ctx = make_context(db, migration.name, dry_run=True, declared=migration.declared_reads)
     lines = []
     for batch in scan(db[migration.collection], migration.filter,
                       batch_size=batch_size or migration.batch_size):
         for doc in batch:
             outcome = decide(migration, doc, ctx)
-            lines.append(DryRunLine(doc["_id"], outcome, list(ctx.side_effects)))
+            undeclared = sorted(ctx.reads - migration.declared_reads)
+            lines.append(DryRunLine(doc["_id"], outcome, list(ctx.side_effects), undeclared))
             ctx.side_effects.clear()
+            ctx.reads.clear()
         break
     return lines

@@ -67,6 +67,11 @@ __all__ = [
 #: The envelope schema, a resource of this package. In a checkout it is a link to
 #: ``schemas/envelope.avsc``, the one copy people read and edit; a built package holds the file.
 SCHEMA_RESOURCE = "envelope.avsc"
+#: Earlier versions of the schema, kept so that records they wrote still decode (Avro schema
+#: resolution: a record is read with the schema that wrote it, found by its fingerprint, into
+#: today's). A rolling upgrade leaves such records on the topic; an unknown fingerprint is
+#: still a poison record.
+OLD_SCHEMA_RESOURCES = ("envelope.v1.avsc",)
 
 
 _MARKER = b"\xc3\x01"
@@ -88,6 +93,9 @@ class EventSource(StrEnum):
     BACKFILL = "backfill"
     CHANGE = "change"
     FENCE = "fence"
+    #: A change to a document of a collection the migration depends on (``depends_on``), for
+    #: one migrated document it affects.
+    DEPENDENCY = "dependency"
 
 
 class Operation(StrEnum):
@@ -124,6 +132,8 @@ class Envelope:
         fence_id: the fence's id on fence events, None otherwise.
         documents: a backfill batch: several documents of one partition (``document`` is then
             None and ``key`` the first one's ``_id``); None for every other event.
+        dependency: on dependency events, the collection whose change made the document due
+            again; None for every other event (and for records of schema version 1).
     """
 
     migration: str
@@ -138,6 +148,7 @@ class Envelope:
     emitted_at: int
     fence_id: str | None
     documents: list[dict[str, Any]] | None = None
+    dependency: str | None = None
 
     @classmethod
     def fence(cls, migration: str, database: str, collection: str, fence_id: str) -> Envelope:
@@ -173,9 +184,9 @@ _OPERATIONS: dict[str, Operation] = {o.value: o for o in Operation}
 # --------------------------------------------------------------------------- schema
 
 
-def _load_schema() -> dict[str, Any]:
+def _load_schema(resource: str = SCHEMA_RESOURCE) -> dict[str, Any]:
     schema: dict[str, Any] = json.loads(
-        resources.files("cdc_migrator").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
+        resources.files("cdc_migrator").joinpath(resource).read_text(encoding="utf-8"))
     return schema
 
 
@@ -201,6 +212,20 @@ def _without_logical_types(schema: dict[str, Any]) -> dict[str, Any]:
 
 _CODEC_SCHEMA_JSON = _without_logical_types(_SCHEMA_JSON)
 _CODEC_SCHEMA = parse_schema(_CODEC_SCHEMA_JSON)
+
+
+def _old_writer_schemas() -> dict[bytes, Any]:
+    """The parsed writer schema of each earlier version, by its fingerprint bytes."""
+    found = {}
+    for resource in OLD_SCHEMA_RESOURCES:
+        old = _without_logical_types(_load_schema(resource))
+        found[bytes.fromhex(fingerprint(to_parsing_canonical_form(old), "CRC-64-AVRO"))] = \
+            parse_schema(old)
+    return found
+
+
+#: Fingerprints of the earlier schema versions whose records still decode, and their schemas.
+OLD_SCHEMAS: dict[bytes, Any] = _old_writer_schemas()
 
 
 def _check_schema() -> None:
@@ -333,6 +358,7 @@ def encode(envelope: Envelope) -> bytes:
             "fence_id": None if fence_id is None else ("string", fence_id),
             "documents": None if e.documents is None else (
                 "array", [encode_document(d) for d in e.documents]),
+            "dependency": None if e.dependency is None else ("string", e.dependency),
         }
         out = BytesIO()
         out.write(_HEADER)
@@ -350,13 +376,17 @@ def decode(data: bytes) -> Envelope:
     unknown schema fingerprint, truncated or malformed Avro body, trailing bytes, or invalid
     BSON in the key, document or resume token.
     """
+    writer = _CODEC_SCHEMA
     if type(data) is not bytes or not data.startswith(_HEADER):
         data = _check_header(data)
+        writer = OLD_SCHEMAS.get(data[2:_HEADER_LEN], _CODEC_SCHEMA)
     body = BytesIO(data)
     body.seek(_HEADER_LEN)
     try:
-        # The schema is a record: the reader gives a dict of its fields.
-        rec = cast(dict[str, Any], schemaless_reader(body, _CODEC_SCHEMA, None))
+        # The schema is a record: the reader gives a dict of its fields. A record of an
+        # earlier version is resolved into today's schema (new fields get their defaults).
+        rec = cast(dict[str, Any], schemaless_reader(
+            body, writer, None if writer is _CODEC_SCHEMA else _CODEC_SCHEMA))
     except Exception as exc:  # fastavro raises EOFError, IndexError, UnicodeDecodeError, ...
         raise PoisonRecord(f"truncated or malformed Avro body: {_one_line(exc)}") from exc
     if body.tell() != len(data):
@@ -395,6 +425,7 @@ def decode(data: bytes) -> Envelope:
         rec["emitted_at"],
         rec["fence_id"],
         documents,
+        rec["dependency"],
     )
 
 
@@ -446,6 +477,7 @@ _DOCUMENT = _union_branch("document", "bytes")
 _CLUSTER_TIME = _union_branch("cluster_time", "long")
 _RESUME_TOKEN = _union_branch("resume_token", "bytes")
 _DOCUMENTS = _avro_long(1)  # the array branch of the documents union
+_DEPENDENCY = _union_branch("dependency", "string")
 # The key of a document whose _id is an ObjectId, and which starts with it (as every document
 # MongoDB stores does): {"_id": <12 bytes>} as BSON is these bytes around the id.
 _OID_ID_ELEMENT = b"\x07_id\x00"
@@ -471,6 +503,8 @@ class RawEncoder:
                           + _enum_index(Operation, Operation.SNAPSHOT) + tail)
         self._change = {op: head + _enum_index(EventSource, EventSource.CHANGE)
                         + _enum_index(Operation, op) + tail for op in CHANGE_OPERATIONS.values()}
+        self._dependency = (head + _enum_index(EventSource, EventSource.DEPENDENCY)
+                            + _enum_index(Operation, Operation.UPDATE) + tail)
 
     @staticmethod
     def key_of(document: Mapping[str, Any]) -> bytes:
@@ -489,7 +523,7 @@ class RawEncoder:
         if raw is None:
             raw = encode_document(document)
         return key, b"".join((self._snapshot, _avro_bytes(key), _DOCUMENT, _avro_bytes(raw),
-                              _NULL, _NULL, _avro_long(now_ms()), _NULL, _NULL))
+                              _NULL, _NULL, _avro_long(now_ms()), _NULL, _NULL, _NULL))
 
     def snapshot_key(self, document: Mapping[str, Any]) -> tuple[bytes, bytes]:
         """``(record key, record value)`` of a backfill read of ``document`` that carries its
@@ -497,7 +531,7 @@ class RawEncoder:
         a document too large for the topic."""
         key = self.key_of(document)
         return key, b"".join((self._snapshot, _avro_bytes(key), _NULL, _NULL, _NULL,
-                              _avro_long(now_ms()), _NULL, _NULL))
+                              _avro_long(now_ms()), _NULL, _NULL, _NULL))
 
     def snapshot_batch(self, documents: list[Mapping[str, Any]]) -> tuple[bytes, bytes]:
         """``(record key, record value)`` of a backfill batch of ``documents`` (at least one):
@@ -511,6 +545,7 @@ class RawEncoder:
         for document in documents:
             parts.append(_avro_bytes(_document_bytes(document, "snapshot document")))
         parts.append(b"\x00")  # the end of the array's blocks
+        parts.append(_NULL)  # dependency
         return key, b"".join(parts)
 
     def change(self, change_event: Mapping[str, Any], *,
@@ -550,7 +585,20 @@ class RawEncoder:
                 parts += (_RESUME_TOKEN, _avro_bytes(_document_bytes(token, "resume token")))
         except (BSONError, OverflowError, TypeError) as exc:
             raise ValueError(f"cannot encode envelope: {_one_line(exc)}") from exc
-        parts += (_avro_long(now_ms()), _NULL, _NULL)
+        parts += (_avro_long(now_ms()), _NULL, _NULL, _NULL)
+        return key, b"".join(parts)
+
+    def dependency(self, affected_id: Any, collection: str,
+                   cluster_time: Timestamp | None) -> tuple[bytes, bytes]:
+        """``(record key, record value)`` of a dependency event: a change to a document of
+        ``collection`` (a declared dependency) made the migrated document ``affected_id`` due
+        again. It carries no document image: the consumer reads the document."""
+        key = key_bytes(affected_id)
+        parts = [self._dependency, _avro_bytes(key), _NULL]
+        parts += (_NULL,) if cluster_time is None else (
+            _CLUSTER_TIME, _avro_long(_pack_timestamp(cluster_time)))
+        parts += (_NULL, _avro_long(now_ms()), _NULL, _NULL, _DEPENDENCY,
+                  _avro_string(collection))
         return key, b"".join(parts)
 
 
@@ -581,7 +629,7 @@ def _check_header(data: Any) -> bytes:
         raise PoisonRecord(
             f"not Avro single-object encoding: marker {data[:2].hex()} (expected {_MARKER.hex()})"
         )
-    if data[2:_HEADER_LEN] != SCHEMA_FINGERPRINT:
+    if data[2:_HEADER_LEN] != SCHEMA_FINGERPRINT and data[2:_HEADER_LEN] not in OLD_SCHEMAS:
         raise PoisonRecord(
             f"unknown schema fingerprint {data[2:_HEADER_LEN].hex()} "
             f"(expected {SCHEMA_FINGERPRINT.hex()})"

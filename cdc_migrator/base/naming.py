@@ -9,6 +9,9 @@ from __future__ import annotations
 #: The collection ``cutover`` writes its fences to, in the migrated database. The tailer follows
 #: it in the same change stream as the migrated collection.
 FENCE_COLLECTION = "cdc_migrator_fences"
+#: The reference map of migrations with ``depends_on`` (see capture/dependencies.py): for each
+#: document of a dependency collection, the migrated documents its reference field names.
+REFERENCES_COLLECTION = "cdc_migrator_references"
 #: Default of the collection holding the state of each migration (``--state-collection``).
 STATE_COLLECTION = "cdc_migrator_state"
 #: Default of the prefix of the topics the tool creates (``--topic-prefix``).

@@ -9,7 +9,8 @@ several processes share one document.
 The stored layout (``schema_version`` 2)::
 
     _id, collection, phase, paused, cancelled, created_at, updated_at, completed_at,
-    counts {produced, skipped, consumed, applied, updated, deleted, unchanged, failed, retried},
+    counts {produced, skipped, consumed, applied, updated, deleted, unchanged, failed, retried,
+            dependency},
     errors [failure records], last_error, failure {reason, at, ...},
     stopped {consumer|tailer: stop record}, stalled {consumer: stop record},
     apply {started, done, cursor}, backfill {total, scanned, done, cursor, started_at},
@@ -106,6 +107,9 @@ class Counts:
     unchanged: int = 0
     failed: int = 0
     retried: int = 0
+    #: Of ``produced``: dependency events (a change to a ``depends_on`` collection, one per
+    #: migrated document it affects).
+    dependency: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -338,9 +342,11 @@ class StateStore:
         self._set(name, **{"tail.last_recovery.backfill": "done"})
 
     def save_tail_position(self, name: str, *, resume_token: Any, last_event_time: Any,
-                           position_time: float | None, produced: int, skipped: int) -> None:
+                           position_time: float | None, produced: int, skipped: int,
+                           dependency: int = 0) -> None:
         """The tailer's checkpoint, after the broker acknowledged every event before it: the
-        resume token, the heartbeat, and the events produced or skipped since the last one.
+        resume token, the heartbeat, and the events produced or skipped since the last one
+        (``dependency``: how many of those produced were dependency events).
         Running again, the tailer clears the stop it may have recorded."""
         fields_: dict[str, Any] = {"tail.resume_token": resume_token,
                                    "tail.heartbeat": time.time()}
@@ -349,7 +355,8 @@ class StateStore:
         if position_time is not None:
             fields_["tail.position_time"] = position_time
         self._update(name, {"$set": fields_, "$unset": {"stopped.tailer": ""},
-                            **_inc({"produced": produced, "skipped": skipped})})
+                            **_inc({"produced": produced, "skipped": skipped,
+                                    "dependency": dependency})})
 
     def tailer_stopped(self, name: str) -> None:
         """A tailer stopped cleanly: none runs until the next heartbeat."""

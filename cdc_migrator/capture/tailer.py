@@ -7,7 +7,9 @@ replays events (at-least-once) and never skips one.
 
 The stream is database-wide, filtered to the migrated collection and the fence collection:
 a fence written by ``cutover`` travels the same ordered stream as the application's writes,
-and the tailer forwards it into every partition of the topic.
+and the tailer forwards it into every partition of the topic. The collections the migration
+declares in ``depends_on`` are in the same stream: each of their changes becomes dependency
+events for the documents it affects (see :mod:`.dependencies`).
 
 A lost connection to MongoDB re-opens the stream from the saved resume token; a broker that
 does not acknowledge is waited for with the batch in hand (see :mod:`cdc_migrator.retry`).
@@ -40,6 +42,7 @@ from ..base.settings import Settings
 from ..base.state import HEARTBEAT_INTERVAL, MigrationState, StateStore, now, stop_record
 from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused
 from ..migration import Migration, rename_filter_fields
+from . import dependencies
 from .backfill import backfill
 
 log = logging.getLogger("cdc_migrator.tailer")
@@ -71,8 +74,13 @@ def arm(settings: Settings, migration: Migration) -> MigrationState:
         if armed_at is None:
             raise Refused("the MongoDB server reports no operationTime: change streams need "
                           "a replica set or sharded cluster")
+        # After the armed point, before anything may scan: a change after its read finds
+        # the value it overwrites in the reference map.
+        dependencies.seed(settings.db, migration)
         store.arm(migration.name, armed_at)
         state = store.get(migration.name) or state
+    elif migration.depends_on:
+        dependencies.seed(settings.db, migration)  # armed by a version without it: late
     return state
 
 
@@ -92,23 +100,37 @@ def stream_pipeline(migration: Migration) -> list[dict[str, Any]]:
     the consumer (which would not touch it: its writes are guarded by the filter too). This
     drops, without a look at it in Python, the echo of every consumer write that takes the
     document out of the filter, as an "add a field where missing" filter does. Deletes, events
-    without a document and fences always pass. The events leave out ``updateDescription``.
+    without a document and fences always pass. The events leave out ``updateDescription``,
+    except, for a migration with a reference in ``depends_on``, the reference fields' new values
+    (see :mod:`.dependencies`).
     """
+    others = list(migration.depends_on)  # the collections it depends on: followed too
     stages: list[dict[str, Any]] = [{"$match": {"$or": [
-        {"ns.coll": {"$in": [migration.collection, FENCE_COLLECTION]}},
+        {"ns.coll": {"$in": [migration.collection, *others, FENCE_COLLECTION]}},
         # A collection renamed onto the migrated one, and the end of the database's stream.
-        {"to.coll": migration.collection},
+        {"to.coll": {"$in": [migration.collection, *others]} if others
+         else migration.collection},
         {"operationType": {"$in": ["dropDatabase", "invalidate"]}},
     ]}}]
     image = image_condition(migration.filter) if migration.filter else None
     if image:
         stages.append({"$match": {"$or": [
-            {"ns.coll": FENCE_COLLECTION},
+            {"ns.coll": {"$in": [FENCE_COLLECTION, *others]} if others else FENCE_COLLECTION},
             {"operationType": {"$nin": ["insert", "update", "replace"]}},
             {"fullDocument": None},
             image,
         ]}})
-    stages.append(UNUSED_FIELDS)
+    reference_fields = sorted({d.field for d in migration.depends_on.values() if d.field})
+    if reference_fields:
+        # An update of a dependency tells the reference's new value in its description; of
+        # the description only that is kept (the rest can be as large as the document).
+        stages.append({"$project": {
+            **{name: 1 for name in ("operationType", "clusterTime", "ns", "to", "documentKey",
+                                    "fullDocument", "fullDocumentBeforeChange")},
+            "updateDescription.removedFields": 1,
+            **{f"updateDescription.updatedFields.{f}": 1 for f in reference_fields}}})
+    else:
+        stages.append(UNUSED_FIELDS)
     return stages
 
 
@@ -134,6 +156,9 @@ class Tailer:
         self.skip_migrated = skip_migrated
         self.skipped = 0
         self._dry_ctx = make_context(settings.db, migration.name, dry_run=True)
+        self._dependencies = dependencies.DependencyFollower(settings.db, migration) \
+            if migration.depends_on else None
+        self._dependency_events = 0  # produced since the last checkpoint
         self.topic = settings.topic(migration.collection)
         self.store = StateStore(settings.db, settings.state_collection)
         self.flush_every = flush_every
@@ -225,13 +250,19 @@ class Tailer:
         options: dict[str, Any] = {"full_document": "updateLookup",
                                    "batch_size": 1000 if mode == _FULL else 1,
                                    "max_await_time_ms": 200}
+        if self._dependencies is not None:
+            self._dependencies.forget_pending()  # the events in hand are read again
+            if self._dependencies.wants_pre_images:
+                options["full_document_before_change"] = "whenAvailable"
         if tail.resume_token:
             options["resume_after"] = tail.resume_token
         else:
             options["start_at_operation_time"] = tail.armed_at
         pipeline = stream_pipeline(self.migration)
         if mode == _KEY_ONLY:
-            pipeline.append({"$unset": ["fullDocument"]})
+            pre_images = self._dependencies is not None and self._dependencies.wants_pre_images
+            pipeline.append({"$unset": ["fullDocument", "fullDocumentBeforeChange"] if pre_images
+                             else ["fullDocument"]})
         partitions = topics.ensure_topic(self.settings, self.topic)
         self.retry.recovered(KAFKA)
         # Events arrive as raw BSON: the full document goes on the topic as the server sent it.
@@ -270,6 +301,9 @@ class Tailer:
         """
         name = self.migration.name
         armed_at = self.retry.call(MONGODB, self.settings.db.command, "ping")["operationTime"]
+        if self.migration.depends_on:  # the map may have missed changes: read it again
+            self.retry.call(MONGODB, dependencies.forget, self.settings.db, name)
+            self.retry.call(MONGODB, dependencies.seed, self.settings.db, self.migration)
         self.retry.call(MONGODB, self.store.rearm, name, armed_at,
                         {"reason": cause, "at": now(), "armed_at": armed_at,
                          "backfill": "running"})
@@ -318,6 +352,10 @@ class Tailer:
         elif op == "rename" and to.get("coll") == collection:
             reason = (f"collection {collection!r} was replaced: {ns.get('coll')!r} was renamed "
                       "onto it")
+        elif op in ("drop", "rename") and ns.get("coll") in self.migration.depends_on:
+            reason = (f"collection {ns.get('coll')!r}, which {self.migration.name} depends on, "
+                      f"was {'dropped' if op == 'drop' else 'renamed'}: the documents it "
+                      "affected cannot be named any more")
         elif op == "dropDatabase":
             return CaptureStopped(
                 f"database {self.settings.database_name!r} was dropped: the change stream of "
@@ -388,6 +426,19 @@ class Tailer:
                         for p in range(partitions):
                             publisher.send(self.topic, payload, key=b"", partition=p)
                         unflushed += partitions
+                elif self._dependencies is not None and \
+                        (change.get("ns") or {}).get("coll") in self._dependencies.dependencies:
+                    try:
+                        affected = self._dependencies.affected(change)
+                    except CaptureStopped:
+                        self._commit(unflushed, last_token, skipped)
+                        raise
+                    at = change.get("clusterTime")
+                    for affected_id in affected:
+                        key, value = encoder.dependency(affected_id, change["ns"]["coll"], at)
+                        publisher.send(self.topic, value, key=key)
+                    unflushed += len(affected)
+                    self._dependency_events += len(affected)
                 elif change["operationType"] in ("insert", "update", "replace", "delete"):
                     if self.skip_migrated and self._needs_nothing(change):
                         self.skipped += 1
@@ -473,13 +524,18 @@ class Tailer:
             self.produced += produced
             metrics.record_produced(self.migration.name, produced, "tailer",
                                           time.monotonic() - started)
+        if self._dependencies is not None:
+            # Only now: the map reflects events the broker has; a crash before replays them.
+            self.retry.call(MONGODB, self._dependencies.save)
         metrics.record_tailer_position(self.migration.name,
                                              self.last_event_time if produced else None)
         if token is None:
             return
+        dependency, self._dependency_events = self._dependency_events, 0
         self.retry.call(MONGODB, self.store.save_tail_position, self.migration.name,
                         resume_token=token, last_event_time=self.last_event_time,
-                        position_time=self._position_time, produced=produced, skipped=skipped)
+                        position_time=self._position_time, produced=produced, skipped=skipped,
+                        dependency=dependency)
 
 
 def tail_until_stopped(settings: Settings, migrations: list[Migration],

@@ -41,6 +41,10 @@ def migration_status(settings: Settings, migration: Migration | None,
         "phase": state.phase.label if state.phase else None,
         "paused": state.paused,
         "counts": state.counts.as_dict(),
+        # Produced events by what caused them: the documents' own writes and scans, and
+        # changes to the collections the migration depends on.
+        "events": {"own": state.counts.produced - state.counts.dependency,
+                   "dependency": state.counts.dependency},
         "last_error": _masked(state.last_error),
         "failure": state.failure,
         # The pieces that stopped on an error (until they run again), and why.
@@ -130,6 +134,10 @@ def render(status: dict[str, Any]) -> str:
                  "consumed {consumed:,}; documents: updated "
                  "{updated:,}, deleted {deleted:,}, unchanged {unchanged:,}, failed {failed:,}"
                  .format(**c))
+    if c.get("dependency"):
+        lines.append(f"  dependency events: {c['dependency']:,} of those produced (changes to "
+                     f"depends_on collections), {c['produced'] - c['dependency']:,} the "
+                     "documents' own")
     lag = status.get("lag")
     if lag is not None:
         parts = ", ".join(f"p{p}={v['lag']}" for p, v in lag["partitions"].items())

@@ -85,6 +85,7 @@ public final class ChangeStreamOplog implements Oplog {
         CURRENT_COLLECTION.remove();
         INSERT_CAPTURE.remove();
         LAST_CURSOR.remove();
+        PreImages.clear();
     }
 
     static List<Document> beginInsertCapture() {
@@ -187,6 +188,7 @@ public final class ChangeStreamOplog implements Oplog {
 
     @Override
     public void handleDropCollection(String namespace) {
+        PreImages.afterDrop(namespace);
         if (tracked(namespace)) {
             record(List.of(new Event("drop", namespace(namespace), null, null, null, null)));
         }
@@ -219,7 +221,7 @@ public final class ChangeStreamOplog implements Oplog {
         if ("off".equals(before)) {
             beforeChangeNull = false;
         } else if ("whenAvailable".equals(before)) {
-            beforeChangeNull = true;
+            beforeChangeNull = true; // the pre-image where the collection keeps them (PreImages), else null
         } else if ("required".equals(before)) {
             throw new MongoServerError(72, "InvalidOptions",
                 "fullDocumentBeforeChange: 'required' needs pre-images, which this test server does not keep");
@@ -302,7 +304,9 @@ public final class ChangeStreamOplog implements Oplog {
         Namespace ns = namespace(namespace);
         List<Event> events = new ArrayList<>(ids.size());
         for (Object id : ids) {
-            events.add(new Event("delete", ns, id, null, null, null));
+            Event event = new Event("delete", ns, id, null, null, null);
+            event.preImage = PreImages.of(namespace, id);
+            events.add(event);
         }
         record(events);
     }
@@ -319,26 +323,30 @@ public final class ChangeStreamOplog implements Oplog {
         synchronized (monitor) { // the writer holds it already; we read live documents and copy what we keep
             for (Object id : ids) {
                 Document current = collection == null ? null : findLiveById(collection, id);
+                Event event;
                 if (replacement) {
-                    events.add(new Event("replace", ns, id, current == null ? null : current.cloneDeeply(), null, null));
+                    event = new Event("replace", ns, id, current == null ? null : current.cloneDeeply(), null, null);
                 } else {
                     List<String> removed = new ArrayList<>();
-                    Event event = new Event("update", ns, id, null, describeUpdate(update, current, removed), null);
+                    event = new Event("update", ns, id, null, describeUpdate(update, current, removed), null);
                     event.removedFields = removed.isEmpty() ? NO_FIELDS : removed.toArray(NO_FIELDS);
-                    events.add(event);
                 }
+                event.preImage = PreImages.of(namespace, id);
+                events.add(event);
             }
         }
         record(events);
     }
 
     void recordDropDatabase(String db) {
+        PreImages.afterDropDatabase(db);
         if (!internalDatabase(db)) {
             record(List.of(new Event("dropDatabase", namespace(db), null, null, null, null)));
         }
     }
 
     void recordRename(String from, String to) {
+        PreImages.afterRename(from, to);
         if (tracked(from)) {
             record(List.of(new Event("rename", namespace(from), null, null, null, namespace(to))));
         }
@@ -610,6 +618,7 @@ public final class ChangeStreamOplog implements Oplog {
         final Document fullDocument;      // insert, replace
         final Document updatedFields;     // update
         String[] removedFields;           // update
+        Document preImage;                // update, replace, delete: where the collection keeps them
         final Namespace to;               // rename
         long ts;
         long wallMillis;
@@ -921,7 +930,7 @@ public final class ChangeStreamOplog implements Oplog {
                     change.put("ns", event.ns.toDocument());
                     change.put("documentKey", new Document("_id", event.id));
                     if (beforeChangeNull && event.op.equals("replace")) {
-                        change.put("fullDocumentBeforeChange", null);
+                        change.put("fullDocumentBeforeChange", copy(event.preImage));
                     }
                     break;
                 case "update":
@@ -938,14 +947,14 @@ public final class ChangeStreamOplog implements Oplog {
                         change.put("fullDocument", null);
                     }
                     if (beforeChangeNull) {
-                        change.put("fullDocumentBeforeChange", null);
+                        change.put("fullDocumentBeforeChange", copy(event.preImage));
                     }
                     break;
                 case "delete":
                     change.put("ns", event.ns.toDocument());
                     change.put("documentKey", new Document("_id", event.id));
                     if (beforeChangeNull) {
-                        change.put("fullDocumentBeforeChange", null);
+                        change.put("fullDocumentBeforeChange", copy(event.preImage));
                     }
                     break;
                 case "rename":

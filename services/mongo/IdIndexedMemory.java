@@ -67,6 +67,19 @@ final class IdIndexedMemory {
             return super.queryDocuments(query, orderBy, numberToSkip, limit, batchSize, fieldSelector);
         }
 
+        // The document before an update or a delete: a pre-image, if the collection keeps them.
+        @Override
+        protected void handleUpdate(Integer position, Document oldDocument, Document newDocument) {
+            PreImages.take(getFullName(), oldDocument);
+            super.handleUpdate(position, oldDocument, newDocument);
+        }
+
+        @Override
+        protected void removeDocument(Integer position) {
+            PreImages.take(getFullName(), getDocument(position));
+            super.removeDocument(position);
+        }
+
         /**
          * The stored document with this _id (straight from the _id index, without a query), or
          * null; only while holding the collection's monitor, and not to be kept or returned.

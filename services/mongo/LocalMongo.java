@@ -131,6 +131,19 @@ public class LocalMongo {
                 return new OplogWindow(history).find(query);
             }
             Collations.check(command, query);
+            if (PreImages.handlesCollMod(command, query)) {
+                Object name = query.get(command);
+                return PreImages.collMod(database, query,
+                    name instanceof String && existingCollection(database, (String) name) != null);
+            } else if (command.equalsIgnoreCase("create")) {
+                Document reply = dispatch(channel, database, command, PreImages.beforeCreate(query));
+                PreImages.afterCreate(database, query, reply);
+                return reply;
+            } else if (command.equalsIgnoreCase("listCollections")) {
+                Document reply = dispatch(channel, database, command, query);
+                PreImages.showIn(database, reply);
+                return reply;
+            }
             return dispatch(channel, database, command, query);
         }
 
