@@ -11,7 +11,8 @@ Deploy 1 (dual read): the application reads ``first_name``/``last_name`` when pr
 splits ``full_name``, and writes only ``first_name``/``last_name``. It must not write both
 shapes into one document: such a document does not come back through the inverse
 (``full_name`` and the two new fields cannot all be kept), and census says so for its shape.
-Migration: split, and remove ``full_name``, in one guarded patch.
+Migration: split, and remove ``full_name``, in one guarded patch; a person whose split fields
+the application wrote already keeps them, and only loses the stale ``full_name``.
 Deploy 2 (after cutover): the application reads and writes only the two fields.
 Revert: deploy code that reads both shapes again (Deploy 1), then `cdc-migrator revert
 split_full_name`; once it exits 0, every person has ``full_name`` and no split fields, and the
@@ -25,6 +26,8 @@ from cdc_migrator import UNSET, migration
            contract_schema="people.contract.json")
 def split_full_name(doc, ctx):
     full = doc.get("full_name")
+    if "first_name" in doc:  # written by the application (Deploy 1): the split is the truth
+        return {"full_name": UNSET}
     if not isinstance(full, str):
         return None
     first, space, last = full.partition(" ")
