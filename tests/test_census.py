@@ -56,6 +56,17 @@ def test_a_shape_looks_one_level_into_documents_and_arrays_and_no_further():
     assert shape_of({"_id": 1, "tags": []}) == "{_id: int, tags: []}"
 
 
+def test_documents_differing_only_below_the_first_level_of_a_field_share_no_cached_shape():
+    # shape_of caches shapes by the values' Python types: a binary's subtype and the types
+    # inside a document or an array must still tell shapes apart.
+    for left, right in [({"a": {"b": Binary(b"x", 3)}}, {"a": {"b": Binary(b"x", 5)}}),
+                        ({"a": [Binary(b"x", 3)]}, {"a": [Binary(b"x", 5)]}),
+                        ({"a": {"b": 1}}, {"a": {"b": "1"}}), ({"a": [1]}, {"a": ["1"]}),
+                        ({"a": []}, {"a": {}}), ({"a": {"b": 1}}, {"a": {"c": 1}})]:
+        assert shape_of(left) != shape_of(right), (left, right)
+        assert shape_of({"a": 1, "b": "x"}) == shape_of({"b": "y", "a": 2})
+
+
 def test_field_names_that_are_not_plain_are_quoted_in_a_shape():
     assert shape_of({"_id": 1, "price.usd": 2, "$x": 1}) == \
         '{"$x": int, _id: int, "price.usd": int}'
