@@ -215,7 +215,8 @@ def census(settings: Settings, name: str, sample: int, max_shapes: int,
             if shape.problem:
                 click.echo(f"      e.g. _id {shape.problem_id!r}: {shape.problem}")
             for write in shape.side_writes:
-                click.echo(f"      would write: {write}")
+                brief = write if len(write) <= 100 else write[:97] + "..."
+                click.echo(f"      would write: {brief}")
             if shape.irreversible:
                 click.echo(f"      does not come back, e.g. _id {shape.irreversible_id!r}: "
                            f"{shape.irreversible}")
