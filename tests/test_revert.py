@@ -8,9 +8,12 @@ import threading
 import time
 
 from cdc_migrator import api
+from cdc_migrator.apply.consumer import TransformConsumer
 from cdc_migrator.base.state import Phase, StateStore
+from cdc_migrator.capture.backfill import backfill
+from cdc_migrator.capture.tailer import arm
 
-from .conftest import run_cli
+from .conftest import run_cli, wait_for
 
 NAME = "split_full_name"  # transforms/split_full_name.py, with its inverse join_full_name
 REVERSE = "split_full_name-revert"
@@ -174,3 +177,27 @@ def test_revert_refuses_a_migration_never_cut_over_and_changes_nothing(db, setti
     assert "it was never cut over (it is ready for cutover)" in line
     assert StateStore(db).get(REVERSE) is None
     assert StateStore(db).get(NAME).phase is state_before.phase
+
+
+def test_a_reverting_migrations_own_consumer_holds_instead_of_migrating_forward_again(
+        db, settings):
+    """An always-on `consume NAME` left running beside a revert must not undo the reverse."""
+    db.people.insert_many([{"_id": i, "full_name": f"Given{i} Family"} for i in range(50)])
+    forward = api.load(settings, NAME)
+    store = StateStore(db)
+    arm(settings, forward)
+    assert backfill(settings, forward, show_progress=False).done  # events for all 50
+    store.mark_cut_over(NAME)
+    store.mark_reverting(NAME)
+    consumer = TransformConsumer(settings, forward)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: consumer._paused, what="the forward consumer holding")
+        assert db.people.count_documents({"first_name": {"$exists": True}}) == 0
+        store.mark_cut_over(NAME)  # not reverting any more: the same consumer applies them
+        wait_for(lambda: db.people.count_documents({"first_name": {"$exists": True}}) == 50,
+                 what="the held events applied once the revert is over")
+    finally:
+        consumer.stop()
+        thread.join(timeout=60)
