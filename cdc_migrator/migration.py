@@ -86,12 +86,12 @@ class Migration:
     def reversed_as(self, name: str) -> Migration:
         """The migration that runs the inverse under ``name`` (see ``base/naming.revert``):
         over the whole collection, since the forward filter names documents in the old
-        shape, and with no schema of its own (revert keeps the expand schema in place)."""
+        shape, and with no schema of its own (revert keeps the expand schema in place). It
+        declares no inverse itself: going forward again is migrating NAME again."""
         if self.inverse is None:
             raise UsageError(f"migration {self.name!r} declares no inverse (@{self.name}.down)")
         return Migration(name=name, collection=self.collection, transform=self.inverse,
-                         batch_size=self.batch_size, source=self.source,
-                         inverse=self.transform)
+                         batch_size=self.batch_size, source=self.source)
 
 
 # Migrations defined since the process started, in definition order. The loader reads the ones
