@@ -142,8 +142,9 @@ def test_migrate_cut_over_and_revert_under_application_writes(db, settings):
     status = run_cli("status", NAME, settings=settings)
     assert f"{NAME} (people): reverted" in status.stdout and "reverted at" in status.stdout
     status = run_cli("status", REVERSE, settings=settings)
-    assert f"{REVERSE} (people): cut over" in status.stdout and "lag: 0 events" in \
-        status.stdout
+    # Its lag is shown (its group is known); events of writes after its cutover may wait
+    # there for an always-on `consume NAME-revert`, as after `run --cutover`.
+    assert f"{REVERSE} (people): cut over" in status.stdout and "  lag: " in status.stdout
     nxt = run_cli("next", "people", settings=settings)
     assert nxt.returncode == 0 and nxt.stdout.strip() == f"{NAME} (reverted)"
     again = run_cli("revert", NAME, settings=settings)
