@@ -13,63 +13,10 @@ from cdc_migrator.base.state import Phase, StateStore
 from cdc_migrator.capture.backfill import backfill
 from cdc_migrator.capture.tailer import arm
 
-from .conftest import run_cli, wait_for
+from .harness import PeopleWriter, run_cli, wait_for
 
 NAME = "split_full_name"  # transforms/split_full_name.py, with its inverse join_full_name
 REVERSE = "split_full_name-revert"
-
-
-def _join(first: str, last: str | None) -> str:
-    return first if last is None else f"{first} {last}"
-
-
-class PeopleApplication(threading.Thread):
-    """The application around a migration of ``full_name`` into ``first_name``/``last_name``.
-
-    ``mode`` is the shape it writes: ``"new"`` (first_name/last_name; what it writes from
-    Deploy 1 on, and still while a revert begins) or ``"old"`` (full_name, the split fields
-    removed: the code deployed for the way back). It inserts, renames and deletes people, and
-    remembers the full name each one should end with and which it deleted.
-    """
-
-    def __init__(self, coll, rng: random.Random, expected: dict[int, str], next_id: int):
-        super().__init__(daemon=True)
-        self.coll, self.rng, self.expected, self.next_id = coll, rng, expected, next_id
-        self.deleted: set[int] = set()
-        self.mode = "new"
-        self.stop = threading.Event()
-        self.ops = {"new": 0, "old": 0}
-
-    def _new_name(self) -> tuple[str, str | None]:
-        first = f"G{self.rng.randrange(10_000)}"
-        return first, (None if self.rng.random() < 0.2 else f"F {self.rng.randrange(100)}")
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            mode = self.mode
-            first, last = self._new_name()
-            if mode == "new":
-                fields, unset = {"first_name": first, "last_name": last}, {}
-            else:
-                fields, unset = {"full_name": _join(first, last)}, {"first_name": "",
-                                                                    "last_name": ""}
-            roll = self.rng.random()
-            if roll < 0.25:
-                doc_id, self.next_id = self.next_id, self.next_id + 1
-                self.coll.insert_one({"_id": doc_id, **fields})
-                self.expected[doc_id] = _join(first, last)
-            elif roll < 0.9 and self.expected:
-                doc_id = self.rng.choice(list(self.expected))
-                update = {"$set": fields, **({"$unset": unset} if unset else {})}
-                self.coll.update_one({"_id": doc_id}, update)
-                self.expected[doc_id] = _join(first, last)
-            elif self.expected:
-                doc_id = self.rng.choice(list(self.expected))
-                self.coll.delete_one({"_id": doc_id})
-                del self.expected[doc_id]
-                self.deleted.add(doc_id)
-            self.ops[mode] += 1
-            time.sleep(0.002)
 
 
 def _seed(coll, n: int) -> dict[int, str]:
@@ -93,7 +40,7 @@ def test_migrate_cut_over_and_revert_under_application_writes(db, settings):
     print(f"seed={seed}")
     coll = db.people
     expected = _seed(coll, 3000)
-    app = PeopleApplication(coll, random.Random(seed), expected, next_id=100_000)
+    app = PeopleWriter(coll, random.Random(seed), expected, next_id=100_000)
     app.start()
     try:
         forward = api.run(settings, NAME, then_cutover=True, timeout=300, show_progress=False,
@@ -113,7 +60,7 @@ def test_migrate_cut_over_and_revert_under_application_writes(db, settings):
 
         watcher = threading.Thread(target=deploy_the_old_shape_once_the_reverse_backfill_is_done,
                                    daemon=True)
-        before_revert = dict(app.ops)
+        before_revert = dict(app.by_mode)
         watcher.start()
         # The rate cap keeps the reverse backfill running while the application writes.
         result = run_cli("revert", NAME, "--rate", "1000", "--quiet", "--timeout", "300",
@@ -121,11 +68,11 @@ def test_migrate_cut_over_and_revert_under_application_writes(db, settings):
         assert result.returncode == 0, result.stdout + result.stderr
         assert app.mode == "old", "the reverse backfill never finished"
     finally:
-        app.stop.set()
-        app.join()
-    print(f"application ops {app.ops}; revert said: {result.stdout}")
-    assert app.ops["new"] - before_revert["new"] > 50, "no new-shape writes raced the revert"
-    assert app.ops["old"] > 20, "no old-shape writes raced the reverse cutover"
+        app.finish()
+    print(f"application writes {app.by_mode}; revert said: {result.stdout}")
+    assert app.by_mode["new"] - before_revert["new"] > 50, \
+        "no new-shape writes raced the revert"
+    assert app.by_mode["old"] > 20, "no old-shape writes raced the reverse cutover"
     assert "reverted; split_full_name-revert cut over" in result.stdout
     assert "the server has no validators" in result.stdout  # the expand schema step ran
     docs = {d["_id"]: d for d in coll.find()}
@@ -194,6 +141,8 @@ def test_a_reverting_migrations_own_consumer_holds_instead_of_migrating_forward_
     thread = threading.Thread(target=consumer.run, daemon=True)
     thread.start()
     try:
+        # The consumer reads the flag before its first poll, so holding from the start it
+        # has taken no event: the documents are unchanged now, with every event waiting.
         wait_for(lambda: consumer._paused, what="the forward consumer holding")
         assert db.people.count_documents({"first_name": {"$exists": True}}) == 0
         store.mark_cut_over(NAME)  # not reverting any more: the same consumer applies them
