@@ -27,7 +27,7 @@ from .apply.replay import RetryReport
 from .apply.replay import retry as retry_dead_letters
 from .apply.shortcut import ApplyReport, DryRunLine, apply_migration
 from .apply.shortcut import dry_run as _dry_run
-from .base import logs, refusals, topics
+from .base import logs, naming, refusals, topics
 from .base.deadletters import DeadLetter
 from .base.deadletters import read as read_dead_letters
 from .base.retry import MONGODB, Retrier, message_of
@@ -39,23 +39,78 @@ from .capture.dependencies import forget as forget_references
 from .capture.tailer import tail_until_stopped
 from .errors import CdcMigratorError, Refused, ServiceUnavailable, UsageError
 from .migration import Migration, get_migration, load_migrations
+from .operations.census import CensusReport
+from .operations.census import census as _census
 from .operations.cutover import CutoverReport, load_schema
 from .operations.cutover import cutover as _cutover
+from .operations.reversible import ReversibleReport, reverse_of, verify_reversible
 from .operations.scaffold import init_migration
 from .operations.schema import validator_for
 from .operations.status import all_status
 from .operations.verify import VerifyReport
 from .operations.verify import verify as _verify
-from .pipeline import RunReport, catch_up, run_pipeline
+from .pipeline import RevertReport, RunReport, catch_up, revert_pipeline, run_pipeline
 
 
 def load(settings: Settings, name: str) -> Migration:
-    """The migration called ``name`` from the settings' transforms directory."""
-    return get_migration(settings.transforms, name)
+    """The migration called ``name`` from the settings' transforms directory; ``NAME-revert``
+    (:func:`~cdc_migrator.base.naming.revert`) is the reverse run of a migration NAME that
+    declares an inverse, so ``tail``, ``consume``, ``status`` and ``verify`` take it too."""
+    try:
+        return get_migration(settings.transforms, name)
+    except UsageError:
+        forward = name.removesuffix(naming.REVERT_SUFFIX)
+        found = migrations(settings).get(forward) if forward != name else None
+        if found is None or found.inverse is None:
+            raise
+        return reverse_of(found)
 
 
 def migrations(settings: Settings) -> dict[str, Migration]:
     return load_migrations(settings.transforms)
+
+
+def census(settings: Settings, name: str, *, sample: int = 5, batch_size: int | None = None,
+           max_shapes: int = 1000,
+           on_batch: Callable[[int], None] | None = None) -> CensusReport:
+    """``cdc-migrator census NAME``: before any write, the documents grouped by shape and
+    counted, the transform (and the inverse, when declared) tried on ``sample`` documents of
+    each shape without writing. See :func:`cdc_migrator.operations.census.census`."""
+    migration = load(settings, name)
+    require_collection(settings, migration)
+    check = validator_for(load_schema(settings, migration.contract_schema)) \
+        if migration.contract_schema else None
+    return _census(settings, migration, sample=sample, batch_size=batch_size,
+                   max_shapes=max_shapes, schema_check=check, on_batch=on_batch)
+
+
+def verify_reversibility(settings: Settings, name: str, *, per_shape: int = 3,
+                         batch_size: int | None = None) -> ReversibleReport:
+    """``cdc-migrator verify NAME --reversible``: for ``per_shape`` documents of every shape,
+    the migration then its inverse gives the document back (see
+    :mod:`cdc_migrator.operations.reversible`)."""
+    migration = load(settings, name)
+    require_collection(settings, migration)
+    return verify_reversible(settings, migration, per_shape=per_shape, batch_size=batch_size)
+
+
+def revert(settings: Settings, name: str, *, batch_size: int | None = None,
+           rate: float | None = None, timeout: float | None = None,
+           show_progress: bool = True, stop: threading.Event | None = None) -> RevertReport:
+    """``cdc-migrator revert NAME``: after cutover, the inverse through the same pipeline as
+    ``run --cutover``, under its own name. See :func:`cdc_migrator.pipeline.revert_pipeline`."""
+    migration = load(settings, name)
+    require_collection(settings, migration, retry=True)
+    taken = naming.revert(migration.name) in migrations(settings)
+    return revert_pipeline(settings, migration, reverse_name_taken=taken,
+                           batch_size=batch_size, rate=rate, timeout=timeout,
+                           show_progress=show_progress, stop=stop)
+
+
+def reverted(settings: Settings, name: str) -> bool:
+    """Whether ``revert`` took ``name`` back (or is taking it back)."""
+    state = _store(settings).get(name)
+    return state is not None and state.reverted
 
 
 def require_collection(settings: Settings, migration: Migration, *,
@@ -118,6 +173,8 @@ def cutover(settings: Settings, name: str, *, timeout: float = 60.0, dry_run: bo
 def status(settings: Settings, name: str | None = None) -> list[dict[str, Any]]:
     """``cdc-migrator status``: one status dict per migration (all, or ``name``)."""
     known = migrations(settings) if Path(settings.transforms).is_dir() else {}
+    known.update({naming.revert(m.name): reverse_of(m) for m in list(known.values())
+                  if m.inverse is not None})
     if name is not None and name not in known:
         load(settings, name)  # raises the usual one-line error for an unknown name
     found = all_status(settings, known, name)
@@ -153,10 +210,14 @@ def cancel(settings: Settings, name: str) -> None:
 
 def reset(settings: Settings, name: str) -> None:
     """Forget a migration's state, topic position and group offsets: it starts over."""
-    load(settings, name)
-    _store(settings).delete(name)
+    migration = load(settings, name)
+    store = _store(settings)
+    store.delete(name)
     forget_references(settings.db, name)
     topics.delete_group(settings, settings.group(name))
+    if migration.inverse is not None:  # and its reverse run, so a later revert starts anew
+        store.delete(naming.revert(name))
+        topics.delete_group(settings, settings.group(naming.revert(name)))
 
 
 def next_migration(settings: Settings, collection: str) -> Migration | None:
@@ -197,6 +258,9 @@ def run_series(settings: Settings, collection: str, *, timeout: float = 600.0,
     ``on_start`` is called with each migration as it starts."""
     report = SeriesReport(collection)
     while (found := next_migration(settings, collection)) is not None:
+        if reverted(settings, found.name):
+            raise Refused(f"{found.name} was reverted: `cdc-migrator reset {found.name}` to "
+                          "migrate it again, then `next --run`")
         if on_start is not None:
             on_start(found)
         run_report = run(settings, found.name, timeout=timeout, show_progress=False,

@@ -183,16 +183,70 @@ def apply(settings: Settings, name: str, batch_size: int | None, rate: float | N
 
 @cli.command()
 @click.argument("name")
-@click.option("--sample", type=click.IntRange(min=0), default=10, show_default=True,
-              help="How many ids of remaining documents to show.")
+@click.option("--sample", type=click.IntRange(min=1), default=5, show_default=True,
+              metavar="N", help="Documents of each shape the transform is tried on.")
+@click.option("--max-shapes", type=click.IntRange(min=1), default=1000, show_default=True,
+              metavar="N", help="Distinct shapes tracked at most (memory stays bounded); "
+              "documents of further shapes are counted, not tried, and census fails.")
+@_BATCH_SIZE
 @_JSON
 @_settings_options
-def verify(settings: Settings, name: str, sample: int, as_json: bool) -> None:
+def census(settings: Settings, name: str, sample: int, max_shapes: int,
+           batch_size: int | None, as_json: bool) -> None:
+    """Before any write: NAME's documents grouped by shape, and what the transform does to each.
+
+    A shape is the set of top-level fields with their BSON types, plus one nested level. Each
+    shape is counted and the transform tried on --sample of its documents without writing
+    (writes through ctx.db are recorded, as with --dry-run): would change, needs nothing,
+    raises (with the error and an _id), invalid patch, breaks the contract schema; and, when
+    NAME declares an inverse, whether they come back through it. Exit 1 naming the shapes
+    that raise, get an invalid patch or break the contract.
+    """
+    report = api.census(settings, name, sample=sample, max_shapes=max_shapes,
+                        batch_size=batch_size)
+    if as_json:
+        _echo_json(report.as_dict())
+    else:
+        click.echo(report.summary())
+        for shape in report.shapes:
+            back = "" if shape.reversible is None else \
+                ("; reversible" if shape.reversible else "; NOT reversible")
+            click.echo(f"  {shape.id} {shape.count:>10,}  {shape.verdict}{back}  {shape.shape}")
+            if shape.problem:
+                click.echo(f"      e.g. _id {shape.problem_id!r}: {shape.problem}")
+            for write in shape.side_writes:
+                brief = write if len(write) <= 100 else write[:97] + "..."
+                click.echo(f"      would write: {brief}")
+            if shape.irreversible:
+                click.echo(f"      does not come back, e.g. _id {shape.irreversible_id!r}: "
+                           f"{shape.irreversible}")
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--sample", type=click.IntRange(min=0), default=10, show_default=True,
+              help="How many ids of remaining documents to show.")
+@click.option("--reversible", is_flag=True,
+              help="Instead: check that the migration then its inverse gives back every "
+                   "sampled document (byte-identical BSON, top-level field order aside).")
+@click.option("--per-shape", type=click.IntRange(min=1), default=3, show_default=True,
+              metavar="N", help="With --reversible: documents checked of each shape.")
+@_JSON
+@_settings_options
+def verify(settings: Settings, name: str, sample: int, reversible: bool, per_shape: int,
+           as_json: bool) -> None:
     """Count the documents NAME would still change; exit 0 only when none remain.
 
     Runs the transform on every document without writing (streaming, so any size works), and
-    checks the migration's contract schema when it names one.
+    checks the migration's contract schema when it names one. With --reversible, checks
+    instead that NAME's inverse gives back each shape's documents; exit 1 names those that do
+    not come back.
     """
+    if reversible:
+        _verify_reversible(settings, name, per_shape, as_json)
+        return
     report = api.verify(settings, name, sample_size=sample)
     if as_json:
         _echo_json({"migration": report.migration, "ok": report.ok, "checked": report.checked,
@@ -209,6 +263,26 @@ def verify(settings: Settings, name: str, sample: int, as_json: bool) -> None:
         for item in report.schema_sample:
             click.echo(f"  breaks contract schema {item['id']!r}: {item['error']}")
     if not report.ok:
+        sys.exit(1)
+
+
+def _verify_reversible(settings: Settings, name: str, per_shape: int, as_json: bool) -> None:
+    found = api.verify_reversibility(settings, name, per_shape=per_shape)
+    if as_json:
+        _echo_json({"migration": found.migration, "ok": found.ok, "checked": found.checked,
+                    "untracked": found.untracked,
+                    "shapes": [{"id": s.id, "shape": s.shape, "documents": s.documents,
+                                "checked": s.checked, "failed": s.failed,
+                                "outside_filter": s.outside_filter,
+                                "example_id": s.example_id, "reason": s.reason}
+                               for s in found.shapes]})
+    else:
+        click.echo(found.summary())
+        for shape in found.failing:
+            where = " (outside the migration's filter)" if shape.outside_filter else ""
+            click.echo(f"  {shape.id} {shape.shape}{where}: {shape.failed} of {shape.checked} "
+                       f"do not come back, e.g. _id {shape.example_id!r}: {shape.reason}")
+    if not found.ok:
         sys.exit(1)
 
 
@@ -359,6 +433,34 @@ def run(settings: Settings, name: str, batch_size: int | None, rate: float | Non
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("name")
+@_BATCH_SIZE
+@_RATE
+@_timeout(None, "Give up waiting for the reverse run to drain after this long.")
+@_PROGRESS_QUIET
+@_setting("on_history_lost")
+@_settings_options
+def revert(settings: Settings, name: str, batch_size: int | None, rate: float | None,
+           timeout: float | None, quiet: bool) -> None:
+    """After cutover: take NAME back to the old shape with its inverse (@NAME.down).
+
+    Puts back the expand schema first (both shapes valid), then runs the inverse as
+    NAME-revert through the same path as `run --cutover`, in this process: capture armed
+    first, backfill, guarded consume, fenced cutover. Exit 0 once NAME-revert is cut over;
+    `status` then shows NAME as reverted. The application must read both shapes meanwhile.
+    Refuses (exit 1, nothing changed) when NAME has no inverse or was never cut over.
+    """
+    stop = _stop_on_signals()
+    report = api.revert(settings, name, batch_size=batch_size, rate=rate, timeout=timeout,
+                        show_progress=not quiet, stop=stop)
+    if report.schema_note:
+        click.echo(f"{name}: {report.schema_note}")
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
 def _print_cutover(report: Any) -> None:
     click.echo(report.summary())
     if report.verify and report.verify.sample and not report.ok:
@@ -466,7 +568,8 @@ def next_(settings: Settings, collection: str, run_all: bool, timeout: float) ->
         click.echo(f"every migration of {collection} has cut over")
         sys.exit(1)
     if not run_all:
-        click.echo(found.name)
+        # A reverted migration is next again, but must be reset before it runs again.
+        click.echo(found.name + (" (reverted)" if api.reverted(settings, found.name) else ""))
         return
     series = api.run_series(settings, collection, timeout=timeout, stop=_stop_on_signals(),
                             on_start=lambda m: click.echo(f"== {m.name}"))

@@ -132,6 +132,8 @@ class Migration:
     contract_schema: str | None = None
     source: str = ""
     depends_on: dict[str, Dependency] = field(default_factory=dict)
+    #: The transform that undoes this one (declared with :meth:`down`), or None.
+    inverse: Transform | None = None
 
     @property
     def declared_reads(self) -> frozenset[str]:
@@ -141,6 +143,36 @@ class Migration:
 
     def __call__(self, doc: Mapping[str, Any], ctx: Any) -> Any:
         return self.transform(doc, ctx)
+
+    def down(self, fn: Transform) -> Transform:
+        """Declare ``fn(doc, ctx)`` as the inverse of this migration::
+
+            @split_full_name.down
+            def join_full_name(doc, ctx): ...
+
+        It takes a document in the migrated shape and returns the patch that puts it back in
+        the old shape (same return values as a migration). ``verify --reversible`` checks that
+        it gives every sampled document back; ``revert`` runs it after cutover. ``fn`` is
+        returned as it is, so it stays a plain function a test can call.
+        """
+        if not callable(fn):
+            raise UsageError(f"@{self.name}.down must decorate a function taking (doc, ctx)")
+        if self.inverse is not None:
+            raise UsageError(f"migration {self.name!r} declares its inverse twice")
+        # Frozen so that nothing changes a migration while it runs; the inverse is declared
+        # once, right below the migration in its file, before anything reads it.
+        object.__setattr__(self, "inverse", fn)
+        return fn
+
+    def reversed_as(self, name: str) -> Migration:
+        """The migration that runs the inverse under ``name`` (see ``base/naming.revert``):
+        over the whole collection, since the forward filter names documents in the old
+        shape, and with no schema of its own (revert keeps the expand schema in place). It
+        declares no inverse itself: going forward again is migrating NAME again."""
+        if self.inverse is None:
+            raise UsageError(f"migration {self.name!r} declares no inverse (@{self.name}.down)")
+        return Migration(name=name, collection=self.collection, transform=self.inverse,
+                         batch_size=self.batch_size, source=self.source)
 
 
 # Migrations defined since the process started, in definition order. The loader reads the ones

@@ -28,11 +28,13 @@ from .apply.consumer import TransformConsumer
 from .base import topics
 from .base.retry import KAFKA, MONGODB, Retrier, StopRequested
 from .base.settings import Settings
-from .base.state import MigrationState, StateStore
+from .base.state import MigrationState, Phase, StateStore
 from .capture.backfill import BackfillReport, backfill
 from .capture.tailer import Tailer, arm
 from .migration import Migration
 from .operations.cutover import CutoverReport, cutover
+from .operations.reversible import reverse_of
+from .operations.revert import check_revertible, put_back_expand_schema
 
 log = logging.getLogger("cdc_migrator.cutover")
 
@@ -113,6 +115,65 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
     state = retry.call(MONGODB, store.get, migration.name)
     return RunReport(migration.name, report, state.counts.as_dict() if state else {}, lag,
                      drained, outcome, unresolved=state.dlq_pending if state else 0)
+
+
+@dataclass
+class RevertReport:
+    """What ``revert`` did: the schema note, and the run of the reverse (None when NAME was
+    reverted already)."""
+
+    migration: str
+    reverse: str
+    run: RunReport | None
+    schema_note: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.run is None or (self.run.drained and self.run.cutover is not None
+                                    and self.run.cutover.ok)
+
+    def summary(self) -> str:
+        if self.run is None:
+            return f"{self.migration}: already reverted ({self.reverse} cut over)"
+        if self.ok:
+            return (f"{self.migration}: reverted; {self.reverse} cut over, every document is "
+                    "in the old shape")
+        why = self.run.cutover.summary() if self.run.cutover is not None else \
+            f"{self.reverse} did not drain (lag {self.run.lag})"
+        return f"{self.migration}: revert not finished: {why}; run `revert` again"
+
+
+def revert_pipeline(settings: Settings, migration: Migration, *,
+                    reverse_name_taken: bool = False, batch_size: int | None = None,
+                    rate: float | None = None, timeout: float | None = None,
+                    show_progress: bool = True,
+                    stop: threading.Event | None = None) -> RevertReport:
+    """Take a cut-over migration back: put back the expand schema, then run its inverse as a
+    migration of its own (:func:`~cdc_migrator.operations.reversible.reverse_of`) through the
+    same path as ``run --cutover``: capture armed first, backfill, guarded consume, fenced
+    cutover. The forward migration is ``reverting`` meanwhile (its own consumers hold), and
+    ``reverted`` once the reverse is cut over. Run again, it resumes an interrupted revert."""
+    store = StateStore(settings.db, settings.state_collection)
+    state = store.get(migration.name)
+    check_revertible(migration, state, reverse_name_taken)
+    reverse = reverse_of(migration)
+    assert state is not None  # check_revertible refuses a migration without state
+    if state.phase is Phase.REVERTED:
+        return RevertReport(migration.name, reverse.name, None)
+    if state.phase is Phase.CUT_OVER and store.get(reverse.name) is not None:
+        # A reverse run left from an earlier cycle (migrated again since): a new one starts.
+        store.delete(reverse.name)
+        topics.delete_group(settings, settings.group(reverse.name))
+    note = put_back_expand_schema(settings, migration)
+    store.mark_reverting(migration.name)
+    log.info("reverting %s through %s", migration.name, reverse.name)
+    report = run_pipeline(settings, reverse, batch_size=batch_size, rate=rate,
+                          show_progress=show_progress, stop=stop, timeout=timeout,
+                          then_cutover=True)
+    outcome = RevertReport(migration.name, reverse.name, report, note)
+    if outcome.ok:
+        store.mark_reverted(migration.name)
+    return outcome
 
 
 def wait_drained(settings: Settings, migration: Migration, tailer: Tailer,

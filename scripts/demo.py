@@ -1,7 +1,8 @@
 """`make demo`: a zero-downtime migration end to end on the local services.
 
 Seeds the demo data, migrates the small `smallConfig` collection with `apply` (the shortcut
-without Kafka), then for `users` starts the always-on `tail` and `consume` as separate
+without Kafka), then for `users` takes a census of its documents (shapes, counts, what the
+transform does to each) before any write, starts the always-on `tail` and `consume` as separate
 processes, runs the backfill while an application thread keeps inserting, updating and deleting
 users, shows a cutover refused while work is outstanding, then drains, verifies and cuts over.
 
@@ -105,6 +106,10 @@ def main() -> None:
     step("a small collection: smallConfig migrated in one process with `apply`, no Kafka")
     cli("apply", SMALL)
     cli("verify", SMALL)
+
+    step("census, before any write: every kind of user, counted, and what the migration "
+         "does to each kind")
+    cli("census", NAME)
 
     step("dry run: what the migration would do to the first documents")
     cli("apply", NAME, "--dry-run", "--batch-size", "5")

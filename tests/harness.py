@@ -536,3 +536,52 @@ class UsersWriter(AppWriter):
             self.users.delete_one({"_id": _id})
             self.deleted.add(_id)
         return True
+
+
+def join_name(first: str, last: str | None) -> str:
+    """``full_name`` from ``first_name``/``last_name``, as ``join_full_name`` joins them."""
+    return first if last is None else f"{first} {last}"
+
+
+class PeopleWriter(AppWriter):
+    """The application around ``split_full_name`` (``full_name`` into ``first_name`` and
+    ``last_name``): inserts, renames and deletes people.
+
+    :attr:`mode` is the shape it writes: ``"new"`` (the split fields: what it writes from
+    Deploy 1 on, and still while a revert begins) or ``"old"`` (``full_name``, the split fields
+    removed: the code deployed for the way back). Remembers the full name each person should
+    end with (:attr:`expected`), what it deleted, and its writes per mode (:attr:`by_mode`).
+    """
+
+    def __init__(self, coll: Any, rng: random.Random, expected: dict[int, str], next_id: int,
+                 pace: float = 0.002) -> None:
+        super().__init__(rng, pace)
+        self.coll, self.expected, self.next_id = coll, expected, next_id
+        self.deleted: set[int] = set()
+        self.mode = "new"
+        self.by_mode = {"new": 0, "old": 0}
+
+    def write(self) -> bool:
+        mode = self.mode
+        first = f"G{self.rng.randrange(10_000)}"
+        last = None if self.rng.random() < 0.2 else f"F {self.rng.randrange(100)}"
+        if mode == "new":
+            update: dict[str, Any] = {"$set": {"first_name": first, "last_name": last}}
+        else:
+            update = {"$set": {"full_name": join_name(first, last)},
+                      "$unset": {"first_name": "", "last_name": ""}}
+        roll = self.rng.random()
+        target = None if roll < 0.25 else pick(self.rng, list(self.expected))
+        if target is None:
+            doc_id, self.next_id = self.next_id, self.next_id + 1
+            self.coll.insert_one({"_id": doc_id, **update["$set"]})
+            self.expected[doc_id] = join_name(first, last)
+        elif roll < 0.9:
+            self.coll.update_one({"_id": target}, update)
+            self.expected[target] = join_name(first, last)
+        else:
+            self.coll.delete_one({"_id": target})
+            del self.expected[target]
+            self.deleted.add(target)
+        self.by_mode[mode] += 1
+        return True

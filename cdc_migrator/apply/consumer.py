@@ -285,7 +285,9 @@ class TransformConsumer:
         if now - self._last_pause_check >= 1.0:
             self._last_pause_check = now
             state = self.store.get(self.migration.name)
-            paused = bool(state and (state.paused or state.cancelled))
+            # Reverted: the reverse run's consumers put the old shape back; applying this
+            # migration beside them would undo their work.
+            paused = bool(state and (state.paused or state.cancelled or state.reverted))
             if paused != self._paused:
                 assignment = list(self.kafka.assignment())
                 if paused:

@@ -33,3 +33,15 @@ def dlq_topic(prefix: str, database: str, collection: str) -> str:
 def group(prefix: str, database: str, migration: str) -> str:
     """The consumer group of one migration."""
     return f"{prefix}.{database}.{migration}"
+
+
+#: Ends the name of a migration's reverse run. A Python function name cannot hold ``-``, so it
+#: never clashes with a migration named after its function, and ``-`` is legal in Kafka topic
+#: and group names alike.
+REVERT_SUFFIX = "-revert"
+
+
+def revert(migration: str) -> str:
+    """The name of ``migration``'s reverse run (``revert``): its state entry, its consumer
+    group (through :func:`group`), and the identity its fences carry."""
+    return f"{migration}{REVERT_SUFFIX}"

@@ -14,6 +14,7 @@ The stored layout (``schema_version`` 2)::
     errors [failure records], last_error, failure {reason, at, ...},
     stopped {consumer|tailer: stop record}, stalled {consumer: stop record},
     apply {started, done, cursor}, backfill {total, scanned, done, cursor, started_at},
+    reverted_at (after ``revert``: phase ``reverting``, then ``reverted``),
     tail {armed_at, resume_token, heartbeat, last_event_time, position_time, stopped_at,
           recoveries, last_recovery {reason, at, armed_at, backfill}},
     fences {FENCE_ID: {partitions: {P: true}}}, dlq_pending, dlq_offset,
@@ -69,6 +70,10 @@ class Phase(StrEnum):
     CANCELLED = "cancelled"
     APPLYING = "applying"
     APPLIED = "applied"
+    # After cutover, `revert` runs the inverse as a migration of its own (naming.revert):
+    # the forward one is reverting meanwhile, and reverted once that reverse is cut over.
+    REVERTING = "reverting"
+    REVERTED = "reverted"
 
     @property
     def label(self) -> str:
@@ -199,6 +204,13 @@ class MigrationState:
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
+    reverted_at: dt.datetime | None = None
+
+    @property
+    def reverted(self) -> bool:
+        """Whether ``revert`` took (or is taking) this migration back: its own tailer and
+        consumers stand down, or they would migrate again what the reverse puts back."""
+        return self.phase in (Phase.REVERTING, Phase.REVERTED)
 
     @property
     def armed(self) -> bool:
@@ -257,6 +269,7 @@ class MigrationState:
             created_at=doc.get("created_at"),
             updated_at=doc.get("updated_at"),
             completed_at=doc.get("completed_at"),
+            reverted_at=doc.get("reverted_at"),
         )
 
 
@@ -489,6 +502,14 @@ class StateStore:
         self.collection.update_one({"_id": name}, {
             "$set": {"phase": Phase.CUT_OVER, "completed_at": now(), "updated_at": now()},
             "$unset": {"fences": ""}})
+
+    def mark_reverting(self, name: str) -> None:
+        """``revert`` started taking a cut-over migration back."""
+        self._set(name, phase=Phase.REVERTING)
+
+    def mark_reverted(self, name: str) -> None:
+        """The reverse run of ``name`` was cut over: every document is in the old shape."""
+        self._set(name, phase=Phase.REVERTED, reverted_at=now())
 
     def forget_fence(self, name: str, fence: str) -> None:
         self.collection.update_one({"_id": name}, {"$unset": {f"fences.{fence}": ""}})

@@ -52,6 +52,7 @@ def migration_status(settings: Settings, migration: Migration | None,
         # Pieces running but making no progress where there is work (the consumer watchdog).
         "stalled": {component: _masked(record) for component, record in state.stalled.items()},
         "completed_at": state.completed_at,
+        "reverted_at": state.reverted_at,
     }
     if backfill is not None:
         started = backfill.started_at or state.created_at
@@ -176,4 +177,7 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"  last error: {err.get('id')!r}: {err.get('error')}")
     if status.get("completed_at"):
         lines.append(f"  cut over at {status['completed_at']}")
+    if status.get("reverted_at"):
+        lines.append(f"  reverted at {status['reverted_at']} (its reverse run: "
+                     f"{status['migration']}-revert)")
     return "\n".join(lines)
