@@ -52,6 +52,7 @@ def test_masking_hides_every_credential_of_a_uri_whatever_the_password_holds(use
 
 @given(user=USERS, password=PASSWORDS.filter(lambda p: "*" not in p))
 @example(user="0", password=" ")  # a space ended the URI's credentials before the "@"
+@example(user="0", password="\n")  # a line break did too
 def test_masking_hides_a_password_inside_any_message(user, password):
     uri = f"mongodb+srv://{user}:{password}@{HOSTS}{TAIL}"
     message = f"ServerSelectionTimeoutError: cannot use {uri} now: connection refused"

@@ -44,10 +44,11 @@ def mask_uri(uri: str) -> str:
     return f"{scheme}://***@{rest.rpartition('@')[2]}"
 
 
-# A connection string inside free text: up to the last "@" of the line before a host name. A
-# password may hold any character, spaces included (a malformed URI does not escape them), so
-# the credentials end only there; text after the URI with an "@" of its own is masked too.
-_URI_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\n]*@(?=[\w\[])")
+# A connection string inside free text: up to the last "@" before a host name. A password may
+# hold any character, spaces and line breaks included (a malformed URI does not escape them),
+# so the credentials end only there: on the same line, or on the next ones while each has an
+# "@" of its own. Text after the URI with an "@" of its own is masked too.
+_URI_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^\n]|\n(?=[^\n]*@))*@(?=[\w\[])")
 # Shorter secrets are not registered for masking: they would blank out ordinary words.
 MIN_SECRET_LENGTH = 4
 
