@@ -370,21 +370,24 @@ def _hold_while_paused(store: StateStore, name: str, stop: threading.Event | Non
     The wait runs inside ``holding()`` (the scan's :meth:`~cdc_migrator.base.scanner.Scan.held`).
     Raises :class:`Refused` when the migration failed (e.g. its collection was dropped).
     """
+    go_on = _go_on(store, name)
+    if go_on is not None:
+        return go_on
+    with holding():
+        while go_on is None:
+            if stop is None:
+                time.sleep(1.0)
+            elif stop.wait(1.0):
+                return False
+            go_on = _go_on(store, name)
+    return go_on
+
+
+def _go_on(store: StateStore, name: str) -> bool | None:
+    """True to scan on, False when the migration was cancelled or is gone, None while it is
+    paused; :class:`Refused` when it failed."""
     state = store.get(name)
     if state is None or state.cancelled:
         return False
     _refuse_failed(state)
-    if not state.paused:
-        return True
-    with holding():
-        while True:
-            if stop is not None and stop.wait(1.0):
-                return False
-            if stop is None:
-                time.sleep(1.0)
-            state = store.get(name)
-            if state is None or state.cancelled:
-                return False
-            _refuse_failed(state)
-            if not state.paused:
-                return True
+    return None if state.paused else True
