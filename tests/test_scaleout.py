@@ -14,10 +14,15 @@ import uuid
 
 import pytest
 from bson import Decimal128, Int64, MaxKey, MinKey, ObjectId, Timestamp
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from cdc_migrator import api
 from cdc_migrator.base import throttle as throttling
+from cdc_migrator.base.codec import CODEC_OPTIONS
 from cdc_migrator.base.ranges import KeyRange, RangeStore, quantiles, range_filter, split
+from cdc_migrator.base.scanner import after_filter
 from cdc_migrator.base.state import StateStore
 from cdc_migrator.capture.ranges import ranges_for, split_points
 from cdc_migrator.capture.tailer import arm
@@ -28,6 +33,7 @@ from .harness import (
     CliProcess,
     ItemsWriter,
     assert_invariant,
+    examples,
     run_cli,
     seed_items,
     wait_for,
@@ -200,6 +206,100 @@ def test_the_server_orders_mixed_ids_as_mongodb_and_ranges_cover_each_once(setti
     # The ranges follow the order: every _id of range k sorts before every one of range k+1.
     order = [owners[repr(i)][0] for i in MIXED_IDS]
     assert order == sorted(order)
+
+
+# The _id types whose ranges the local server reads from its _id index (SortedIdIndex.java);
+# a collection holding any other _id type is scanned whole, as the stock server does.
+narrow_ids = st.one_of(
+    st.binary(min_size=12, max_size=12).map(ObjectId),
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=3),
+    st.uuids(),
+    st.booleans(),
+    st.integers(min_value=-2_000_000_000_000, max_value=4_000_000_000_000).map(
+        lambda ms: dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ms)),
+)
+TYPE_ALIASES = ["string", "binData", "objectId", "bool", "date", "number", "object", "null"]
+
+
+@st.composite
+def id_queries(draw, ids):
+    """A query bounding _id as the tool's scans do, or as a user's filter might."""
+    def bound():
+        return draw(st.sampled_from(ids) if ids and draw(st.booleans()) else narrow_ids)
+
+    kind = draw(st.sampled_from(["range", "after", "ops", "type", "or", "and", "eq"]))
+    if kind == "range":
+        has_lo, has_hi = draw(st.booleans()), draw(st.booleans())
+        return range_filter(KeyRange(lo=bound() if has_lo else None, hi=bound() if has_hi else None,
+                                     has_lo=has_lo, has_hi=has_hi))
+    if kind == "after":
+        return after_filter(bound())
+    if kind == "ops":
+        ops = draw(st.lists(st.sampled_from(["$gt", "$gte", "$lt", "$lte"]), min_size=1,
+                            max_size=2, unique=True))
+        return {"_id": {op: bound() for op in ops}, "v": {"$exists": True}}
+    if kind == "type":
+        return {"_id": {"$type": draw(st.lists(st.sampled_from(TYPE_ALIASES), min_size=1,
+                                               max_size=3, unique=True))}}
+    if kind == "eq":
+        return {"_id": bound(), "v": {"$gte": 0}}
+    return {f"${kind}": [draw(id_queries(ids)), draw(id_queries(ids))]}
+
+
+@pytest.fixture(scope="module")
+def twin_collections(mongo_client):
+    """Two collections, the second holding one numeric _id more (a numeric _id turns the
+    narrowing off, so the server answers there by scanning every document)."""
+    name = f"t_narrow_{uuid.uuid4().hex[:8]}"
+    database = mongo_client.get_database(name, codec_options=CODEC_OPTIONS)
+    yield database.narrowed, database.scanned
+    mongo_client.drop_database(name)
+
+
+@pytest.mark.services
+@hypothesis_settings(max_examples=examples(150), deadline=None,
+                     suppress_health_check=[HealthCheck.too_slow,
+                                            HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_a_query_bounding_the_id_matches_what_a_scan_of_every_document_matches(
+        twin_collections, data):
+    narrowed, scanned = twin_collections
+    ids = data.draw(st.lists(narrow_ids, max_size=25, unique_by=lambda i: (type(i), i)),
+                    label="ids")
+    for coll in (narrowed, scanned):
+        coll.delete_many({})
+        if ids:
+            coll.insert_many([{"_id": i, "v": n} for n, i in enumerate(ids)])
+    scanned.insert_one({"_id": 123456789, "v": -1})
+    for _ in range(4):
+        query = data.draw(id_queries(ids), label="query")
+        found = [d["_id"] for d in narrowed.find(query, sort=[("_id", 1)])]
+        expected = [d["_id"] for d in scanned.find(query, sort=[("_id", 1)]) if d["v"] != -1]
+        assert repr(found) == repr(expected), query
+        touched = narrowed.update_many(query, {"$inc": {"hits": 1}}).matched_count
+        assert touched == len(expected), query
+
+
+@pytest.mark.services
+def test_a_range_of_ids_is_read_from_the_id_index_not_by_scanning_the_collection(settings):
+    coll = settings.db.ranged
+    coll.insert_many([{"fullName": "Ada Lovelace"} for _ in range(6_400)])
+    ids = [d["_id"] for d in coll.find({}, {"_id": 1}, sort=[("_id", 1)])]
+    third = split([ids[2_000], ids[2_200]])[1]
+
+    def scanned(query) -> tuple[int, int]:
+        before = settings.client.admin.command("serverStatus")["metrics"]["queryExecutor"]
+        found = len(list(coll.find(query, sort=[("_id", 1)])))
+        after = settings.client.admin.command("serverStatus")["metrics"]["queryExecutor"]
+        return found, after["scannedObjects"] - before["scannedObjects"]
+
+    # MongoDB reads a range of _id from its _id index; the local server used to read every
+    # document for each of a backfill's 32 ranges. Other queries run meanwhile (the shared
+    # server), so the count has slack, not 6,400 of it.
+    found, read = scanned({"$and": [{"fullName": {"$exists": True}}, range_filter(third)]})
+    assert found == 200 and read < 1_000, read
+    found, read = scanned({"fullName": {"$exists": True}})
+    assert found == 6_400 and read >= 6_400, read
 
 
 @pytest.mark.services

@@ -1,10 +1,13 @@
 import java.util.List;
+import java.util.concurrent.atomic.LongAdder;
+import java.util.stream.Stream;
 
 import de.bwaldvogel.mongo.MongoDatabase;
 import de.bwaldvogel.mongo.backend.AbstractUniqueIndex;
 import de.bwaldvogel.mongo.backend.CollectionOptions;
 import de.bwaldvogel.mongo.backend.CursorRegistry;
 import de.bwaldvogel.mongo.backend.Index;
+import de.bwaldvogel.mongo.backend.IndexKey;
 import de.bwaldvogel.mongo.backend.QueryResult;
 import de.bwaldvogel.mongo.backend.memory.MemoryCollection;
 import de.bwaldvogel.mongo.backend.memory.MemoryDatabase;
@@ -19,10 +22,15 @@ import io.netty.channel.Channel;
  * <p>Stock mongo-java-server uses an index only when the query names exactly the index's keys,
  * so {@code {_id: 5, role: {$exists: false}}} scans the whole collection, as does an update or
  * delete with that filter. MongoDB narrows by the _id index first and then applies the rest of
- * the filter; so do these collections (see docs/testing.md). They also evaluate the
+ * the filter; so do these collections (see docs/testing.md). A query bounding _id by a range
+ * reads only that range ({@link SortedIdIndex}), as MongoDB's _id B-tree serves it. They also evaluate the
  * {@code $expr} of guarded writes as MongoDB does ({@link GuardMatcher}).
  */
 final class IdIndexedMemory {
+    /** Documents read to answer queries, updates and deletes: serverStatus's
+     * {@code metrics.queryExecutor.scannedObjects}, as MongoDB counts them. */
+    static final LongAdder SCANNED_OBJECTS = new LongAdder();
+
     private IdIndexedMemory() {
     }
 
@@ -36,6 +44,13 @@ final class IdIndexedMemory {
                                       Oplog oplog) {
             Document sampled = UniformSample.aggregate(this, command, query, resolver, oplog);
             return sampled != null ? sampled : super.handleCommand(channel, command, query, resolver, oplog);
+        }
+
+        @Override
+        protected Index<Integer> openOrCreateUniqueIndex(String collectionName, String indexName,
+                                                         List<IndexKey> keys, boolean sparse) {
+            return SortedIdIndex.isIdIndex(keys) ? new SortedIdIndex(indexName, keys, sparse)
+                : super.openOrCreateUniqueIndex(collectionName, indexName, keys, sparse);
         }
 
         @Override
@@ -64,7 +79,24 @@ final class IdIndexedMemory {
                     }
                 }
             }
+            for (Index<Integer> index : getIndexes()) {
+                if (index instanceof SortedIdIndex sorted) {
+                    List<Integer> positions = sorted.narrow(query);
+                    if (positions != null) {
+                        return matchDocuments(query, positions, orderBy, numberToSkip, limit, batchSize,
+                            fieldSelector);
+                    }
+                }
+            }
             return super.queryDocuments(query, orderBy, numberToSkip, limit, batchSize, fieldSelector);
+        }
+
+        @Override
+        protected QueryResult matchDocumentsFromStream(Stream<Document> documentStream, Document query,
+                                                       Document orderBy, int numberToSkip, int limit,
+                                                       int batchSize, Document fieldSelector) {
+            return super.matchDocumentsFromStream(documentStream.peek(document -> SCANNED_OBJECTS.increment()),
+                query, orderBy, numberToSkip, limit, batchSize, fieldSelector);
         }
 
         // The document before an update or a delete: a pre-image, if the collection keeps them.

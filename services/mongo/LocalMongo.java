@@ -53,6 +53,9 @@ public class LocalMongo {
                     open.put("noTimeout", idleCursors.openNoTimeout());
                 }
             }
+            if (status.get("metrics") instanceof Document metrics) {
+                metrics.put("queryExecutor", new Document("scannedObjects", IdIndexedMemory.SCANNED_OBJECTS.sum()));
+            }
             return status;
         }
 
