@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
+import pymongo
 from kafka import KafkaConsumer, TopicPartition
+from pymongo import monitoring
 
 from cdc_migrator.base import topics
+
+from .harness import MONGO_BASE
 
 
 def _drain(stream, n, limit=50):
@@ -50,6 +57,53 @@ def test_change_stream_match_on_the_looked_up_document_of_an_update(db):
     # Looked up when the stream read it: document 1 was already deleted then.
     assert events[0]["fullDocument"] is None
     assert events[1]["fullDocument"] == {"_id": 3, "n": 3, "nested": {"tags": ["a"]}, "seen": 1}
+
+
+class _GetMores(monitoring.CommandListener):
+    def __init__(self) -> None:
+        self.empty = 0
+
+    def started(self, event) -> None:
+        pass
+
+    def succeeded(self, event) -> None:
+        if event.command_name == "getMore" and not event.reply["cursor"]["nextBatch"]:
+            self.empty += 1
+
+    def failed(self, event) -> None:
+        pass
+
+
+def test_an_awaiting_change_stream_passes_over_the_events_its_stages_drop(db):
+    """As MongoDB's getMore does while it awaits data: writes the stream's $match drops (the
+    consumer's own, for the tailer) do not answer it with one empty batch each."""
+    listener = _GetMores()
+    client = pymongo.MongoClient(MONGO_BASE, event_listeners=[listener])
+    try:
+        coll = client[db.name].things
+        coll.insert_many([{"_id": i, "keep": False} for i in range(30)])
+        pipeline = [{"$match": {"fullDocument.keep": True}}]
+        with coll.watch(pipeline, full_document="updateLookup", max_await_time_ms=3000) as stream:
+            stream.try_next()  # the first getMore: nothing yet, answered after 3 s
+            listener.empty = 0
+
+            def writes() -> None:
+                for i in range(30):
+                    db.things.update_one({"_id": i}, {"$set": {"n": i}})  # dropped
+                    time.sleep(0.01)
+                db.things.update_one({"_id": 0}, {"$set": {"keep": True}})  # passes
+
+            writer = threading.Thread(target=writes)
+            writer.start()
+            event = None
+            deadline = time.monotonic() + 20
+            while event is None and time.monotonic() < deadline:
+                event = stream.try_next()
+            writer.join()
+    finally:
+        client.close()
+    assert event is not None and event["documentKey"] == {"_id": 0}
+    assert listener.empty <= 2, listener.empty  # the local server used to answer 30 times
 
 
 def test_change_stream_resumes_after_token_without_losing_or_repeating(db):

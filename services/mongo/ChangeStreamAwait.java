@@ -12,8 +12,9 @@ import io.netty.channel.ChannelInboundHandlerAdapter;
 
 /**
  * awaitData for change streams: a getMore on a change stream cursor with nothing new is held back
- * (without blocking the event loop) until an event arrives or its maxTimeMS (MongoDB's
- * maxAwaitTimeMS, 1000 ms when absent) runs out, then handled as usual. One instance per
+ * (without blocking the event loop) until an event that passes the stream's stages arrives or its
+ * maxTimeMS (MongoDB's maxAwaitTimeMS, 1000 ms when absent) runs out, then handled as usual;
+ * events the stages drop are passed over meanwhile, as MongoDB does. One instance per
  * connection, placed in front of the library's MongoDatabaseHandler; requests that arrive on the
  * connection meanwhile are handled after the held one, in order.
  */
@@ -45,7 +46,7 @@ final class ChangeStreamAwait extends ChannelInboundHandlerAdapter {
         }
         ChangeStreamOplog.StreamCursor cursor = awaitableCursor(message);
         long awaitMs = cursor == null ? 0 : awaitMillis(((MongoMessage) message).getDocument());
-        if (awaitMs <= 0 || cursor.mayHaveEvents()) {
+        if (awaitMs <= 0 || cursor.hasDeliverable()) {
             ctx.fireChannelRead(message);
             return;
         }
@@ -55,7 +56,7 @@ final class ChangeStreamAwait extends ChannelInboundHandlerAdapter {
         long mine = ++generation;
         ctx.executor().schedule(() -> poll(ctx, mine), awaitMs, TimeUnit.MILLISECONDS);
         waitForWrite(ctx, mine);
-        if (cursor.mayHaveEvents()) { // an event may have come before we registered
+        if (cursor.mayHaveEvents()) { // an event may have come before we registered (poll decides)
             poll(ctx, mine);
         }
     }
@@ -80,7 +81,7 @@ final class ChangeStreamAwait extends ChannelInboundHandlerAdapter {
             return;
         }
         boolean due = System.nanoTime() - deadlineNanos >= 0;
-        if (!due && !heldCursor.isEmpty() && stillRegistered() && !heldCursor.mayHaveEvents()) {
+        if (!due && !heldCursor.isEmpty() && stillRegistered() && !heldCursor.hasDeliverable()) {
             waitForWrite(ctx, which);
             return;
         }

@@ -748,6 +748,45 @@ public final class ChangeStreamOplog implements Oplog {
             return false;
         }
 
+        /**
+         * Whether a getMore now would return an event or fail; false means an empty batch.
+         * Events the user's stages drop are passed over on the way, as MongoDB's getMore does
+         * while it awaits data: a stream that filters out most events (the tailer's, which drops
+         * the consumer's own writes) is answered once its maxAwaitTimeMS is up, not woken with an
+         * empty batch by each write it drops.
+         */
+        synchronized boolean hasDeliverable() {
+            if (!mayHaveEvents()) {
+                return false;
+            }
+            if (closed || pendingInvalidate != null || !hasStages) {
+                return true;
+            }
+            long start = position;
+            Iterator<Event> events = source(start);
+            while (events.hasNext()) {
+                Event event = events.next();
+                if (scope.matches(event)) {
+                    if (scope.isTerminal(event)) {
+                        return true;
+                    }
+                    try {
+                        if (changeFor(event) != null) {
+                            return true;
+                        }
+                    } catch (RuntimeException e) {
+                        return true; // the getMore reports it
+                    }
+                }
+                position = event.ts;
+            }
+            if (start < lastDroppedTs) {
+                position = start; // history was truncated meanwhile: the getMore fails as before
+                return true;
+            }
+            return false;
+        }
+
         @Override
         public synchronized List<Document> takeDocuments(int numberToReturn) {
             LAST_CURSOR.set(this);
