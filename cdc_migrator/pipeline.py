@@ -187,7 +187,8 @@ def wait_drained(settings: Settings, migration: Migration, tailer: Tailer,
     while not stop.is_set() and not tailer.rearmed.is_set():
         if deadline and time.monotonic() > deadline:
             return False
-        tailer.caught_up.clear()
+        # Caught up with the present: the server's latest operation now.
+        tailer.catch_up_to(retry.call(MONGODB, settings.db.command, "ping").get("operationTime"))
         tailer.caught_up.wait(timeout=2)
         lag = retry.call(KAFKA, topics.group_lag, settings, topic, group).total
         if lag == 0 and tailer.caught_up.is_set():

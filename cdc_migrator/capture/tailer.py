@@ -166,10 +166,20 @@ class Tailer:
         self.stopping = threading.Event()
         self.produced = 0
         self.last_event_time: Any = None
+        #: Set when the tailer has read everything up to a point asked with :meth:`catch_up_to`
+        #: (or found the stream empty). Under steady application writes the stream is never
+        #: empty: MongoDB answers a getMore as soon as one event passes the stream's filter.
         self.caught_up = threading.Event()
+        self._catch_up_to: Any = None
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def catch_up_to(self, cluster_time: Any) -> None:
+        """Clear :attr:`caught_up`, and set it again once the tailer reads an event at or after
+        ``cluster_time`` (a ``Timestamp``; None: only once it finds the stream empty)."""
+        self._catch_up_to = cluster_time
+        self.caught_up.clear()
 
     def run(self) -> None:
         """Tail until stopped; raises HistoryLost when the resume point is gone.
@@ -450,6 +460,10 @@ class Tailer:
                         unflushed += 1
                 last_token = change["_id"]
                 self.last_event_time = change.get("clusterTime")
+                target = self._catch_up_to
+                if target is not None and self.last_event_time is not None \
+                        and self.last_event_time >= target:
+                    self.caught_up.set()
                 taken += 1
                 self._position_time = getattr(self.last_event_time, "time", None)
             else:
