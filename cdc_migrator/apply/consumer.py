@@ -41,6 +41,7 @@ from ..base.identity import id_key
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line
 from ..base.settings import Settings
 from ..base.state import StateStore, failure_record, stop_record
+from ..base.threads import run_until_stopped
 from ..base.throttle import Bounds, Throttle, worker_name
 from ..errors import CdcMigratorError, EventsLost
 from ..migration import Migration
@@ -553,27 +554,12 @@ def consume_until_stopped(settings: Settings, migrations: list[Migration],
                           stop: threading.Event) -> list[ConsumeStats]:
     """Run one group member per migration in threads until ``stop`` is set."""
     consumers = [TransformConsumer(settings, m) for m in migrations]
-    errors: list[BaseException] = []
 
-    def run(c: TransformConsumer) -> None:
-        try:
-            c.run()
-        except Exception as exc:  # reported by the caller
-            errors.append(exc)
-            if not isinstance(exc, CdcMigratorError):  # an expected error is one line, below
-                log.error("consumer of %s failed: %s", c.migration.name, exc)
-                log.debug("%s", traceback.format_exc())
-            stop.set()
+    def failed(c: TransformConsumer, exc: Exception) -> None:
+        if not isinstance(exc, CdcMigratorError):  # an expected error is one line, by the caller
+            log.error("consumer of %s failed: %s", c.migration.name, exc)
+            log.debug("%s", traceback.format_exc())
 
-    threads = [threading.Thread(target=run, args=(c,), daemon=True,
-                                name=f"consume-{c.migration.name}") for c in consumers]
-    for t in threads:
-        t.start()
-    stop.wait()
-    for c in consumers:
-        c.stop()
-    for t in threads:
-        t.join(timeout=60)
-    if errors:
-        raise errors[0]
+    run_until_stopped(consumers, stop, name=lambda c: f"consume-{c.migration.name}",
+                      join_timeout=60, on_error=failed)
     return [c.stats for c in consumers]

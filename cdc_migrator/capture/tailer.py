@@ -30,7 +30,7 @@ from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import OperationFailure
 
 from ..base import deadletters as deadletter
 from ..base import events, logs, metrics, topics
@@ -40,6 +40,7 @@ from ..base.patch import decide
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line, message_of
 from ..base.settings import Settings
 from ..base.state import HEARTBEAT_INTERVAL, MigrationState, StateStore, now, stop_record
+from ..base.threads import run_until_stopped
 from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused
 from ..migration import Migration, rename_filter_fields
 from . import dependencies
@@ -555,24 +556,5 @@ class Tailer:
 def tail_until_stopped(settings: Settings, migrations: list[Migration],
                        stop: threading.Event) -> None:
     """Run a tailer per migration in threads until ``stop`` is set (``cdc-migrator tail``)."""
-    tailers = [Tailer(settings, m) for m in migrations]
-    errors: list[BaseException] = []
-
-    def run(t: Tailer) -> None:
-        try:
-            t.run()
-        except (PyMongoError, Exception) as exc:  # reported by the caller
-            errors.append(exc)
-            stop.set()
-
-    threads = [threading.Thread(target=run, args=(t,), daemon=True, name=f"tail-{t.migration.name}")
-               for t in tailers]
-    for thread in threads:
-        thread.start()
-    stop.wait()
-    for t in tailers:
-        t.stop()
-    for thread in threads:
-        thread.join(timeout=30)
-    if errors:
-        raise errors[0]
+    run_until_stopped([Tailer(settings, m) for m in migrations], stop,
+                      name=lambda t: f"tail-{t.migration.name}", join_timeout=30)
