@@ -138,11 +138,10 @@ def readyz(port: int) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def test_a_consumer_whose_polls_return_nothing_while_it_has_lag_recovers_with_a_new_client(
-        db, settings, monkeypatch, caplog):
-    """Seen under load: a consumer restarted under its --instance-id got its three partitions
-    and then its polls returned nothing for minutes, 12,000 events behind, without a word.
-    Here its client's partitions are paused behind its back: its polls return, empty."""
+def _watched_member(db, settings, monkeypatch, caplog):
+    """300 users to migrate, capture armed, and a group member (not started) whose watchdog
+    calls it stalled after 3 s, looking every 0.5 s; its session lasts 10 s (a stuck
+    client's membership ends with it: until then the stall shows)."""
     monkeypatch.setattr(TransformConsumer, "STALL_AFTER", 3.0)
     monkeypatch.setattr(TransformConsumer, "WATCH_INTERVAL", 0.5)
     monkeypatch.setattr(TransformConsumer, "SESSION_TIMEOUT_MS", 10_000)
@@ -150,8 +149,16 @@ def test_a_consumer_whose_polls_return_nothing_while_it_has_lag_recovers_with_a_
     migration = api.load(settings, NAME)
     arm(settings, migration)
     member = TransformConsumer(settings, migration)
-    thread = threading.Thread(target=member.run, daemon=True)
     caplog.set_level(logging.WARNING, logger="cdc_migrator.consumer")
+    return migration, member, threading.Thread(target=member.run, daemon=True)
+
+
+def test_a_consumer_whose_polls_return_nothing_while_it_has_lag_recovers_with_a_new_client(
+        db, settings, monkeypatch, caplog):
+    """Seen under load: a consumer restarted under its --instance-id got its three partitions
+    and then its polls returned nothing for minutes, 12,000 events behind, without a word.
+    Here its client's partitions are paused behind its back: its polls return, empty."""
+    migration, member, thread = _watched_member(db, settings, monkeypatch, caplog)
     thread.start()
     try:
         client = wait_for(lambda: member._consumer is not None and member._assigned
@@ -174,17 +181,8 @@ def test_a_consumer_whose_polls_return_nothing_while_it_has_lag_recovers_with_a_
 
 def test_a_consumer_stuck_in_poll_reports_not_ready_and_recovers_with_a_new_client(
         db, settings, monkeypatch, caplog):
-    monkeypatch.setattr(TransformConsumer, "STALL_AFTER", 3.0)
-    monkeypatch.setattr(TransformConsumer, "WATCH_INTERVAL", 0.5)
-    # The stuck client's membership ends with its session: until then the stall shows.
-    monkeypatch.setattr(TransformConsumer, "SESSION_TIMEOUT_MS", 10_000)
-    seed_users(db, 300)
-    migration = api.load(settings, NAME)
-    arm(settings, migration)
-    member = TransformConsumer(settings, migration)
-    thread = threading.Thread(target=member.run, daemon=True)
+    migration, member, thread = _watched_member(db, settings, monkeypatch, caplog)
     thaw = threading.Event()
-    caplog.set_level(logging.WARNING, logger="cdc_migrator.consumer")
     settings.metrics_port = 0
     with observability.serving(settings, [migration], ("consumer",)) as port:
         thread.start()
