@@ -72,26 +72,34 @@ def difference(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "field order inside an embedded document"
 
 
+def _through(migration: Migration, doc: Mapping[str, Any], ctx: Context,
+             who: str) -> tuple[dict[str, Any] | None, str | None]:
+    """``doc`` after ``migration``'s decision (None: deleted), or why it has none (``who``
+    names the migration in the reason)."""
+    try:
+        outcome = decide(migration, doc, ctx)
+    except PatchError as exc:
+        return None, f"{who} returns an invalid patch: {exc}"
+    if outcome.kind == "error":
+        return None, f"{who} raises: {outcome.error}"
+    return applied(doc, outcome), None
+
+
 def round_trip(forward: Migration, reverse: Migration, doc: Mapping[str, Any],
                ctx: Context, *, outside_filter: bool = False) -> str | None:
     """Why ``doc`` does not come back through the migration then its inverse; None when it
     does. ``outside_filter``: the migration never sees ``doc``; only the inverse runs."""
-    try:
-        there = decide(forward, doc, ctx) if not outside_filter else Outcome("noop", doc["_id"])
-    except PatchError as exc:
-        return f"the migration returns an invalid patch: {exc}"
-    if there.kind == "error":
-        return f"the migration raises: {there.error}"
-    migrated = applied(doc, there)
+    if outside_filter:
+        migrated = applied(doc, Outcome("noop", doc["_id"]))
+    else:
+        migrated, why = _through(forward, doc, ctx, "the migration")
+        if why is not None:
+            return why
     if migrated is None:
         return "the migration deletes it: nothing can bring it back"
-    try:
-        back = decide(reverse, migrated, ctx)
-    except PatchError as exc:
-        return f"the inverse returns an invalid patch: {exc}"
-    if back.kind == "error":
-        return f"the inverse raises: {back.error}"
-    restored = applied(migrated, back)
+    restored, why = _through(reverse, migrated, ctx, "the inverse")
+    if why is not None:
+        return why
     if restored is None:
         return "the inverse deletes it"
     if canonical(restored) != canonical(doc):
