@@ -755,6 +755,9 @@ public final class ChangeStreamOplog implements Oplog {
          * the consumer's own writes) is answered once its maxAwaitTimeMS is up, not woken with an
          * empty batch by each write it drops.
          */
+        private Event ready;          // the next event, seen to pass by hasDeliverable ...
+        private Document readyChange; // ... and its change event, so takeDocuments need not redo it
+
         synchronized boolean hasDeliverable() {
             if (!mayHaveEvents()) {
                 return false;
@@ -771,7 +774,10 @@ public final class ChangeStreamOplog implements Oplog {
                         return true;
                     }
                     try {
-                        if (changeFor(event) != null) {
+                        Document change = changeFor(event);
+                        if (change != null) {
+                            ready = event; // the getMore it releases returns this change as it is
+                            readyChange = change;
                             return true;
                         }
                     } catch (RuntimeException e) {
@@ -820,7 +826,9 @@ public final class ChangeStreamOplog implements Oplog {
                     position = event.ts;
                     continue;
                 }
-                Document change = changeFor(event);
+                Document change = event == ready ? readyChange : changeFor(event);
+                ready = null;
+                readyChange = null;
                 if (change != null) {
                     int size = bsonSize(change);
                     if (size > MAX_EVENT_BYTES) {

@@ -196,22 +196,28 @@ final class SortedIdIndex extends MemoryUniqueIndex {
     private Range idBounds(Object condition) {
         if (!(condition instanceof Document operators) || operators.isEmpty()
             || !operators.keySet().stream().allMatch(k -> k.startsWith("$"))) {
-            Key at = valueKey(condition, START);  // plain equality (the hash path takes most)
-            return at == null ? Range.ALL : new Range(at, valueKey(condition, END));
+            return valueBounds(condition, true, true);  // plain equality (the hash path takes most)
         }
         Range range = Range.ALL;
         for (Map.Entry<String, Object> op : operators.entrySet()) {
-            Object v = op.getValue();
             Range r = switch (op.getKey()) {
-                case "$gt", "$gte" -> valueKey(v, START) == null ? Range.ALL : new Range(valueKey(v, START), null);
-                case "$lt", "$lte" -> valueKey(v, END) == null ? Range.ALL : new Range(null, valueKey(v, END));
-                case "$eq" -> valueKey(v, START) == null ? Range.ALL : new Range(valueKey(v, START), valueKey(v, END));
-                case "$type" -> typeBounds(v);
+                case "$gt", "$gte" -> valueBounds(op.getValue(), true, false);
+                case "$lt", "$lte" -> valueBounds(op.getValue(), false, true);
+                case "$eq" -> valueBounds(op.getValue(), true, true);
+                case "$type" -> typeBounds(op.getValue());
                 default -> Range.ALL;
             };
             range = range.and(r);
         }
         return range;
+    }
+
+    /** From {@code value} up, down, or both (equality); ALL for a value of another type. */
+    private static Range valueBounds(Object value, boolean from, boolean upTo) {
+        if (value == null || !ORDER.containsKey(value.getClass())) {
+            return Range.ALL;
+        }
+        return new Range(from ? valueKey(value, START) : null, upTo ? valueKey(value, END) : null);
     }
 
     /** The bracket of the _id types a {@code $type} names that the collection holds. */
@@ -233,9 +239,6 @@ final class SortedIdIndex extends MemoryUniqueIndex {
     }
 
     private static Key valueKey(Object value, int side) {
-        if (value == null || !ORDER.containsKey(value.getClass())) {
-            return null;
-        }
         return new Key(ORDER.get(value.getClass()), value, side == START ? Integer.MIN_VALUE : Integer.MAX_VALUE, side);
     }
 }
