@@ -553,3 +553,33 @@ def test_cutover_is_refused_with_unauthorized_for_a_user_without_the_collmod_act
     migrated = secured.root[db]
     assert migrated.users.count_documents({"role": "user"}) == 30
     assert state_of(migrated, "add_role")["phase"] != Phase.CUT_OVER
+
+
+def test_a_missing_privilege_is_reported_as_such_and_not_as_a_failed_authentication(secured,
+                                                                                   tmp_path):
+    # Regression: the tool reported any 13 Unauthorized as "MongoDB authentication failed",
+    # sending a user whose login worked to check the password instead of the user's roles.
+    settings, db = _migration_as(secured, tmp_path, [])
+    secured.root[db].command("grantRolesToUser", "migrator", roles=[role("read", "elsewhere")])
+    try:
+        ran = run_cli("apply", "add_role", settings=settings)
+    finally:
+        settings.close()
+
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert "authentication failed" not in ran.stderr
+    assert f"MongoDB refused the command: not authorized on {db} to execute command" in ran.stderr
+    assert "the MongoDB user lacks a privilege this command needs" in ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
+def test_a_wrong_password_is_still_reported_as_a_failed_authentication(secured, tmp_path):
+    settings, db = _migration_as(secured, tmp_path, ["readWrite"])
+    settings.mongodb_uri = secured.uri("migrator", "not-the-password", db, db)
+    try:
+        ran = run_cli("apply", "add_role", settings=settings)
+    finally:
+        settings.close()
+
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert "MongoDB authentication failed: Authentication failed." in ran.stderr
