@@ -260,6 +260,12 @@ OPERATIONS: dict[str, tuple[Callable[[pymongo.MongoClient], Any], set[str]]] = {
     "changeStream on a database": (lambda c: _watch(c.app),
                                    {"read", "readWrite", "dbOwner", "readAnyDatabase",
                                     "readWriteAnyDatabase", "root"}),
+    "changeStream on the cluster": (lambda c: _watch(c),
+                                    {"readAnyDatabase", "readWriteAnyDatabase", "root"}),
+    "count": (lambda c: c.app.command("count", "items"),
+              {"read", "readWrite", "dbOwner", "readAnyDatabase", "readWriteAnyDatabase", "root"}),
+    "findAndModify": (lambda c: c.app.scratch.find_one_and_update({"_id": "x"}, {"$set": {"n": 2}}),
+                      {"readWrite", "dbOwner", "readWriteAnyDatabase", "root"}),
     "$lookup of another collection": (
         lambda c: list(c.app.items.aggregate([{"$lookup": {"from": "other", "localField": "_id",
                                                            "foreignField": "item", "as": "o"}}])),
