@@ -11,7 +11,11 @@ Each module-scoped server is this file's own, on a free port (tests/harness.py:
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+import os
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
@@ -196,6 +200,48 @@ def test_hello_starts_a_speculative_authentication_as_mongodb_4_4_and_later_do(s
     unknown = dict(start, payload=Binary(b"n,,n=nobody,r=clientnonce0123456789"))
     assert "speculativeAuthenticate" not in secured.anonymous.admin.command(
         "hello", speculativeAuthenticate=unknown)
+
+
+def _scram_sha_256(db: Any, user: str, password: str) -> dict:
+    """A SCRAM-SHA-256 conversation (RFC 7677) run by hand on ``db``'s connection: the reply to
+    its last step."""
+    nonce = base64.b64encode(os.urandom(24)).decode()
+    first_bare = f"n={user},r={nonce}"
+    started = db.command("saslStart", mechanism="SCRAM-SHA-256",
+                         payload=Binary(b"n,," + first_bare.encode()),
+                         options={"skipEmptyExchange": True})
+    server_first = bytes(started["payload"]).decode()
+    fields = dict(field.split("=", 1) for field in server_first.split(","))
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(fields["s"]),
+                                 int(fields["i"]))
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    without_proof = f"c=biws,r={fields['r']}"
+    message = f"{first_bare},{server_first},{without_proof}".encode()
+    signature = hmac.digest(hashlib.sha256(client_key).digest(), message, "sha256")
+    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True)))
+    return db.command("saslContinue", conversationId=started["conversationId"],
+                      payload=Binary(without_proof.encode() + b",p=" + proof))
+
+
+def test_a_connection_holds_one_user_until_it_logs_out(secured):
+    one = secured.user([role("read")])
+    user = one.admin.command("connectionStatus")["authInfo"]["authenticatedUsers"][0]["user"]
+    # One connection for every command below, so that they share its login.
+    client = secured.client(user, "pw-" + user, maxPoolSize=1)
+    reply = _scram_sha_256(client.admin, user, "pw-" + user)  # the same user again: fine
+    assert reply["done"] is True and bytes(reply["payload"]).startswith(b"v=")
+
+    with pytest.raises(OperationFailure) as other:
+        _scram_sha_256(client.admin, ROOT_USER, ROOT_PASSWORD)
+    assert other.value.code == 5626701
+    assert str(other.value).startswith("Each client connection may only be authenticated once")
+    with pytest.raises(OperationFailure) as plain:
+        client.admin.command("saslStart", mechanism="PLAIN", payload=Binary(b"\0u\0p"))
+    assert plain.value.code == 334
+
+    client.admin.command("logout")
+    assert refused(lambda: client.app.items.find_one())["errmsg"] == \
+        "Command find requires authentication"
 
 
 def test_a_dropped_user_is_logged_out_of_its_open_connections(secured):
