@@ -507,6 +507,28 @@ def test_users_info_shows_the_stored_user_and_its_privileges_on_request(secured)
          "listIndexes", "listSearchIndexes", "planCacheRead"])} in shown["inheritedPrivileges"]
 
 
+def test_a_user_changes_its_own_password_only_with_the_change_own_password_action(secured):
+    shop = secured.root.shop
+    shop.command("createRole", "selfService", roles=["read"], privileges=[
+        privilege("", "changeOwnPassword", db="shop")])
+    shop.command("createUser", "reader", pwd="reader-pw", roles=["read"])
+    shop.command("createUser", "keeper", pwd="keeper-pw", roles=["selfService"])
+    reader = secured.client("reader", "reader-pw", "shop")
+    keeper = secured.client("keeper", "keeper-pw", "shop")
+
+    refused(lambda: reader.shop.command("updateUser", "reader", pwd="new-reader-pw"))
+    refused(lambda: keeper.shop.command("updateUser", "reader", pwd="new-reader-pw"))
+    keeper.shop.command("updateUser", "keeper", pwd="new-keeper-pw")
+
+    renewed = secured.client("keeper", "new-keeper-pw", "shop")
+    assert renewed.shop.command("connectionStatus")["authInfo"]["authenticatedUsers"] == [
+        {"user": "keeper", "db": "shop"}]
+    stale = secured.client("keeper", "keeper-pw", "shop", serverSelectionTimeoutMS=3000)
+    with pytest.raises(OperationFailure) as caught:
+        stale.shop.command("ping")
+    assert caught.value.code == 18
+
+
 @pytest.mark.parametrize("command, code, message", [
     ({"createUser": ROOT_USER, "pwd": "x", "roles": []}, 51003, 'User "root@admin" already exists'),
     ({"createUser": "nopwd", "roles": []}, 2,

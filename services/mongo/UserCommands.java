@@ -56,30 +56,31 @@ final class UserCommands {
     }
 
     private void updateUser(AuthSession session, String db, UserName user, Document query) {
-        List<Privilege> needed = new ArrayList<>();
-        List<RoleName> granted = null;
         boolean own = user.equals(session.user());
         if (query.containsKey("pwd") || query.containsKey("mechanisms")) {
-            needed.add(Privilege.of(ResourcePattern.database(db), own ? "changeOwnPassword" : "changePassword"));
+            requireChange(session, db, query, own, "changePassword", "changeOwnPassword");
         }
         if (query.containsKey("customData")) {
-            needed.add(Privilege.of(ResourcePattern.database(db), own ? "changeOwnCustomData" : "changeCustomData"));
+            requireChange(session, db, query, own, "changeCustomData", "changeOwnCustomData");
         }
+        List<RoleName> granted = null;
         if (query.containsKey("roles")) {
             granted = RoleName.parseAll(query.get("roles"), db, "roles");
             // "You don't know what roles you might be revoking": revokeRole on every normal database
-            needed.add(Privilege.of(ResourcePattern.anyNormal(), "revokeRole"));
+            List<Privilege> needed = new ArrayList<>(List.of(Privilege.of(ResourcePattern.anyNormal(), "revokeRole")));
             needed.addAll(Authorization.onDatabases("grantRole", granted.stream().map(RoleName::db).toList()));
+            authorization.require(session, db, query, List.of(needed));
             roles.checkExist(granted);
         }
-        List<List<Privilege>> alternatives = new ArrayList<>(List.of(needed));
-        if (own) { // changing one's own password or data also passes with the plain actions
-            alternatives.add(needed.stream().map(p -> p.actions().contains("changeOwnPassword")
-                ? Privilege.of(p.resource(), "changePassword") : p.actions().contains("changeOwnCustomData")
-                ? Privilege.of(p.resource(), "changeCustomData") : p).toList());
-        }
-        authorization.require(session, db, query, alternatives);
         users.update(user, query.get("pwd"), query.get("mechanisms"), granted, query.get("customData"));
+    }
+
+    /** The action on the user's database, or for one's own user its "own" variant. */
+    private void requireChange(AuthSession session, String db, Document query, boolean own, String action,
+                               String ownAction) {
+        List<Privilege> plain = List.of(Privilege.of(ResourcePattern.database(db), action));
+        authorization.require(session, db, query, own
+            ? List.of(plain, List.of(Privilege.of(ResourcePattern.database(db), ownAction))) : List.of(plain));
     }
 
     private void changeRoles(AuthSession session, String db, String command, UserName user, Document query,
