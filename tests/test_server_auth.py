@@ -580,9 +580,9 @@ CONTRACTED = textwrap.dedent('''
 ''')
 
 
-def _migration_as(secured: Secured, tmp_path: Path, roles: list[str]) -> tuple[Settings, str]:
+def _migration_as(secured: Secured, tmp_path: Path, roles: list[Any]) -> tuple[Settings, str]:
     """A database with 30 users to migrate, and settings that connect as a user of that database
-    holding ``roles`` on it (and nothing else)."""
+    holding ``roles`` (a name: the role on that database) and nothing else."""
     db = f"mig{uuid.uuid4().hex[:8]}"
     secured.root[db].users.insert_many([{"_id": i, "name": f"user {i}"} for i in range(30)])
     secured.root[db].command("createUser", "migrator", pwd="migrator-pw", roles=roles)
@@ -597,11 +597,15 @@ def _migration_as(secured: Secured, tmp_path: Path, roles: list[str]) -> tuple[S
     return settings, db
 
 
+CLUSTER_MONITOR = role("clusterMonitor", "admin")  # replSetGetStatus, for --max-replication-lag
+
+
 def test_a_whole_migration_runs_for_a_user_with_readwrite_and_dbadmin_on_its_database(secured,
                                                                                      tmp_path):
-    settings, db = _migration_as(secured, tmp_path, ["readWrite", "dbAdmin"])
+    settings, db = _migration_as(secured, tmp_path, ["readWrite", "dbAdmin", CLUSTER_MONITOR])
     try:
-        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120", settings=settings)
+        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120",
+                      "--max-replication-lag", "5", settings=settings)
     finally:
         settings.close()
 
@@ -614,9 +618,10 @@ def test_a_whole_migration_runs_for_a_user_with_readwrite_and_dbadmin_on_its_dat
 
 def test_cutover_is_refused_with_unauthorized_for_a_user_without_the_collmod_action(secured,
                                                                                     tmp_path):
-    settings, db = _migration_as(secured, tmp_path, ["readWrite"])
+    settings, db = _migration_as(secured, tmp_path, ["readWrite", CLUSTER_MONITOR])
     try:
-        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120", settings=settings)
+        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120",
+                      "--max-replication-lag", "5", settings=settings)
     finally:
         settings.close()
 
@@ -657,3 +662,19 @@ def test_a_wrong_password_is_still_reported_as_a_failed_authentication(secured, 
 
     assert ran.returncode == 1, ran.stdout + ran.stderr
     assert "MongoDB authentication failed: Authentication failed." in ran.stderr
+
+
+def test_a_lag_bound_without_the_replsetgetstatus_privilege_stops_the_run_naming_it(secured,
+                                                                                  tmp_path):
+    settings, db = _migration_as(secured, tmp_path, ["readWrite", "dbAdmin"])
+    try:
+        ran = run_cli("run", "add_role", "--timeout", "120", "--max-replication-lag", "5",
+                      settings=settings)
+    finally:
+        settings.close()
+
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    refusal = ("MongoDB refused the command: not authorized on admin to execute command "
+               '{ replSetGetStatus: 1, $db: "admin" } (the MongoDB user lacks a privilege')
+    assert refusal in ran.stderr
+    assert "Traceback" not in ran.stderr
