@@ -29,7 +29,8 @@ final class AggregatePrivileges {
         List<?> pipeline = query.get("pipeline") instanceof List<?> list ? list : List.of();
         boolean bypass = Utils.isTrue(query.get("bypassDocumentValidation"));
         List<Privilege> privileges = new ArrayList<>();
-        ResourcePattern source = collection == null ? ResourcePattern.database(db) : ResourcePattern.namespace(db, collection);
+        ResourcePattern source = collection == null
+            ? ResourcePattern.database(db) : ResourcePattern.namespace(db, collection);
         if (pipeline.isEmpty() || !INITIAL_SOURCES.contains(stageName(pipeline.get(0)))) {
             privileges.add(Privilege.of(source, "find"));
         }
@@ -49,8 +50,10 @@ final class AggregatePrivileges {
     private static void stage(String db, String collection, String name, Object spec, boolean bypass, List<Privilege> out) {
         switch (name) {
             case "$changeStream" -> out.add(Privilege.of(changeStreamTarget(db, collection), "changeStream", "find"));
-            case "$collStats" -> out.add(Privilege.of(ResourcePattern.namespace(db, String.valueOf(collection)), "collStats"));
-            case "$indexStats" -> out.add(Privilege.of(ResourcePattern.namespace(db, String.valueOf(collection)), "indexStats"));
+            case "$collStats" -> out.add(Privilege.of(ResourcePattern.namespace(db, String.valueOf(collection)),
+                "collStats"));
+            case "$indexStats" -> out.add(Privilege.of(ResourcePattern.namespace(db, String.valueOf(collection)),
+                "indexStats"));
             case "$currentOp" -> {
                 if (spec instanceof Document options && Utils.isTrue(options.get("allUsers"))) {
                     out.add(Privilege.of(ResourcePattern.cluster(), "inprog"));
@@ -80,7 +83,8 @@ final class AggregatePrivileges {
                 }
             }
             case "$out" -> out.add(write(db, spec, bypass, "insert", "remove"));
-            case "$merge" -> out.add(write(db, spec instanceof Document d ? d.get("into") : spec, bypass, "insert", "update"));
+            case "$merge" -> out.add(write(db, spec instanceof Document d ? d.get("into") : spec, bypass,
+                "insert", "update"));
             default -> {
                 // every other stage reads only what the stages before it give
             }

@@ -58,7 +58,8 @@ final class Authentication {
     void addToHello(AuthSession session, Document query, Document reply) {
         if (query.get("saslSupportedMechs") instanceof String qualified && qualified.indexOf('.') > 0) {
             int dot = qualified.indexOf('.');
-            List<String> mechanisms = users.mechanisms(new UserName(qualified.substring(dot + 1), qualified.substring(0, dot)));
+            UserName user = new UserName(qualified.substring(dot + 1), qualified.substring(0, dot));
+            List<String> mechanisms = users.mechanisms(user);
             if (mechanisms != null) {
                 reply.put("saslSupportedMechs", mechanisms);
             }

@@ -87,7 +87,8 @@ final class CommandPrivileges {
         return switch (name) {
             case "aggregate" -> Required.allOf(AggregatePrivileges.of(db, query));
             case "insert" -> onCollection(db, target, withBypass(query, "insert"));
-            case "update" -> onCollection(db, target, withBypass(query, upserts(query) ? List.of("update", "insert") : List.of("update")));
+            case "update" -> onCollection(db, target,
+                withBypass(query, upserts(query) ? List.of("update", "insert") : List.of("update")));
             case "findandmodify" -> onCollection(db, target, withBypass(query, findAndModify(query)));
             case "create" -> create(db, target, query);
             case "listcollections" -> Required.allOf(Privilege.of(ResourcePattern.database(db), "listCollections"));

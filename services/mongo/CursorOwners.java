@@ -75,7 +75,8 @@ final class CursorOwners {
             if (owner == null || owner.user().equals(session.user())) {
                 continue; // unknown cursors are reported by the command, not refused
             }
-            boolean killsAny = authorization.holds(session, List.of(Privilege.of(ResourcePattern.cluster(), "killAnyCursor")))
+            boolean killsAny = authorization.holds(session,
+                    List.of(Privilege.of(ResourcePattern.cluster(), "killAnyCursor")))
                 || authorization.holds(session, List.of(Privilege.of(namespace, "killAnyCursor")));
             if (!killsAny) {
                 throw Authorization.notAuthorized(db, query);

@@ -53,12 +53,14 @@ final class RoleCommands {
                     ? RoleName.parseAll(query.get("roles"), db, "roles") : null;
                 // "You don't know what roles or privileges you might be revoking": revokeRole everywhere
                 List<Privilege> needed = new ArrayList<>(List.of(Privilege.of(ResourcePattern.anyNormal(), "revokeRole")));
-                needed.addAll(grants(inherited == null ? List.of() : inherited, privileges == null ? List.of() : privileges));
+                needed.addAll(grants(inherited == null ? List.of() : inherited,
+                    privileges == null ? List.of() : privileges));
                 authorization.require(session, db, query, List.of(needed));
                 roles.update(role, privileges, inherited);
             }
             default -> {
-                authorization.require(session, db, query, List.of(List.of(Privilege.of(ResourcePattern.database(db), "dropRole"))));
+                Privilege dropRole = Privilege.of(ResourcePattern.database(db), "dropRole");
+                authorization.require(session, db, query, List.of(List.of(dropRole)));
                 roles.drop(role);
                 users.forgetRole(role);
             }
@@ -71,7 +73,8 @@ final class RoleCommands {
         List<String> databases = new ArrayList<>(inherited.stream().map(RoleName::db).toList());
         for (Privilege privilege : privileges) {
             ResourcePattern resource = privilege.resource();
-            boolean inOne = resource.kind() == ResourcePattern.Kind.DATABASE || resource.kind() == ResourcePattern.Kind.NAMESPACE;
+            boolean inOne = resource.kind() == ResourcePattern.Kind.DATABASE
+                || resource.kind() == ResourcePattern.Kind.NAMESPACE;
             databases.add(inOne ? resource.db() : "admin");
         }
         return Authorization.onDatabases("grantRole", databases);
@@ -101,7 +104,8 @@ final class RoleCommands {
             }
         }
         Set<RoleName> held = authorization.rolesOf(session);
-        List<String> viewed = wanted.stream().filter(r -> spec instanceof Number || !held.contains(r)).map(RoleName::db).toList();
+        List<String> viewed = wanted.stream().filter(r -> spec instanceof Number || !held.contains(r))
+            .map(RoleName::db).toList();
         authorization.require(session, db, query, List.of(Authorization.onDatabases("viewRole", viewed)));
         boolean showPrivileges = Utils.isTrue(query.get("showPrivileges"));
         List<Document> found = new ArrayList<>();

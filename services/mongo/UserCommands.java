@@ -47,7 +47,8 @@ final class UserCommands {
             }
             case "updateuser" -> updateUser(session, db, user, query);
             case "dropuser" -> {
-                authorization.require(session, db, query, List.of(List.of(Privilege.of(ResourcePattern.database(db), "dropUser"))));
+                Privilege dropUser = Privilege.of(ResourcePattern.database(db), "dropUser");
+                authorization.require(session, db, query, List.of(List.of(dropUser)));
                 users.drop(user);
             }
             default -> changeRoles(session, db, command, user, query, name.equals("grantrolestouser"));
