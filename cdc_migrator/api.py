@@ -339,6 +339,10 @@ def dlq_retry(settings: Settings, name: str) -> RetryReport:
     return retry_dead_letters(settings, load(settings, name))
 
 
+#: MongoDB's Unauthorized: the command needs a privilege the user lacks (or a login).
+UNAUTHORIZED = 13
+
+
 def translate_service_error(exc: BaseException) -> CdcMigratorError | None:
     """A one-line error for a failure of the services (unreachable, auth); None for bugs."""
     if isinstance(exc, CdcMigratorError):
@@ -348,7 +352,13 @@ def translate_service_error(exc: BaseException) -> CdcMigratorError | None:
         return refused
     if isinstance(exc, ServerSelectionTimeoutError):
         return ServiceUnavailable(f"cannot reach MongoDB: {_first_line(exc)}")
-    if isinstance(exc, OperationFailure) and (exc.code in (13, 18) or _is_auth_failure(exc)):
+    if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
+        # The login worked (or none was given): the user, not the password, needs fixing.
+        hint = ("MONGODB_URI gives no credentials" if "requires authentication" in str(exc)
+                else "the MongoDB user lacks a privilege this command needs: grant it a role "
+                     "that holds it")
+        return Refused(f"MongoDB refused the command: {_first_line(exc)} ({hint})")
+    if isinstance(exc, OperationFailure) and (exc.code == 18 or _is_auth_failure(exc)):
         hint = " (this server offers no SCRAM authentication)" if "saslStart" in str(exc) \
             else ""
         return ServiceUnavailable(f"MongoDB authentication failed: {_first_line(exc)}{hint}")

@@ -104,11 +104,17 @@ def local_mongo_missing() -> str | None:
     return None
 
 
-def start_local_mongo(home: Path, *properties: str,
-                      heap: str = "256m") -> tuple[subprocess.Popen, pymongo.MongoClient]:
+def start_local_mongo(home: Path, *properties: str, heap: str = "256m",
+                      auth: bool = False) -> tuple[subprocess.Popen, pymongo.MongoClient]:
     """A LocalMongo of one's own on a free port (JVM ``-D`` ``properties``), logging into
-    ``home``, and a client for it, once it answers. Stop it with :func:`stop_local_mongo`."""
+    ``home``, and a client for it, once it answers. Stop it with :func:`stop_local_mongo`.
+
+    With ``auth`` the server has access control on (``-Dauth=true``, as mongod's ``--auth``):
+    the client is not logged in, so until it creates the first user on ``admin`` (the
+    localhost exception) it may only run the commands that need no authentication."""
     port = free_port()
+    if auth:
+        properties = ("-Dauth=true", *properties)
     with open(home / "mongo.out", "ab") as out:
         proc = subprocess.Popen(
             ["java", *FAST_JVM, f"-Xmx{heap}", LOG4J, *properties,

@@ -25,7 +25,9 @@ import java.util.Set;
  *
  * <p>Usage: {@code LocalMongo [host] [port] [maxEvents]}; maxEvents (also {@code -Doplog.maxEvents})
  * bounds the change history like a capped oplog (default 5,000,000); {@code -DcursorTimeoutMillis}
- * sets the idle-cursor timeout (default 600000, as MongoDB). See docs/testing.md.
+ * sets the idle-cursor timeout (default 600000, as MongoDB); {@code -Dauth=true} turns access
+ * control on, as mongod's {@code --auth} (users, roles, SCRAM; see AccessControl). See
+ * docs/testing.md.
  */
 public class LocalMongo {
     static final long DEFAULT_MAX_EVENTS = 5_000_000L;
@@ -37,10 +39,12 @@ public class LocalMongo {
         private final ServerParameters parameters = new ServerParameters();
         private final FailCommand failCommand = new FailCommand();
         private final ReplicaSetStatus replicaSet = new ReplicaSetStatus();
+        private final AccessControl access; // null: no access control, as a mongod without --auth
 
-        Backend(long maxEvents, long cursorTimeoutMillis) {
+        Backend(long maxEvents, long cursorTimeoutMillis, boolean auth) {
             this.maxEvents = maxEvents;
             this.idleCursors = new IdleCursors(getCursorRegistry(), cursorTimeoutMillis);
+            this.access = auth ? new AccessControl(getCursorRegistry()) : null;
             parameters.add("cursorTimeoutMillis", idleCursors::timeoutMillis, idleCursors::setTimeoutMillis);
         }
 
@@ -85,7 +89,9 @@ public class LocalMongo {
             installAwait(channel);
             ChangeStreamOplog.resetThreadState();
             try {
-                reply = strictDispatch(channel, database, command, query);
+                reply = access == null ? strictDispatch(channel, database, command, query)
+                    : access.handle(channel, database, command, query,
+                        () -> strictDispatch(channel, database, command, query));
             } catch (MongoServerException e) {
                 reply = errorReply(e);
             } finally {
@@ -417,17 +423,19 @@ public class LocalMongo {
         long maxEvents = args.length > 2 ? Long.parseLong(args[2])
             : Long.getLong("oplog.maxEvents", DEFAULT_MAX_EVENTS);
         long cursorTimeoutMillis = Long.getLong("cursorTimeoutMillis", IdleCursors.DEFAULT_TIMEOUT_MS);
+        boolean auth = Boolean.getBoolean("auth");
         MongoVersion v = new MongoVersion() {
             public List<Integer> getVersionArray() { return List.of(6, 0, 0); }
             public int getWireVersion() { return 17; }
         };
-        Backend backend = new Backend(maxEvents, cursorTimeoutMillis);
+        Backend backend = new Backend(maxEvents, cursorTimeoutMillis, auth);
         backend.version(v);
         MongoServer server = new MongoServer(backend);
         server.enableOplog();
         server.bind(host, port);
         System.out.println("listening " + host + ":" + port + " (change history: up to " + maxEvents
-            + " events; idle cursors time out after " + cursorTimeoutMillis + " ms)");
+            + " events; idle cursors time out after " + cursorTimeoutMillis + " ms; access control "
+            + (auth ? "on" : "off") + ")");
         Runtime.getRuntime().addShutdownHook(new Thread(server::shutdownNow));
         Thread.currentThread().join();
     }
