@@ -584,3 +584,8 @@ def test_an_upsert_that_inserts_may_create_top_level_dollar_fields_and_one_that_
     failure = refused(lambda: sdb.plain.update_one({"_id": 7}, {"$set": {"$hotel": 1}},
                                                    upsert=True))
     assert failure.code == 52
+    # $setOnInsert changes nothing of a document that exists: nothing to refuse there
+    sdb.plain.update_one({"_id": 7}, {"$setOnInsert": {"$spa": 1}, "$set": {"n": 1}}, upsert=True)
+    sdb.plain.update_one({"_id": 8}, {"$setOnInsert": {"$spa": 1}, "$set": {"n": 1}}, upsert=True)
+    assert list(sdb.plain.find()) == [{"_id": 7, "$hotel": 320, "n": 1},
+                                      {"_id": 8, "$spa": 1, "n": 1}]

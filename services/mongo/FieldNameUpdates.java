@@ -191,7 +191,8 @@ final class FieldNameUpdates {
                     rewritten.put(operator.getKey(), operator.getValue()); // the library reports it
                     continue;
                 }
-                boolean removes = operator.getKey().equals("$unset");
+                // $setOnInsert changes nothing of a document that exists: nothing to refuse
+                boolean removes = operator.getKey().equals("$unset") || operator.getKey().equals("$setOnInsert");
                 boolean renames = operator.getKey().equals("$rename");
                 Document paths = new Document();
                 for (Map.Entry<String, Object> entry : spec.entrySet()) {
