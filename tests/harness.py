@@ -10,6 +10,7 @@ Plain functions and classes only, no pytest: the fixtures that use them are in c
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import random
 import re
@@ -23,10 +24,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import bson
 import pymongo
 
 from cdc_migrator.base import topics
@@ -135,6 +138,46 @@ def stop_local_mongo(proc: subprocess.Popen, client: pymongo.MongoClient) -> Non
     client.close()
     proc.kill()
     proc.wait()
+
+
+def seed_sharded_collection(client: pymongo.MongoClient, namespace: str, key: dict[str, Any],
+                            split_points: list[Any], shards: int = 2,
+                            version: str = "7.0") -> dict[str, Any]:
+    """Write into the ``config`` database the metadata a sharded cluster keeps for
+    ``namespace`` sharded on ``key``: ``shards`` entries in config.shards, the collection in
+    config.collections and its chunks (cut at ``split_points``, values of the key's first
+    field, dealt to the shards in turn) in config.chunks, in the shape of MongoDB ``version``
+    ("4.4": chunks keyed by ``ns``; "6.0", "7.0", "8.0": by the collection's ``uuid``; 7.0+
+    chunks carry ``onCurrentShardSince``). The local server's mongos mode reads the key from
+    it; nothing is sharded. Returns the config.collections entry."""
+    config = client.config
+    epoch, uuid_ = bson.ObjectId(), bson.Binary.from_uuid(uuid.uuid4())
+    now = bson.Timestamp(int(time.time()), 1)
+    for n in range(shards):
+        config.shards.replace_one({"_id": f"shard{n:02d}"}, {
+            "_id": f"shard{n:02d}", "host": f"shard{n:02d}/shard{n:02d}-a.local:27018", "state": 1,
+            "topologyTime": now}, upsert=True)
+    entry: dict[str, Any] = {"_id": namespace, "lastmodEpoch": epoch,
+                             "lastmod": dt.datetime.now(dt.UTC), "timestamp": now,
+                             "uuid": uuid_, "key": key,
+                             "unique": False, "noBalance": False}
+    previous = config.collections.find_one({"_id": namespace}) or {}
+    config.chunks.delete_many({"$or": [{"ns": namespace}, {"uuid": previous.get("uuid", uuid_)}]})
+    config.collections.replace_one({"_id": namespace}, entry, upsert=True)
+    first = next(iter(key))
+    rest = {field: bson.MinKey() for field in list(key)[1:]}
+    bounds = [bson.MinKey(), *split_points, bson.MaxKey()]
+    for n, (low, high) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        chunk: dict[str, Any] = {"_id": bson.ObjectId(), "min": {first: low, **rest},
+                                 "max": {first: high, **rest}, "shard": f"shard{n % shards:02d}",
+                                 "lastmod": bson.Timestamp(1, n), "history": [
+                                     {"validAfter": now, "shard": f"shard{n % shards:02d}"}]}
+        chunk["ns" if version == "4.4" else "uuid"] = (namespace if version == "4.4"
+                                                       else entry["uuid"])
+        if version in ("7.0", "8.0"):
+            chunk["onCurrentShardSince"] = now
+        config.chunks.insert_one(chunk)
+    return entry
 
 
 # --------------------------------------------------------------------------------- polling

@@ -269,8 +269,7 @@ def test_a_regex_in_a_field_the_guard_pins_is_compared_and_migrated(db, settings
 
 
 def test_dotted_and_dollar_field_names_read_or_iterated_are_pinned(db, settings, tmp_path):
-    # Deletes: the local server refuses any update of a document holding such a name, which
-    # MongoDB allows (docs/testing.md); a guarded delete goes through the same guard.
+    # Deletes: a guarded delete goes through the same guard as an update.
     _migrations(tmp_path, settings, ITERATING_MIGRATION)
     docs = [{"_id": i, "price.usd": i % 2, "$currency": "EUR", "a.b": {"c": i}}
             for i in range(6)]
