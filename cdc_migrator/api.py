@@ -30,6 +30,7 @@ from .apply.shortcut import dry_run as _dry_run
 from .base import logs, naming, refusals, topics
 from .base.deadletters import DeadLetter
 from .base.deadletters import read as read_dead_letters
+from .base.ranges import RangeStore
 from .base.retry import MONGODB, Retrier, message_of
 from .base.settings import Settings
 from .base.state import Phase, StateStore
@@ -177,7 +178,8 @@ def status(settings: Settings, name: str | None = None) -> list[dict[str, Any]]:
                   if m.inverse is not None})
     if name is not None and name not in known:
         load(settings, name)  # raises the usual one-line error for an unknown name
-    found = all_status(settings, known, name)
+    ranges = RangeStore(settings.db[settings.state_collection])
+    found = all_status(settings, known, name, ranges_of=ranges.summary)
     if name is not None and not found:
         raise Refused(f"migration {name!r} has not started: no state yet")
     return found

@@ -40,9 +40,8 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from .identity import id_key
+from .naming import RANGE_OF
 from .scanner import _TYPE_ORDER, _rank
-
-RANGE_OF = "range_of"
 
 
 @dataclass(frozen=True)
@@ -181,6 +180,20 @@ class RangeStore:
             return False
         ranges = self.ranges(name)
         return bool(ranges) and all(r.done for r in ranges)
+
+    def summary(self, name: str) -> dict[str, Any] | None:
+        """What ``status`` shows of the ranges: how many are done, which are in progress (by
+        whom, how far), how many are left (not started, or their worker's lease ran out).
+        None before a backfill planned any."""
+        ranges = self.ranges(name)
+        if not ranges:
+            return None
+        in_progress = [{"range": r.index, "owner": r.owner, "scanned": r.scanned,
+                        "lease_left_seconds": round(float(r.lease_until or 0) - time.time(), 1)}
+                       for r in ranges if r.leased]
+        done = sum(r.done for r in ranges)
+        return {"total": len(ranges), "done": done, "in_progress": in_progress,
+                "left": len(ranges) - done - len(in_progress)}
 
     def leased_count(self, name: str) -> int:
         """Ranges held by a live lease now: the backfill's working workers."""

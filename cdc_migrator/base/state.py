@@ -45,7 +45,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from . import naming
-from .ranges import RANGE_OF
+from .naming import RANGE_OF
 
 SCHEMA_VERSION = 2
 MAX_ERRORS_KEPT = 50
