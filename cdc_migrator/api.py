@@ -28,16 +28,16 @@ from .apply.replay import retry as retry_dead_letters
 from .apply.shortcut import ApplyReport, DryRunLine, apply_migration
 from .apply.shortcut import dry_run as _dry_run
 from .base import logs, naming, refusals, topics
-from .base.deadletters import DeadLetter
-from .base.deadletters import read as read_dead_letters
 from .base.ranges import RangeStore
 from .base.retry import MONGODB, Retrier, message_of
 from .base.settings import Settings
-from .base.state import Phase, StateStore
 from .capture.backfill import BackfillReport
 from .capture.backfill import backfill as _backfill
 from .capture.dependencies import forget as forget_references
 from .capture.tailer import tail_until_stopped
+from .core.deadletters import DeadLetter
+from .core.deadletters import read as read_dead_letters
+from .core.state import Phase, StateStore
 from .errors import CdcMigratorError, Refused, ServiceUnavailable, UsageError
 from .migration import Migration, get_migration, load_migrations
 from .operations.census import CensusReport
@@ -299,7 +299,7 @@ def backfill(settings: Settings, name: str, *, batch_size: int | None = None,
 def throttle(settings: Settings, name: str, *, rate: float | None) -> None:
     """``cdc-migrator throttle NAME --rate R`` (``rate`` None: ``--off``): the pace of every
     backfill worker and consumer of NAME together, picked up live. See
-    :mod:`cdc_migrator.base.throttle`."""
+    :mod:`cdc_migrator.core.throttle`."""
     if rate is not None and not rate > 0:
         raise UsageError(f"--rate must be a positive number of documents per second: {rate}")
     migration = load(settings, name)

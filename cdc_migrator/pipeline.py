@@ -28,9 +28,9 @@ from .apply.consumer import TransformConsumer
 from .base import topics
 from .base.retry import KAFKA, MONGODB, Retrier, StopRequested
 from .base.settings import Settings
-from .base.state import MigrationState, Phase, StateStore
 from .capture.backfill import BackfillReport, backfill
 from .capture.tailer import Tailer, arm
+from .core.state import MigrationState, Phase, StateStore
 from .migration import Migration
 from .operations.cutover import CutoverReport, cutover
 from .operations.reversible import reverse_of

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from cdc_migrator import api, migration
 from cdc_migrator.apply.applier import MAX_STATEMENT_BYTES, Applier, _too_large, size_bound
-from cdc_migrator.base.context import make_context
-from cdc_migrator.base.patch import Outcome, guard_filter
+from cdc_migrator.core.context import make_context
+from cdc_migrator.core.patch import Outcome, guard_filter
 from cdc_migrator.migration import _defined
 
 from .harness import MONGO_BASE, UsersWriter

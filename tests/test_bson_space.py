@@ -19,12 +19,13 @@ from kafka.admin import NewTopic
 from cdc_migrator import api, testing
 from cdc_migrator.apply.applier import Applier
 from cdc_migrator.apply.consumer import TransformConsumer
-from cdc_migrator.base import codec, events, topics
-from cdc_migrator.base.context import make_context
-from cdc_migrator.base.deadletters import read as read_dead_letters
+from cdc_migrator.base import codec, topics
 from cdc_migrator.base.identity import id_key
 from cdc_migrator.capture.backfill import RECORD_BYTES, backfill, by_partition
 from cdc_migrator.capture.tailer import Tailer, arm
+from cdc_migrator.core import events
+from cdc_migrator.core.context import make_context
+from cdc_migrator.core.deadletters import read as read_dead_letters
 from cdc_migrator.migration import get_migration
 from cdc_migrator.operations.observability import Health
 from cdc_migrator.pipeline import run_pipeline

@@ -12,7 +12,7 @@ import pytest
 from bson import Binary, Decimal128, Int64, ObjectId
 
 from cdc_migrator import api
-from cdc_migrator.base.patch import Outcome
+from cdc_migrator.core.patch import Outcome
 from cdc_migrator.operations.reversible import applied, canonical, round_trip
 from cdc_migrator.operations.shapes import shape_id, shape_of
 
@@ -83,7 +83,7 @@ def test_the_round_trip_sets_top_level_field_order_aside_but_not_nested_order():
 
 
 def test_the_shipped_split_full_name_comes_back_for_every_kind_of_name(settings):
-    from cdc_migrator.base.context import make_context
+    from cdc_migrator.core.context import make_context
 
     forward = api.load(settings, "split_full_name")
     reverse = api.load(settings, "split_full_name-revert")

@@ -10,8 +10,8 @@ from kafka import KafkaConsumer, TopicPartition
 
 from cdc_migrator.base import topics
 from cdc_migrator.base.naming import FENCE_COLLECTION
-from cdc_migrator.base.state import Phase, StateStore
 from cdc_migrator.capture.tailer import arm
+from cdc_migrator.core.state import Phase, StateStore
 from cdc_migrator.migration import get_migration
 
 from .harness import CliProcess, run_cli, wait_drained, wait_for, wait_for_state

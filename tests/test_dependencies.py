@@ -16,7 +16,7 @@ import pytest
 from bson import ObjectId
 
 from cdc_migrator import api
-from cdc_migrator.base import events
+from cdc_migrator.core import events
 from cdc_migrator.errors import UsageError
 from cdc_migrator.migration import get_migration, load_migrations
 from cdc_migrator.pipeline import run_pipeline

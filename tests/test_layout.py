@@ -57,12 +57,19 @@ def test_the_base_layer_imports_no_actor_and_no_shell():
             assert not above, f"{module} imports {sorted(above)}"
 
 
-def test_a_room_imports_the_base_layer_and_the_contract_never_another_room():
+def test_the_core_imports_the_base_layer_and_the_contract_only():
+    for module, imported in _imports().items():
+        if _room(module) == "core":
+            above = {m for m in imported if _room(m) not in ("core", "base") and m not in CONTRACT}
+            assert not above, f"{module} imports {sorted(above)}"
+
+
+def test_a_room_imports_the_layers_below_and_the_contract_never_another_room():
     for module, imported in _imports().items():
         room = _room(module)
         if room in ROOMS:
             others = {m for m in imported
-                      if _room(m) not in (room, "base") and m not in CONTRACT}
+                      if _room(m) not in (room, "core", "base") and m not in CONTRACT}
             assert not others, f"{module} imports {sorted(others)}"
 
 

@@ -8,8 +8,8 @@ import json
 import textwrap
 
 from cdc_migrator import api
-from cdc_migrator.base.state import Phase
 from cdc_migrator.capture.tailer import arm
+from cdc_migrator.core.state import Phase
 
 from .harness import Service, run_cli, wait_for
 

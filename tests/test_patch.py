@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cdc_migrator import DELETE, UNSET, PatchError, migration
-from cdc_migrator.base.patch import (
+from cdc_migrator.core.patch import (
     Outcome,
     RecordingDocument,
     decide,

@@ -20,9 +20,9 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
 from cdc_migrator import api, demo_data
-from cdc_migrator.base.context import make_context
-from cdc_migrator.base.patch import decide
 from cdc_migrator.base.settings import Settings
+from cdc_migrator.core.context import make_context
+from cdc_migrator.core.patch import decide
 
 from .harness import run_cli
 

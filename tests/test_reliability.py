@@ -29,11 +29,12 @@ from kafka import KafkaAdminClient, KafkaProducer
 
 from cdc_migrator import api, cli, testing
 from cdc_migrator.apply import consumer
-from cdc_migrator.base import events, topics
 from cdc_migrator.base import settings as config
+from cdc_migrator.base import topics
 from cdc_migrator.base.settings import Settings
-from cdc_migrator.base.state import Phase
 from cdc_migrator.capture.tailer import arm
+from cdc_migrator.core import events
+from cdc_migrator.core.state import Phase
 from cdc_migrator.migration import get_migration
 
 from .harness import (

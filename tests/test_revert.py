@@ -9,9 +9,9 @@ import time
 
 from cdc_migrator import api
 from cdc_migrator.apply.consumer import TransformConsumer
-from cdc_migrator.base.state import Phase, StateStore
 from cdc_migrator.capture.backfill import backfill
 from cdc_migrator.capture.tailer import arm
+from cdc_migrator.core.state import Phase, StateStore
 
 from .harness import PeopleWriter, run_cli, wait_for
 

@@ -19,13 +19,13 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from cdc_migrator import api
-from cdc_migrator.base import throttle as throttling
 from cdc_migrator.base.codec import CODEC_OPTIONS
 from cdc_migrator.base.ranges import KeyRange, RangeStore, quantiles, range_filter, split
 from cdc_migrator.base.scanner import after_filter
-from cdc_migrator.base.state import StateStore
 from cdc_migrator.capture.ranges import ranges_for, split_points
 from cdc_migrator.capture.tailer import arm
+from cdc_migrator.core import throttle as throttling
+from cdc_migrator.core.state import StateStore
 from cdc_migrator.migration import get_migration
 
 from .harness import (
@@ -136,7 +136,7 @@ class StateOfThrottle:
         self.holds: list[dict] = []
 
     def get(self, name):
-        from cdc_migrator.base.state import MigrationState, ThrottleState
+        from cdc_migrator.core.state import MigrationState, ThrottleState
 
         until = max((h["until"] for h in self.holds), default=None)
         auto = {**self.holds[-1], "until": until} if self.holds else None

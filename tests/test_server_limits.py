@@ -26,14 +26,14 @@ from pymongo.errors import CursorNotFound, OperationFailure
 from cdc_migrator import api
 from cdc_migrator.apply.applier import Applier
 from cdc_migrator.base import topics
-from cdc_migrator.base.context import make_context
 from cdc_migrator.base.identity import id_key
 from cdc_migrator.base.retry import Retrier
 from cdc_migrator.base.scanner import scan
 from cdc_migrator.base.settings import Settings
-from cdc_migrator.base.state import HEARTBEAT_INTERVAL, MigrationState, Phase
 from cdc_migrator.capture.backfill import backfill
 from cdc_migrator.capture.tailer import Tailer, arm
+from cdc_migrator.core.context import make_context
+from cdc_migrator.core.state import HEARTBEAT_INTERVAL, MigrationState, Phase
 from cdc_migrator.errors import CaptureStopped, UsageError
 from cdc_migrator.migration import Migration, get_migration
 from cdc_migrator.operations import runway

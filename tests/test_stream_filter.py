@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from cdc_migrator.apply.applier import Applier
-from cdc_migrator.base.context import make_context
 from cdc_migrator.base.identity import id_key
 from cdc_migrator.base.naming import FENCE_COLLECTION
-from cdc_migrator.base.patch import decide
 from cdc_migrator.capture.tailer import UNUSED_FIELDS, image_condition, stream_pipeline
+from cdc_migrator.core.context import make_context
+from cdc_migrator.core.patch import decide
 from cdc_migrator.migration import Migration, filter_fields
 
 

@@ -35,14 +35,15 @@ from kafka.errors import (
     RebalanceInProgressError,
 )
 
-from ..base import deadletters, events, logs, metrics, topics
-from ..base.context import make_context
+from ..base import logs, metrics, topics
 from ..base.identity import id_key
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line
 from ..base.settings import Settings
-from ..base.state import StateStore, failure_record, stop_record
 from ..base.threads import run_until_stopped
-from ..base.throttle import Bounds, Throttle, worker_name
+from ..core import deadletters, events
+from ..core.context import make_context
+from ..core.state import StateStore, failure_record, stop_record
+from ..core.throttle import Bounds, Throttle, worker_name
 from ..errors import CdcMigratorError, EventsLost
 from ..migration import Migration
 from .applier import Applier, BatchResult

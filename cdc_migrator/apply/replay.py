@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..base import events, topics
-from ..base.context import make_context
-from ..base.deadletters import dead_letter, read
+from ..base import topics
 from ..base.settings import Settings
-from ..base.state import StateStore
+from ..core import events
+from ..core.context import make_context
+from ..core.deadletters import dead_letter, read
+from ..core.state import StateStore
 from ..migration import Migration
 from .applier import Applier
 

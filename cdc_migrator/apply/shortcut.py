@@ -13,12 +13,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..base.context import make_context
-from ..base.patch import Outcome, decide
 from ..base.progress import Progress
 from ..base.scanner import count, prefetched, scan
 from ..base.settings import Settings
-from ..base.state import StateStore, failure_record
+from ..core.context import make_context
+from ..core.patch import Outcome, decide
+from ..core.state import StateStore, failure_record
 from ..migration import Migration
 from .applier import Applier, BatchResult, Decided
 

@@ -9,7 +9,7 @@ within one type bracket only, so the types strictly between the bounds are named
 ``$type``.
 
 The ranges live in the state collection, one document each beside the migration's own
-document (``range_of`` names the migration; :class:`~cdc_migrator.base.state.StateStore`
+document (``range_of`` names the migration; :class:`~cdc_migrator.core.state.StateStore`
 leaves them out of its listing). :class:`RangeStore` is the only writer of these documents:
 
     _id "NAME#range#00003", range_of NAME, kind "range", index, lo, hi (absent: unbounded),

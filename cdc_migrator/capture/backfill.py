@@ -23,8 +23,7 @@ from typing import Any
 import bson
 from bson.raw_bson import RawBSONDocument
 
-from ..base import deadletters as deadletter
-from ..base import events, logs, metrics, topics
+from ..base import logs, metrics, topics
 from ..base.codec import CODEC_OPTIONS
 from ..base.partitions import partition_of
 from ..base.progress import Progress
@@ -32,8 +31,10 @@ from ..base.ranges import Claim, RangeStore, range_filter
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested
 from ..base.scanner import count, prefetched, scan
 from ..base.settings import Settings
-from ..base.state import MigrationState, StateStore
-from ..base.throttle import Bounds, Throttle, worker_name
+from ..core import deadletters as deadletter
+from ..core import events
+from ..core.state import MigrationState, StateStore
+from ..core.throttle import Bounds, Throttle, worker_name
 from ..errors import Refused
 from ..migration import Migration
 from .ranges import LeaseKeeper, plan

@@ -18,7 +18,7 @@ from pymongo.collection import Collection
 
 from ..base.ranges import Claim, RangeStore, quantiles, split
 from ..base.scanner import scan_filter
-from ..base.state import BackfillState, StateStore
+from ..core.state import BackfillState, StateStore
 
 log = logging.getLogger("cdc_migrator.backfill")
 

@@ -32,15 +32,16 @@ import bson
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure
 
-from ..base import deadletters as deadletter
-from ..base import events, logs, metrics, topics
-from ..base.context import make_context
+from ..base import logs, metrics, topics
 from ..base.naming import FENCE_COLLECTION
-from ..base.patch import decide
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line, message_of
 from ..base.settings import Settings
-from ..base.state import HEARTBEAT_INTERVAL, MigrationState, StateStore, now, stop_record
 from ..base.threads import run_until_stopped
+from ..core import deadletters as deadletter
+from ..core import events
+from ..core.context import make_context
+from ..core.patch import decide
+from ..core.state import HEARTBEAT_INTERVAL, MigrationState, StateStore, now, stop_record
 from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused
 from ..migration import Migration, rename_filter_fields
 from . import dependencies

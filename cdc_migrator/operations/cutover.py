@@ -23,7 +23,7 @@ from pymongo.errors import OperationFailure
 from ..base import topics
 from ..base.naming import FENCE_COLLECTION
 from ..base.settings import Settings
-from ..base.state import MigrationState, Phase, StateStore, now
+from ..core.state import MigrationState, Phase, StateStore, now
 from ..errors import UsageError
 from ..migration import Migration
 from .schema import dialect_problems, validator_for

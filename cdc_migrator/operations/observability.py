@@ -34,7 +34,7 @@ from ..base.metrics import (
     TAILER_DELAY,
 )
 from ..base.settings import Settings
-from ..base.state import StateStore
+from ..core.state import StateStore
 from ..errors import UsageError
 from ..migration import Migration
 

@@ -27,11 +27,11 @@ from typing import Any
 import bson
 
 from ..base.codec import CODEC_OPTIONS
-from ..base.context import Context, make_context
 from ..base.naming import revert
-from ..base.patch import Outcome, decide
 from ..base.scanner import scan
 from ..base.settings import Settings
+from ..core.context import Context, make_context
+from ..core.patch import Outcome, decide
 from ..errors import PatchError, UsageError
 from ..migration import Migration
 from .shapes import shape_id, shape_of

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pymongo.errors import OperationFailure
 
 from ..base.settings import Settings
-from ..base.state import MigrationState, Phase
+from ..core.state import MigrationState, Phase
 from ..errors import Refused
 from ..migration import Migration
 from .cutover import NO_VALIDATORS_CODES, load_schema

@@ -17,7 +17,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from ..base.progress import format_duration
-from ..base.state import HEARTBEAT_STALE_AFTER
+from ..core.state import HEARTBEAT_STALE_AFTER
 
 #: Warn once the tailer's resume point has aged through this share of the history window.
 WARN_AT_SHARE = 0.5

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..base.state import MigrationState
-from ..base.throttle import describe_hold
+from ..core.state import MigrationState
+from ..core.throttle import describe_hold
 
 
 def throttle_status(state: MigrationState) -> dict[str, Any]:

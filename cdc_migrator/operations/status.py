@@ -11,7 +11,7 @@ from typing import Any
 from ..base import logs, topics
 from ..base.progress import format_duration
 from ..base.settings import Settings
-from ..base.state import MigrationState, Phase, StateStore, TailState
+from ..core.state import MigrationState, Phase, StateStore, TailState
 from ..migration import Migration
 from . import runway, sharing
 

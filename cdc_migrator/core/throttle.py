@@ -35,7 +35,7 @@ from typing import Any
 import pymongo
 from pymongo.errors import OperationFailure
 
-from .scanner import RELEASE_BEFORE_WAIT
+from ..base.scanner import RELEASE_BEFORE_WAIT
 from .state import MigrationState, StateStore
 
 log = logging.getLogger("cdc_migrator.throttle")

@@ -47,7 +47,7 @@ from bson.timestamp import Timestamp
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
-from .codec import CODEC_OPTIONS
+from ..base.codec import CODEC_OPTIONS
 
 __all__ = [
     "CODEC_OPTIONS",

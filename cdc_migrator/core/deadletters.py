@@ -16,9 +16,10 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from ..base import topics
+from ..base.settings import Settings
 from ..migration import Migration
-from . import events, topics
-from .settings import Settings
+from . import events
 
 #: A key larger than this does not go on a dead letter (the record key and its hex): the
 #: entry names the document by a shortened repr and cannot be retried by ``dlq retry``.

@@ -44,8 +44,8 @@ from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from . import naming
-from .naming import RANGE_OF
+from ..base import naming
+from ..base.naming import RANGE_OF
 
 SCHEMA_VERSION = 2
 MAX_ERRORS_KEPT = 50

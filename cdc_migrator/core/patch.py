@@ -19,9 +19,9 @@ import bson
 import bson.errors
 from bson import ObjectId
 
+from ..base.codec import CODEC_OPTIONS
 from ..errors import PatchError
 from ..migration import DELETE, UNSET, Migration
-from .codec import CODEC_OPTIONS
 
 
 class RecordingDocument(Mapping[str, Any]):
