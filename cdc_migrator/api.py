@@ -28,12 +28,12 @@ from .apply.replay import retry as retry_dead_letters
 from .apply.shortcut import ApplyReport, DryRunLine, apply_migration
 from .apply.shortcut import dry_run as _dry_run
 from .base import logs, naming, refusals, topics
-from .base.ranges import RangeStore
 from .base.retry import MONGODB, Retrier, message_of
 from .base.settings import Settings
 from .capture.backfill import BackfillReport
 from .capture.backfill import backfill as _backfill
 from .capture.dependencies import forget as forget_references
+from .capture.leases import RangeStore
 from .capture.tailer import tail_until_stopped
 from .core.deadletters import DeadLetter
 from .core.deadletters import read as read_dead_letters

@@ -5,7 +5,7 @@ scanned also yields a change event. The collection is split into ``_id`` ranges 
 number of backfill processes (and threads, ``--workers``) share: each range is leased to one
 worker at a time and has its own position (last ``_id``), saved after the broker acknowledged
 the batch, so an interrupted range resumes where it stopped, by whichever worker takes it
-over once the lease ran out (see :mod:`cdc_migrator.base.ranges`). A lost connection
+over once the lease ran out (see :mod:`cdc_migrator.capture.leases`). A lost connection
 is ridden out the same way within one run (see :mod:`cdc_migrator.retry`): the batch in hand
 is sent again, and the scan is re-opened after the last saved position.
 """
@@ -27,7 +27,6 @@ from ..base import logs, metrics, topics
 from ..base.codec import CODEC_OPTIONS
 from ..base.partitions import partition_of
 from ..base.progress import Progress
-from ..base.ranges import Claim, RangeStore, range_filter
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested
 from ..base.scanner import count, prefetched, scan
 from ..base.settings import Settings
@@ -37,6 +36,7 @@ from ..core.state import MigrationState, StateStore
 from ..core.throttle import Bounds, Throttle, worker_name
 from ..errors import Refused
 from ..migration import Migration
+from .leases import Claim, RangeStore, range_filter
 from .ranges import LeaseKeeper, plan
 
 log = logging.getLogger("cdc_migrator.backfill")

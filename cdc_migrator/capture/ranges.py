@@ -2,9 +2,9 @@
 
 The first backfill process of a pass plans: it samples ``_id`` s (``$sample``), lets the
 server sort them (so the split points follow MongoDB's order, mixed types included) and cuts
-the key space at evenly spaced ones (:func:`cdc_migrator.base.ranges.quantiles`). Every other
+the key space at evenly spaced ones (:func:`cdc_migrator.capture.leases.quantiles`). Every other
 process started meanwhile waits for the plan and then takes ranges from it. See
-:mod:`cdc_migrator.base.ranges` for the leases.
+:mod:`cdc_migrator.capture.leases` for the leases.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 from pymongo.collection import Collection
 
-from ..base.ranges import Claim, RangeStore, quantiles, split
 from ..base.scanner import scan_filter
 from ..core.state import BackfillState, StateStore
+from .leases import Claim, RangeStore, quantiles, split
 
 log = logging.getLogger("cdc_migrator.backfill")
 

@@ -22,7 +22,7 @@ The stored layout (``schema_version`` 2)::
               members {MEMBER: {at, weight}}}
 
 The ranges of a shared backfill are documents of their own in the same collection (with a
-``range_of`` field, see :mod:`cdc_migrator.base.ranges`); :meth:`StateStore.all` leaves them
+``range_of`` field, see :mod:`cdc_migrator.capture.leases`); :meth:`StateStore.all` leaves them
 out. A document written before ranges existed (``backfill.cursor``, one position) is resumed
 as ranges: the first one starts after that position.
 

@@ -39,9 +39,9 @@ from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from .identity import id_key
-from .naming import RANGE_OF
-from .scanner import _TYPE_ORDER, _rank
+from ..base.identity import id_key
+from ..base.naming import RANGE_OF
+from ..base.scanner import _TYPE_ORDER, _rank
 
 
 @dataclass(frozen=True)
