@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka.partitioner.default import murmur2 as kafkas_murmur2
 
-from cdc_migrator.base import partitions as partitions_module
+from cdc_migrator.capture import partitions as partitions_module
 from cdc_migrator.core import events
 from cdc_migrator.core.events import (
     CODEC_OPTIONS,

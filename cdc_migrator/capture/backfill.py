@@ -25,7 +25,6 @@ from bson.raw_bson import RawBSONDocument
 
 from ..base import logs, metrics, topics
 from ..base.codec import CODEC_OPTIONS
-from ..base.partitions import partition_of
 from ..base.progress import Progress
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested
 from ..base.scanner import count, prefetched, scan
@@ -37,6 +36,7 @@ from ..core.throttle import Bounds, Throttle, worker_name
 from ..errors import Refused
 from ..migration import Migration
 from .leases import Claim, RangeStore, range_filter
+from .partitions import partition_of
 from .ranges import LeaseKeeper, plan
 
 log = logging.getLogger("cdc_migrator.backfill")
@@ -314,7 +314,7 @@ def by_partition(batch: list, encoder: events.RawEncoder,
     record, in ``_id`` order within a partition.
 
     The partition of a document is the one the producer's default partitioner gives its key
-    (:func:`~cdc_migrator.base.partitions.partition_of`, as Kafka's Java client), where the
+    (:func:`~cdc_migrator.capture.partitions.partition_of`, as Kafka's Java client), where the
     tailer's change events of the same document go: one document's events stay in one
     partition, in order. One record per group instead of one per document is what makes the
     backfill cheap to produce and to consume. A document larger than ``RECORD_BYTES`` is
