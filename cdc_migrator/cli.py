@@ -24,8 +24,8 @@ from typing import Any
 import click
 from bson import json_util
 
-from . import api
-from .base import configfile, logs
+from . import api, configfile
+from .base import logs
 from .base.settings import Setting, Settings
 from .errors import CdcMigratorError, UsageError
 from .operations import observability

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
-from .settings import Settings, is_secret_option, mask_secrets
+from .base.settings import Settings, is_secret_option, mask_secrets
+from .errors import UsageError
 
 DEFAULT_PATH = "cdc-migrator.toml"
 
