@@ -21,8 +21,15 @@ from hypothesis import strategies as st
 from cdc_migrator import api
 from cdc_migrator.base.codec import CODEC_OPTIONS
 from cdc_migrator.base.scanner import after_filter
-from cdc_migrator.capture.leases import KeyRange, RangeStore, quantiles, range_filter, split
-from cdc_migrator.capture.ranges import ranges_for, split_points
+from cdc_migrator.capture.leases import (
+    KeyRange,
+    RangeStore,
+    quantiles,
+    range_filter,
+    ranges_for,
+    split,
+    split_points,
+)
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.core import throttle as throttling
 from cdc_migrator.core.state import StateStore

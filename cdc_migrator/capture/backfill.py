@@ -35,9 +35,8 @@ from ..core.state import MigrationState, StateStore
 from ..core.throttle import Bounds, Throttle, worker_name
 from ..errors import Refused
 from ..migration import Migration
-from .leases import Claim, RangeStore, range_filter
+from .leases import Claim, LeaseKeeper, RangeStore, plan, range_filter
 from .partitions import partition_of
-from .ranges import LeaseKeeper, plan
 
 log = logging.getLogger("cdc_migrator.backfill")
 
@@ -72,7 +71,7 @@ def backfill(
     backfill of the same migration (other processes, and ``workers`` threads in this one).
 
     The collection is split into ``_id`` ranges (planned by the first process of the pass,
-    see :mod:`cdc_migrator.capture.ranges`); each worker claims a range with a lease, scans it
+    see :mod:`cdc_migrator.capture.leases`); each worker claims a range with a lease, scans it
     from its saved position, and claims the next one, until every range is done. A range whose
     worker died is taken over once its lease ran out. ``rate`` caps this process's reads
     (shared by its workers); ``cdc-migrator throttle`` paces all of them, live.
