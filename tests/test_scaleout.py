@@ -19,8 +19,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from cdc_migrator import api
+from cdc_migrator.base.bsontypes import after_filter
 from cdc_migrator.base.codec import CODEC_OPTIONS
-from cdc_migrator.base.scanner import after_filter
 from cdc_migrator.capture.leases import (
     KeyRange,
     RangeStore,

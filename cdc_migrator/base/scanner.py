@@ -2,8 +2,9 @@
 
 The backfill scanner (documents into Kafka), the in-process ``apply`` and ``verify`` all read
 the collection this way. One server cursor serves the scan while it reads steadily; the position
-is the last ``_id`` read, and :func:`after_filter` turns it back into a query that also covers
-``_id`` values of later BSON types (``$gt`` alone stays within one type).
+is the last ``_id`` read, and :func:`~cdc_migrator.base.bsontypes.after_filter` turns it back
+into a query that also covers ``_id`` values of later BSON types (``$gt`` alone stays within
+one type).
 
 MongoDB kills a cursor left idle for 10 minutes (``cursorTimeoutMillis``); its next ``getMore``
 fails with CursorNotFound (43). A scan therefore reopens its query after the last ``_id`` read
@@ -14,31 +15,18 @@ it never holds a cursor that nothing reads.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import queue
-import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from bson import (
-    Binary,
-    DatetimeMS,
-    DBRef,
-    Decimal128,
-    Int64,
-    MaxKey,
-    MinKey,
-    ObjectId,
-    Regex,
-    Timestamp,
-)
 from pymongo.collection import Collection
 from pymongo.cursor import Cursor
 from pymongo.errors import OperationFailure
+
+from .bsontypes import after_filter
 
 T = TypeVar("T")
 
@@ -49,54 +37,6 @@ CURSOR_NOT_FOUND = 43
 #: A wait of the scan's own (the rate cap) longer than this closes the cursor first: well below
 #: MongoDB's 10-minute idle timeout, and long enough that a reopen costs nothing in comparison.
 RELEASE_BEFORE_WAIT = 60.0
-
-# MongoDB's comparison order of BSON types, as $type aliases. The deprecated symbol type
-# (sorted with strings) is left out: drivers no longer write it.
-_TYPE_ORDER: list[tuple[str, ...]] = [
-    ("minKey",), ("null",), ("int", "long", "double", "decimal"), ("string",),
-    ("object",), ("array",), ("binData",), ("objectId",), ("bool",), ("date",), ("timestamp",),
-    ("regex",), ("maxKey",),
-]
-
-
-def _rank(value: Any) -> int:
-    if isinstance(value, MinKey):
-        return 0
-    if value is None:
-        return 1
-    if isinstance(value, bool):
-        return 8
-    if isinstance(value, (int, float, Int64, Decimal128)):
-        return 2
-    if isinstance(value, str):
-        return 3
-    if isinstance(value, (Mapping, DBRef)):
-        return 4
-    if isinstance(value, (list, tuple)):
-        return 5
-    if isinstance(value, (bytes, Binary, uuid.UUID)):
-        return 6
-    if isinstance(value, ObjectId):
-        return 7
-    if isinstance(value, (dt.datetime, DatetimeMS)):
-        return 9
-    if isinstance(value, Timestamp):
-        return 10
-    if isinstance(value, (Regex, re.Pattern)):
-        return 11
-    if isinstance(value, MaxKey):
-        return 12
-    raise TypeError(f"unsupported _id type {type(value).__name__}")
-
-
-def after_filter(last_id: Any) -> dict[str, Any]:
-    """A query for the documents whose ``_id`` sorts after ``last_id`` in BSON order."""
-    later = [alias for group in _TYPE_ORDER[_rank(last_id) + 1:] for alias in group]
-    clauses: list[dict[str, Any]] = [{"_id": {"$gt": last_id}}]
-    if later:
-        clauses.append({"_id": {"$type": later}})
-    return {"$or": clauses}
-
 
 def scan_filter(base: Mapping[str, Any] | None, after: Any = None, started: bool = False) -> dict:
     """Combine a migration's filter with the resume position (``started`` when one exists)."""

@@ -48,9 +48,10 @@ from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
+from ..base.bsontypes import at_or_after, before
 from ..base.identity import id_key
 from ..base.naming import RANGE_OF
-from ..base.scanner import _TYPE_ORDER, _rank, scan_filter
+from ..base.scanner import scan_filter
 from ..core.state import BackfillState, StateStore
 
 log = logging.getLogger("cdc_migrator.backfill")
@@ -64,28 +65,6 @@ class KeyRange:
     hi: Any = None
     has_lo: bool = False
     has_hi: bool = False
-
-
-def _aliases(ranks: range) -> list[str]:
-    return [alias for rank in ranks for alias in _TYPE_ORDER[rank]]
-
-
-def at_or_after(value: Any) -> dict[str, Any]:
-    """``_id`` >= ``value`` in BSON order (later type brackets included)."""
-    later = _aliases(range(_rank(value) + 1, len(_TYPE_ORDER)))
-    clauses: list[dict[str, Any]] = [{"_id": {"$gte": value}}]
-    if later:
-        clauses.append({"_id": {"$type": later}})
-    return {"$or": clauses}
-
-
-def before(value: Any) -> dict[str, Any]:
-    """``_id`` < ``value`` in BSON order (earlier type brackets included)."""
-    earlier = _aliases(range(0, _rank(value)))
-    clauses: list[dict[str, Any]] = [{"_id": {"$lt": value}}]
-    if earlier:
-        clauses.append({"_id": {"$type": earlier}})
-    return {"$or": clauses}
 
 
 def range_filter(key_range: KeyRange) -> dict[str, Any]:
