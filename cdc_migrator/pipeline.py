@@ -26,11 +26,12 @@ from typing import Any
 
 from .apply.consumer import TransformConsumer
 from .base import topics
-from .base.retry import KAFKA, MONGODB, Retrier, StopRequested
+from .base.retry import KAFKA, MONGODB, Retrier
 from .base.settings import Settings
 from .capture.backfill import BackfillReport, backfill
 from .capture.tailer import Tailer, arm
 from .core.state import MigrationState, Phase, StateStore
+from .errors import StopRequested
 from .migration import Migration
 from .operations.cutover import CutoverReport, cutover
 from .operations.reversible import reverse_of

@@ -37,14 +37,14 @@ from kafka.errors import (
 
 from ..base import logs, metrics, topics
 from ..base.identity import id_key
-from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line
+from ..base.retry import KAFKA, MONGODB, Retrier, first_line
 from ..base.settings import Settings
 from ..base.threads import run_until_stopped
 from ..core import deadletters, events
 from ..core.context import make_context
 from ..core.state import StateStore, failure_record, stop_record
 from ..core.throttle import Bounds, Throttle, worker_name
-from ..errors import CdcMigratorError, EventsLost
+from ..errors import CdcMigratorError, EventsLost, StopRequested
 from ..migration import Migration
 from .applier import Applier, BatchResult
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from kafka.errors import KafkaError
 from pymongo.errors import ConnectionFailure, OperationFailure
 
-from ..errors import CdcMigratorError, ServiceUnavailable
+from ..errors import ServiceUnavailable, StopRequested
 from . import refusals
 from .settings import Settings, mask_secrets
 
@@ -40,16 +40,6 @@ BACKOFF_START = 0.25
 BACKOFF_CAP = 4.0
 # Server errors that mean "not now" (shutdown, election, network), not "never".
 _MONGO_TRANSIENT_CODES = {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}
-
-
-class StopRequested(CdcMigratorError):
-    """The process was asked to stop (SIGTERM) while it waited for a service to come back.
-
-    Nothing unacknowledged was recorded as done, so the next start repeats it. The pieces
-    catch it and return; should it reach the command line, it is one line and exit 0.
-    """
-
-    exit_code = 0
 
 
 def service_of(exc: BaseException) -> str | None:

@@ -26,14 +26,14 @@ from bson.raw_bson import RawBSONDocument
 from ..base import logs, metrics, topics
 from ..base.codec import CODEC_OPTIONS
 from ..base.progress import Progress
-from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested
+from ..base.retry import KAFKA, MONGODB, Retrier
 from ..base.scanner import count, prefetched, scan
 from ..base.settings import Settings
 from ..core import deadletters as deadletter
 from ..core import events
 from ..core.state import MigrationState, StateStore
 from ..core.throttle import Bounds, Throttle, worker_name
-from ..errors import Refused
+from ..errors import Refused, StopRequested
 from ..migration import Migration
 from .leases import Claim, LeaseKeeper, RangeStore, plan, range_filter
 from .partitions import partition_of

@@ -34,7 +34,7 @@ from pymongo.errors import OperationFailure
 
 from ..base import logs, metrics, topics
 from ..base.naming import FENCE_COLLECTION
-from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line, message_of
+from ..base.retry import KAFKA, MONGODB, Retrier, first_line, message_of
 from ..base.settings import Settings
 from ..base.threads import run_until_stopped
 from ..core import deadletters as deadletter
@@ -42,7 +42,7 @@ from ..core import events
 from ..core.context import make_context
 from ..core.patch import decide
 from ..core.state import HEARTBEAT_INTERVAL, MigrationState, StateStore, now, stop_record
-from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused
+from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused, StopRequested
 from ..migration import Migration, rename_filter_fields
 from . import dependencies
 from .backfill import backfill

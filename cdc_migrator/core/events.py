@@ -48,6 +48,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from ..base.codec import CODEC_OPTIONS
+from ..errors import PoisonRecord
 
 __all__ = [
     "CODEC_OPTIONS",
@@ -78,13 +79,6 @@ _MARKER = b"\xc3\x01"
 _HEADER_LEN = 10
 _U64 = (1 << 64) - 1
 _U32 = (1 << 32) - 1
-
-
-class PoisonRecord(ValueError):
-    """A record value (or key) that is not a valid ``cdc_migrator.Envelope``.
-
-    ``str(exc)`` is a one-line reason, suitable for a dead-letter header or a log line.
-    """
 
 
 class EventSource(StrEnum):
