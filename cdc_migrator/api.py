@@ -27,8 +27,9 @@ from .apply.replay import RetryReport
 from .apply.replay import retry as retry_dead_letters
 from .apply.shortcut import ApplyReport, DryRunLine, apply_migration
 from .apply.shortcut import dry_run as _dry_run
-from .base import logs, naming, refusals, topics
-from .base.retry import MONGODB, Retrier, message_of
+from .base import naming, refusals, topics
+from .base.messages import message_of
+from .base.retry import MONGODB, Retrier
 from .base.settings import Settings
 from .capture.backfill import BackfillReport
 from .capture.backfill import backfill as _backfill
@@ -373,4 +374,4 @@ def _is_auth_failure(exc: OperationFailure) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    return logs.mask(message_of(exc) or type(exc).__name__)
+    return message_of(exc) or type(exc).__name__

@@ -26,6 +26,7 @@ from bson import json_util
 
 from . import api, configfile
 from .base import logs
+from .base.messages import shorten
 from .base.settings import Setting, Settings
 from .errors import CdcMigratorError, UsageError
 from .operations import observability
@@ -215,8 +216,7 @@ def census(settings: Settings, name: str, sample: int, max_shapes: int,
             if shape.problem:
                 click.echo(f"      e.g. _id {shape.problem_id!r}: {shape.problem}")
             for write in shape.side_writes:
-                brief = write if len(write) <= 100 else write[:97] + "..."
-                click.echo(f"      would write: {brief}")
+                click.echo(f"      would write: {shorten(write, 100)}")
             if shape.irreversible:
                 click.echo(f"      does not come back, e.g. _id {shape.irreversible_id!r}: "
                            f"{shape.irreversible}")

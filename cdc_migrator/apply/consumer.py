@@ -37,7 +37,8 @@ from kafka.errors import (
 
 from ..base import logs, metrics, topics
 from ..base.identity import id_key
-from ..base.retry import KAFKA, MONGODB, Retrier, first_line
+from ..base.messages import first_line
+from ..base.retry import KAFKA, MONGODB, Retrier
 from ..base.settings import Settings
 from ..base.threads import run_until_stopped
 from ..core import deadletters, events

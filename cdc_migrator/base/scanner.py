@@ -27,6 +27,7 @@ from pymongo.cursor import Cursor
 from pymongo.errors import OperationFailure
 
 from .bsontypes import after_filter
+from .messages import message_of
 
 T = TypeVar("T")
 
@@ -153,7 +154,7 @@ class Scan:
                     self._close()
                     self.reopened += 1
                     log.info("the scan of %s lost its cursor (%s); reopened after the last "
-                             "document read", self.collection.name, str(exc).split(",")[0])
+                             "document read", self.collection.name, message_of(exc))
                     continue
                 batch.append(doc)
                 last = doc

@@ -33,8 +33,9 @@ from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure
 
 from ..base import logs, metrics, topics
+from ..base.messages import first_line, message_of
 from ..base.naming import FENCE_COLLECTION
-from ..base.retry import KAFKA, MONGODB, Retrier, first_line, message_of
+from ..base.retry import KAFKA, MONGODB, Retrier
 from ..base.settings import Settings
 from ..base.threads import run_until_stopped
 from ..core import deadletters as deadletter
@@ -294,7 +295,7 @@ class Tailer:
             if exc.code in HISTORY_LOST_CODES:
                 cause = (f"the change stream of {self.migration.collection} can no longer "
                          f"resume from the saved point ({exc.code}: "
-                         f"{str(exc).splitlines()[0][:160]})")
+                         f"{message_of(exc, 160)})")
                 if self.on_history_lost == "rebackfill":
                     raise HistoryLost(cause) from None
                 message = (f"{cause}; a new backfill is needed: `cdc-migrator reset "

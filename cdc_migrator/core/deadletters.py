@@ -17,6 +17,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from ..base import topics
+from ..base.messages import shorten
 from ..base.settings import Settings
 from ..migration import Migration
 from . import events
@@ -34,7 +35,7 @@ def dead_letter(migration: str, kind: str, error: str, *, key: bytes | None,
     text = None if doc_id is None else repr(doc_id)
     entry: dict[str, Any] = {
         "migration": migration, "kind": kind,
-        "id": text if text is None or len(text) <= 200 else text[:197] + "...",
+        "id": None if text is None else shorten(text, 200),
         "error": error, "traceback": traceback, "at": time.time(),
         "key_hex": key.hex() if key is not None else None,
     }

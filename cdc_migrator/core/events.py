@@ -48,6 +48,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from ..base.codec import CODEC_OPTIONS
+from ..base.messages import first_line
 from ..errors import PoisonRecord
 
 __all__ = [
@@ -278,12 +279,6 @@ def _unpack_timestamp(value: int) -> Timestamp:
     return Timestamp(value >> 32, value & _U32)
 
 
-def _one_line(exc: BaseException) -> str:
-    message = " ".join(str(exc).split())
-    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
 # --------------------------------------------------------------------------- public API
 
 
@@ -296,7 +291,7 @@ def key_bytes(_id: Any) -> bytes:
     try:
         return _bson_encode({"_id": _id}, False, CODEC_OPTIONS)
     except (BSONError, OverflowError, TypeError, ValueError) as exc:
-        raise ValueError(f"_id is not BSON-encodable: {_one_line(exc)}") from exc
+        raise ValueError(f"_id is not BSON-encodable: {first_line(exc, 200)}") from exc
 
 
 def decode_key(data: bytes) -> Any:
@@ -313,7 +308,7 @@ def _decode_key(data: bytes, what: str) -> Any:
     try:
         doc = _bson_decode(data, CODEC_OPTIONS)
     except Exception as exc:  # any decoding failure means a bad record
-        raise PoisonRecord(f"invalid BSON in {what}: {_one_line(exc)}") from exc
+        raise PoisonRecord(f"invalid BSON in {what}: {first_line(exc, 200)}") from exc
     if len(doc) != 1 or "_id" not in doc:
         raise PoisonRecord(f"{what} is not a BSON document {{_id: ...}}: fields {list(doc)[:5]}")
     return doc["_id"]
@@ -358,7 +353,7 @@ def encode(envelope: Envelope) -> bytes:
         out.write(_HEADER)
         schemaless_writer(out, _CODEC_SCHEMA, record)
     except (BSONError, AttributeError, OverflowError, TypeError, ValueError) as exc:
-        raise ValueError(f"cannot encode envelope: {_one_line(exc)}") from exc
+        raise ValueError(f"cannot encode envelope: {first_line(exc, 200)}") from exc
     return out.getvalue()
 
 
@@ -382,7 +377,7 @@ def decode(data: bytes) -> Envelope:
         rec = cast(dict[str, Any], schemaless_reader(
             body, writer, None if writer is _CODEC_SCHEMA else _CODEC_SCHEMA))
     except Exception as exc:  # fastavro raises EOFError, IndexError, UnicodeDecodeError, ...
-        raise PoisonRecord(f"truncated or malformed Avro body: {_one_line(exc)}") from exc
+        raise PoisonRecord(f"truncated or malformed Avro body: {first_line(exc, 200)}") from exc
     if body.tell() != len(data):
         raise PoisonRecord(f"{len(data) - body.tell()} trailing bytes after the Avro body")
 
@@ -392,19 +387,19 @@ def decode(data: bytes) -> Envelope:
         try:
             document = _bson_decode(document, CODEC_OPTIONS)
         except Exception as exc:  # any BSON decoding failure means a bad record
-            raise PoisonRecord(f"invalid BSON in document: {_one_line(exc)}") from exc
+            raise PoisonRecord(f"invalid BSON in document: {first_line(exc, 200)}") from exc
     token = rec["resume_token"]
     if token is not None:
         try:
             token = _bson_decode(token, CODEC_OPTIONS)
         except Exception as exc:
-            raise PoisonRecord(f"invalid BSON in resume_token: {_one_line(exc)}") from exc
+            raise PoisonRecord(f"invalid BSON in resume_token: {first_line(exc, 200)}") from exc
     documents = rec["documents"]
     if documents is not None:
         try:
             documents = [_bson_decode(d, CODEC_OPTIONS) for d in documents]
         except Exception as exc:
-            raise PoisonRecord(f"invalid BSON in documents: {_one_line(exc)}") from exc
+            raise PoisonRecord(f"invalid BSON in documents: {first_line(exc, 200)}") from exc
     ts = rec["cluster_time"]
     return Envelope(
         rec["migration"],
@@ -578,7 +573,7 @@ class RawEncoder:
             else:
                 parts += (_RESUME_TOKEN, _avro_bytes(_document_bytes(token, "resume token")))
         except (BSONError, OverflowError, TypeError) as exc:
-            raise ValueError(f"cannot encode envelope: {_one_line(exc)}") from exc
+            raise ValueError(f"cannot encode envelope: {first_line(exc, 200)}") from exc
         parts += (_avro_long(now_ms()), _NULL, _NULL, _NULL)
         return key, b"".join(parts)
 

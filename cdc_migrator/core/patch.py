@@ -20,6 +20,7 @@ import bson.errors
 from bson import ObjectId
 
 from ..base.codec import CODEC_OPTIONS
+from ..base.messages import shorten
 from ..errors import PatchError
 from ..migration import DELETE, UNSET, Migration
 
@@ -119,7 +120,7 @@ def validate_patch(result: Any, migration: Migration) -> dict[str, Any] | None:
     if not isinstance(result, Mapping):
         raise PatchError(
             f"migration {migration.name!r} returned {type(result).__name__} "
-            f"({_brief(result)}); return a dict patch, None or DELETE"
+            f"({shorten(repr(result), 60)}); return a dict patch, None or DELETE"
         )
     for key in result:
         if not isinstance(key, str) or not key or key[0] == "$" or "." in key:
@@ -248,7 +249,3 @@ def decide(migration: Migration, doc: Mapping[str, Any], ctx: Any) -> Outcome:
     guard = guard_filter(doc, view.fields_read() | set(patch))
     return Outcome("update", doc["_id"], guard=guard, set=to_set, unset=to_unset)
 
-
-def _brief(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
