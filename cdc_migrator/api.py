@@ -38,7 +38,7 @@ from .capture.leases import RangeStore
 from .capture.tailer import tail_until_stopped
 from .core.deadletters import DeadLetter
 from .core.deadletters import read as read_dead_letters
-from .core.state import Phase, StateStore
+from .core.state import Phase
 from .errors import CdcMigratorError, Refused, ServiceUnavailable, UsageError
 from .migration import Migration, get_migration, load_migrations
 from .operations.census import CensusReport
@@ -111,7 +111,7 @@ def revert(settings: Settings, name: str, *, batch_size: int | None = None,
 
 def reverted(settings: Settings, name: str) -> bool:
     """Whether ``revert`` took ``name`` back (or is taking it back)."""
-    state = _store(settings).get(name)
+    state = settings.store.get(name)
     return state is not None and state.reverted
 
 
@@ -186,27 +186,23 @@ def status(settings: Settings, name: str | None = None) -> list[dict[str, Any]]:
     return found
 
 
-def _store(settings: Settings) -> StateStore:
-    return StateStore(settings.db, settings.state_collection)
-
-
 def pause(settings: Settings, name: str) -> None:
     """Consumers and backfill stop applying and hold their position until :func:`resume`."""
     migration = load(settings, name)
-    store = _store(settings)
+    store = settings.store
     store.ensure(name, migration.collection)
     store.pause(name)
 
 
 def resume(settings: Settings, name: str) -> None:
     load(settings, name)
-    _store(settings).resume(name)
+    settings.store.resume(name)
 
 
 def cancel(settings: Settings, name: str) -> None:
     """Stop a migration for good: tail, backfill and consume refuse it until :func:`reset`."""
     migration = load(settings, name)
-    store = _store(settings)
+    store = settings.store
     store.ensure(name, migration.collection)
     store.cancel(name)
 
@@ -214,7 +210,7 @@ def cancel(settings: Settings, name: str) -> None:
 def reset(settings: Settings, name: str) -> None:
     """Forget a migration's state, topic position and group offsets: it starts over."""
     migration = load(settings, name)
-    store = _store(settings)
+    store = settings.store
     store.delete(name)
     forget_references(settings.db, name)
     topics.delete_group(settings, settings.group(name))
@@ -229,7 +225,7 @@ def next_migration(settings: Settings, collection: str) -> Migration | None:
     Migrations of one collection run in series: this one may start only when every earlier
     one has cut over, which the order guarantees.
     """
-    store = _store(settings)
+    store = settings.store
     for migration in migrations(settings).values():
         if migration.collection != collection:
             continue
@@ -304,7 +300,7 @@ def throttle(settings: Settings, name: str, *, rate: float | None) -> None:
     if rate is not None and not rate > 0:
         raise UsageError(f"--rate must be a positive number of documents per second: {rate}")
     migration = load(settings, name)
-    store = _store(settings)
+    store = settings.store
     store.ensure(name, migration.collection)
     store.set_throttle(name, rate)
 

@@ -30,7 +30,7 @@ from .base.retry import KAFKA, MONGODB, Retrier
 from .base.settings import Settings
 from .capture.backfill import BackfillReport, backfill
 from .capture.tailer import Tailer, arm
-from .core.state import MigrationState, Phase, StateStore
+from .core.state import MigrationState, Phase
 from .errors import StopRequested
 from .migration import Migration
 from .operations.cutover import CutoverReport, cutover
@@ -110,7 +110,7 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
         raise errors[0]
     lag = retry.call(KAFKA, topics.group_lag, settings, settings.topic(migration.collection),
                      settings.group(migration.name)).total
-    store = StateStore(settings.db, settings.state_collection)
+    store = settings.store
     if drained and lag == 0 and outcome is None:
         retry.call(MONGODB, store.mark_ready, migration.name)
     state = retry.call(MONGODB, store.get, migration.name)
@@ -154,7 +154,7 @@ def revert_pipeline(settings: Settings, migration: Migration, *,
     same path as ``run --cutover``: capture armed first, backfill, guarded consume, fenced
     cutover. The forward migration is ``reverting`` meanwhile (its own consumers hold), and
     ``reverted`` once the reverse is cut over. Run again, it resumes an interrupted revert."""
-    store = StateStore(settings.db, settings.state_collection)
+    store = settings.store
     state = store.get(migration.name)
     check_revertible(migration, state, reverse_name_taken)
     reverse = reverse_of(migration)

@@ -14,6 +14,9 @@ from .harness import ROOT
 PACKAGE = ROOT / "cdc_migrator"
 ROOMS = ("capture", "apply", "operations")
 CONTRACT = {"cdc_migrator.migration", "cdc_migrator.errors"}
+#: The one import from the floor upward: ``Settings.store`` hands every actor the state store
+#: (imported when first used, so the floor loads without the core).
+DOORS = {("cdc_migrator.base.settings", "cdc_migrator.core.state")}
 
 
 def _module_name(path: Path) -> str:
@@ -53,7 +56,8 @@ def _room(module: str) -> str:
 def test_the_base_layer_imports_no_actor_and_no_shell():
     for module, imported in _imports().items():
         if _room(module) == "base":
-            above = {m for m in imported if _room(m) != "base" and m not in CONTRACT}
+            above = {m for m in imported if _room(m) != "base" and m not in CONTRACT
+                     and (module, m) not in DOORS}
             assert not above, f"{module} imports {sorted(above)}"
 
 

@@ -43,7 +43,7 @@ from ..base.settings import Settings
 from ..base.threads import run_until_stopped
 from ..core import deadletters, events
 from ..core.context import make_context
-from ..core.state import StateStore, failure_record, stop_record
+from ..core.state import failure_record, stop_record
 from ..core.throttle import Bounds, Throttle, worker_name
 from ..errors import CdcMigratorError, EventsLost, StopRequested
 from ..migration import Migration
@@ -88,7 +88,7 @@ class TransformConsumer:
                             else None)
         self.topic = settings.topic(migration.collection)
         self.dlq_topic = settings.dlq_topic(migration.collection)
-        self.store = StateStore(settings.db, settings.state_collection)
+        self.store = settings.store
         self.applier = Applier(migration, settings.db[migration.collection],
                                make_context(settings.db, migration.name,
                                             declared=migration.declared_reads))

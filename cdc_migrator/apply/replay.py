@@ -14,7 +14,6 @@ from ..base.settings import Settings
 from ..core import events
 from ..core.context import make_context
 from ..core.deadletters import dead_letter, read
-from ..core.state import StateStore
 from ..migration import Migration
 from .applier import Applier
 
@@ -41,7 +40,7 @@ class RetryReport:
 
 def retry(settings: Settings, migration: Migration) -> RetryReport:
     """Replay the dead letters since the last retry through the transform."""
-    store = StateStore(settings.db, settings.state_collection)
+    store = settings.store
     start = store.ensure(migration.name, migration.collection).dlq_offset
     letters = read(settings, migration, start)
     report = RetryReport(migration.name, entries=len(letters))

@@ -18,7 +18,7 @@ from ..base.scanner import count, prefetched, scan
 from ..base.settings import Settings
 from ..core.context import make_context
 from ..core.patch import Outcome, decide
-from ..core.state import StateStore, failure_record
+from ..core.state import failure_record
 from ..migration import Migration
 from .applier import Applier, BatchResult, Decided
 
@@ -52,7 +52,7 @@ def apply_migration(
     # A transform that returns something that is not a patch stops the run with a PatchError;
     # trying the first batch without writing catches most such bugs before any write.
     dry_run(settings, migration, batch_size=batch_size)
-    store = StateStore(db, settings.state_collection)
+    store = settings.store
     state = store.ensure(migration.name, migration.collection)
     saved = state.apply
     position = saved.position if saved and saved.started and not saved.done and not reset \

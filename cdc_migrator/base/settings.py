@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pymongo
 from pymongo.database import Database
@@ -26,6 +26,9 @@ from pymongo.errors import ConfigurationError, InvalidURI
 
 from ..errors import UsageError
 from . import codec, naming
+
+if TYPE_CHECKING:
+    from ..core.state import StateStore
 
 DEFAULT_MONGODB_URI = "mongodb://127.0.0.1:27017/app?directConnection=true"
 DEFAULT_KAFKA = "127.0.0.1:9092"
@@ -308,6 +311,16 @@ class Settings:
     @property
     def db(self) -> Database:
         return self.client[self.database_name]
+
+    @property
+    def store(self) -> StateStore:
+        """The state of the migrations (``state_collection`` in the database), read and
+        changed through its named operations."""
+        # The one door from the settings (the floor) to the core's state store: every actor
+        # gets the store here instead of building it from the database and the collection.
+        from ..core.state import StateStore
+
+        return StateStore(self.db, self.state_collection)
 
     def secrets(self) -> list[str]:
         """The values to mask wherever they could appear: secret settings, the URI's

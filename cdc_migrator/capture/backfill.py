@@ -78,7 +78,7 @@ def backfill(
     """
     logs.bind(migration=migration.name, component="backfill")
     retry = Retrier(settings, log, stop)
-    store = StateStore(settings.db, settings.state_collection)
+    store = settings.store
     try:
         state = retry.call(MONGODB, store.get, migration.name)
     except StopRequested:

@@ -42,7 +42,7 @@ from ..core import deadletters as deadletter
 from ..core import events
 from ..core.context import make_context
 from ..core.patch import decide
-from ..core.state import HEARTBEAT_INTERVAL, MigrationState, StateStore, now, stop_record
+from ..core.state import HEARTBEAT_INTERVAL, MigrationState, now, stop_record
 from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused, StopRequested
 from ..migration import Migration, rename_filter_fields
 from . import dependencies
@@ -65,7 +65,7 @@ _FULL, _NARROW, _KEY_ONLY = "full", "narrow", "key only"
 
 def arm(settings: Settings, migration: Migration) -> MigrationState:
     """Fix the point from which changes are captured (idempotent); create the topic."""
-    store = StateStore(settings.db, settings.state_collection)
+    store = settings.store
     state = store.ensure(migration.name, migration.collection)
     if state.cancelled:
         raise Refused(f"migration {migration.name!r} was cancelled; `reset` it to start again")
@@ -163,7 +163,7 @@ class Tailer:
             if migration.depends_on else None
         self._dependency_events = 0  # produced since the last checkpoint
         self.topic = settings.topic(migration.collection)
-        self.store = StateStore(settings.db, settings.state_collection)
+        self.store = settings.store
         self.flush_every = flush_every
         self.flush_interval = flush_interval
         self.stopping = threading.Event()

@@ -98,7 +98,7 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
     # Checked first: a schema MongoDB would reject stops cutover before it writes anything.
     contract = load_schema(settings, migration.contract_schema) if migration.contract_schema \
         else None
-    store = StateStore(settings.db, settings.state_collection)
+    store = settings.store
     state = store.get(migration.name)
     report = CutoverReport(migration.name, ok=False, dry_run=dry_run)
     if state is None:

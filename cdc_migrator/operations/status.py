@@ -11,7 +11,7 @@ from typing import Any
 from ..base import logs, topics
 from ..base.progress import format_duration
 from ..base.settings import Settings
-from ..core.state import MigrationState, Phase, StateStore, TailState
+from ..core.state import MigrationState, Phase, TailState
 from ..migration import Migration
 from . import runway, sharing
 
@@ -122,7 +122,7 @@ def _aware(value: dt.datetime) -> dt.datetime:
 def all_status(settings: Settings, migrations: dict[str, Migration],
                name: str | None = None, *,
                ranges_of: RangesOf | None = None) -> list[dict[str, Any]]:
-    store = StateStore(settings.db, settings.state_collection)
+    store = settings.store
     states = [store.get(name)] if name else store.all()
     return [migration_status(settings, migrations.get(s.name), s, ranges_of=ranges_of)
             for s in states if s]
