@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from pymongo.collection import Collection
@@ -28,6 +28,7 @@ from pymongo.errors import OperationFailure
 
 from .bsontypes import after_filter
 from .messages import message_of
+from .pacing import Pacer
 
 T = TypeVar("T")
 
@@ -47,27 +48,6 @@ def scan_filter(base: Mapping[str, Any] | None, after: Any = None, started: bool
     if not parts:
         return {}
     return parts[0] if len(parts) == 1 else {"$and": parts}
-
-
-class RateLimiter:
-    """Caps documents per second (``rate`` None or 0: no cap)."""
-
-    def __init__(self, rate: float | None) -> None:
-        self.rate = rate or 0
-        self._start = time.monotonic()
-        self._count = 0
-
-    def wait(self, n: int, before_long_wait: Callable[[], None] | None = None) -> None:
-        """Account for ``n`` documents and sleep as long as the cap asks; ``before_long_wait``
-        is called first when that is longer than :data:`RELEASE_BEFORE_WAIT`."""
-        if self.rate <= 0:
-            return
-        self._count += n
-        ahead = self._count / self.rate - (time.monotonic() - self._start)
-        if ahead > RELEASE_BEFORE_WAIT and before_long_wait is not None:
-            before_long_wait()
-        if ahead > 0:
-            time.sleep(ahead)
 
 
 class Scan:
@@ -96,16 +76,28 @@ class Scan:
         self._lock = threading.Lock()  # one reader of the cursor at a time, release included
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
-        limiter = RateLimiter(self.rate)
+        pacer = Pacer()
         try:
             while True:
                 batch = self._read_batch()
                 if not batch:
                     return
-                limiter.wait(len(batch), before_long_wait=self.release)
+                if self.rate:
+                    self._pace(pacer, len(batch))
                 yield batch
         finally:
             self.release()
+
+    def _pace(self, pacer: Pacer, n: int) -> None:
+        """Wait as long as the rate asks for ``n`` more documents, closing the cursor first
+        when that is longer than :data:`RELEASE_BEFORE_WAIT`."""
+        pacer.add(n)
+        wait = pacer.wait_needed(self.rate)
+        if wait > RELEASE_BEFORE_WAIT:
+            self.release()
+        while wait > 0:
+            time.sleep(wait)
+            wait = pacer.wait_needed(self.rate)
 
     def release(self) -> None:
         """Close the server cursor now; the scan goes on after the last document read."""

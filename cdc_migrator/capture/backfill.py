@@ -199,7 +199,7 @@ class _Pass:
         throttle = Throttle(self.store, self.migration.name, member=owner, bounds=self.bounds,
                             client=self.settings.client,
                             live=lambda _: self.ranges.leased_count(self.migration.name),
-                            stop=self.halt)
+                            stop=self.halt, cap=self.rate)
         name = self.migration.name
         try:
             while not self.halt.is_set():
@@ -252,10 +252,11 @@ class _Pass:
                 # Documents are read as raw BSON and go on the topic as read (no decoding and
                 # encoding again); the next batch is read while this one is produced.
                 batches = scan(self.raw_collection, base, after=cursor, started=started,
-                               rate=self.rate, batch_size=self.batch_size)
+                               batch_size=self.batch_size)
                 for batch in prefetched(batches):
                     retry.recovered(MONGODB)
-                    # The throttle paces reads: paying for this batch delays the next one.
+                    # The throttle paces reads (at most this process's --rate share too):
+                    # paying for this batch delays the next one.
                     throttle.spend(len(batch), before_long_wait=batches.release)
                     batch_started = time.monotonic()
                     for partition, docs in by_partition(batch, self.encoder, self.partitions):

@@ -35,6 +35,7 @@ from typing import Any
 import pymongo
 from pymongo.errors import OperationFailure
 
+from ..base.pacing import Pacer
 from ..base.scanner import RELEASE_BEFORE_WAIT
 from .state import MigrationState, StateStore
 
@@ -46,8 +47,6 @@ POLL_INTERVAL = 1.0
 AUTO_HOLD = 2.0
 #: A consumer that has not reported for this long no longer counts in the shares.
 MEMBER_STALE_AFTER = 3 * POLL_INTERVAL
-#: Seconds of a rate a worker may save up (its own work between two batches counts).
-BURST = 1.0
 #: The error of replSetGetStatus on a server that is not in a replica set.
 NO_REPLICATION = 76
 
@@ -60,38 +59,6 @@ def share(rate: float | None, mine: float, live: float) -> float | None:
     if mine <= 0:
         return rate  # holding nothing: it does no work, so any value serves
     return rate * mine / max(live, mine)
-
-
-class Pacer:
-    """Spaces work so that its long-run rate stays at or below a rate that may change at any
-    moment (a token bucket). Time not used is saved up for at most :data:`BURST` seconds of
-    the rate: the time a worker spends on its batch counts, an idle hour does not."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._owed = 0.0  # documents not yet paid for by elapsed time (negative: credit)
-        self._last: float | None = None
-        self._rate: float | None = None
-
-    def add(self, n: int) -> None:
-        self._settle(self._rate)
-        self._owed += n
-
-    def wait_needed(self, rate: float | None) -> float:
-        """Seconds to wait before more work at ``rate`` (None: no limit, the debt is forgiven)."""
-        self._settle(rate)
-        if rate is None or self._owed <= 1e-6:
-            return 0.0
-        return self._owed / rate
-
-    def _settle(self, rate: float | None) -> None:
-        now = self.clock()
-        elapsed = 0.0 if self._last is None else now - self._last
-        self._last, self._rate = now, rate
-        if rate is None:
-            self._owed = 0.0
-        else:
-            self._owed = max(-rate * BURST, self._owed - elapsed * rate)
 
 
 @dataclass(frozen=True)
@@ -132,20 +99,22 @@ class Throttle:
     ``weight`` is what the worker holds (1 for a backfill worker, its partitions for a
     consumer); ``live`` the total over every worker, given the state just read; with
     ``members`` the worker reports itself in the state and the total is the members' (the
-    consumer group, whose members know nothing of each other otherwise).
+    consumer group, whose members know nothing of each other otherwise). ``cap`` bounds the
+    worker's pace besides (a backfill's own ``--rate``, shared by its workers).
     """
 
     def __init__(self, store: StateStore, name: str, *, member: str, bounds: Bounds,
                  client: pymongo.MongoClient | None = None,
                  weight: Callable[[], float] = lambda: 1.0,
                  live: Callable[[MigrationState], float] | None = None, members: bool = False,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, cap: float | None = None) -> None:
         # The member's name is a field name in the state: no dots, no leading dollar.
         self.store, self.name = store, name
         self.member = member.replace(".", "-").replace("$", "-")
         self.bounds, self.client = bounds, client
         self.weight, self.live, self.members = weight, live, members
         self.stop = stop or threading.Event()
+        self.cap = cap
         self.pacer = Pacer()
         self.rate: float | None = None  # this worker's share, as of the last poll
         self.holding: dict[str, Any] | None = None  # the hold in force, as of the last poll
@@ -200,7 +169,7 @@ class Throttle:
             log.warning("holding: %s", describe_hold(record))
         state = self.store.get(self.name)
         if state is None:
-            self.rate, self.holding = None, None
+            self.rate, self.holding = self.cap, None
             return
         throttle = state.throttle
         self.holding = throttle.auto if throttle.holding else None
@@ -214,7 +183,7 @@ class Throttle:
             total = mine + sum(fresh.values())
         else:
             total = self.live(state) if self.live is not None else mine
-        self.rate = share(rate, mine, total)
+        self.rate = _capped(share(rate, mine, total), self.cap)
 
     def _exceeded(self) -> dict[str, Any] | None:
         """The bound this worker finds exceeded now, as a hold record; or None."""
@@ -235,6 +204,10 @@ class Throttle:
                 return {"bound": "replication lag", "value": round(lag, 1), "limit": limit,
                         "unit": "s"}
         return None
+
+
+def _capped(rate: float | None, cap: float | None) -> float | None:
+    return rate if cap is None else cap if rate is None else min(rate, cap)
 
 
 def describe_hold(record: dict[str, Any]) -> str:
