@@ -28,6 +28,7 @@ from .apply.consumer import TransformConsumer
 from .base import topics
 from .base.retry import KAFKA, MONGODB, Retrier
 from .base.settings import Settings
+from .base.threads import Threads
 from .capture.backfill import BackfillReport, backfill
 from .capture.tailer import Tailer, arm
 from .core.state import MigrationState, Phase
@@ -70,21 +71,9 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
         return RunReport(migration.name, None, {}, -1, False)
     tailer = Tailer(settings, migration, backfill_on_recovery=False)
     consumer = TransformConsumer(settings, migration)
-    errors: list[BaseException] = []
-
-    def guarded(fn: Callable[[], Any]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                fn()
-            except BaseException as exc:  # surfaced to the caller below
-                errors.append(exc)
-                stop.set()
-        return run
-
-    threads = [threading.Thread(target=guarded(tailer.run), daemon=True, name="tail"),
-               threading.Thread(target=guarded(consumer.run), daemon=True, name="consume")]
-    for t in threads:
-        t.start()
+    threads = Threads(stop)  # a piece that fails stops the run; its error is raised below
+    threads.start("tail", tailer.run)
+    threads.start("consume", consumer.run)
     report = None
     outcome = None
     drained = False
@@ -104,10 +93,8 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
     finally:
         tailer.stop()
         consumer.stop()
-        for t in threads:
-            t.join(timeout=60)
-    if errors:
-        raise errors[0]
+        threads.join(timeout=60)
+    threads.raise_first()
     lag = retry.call(KAFKA, topics.group_lag, settings, settings.topic(migration.collection),
                      settings.group(migration.name)).total
     store = settings.store
@@ -231,27 +218,19 @@ def catch_up(settings: Settings, migration: Migration,
         pieces.append(("tailer", Tailer(settings, migration)))
     if not consumers_running(settings, migration):
         pieces.append(("consumer", TransformConsumer(settings, migration)))
-    threads = []
+    threads = Threads()
     for name, piece in pieces:
         log.info("no %s is running: cutover runs one until its fence has passed", name)
         outcome.started.append(name)
-        thread = threading.Thread(target=_reporting(name, piece.run, outcome), daemon=True,
-                                  name=f"cutover-{name}")
-        thread.start()
-        threads.append(thread)
+        threads.start(f"cutover-{name}", piece.run, on_error=_reported(name, outcome))
     try:
         yield outcome
     finally:
         for _, piece in pieces:
             piece.stop()  # each saves its position: the tailer its token, the consumer offsets
-        for thread in threads:
-            thread.join(timeout=60)
+        threads.join(timeout=60)
 
 
-def _reporting(name: str, run: Callable[[], Any], outcome: CatchUp) -> Callable[[], None]:
-    def target() -> None:
-        try:
-            run()
-        except Exception as exc:  # reported as a reason the cutover is refused
-            outcome.errors.append(f"the {name} cutover started failed: {exc}")
-    return target
+def _reported(name: str, outcome: CatchUp) -> Callable[[BaseException], None]:
+    """A piece cutover started failed: a reason the cutover is refused."""
+    return lambda exc: outcome.errors.append(f"the {name} cutover started failed: {exc}")

@@ -1,4 +1,5 @@
-"""Pieces in threads until stopped (``tail`` and ``consume`` run their migrations so)."""
+"""The one thread runner: targets in named threads, their errors kept; pieces in threads until
+stopped (``tail`` and ``consume`` run their migrations so)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import threading
 
 import pytest
 
-from cdc_migrator.base.threads import run_until_stopped
+from cdc_migrator.base.threads import Threads, run_until_stopped
 
 
 class Piece:
@@ -47,3 +48,30 @@ def test_a_failing_piece_stops_the_others_and_its_error_is_raised_after_on_error
 
     assert seen == [("bad", boom)]
     assert pieces[0].stopping.is_set()
+
+
+def test_a_target_that_raises_is_kept_for_the_caller_and_sets_stop_after_its_on_error():
+    stop = threading.Event()
+    threads = Threads(stop)
+    seen = []
+    boom = ValueError("boom")
+
+    def fail() -> None:
+        raise boom
+
+    threads.start("fine", lambda: None)
+    thread = threads.start("failing", fail, on_error=lambda exc: seen.append(stop.is_set()))
+    threads.join(timeout=5)
+
+    assert thread.name == "failing" and not threads.alive()
+    assert threads.errors == [boom] and seen == [False] and stop.is_set()
+    with pytest.raises(ValueError, match="boom"):
+        threads.raise_first()
+
+
+def test_targets_that_return_leave_nothing_to_raise():
+    threads = Threads()
+    threads.start("a", lambda: None)
+    threads.join(timeout=5)
+    assert threads.errors == []
+    threads.raise_first()

@@ -557,7 +557,7 @@ def consume_until_stopped(settings: Settings, migrations: list[Migration],
     """Run one group member per migration in threads until ``stop`` is set."""
     consumers = [TransformConsumer(settings, m) for m in migrations]
 
-    def failed(c: TransformConsumer, exc: Exception) -> None:
+    def failed(c: TransformConsumer, exc: BaseException) -> None:
         if not isinstance(exc, CdcMigratorError):  # an expected error is one line, by the caller
             log.error("consumer of %s failed: %s", c.migration.name, exc)
             log.debug("%s", traceback.format_exc())

@@ -12,6 +12,7 @@ is sent again, and the scan is re-opened after the last saved position.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ from ..base.progress import Progress
 from ..base.retry import KAFKA, MONGODB, Retrier
 from ..base.scanner import count, prefetched, scan
 from ..base.settings import Settings
+from ..base.threads import Threads
 from ..core import deadletters as deadletter
 from ..core import events
 from ..core.state import MigrationState, StateStore
@@ -162,31 +164,22 @@ class _Pass:
 
     def run(self, stop: threading.Event | None) -> bool:
         """Run the workers until every range is done (True) or they must stop."""
-        errors: list[BaseException] = []
-
         def work(index: int) -> None:
             logs.bind(migration=self.migration.name, component="backfill")
             try:
                 self._work(index)
             except StopRequested:
                 pass
-            except BaseException as exc:  # raised again below, in the caller's thread
-                errors.append(exc)
-                self.halt.set()
 
-        threads = [threading.Thread(target=work, args=(i,), daemon=True,
-                                    name=f"backfill-{self.migration.name}-{i}")
-                   for i in range(self.workers)]
+        threads = Threads(self.halt)  # a worker that fails stops the others
         with self.keeper:
-            for thread in threads:
-                thread.start()
-            while any(t.is_alive() for t in threads):
+            for i in range(self.workers):
+                threads.start(f"backfill-{self.migration.name}-{i}", functools.partial(work, i))
+            while threads.alive():
                 if stop is not None and stop.is_set():
                     self.halt.set()
-                for thread in threads:
-                    thread.join(timeout=0.2)
-        if errors:
-            raise errors[0]
+                threads.join(timeout=0.2)
+        threads.raise_first()
         return not self.halt.is_set() and not self.rearmed and \
             self.ranges.all_done(self.migration.name, self.armed_at)
 
