@@ -63,6 +63,11 @@ class RecordTooLarge(CdcMigratorError):
     """A record the producer or the topic refused as too large, with nothing smaller to send."""
 
 
+class ClientAbandoned(BaseException):
+    """Raised in a consumer's worker thread whose Kafka client was replaced while it was stuck:
+    it touches nothing any more (not an Exception, so no retry catches it)."""
+
+
 class PoisonRecord(ValueError):
     """A record value (or key) that is not a valid ``cdc_migrator.Envelope``.
 

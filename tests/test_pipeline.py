@@ -282,9 +282,9 @@ def test_a_poll_applied_in_small_chunks_counts_and_migrates_every_document(
     """The consumer writes one chunk of a poll while it decides the next: with chunks of 7
     documents every poll has many, and every chunk's writes and counts must be in before
     the poll is committed."""
-    from cdc_migrator.apply import consumer
+    from cdc_migrator.apply import batch
 
-    monkeypatch.setattr(consumer, "APPLY_CHUNK", 7)
+    monkeypatch.setattr(batch, "APPLY_CHUNK", 7)
     expected = seed_items(db["items"], random.Random(5), 1000)
     report = run_pipeline(settings, get_migration(transforms, "price_total"),
                           show_progress=False, timeout=120, batch_size=200)

@@ -30,6 +30,14 @@ class Threads:
     def start(self, name: str, target: Callable[[], Any], *,
               on_error: Callable[[BaseException], None] | None = None) -> threading.Thread:
         """Run ``target()`` in a new daemon thread called ``name``, started now."""
+        thread = self.new(name, target, on_error=on_error)
+        thread.start()
+        return thread
+
+    def new(self, name: str, target: Callable[[], Any], *,
+            on_error: Callable[[BaseException], None] | None = None) -> threading.Thread:
+        """The thread of :meth:`start`, not started yet: for a caller that must know it before
+        it runs."""
         def run() -> None:
             try:
                 target()
@@ -43,7 +51,6 @@ class Threads:
 
         thread = threading.Thread(target=run, daemon=True, name=name)
         self._threads.append(thread)
-        thread.start()
         return thread
 
     def alive(self) -> bool:
