@@ -60,8 +60,9 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
 
     With ``then_cutover`` the cutover runs once drained, while the tailer and consumer still
     run: its fence must travel through them. With the setting ``on_history_lost`` at
-    ``"rebackfill"``, a tailer whose change history is gone re-arms capture, and the backfill
-    runs again from the start.
+    ``"rebackfill"``, a tailer whose change history is gone re-arms capture and backfills
+    again (its :class:`~cdc_migrator.capture.recovery.Recovery`); the run is drained only
+    once that backfill finished too.
     """
     stop = stop or threading.Event()
     retry = Retrier(settings, stop=stop)
@@ -69,7 +70,7 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
         retry.call(MONGODB, arm, settings, migration)
     except StopRequested:
         return RunReport(migration.name, None, {}, -1, False)
-    tailer = Tailer(settings, migration, backfill_on_recovery=False)
+    tailer = Tailer(settings, migration)
     consumer = TransformConsumer(settings, migration)
     threads = Threads(stop)  # a piece that fails stops the run; its error is raised below
     threads.start("tail", tailer.run)
@@ -79,13 +80,9 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
     drained = False
     deadline = time.monotonic() + timeout if timeout else None
     try:
-        while True:
-            tailer.rearmed.clear()
-            report = backfill(settings, migration, batch_size=batch_size, rate=rate,
-                              show_progress=show_progress, stop=stop)
-            drained = wait_drained(settings, migration, tailer, stop, deadline, settle, retry)
-            if not tailer.rearmed.is_set() or stop.is_set():
-                break
+        report = backfill(settings, migration, batch_size=batch_size, rate=rate,
+                          show_progress=show_progress, stop=stop)
+        drained = wait_drained(settings, migration, tailer, stop, deadline, settle, retry)
         if drained and then_cutover:
             outcome = cutover(settings, migration)
     except StopRequested:
@@ -167,19 +164,20 @@ def revert_pipeline(settings: Settings, migration: Migration, *,
 def wait_drained(settings: Settings, migration: Migration, tailer: Tailer,
                  stop: threading.Event, deadline: float | None, settle: float,
                  retry: Retrier | None = None) -> bool:
-    """Wait until the tailer has caught up and the group's lag stays zero for ``settle`` s."""
+    """Wait until the tailer has caught up, no recovery backfills, and the group's lag stays
+    zero for ``settle`` s."""
     retry = retry or Retrier(settings, stop=stop)
     topic = settings.topic(migration.collection)
     group = settings.group(migration.name)
     zero_since = None
-    while not stop.is_set() and not tailer.rearmed.is_set():
+    while not stop.is_set():
         if deadline and time.monotonic() > deadline:
             return False
         # Caught up with the present: the server's latest operation now.
         tailer.catch_up_to(retry.call(MONGODB, settings.db.command, "ping").get("operationTime"))
         tailer.caught_up.wait(timeout=2)
         lag = retry.call(KAFKA, topics.group_lag, settings, topic, group).total
-        if lag == 0 and tailer.caught_up.is_set():
+        if lag == 0 and tailer.caught_up.is_set() and not tailer.recovery.running:
             zero_since = zero_since or time.monotonic()
             if time.monotonic() - zero_since >= settle:
                 return True

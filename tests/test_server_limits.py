@@ -497,6 +497,41 @@ def test_status_warns_of_lost_history_and_rebackfill_recovers_it(tmp_path):
         proc.wait()
 
 
+
+@pytest.mark.services  # a LocalMongo of its own and the shared Kafka
+def test_run_recovers_lost_history_with_rebackfill_and_records_the_recovery_done(tmp_path):
+    """`run` recovers as `tail` does: the recovery's backfill (the tailer's own) migrates
+    what the lost history held, the run drains only after it, and the recovery is recorded
+    done (`run` ran the new pass itself and left it "running" for good before)."""
+    proc, client = local_mongo(tmp_path)
+    try:
+        settings = private_settings(client, tmp_path)
+        db = settings.db
+        seed(db.items, 30)
+        tail = CliProcess(settings, "tail", "price_total")
+        wait_for(lambda: part_of(db, "price_total", "tail").get("position_time"),
+                 what="a saved resume point")
+        assert tail.stop() == 0
+        db.items.insert_many([{"_id": 100 + i, "price": 1, "qty": 1, "legacy": True}
+                              for i in range(20)])
+        client.admin.command({"truncateChangeHistory": 1})
+
+        ran = run_cli("run", "price_total", "--on-history-lost", "rebackfill", "--timeout",
+                      "120", "-q", settings=settings, timeout=180)
+
+        assert ran.returncode == 0, ran.stderr
+        assert "capture re-armed" in ran.stderr and "Traceback" not in ran.stderr
+        state = state_of(db, "price_total")
+        assert state["tail"]["recoveries"] == 1
+        assert state["tail"]["last_recovery"]["backfill"] == "done"
+        assert db.items.count_documents({"legacy": {"$exists": True}}) == 0
+        assert db.items.count_documents({"total": {"$exists": True}}) == 50
+        settings.close()
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait()
+
 def test_the_runway_is_the_window_less_the_resume_points_age():
     window = runway.HistoryWindow(oldest=1000.0, newest=5000.0)
     fresh = runway.assess(window, position_time=4995.0, backfill_eta=None, now=5000.0)
