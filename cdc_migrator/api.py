@@ -121,7 +121,7 @@ def require_collection(settings: Settings, migration: Migration, *,
 
     MongoDB creates collections lazily, so a misspelt collection or database would otherwise
     "migrate" zero documents and report success. With ``retry``, an unreachable server is
-    waited for as the pipeline's pieces do (see :mod:`cdc_migrator.retry`).
+    waited for as the pipeline's pieces do (see :mod:`cdc_migrator.base.retry`).
     """
     list_names = settings.db.list_collection_names
     names = Retrier(settings).call(MONGODB, list_names) if retry else list_names()

@@ -38,7 +38,7 @@ from .operations.cutover import CutoverReport, cutover
 from .operations.reversible import reverse_of
 from .operations.revert import check_revertible, put_back_expand_schema
 
-log = logging.getLogger("cdc_migrator.cutover")
+log = logging.getLogger("cdc_migrator.pipeline")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Unit tests for cdc_migrator.events: the Avro event envelope. No Kafka, no MongoDB."""
+"""Unit tests for cdc_migrator.core.events: the Avro event envelope. No Kafka, no MongoDB."""
 
 from __future__ import annotations
 

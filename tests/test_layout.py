@@ -7,6 +7,8 @@ late import cannot hide a dependency.
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 from pathlib import Path
 
 from .harness import ROOT
@@ -101,3 +103,49 @@ def test_the_rooms_and_the_base_layer_exist_as_documented():
     for folder in ("base", *ROOMS):
         assert (PACKAGE / folder / "__init__.py").is_file()
         assert f"{folder}/" in documented
+
+
+_ROLE = re.compile(r":(?:mod|func|class|meth|data|attr|exc):`~?([\w.]+)`")
+_PATH = re.compile(r"`((?:cdc_migrator/|base/|core/|capture/|apply/|operations/|tests/)[\w/]+\.py)")
+_IN_ROOM = re.compile(r"`((?:base|core|capture|apply|operations)/\w+)\.(?!py\b)([A-Za-z_][\w.]*)`")
+
+
+def _resolves(name: str) -> bool:
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            found: object = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for attribute in parts[i:]:
+                found = getattr(found, attribute)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_every_pointer_in_a_docstring_or_a_document_names_code_that_exists():
+    """A module moved or renamed leaves no pointer behind: the Sphinx roles of the docstrings
+    (``:mod:`cdc_migrator...```, relative ``:func:`.module.name```) import, and the paths
+    (``base/x.py``) and names in a module (``base/x.name``) the documents quote exist."""
+    stale = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for target in _ROLE.findall(path.read_text()):
+            if target.startswith("."):
+                target = package + target
+            elif not target.startswith("cdc_migrator."):
+                continue  # a name of the module itself (a class, a method)
+            if not _resolves(target):
+                stale.append(f"{path.relative_to(ROOT)}: {target}")
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in _PATH.findall(path.read_text()):
+            if not any((where / target).exists() for where in (ROOT, PACKAGE)):
+                stale.append(f"{path.relative_to(ROOT)}: {target}")
+        for module, name in _IN_ROOM.findall(path.read_text()):
+            if not _resolves(f"cdc_migrator.{module.replace('/', '.')}.{name}"):
+                stale.append(f"{path.relative_to(ROOT)}: {module}.{name}")
+    assert not stale, "\n".join(stale)

@@ -10,7 +10,7 @@ committed.
 
 A lost connection never skips a batch: each step of the batch in hand (apply, dead letters,
 commit) is retried until it succeeds, so offsets are committed only after the writes they
-cover (see :mod:`cdc_migrator.retry`). An idle consumer asks the broker for an offset every few
+cover (see :mod:`cdc_migrator.base.retry`). An idle consumer asks the broker for an offset every few
 seconds, since an empty poll cannot tell a quiet topic from a broker that is gone.
 """
 

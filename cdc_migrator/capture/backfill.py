@@ -6,7 +6,7 @@ number of backfill processes (and threads, ``--workers``) share: each range is l
 worker at a time and has its own position (last ``_id``), saved after the broker acknowledged
 the batch, so an interrupted range resumes where it stopped, by whichever worker takes it
 over once the lease ran out (see :mod:`cdc_migrator.capture.leases`). A lost connection
-is ridden out the same way within one run (see :mod:`cdc_migrator.retry`): the batch in hand
+is ridden out the same way within one run (see :mod:`cdc_migrator.base.retry`): the batch in hand
 is sent again, and the scan is re-opened after the last saved position.
 """
 

@@ -12,7 +12,7 @@ declares in ``depends_on`` are in the same stream: each of their changes becomes
 events for the documents it affects (see :mod:`.dependencies`).
 
 A lost connection to MongoDB re-opens the stream from the saved resume token; a broker that
-does not acknowledge is waited for with the batch in hand (see :mod:`cdc_migrator.retry`).
+does not acknowledge is waited for with the batch in hand (see :mod:`cdc_migrator.base.retry`).
 
 A drop or rename of the migrated collection fails the migration (phase ``failed``, with the
 reason), and an invalidated stream (its database dropped) stops the tailer: both with one line
