@@ -86,7 +86,9 @@ class CatchUp(Protocol):
 CatchUpRunner = Callable[[Settings, Migration, MigrationState], AbstractContextManager[CatchUp]]
 
 
-def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
+# Over the bounds of the complexity rule (pyproject.toml): to be split into its checks once the
+# branches editing it in parallel (issue 24) are merged; splitting it now would conflict.
+def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,  # noqa: C901, PLR0915
             dry_run: bool = False, allow_failed: bool = False,
             catch_up: CatchUpRunner | None = None) -> CutoverReport:
     """Fence, wait for zero lag, verify, apply the contract schema, mark complete.
