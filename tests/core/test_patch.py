@@ -26,7 +26,7 @@ from cdc_migrator.core.patch import (
 from cdc_migrator.migration import _defined
 from cdc_migrator.testing import apply_to, matches_guard
 
-from .harness import examples
+from ..harness import examples
 
 
 def make(fn, collection: str = "things"):

@@ -35,7 +35,7 @@ from cdc_migrator.core import throttle as throttling
 from cdc_migrator.core.state import StateStore
 from cdc_migrator.migration import get_migration
 
-from .harness import (
+from ..harness import (
     ITEMS_MIGRATION,
     CliProcess,
     ItemsWriter,

@@ -30,7 +30,7 @@ from cdc_migrator.migration import get_migration
 from cdc_migrator.operations.observability import Health
 from cdc_migrator.pipeline import run_pipeline
 
-from .harness import run_cli, wait_for
+from ..harness import run_cli, wait_for
 
 MIB = 1 << 20
 

@@ -16,7 +16,7 @@ from cdc_migrator.core.patch import Outcome
 from cdc_migrator.operations.reversible import applied, canonical, round_trip
 from cdc_migrator.operations.shapes import shape_id, shape_of
 
-from .harness import run_cli
+from ..harness import run_cli
 
 # ---------------------------------------------------------------------------- shapes (unit)
 

@@ -20,7 +20,7 @@ from cdc_migrator.core.context import make_context
 from cdc_migrator.core.patch import Outcome, guard_filter
 from cdc_migrator.migration import _defined
 
-from .harness import MONGO_BASE, UsersWriter
+from ..harness import MONGO_BASE, UsersWriter
 
 ROLE_FROM_TIER = """
 from cdc_migrator import migration

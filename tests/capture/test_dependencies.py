@@ -21,7 +21,7 @@ from cdc_migrator.errors import UsageError
 from cdc_migrator.migration import get_migration, load_migrations
 from cdc_migrator.pipeline import run_pipeline
 
-from .harness import ROOT, AppWriter, part_of, run_cli, wait_for
+from ..harness import ROOT, AppWriter, part_of, run_cli, wait_for
 
 OLD = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)  # older than the orphan pattern's grace period
 REFERENCES = "cdc_migrator_references"  # the reference map (base/naming.py)

@@ -14,7 +14,7 @@ from cdc_migrator.base import topics
 from cdc_migrator.migration import get_migration
 from cdc_migrator.pipeline import run_pipeline
 
-from .harness import (
+from ..harness import (
     ITEMS_MIGRATION,
     CliProcess,
     ItemsWriter,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from .harness import AppWriter, CliProcess, pick, poll, wait_for
+from ..harness import AppWriter, CliProcess, pick, poll, wait_for
 
 
 def test_pick_near_a_position_past_the_last_id_gives_none_instead_of_raising():

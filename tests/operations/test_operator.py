@@ -11,7 +11,7 @@ from cdc_migrator import api
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.core.state import Phase
 
-from .harness import Service, run_cli, wait_for
+from ..harness import Service, run_cli, wait_for
 
 ACCOUNTS = textwrap.dedent('''
     from cdc_migrator import migration

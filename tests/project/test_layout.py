@@ -11,7 +11,7 @@ import importlib
 import re
 from pathlib import Path
 
-from .harness import ROOT
+from ..harness import ROOT
 
 PACKAGE = ROOT / "cdc_migrator"
 ROOMS = ("capture", "apply", "operations")

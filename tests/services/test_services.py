@@ -11,7 +11,7 @@ from pymongo import monitoring
 
 from cdc_migrator.base import topics
 
-from .harness import MONGO_BASE
+from ..harness import MONGO_BASE
 
 
 def _drain(stream, n, limit=50):

@@ -40,7 +40,7 @@ from cdc_migrator.operations import runway
 from cdc_migrator.operations.schema import dialect_problems
 from cdc_migrator.operations.status import migration_status
 
-from .harness import (
+from ..harness import (
     KAFKA,
     CliProcess,
     local_mongo_missing,

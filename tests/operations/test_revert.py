@@ -13,7 +13,7 @@ from cdc_migrator.capture.backfill import backfill
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.core.state import Phase, StateStore
 
-from .harness import PeopleWriter, run_cli, wait_for
+from ..harness import PeopleWriter, run_cli, wait_for
 
 NAME = "split_full_name"  # transforms/split_full_name.py, with its inverse join_full_name
 REVERSE = "split_full_name-revert"

@@ -24,7 +24,7 @@ from cdc_migrator.base.settings import Settings
 from cdc_migrator.core.context import make_context
 from cdc_migrator.core.patch import decide
 
-from .harness import run_cli
+from ..harness import run_cli
 
 RAW = CodecOptions(document_class=RawBSONDocument)
 

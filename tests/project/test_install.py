@@ -27,7 +27,7 @@ from pathlib import Path
 import dockerfile
 import pytest
 
-from .harness import KAFKA, MONGO_BASE, ROOT
+from ..harness import KAFKA, MONGO_BASE, ROOT
 
 # Each of these builds the wheel or installs it: slow, though no service is needed.
 pytestmark = pytest.mark.package

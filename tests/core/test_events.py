@@ -44,9 +44,9 @@ from cdc_migrator.core.events import (
 )
 from cdc_migrator.testing import change_envelope, snapshot_envelope
 
-from .harness import examples
+from ..harness import examples
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "schemas" / "envelope.avsc"  # the one people read and edit
 SCHEMA_JSON = json.loads(SCHEMA_FILE.read_text())
 # Parsed independently of the module, straight from the .avsc (logical type included).

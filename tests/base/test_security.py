@@ -20,7 +20,7 @@ from cdc_migrator.base import refusals, retry  # noqa: F401  (refusals: mends ka
 from cdc_migrator.base.settings import mask_secrets, mask_uri, uri_secrets
 from cdc_migrator.capture.tailer import arm
 
-from .harness import (
+from ..harness import (
     KAFKA_CA,
     KAFKA_SASL_SSL,
     KAFKA_SSL,

@@ -14,7 +14,7 @@ import pytest
 from cdc_migrator import api
 from cdc_migrator.capture.tailer import arm
 
-from .harness import ROOT, Service, cli_env, run_cli, wait_for
+from ..harness import ROOT, Service, cli_env, run_cli, wait_for
 
 NAME = "add_default_role"
 SECRET = "s3cretpw"

@@ -37,7 +37,7 @@ from cdc_migrator.core import events
 from cdc_migrator.core.state import Phase
 from cdc_migrator.migration import get_migration
 
-from .harness import (
+from ..harness import (
     FAST_JVM,
     ITEMS_MIGRATION,
     KAFKA,

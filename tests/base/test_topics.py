@@ -19,7 +19,7 @@ from cdc_migrator.capture.tailer import arm
 from cdc_migrator.operations import observability
 from cdc_migrator.operations.status import render
 
-from .harness import KAFKA, run_cli, wait_for
+from ..harness import KAFKA, run_cli, wait_for
 
 NAME = "add_default_role"
 KEYS = ["retention.ms", "retention.bytes", "cleanup.policy", "max.message.bytes"]

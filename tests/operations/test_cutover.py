@@ -14,7 +14,7 @@ from cdc_migrator.capture.tailer import arm
 from cdc_migrator.core.state import Phase, StateStore
 from cdc_migrator.migration import get_migration
 
-from .harness import CliProcess, run_cli, wait_drained, wait_for, wait_for_state
+from ..harness import CliProcess, run_cli, wait_drained, wait_for, wait_for_state
 
 MIGRATIONS = textwrap.dedent('''
     from cdc_migrator import migration

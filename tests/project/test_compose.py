@@ -4,7 +4,7 @@ docker-compose (Debian's package) validates the compose file against the Compose
 resolves it (anchors, defaults) without a daemon; BuildKit's parser (the ``dockerfile`` package)
 reads the Dockerfile. What a parser cannot know is checked here: that the parts of the stack
 agree with each other and with the tool. That the image's Python steps build, install and run
-is tests/test_install.py.
+is tests/project/test_install.py.
 
 Where docker-compose is not installed these tests are skipped, unless
 CDC_MIGRATOR_REQUIRE_COMPOSE=1 (CI sets it) turns that into a failure.
@@ -28,7 +28,7 @@ import yaml
 
 from cdc_migrator.cli import cli
 
-from .harness import ROOT
+from ..harness import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 APP_SERVICES = ("tail", "consume")
