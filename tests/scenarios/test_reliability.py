@@ -50,14 +50,11 @@ from ..harness import (
     ItemsWriter,
     assert_invariant,
     free_port,
-    local_mongo_missing,
     part_of,
     poll,
     run_cli,
     seed_items,
-    start_local_mongo,
     state_of,
-    stop_local_mongo,
     uri_for,
     wait_for,
 )
@@ -592,16 +589,6 @@ def test_a_bad_input_is_refused_with_one_line_and_writes_nothing(db, settings, t
 
 
 # Lost change history: the tailer stops with exit 1 and never skips ahead.
-
-@pytest.fixture
-def private_mongo(tmp_path):
-    missing = local_mongo_missing()
-    if missing:
-        pytest.skip(missing)
-    proc, client = start_local_mongo(tmp_path, heap="512m")
-    yield client
-    stop_local_mongo(proc, client)
-
 
 def test_tailer_stops_with_history_lost_and_never_skips_ahead(private_mongo, tmp_path):
     (tmp_path / "items.py").write_text(ITEMS_MIGRATION)

@@ -10,17 +10,14 @@ shorten the idle-cursor timeout or truncate the change history use a server of t
 from __future__ import annotations
 
 import json
-import subprocess
 import textwrap
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pymongo
 import pytest
-from pymongo import monitoring
 from pymongo.errors import CursorNotFound, OperationFailure
 
 from cdc_migrator import api
@@ -29,7 +26,6 @@ from cdc_migrator.base import topics
 from cdc_migrator.base.identity import id_key
 from cdc_migrator.base.retry import Retrier
 from cdc_migrator.base.scanner import scan
-from cdc_migrator.base.settings import Settings
 from cdc_migrator.capture.backfill import backfill
 from cdc_migrator.capture.tailer import Tailer, arm
 from cdc_migrator.core.context import make_context
@@ -41,67 +37,18 @@ from cdc_migrator.operations.schema import dialect_problems
 from cdc_migrator.operations.status import migration_status
 
 from ..harness import (
-    KAFKA,
+    CURSOR_TIMEOUT_MS,
     CliProcess,
-    local_mongo_missing,
+    CommandRecorder,
+    cursor_metrics,
+    local_mongo,
     part_of,
+    private_settings,
     run_cli,
-    start_local_mongo,
+    seed_legacy,
     state_of,
-    stop_local_mongo,
     wait_for,
 )
-
-CURSOR_TIMEOUT_MS = 600
-ITEMS = textwrap.dedent('''
-    from cdc_migrator import migration, UNSET
-
-    @migration(collection="items", batch_size=5)
-    def price_total(doc, ctx):
-        total = doc["price"] * doc["qty"]
-        if doc.get("total") != total or "legacy" in doc:
-            return {"total": total, "legacy": UNSET}
-
-    @migration(collection="not_there_yet")
-    def early(doc, ctx):
-        return None
-''')
-
-
-def local_mongo(home: Path, *properties: str) -> tuple[subprocess.Popen, Any]:
-    """A LocalMongo of this test's own (JVM ``-D`` ``properties``) and a client for it."""
-    missing = local_mongo_missing()
-    if missing:
-        pytest.skip(missing)
-    return start_local_mongo(home, *properties)
-
-
-@pytest.fixture(scope="module")
-def short_cursors(tmp_path_factory):
-    """A server whose idle cursors time out after CURSOR_TIMEOUT_MS."""
-    proc, client = local_mongo(tmp_path_factory.mktemp("cursors"),
-                                     f"-DcursorTimeoutMillis={CURSOR_TIMEOUT_MS}")
-    yield client
-    stop_local_mongo(proc, client)
-
-
-def cursor_metrics(client) -> dict:
-    return client.admin.command("serverStatus")["metrics"]["cursor"]
-
-
-def private_settings(client, tmp_path: Path, **options: Any) -> Settings:
-    host, port = client.address
-    (tmp_path / "items.py").write_text(ITEMS)
-    return Settings(mongodb_uri=f"mongodb://{host}:{port}/d{uuid.uuid4().hex[:8]}"
-                                "?directConnection=true",
-                    kafka_bootstrap_servers=KAFKA, transforms=tmp_path,
-                    topic_prefix=f"t-sl-{uuid.uuid4().hex[:8]}",
-                    group_prefix=f"g-sl-{uuid.uuid4().hex[:8]}", partitions=2, **options)
-
-
-def seed(coll, n: int) -> None:
-    coll.insert_many([{"_id": i, "price": i, "qty": 2, "legacy": True} for i in range(n)])
-
 
 # ----------------------------------------------------------------- the local server, stricter
 
@@ -217,7 +164,7 @@ def test_a_scan_reopens_after_the_last_document_read_when_its_cursor_timed_out(s
 def test_a_paused_backfill_holds_no_cursor_and_finishes_after_resume(short_cursors, tmp_path):
     settings = private_settings(short_cursors, tmp_path)
     migration = get_migration(tmp_path, "price_total")
-    seed(settings.db.items, 40)
+    seed_legacy(settings.db.items, 40)
     arm(settings, migration)
     api.pause(settings, "price_total")
     before = cursor_metrics(short_cursors)
@@ -245,7 +192,7 @@ def test_a_paused_backfill_holds_no_cursor_and_finishes_after_resume(short_curso
 def test_apply_at_a_rate_slower_than_the_cursor_timeout_migrates_every_document(short_cursors,
                                                                                 tmp_path):
     settings = private_settings(short_cursors, tmp_path)
-    seed(settings.db.items, 6)
+    seed_legacy(settings.db.items, 6)
     # Two documents per batch at 2/0.9 s: each getMore comes 0.9 s after the last, > 0.6 s.
     report = api.apply(settings, "price_total", batch_size=2, rate=2 / 0.9,
                        show_progress=False)
@@ -256,25 +203,6 @@ def test_apply_at_a_rate_slower_than_the_cursor_timeout_migrates_every_document(
 
 # -------------------------------------------------------------------------------- collation
 
-class Recorder(monitoring.CommandListener):
-    """Every command started, as (name, command document)."""
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[str, dict]] = []
-
-    def started(self, event) -> None:
-        self.commands.append((event.command_name, dict(event.command)))
-
-    def succeeded(self, event) -> None:
-        pass
-
-    def failed(self, event) -> None:
-        pass
-
-    def named(self, name: str) -> list[dict]:
-        return [c for n, c in self.commands if n == name]
-
-
 def _rename_or_drop(doc, ctx):
     if doc.get("gone"):
         from cdc_migrator import DELETE
@@ -284,7 +212,7 @@ def _rename_or_drop(doc, ctx):
 
 
 def test_every_guarded_write_and_re_read_states_the_simple_collation(db, db_name):
-    recorder = Recorder()
+    recorder = CommandRecorder()
     client = pymongo.MongoClient(db.client.address[0], db.client.address[1],
                                  directConnection=True, event_listeners=[recorder])
     try:
@@ -315,18 +243,11 @@ def test_every_guarded_write_and_re_read_states_the_simple_collation(db, db_name
 
 # -------------------------------------------------------------- drops, renames, invalidation
 
-@pytest.fixture
-def items_settings(settings, tmp_path):
-    (tmp_path / "items.py").write_text(ITEMS)
-    settings.transforms = tmp_path
-    return settings
-
-
 @pytest.mark.parametrize("change", ["drop", "rename", "rename onto"])
 def test_a_dropped_or_renamed_collection_fails_its_migration_and_cutover_names_it(
         db, items_settings, change):
     settings = items_settings
-    seed(db.items, 20)
+    seed_legacy(db.items, 20)
     tail = CliProcess(settings, "tail", "price_total")
     try:
         wait_for(lambda: part_of(db, "price_total", "tail").get("heartbeat"), what="tailing")
@@ -408,10 +329,10 @@ def test_an_idle_tailer_writes_its_state_only_at_the_heartbeat(db, items_setting
     idle getMore waits max_await_time_ms (200 ms) for an event, so the window is at least 4 s,
     20 times the 200 ms after which the old tailer wrote again on every poll; it is shorter than
     HEARTBEAT_INTERVAL, so the tailer may write its heartbeat once at most."""
-    recorder = Recorder()
+    recorder = CommandRecorder()
     settings = items_settings
     settings.mongo_options = {"event_listeners": [recorder]}
-    seed(db.items, 5)
+    seed_legacy(db.items, 5)
     tailer = Tailer(settings, get_migration(settings.transforms, "price_total"))
     thread = threading.Thread(target=tailer.run, daemon=True)
     thread.start()
@@ -438,7 +359,7 @@ def test_an_idle_tailer_writes_its_state_only_at_the_heartbeat(db, items_setting
 def test_status_counts_a_tailer_with_a_slow_heartbeat_as_running(db, items_settings):
     settings = items_settings
     migration = get_migration(settings.transforms, "price_total")
-    seed(db.items, 3)
+    seed_legacy(db.items, 3)
     arm(settings, migration)
     db.cdc_migrator_state.update_one({"_id": "price_total"}, {"$set": {
         "phase": "catching up", "backfill": {"done": True, "scanned": 3, "total": 3},
@@ -458,7 +379,7 @@ def test_status_warns_of_lost_history_and_rebackfill_recovers_it(tmp_path):
     try:
         settings = private_settings(client, tmp_path)
         db = settings.db
-        seed(db.items, 30)
+        seed_legacy(db.items, 30)
         tail = CliProcess(settings, "tail", "price_total")
         wait_for(lambda: part_of(db, "price_total", "tail").get("position_time"),
                  what="a saved resume point")
@@ -507,7 +428,7 @@ def test_run_recovers_lost_history_with_rebackfill_and_records_the_recovery_done
     try:
         settings = private_settings(client, tmp_path)
         db = settings.db
-        seed(db.items, 30)
+        seed_legacy(db.items, 30)
         tail = CliProcess(settings, "tail", "price_total")
         wait_for(lambda: part_of(db, "price_total", "tail").get("position_time"),
                  what="a saved resume point")
