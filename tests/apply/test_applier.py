@@ -12,15 +12,21 @@ import warnings
 
 import bson
 import hypothesis
+import pymongo
 from hypothesis import strategies as st
 
 from cdc_migrator import api, migration
 from cdc_migrator.apply.applier import MAX_STATEMENT_BYTES, Applier, _too_large, size_bound
+from cdc_migrator.base.identity import id_key
 from cdc_migrator.core.context import make_context
 from cdc_migrator.core.patch import Outcome, guard_filter
-from cdc_migrator.migration import _defined
+from cdc_migrator.migration import Migration, _defined
 
-from ..harness import MONGO_BASE, UsersWriter
+from ..harness import (
+    MONGO_BASE,
+    CommandRecorder,
+    UsersWriter,
+)
 
 ROLE_FROM_TIER = """
 from cdc_migrator import migration
@@ -168,3 +174,41 @@ def test_a_statement_of_large_strings_is_measured_exactly_and_refused_over_the_l
     assert _too_large(fits) is None
     copied = Outcome("update", 1, guard=guard_filter(doc, {"text", "copy"}), set={"copy": big})
     assert "larger than MongoDB accepts" in _too_large(copied)
+
+
+def _rename_or_drop(doc, ctx):
+    if doc.get("gone"):
+        from cdc_migrator import DELETE
+        return DELETE
+    if doc.get("slug") != doc["name"].lower():
+        return {"slug": doc["name"].lower()}
+
+
+def test_every_guarded_write_and_re_read_states_the_simple_collation(db, db_name):
+    recorder = CommandRecorder()
+    client = pymongo.MongoClient(db.client.address[0], db.client.address[1],
+                                 directConnection=True, event_listeners=[recorder])
+    try:
+        coll = client[db_name].people  # the applier's client: its commands are recorded
+        db.people.insert_many([{"_id": 1, "name": "Bob"}, {"_id": 2, "name": "Ann"},
+                               {"_id": 3, "name": "Old", "gone": True}])
+        migration = Migration(name="slugs", collection="people", transform=_rename_or_drop,
+                              filter={"name": {"$exists": True}})
+        applier = Applier(migration, coll, make_context(client[db_name], "slugs"))
+        # Document 1's image is stale (the application changed its name to BOB): its guard
+        # misses, it is read again and written from the current value. 2 has no image: read.
+        db.people.update_one({"_id": 1}, {"$set": {"name": "BOB"}})
+        result = applier.apply_ids([1, 2, 3], {
+            id_key(1): {"_id": 1, "name": "Bob"},
+            id_key(3): {"_id": 3, "name": "Old", "gone": True}})
+    finally:
+        client.close()
+    assert result.retried == 1 and result.updated == 2 and result.deleted == 1
+    assert db.people.find_one({"_id": 1})["slug"] == "bob"
+    simple = {"locale": "simple"}
+    updates = [u for c in recorder.named("update") for u in c["updates"]]
+    deletes = [d for c in recorder.named("delete") for d in c["deletes"]]
+    reads = [c for c in recorder.named("find") if c["find"] == "people"]
+    assert len(updates) == 3 and len(deletes) == 1 and len(reads) == 2
+    assert all(statement.get("collation") == simple for statement in updates + deletes)
+    assert all(read.get("collation") == simple for read in reads)

@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
+from cdc_migrator import api
 from cdc_migrator.apply.applier import Applier
+from cdc_migrator.base import topics
 from cdc_migrator.base.identity import id_key
 from cdc_migrator.base.naming import FENCE_COLLECTION
-from cdc_migrator.capture.tailer import UNUSED_FIELDS, image_condition, stream_pipeline
+from cdc_migrator.base.retry import Retrier
+from cdc_migrator.capture.tailer import UNUSED_FIELDS, Tailer, image_condition, stream_pipeline
 from cdc_migrator.core.context import make_context
 from cdc_migrator.core.patch import decide
-from cdc_migrator.migration import Migration, filter_fields
+from cdc_migrator.core.state import HEARTBEAT_INTERVAL, Phase
+from cdc_migrator.errors import CaptureStopped
+from cdc_migrator.migration import Migration, filter_fields, get_migration
+
+from ..harness import (
+    CliProcess,
+    CommandRecorder,
+    local_mongo,
+    part_of,
+    private_settings,
+    run_cli,
+    seed_legacy,
+    state_of,
+    wait_for,
+)
 
 
 def _migration(filter_):
@@ -111,3 +130,194 @@ def test_a_filter_on_fields_the_transform_does_not_read_stays_in_the_write(db):
     result = applier.apply_ids([2], {id_key(2): {"_id": 2, "status": "active"}})
     assert result.updated == 0
     assert "flag" not in coll.find_one({"_id": 2})
+
+
+@pytest.mark.parametrize("change", ["drop", "rename", "rename onto"])
+def test_a_dropped_or_renamed_collection_fails_its_migration_and_cutover_names_it(
+        db, items_settings, change):
+    settings = items_settings
+    seed_legacy(db.items, 20)
+    tail = CliProcess(settings, "tail", "price_total")
+    try:
+        wait_for(lambda: part_of(db, "price_total", "tail").get("heartbeat"), what="tailing")
+        if change == "drop":
+            db.items.drop()
+            reasons = ["collection 'items' was dropped"]
+        elif change == "rename":
+            db.items.rename("items_old")
+            reasons = ["collection 'items' was renamed to 'items_old'"]
+        else:
+            db.staging.insert_one({"_id": 1})
+            db.staging.rename("items", dropTarget=True)
+            # This server reports dropTarget's drop first; MongoDB a rename with `to`.
+            reasons = ["collection 'items' was replaced: 'staging' was renamed onto it",
+                       "collection 'items' was dropped"]
+        code = tail.wait(timeout=30)
+    finally:
+        tail.kill()
+    assert code == 1, tail.log
+    errors = [line for line in tail.lines if line.startswith("cdc-migrator:")]
+    assert len(errors) == 1, tail.log
+    reason = next(r for r in reasons if r in errors[0])
+    assert "Traceback" not in tail.log
+    state = state_of(db, "price_total")
+    assert state["phase"] == Phase.FAILED and state["failure"]["reason"] == reason
+    refused = run_cli("cutover", "price_total", "--timeout", "1", settings=settings)
+    assert refused.returncode == 1
+    assert f"the migration failed: {reason}" in refused.stdout
+
+
+def test_a_dropped_database_stops_the_tailer_with_one_line(db, items_settings):
+    tail = CliProcess(items_settings, "tail", "early")  # its collection does not exist
+    try:
+        wait_for(lambda: part_of(db, "early", "tail").get("heartbeat"),
+                 what="tailing")
+        db.client.drop_database(db.name)
+        code = tail.wait(timeout=30)
+    finally:
+        tail.kill()
+    assert code == 1, tail.log
+    errors = [line for line in tail.lines if line.startswith("cdc-migrator:")]
+    assert len(errors) == 1 and f"database {db.name!r} was dropped" in errors[0], tail.log
+
+
+def test_a_closed_stream_stops_the_tailer_at_once_instead_of_spinning(db, items_settings):
+    """An invalidated stream whose invalidate event the pipeline filtered out: try_next
+    returns None at once, forever, without asking the server; the tailer must look at
+    ``alive``."""
+    db.seed.insert_one({"_id": 1})
+    stream = db.watch([{"$match": {"ns.coll": "nothing"}}], max_await_time_ms=50)
+    db.client.drop_database(db.name)
+    wait_for(lambda: stream.try_next() is None and not stream.alive, timeout=10,
+             what="the stream closed by the server")
+    tailer = Tailer(items_settings, get_migration(items_settings.transforms, "early"))
+    tailer.retry = Retrier(items_settings, stop=tailer.stopping)
+    tailer.publisher = topics.Publisher(items_settings, tailer.retry)
+    outcome: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            tailer._loop(stream, 1)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    tailer.stop()
+    thread.join(timeout=10)
+    tailer.publisher.close()
+    assert outcome and isinstance(outcome[0], CaptureStopped), "the tailer spun on a closed stream"
+    assert "was invalidated" in str(outcome[0])
+
+
+def test_an_idle_tailer_writes_its_state_only_at_the_heartbeat(db, items_settings):
+    """Window: 20 idle polls of the change stream after the tailer's first checkpoint. Each
+    idle getMore waits max_await_time_ms (200 ms) for an event, so the window is at least 4 s,
+    20 times the 200 ms after which the old tailer wrote again on every poll; it is shorter than
+    HEARTBEAT_INTERVAL, so the tailer may write its heartbeat once at most."""
+    recorder = CommandRecorder()
+    settings = items_settings
+    settings.mongo_options = {"event_listeners": [recorder]}
+    seed_legacy(db.items, 5)
+    tailer = Tailer(settings, get_migration(settings.transforms, "price_total"))
+    thread = threading.Thread(target=tailer.run, daemon=True)
+    thread.start()
+    try:
+        def state_writes() -> int:
+            return sum(1 for c in recorder.named("update")
+                       if c["update"] == settings.state_collection)
+
+        def polls() -> int:
+            return len(recorder.named("getMore"))
+
+        wait_for(lambda: part_of(db, "price_total", "tail").get("heartbeat"),
+                 what="the first checkpoint")
+        writes, start = state_writes(), polls()
+        wait_for(lambda: polls() >= start + 20, timeout=30, what="20 idle polls")
+        idle_writes = state_writes() - writes
+    finally:
+        tailer.stop()
+        thread.join(timeout=30)
+    assert 20 * 0.2 < HEARTBEAT_INTERVAL
+    assert idle_writes <= 1, f"{idle_writes} state writes in 20 idle polls"
+
+
+@pytest.mark.services  # a LocalMongo of its own and the shared Kafka
+def test_status_warns_of_lost_history_and_rebackfill_recovers_it(tmp_path):
+    proc, client = local_mongo(tmp_path)
+    try:
+        settings = private_settings(client, tmp_path)
+        db = settings.db
+        seed_legacy(db.items, 30)
+        tail = CliProcess(settings, "tail", "price_total")
+        wait_for(lambda: part_of(db, "price_total", "tail").get("position_time"),
+                 what="a saved resume point")
+        assert tail.stop() == 0
+        healthy = api.status(settings, "price_total")[0]["history"]
+        assert healthy["warnings"] == [] and healthy["runway_seconds"] is not None
+        db.items.insert_many([{"_id": 100 + i, "price": 1, "qty": 1, "legacy": True}
+                              for i in range(20)])
+        client.admin.command({"truncateChangeHistory": 1})
+
+        lost = run_cli("status", "price_total", settings=settings)
+        assert "WARNING: the tailer's resume point is older than the server's change " \
+               "history" in lost.stdout, lost.stdout
+
+        tail = CliProcess(settings, "tail", "price_total", "--on-history-lost",
+                                "rebackfill")
+        consume = CliProcess(settings, "consume", "price_total")
+        try:
+            wait_for(lambda: (part_of(db, "price_total", "tail").get("last_recovery") or {})
+                     .get("backfill") == "done", timeout=120, what="the recovery backfill")
+            wait_for(lambda: db.items.count_documents({"legacy": {"$exists": True}}) == 0,
+                     timeout=120, what="every document migrated")
+        finally:
+            assert tail.stop() == 0, tail.log
+            consume.stop()
+        assert tail.count("capture re-armed") == 1, tail.log
+        state = state_of(db, "price_total")
+        assert state["tail"]["recoveries"] == 1 and state["phase"] != Phase.FAILED
+        shown = run_cli("status", "price_total", settings=settings)
+        assert "history lost and recovered 1x" in shown.stdout, shown.stdout
+        assert db.items.count_documents({"total": {"$exists": True}}) == 50
+        settings.close()
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.services  # a LocalMongo of its own and the shared Kafka
+def test_run_recovers_lost_history_with_rebackfill_and_records_the_recovery_done(tmp_path):
+    """`run` recovers as `tail` does: the recovery's backfill (the tailer's own) migrates
+    what the lost history held, the run drains only after it, and the recovery is recorded
+    done (`run` ran the new pass itself and left it "running" for good before)."""
+    proc, client = local_mongo(tmp_path)
+    try:
+        settings = private_settings(client, tmp_path)
+        db = settings.db
+        seed_legacy(db.items, 30)
+        tail = CliProcess(settings, "tail", "price_total")
+        wait_for(lambda: part_of(db, "price_total", "tail").get("position_time"),
+                 what="a saved resume point")
+        assert tail.stop() == 0
+        db.items.insert_many([{"_id": 100 + i, "price": 1, "qty": 1, "legacy": True}
+                              for i in range(20)])
+        client.admin.command({"truncateChangeHistory": 1})
+
+        ran = run_cli("run", "price_total", "--on-history-lost", "rebackfill", "--timeout",
+                      "120", "-q", settings=settings, timeout=180)
+
+        assert ran.returncode == 0, ran.stderr
+        assert "capture re-armed" in ran.stderr and "Traceback" not in ran.stderr
+        state = state_of(db, "price_total")
+        assert state["tail"]["recoveries"] == 1
+        assert state["tail"]["last_recovery"]["backfill"] == "done"
+        assert db.items.count_documents({"legacy": {"$exists": True}}) == 0
+        assert db.items.count_documents({"total": {"$exists": True}}) == 50
+        settings.close()
+    finally:
+        client.close()
+        proc.kill()
+        proc.wait()

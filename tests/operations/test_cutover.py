@@ -6,15 +6,25 @@ import json
 import textwrap
 import threading
 
+import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from cdc_migrator.base import topics
 from cdc_migrator.base.naming import FENCE_COLLECTION
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.core.state import Phase, StateStore
+from cdc_migrator.errors import UsageError
 from cdc_migrator.migration import get_migration
+from cdc_migrator.operations.schema import dialect_problems
 
-from ..harness import CliProcess, run_cli, wait_drained, wait_for, wait_for_state
+from ..harness import (
+    CliProcess,
+    run_cli,
+    state_of,
+    wait_drained,
+    wait_for,
+    wait_for_state,
+)
 
 MIGRATIONS = textwrap.dedent('''
     from cdc_migrator import migration
@@ -232,3 +242,101 @@ def test_next_run_cuts_over_each_migration_before_starting_the_next(db, settings
     assert states["add_tier"]["phase"] == states["add_region"]["phase"] == Phase.CUT_OVER
     assert states["add_tier"]["completed_at"] <= states["add_region"]["created_at"]
     assert db.accounts.count_documents({"tier": "free", "region": "eu"}) == 300
+
+
+CONTRACTED = textwrap.dedent('''
+    from cdc_migrator import migration
+
+    @migration(collection="users", contract_schema="{schema}")
+    def add_role(doc, ctx):
+        if doc.get("role") is None:
+            return {{"role": "user"}}
+''')
+
+
+def _contracted(settings, tmp_path, schema: dict) -> None:
+    transforms = tmp_path / "transforms"
+    transforms.mkdir(exist_ok=True)
+    (tmp_path / "schemas").mkdir(exist_ok=True)
+    (tmp_path / "schemas" / "users.contract.json").write_text(json.dumps(schema))
+    (transforms / "users.py").write_text(CONTRACTED.format(schema="users.contract.json"))
+    settings.transforms = transforms
+
+
+GOOD_SCHEMA = {"bsonType": "object", "required": ["role"],
+               "properties": {"role": {"enum": ["user", "admin"]}}}
+
+
+def test_cutover_refuses_and_records_nothing_when_the_server_refuses_collmod(db, settings,
+                                                                             tmp_path):
+    _contracted(settings, tmp_path, GOOD_SCHEMA)
+    db.users.insert_many([{"_id": i} for i in range(5)])
+    assert run_cli("apply", "add_role", "-q", settings=settings).returncode == 0
+    admin = db.client.admin
+    admin.command({"configureFailPoint": "failCommand", "mode": {"times": 1},
+                   "data": {"failCommands": ["collMod"], "errorCode": 13}})
+    try:
+        refused = run_cli("cutover", "add_role", settings=settings)
+    finally:
+        admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "the server refused the contract schema users.contract.json" in refused.stdout
+    assert "(collMod 13:" in refused.stdout
+    assert state_of(db, "add_role")["phase"] != Phase.CUT_OVER
+    # This server has no validators at all (59): that is no refusal, and cutover says so.
+    done = run_cli("cutover", "add_role", settings=settings)
+    assert done.returncode == 0, done.stdout
+    assert "The server has no validators (59" in done.stdout
+    assert state_of(db, "add_role")["phase"] == Phase.CUT_OVER
+
+
+def test_a_contract_schema_mongodb_rejects_stops_cutover_before_it_writes(db, settings,
+                                                                        tmp_path):
+    _contracted(settings, tmp_path, {"bsonType": "object", "properties": {
+        "role": {"type": "string"}, "age": {"type": "integer", "minimum": 0}}})
+    db.users.insert_many([{"_id": i} for i in range(5)])
+    assert run_cli("apply", "add_role", "-q", settings=settings).returncode == 0
+    before = state_of(db, "add_role")
+    refused = run_cli("cutover", "add_role", settings=settings)
+    assert refused.returncode == 2
+    assert "type 'integer' is not supported by MongoDB" in refused.stderr
+    assert "schema.properties.age" in refused.stderr and "Traceback" not in refused.stderr
+    assert state_of(db, "add_role") == before
+    assert "cdc_migrator_fences" not in db.list_collection_names()
+
+
+def test_the_dialect_check_names_what_mongodb_rejects():
+    assert dialect_problems(GOOD_SCHEMA) == []
+    assert dialect_problems({"bsonType": ["int", "long"], "anyOf": [{"minimum": 1}],
+                             "description": "ok"}) == []
+    problems = dialect_problems({
+        "$schema": "http://json-schema.org/draft-04/schema#", "type": "object",
+        "bsonType": "object", "definitions": {}, "properties": {
+            "n": {"type": ["integer", "null"], "default": 0},
+            "d": {"format": "date-time", "id": "x"},
+            "k": {"bsonType": "uuid", "exclusiveMinimum": 1},
+        }, "required": [], "additionalProperties": {"$ref": "#/x"}, "examples": []})
+    expected = [
+        "schema: keyword '$schema' is not supported by MongoDB",
+        "schema: keyword 'definitions' is not supported by MongoDB",
+        "schema: unknown keyword 'examples'",
+        "schema: 'type' and 'bsonType' cannot both be given",
+        "schema: 'required' must be a non-empty list of distinct names",
+        "schema.properties.n: keyword 'default' is not supported by MongoDB",
+        "schema.properties.n: type 'integer' is not supported by MongoDB (use bsonType 'int' "
+        "or 'long', or ['int', 'long'])",
+        "schema.properties.d: keyword 'format' is not supported by MongoDB",
+        "schema.properties.d: keyword 'id' is not supported by MongoDB",
+        "schema.properties.k: unknown bsonType 'uuid'",
+        "schema.properties.k: 'exclusiveMinimum' must be true or false (draft 4)",
+        "schema.properties.k: 'exclusiveMinimum' needs 'minimum'",
+        "schema.additionalProperties: keyword '$ref' is not supported by MongoDB",
+    ]
+    assert problems == expected
+
+
+def test_load_schema_refuses_a_schema_mongodb_rejects(settings, tmp_path):
+    _contracted(settings, tmp_path, {"properties": {"x": {"type": "integer"}}})
+    from cdc_migrator.operations.cutover import load_schema
+    with pytest.raises(UsageError, match="not one MongoDB's \\$jsonSchema accepts"):
+        load_schema(settings, "users.contract.json")

@@ -6,12 +6,22 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 
 from cdc_migrator import api
 from cdc_migrator.capture.tailer import arm
-from cdc_migrator.core.state import Phase
+from cdc_migrator.core.state import HEARTBEAT_INTERVAL, MigrationState, Phase
+from cdc_migrator.migration import get_migration
+from cdc_migrator.operations import runway
+from cdc_migrator.operations.status import migration_status
 
-from ..harness import Service, run_cli, wait_for
+from ..harness import (
+    Service,
+    run_cli,
+    seed_legacy,
+    state_of,
+    wait_for,
+)
 
 ACCOUNTS = textwrap.dedent('''
     from cdc_migrator import migration
@@ -115,3 +125,30 @@ def test_cutover_after_run_finished_catches_up_by_itself(db, settings, transform
     assert db.accounts.count_documents({"plan": "free"}) == 550
     state = db.cdc_migrator_state.find_one({"_id": "add_plan"})
     assert state["phase"] == Phase.CUT_OVER
+
+
+def test_status_counts_a_tailer_with_a_slow_heartbeat_as_running(db, items_settings):
+    settings = items_settings
+    migration = get_migration(settings.transforms, "price_total")
+    seed_legacy(db.items, 3)
+    arm(settings, migration)
+    db.cdc_migrator_state.update_one({"_id": "price_total"}, {"$set": {
+        "phase": "catching up", "backfill": {"done": True, "scanned": 3, "total": 3},
+        "tail.heartbeat": time.time() - (HEARTBEAT_INTERVAL + 2)}})
+    # Stored as version 1 wrote it ("catching up"): read as the same phase after an upgrade.
+    stored = MigrationState.from_document(state_of(db, "price_total"))
+    status = migration_status(settings, migration, stored)
+    assert status["lag"]["total"] == 0
+    assert status["phase"] == "ready for cutover"
+
+
+def test_the_runway_is_the_window_less_the_resume_points_age():
+    window = runway.HistoryWindow(oldest=1000.0, newest=5000.0)
+    fresh = runway.assess(window, position_time=4995.0, backfill_eta=None, now=5000.0)
+    assert fresh["runway_seconds"] == 3995.0 and fresh["warnings"] == []
+    stale = runway.assess(window, position_time=2500.0, backfill_eta=None, now=5000.0)
+    assert stale["runway_seconds"] == 1500.0 and "runs out in about 25m00s" in stale["warnings"][0]
+    long_backfill = runway.assess(window, position_time=4995.0, backfill_eta=5000.0, now=5000.0)
+    assert "the backfill needs about 1h23m" in long_backfill["warnings"][0]
+    gone = runway.assess(window, position_time=900.0, backfill_eta=None, now=5000.0)
+    assert "cannot resume" in gone["warnings"][0]

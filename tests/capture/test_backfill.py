@@ -1,0 +1,49 @@
+"""The backfill scanner: armed capture first, the existing documents into the topic, a paused
+backfill holding no cursor."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from cdc_migrator import api
+from cdc_migrator.capture.backfill import backfill
+from cdc_migrator.capture.tailer import arm
+from cdc_migrator.migration import get_migration
+
+from ..harness import (
+    CURSOR_TIMEOUT_MS,
+    cursor_metrics,
+    part_of,
+    private_settings,
+    seed_legacy,
+    wait_for,
+)
+
+
+def test_a_paused_backfill_holds_no_cursor_and_finishes_after_resume(short_cursors, tmp_path):
+    settings = private_settings(short_cursors, tmp_path)
+    migration = get_migration(tmp_path, "price_total")
+    seed_legacy(settings.db.items, 40)
+    arm(settings, migration)
+    api.pause(settings, "price_total")
+    before = cursor_metrics(short_cursors)
+    done: list[Any] = []
+    worker = threading.Thread(target=lambda: done.append(
+        backfill(settings, migration, show_progress=False)), daemon=True)
+    worker.start()
+    try:
+        wait_for(lambda: part_of(settings.db, "price_total", "backfill").get("scanned"),
+                 what="the first batch produced")
+        # Holding: the scan closed its cursor rather than leave it to the server's timeout.
+        wait_for(lambda: cursor_metrics(short_cursors)["open"]["total"]
+                 <= before["open"]["total"], timeout=10 * CURSOR_TIMEOUT_MS / 1000,
+                 what="no cursor open while paused")
+        assert cursor_metrics(short_cursors)["timedOut"] == before["timedOut"]
+        api.resume(settings, "price_total")
+        worker.join(timeout=60)
+        assert done and done[0].done and done[0].total_scanned == 40
+    finally:
+        api.resume(settings, "price_total")
+        worker.join(timeout=60)
+        settings.close()
