@@ -19,7 +19,7 @@ from cdc_migrator import api, migration
 from cdc_migrator.apply.applier import MAX_STATEMENT_BYTES, Applier, _too_large, size_bound
 from cdc_migrator.base.identity import id_key
 from cdc_migrator.core.context import make_context
-from cdc_migrator.core.patch import Outcome, guard_filter
+from cdc_migrator.core.patch import Outcome, decide, guard_filter
 from cdc_migrator.migration import Migration, _defined
 
 from ..harness import (
@@ -212,3 +212,41 @@ def test_every_guarded_write_and_re_read_states_the_simple_collation(db, db_name
     assert len(updates) == 3 and len(deletes) == 1 and len(reads) == 2
     assert all(statement.get("collation") == simple for statement in updates + deletes)
     assert all(read.get("collation") == simple for read in reads)
+
+
+def _add_tier(doc, ctx):
+    if "tier" not in doc:
+        return {"tier": "std"}
+
+
+def _flag_active(doc, ctx):
+    if "flag" not in doc:
+        return {"flag": True}
+
+
+def test_a_filter_the_guard_pins_is_left_out_of_the_write_and_still_holds(db):
+    coll = db["accounts"]
+    m = Migration(name="t", collection="accounts", transform=_add_tier,
+                  filter={"tier": {"$exists": False}})
+    applier = Applier(m, coll, make_context(db, "t"))
+    op = applier._op(decide(m, {"_id": 1, "n": 1}, applier.ctx))
+    assert "$and" not in op._filter and op._filter["tier"] == {"$exists": False}
+    # The document left the filter after the image was taken: the guard alone refuses it.
+    coll.insert_one({"_id": 1, "n": 1, "tier": "gold"})
+    result = applier.apply_ids([1], {id_key(1): {"_id": 1, "n": 1}})
+    assert result.updated == 0 and result.missing == 0
+    assert coll.find_one({"_id": 1})["tier"] == "gold"
+
+
+def test_a_filter_on_fields_the_transform_does_not_read_stays_in_the_write(db):
+    coll = db["accounts"]
+    m = Migration(name="t", collection="accounts", transform=_flag_active,
+                  filter={"status": "active"})
+    applier = Applier(m, coll, make_context(db, "t"))
+    op = applier._op(decide(m, {"_id": 2, "status": "active"}, applier.ctx))
+    assert op._filter["$and"][1] == {"status": "active"}
+    # The application deactivated the document after the image was taken.
+    coll.insert_one({"_id": 2, "status": "inactive"})
+    result = applier.apply_ids([2], {id_key(2): {"_id": 2, "status": "active"}})
+    assert result.updated == 0
+    assert "flag" not in coll.find_one({"_id": 2})

@@ -3,23 +3,13 @@ deleted before they were consumed, and a consumer that stops making progress."""
 
 from __future__ import annotations
 
-import logging
-import threading
-import urllib.error
-import urllib.request
-
 import pytest
-from kafka import KafkaAdminClient, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource
 
-from cdc_migrator import api
-from cdc_migrator.apply.consumer import TransformConsumer
 from cdc_migrator.base import topics
-from cdc_migrator.capture.tailer import arm
-from cdc_migrator.operations import observability
-from cdc_migrator.operations.status import render
 
-from ..harness import KAFKA, run_cli, wait_for
+from ..harness import KAFKA, run_cli
 
 NAME = "add_default_role"
 KEYS = ["retention.ms", "retention.bytes", "cleanup.policy", "max.message.bytes"]
@@ -95,125 +85,59 @@ def test_a_topic_with_small_records_is_used_with_one_warning_naming_the_limit(db
     assert db.users.count_documents({"role": "user"}) == 40
 
 
-def test_records_deleted_before_they_were_consumed_stop_the_consumer_with_the_fix(
-        db, settings, kafka_admin):
-    seed_users(db)
-    first = api.run(settings, NAME, show_progress=False, timeout=60)
-    assert first.drained and first.lag == 0
-    migration = api.load(settings, NAME)
-    committed = topics.group_lag(settings, settings.topic("users"), settings.group(migration.name))
-    # A second backfill puts records behind the committed offsets; retention (here: the admin
-    # API's delete-records) removes them before the consumer got to them.
-    api.backfill(settings, NAME, reset=True, show_progress=False)
-    after = topics.group_lag(settings, settings.topic("users"), settings.group(migration.name))
-    kafka_admin.delete_records({TopicPartition(settings.topic("users"), p.partition): p.end
-                                for p in after.partitions})
+def test_kafka_group_lag_is_end_minus_committed_per_partition(settings):
+    topic = f"{settings.topic_prefix}.lag"
+    assert topics.ensure_topic(settings, topic, partitions=3) == 3
+    producer = topics.producer(settings)
+    for i in range(30):
+        producer.send(topic, key=f"k{i}".encode(), value=b"v")
+    producer.flush()
 
-    consume = run_cli("consume", NAME, settings=settings, timeout=60)
-    status = run_cli("status", NAME, "--json", settings=settings)
+    group = f"{settings.group_prefix}-lag"
+    before = topics.group_lag(settings, topic, group)
+    assert before.total == 30 and len(before.partitions) == 3
 
-    assert consume.returncode == 1, consume.stderr
-    (line,) = [x for x in consume.stderr.splitlines() if x.startswith("cdc-migrator:")]
-    gone = [p for p in committed.partitions if after.partitions[p.partition].end > p.end]
-    assert gone
-    for p in committed.partitions:  # each partition that lost events, and only those
-        named = (f"partition {p.partition} of {settings.topic('users')}: the group's next "
-                 f"event (offset {p.committed}) was deleted before it was consumed")
-        assert (named in line) == (p in gone), line
-    assert f"`cdc-migrator reset {NAME}`" in line and "backfill" in line
-    assert "Traceback" not in consume.stderr
-    assert "was deleted before it was consumed" in status.stdout
-    # Nothing was skipped: the group's offsets are where they were.
-    assert topics.group_lag(settings, settings.topic("users"),
-                            settings.group(migration.name)).partitions == [
-        topics.PartitionLag(p.partition, after.partitions[p.partition].end, p.committed)
-        for p in committed.partitions]
+    consumer = KafkaConsumer(topic, group_id=group, enable_auto_commit=False,
+                             auto_offset_reset="earliest",
+                             bootstrap_servers=settings.kafka_bootstrap_servers)
+    seen = []
+    while len(seen) < 30:
+        for records in consumer.poll(timeout_ms=1000).values():
+            seen.extend(records)
+    consumer.commit()
+    # Same key, same partition: keyed records keep per-document order.
+    by_key = {}
+    for r in seen:
+        by_key.setdefault(r.key, set()).add(r.partition)
+    assert all(len(parts) == 1 for parts in by_key.values())
+
+    assert topics.group_lag(settings, topic, group).total == 0
+    for i in range(7):
+        producer.send(topic, key=f"k{i}".encode(), value=b"more")
+    producer.flush()
+    lag = topics.group_lag(settings, topic, group)
+    assert lag.total == 7
+    ends = consumer.end_offsets([TopicPartition(topic, p.partition) for p in lag.partitions])
+    for p in lag.partitions:
+        assert p.lag == ends[TopicPartition(topic, p.partition)] - p.committed
+    consumer.close()
+    producer.close()
 
 
-def readyz(port: int) -> tuple[int, str]:
+def test_producer_uses_lz4_and_the_c_checksum_unless_configured_otherwise(settings):
+    from kafka.record import util
+
+    assert util.crc32c_c is not None, "the crc32c package (a dependency) is what kafka-python uses"
+    producer = topics.producer(settings)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def _watched_member(db, settings, monkeypatch, caplog):
-    """300 users to migrate, capture armed, and a group member (not started) whose watchdog
-    calls it stalled after 3 s, looking every 0.5 s; its session lasts 10 s (a stuck
-    client's membership ends with it: until then the stall shows)."""
-    monkeypatch.setattr(TransformConsumer, "STALL_AFTER", 3.0)
-    monkeypatch.setattr(TransformConsumer, "WATCH_INTERVAL", 0.5)
-    monkeypatch.setattr(TransformConsumer, "SESSION_TIMEOUT_MS", 10_000)
-    seed_users(db, 300)
-    migration = api.load(settings, NAME)
-    arm(settings, migration)
-    member = TransformConsumer(settings, migration)
-    caplog.set_level(logging.WARNING, logger="cdc_migrator.consumer")
-    return migration, member, threading.Thread(target=member.run, daemon=True)
-
-
-def test_a_consumer_whose_polls_return_nothing_while_it_has_lag_recovers_with_a_new_client(
-        db, settings, monkeypatch, caplog):
-    """Seen under load: a consumer restarted under its --instance-id got its three partitions
-    and then its polls returned nothing for minutes, 12,000 events behind, without a word.
-    Here its client's partitions are paused behind its back: its polls return, empty."""
-    migration, member, thread = _watched_member(db, settings, monkeypatch, caplog)
-    thread.start()
-    try:
-        client = wait_for(lambda: member._consumer is not None and member._assigned
-                          and member._consumer, what="the member with its partitions")
-        client.pause(*client.assignment())
-        api.backfill(settings, NAME, show_progress=False)  # work its polls never bring
-        wait_for(lambda: db.users.count_documents({"role": "user"}) == 300, timeout=90,
-                 what="every document migrated by a new client")
+        assert producer.config["compression_type"] == "lz4"
+        assert producer.config["acks"] in ("all", -1)
     finally:
-        member.stop()
-        thread.join(timeout=60)
-    warnings = [r.getMessage() for r in caplog.records
-                if r.name == "cdc_migrator.consumer" and "seems stuck" in r.getMessage()]
-    assert len(warnings) == 1 and "events behind" in warnings[0], warnings
-    assert member._consumer is not client
-    assert not thread.is_alive()
-    assert topics.group_lag(settings, settings.topic("users"),
-                            settings.group(migration.name)).total == 0
-
-
-def test_a_consumer_stuck_in_poll_reports_not_ready_and_recovers_with_a_new_client(
-        db, settings, monkeypatch, caplog):
-    migration, member, thread = _watched_member(db, settings, monkeypatch, caplog)
-    thaw = threading.Event()
-    settings.metrics_port = 0
-    with observability.serving(settings, [migration], ("consumer",)) as port:
-        thread.start()
-        try:
-            wait_for(lambda: topics.group_members(settings, settings.group(migration.name)),
-                     what="the member in its group")
-            # Freeze the client: its network loop runs this and waits, as in the hang seen
-            # under load (poll() waiting on the client's network loop for ever).
-            member._consumer._net.call_soon_threadsafe(thaw.wait)
-            api.backfill(settings, NAME, show_progress=False)  # work it cannot get to
-
-            status = wait_for(lambda: "STALLED" in (text := render(api.status(settings, NAME)[0]))
-                              and text, what="status reporting the stall")
-            stalled = wait_for(lambda: (r := readyz(port))[0] == 503 and "stalled" in r[1]
-                               and r[1], what="/readyz reporting the stall")
-            wait_for(lambda: db.users.count_documents({"role": "user"}) == 300, timeout=90,
-                     what="every document migrated by the new client")
-            recovered = wait_for(lambda: (r := readyz(port))[0] == 200 and r[1],
-                                 what="ready again")
-        finally:
-            member.stop()
-            thaw.set()
-            thread.join(timeout=60)
-
-    assert f"migration {NAME}: consumer stalled: no progress for" in stalled
-    assert "the Kafka client seems stuck; recreating it" in stalled
-    assert "consumer STALLED: no progress for" in status
-    assert recovered.strip() == "ready"
-    warnings = [r.getMessage() for r in caplog.records
-                if r.name == "cdc_migrator.consumer" and "seems stuck" in r.getMessage()]
-    assert len(warnings) == 1 and "events behind" in warnings[0], warnings
-    assert not thread.is_alive()
-    assert topics.group_lag(settings, settings.topic("users"),
-                            settings.group(migration.name)).total == 0
+        producer.close()
+    settings.kafka_options = {"compression_type": "gzip", "linger_ms": 20}
+    producer = topics.producer(settings, linger_ms=1)
+    try:
+        assert producer.config["compression_type"] == "gzip"  # the settings win over defaults
+        assert producer.config["linger_ms"] == 1  # the caller's overrides win over both
+    finally:
+        producer.close()

@@ -13,9 +13,11 @@ from cdc_migrator.migration import get_migration
 
 from ..harness import (
     CURSOR_TIMEOUT_MS,
+    ITEMS_MIGRATION,
     cursor_metrics,
     part_of,
     private_settings,
+    run_cli,
     seed_legacy,
     wait_for,
 )
@@ -47,3 +49,14 @@ def test_a_paused_backfill_holds_no_cursor_and_finishes_after_resume(short_curso
         api.resume(settings, "price_total")
         worker.join(timeout=60)
         settings.close()
+
+
+TRANSFORMS = {"items.py": ITEMS_MIGRATION}
+
+
+def test_backfill_refuses_until_change_capture_is_armed(db, settings, transforms):
+    db.items.insert_one({"_id": 1, "price": 1, "qty": 1})
+    result = run_cli("backfill", "price_total", settings=settings)
+    assert result.returncode == 1
+    assert "not armed" in result.stderr and "Traceback" not in result.stderr
+    assert db.cdc_migrator_state.count_documents({"backfill": {"$exists": True}}) == 0

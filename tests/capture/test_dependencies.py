@@ -4,14 +4,12 @@ during the window makes the affected documents due again, through the tailer's o
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import random
 import textwrap
 import threading
 
-import fastavro
 import pytest
 from bson import ObjectId
 
@@ -89,38 +87,6 @@ def test_the_shipped_patterns_declare_what_they_read():
 
 
 # --------------------------------------------------------------------------- the envelope
-
-# A backfill record written by the version before schema 2 (schemas/envelope.v1.avsc), as it
-# may still be on a topic during a rolling upgrade: {"_id": 1, "a": 2} and {"_id": 2}.
-V1_BATCH = bytes.fromhex(
-    "c301b37cbf29d5255d04026d00080661707006656d621c0e000000105f69640001000000000000008289cf90"
-    "c6680002042a15000000105f6964000100000010610002000000001c0e000000105f696400020000000000")
-
-
-def test_records_of_the_previous_schema_still_decode():
-    envelope = events.decode(V1_BATCH)
-    assert envelope.documents == [{"_id": 1, "a": 2}, {"_id": 2}]
-    assert envelope.key == 1 and envelope.source == "backfill" and envelope.dependency is None
-    assert envelope.emitted_at == 1796119061057
-    assert V1_BATCH[2:10] != events.SCHEMA_FINGERPRINT  # it really is the older schema
-
-
-def test_a_record_written_with_the_v1_schema_file_decodes_and_unknown_ones_stay_poison():
-    v1 = json.loads((ROOT / "schemas" / "envelope.v1.avsc").read_text())
-    schema = fastavro.parse_schema(v1)
-    out = io.BytesIO()
-    fastavro.schemaless_writer(out, schema, {
-        "migration": "m", "source": "change", "operation": "delete", "database": "app",
-        "collection": "c", "key": events.key_bytes(ObjectId("6b0e9a101e1178fee7def4c3")),
-        "document": None, "cluster_time": None, "resume_token": None, "emitted_at": 5,
-        "fence_id": None, "documents": None})
-    fingerprint = bytes.fromhex(fastavro.schema.fingerprint(
-        fastavro.schema.to_parsing_canonical_form(v1), "CRC-64-AVRO"))
-    envelope = events.decode(b"\xc3\x01" + fingerprint + out.getvalue())
-    assert envelope.operation == "delete" and envelope.key == ObjectId("6b0e9a101e1178fee7def4c3")
-    assert envelope.dependency is None
-    with pytest.raises(events.PoisonRecord, match="unknown schema fingerprint"):
-        events.decode(b"\xc3\x01" + b"\x01" * 8 + out.getvalue())
 
 
 def test_a_dependency_event_names_the_affected_document_and_the_collection():
@@ -383,35 +349,6 @@ def test_a_read_of_an_undeclared_collection_is_logged_once_by_the_consumer(
 
 
 # --------------------------------------------------------------------------- the local server
-
-
-def test_the_local_server_keeps_pre_images_only_where_they_are_enabled(db):
-    db.create_collection("kept", changeStreamPreAndPostImages={"enabled": True})
-    db.plain.insert_one({"_id": 1, "v": 1})
-    db.kept.insert_one({"_id": 1, "v": 1})
-    options = {c["name"]: c.get("options") or {} for c in db.list_collections()}
-    assert options["kept"]["changeStreamPreAndPostImages"] == {"enabled": True}
-    assert "changeStreamPreAndPostImages" not in options["plain"]
-    with pytest.raises(Exception, match="ns does not exist"):
-        db.command("collMod", "missing", changeStreamPreAndPostImages={"enabled": True})
-    with pytest.raises(Exception, match="enabled' is missing"):
-        db.command("collMod", "plain", changeStreamPreAndPostImages={})
-    with db.watch(full_document_before_change="whenAvailable") as stream:
-        for name in ("plain", "kept"):
-            db[name].update_one({"_id": 1}, {"$set": {"v": 2}})
-            db[name].replace_one({"_id": 1}, {"v": 3})
-            db[name].delete_one({"_id": 1})
-        seen = [(c["ns"]["coll"], c["operationType"], c["fullDocumentBeforeChange"])
-                for c in (stream.next() for _ in range(6))]
-    assert seen == [("plain", "update", None), ("plain", "replace", None),
-                    ("plain", "delete", None),
-                    ("kept", "update", {"_id": 1, "v": 1}), ("kept", "replace", {"_id": 1, "v": 2}),
-                    ("kept", "delete", {"_id": 1, "v": 3})]
-    db.command("collMod", "plain", changeStreamPreAndPostImages={"enabled": True})
-    db.plain.insert_one({"_id": 2, "v": 1})
-    with db.watch(full_document_before_change="whenAvailable") as stream:
-        db.plain.delete_one({"_id": 2})
-        assert stream.next()["fullDocumentBeforeChange"] == {"_id": 2, "v": 1}
 
 
 # --------------------------------------------------------------------------- failures

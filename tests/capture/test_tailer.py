@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
+import textwrap
 import threading
 
 import pytest
 
 from cdc_migrator import api
-from cdc_migrator.apply.applier import Applier
 from cdc_migrator.base import topics
-from cdc_migrator.base.identity import id_key
 from cdc_migrator.base.naming import FENCE_COLLECTION
 from cdc_migrator.base.retry import Retrier
 from cdc_migrator.capture.tailer import UNUSED_FIELDS, Tailer, image_condition, stream_pipeline
-from cdc_migrator.core.context import make_context
-from cdc_migrator.core.patch import decide
 from cdc_migrator.core.state import HEARTBEAT_INTERVAL, Phase
 from cdc_migrator.errors import CaptureStopped
 from cdc_migrator.migration import Migration, filter_fields, get_migration
+from cdc_migrator.pipeline import run_pipeline
 
 from ..harness import (
+    ITEMS_MIGRATION,
     CliProcess,
     CommandRecorder,
     local_mongo,
@@ -29,6 +28,7 @@ from ..harness import (
     seed_legacy,
     state_of,
     wait_for,
+    wait_for_state,
 )
 
 
@@ -92,44 +92,6 @@ def test_filter_fields_are_the_top_level_fields_or_none():
     for query in ({"$expr": {"$gt": ["$a", 1]}}, {"$and": []}, {"a": 1, "$where": "1"},
                   {"$or": [{"$text": {"$search": "x"}}]}):
         assert filter_fields(query) is None
-
-
-def _add_tier(doc, ctx):
-    if "tier" not in doc:
-        return {"tier": "std"}
-
-
-def _flag_active(doc, ctx):
-    if "flag" not in doc:
-        return {"flag": True}
-
-
-def test_a_filter_the_guard_pins_is_left_out_of_the_write_and_still_holds(db):
-    coll = db["accounts"]
-    m = Migration(name="t", collection="accounts", transform=_add_tier,
-                  filter={"tier": {"$exists": False}})
-    applier = Applier(m, coll, make_context(db, "t"))
-    op = applier._op(decide(m, {"_id": 1, "n": 1}, applier.ctx))
-    assert "$and" not in op._filter and op._filter["tier"] == {"$exists": False}
-    # The document left the filter after the image was taken: the guard alone refuses it.
-    coll.insert_one({"_id": 1, "n": 1, "tier": "gold"})
-    result = applier.apply_ids([1], {id_key(1): {"_id": 1, "n": 1}})
-    assert result.updated == 0 and result.missing == 0
-    assert coll.find_one({"_id": 1})["tier"] == "gold"
-
-
-def test_a_filter_on_fields_the_transform_does_not_read_stays_in_the_write(db):
-    coll = db["accounts"]
-    m = Migration(name="t", collection="accounts", transform=_flag_active,
-                  filter={"status": "active"})
-    applier = Applier(m, coll, make_context(db, "t"))
-    op = applier._op(decide(m, {"_id": 2, "status": "active"}, applier.ctx))
-    assert op._filter["$and"][1] == {"status": "active"}
-    # The application deactivated the document after the image was taken.
-    coll.insert_one({"_id": 2, "status": "inactive"})
-    result = applier.apply_ids([2], {id_key(2): {"_id": 2, "status": "active"}})
-    assert result.updated == 0
-    assert "flag" not in coll.find_one({"_id": 2})
 
 
 @pytest.mark.parametrize("change", ["drop", "rename", "rename onto"])
@@ -321,3 +283,106 @@ def test_run_recovers_lost_history_with_rebackfill_and_records_the_recovery_done
         client.close()
         proc.kill()
         proc.wait()
+
+
+TRANSFORMS = {"items.py": ITEMS_MIGRATION}
+
+
+def test_the_consumers_own_writes_are_not_sent_through_the_topic_again(db, settings,
+                                                                         transforms):
+    coll = db["items"]
+    coll.insert_many([{"_id": i, "price": i, "qty": 2, "legacy": True} for i in range(300)]
+                     + [{"_id": 300 + i, "price": 1, "qty": 1, "total": 1} for i in range(20)])
+    migration = get_migration(transforms, "price_total")
+    report = run_pipeline(settings, migration, show_progress=False, timeout=120)
+    assert report.drained and report.lag == 0
+    # The backfill's 320 events; the 300 writes came back through the change stream and were
+    # dropped by the tailer, since the transform finds those documents migrated.
+    assert report.counts["produced"] == 320
+    assert report.counts["updated"] == 300 and report.counts["skipped"] == 300
+    assert report.counts["consumed"] == 320 and report.counts["unchanged"] == 20
+    assert api.verify(settings, "price_total").ok
+
+
+def test_the_tailer_forwards_every_event_the_consumer_may_have_work_for(db, settings,
+                                                                         transforms):
+    from cdc_migrator.capture.tailer import Tailer
+    from cdc_migrator.migration import Migration
+
+    def event(op, doc):
+        return {"_id": {"_data": "82"}, "operationType": op, "documentKey": {"_id": 1},
+                "fullDocument": doc}
+
+    price_total = get_migration(transforms, "price_total")
+    split_prefs = get_migration(transforms, "split_prefs")
+    tailer = Tailer(settings, price_total)
+    done = {"_id": 1, "price": 2, "qty": 3, "total": 6}
+    assert tailer._needs_nothing(event("update", done))
+    assert tailer._needs_nothing(event("insert", done))
+    assert not tailer._needs_nothing(event("update", {**done, "legacy": True}))
+    assert not tailer._needs_nothing(event("update", None))  # deleted before the look-up
+    assert not tailer._needs_nothing(event("delete", None))
+    assert not tailer._needs_nothing(event("insert", {"_id": 1, "price": 2}))  # it raises
+
+    def bad_patch(doc, ctx):
+        return ["not", "a", "patch"]
+
+    def writes_elsewhere(doc, ctx):
+        ctx.db.audit.insert_one({"seen": doc["_id"]})
+        return None
+
+    for transform in (bad_patch, writes_elsewhere):
+        other = Tailer(settings, Migration(transform.__name__, "items", transform))
+        assert not other._needs_nothing(event("update", done))
+    assert db.audit.count_documents({}) == 0  # the dry run wrote nothing
+    assert Tailer(settings, split_prefs)._needs_nothing(event("update", {"_id": 1}))
+
+
+FILTERED_MIGRATION = textwrap.dedent('''
+    from cdc_migrator import migration
+
+    @migration(collection="accounts", filter={"tier": {"$exists": False}})
+    def add_tier(doc, ctx):
+        return {"tier": "gold" if doc["n"] % 10 == 0 else "standard"}
+''')
+
+
+def test_a_filtered_migrations_echo_is_dropped_by_the_server(db, settings, tmp_path):
+    """With a filter, the change stream itself drops events of documents outside it: the
+    consumer's writes never reach the tailer, while every application write inside it does."""
+    (tmp_path / "accounts.py").write_text(FILTERED_MIGRATION)
+    settings.transforms = tmp_path
+    coll = db["accounts"]
+    coll.insert_many([{"_id": i, "n": i} for i in range(400)]
+                     + [{"_id": 400 + i, "n": i, "tier": "vip"} for i in range(50)])
+    migration = get_migration(tmp_path, "add_tier")
+    stop = threading.Event()
+    result: dict = {}
+
+    def application():
+        # Writes during the run, once capture is armed: new old-shape documents (inside the
+        # filter) and an update of a migrated field (outside it: nothing to do, and no event
+        # needed). The run cannot end before it backfilled 400 documents and drained.
+        wait_for_state(db, "add_tier", lambda s: (s.get("tail") or {}).get("armed_at"),
+                       timeout=60)
+        coll.insert_many([{"_id": 1000 + i, "n": i} for i in range(30)])
+        coll.update_many({"_id": {"$in": list(range(400, 410))}}, {"$set": {"tier": "bronze"}})
+
+    writer = threading.Thread(target=application, daemon=True)
+    writer.start()
+    result["report"] = run_pipeline(settings, migration, show_progress=False, timeout=120,
+                                    stop=stop, settle=2.0)
+    writer.join(timeout=30)
+    report = result["report"]
+    assert report.drained and report.lag == 0
+    # 400 snapshots, plus the 30 inserts unless the backfill read them first (then the
+    # insert event may arrive with its document already migrated and be dropped).
+    produced = report.counts["produced"]
+    assert 400 <= produced <= 430 + 30, produced
+    # Nothing came back for the tailer to drop in Python: the server dropped the echo.
+    assert report.counts.get("skipped", 0) == 0
+    assert report.counts["updated"] == 430
+    assert coll.count_documents({"tier": {"$exists": False}}) == 0
+    assert coll.count_documents({"tier": "bronze"}) == 10
+    assert coll.count_documents({"tier": "gold"}) == 43
+    assert api.verify(settings, "add_tier").ok

@@ -26,9 +26,7 @@ from bson.raw_bson import RawBSONDocument
 from fastavro.schema import parse_schema, to_parsing_canonical_form
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kafka.partitioner.default import murmur2 as kafkas_murmur2
 
-from cdc_migrator.capture import partitions as partitions_module
 from cdc_migrator.core import events
 from cdc_migrator.core.events import (
     CODEC_OPTIONS,
@@ -44,9 +42,8 @@ from cdc_migrator.core.events import (
 )
 from cdc_migrator.testing import change_envelope, snapshot_envelope
 
-from ..harness import examples
+from ..harness import ROOT, examples
 
-ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "schemas" / "envelope.avsc"  # the one people read and edit
 SCHEMA_JSON = json.loads(SCHEMA_FILE.read_text())
 # Parsed independently of the module, straight from the .avsc (logical type included).
@@ -1004,35 +1001,34 @@ def test_avro_long_is_avros_encoding(value: int) -> None:
 # --------------------------------------------------------------------------- partitions
 
 
-@settings(max_examples=500, deadline=None)
-@given(key=st.binary(max_size=64), partitions=st.integers(1, 64))
-def test_the_backfill_picks_the_partition_kafkas_default_partitioner_picks(key, partitions):
-    """One document's backfill record and change events must share a partition: the fast
-    murmur2 is kafka-python's (the Java client's) hash, for every length of key."""
-    assert partitions_module.murmur2(key) == kafkas_murmur2(key)
-    assert partitions_module.partition_of(key, partitions) == \
-        (kafkas_murmur2(key) & 0x7FFFFFFF) % partitions
+# A backfill record written by the version before schema 2 (schemas/envelope.v1.avsc), as it
+# may still be on a topic during a rolling upgrade: {"_id": 1, "a": 2} and {"_id": 2}.
+V1_BATCH = bytes.fromhex(
+    "c301b37cbf29d5255d04026d00080661707006656d621c0e000000105f69640001000000000000008289cf90"
+    "c6680002042a15000000105f6964000100000010610002000000001c0e000000105f696400020000000000")
 
 
-def test_murmur2_gives_the_java_clients_values():
-    # Values of org.apache.kafka.common.utils.Utils.murmur2 (its own unit test's inputs).
-    assert partitions_module.murmur2(b"21") & 0xFFFFFFFF == (-973932308) & 0xFFFFFFFF
-    assert partitions_module.murmur2(b"foobar") & 0xFFFFFFFF == (-790332482) & 0xFFFFFFFF
-    assert partitions_module.murmur2(b"a-little-bit-long-string") & 0xFFFFFFFF == \
-        (-985981536) & 0xFFFFFFFF
-    assert partitions_module.murmur2(b"a-little-bit-longer-string") & 0xFFFFFFFF == \
-        (-1486304829) & 0xFFFFFFFF
-    assert partitions_module.murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") \
-        & 0xFFFFFFFF == (-58897971) & 0xFFFFFFFF
-    assert partitions_module.murmur2(b"abc") & 0xFFFFFFFF == 479470107
+def test_records_of_the_previous_schema_still_decode():
+    envelope = events.decode(V1_BATCH)
+    assert envelope.documents == [{"_id": 1, "a": 2}, {"_id": 2}]
+    assert envelope.key == 1 and envelope.source == "backfill" and envelope.dependency is None
+    assert envelope.emitted_at == 1796119061057
+    assert V1_BATCH[2:10] != events.SCHEMA_FINGERPRINT  # it really is the older schema
 
 
-@settings(max_examples=200, deadline=None)
-@given(oid=st.builds(ObjectId))
-def test_the_identity_of_an_object_id_is_its_bson_as_for_any_other_such_type(oid):
-    """id_key takes a shortcut for ObjectIds: the key must be the one of the general rule
-    (the value's encoding), so an ObjectId never equals another type's key."""
-    from cdc_migrator.base.identity import id_key
-
-    assert id_key(oid) == ("bson", bson.encode({"": oid}))
-    assert id_key(oid) != id_key(oid.binary) and id_key(oid) != id_key(str(oid))
+def test_a_record_written_with_the_v1_schema_file_decodes_and_unknown_ones_stay_poison():
+    v1 = json.loads((ROOT / "schemas" / "envelope.v1.avsc").read_text())
+    schema = fastavro.parse_schema(v1)
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, schema, {
+        "migration": "m", "source": "change", "operation": "delete", "database": "app",
+        "collection": "c", "key": events.key_bytes(ObjectId("6b0e9a101e1178fee7def4c3")),
+        "document": None, "cluster_time": None, "resume_token": None, "emitted_at": 5,
+        "fence_id": None, "documents": None})
+    fingerprint = bytes.fromhex(fastavro.schema.fingerprint(
+        fastavro.schema.to_parsing_canonical_form(v1), "CRC-64-AVRO"))
+    envelope = events.decode(b"\xc3\x01" + fingerprint + out.getvalue())
+    assert envelope.operation == "delete" and envelope.key == ObjectId("6b0e9a101e1178fee7def4c3")
+    assert envelope.dependency is None
+    with pytest.raises(events.PoisonRecord, match="unknown schema fingerprint"):
+        events.decode(b"\xc3\x01" + b"\x01" * 8 + out.getvalue())

@@ -112,3 +112,32 @@ def test_the_oplog_window_is_read_from_local_oplog_rs_as_on_a_replica_set(tmp_pa
         client.close()
         proc.kill()
         proc.wait()
+
+
+def test_the_local_server_keeps_pre_images_only_where_they_are_enabled(db):
+    db.create_collection("kept", changeStreamPreAndPostImages={"enabled": True})
+    db.plain.insert_one({"_id": 1, "v": 1})
+    db.kept.insert_one({"_id": 1, "v": 1})
+    options = {c["name"]: c.get("options") or {} for c in db.list_collections()}
+    assert options["kept"]["changeStreamPreAndPostImages"] == {"enabled": True}
+    assert "changeStreamPreAndPostImages" not in options["plain"]
+    with pytest.raises(Exception, match="ns does not exist"):
+        db.command("collMod", "missing", changeStreamPreAndPostImages={"enabled": True})
+    with pytest.raises(Exception, match="enabled' is missing"):
+        db.command("collMod", "plain", changeStreamPreAndPostImages={})
+    with db.watch(full_document_before_change="whenAvailable") as stream:
+        for name in ("plain", "kept"):
+            db[name].update_one({"_id": 1}, {"$set": {"v": 2}})
+            db[name].replace_one({"_id": 1}, {"v": 3})
+            db[name].delete_one({"_id": 1})
+        seen = [(c["ns"]["coll"], c["operationType"], c["fullDocumentBeforeChange"])
+                for c in (stream.next() for _ in range(6))]
+    assert seen == [("plain", "update", None), ("plain", "replace", None),
+                    ("plain", "delete", None),
+                    ("kept", "update", {"_id": 1, "v": 1}), ("kept", "replace", {"_id": 1, "v": 2}),
+                    ("kept", "delete", {"_id": 1, "v": 3})]
+    db.command("collMod", "plain", changeStreamPreAndPostImages={"enabled": True})
+    db.plain.insert_one({"_id": 2, "v": 1})
+    with db.watch(full_document_before_change="whenAvailable") as stream:
+        db.plain.delete_one({"_id": 2})
+        assert stream.next()["fullDocumentBeforeChange"] == {"_id": 2, "v": 1}

@@ -6,10 +6,7 @@ import threading
 import time
 
 import pymongo
-from kafka import KafkaConsumer, TopicPartition
 from pymongo import monitoring
-
-from cdc_migrator.base import topics
 
 from ..harness import MONGO_BASE
 
@@ -119,59 +116,3 @@ def test_change_stream_resumes_after_token_without_losing_or_repeating(db):
     assert [e["documentKey"]["_id"] for e in first + rest] == list(range(8))
 
 
-def test_kafka_group_lag_is_end_minus_committed_per_partition(settings):
-    topic = f"{settings.topic_prefix}.lag"
-    assert topics.ensure_topic(settings, topic, partitions=3) == 3
-    producer = topics.producer(settings)
-    for i in range(30):
-        producer.send(topic, key=f"k{i}".encode(), value=b"v")
-    producer.flush()
-
-    group = f"{settings.group_prefix}-lag"
-    before = topics.group_lag(settings, topic, group)
-    assert before.total == 30 and len(before.partitions) == 3
-
-    consumer = KafkaConsumer(topic, group_id=group, enable_auto_commit=False,
-                             auto_offset_reset="earliest",
-                             bootstrap_servers=settings.kafka_bootstrap_servers)
-    seen = []
-    while len(seen) < 30:
-        for records in consumer.poll(timeout_ms=1000).values():
-            seen.extend(records)
-    consumer.commit()
-    # Same key, same partition: keyed records keep per-document order.
-    by_key = {}
-    for r in seen:
-        by_key.setdefault(r.key, set()).add(r.partition)
-    assert all(len(parts) == 1 for parts in by_key.values())
-
-    assert topics.group_lag(settings, topic, group).total == 0
-    for i in range(7):
-        producer.send(topic, key=f"k{i}".encode(), value=b"more")
-    producer.flush()
-    lag = topics.group_lag(settings, topic, group)
-    assert lag.total == 7
-    ends = consumer.end_offsets([TopicPartition(topic, p.partition) for p in lag.partitions])
-    for p in lag.partitions:
-        assert p.lag == ends[TopicPartition(topic, p.partition)] - p.committed
-    consumer.close()
-    producer.close()
-
-
-def test_producer_uses_lz4_and_the_c_checksum_unless_configured_otherwise(settings):
-    from kafka.record import util
-
-    assert util.crc32c_c is not None, "the crc32c package (a dependency) is what kafka-python uses"
-    producer = topics.producer(settings)
-    try:
-        assert producer.config["compression_type"] == "lz4"
-        assert producer.config["acks"] in ("all", -1)
-    finally:
-        producer.close()
-    settings.kafka_options = {"compression_type": "gzip", "linger_ms": 20}
-    producer = topics.producer(settings, linger_ms=1)
-    try:
-        assert producer.config["compression_type"] == "gzip"  # the settings win over defaults
-        assert producer.config["linger_ms"] == 1  # the caller's overrides win over both
-    finally:
-        producer.close()
