@@ -1,26 +1,33 @@
-"""`apply` while the application keeps writing: guarded writes never overwrite what the
-application wrote after the scan read a document, never bring a deleted document back, and a
-final run leaves every document migrated.
-"""
+"""The applier: guarded, idempotent bulk writes that never overwrite what the application wrote
+after a document was read, never bring a deleted document back, and leave the migration's
+filter out of the write only where the guard keeps it; misses re-read and retried, one refused
+write one document's failure, the simple collation stated."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import random
+import textwrap
 import warnings
 
 import bson
 import hypothesis
 import pymongo
+from bson import Decimal128, Int64
 from hypothesis import strategies as st
+from kafka.admin import NewTopic
 
 from cdc_migrator import api, migration
 from cdc_migrator.apply.applier import MAX_STATEMENT_BYTES, Applier, _too_large, size_bound
+from cdc_migrator.base import topics
 from cdc_migrator.base.identity import id_key
 from cdc_migrator.core.context import make_context
+from cdc_migrator.core.deadletters import read as read_dead_letters
 from cdc_migrator.core.patch import Outcome, decide, guard_filter
-from cdc_migrator.migration import Migration, _defined
+from cdc_migrator.migration import Migration, _defined, get_migration
+from cdc_migrator.pipeline import run_pipeline
 
 from ..harness import (
     MONGO_BASE,
@@ -250,3 +257,75 @@ def test_a_filter_on_fields_the_transform_does_not_read_stays_in_the_write(db):
     result = applier.apply_ids([2], {id_key(2): {"_id": 2, "status": "active"}})
     assert result.updated == 0
     assert "flag" not in coll.find_one({"_id": 2})
+
+
+MIB = 1 << 20
+
+
+def _migrations(tmp_path, settings, source: str):
+    (tmp_path / "m.py").write_text(textwrap.dedent(source))
+    settings.transforms = tmp_path
+    return tmp_path
+
+
+def _run(settings, tmp_path, name: str, **options):
+    report = run_pipeline(settings, get_migration(tmp_path, name), show_progress=False,
+                          timeout=180, **options)
+    assert report.drained, report
+    return report
+
+
+def _create_topic(settings, collection: str, **config: str) -> None:
+    """The migration's topic, made before the tool makes it (as a user's may be, with the
+    settings the tool checks: docs/deploy.md), with ``config`` on top."""
+    client = topics.admin(settings)
+    try:
+        client.create_topics([NewTopic(settings.topic(collection), settings.partitions, 1,
+                                       topic_configs={**topics.TOPIC_CONFIGS, **config})])
+    finally:
+        client.close()
+
+
+MARK_MIGRATION = '''
+    from cdc_migrator import migration
+
+    @migration(collection="things")
+    def mark(doc, ctx):
+        if "marked" not in doc:
+            return {"marked": True}
+'''
+
+
+def test_ids_mongodb_takes_as_one_are_one_document_to_the_applier(db, settings, tmp_path):
+    migration = get_migration(_migrations(tmp_path, settings, MARK_MIGRATION), "mark")
+    db.things.insert_many([{"_id": 1}, {"_id": True}, {"_id": {"a": 1}}])
+    applier = Applier(migration, settings.db.things, make_context(settings.db, "mark"))
+    result = applier.apply_ids([1, 1.0, Int64(1), Decimal128("1"), True, {"a": 1},
+                                {"a": 1.0}])
+    assert (result.seen, result.updated, result.missing) == (3, 3, 0)
+
+
+REWRITE_MIGRATION = '''
+    from cdc_migrator import migration
+
+    @migration(collection="files")
+    def reverse_blob(doc, ctx):
+        if not doc.get("reversed"):
+            return {"blob": doc["blob"][::-1], "reversed": True}
+'''
+
+
+def test_one_refused_write_is_that_documents_failure_and_the_rest_is_migrated(
+        db, settings, tmp_path):
+    _migrations(tmp_path, settings, REWRITE_MIGRATION)
+    _create_topic(settings, "files", **{"max.message.bytes": str(topics.MAX_RECORD_BYTES)})
+    # The guard pins the 9 MiB blob and the update sets a new one: 18 MiB in one statement,
+    # more than MongoDB takes, while the document itself stays at 9 MiB.
+    db.files.insert_many([{"_id": 1, "blob": b"ab"}, {"_id": 2, "blob": os.urandom(9 * MIB)},
+                          {"_id": 3, "blob": b"cd"}])
+    report = _run(settings, tmp_path, "reverse_blob")
+    assert report.counts["updated"] == 2 and report.counts["failed"] == 1
+    assert [d["_id"] for d in db.files.find({"reversed": True})] == [1, 3]
+    letters = read_dead_letters(settings, get_migration(tmp_path, "reverse_blob"))
+    assert [(letter.doc_id, letter.entry["kind"]) for letter in letters] == [(2, "transform")]
+    assert "larger than MongoDB accepts for one statement" in letters[0].entry["error"]

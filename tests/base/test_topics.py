@@ -1,5 +1,5 @@
-"""Real Kafka behaviour: the settings of the topics (retention, compaction, record size), records
-deleted before they were consumed, and a consumer that stops making progress."""
+"""Kafka plumbing against the real broker: the settings of the topics (retention, compaction,
+record size), the group's lag, the producer's compression."""
 
 from __future__ import annotations
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import bson
+from bson.raw_bson import RawBSONDocument
+
 from cdc_migrator import api
-from cdc_migrator.capture.backfill import backfill
+from cdc_migrator.capture.backfill import RECORD_BYTES, backfill, by_partition
 from cdc_migrator.capture.tailer import arm
+from cdc_migrator.core import events
 from cdc_migrator.migration import get_migration
 
 from ..harness import (
@@ -60,3 +64,12 @@ def test_backfill_refuses_until_change_capture_is_armed(db, settings, transforms
     assert result.returncode == 1
     assert "not armed" in result.stderr and "Traceback" not in result.stderr
     assert db.cdc_migrator_state.count_documents({"backfill": {"$exists": True}}) == 0
+
+
+def test_a_document_over_the_record_size_of_a_batch_is_alone_in_its_record():
+    encoder = events.RawEncoder("m", "d", "c")
+    small = [RawBSONDocument(bson.encode({"_id": i, "v": "x"})) for i in range(10)]
+    large = RawBSONDocument(bson.encode({"_id": 99, "v": b"\0" * (RECORD_BYTES + 1)}))
+    groups = [docs for _, docs in by_partition(small[:5] + [large] + small[5:], encoder, 1)]
+    assert [large] in groups
+    assert all(len(docs) == 1 for docs in groups if large in docs)

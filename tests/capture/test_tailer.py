@@ -1,9 +1,14 @@
-"""The tailer's server-side filter: a migration's filter moved into the change stream."""
+"""The tailer: the migration's filter moved into the change stream, the consumer's echo dropped,
+every event forwarded that the consumer may have work for; a dropped, renamed or invalidated
+stream stopping it in one line, idle writes only at the heartbeat, lost history failing the
+migration or recovered by a new backfill."""
 
 from __future__ import annotations
 
+import random
 import textwrap
 import threading
+import uuid
 
 import pytest
 
@@ -11,6 +16,7 @@ from cdc_migrator import api
 from cdc_migrator.base import topics
 from cdc_migrator.base.naming import FENCE_COLLECTION
 from cdc_migrator.base.retry import Retrier
+from cdc_migrator.base.settings import Settings
 from cdc_migrator.capture.tailer import UNUSED_FIELDS, Tailer, image_condition, stream_pipeline
 from cdc_migrator.core.state import HEARTBEAT_INTERVAL, Phase
 from cdc_migrator.errors import CaptureStopped
@@ -19,12 +25,14 @@ from cdc_migrator.pipeline import run_pipeline
 
 from ..harness import (
     ITEMS_MIGRATION,
+    KAFKA,
     CliProcess,
     CommandRecorder,
     local_mongo,
     part_of,
     private_settings,
     run_cli,
+    seed_items,
     seed_legacy,
     state_of,
     wait_for,
@@ -386,3 +394,45 @@ def test_a_filtered_migrations_echo_is_dropped_by_the_server(db, settings, tmp_p
     assert coll.count_documents({"tier": "bronze"}) == 10
     assert coll.count_documents({"tier": "gold"}) == 43
     assert api.verify(settings, "add_tier").ok
+
+
+NAME = "price_total"
+
+
+def test_tailer_stops_with_history_lost_and_never_skips_ahead(private_mongo, tmp_path):
+    (tmp_path / "items.py").write_text(ITEMS_MIGRATION)
+    host, port = private_mongo.address
+    settings = Settings(mongodb_uri=f"mongodb://{host}:{port}/app?directConnection=true",
+                        kafka_bootstrap_servers=KAFKA, transforms=tmp_path,
+                        topic_prefix=f"t-hl-{uuid.uuid4().hex[:8]}",
+                        group_prefix=f"g-hl-{uuid.uuid4().hex[:8]}", partitions=2)
+    db = private_mongo.app
+    seed_items(db.items, random.Random(3), 200)
+    tail = CliProcess(settings, "tail", NAME)
+    first = wait_for(lambda: part_of(db, NAME, "tail").get("resume_token"),
+                     what="a saved resume token")
+    db.items.insert_one({"_id": 500, "price": 2, "qty": 3, "legacy": True})
+    wait_for(lambda: part_of(db, NAME, "tail").get("resume_token") != first,
+             what="the tailer moving on")
+    assert tail.stop() == 0
+    saved = state_of(db, NAME)["tail"]["resume_token"]
+    db.items.insert_many([{"_id": 1000 + i, "price": 1, "qty": 1, "legacy": True}
+                          for i in range(50)])
+    dropped = db.client.admin.command({"truncateChangeHistory": 1})
+
+    again = run_cli("tail", NAME, settings=settings, timeout=60)
+
+    assert dropped["droppedEvents"] >= 50
+    assert again.returncode == 1, again.stderr
+    error = again.stderr.strip().splitlines()[-1]
+    assert error.startswith("cdc-migrator: the change stream of items can no longer resume")
+    assert f"a new backfill is needed: `cdc-migrator reset {NAME}`" in error
+    assert "Traceback" not in again.stderr
+    state = state_of(db, NAME)
+    assert state["phase"] == Phase.FAILED and state["tail"]["resume_token"] == saved
+    # The way back the message names: reset, then the pipeline migrates everything.
+    assert run_cli("reset", NAME, "--yes", settings=settings).returncode == 0
+    rerun = run_cli("run", NAME, "--timeout", "60", "-q", settings=settings)
+    assert rerun.returncode == 0, rerun.stderr
+    assert db.items.count_documents({"legacy": {"$exists": True}}) == 0
+    assert db.items.count_documents({"total": {"$exists": True}}) == 251

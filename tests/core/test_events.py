@@ -1,4 +1,5 @@
-"""Unit tests for cdc_migrator.core.events: the Avro event envelope. No Kafka, no MongoDB."""
+"""Unit tests for cdc_migrator.core.events: the Avro event envelope, and records of the schema's
+earlier version. No Kafka, no MongoDB."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Lag you can trust, status you can watch, and a cutover that refuses when it should."""
+"""Cutover: a fence that proves the lag, a refusal with every reason, the contract schema checked
+and applied (or refused by the server); the operator's commands around it (pause, cancel,
+next) and cutover catching up by itself after `run`."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import textwrap
 import threading
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from cdc_migrator.base import topics
 from cdc_migrator.base.naming import FENCE_COLLECTION
@@ -24,6 +25,7 @@ from ..harness import (
     wait_drained,
     wait_for,
     wait_for_state,
+    write_transforms,
 )
 
 MIGRATIONS = textwrap.dedent('''
@@ -112,29 +114,6 @@ def test_cutover_refuses_while_documents_fail_and_names_them(db, settings, trans
     assert late.returncode == 1 and "3 documents unmigrated" in late.stdout
     assert run_cli("apply", "add_tier", "-q", settings=settings).returncode == 0
     assert run_cli("cutover", "add_tier", settings=settings).returncode == 0
-
-
-def test_status_lag_agrees_with_an_independent_count_at_the_broker(db, settings, transforms):
-    seed(db, 1500)
-    migration = get_migration(transforms, "add_tier")
-    arm(settings, migration)
-    assert run_cli("backfill", "add_tier", "-q", settings=settings).returncode == 0
-    status = run_cli("status", "add_tier", "--json", settings=settings)
-    assert status.returncode == 0, status.stderr
-    reported = json.loads(status.stdout)["lag"]
-
-    topic = settings.topic("accounts")
-    consumer = KafkaConsumer(group_id=settings.group(migration.name),
-                             bootstrap_servers=settings.kafka_bootstrap_servers)
-    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-    ends = consumer.end_offsets(parts)
-    independent = sum(ends[tp] - (consumer.committed(tp) or 0) for tp in parts)
-    consumer.close()
-    # Lag counts records: the backfill puts a batch of documents of one partition in each.
-    assert reported["total"] == independent
-    assert 0 < independent < 1500
-    assert {int(p): v["lag"] for p, v in reported["partitions"].items()} == {
-        tp.partition: ends[tp] for tp in parts}
 
 
 def test_fence_waits_for_every_partition_with_several_consumers(db, settings, transforms):
@@ -340,3 +319,33 @@ def test_load_schema_refuses_a_schema_mongodb_rejects(settings, tmp_path):
     from cdc_migrator.operations.cutover import load_schema
     with pytest.raises(UsageError, match="not one MongoDB's \\$jsonSchema accepts"):
         load_schema(settings, "users.contract.json")
+
+
+ACCOUNTS = textwrap.dedent('''
+    from cdc_migrator import migration
+
+    @migration(collection="accounts")
+    def add_plan(doc, ctx):
+        if "plan" not in doc:
+            if doc.get("broken"):
+                raise ValueError(f"account {doc['_id']} has no owner")
+            return {"plan": "free"}
+''')
+
+
+def test_cutover_after_run_finished_catches_up_by_itself(db, settings, tmp_path):
+    write_transforms(tmp_path, settings, {"accounts.py": ACCOUNTS})
+    db.accounts.insert_many([{"_id": i} for i in range(500)])
+    assert run_cli("run", "add_plan", "--timeout", "60", "-q", settings=settings).returncode == 0
+    # Written after the run ended, with nothing running: only the change stream has them.
+    db.accounts.insert_many([{"_id": 1000 + i} for i in range(50)])
+    db.accounts.update_one({"_id": 3}, {"$unset": {"plan": ""}})
+
+    done = run_cli("cutover", "add_plan", "--timeout", "60", settings=settings)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "add_plan: cut over." in done.stdout
+    assert "No tailer or consumer was running: cutover caught up itself" in done.stdout
+    assert db.accounts.count_documents({"plan": "free"}) == 550
+    state = db.cdc_migrator_state.find_one({"_id": "add_plan"})
+    assert state["phase"] == Phase.CUT_OVER

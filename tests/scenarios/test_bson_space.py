@@ -1,6 +1,5 @@
 """Documents as real collections hold them, through every path: ``apply``, backfill, tail,
-consume, dead letters. Each test is one reproduction of issue 12, on the real services.
-"""
+consume, dead letters. Each test is one reproduction of issue 12, on the real services."""
 
 from __future__ import annotations
 
@@ -10,10 +9,7 @@ import threading
 import uuid
 
 import bson
-import pymongo
-import pytest
-from bson import DatetimeMS, Decimal128, Int64, Regex
-from bson.raw_bson import RawBSONDocument
+from bson import DatetimeMS, Int64, Regex
 from kafka.admin import NewTopic
 
 from cdc_migrator import api, testing
@@ -21,11 +17,10 @@ from cdc_migrator.apply.applier import Applier
 from cdc_migrator.apply.consumer import TransformConsumer
 from cdc_migrator.base import codec, topics
 from cdc_migrator.base.identity import id_key
-from cdc_migrator.capture.backfill import RECORD_BYTES, backfill, by_partition
+from cdc_migrator.capture.backfill import backfill
 from cdc_migrator.capture.tailer import Tailer, arm
 from cdc_migrator.core import events
 from cdc_migrator.core.context import make_context
-from cdc_migrator.core.deadletters import read as read_dead_letters
 from cdc_migrator.migration import get_migration
 from cdc_migrator.operations.observability import Health
 from cdc_migrator.pipeline import run_pipeline
@@ -138,15 +133,6 @@ def test_ids_equal_in_python_but_not_to_mongodb_are_each_migrated(db, settings, 
     assert report.counts["updated"] == len(DISTINCT_IDS)
 
 
-def test_ids_mongodb_takes_as_one_are_one_document_to_the_applier(db, settings, tmp_path):
-    migration = get_migration(_migrations(tmp_path, settings, MARK_MIGRATION), "mark")
-    db.things.insert_many([{"_id": 1}, {"_id": True}, {"_id": {"a": 1}}])
-    applier = Applier(migration, settings.db.things, make_context(settings.db, "mark"))
-    result = applier.apply_ids([1, 1.0, Int64(1), Decimal128("1"), True, {"a": 1},
-                                {"a": 1.0}])
-    assert (result.seen, result.updated, result.missing) == (3, 3, 0)
-
-
 # --------------------------------------------------------------------------- sizes
 
 BLOB_MIGRATION = '''
@@ -197,15 +183,6 @@ def test_a_record_larger_than_the_topic_accepts_goes_by_its_key_alone(db, settin
             t.join(timeout=60)
     assert [d["size"] for d in db.files.find()] == [3 * MIB, 5, 2 * MIB]
     assert consumer.stats.result.failed == 0
-
-
-def test_a_document_over_the_record_size_of_a_batch_is_alone_in_its_record():
-    encoder = events.RawEncoder("m", "d", "c")
-    small = [RawBSONDocument(bson.encode({"_id": i, "v": "x"})) for i in range(10)]
-    large = RawBSONDocument(bson.encode({"_id": 99, "v": b"\0" * (RECORD_BYTES + 1)}))
-    groups = [docs for _, docs in by_partition(small[:5] + [large] + small[5:], encoder, 1)]
-    assert [large] in groups
-    assert all(len(docs) == 1 for docs in groups if large in docs)
 
 
 # --------------------------------------------------------------------------- the codec again
@@ -285,51 +262,7 @@ def test_dotted_and_dollar_field_names_read_or_iterated_are_pinned(db, settings,
     assert db.orders.count_documents({}) == 0
 
 
-REWRITE_MIGRATION = '''
-    from cdc_migrator import migration
-
-    @migration(collection="files")
-    def reverse_blob(doc, ctx):
-        if not doc.get("reversed"):
-            return {"blob": doc["blob"][::-1], "reversed": True}
-'''
-
-
-def test_one_refused_write_is_that_documents_failure_and_the_rest_is_migrated(
-        db, settings, tmp_path):
-    _migrations(tmp_path, settings, REWRITE_MIGRATION)
-    _create_topic(settings, "files", **{"max.message.bytes": str(topics.MAX_RECORD_BYTES)})
-    # The guard pins the 9 MiB blob and the update sets a new one: 18 MiB in one statement,
-    # more than MongoDB takes, while the document itself stays at 9 MiB.
-    db.files.insert_many([{"_id": 1, "blob": b"ab"}, {"_id": 2, "blob": os.urandom(9 * MIB)},
-                          {"_id": 3, "blob": b"cd"}])
-    report = _run(settings, tmp_path, "reverse_blob")
-    assert report.counts["updated"] == 2 and report.counts["failed"] == 1
-    assert [d["_id"] for d in db.files.find({"reversed": True})] == [1, 3]
-    letters = read_dead_letters(settings, get_migration(tmp_path, "reverse_blob"))
-    assert [(letter.doc_id, letter.entry["kind"]) for letter in letters] == [(2, "transform")]
-    assert "larger than MongoDB accepts for one statement" in letters[0].entry["error"]
-
-
 # --------------------------------------------------------------------------- change streams
-
-def test_the_local_server_fails_a_change_event_over_its_limit_as_mongodb_does(db):
-    db.big.insert_one({"_id": 1, "a": os.urandom(8 * MIB), "b": os.urandom(8 * MIB - 100)})
-    stream = db.big.watch(full_document="updateLookup", max_await_time_ms=100)
-    before = stream.resume_token
-    # The update's description repeats the new 8 MiB beside the looked-up 16 MiB document.
-    db.big.update_one({"_id": 1}, {"$set": {"a": os.urandom(8 * MIB)}})
-    with pytest.raises(pymongo.errors.OperationFailure) as getmore:
-        stream.try_next()
-    assert getmore.value.code == 10334
-    assert "BSONObj size: " in str(getmore.value)
-    assert "is invalid. Size must be between 0 and 16793600(16MB)" in str(getmore.value)
-    with pytest.raises(pymongo.errors.OperationFailure) as resumed:
-        db.big.watch(full_document="updateLookup", resume_after=before).try_next()
-    assert resumed.value.code == 10334  # forever: resuming from before meets it again
-    asked_less = db.big.watch([{"$unset": ["updateDescription"]}],
-                              full_document="updateLookup", resume_after=before)
-    assert asked_less.try_next()["operationType"] == "update"
 
 
 LARGE_MIGRATION = '''

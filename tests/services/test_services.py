@@ -1,4 +1,5 @@
-"""The foundation: the local services behave as the code expects of MongoDB and Kafka."""
+"""The foundation: the local MongoDB server's change streams behave as the code expects of
+MongoDB's."""
 
 from __future__ import annotations
 
