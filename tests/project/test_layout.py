@@ -1,7 +1,12 @@
-"""The package's layout keeps its rules (docs/architecture.md): read from the imports.
+"""The package's layout keeps its rules (docs/architecture.md), read from the imports.
 
-Every import of every module is read from its source (module level and inside functions), so a
-late import cannot hide a dependency.
+The layers, lowest first: the contract (``migration``, ``errors``); ``base/``, the floor;
+``core/``, the domain; the rooms (``capture/``, ``apply/``, ``operations/``); the shell
+(``pipeline``, ``api``, ``cli``). A module imports its own layer and those below, never a room
+beside its own, and the floor reaches up only through ``Settings.store``. Every import of every
+module is read from its source (module level and inside functions), so a late import cannot
+hide a dependency. Every exception class lives in ``errors.py``; docstrings and documents point
+only at code that exists.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from ..harness import ROOT
 PACKAGE = ROOT / "cdc_migrator"
 ROOMS = ("capture", "apply", "operations")
 CONTRACT = {"cdc_migrator.migration", "cdc_migrator.errors"}
+#: The modules that wire the rooms together and face the user.
+SHELL = {"cdc_migrator.pipeline", "cdc_migrator.api", "cdc_migrator.cli"}
 #: The one import from the floor upward: ``Settings.store`` hands every actor the state store
 #: (imported when first used, so the floor loads without the core).
 DOORS = {("cdc_migrator.base.settings", "cdc_migrator.core.state")}
@@ -55,7 +62,13 @@ def _room(module: str) -> str:
     return parts[1] if len(parts) > 2 else "top"
 
 
-def test_the_base_layer_imports_no_actor_and_no_shell():
+def test_the_contract_imports_nothing_of_the_package_but_itself():
+    for module, imported in _imports().items():
+        if module in CONTRACT:
+            assert imported <= CONTRACT, f"{module} imports {sorted(imported - CONTRACT)}"
+
+
+def test_the_floor_imports_only_the_floor_and_the_contract():
     for module, imported in _imports().items():
         if _room(module) == "base":
             above = {m for m in imported if _room(m) != "base" and m not in CONTRACT
@@ -63,7 +76,7 @@ def test_the_base_layer_imports_no_actor_and_no_shell():
             assert not above, f"{module} imports {sorted(above)}"
 
 
-def test_the_core_imports_the_base_layer_and_the_contract_only():
+def test_the_core_imports_only_the_floor_and_the_contract():
     for module, imported in _imports().items():
         if _room(module) == "core":
             above = {m for m in imported if _room(m) not in ("core", "base") and m not in CONTRACT}
@@ -77,6 +90,25 @@ def test_a_room_imports_the_layers_below_and_the_contract_never_another_room():
             others = {m for m in imported
                       if _room(m) not in (room, "core", "base") and m not in CONTRACT}
             assert not others, f"{module} imports {sorted(others)}"
+
+
+def test_only_the_shell_sees_the_rooms_and_only_the_command_line_the_configuration_file():
+    for module, imported in _imports().items():
+        if _room(module) == "top" and module not in SHELL:
+            rooms = {m for m in imported if _room(m) in ROOMS}
+            assert not rooms, f"{module} imports {sorted(rooms)}"
+        if "cdc_migrator.configfile" in imported:
+            assert module == "cdc_migrator.cli", f"{module} reads the configuration file"
+
+
+def test_every_exception_class_lives_in_errors_py():
+    elsewhere = []
+    for module in sorted(m for m in _imports() if not m.endswith("__main__")):  # main() runs
+        for name, value in vars(importlib.import_module(module)).items():
+            if isinstance(value, type) and issubclass(value, BaseException) \
+                    and value.__module__ == module and module != "cdc_migrator.errors":
+                elsewhere.append(f"{module}.{name}")
+    assert not elsewhere, elsewhere
 
 
 def test_the_package_has_no_import_cycle():
@@ -98,9 +130,9 @@ def test_the_package_has_no_import_cycle():
             visit(module, [module])
 
 
-def test_the_rooms_and_the_base_layer_exist_as_documented():
+def test_the_layers_and_the_rooms_exist_as_documented():
     documented = (ROOT / "docs" / "architecture.md").read_text()
-    for folder in ("base", *ROOMS):
+    for folder in ("base", "core", *ROOMS):
         assert (PACKAGE / folder / "__init__.py").is_file()
         assert f"{folder}/" in documented
 
