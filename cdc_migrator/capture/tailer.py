@@ -17,7 +17,11 @@ does not acknowledge is waited for with the batch in hand (see :mod:`cdc_migrato
 A drop or rename of the migrated collection fails the migration (phase ``failed``, with the
 reason), and an invalidated stream (its database dropped) stops the tailer: both with one line
 and exit 1, never a loop on a closed stream. Resume history that is gone stops the tailer too,
-or, with ``--on-history-lost rebackfill``, re-arms capture from now and backfills again.
+or, with ``--on-history-lost rebackfill``, is handed to its :class:`~.recovery.Recovery`,
+which re-arms capture from now and backfills again.
+
+Each kind of event has a method of its own (a fence, a change of a dependency, a write of a
+migrated document, an idle poll); a :class:`Checkpoint` decides when the position is saved.
 """
 
 from __future__ import annotations
