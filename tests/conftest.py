@@ -20,7 +20,18 @@ import pytest
 
 from cdc_migrator.base.settings import Settings
 
-from .harness import KAFKA, MONGO_BASE, ROOT, services_unreachable, uri_for, write_transforms
+from .harness import (
+    CURSOR_TIMEOUT_MS,
+    KAFKA,
+    LIMITS_MIGRATIONS,
+    MONGO_BASE,
+    ROOT,
+    local_mongo,
+    services_unreachable,
+    stop_local_mongo,
+    uri_for,
+    write_transforms,
+)
 
 # A test using one of these talks to a service (the shared ones, or a server of its own).
 SERVICE_FIXTURES = frozenset({"mongo_client", "db", "settings", "private_kafka",
@@ -89,3 +100,28 @@ def transforms(request, tmp_path, settings):
     """A transforms directory holding the test module's ``TRANSFORMS`` ({file name: source}),
     made the settings' transforms directory."""
     return write_transforms(tmp_path, settings, request.module.TRANSFORMS)
+
+
+@pytest.fixture
+def items_settings(settings, tmp_path):
+    """The settings, with :data:`~tests.harness.LIMITS_MIGRATIONS` as their transforms."""
+    (tmp_path / "items.py").write_text(LIMITS_MIGRATIONS)
+    settings.transforms = tmp_path
+    return settings
+
+
+@pytest.fixture(scope="module")
+def short_cursors(tmp_path_factory):
+    """A LocalMongo of the module's own whose idle cursors time out after CURSOR_TIMEOUT_MS."""
+    proc, client = local_mongo(tmp_path_factory.mktemp("cursors"),
+                               f"-DcursorTimeoutMillis={CURSOR_TIMEOUT_MS}")
+    yield client
+    stop_local_mongo(proc, client)
+
+
+@pytest.fixture
+def private_mongo(tmp_path):
+    """A LocalMongo of the test's own (its change history can be truncated)."""
+    proc, client = local_mongo(tmp_path, heap="512m")
+    yield client
+    stop_local_mongo(proc, client)

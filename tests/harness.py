@@ -22,6 +22,7 @@ import sys
 import textwrap
 import threading
 import time
+import unittest
 import urllib.error
 import urllib.request
 import uuid
@@ -31,6 +32,7 @@ from typing import Any
 
 import bson
 import pymongo
+from pymongo import monitoring
 
 from cdc_migrator.base import topics
 from cdc_migrator.base.naming import STATE_COLLECTION
@@ -178,6 +180,74 @@ def seed_sharded_collection(client: pymongo.MongoClient, namespace: str, key: di
             chunk["onCurrentShardSince"] = now
         config.chunks.insert_one(chunk)
     return entry
+def local_mongo(home: Path, *properties: str,
+                heap: str = "256m") -> tuple[subprocess.Popen, pymongo.MongoClient]:
+    """:func:`start_local_mongo`, or the test skipped (``unittest.SkipTest``, which pytest
+    honours) where a LocalMongo of one's own cannot start."""
+    missing = local_mongo_missing()
+    if missing:
+        raise unittest.SkipTest(missing)
+    return start_local_mongo(home, *properties, heap=heap)
+
+
+#: The idle-cursor timeout of the ``short_cursors`` server (tests/conftest.py), in ms.
+CURSOR_TIMEOUT_MS = 600
+#: The migrations of a LocalMongo of one's own (:func:`private_settings`): price_total in
+#: batches of 5, and ``early``, of a collection that does not exist yet.
+LIMITS_MIGRATIONS = textwrap.dedent('''
+    from cdc_migrator import migration, UNSET
+
+    @migration(collection="items", batch_size=5)
+    def price_total(doc, ctx):
+        total = doc["price"] * doc["qty"]
+        if doc.get("total") != total or "legacy" in doc:
+            return {"total": total, "legacy": UNSET}
+
+    @migration(collection="not_there_yet")
+    def early(doc, ctx):
+        return None
+''')
+
+
+def cursor_metrics(client: pymongo.MongoClient) -> dict:
+    """The server's cursor metrics (open, timed out): ``serverStatus``'s."""
+    return client.admin.command("serverStatus")["metrics"]["cursor"]
+
+
+def private_settings(client: pymongo.MongoClient, tmp_path: Path, **options: Any) -> Settings:
+    """Settings for a LocalMongo of one's own (a new database) and the shared Kafka, with
+    :data:`LIMITS_MIGRATIONS` written into ``tmp_path`` as the transforms."""
+    host, port = client.address
+    (tmp_path / "items.py").write_text(LIMITS_MIGRATIONS)
+    return Settings(mongodb_uri=f"mongodb://{host}:{port}/d{uuid.uuid4().hex[:8]}"
+                                "?directConnection=true",
+                    kafka_bootstrap_servers=KAFKA, transforms=tmp_path,
+                    topic_prefix=f"t-sl-{uuid.uuid4().hex[:8]}",
+                    group_prefix=f"g-sl-{uuid.uuid4().hex[:8]}", partitions=2, **options)
+
+
+def seed_legacy(coll: Any, n: int) -> None:
+    """``n`` items of :data:`LIMITS_MIGRATIONS`' price_total, each still to migrate."""
+    coll.insert_many([{"_id": i, "price": i, "qty": 2, "legacy": True} for i in range(n)])
+
+
+class CommandRecorder(monitoring.CommandListener):
+    """Every command a client started, as (name, command document)."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, dict]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands.append((event.command_name, dict(event.command)))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def named(self, name: str) -> list[dict]:
+        return [c for n, c in self.commands if n == name]
 
 
 # --------------------------------------------------------------------------------- polling

@@ -30,7 +30,6 @@ _COMPONENT_OF_LOGGER = {
     "cdc_migrator.consumer": "consumer",
     "cdc_migrator.backfill": "backfill",
     "cdc_migrator.apply": "apply",
-    "cdc_migrator.cutover": "cutover",
 }
 
 _secrets: set[str] = set()
@@ -91,7 +90,7 @@ class _Masking(logging.Filter):
 
 class _LibraryLevel(logging.Filter):
     """Drops the drivers' records below their level: the Kafka client's warnings are created
-    (:mod:`cdc_migrator.refusals` reads the causes of refused connections in them) but not
+    (:mod:`cdc_migrator.base.refusals` reads the causes of refused connections in them) but not
     shown unless asked for."""
 
     def __init__(self, level: int) -> None:
@@ -164,7 +163,7 @@ def configure(log_format: str = "text", verbosity: int = 0) -> None:
     replaces the previous set-up.
 
     The drivers are silent by default: during an outage they log every reconnect attempt, and
-    the tool logs each outage once itself (see :mod:`cdc_migrator.retry`).
+    the tool logs each outage once itself (see :mod:`cdc_migrator.base.retry`).
     """
     global _handler, _format
     root = logging.getLogger()

@@ -38,6 +38,7 @@ from kafka.errors import (
 from pymongo.errors import ConnectionFailure
 
 from ..errors import ConnectionRefused
+from .messages import message_of
 
 #: A refusal logged this many seconds before a timeout is taken as its cause (one bootstrap
 #: attempt lasts at most 10 s).
@@ -52,7 +53,7 @@ def refusal_of(exc: BaseException) -> str | None:
     """What refused the connection, when ``exc`` (or the error it was raised from) is a
     refusal; None for anything retrying may cure."""
     if isinstance(exc, _SASL):
-        return ("Kafka refused the SASL credentials (" + _text(exc) + "): check "
+        return ("Kafka refused the SASL credentials (" + message_of(exc) + "): check "
                 "--kafka-sasl-mechanism, --kafka-sasl-username and --kafka-sasl-password")
     seen: set[int] = set()
     cause: BaseException | None = exc
@@ -95,14 +96,6 @@ def forget() -> None:
     global _latest
     with _lock:
         _latest = None
-
-
-def _text(exc: BaseException) -> str:
-    text = str(exc).replace("[Error 58] ", "")
-    name = type(exc).__name__
-    while text.startswith(f"{name}: "):  # kafka-python repeats the class name
-        text = text[len(name) + 2:]
-    return text
 
 
 class _Capture(logging.Handler):

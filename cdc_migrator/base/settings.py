@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pymongo
 from pymongo.database import Database
@@ -26,6 +26,9 @@ from pymongo.errors import ConfigurationError, InvalidURI
 
 from ..errors import UsageError
 from . import codec, naming
+
+if TYPE_CHECKING:
+    from ..core.state import StateStore
 
 DEFAULT_MONGODB_URI = "mongodb://127.0.0.1:27017/app?directConnection=true"
 DEFAULT_KAFKA = "127.0.0.1:9092"
@@ -78,9 +81,10 @@ class Setting:
 
     ``flag`` defaults to ``--`` and the field's name with dashes, ``env`` to ``CDC_MIGRATOR_``
     and the name in capitals, ``key`` (the configuration file's) to the name; ``env`` or
-    ``key`` None means there is none. ``everywhere`` settings are options of every command;
-    the others only of the commands that name them. ``path`` is ``"dir"`` or ``"file"`` (a
-    relative path in the file is relative to the file); ``"existing"`` files must exist.
+    ``key`` None means there is none. ``commands`` names the commands that take the setting
+    as an option (``"config show"`` for a subcommand); None: every command. ``path`` is
+    ``"dir"`` or ``"file"`` (a relative path in the file is relative to the file);
+    ``"existing"`` files must exist.
     ``kafka``/``mongo`` name the client option the setting gives (TLS, SASL).
     """
 
@@ -94,7 +98,7 @@ class Setting:
     maximum: float | None = None
     path: Literal["dir", "file", "existing"] | None = None
     secret: bool = False
-    everywhere: bool = True
+    commands: tuple[str, ...] | None = None
     kafka: str | None = None
     mongo: str | None = None
     name: str = ""
@@ -197,33 +201,33 @@ class Settings:
     metrics_port: int | None = setting(
         None, "Serve /metrics (Prometheus), /healthz and /readyz over HTTP on PORT; 0 picks a "
         "free port (logged). Default: no server.", metavar="PORT", minimum=0, maximum=65535,
-        everywhere=False)
+        commands=("tail", "consume", "run", "config show"))
     on_history_lost: str = setting(
         "fail", "When the server no longer has the change history to resume from: stop with "
         "exit 1 (fail), or capture again from now and backfill the whole collection again "
         "(rebackfill; safe, applying is idempotent; logged and shown by `status`).",
-        choices=("fail", "rebackfill"), everywhere=False)
+        choices=("fail", "rebackfill"), commands=("tail", "run", "revert", "config show"))
     instance_id: str | None = setting(
         None, "A stable name for this process, unique in the group (e.g. the pod name of a "
         "StatefulSet): restarted under it after a crash, it takes its partitions back at once "
         "instead of after the group's 30 s session timeout (static membership).",
-        metavar="NAME", key=None, everywhere=False)
+        metavar="NAME", key=None, commands=("consume",))
     backfill_ranges: int = setting(
         32, "A backfill splits the collection into at most N _id ranges (at least 1,000 "
         "documents each), which its workers and processes share.", metavar="N", minimum=1,
-        everywhere=False)
+        commands=("backfill", "run", "config show"))
     lease_seconds: float = setting(
         30.0, "A backfill worker holds its range for this long past its last renewal; a "
         "worker killed or cut off loses the range to another worker after it.",
-        metavar="SECONDS", minimum=0.5, everywhere=False)
+        metavar="SECONDS", minimum=0.5, commands=("backfill", "run", "config show"))
     max_replication_lag: float | None = setting(
         None, "Hold the backfill and the consumers while a secondary is more than SECONDS "
         "behind the primary (replSetGetStatus). Default: not checked.", metavar="SECONDS",
-        minimum=0, everywhere=False)
+        minimum=0, commands=("backfill", "consume", "run", "config show"))
     max_write_latency: float | None = setting(
         None, "Hold the backfill and the consumers for a while when a bulk write of the "
         "migration took longer than MS. Default: not checked.", metavar="MS", minimum=0,
-        everywhere=False)
+        commands=("backfill", "consume", "run", "config show"))
     kafka_options: dict[str, Any] = field(default_factory=dict)
     mongo_options: dict[str, Any] = field(default_factory=dict)
 
@@ -308,6 +312,16 @@ class Settings:
     @property
     def db(self) -> Database:
         return self.client[self.database_name]
+
+    @property
+    def store(self) -> StateStore:
+        """The state of the migrations (``state_collection`` in the database), read and
+        changed through its named operations."""
+        # The one door from the settings (the floor) to the core's state store: every actor
+        # gets the store here instead of building it from the database and the collection.
+        from ..core.state import StateStore
+
+        return StateStore(self.db, self.state_collection)
 
     def secrets(self) -> list[str]:
         """The values to mask wherever they could appear: secret settings, the URI's

@@ -21,7 +21,7 @@ from kafka.errors import (
     TopicAlreadyExistsError,
 )
 
-from ..errors import CdcMigratorError, Refused
+from ..errors import RecordTooLarge, Refused
 from .settings import Settings
 
 log = logging.getLogger("cdc_migrator.topics")
@@ -190,10 +190,6 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
                    request_timeout_ms=30_000, compression_type="lz4")
     # Settings' kafka_options (in client_options) override these; the caller's overrides win.
     return KafkaProducer(**{**options, **client_options(settings), **overrides})
-
-
-class RecordTooLarge(CdcMigratorError):
-    """A record the producer or the topic refused as too large, with nothing smaller to send."""
 
 
 @dataclass

@@ -16,8 +16,9 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from ..base.messages import message_of
 from ..base.progress import format_duration
-from ..base.state import HEARTBEAT_STALE_AFTER
+from ..core.state import HEARTBEAT_STALE_AFTER
 
 #: Warn once the tailer's resume point has aged through this share of the history window.
 WARN_AT_SHARE = 0.5
@@ -42,7 +43,7 @@ def history_window(client: MongoClient) -> tuple[HistoryWindow | None, str | Non
         ends = [next(iter(oplog.find({}, {"ts": 1}, sort=[("$natural", order)], limit=1)), None)
                 for order in (1, -1)]
     except PyMongoError as exc:
-        reason = str(exc).splitlines()[0].split(", full error")[0][:160]
+        reason = message_of(exc, 160)
         return None, f"local.oplog.rs unreadable: {reason}"
     first, last = ends
     if first is None or last is None or not hasattr(first.get("ts"), "time"):

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..base import logs, topics
 from ..base.progress import format_duration
 from ..base.settings import Settings
-from ..base.state import MigrationState, Phase, StateStore, TailState
+from ..core.state import MigrationState, Phase, TailState
 from ..migration import Migration
 from . import runway, sharing
+
+#: What ``status`` shows of a migration's backfill ranges (None before any were planned), by
+#: migration name: given by the caller, since the ranges are the backfill's.
+RangesOf = Callable[[str], "dict[str, Any] | None"]
 
 
 def _timestamp_seconds(ts: Any) -> float | None:
@@ -32,8 +37,10 @@ def ready_for_cutover(state: MigrationState, lag_total: int) -> bool:
 
 
 def migration_status(settings: Settings, migration: Migration | None,
-                     state: MigrationState) -> dict[str, Any]:
-    """A JSON-friendly status of one migration, lag measured now from the broker."""
+                     state: MigrationState, *,
+                     ranges_of: RangesOf | None = None) -> dict[str, Any]:
+    """A JSON-friendly status of one migration, lag measured now from the broker; with
+    ``ranges_of``, the backfill's ranges too."""
     backfill, tail = state.backfill, state.tail
     status: dict[str, Any] = {
         "migration": state.name,
@@ -63,7 +70,7 @@ def migration_status(settings: Settings, migration: Migration | None,
                 if elapsed > 0 else None
         status["backfill"] = {"scanned": backfill.scanned, "total": backfill.total,
                               "done": backfill.done, "eta_seconds": eta,
-                              "ranges": sharing.ranges_status(settings, state.name)}
+                              "ranges": ranges_of(state.name) if ranges_of else None}
     status["throttle"] = sharing.throttle_status(state)
     if state.apply is not None:
         status["apply"] = {"done": state.apply.done}
@@ -113,10 +120,12 @@ def _aware(value: dt.datetime) -> dt.datetime:
 
 
 def all_status(settings: Settings, migrations: dict[str, Migration],
-               name: str | None = None) -> list[dict[str, Any]]:
-    store = StateStore(settings.db, settings.state_collection)
+               name: str | None = None, *,
+               ranges_of: RangesOf | None = None) -> list[dict[str, Any]]:
+    store = settings.store
     states = [store.get(name)] if name else store.all()
-    return [migration_status(settings, migrations.get(s.name), s) for s in states if s]
+    return [migration_status(settings, migrations.get(s.name), s, ranges_of=ranges_of)
+            for s in states if s]
 
 
 def render(status: dict[str, Any]) -> str:

@@ -1,0 +1,247 @@
+"""Secrets stay secret and connections fail clearly: URI masking whatever the password holds,
+invalid URI options refused, and Kafka over TLS and SASL/SCRAM (the local broker's SSL and
+SASL_SSL listeners) end to end, with one clear line for a wrong password or an untrusted
+certificate."""
+
+from __future__ import annotations
+
+import json
+import socket
+import string
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from kafka.net.selector import NetworkSelector
+from kafka.net.transport import KafkaTCPTransport
+
+from cdc_migrator import api
+from cdc_migrator.base import refusals, retry  # noqa: F401  (refusals: mends kafka-python)
+from cdc_migrator.base.settings import mask_secrets, mask_uri, uri_secrets
+from cdc_migrator.capture.tailer import arm
+
+from ..harness import (
+    KAFKA_CA,
+    KAFKA_SASL_SSL,
+    KAFKA_SSL,
+    SCRAM_PASSWORD,
+    SCRAM_USER,
+    CliProcess,
+    part_of,
+    run_cli,
+    wait_for,
+)
+
+NAME = "add_default_role"
+
+HOSTS = "db0.example.net:27017,db1.example.net:27018"
+TAIL = "/app?replicaSet=rs0&authSource=admin"
+# Any character at all may end up in a password typed by hand, escaped or not.
+PASSWORDS = st.text(min_size=1, max_size=40)
+USERS = st.text(alphabet=string.ascii_letters + string.digits + "._-%@:/", min_size=1,
+                max_size=12)
+
+
+@given(user=USERS, password=PASSWORDS)
+def test_masking_hides_every_credential_of_a_uri_whatever_the_password_holds(user, password):
+    uri = f"mongodb://{user}:{password}@{HOSTS}{TAIL}"
+
+    assert mask_uri(uri) == f"mongodb://***@{HOSTS}{TAIL}"
+    assert retry._hosts(uri) == HOSTS
+
+
+@given(user=USERS, password=PASSWORDS.filter(lambda p: "*" not in p))
+@example(user="0", password=" ")  # a space ended the URI's credentials before the "@"
+@example(user="0", password="\n")  # a line break did too
+def test_masking_hides_a_password_inside_any_message(user, password):
+    uri = f"mongodb+srv://{user}:{password}@{HOSTS}{TAIL}"
+    message = f"ServerSelectionTimeoutError: cannot use {uri} now: connection refused"
+
+    masked = mask_secrets(message, *uri_secrets(uri))
+
+    assert f"***@{HOSTS}{TAIL} now: connection refused" in masked
+    if len(password) >= 4:  # shorter ones are masked only inside the URI
+        assert password not in masked
+    if not any(c.isspace() for c in password):
+        assert masked == f"ServerSelectionTimeoutError: cannot use mongodb+srv://***@{HOSTS}" \
+                         f"{TAIL} now: connection refused"
+
+
+def test_masking_leaves_a_uri_without_credentials_and_other_text_alone():
+    for text in ("mongodb://127.0.0.1:27017/app?directConnection=true", "no uri here @ all",
+                 "mongodb://", ""):
+        assert mask_uri(text) == text
+        assert mask_secrets(text) == text
+
+
+@pytest.mark.parametrize("userinfo", ["u:pa/ss3cret", "u:p@ssSECRET", "u:p:w/SECRET?x"])
+def test_a_malformed_uri_never_prints_its_password(settings, userinfo):
+    host = settings.mongodb_uri.split("://")[1].split("/")[0]
+    uri = f"mongodb://{userinfo}@{host}/app?directConnection=true"
+
+    for args in (["apply", "add_default_role"], ["status"], ["backfill", "add_default_role"]):
+        result = run_cli(*args, settings=settings, env={"MONGODB_URI": uri}, timeout=60)
+
+        output = result.stdout + result.stderr
+        assert result.returncode == 2, output
+        assert "is not a valid MongoDB URI" in output and "Traceback" not in output
+        secret = userinfo.partition(":")[2]
+        assert secret not in output and "SECRET" not in output and "ss3cret" not in output
+
+
+@pytest.mark.parametrize("option", ["directConnection=maybe", "tls=perhaps", "retryWrite=true"])
+@pytest.mark.parametrize("with_db", [False, True])
+def test_an_invalid_uri_option_is_a_usage_error(settings, option, with_db):
+    base = settings.mongodb_uri.split("?")[0]
+    args = ["status", *(["--db", "app"] if with_db else [])]
+
+    result = run_cli(*args, settings=settings, env={"MONGODB_URI": f"{base}?{option}"})
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("cdc-migrator: MONGODB_URI ") and "is not a valid MongoDB URI" in line
+
+
+# Kafka over TLS and SASL/SCRAM: the local broker's SSL and SASL_SSL listeners.
+
+def sasl_ssl(mechanism: str = "SCRAM-SHA-512", password: str = SCRAM_PASSWORD) -> dict:
+    return {"KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
+            "CDC_MIGRATOR_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "CDC_MIGRATOR_KAFKA_SASL_MECHANISM": mechanism,
+            "CDC_MIGRATOR_KAFKA_SASL_USERNAME": SCRAM_USER,
+            "CDC_MIGRATOR_KAFKA_SASL_PASSWORD": password,
+            "CDC_MIGRATOR_KAFKA_SSL_CAFILE": str(KAFKA_CA)}
+
+
+def ssl_only(cafile: bool = True) -> dict:
+    return {"KAFKA_BOOTSTRAP_SERVERS": KAFKA_SSL, "CDC_MIGRATOR_KAFKA_SECURITY_PROTOCOL": "SSL",
+            **({"CDC_MIGRATOR_KAFKA_SSL_CAFILE": str(KAFKA_CA)} if cafile else {})}
+
+
+@pytest.fixture
+def tls_listeners():
+    if not KAFKA_CA.is_file():
+        pytest.skip("no .services/tls/ca.pem: start the services with scripts/services.sh up")
+
+
+def seed_users(db, n: int = 300) -> None:
+    db.users.insert_many([{"_id": i, "name": f"u{i}"} for i in range(n)])
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
+def test_tail_backfill_consume_and_cutover_over_sasl_ssl(db, settings, tls_listeners,
+                                                         mechanism):
+    seed_users(db)
+    env = sasl_ssl(mechanism)
+    tail = CliProcess(settings, "tail", NAME, env=env)
+    consume = CliProcess(settings, "consume", NAME, env=env)
+    try:
+        wait_for(lambda: part_of(db, NAME, "tail"),
+                 what="capture armed over SASL_SSL")
+        backfill = run_cli("backfill", NAME, "-q", settings=settings, env=env)
+        db.users.insert_one({"_id": 1000, "name": "written during the migration"})
+        wait_for(lambda: db.users.count_documents({"role": "user"}) == 301, what="all migrated")
+        cutover = run_cli("cutover", NAME, "--timeout", "60", settings=settings, env=env)
+    finally:
+        codes = [tail.stop(), consume.stop()]
+
+    assert backfill.returncode == 0, backfill.stderr
+    assert cutover.returncode == 0, cutover.stdout + cutover.stderr
+    assert codes == [0, 0], tail.log + consume.log
+    for output in (backfill.stdout, backfill.stderr, cutover.stdout, tail.log, consume.log):
+        assert SCRAM_PASSWORD not in output
+
+
+def test_run_and_status_over_ssl(db, settings, tls_listeners):
+    seed_users(db)
+
+    ran = run_cli("run", NAME, "--timeout", "60", "-q", settings=settings, env=ssl_only())
+    status = run_cli("status", NAME, "--json", settings=settings, env=ssl_only())
+
+    assert ran.returncode == 0, ran.stderr
+    assert db.users.count_documents({"role": "user"}) == 300
+    assert json.loads(status.stdout)["lag"]["total"] == 0
+
+
+REFUSED = [
+    # what, environment, the commands tried, the cause named
+    ("wrong-password", sasl_ssl(password="not-the-password"), ["consume", "backfill"],
+     "cdc-migrator: Kafka refused the SASL credentials (Authentication failed during "
+     "authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512): check "
+     "--kafka-sasl-mechanism, --kafka-sasl-username and --kafka-sasl-password"),
+    ("untrusted-certificate", ssl_only(cafile=False), ["tail", "status"],
+     "cdc-migrator: the Kafka broker's TLS certificate is not trusted (self-signed certificate "
+     "in certificate chain): give the CA that signed it with --kafka-ssl-cafile"),
+]
+
+
+@pytest.mark.parametrize(("env", "commands", "message"), [r[1:] for r in REFUSED],
+                         ids=[r[0] for r in REFUSED])
+def test_a_refused_kafka_connection_is_one_line_and_exit_1_not_a_retry_loop(
+        db, settings, tls_listeners, env, commands, message):
+    seed_users(db, 10)
+    arm(settings, api.load(settings, NAME))  # over plaintext, so backfill gets to Kafka
+
+    for command in commands:
+        # The default retry deadline (300 s) stays: the refusal must end it, not the deadline.
+        # (A bootstrap attempt then lasts 10 s: on a SASL listener the client's first
+        # connection is dropped before it authenticates, the second one is refused.)
+        result = run_cli(command, *([NAME] if command != "status" else []), settings=settings,
+                         env=env, timeout=45)
+
+        assert result.returncode == 1, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.startswith("cdc-migrator:")]
+        assert lines == [message], result.stderr
+        assert "Traceback" not in result.stderr and "not-the-password" not in result.stderr
+        assert "retrying with backoff" not in result.stderr
+
+
+def test_an_untrusted_mongodb_certificate_is_one_line_and_exit_1_not_a_retry_loop(
+        settings, tls_listeners):
+    # A real TLS server whose certificate this client does not trust: the broker's SSL port.
+    env = {"MONGODB_URI": f"mongodb://{KAFKA_SSL}/app?directConnection=true&tls=true",
+           "CDC_MIGRATOR_MONGO_TIMEOUT_MS": "2000"}
+
+    for command in (["backfill", NAME], ["status"]):
+        result = run_cli(*command, settings=settings, env=env, timeout=45)
+
+        assert result.returncode == 1, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.startswith("cdc-migrator:")]
+        assert lines == ["cdc-migrator: MongoDB's TLS certificate is not trusted (self-signed "
+                         "certificate in certificate chain): give the CA that signed it with "
+                         "--mongo-tls-ca-file"], result.stderr
+        assert "retrying with backoff" not in result.stderr
+
+
+def test_an_answer_that_arrives_with_the_close_reaches_the_kafka_client_first():
+    """A broker refusing SASL credentials sends its answer and closes. kafka-python 3.0.12
+    dropped an answer read together with the close, so the refusal was not seen and the
+    command retried the "outage" instead (about half of the wrong-password runs here)."""
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    broker.sendall(b"the broker's answer")
+    broker.close()  # both are waiting before the client reads
+    net = NetworkSelector()
+    transport = KafkaTCPTransport(net, ours)
+    seen: list[tuple[str, object]] = []
+
+    class Connection:
+        _sensors = None
+
+        def data_received(self, data: bytes) -> None:
+            seen.append(("data", data))
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            seen.append(("lost", type(exc).__name__))
+
+    transport.set_protocol(Connection())
+    transport.resume_reading()
+    try:
+        for _ in range(50):
+            if any(kind == "lost" for kind, _ in seen):
+                break
+            net.poll(timeout_ms=100)
+    finally:
+        net.close()
+
+    assert seen == [("data", b"the broker's answer"), ("lost", "KafkaConnectionError")]
