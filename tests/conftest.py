@@ -20,7 +20,15 @@ import pytest
 
 from cdc_migrator.base.settings import Settings
 
-from .harness import KAFKA, MONGO_BASE, ROOT, services_unreachable, uri_for, write_transforms
+from .harness import (
+    KAFKA,
+    KAFKA_CA,
+    MONGO_BASE,
+    ROOT,
+    services_unreachable,
+    uri_for,
+    write_transforms,
+)
 
 # A test using one of these talks to a service (the shared ones, or a server of its own).
 SERVICE_FIXTURES = frozenset({"mongo_client", "db", "settings", "private_kafka",
@@ -89,3 +97,10 @@ def transforms(request, tmp_path, settings):
     """A transforms directory holding the test module's ``TRANSFORMS`` ({file name: source}),
     made the settings' transforms directory."""
     return write_transforms(tmp_path, settings, request.module.TRANSFORMS)
+
+
+@pytest.fixture
+def tls_listeners():
+    """The local broker's TLS listeners (SSL, SASL_SSL), which need the CA services.sh made."""
+    if not KAFKA_CA.is_file():
+        pytest.skip("no .services/tls/ca.pem: start the services with scripts/services.sh up")

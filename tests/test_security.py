@@ -122,12 +122,6 @@ def ssl_only(cafile: bool = True) -> dict:
             **({"CDC_MIGRATOR_KAFKA_SSL_CAFILE": str(KAFKA_CA)} if cafile else {})}
 
 
-@pytest.fixture
-def tls_listeners():
-    if not KAFKA_CA.is_file():
-        pytest.skip("no .services/tls/ca.pem: start the services with scripts/services.sh up")
-
-
 def seed_users(db, n: int = 300) -> None:
     db.users.insert_many([{"_id": i, "name": f"u{i}"} for i in range(n)])
 

@@ -153,6 +153,19 @@ class Settings:
         env="CDC_MIGRATOR_GROUP", key="group", metavar="PREFIX")
     partitions: int = setting(6, "Partitions of a topic the tool creates.", metavar="N",
                               minimum=1)
+    topic_replication_factor: int | None = setting(
+        None, "Replication factor of the topics the tool creates (at most the number of "
+        "brokers). Default: the cluster's default.replication.factor.", metavar="N", minimum=1)
+    topic_min_insync_replicas: int | None = setting(
+        None, "min.insync.replicas of the topics the tool creates: the replicas that must hold "
+        "a record before Kafka acknowledges it (the tool produces with acks=all); at most the "
+        "replication factor. Default: the cluster's.", metavar="N", minimum=1)
+    max_record_bytes: int | None = setting(
+        None, "The largest record the tool writes, and the max.message.bytes of the topics it "
+        "creates. Default: 17825792, a 16 MiB document in its envelope (a cluster that refuses "
+        "that much gets its own default, with a warning). Set the cluster's limit where it is "
+        "lower (e.g. 8388608); larger documents travel by key only.", metavar="BYTES",
+        minimum=65536)
     retry_deadline: float = setting(
         300.0, "tail, backfill, consume and run retry a lost MongoDB or Kafka with backoff; "
         "they give up (exit 1) when an outage lasts longer.", metavar="SECONDS", minimum=0)
