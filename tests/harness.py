@@ -10,6 +10,7 @@ Plain functions and classes only, no pytest: the fixtures that use them are in c
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import re
@@ -23,11 +24,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pymongo
+from kafka import KafkaAdminClient
 
 from cdc_migrator.base import topics
 from cdc_migrator.base.naming import STATE_COLLECTION
@@ -129,6 +132,75 @@ def stop_local_mongo(proc: subprocess.Popen, client: pymongo.MongoClient) -> Non
     client.close()
     proc.kill()
     proc.wait()
+
+
+class PrivateKafka:
+    """A single-node KRaft broker of a test's own on free ports, started as scripts/services.sh
+    starts the shared one, to stop, restart or configure as the test needs.
+
+    ``properties`` (lines of server.properties) override the shared broker's; ``jvm`` adds
+    options of its JVM (``-D`` system properties); the classes services.sh compiled
+    (``services/kafka``: e.g. ``RecordSizeCap``) are on its class path. Its SASL_SSL listener
+    (``sasl_ssl_port``) uses the shared broker's certificate, which ``KAFKA_CA`` verifies.
+    """
+
+    def __init__(self, home: Path, properties: str = "", jvm: Iterable[str] = ()) -> None:
+        self.home, self.jvm = home, list(jvm)
+        self.port, controller = free_port(), free_port()
+        self.sasl_ssl_port = free_port()
+        text = (ROOT / "services" / "kafka" / "server.properties").read_text()
+        for marker, value in (("@PORT@", self.port), ("@CONTROLLER_PORT@", controller),
+                              ("@SSL_PORT@", free_port()), ("@SASL_SSL_PORT@", self.sasl_ssl_port),
+                              ("@TLS@", KAFKA_CA.parent), ("@TLS_PASSWORD@", KAFKA_TLS_PASSWORD),
+                              ("@DATA@", home / "data")):
+            text = text.replace(marker, str(value))
+        self.props = home / "server.properties"
+        self.props.write_text(f"{text}\n{properties}\n")  # a later line wins
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        subprocess.run(["java", *FAST_JVM, LOG4J, *self.jvm,
+                        f"-Dservice.log={home / 'format.log'}", "-cp", f"{CLASSES}:{LIB}/*",
+                        "kafka.tools.StorageTool", "format", "-t", cluster, "-c",
+                        str(self.props)], check=True, capture_output=True, timeout=120)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_ssl(self) -> str:
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
+    def start(self) -> None:
+        with open(self.home / "kafka.out", "ab") as out:
+            self.proc = subprocess.Popen(
+                ["java", *FAST_JVM, "-Xmx512m", LOG4J, *self.jvm,
+                 f"-Dservice.log={self.home / 'kafka.log'}", "-cp", f"{CLASSES}:{LIB}/*",
+                 "kafka.Kafka", str(self.props)], stdout=out, stderr=subprocess.STDOUT)
+
+        def answers() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, \
+                (self.home / "kafka.out").read_text()
+            try:
+                KafkaAdminClient(bootstrap_servers=self.bootstrap, bootstrap_timeout_ms=1000,
+                                 request_timeout_ms=2000).close()
+                return True
+            except Exception:
+                return False
+
+        wait_for(answers, timeout=90, what=f"the private broker on port {self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def private_kafka_missing() -> str | None:
+    """Why a broker of one's own cannot start here, or None."""
+    if shutil.which("java") is None or not LIB.is_dir() or not CLASSES.is_dir():
+        return "needs java, the service jars and classes in .services (make services-up)"
+    return None
 
 
 # --------------------------------------------------------------------------------- polling

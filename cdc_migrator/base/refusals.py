@@ -41,6 +41,7 @@ from kafka.errors import (
 from pymongo.errors import ConnectionFailure
 
 from ..errors import ConnectionRefused
+from .tokens import TokenRefused
 
 #: A refusal logged this many seconds before a timeout is taken as its cause (one bootstrap
 #: attempt lasts at most 10 s).
@@ -54,6 +55,14 @@ _latest: tuple[float, BaseException] | None = None
 def refusal_of(exc: BaseException) -> str | None:
     """What refused the connection, when ``exc`` (or the error it was raised from) is a
     refusal; None for anything retrying may cure."""
+    if isinstance(exc, TokenRefused):
+        return f"no OAUTHBEARER token for Kafka: {exc}"
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return ("the Kafka broker does not offer that SASL mechanism (" + _text(exc) + "): "
+                "check --kafka-sasl-mechanism and the port of --kafka")
+    if isinstance(exc, _SASL) and '"status"' in _text(exc):  # OAUTHBEARER's error (RFC 7628)
+        return ("Kafka refused the OAUTHBEARER token (" + _text(exc) + "): check the token's "
+                "issuer, audience, signature and expiry (--kafka-sasl-oauth-*)")
     if isinstance(exc, _SASL):
         return ("Kafka refused the SASL credentials (" + _text(exc) + "): check "
                 "--kafka-sasl-mechanism, --kafka-sasl-username and --kafka-sasl-password")
@@ -101,7 +110,7 @@ def forget() -> None:
 
 
 def _text(exc: BaseException) -> str:
-    text = str(exc).replace("[Error 58] ", "")
+    text = re.sub(r"^\[Error \d+\] ", "", str(exc))
     name = type(exc).__name__
     while text.startswith(f"{name}: "):  # kafka-python repeats the class name
         text = text[len(name) + 2:]

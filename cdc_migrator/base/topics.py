@@ -107,6 +107,8 @@ def create_topic(client: KafkaAdminClient, settings: Settings, topic: str,
                     "cluster's default; documents larger than that travel by key only (set "
                     "--max-record-bytes to the cluster's limit to carry more whole)",
                     configs.pop("max.message.bytes"), topic, refused[1])
+        with _warned_lock:  # that was the warning about its record size
+            _warned.add((topic, "size"))
         refused = _create(client, topic, partitions, factor, configs)
     if refused:
         error, message = refused
@@ -130,7 +132,7 @@ def _create(client: KafkaAdminClient, topic: str, partitions: int, factor: int,
         return None
     if getattr(error, "retriable", False):
         raise error(result["error_message"])  # the caller's retries ride it out
-    return error, result["error_message"] or error.description
+    return error, (result["error_message"] or error.description).rstrip(".")
 
 
 def check_replication(client: KafkaAdminClient, settings: Settings) -> int:
