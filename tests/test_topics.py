@@ -188,7 +188,7 @@ def test_the_printed_fix_of_a_tls_and_sasl_connection_names_its_command_config(
         "connection for Kafka's tools: security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-256, "
         "sasl.jaas.config (the mechanism's login module with the credentials), "
         f"ssl.truststore.type=PEM, ssl.truststore.location={KAFKA_CA}; see "
-        "docs/configuration.md)"), line
+        "docs/deploy.md)"), line
     assert SCRAM_PASSWORD not in result.stderr
 
 

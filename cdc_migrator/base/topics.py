@@ -240,7 +240,7 @@ def fix_command(settings: Settings, topic: str, configs: str) -> str:
     if options.get("ssl_certfile"):
         held.append("ssl.keystore.type=PEM with the client certificate and key")
     return (f"{command} (client.properties: this connection for Kafka's tools: "
-            f"{', '.join(held)}; see docs/configuration.md)")
+            f"{', '.join(held)}; see docs/deploy.md)")
 
 
 def _warn_once(topic: str, what: str, message: str, *args: Any) -> None:
