@@ -157,10 +157,11 @@ class PrivateKafka:
         self.props = home / "server.properties"
         self.props.write_text(f"{text}\n{properties}\n")  # a later line wins
         cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        subprocess.run(["java", *FAST_JVM, LOG4J, *self.jvm,
-                        f"-Dservice.log={home / 'format.log'}", "-cp", f"{CLASSES}:{LIB}/*",
-                        "kafka.tools.StorageTool", "format", "-t", cluster, "-c",
-                        str(self.props)], check=True, capture_output=True, timeout=120)
+        formatted = subprocess.run(
+            ["java", *FAST_JVM, LOG4J, *self.jvm, f"-Dservice.log={home / 'format.log'}", "-cp",
+             f"{CLASSES}:{LIB}/*", "kafka.tools.StorageTool", "format", "-t", cluster, "-c",
+             str(self.props)], capture_output=True, text=True, timeout=120)
+        assert formatted.returncode == 0, f"formatting {home}: {formatted.stderr[-2000:]}"
         self.proc: subprocess.Popen | None = None
 
     @property
