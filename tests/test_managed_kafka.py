@@ -19,6 +19,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient
@@ -69,7 +70,10 @@ class TokenEndpoint:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                self._reply(200, endpoint.jwks()) if self.path == "/jwks" else self._reply(404, {})
+                if self.path == "/jwks":
+                    self._reply(200, endpoint.jwks())
+                else:
+                    self._reply(404, {})
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
@@ -99,18 +103,17 @@ class TokenEndpoint:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def mint(self, key: object = None, audience: str = AUDIENCE) -> str:
+    def mint(self, key: Any = None) -> str:
         """A JWT for the client, signed with ``key`` (default: this provider's)."""
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import padding
 
         now = int(time.time())
         header = {"alg": "RS256", "typ": "JWT", "kid": self.kid}
-        claims = {"iss": self.url, "sub": CLIENT_ID, "aud": audience, "iat": now,
+        claims = {"iss": self.url, "sub": CLIENT_ID, "aud": AUDIENCE, "iat": now,
                   "exp": now + self.lifetime, "scope": "kafka"}
         signing = ".".join(b64url(json.dumps(part).encode()) for part in (header, claims))
-        signature = (key or self.key).sign(signing.encode(), padding.PKCS1v15(),  # type: ignore[attr-defined]
-                                           hashes.SHA256())
+        signature = (key or self.key).sign(signing.encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{signing}.{b64url(signature)}"
 
     def jwks(self) -> dict:

@@ -78,8 +78,6 @@ class CachedToken(AbstractTokenProvider):
         self._lock = threading.Lock()
         self._token: str | None = None
         self._renew_at = 0.0
-        #: How many tokens were fetched (for tests and debugging).
-        self.fetched = 0
 
     def token(self) -> str:
         with self._lock:
@@ -91,7 +89,6 @@ class CachedToken(AbstractTokenProvider):
                     lifetime = expiry - now if expiry is not None else UNKNOWN_LIFETIME
                 self._token = token
                 self._renew_at = now + lifetime - min(RENEW_BEFORE, lifetime / 5)
-                self.fetched += 1
             return self._token
 
     def extensions(self) -> dict[str, str]:
