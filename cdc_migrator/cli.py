@@ -121,6 +121,8 @@ def _settings_options(fn: _Command) -> _Command:
                                         mongo_options=config.mongo)
         logs.configure(settings.log_format, verbose or (-1 if quiet else 0))
         logs.add_secrets(*settings.secrets())
+        if ctx.info_name != "show":  # `config show` prints the settings, whatever they are
+            settings.check_kafka_client()
         names: tuple[str, ...] = kwargs.get("names") or (
             (kwargs["name"],) if kwargs.get("name") else ())
         logs.bind(migration=names[0] if len(names) == 1 else None,

@@ -73,3 +73,8 @@ class PoisonRecord(ValueError):
 
     ``str(exc)`` is a one-line reason, suitable for a dead-letter header or a log line.
     """
+
+
+class TokenRefused(Exception):
+    """The OAUTHBEARER token endpoint or command refused to give a token: retrying cannot
+    help."""

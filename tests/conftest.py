@@ -23,6 +23,7 @@ from cdc_migrator.base.settings import Settings
 from .harness import (
     CURSOR_TIMEOUT_MS,
     KAFKA,
+    KAFKA_CA,
     LIMITS_MIGRATIONS,
     MONGO_BASE,
     ROOT,
@@ -125,3 +126,10 @@ def private_mongo(tmp_path):
     proc, client = local_mongo(tmp_path, heap="512m")
     yield client
     stop_local_mongo(proc, client)
+
+
+@pytest.fixture
+def tls_listeners():
+    """The local broker's TLS listeners (SSL, SASL_SSL), which need the CA services.sh made."""
+    if not KAFKA_CA.is_file():
+        pytest.skip("no .services/tls/ca.pem: start the services with scripts/services.sh up")

@@ -10,6 +10,7 @@ Plain functions and classes only, no pytest: the fixtures that use them are in c
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import os
 import random
@@ -32,6 +33,7 @@ from typing import Any
 
 import bson
 import pymongo
+from kafka import KafkaAdminClient
 from pymongo import monitoring
 
 from cdc_migrator.base import topics
@@ -180,6 +182,8 @@ def seed_sharded_collection(client: pymongo.MongoClient, namespace: str, key: di
             chunk["onCurrentShardSince"] = now
         config.chunks.insert_one(chunk)
     return entry
+
+
 def local_mongo(home: Path, *properties: str,
                 heap: str = "256m") -> tuple[subprocess.Popen, pymongo.MongoClient]:
     """:func:`start_local_mongo`, or the test skipped (``unittest.SkipTest``, which pytest
@@ -248,6 +252,76 @@ class CommandRecorder(monitoring.CommandListener):
 
     def named(self, name: str) -> list[dict]:
         return [c for n, c in self.commands if n == name]
+
+
+class PrivateKafka:
+    """A single-node KRaft broker of a test's own on free ports, started as scripts/services.sh
+    starts the shared one, to stop, restart or configure as the test needs.
+
+    ``properties`` (lines of server.properties) override the shared broker's; ``jvm`` adds
+    options of its JVM (``-D`` system properties); the classes services.sh compiled
+    (``services/kafka``: e.g. ``RecordSizeCap``) are on its class path. Its SASL_SSL listener
+    (``sasl_ssl_port``) uses the shared broker's certificate, which ``KAFKA_CA`` verifies.
+    """
+
+    def __init__(self, home: Path, properties: str = "", jvm: Iterable[str] = ()) -> None:
+        self.home, self.jvm = home, list(jvm)
+        self.port, controller = free_port(), free_port()
+        self.sasl_ssl_port = free_port()
+        text = (ROOT / "services" / "kafka" / "server.properties").read_text()
+        for marker, value in (("@PORT@", self.port), ("@CONTROLLER_PORT@", controller),
+                              ("@SSL_PORT@", free_port()), ("@SASL_SSL_PORT@", self.sasl_ssl_port),
+                              ("@TLS@", KAFKA_CA.parent), ("@TLS_PASSWORD@", KAFKA_TLS_PASSWORD),
+                              ("@DATA@", home / "data")):
+            text = text.replace(marker, str(value))
+        self.props = home / "server.properties"
+        self.props.write_text(f"{text}\n{properties}\n")  # a later line wins
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        formatted = subprocess.run(
+            ["java", *FAST_JVM, LOG4J, *self.jvm, f"-Dservice.log={home / 'format.log'}", "-cp",
+             f"{CLASSES}:{LIB}/*", "kafka.tools.StorageTool", "format", "-t", cluster, "-c",
+             str(self.props)], capture_output=True, text=True, timeout=120)
+        assert formatted.returncode == 0, f"formatting {home}: {formatted.stderr[-2000:]}"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_ssl(self) -> str:
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
+    def start(self) -> None:
+        with open(self.home / "kafka.out", "ab") as out:
+            self.proc = subprocess.Popen(
+                ["java", *FAST_JVM, "-Xmx512m", LOG4J, *self.jvm,
+                 f"-Dservice.log={self.home / 'kafka.log'}", "-cp", f"{CLASSES}:{LIB}/*",
+                 "kafka.Kafka", str(self.props)], stdout=out, stderr=subprocess.STDOUT)
+
+        def answers() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, \
+                (self.home / "kafka.out").read_text()
+            try:
+                KafkaAdminClient(bootstrap_servers=self.bootstrap, bootstrap_timeout_ms=1000,
+                                 request_timeout_ms=2000).close()
+                return True
+            except Exception:
+                return False
+
+        wait_for(answers, timeout=90, what=f"the private broker on port {self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def private_kafka_missing() -> str | None:
+    """Why a broker of one's own cannot start here, or None."""
+    if shutil.which("java") is None or not LIB.is_dir() or not CLASSES.is_dir():
+        return "needs java, the service jars and classes in .services (make services-up)"
+    return None
 
 
 # --------------------------------------------------------------------------------- polling

@@ -12,6 +12,7 @@ Precedence, highest first: flag, environment variable, configuration file, defau
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import re
 import typing
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from pymongo.database import Database
 from pymongo.errors import ConfigurationError, InvalidURI
 
 from ..errors import UsageError
-from . import codec, naming
+from . import codec, naming, tokens
 
 if TYPE_CHECKING:
     from ..core.state import StateStore
@@ -52,15 +53,19 @@ def mask_uri(uri: str) -> str:
 # so the credentials end only there: on the same line, or on the next ones while each has an
 # "@" of its own. Text after the URI with an "@" of its own is masked too.
 _URI_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^\n]|\n(?=[^\n]*@))*@(?=[\w\[])")
+# An OAUTHBEARER token as the Kafka client's debug log shows its SASL messages ("auth=Bearer
+# eyJ..."): a credential until it expires.
+_BEARER = re.compile(r"(?i)\b(Bearer\s+)[\w\-.~+/]+=*")
 # Shorter secrets are not registered for masking: they would blank out ordinary words.
 MIN_SECRET_LENGTH = 4
 
 
 def mask_secrets(text: str, *secrets: str | None) -> str:
-    """Remove the credentials of connection strings and the given secrets from ``text``."""
+    """Remove the credentials of connection strings, bearer tokens and the given secrets from
+    ``text``."""
     for secret in sorted((s for s in secrets if s), key=len, reverse=True):
         text = text.replace(secret, "***")
-    return _URI_CREDENTIALS.sub(r"\1***@", text)
+    return _BEARER.sub(r"\1***", _URI_CREDENTIALS.sub(r"\1***@", text))
 
 
 def uri_secrets(uri: str) -> list[str]:
@@ -124,7 +129,7 @@ def setting(default: Any, help: str, **how: Any) -> Any:
 
 
 _KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "AWS_MSK_IAM")
 
 
 @dataclass
@@ -157,6 +162,19 @@ class Settings:
         env="CDC_MIGRATOR_GROUP", key="group", metavar="PREFIX")
     partitions: int = setting(6, "Partitions of a topic the tool creates.", metavar="N",
                               minimum=1)
+    topic_replication_factor: int | None = setting(
+        None, "Replication factor of the topics the tool creates (at most the number of "
+        "brokers). Default: the cluster's default.replication.factor.", metavar="N", minimum=1)
+    topic_min_insync_replicas: int | None = setting(
+        None, "min.insync.replicas of the topics the tool creates: the replicas that must hold "
+        "a record before Kafka acknowledges it (the tool produces with acks=all); at most the "
+        "replication factor. Default: the cluster's.", metavar="N", minimum=1)
+    max_record_bytes: int | None = setting(
+        None, "The largest record the tool writes, and the max.message.bytes of the topics it "
+        "creates. Default: 17825792, a 16 MiB document in its envelope (a cluster that refuses "
+        "that much gets its own default, with a warning). Set the cluster's limit where it is "
+        "lower (e.g. 8388608); larger documents travel by key only.", metavar="BYTES",
+        minimum=65536)
     retry_deadline: float = setting(
         300.0, "tail, backfill, consume and run retry a lost MongoDB or Kafka with backoff; "
         "they give up (exit 1) when an outage lasts longer.", metavar="SECONDS", minimum=0)
@@ -167,13 +185,32 @@ class Settings:
         None, "How to talk to Kafka (default PLAINTEXT).", choices=_KAFKA_PROTOCOLS,
         kafka="security_protocol")
     kafka_sasl_mechanism: str | None = setting(
-        None, "SASL mechanism (with SASL_PLAINTEXT or SASL_SSL).", choices=_SASL_MECHANISMS,
+        None, "SASL mechanism (with SASL_PLAINTEXT or SASL_SSL). OAUTHBEARER takes its tokens "
+        "from the --kafka-sasl-oauth-* settings; AWS_MSK_IAM (SASL_SSL) signs with the AWS "
+        "credentials of the environment and needs the msk extra (cdc-migrator[msk]).",
+        choices=_SASL_MECHANISMS,
         kafka="sasl_mechanism")
     kafka_sasl_username: str | None = setting(
         None, "SASL user name.", metavar="USER", kafka="sasl_plain_username")
     kafka_sasl_password: str | None = setting(
         None, "SASL password; masked in every output. Prefer the variable: a flag is visible "
         "in the process list.", metavar="PW", secret=True, kafka="sasl_plain_password")
+    kafka_sasl_oauth_token_url: str | None = setting(
+        None, "OAUTHBEARER: the OIDC token endpoint; tokens by the client credentials grant, "
+        "kept until shortly before they expire.", metavar="URL")
+    kafka_sasl_oauth_client_id: str | None = setting(
+        None, "OAUTHBEARER: the client id at the token endpoint.", metavar="ID")
+    kafka_sasl_oauth_client_secret: str | None = setting(
+        None, "OAUTHBEARER: the client secret; masked in every output. Prefer the variable: a "
+        "flag is visible in the process list.", metavar="SECRET", secret=True)
+    kafka_sasl_oauth_scope: str | None = setting(
+        None, "OAUTHBEARER: the scope to ask the token endpoint for.", metavar="SCOPE")
+    kafka_sasl_oauth_token_command: str | None = setting(
+        None, "OAUTHBEARER: a command that prints a token, instead of a token endpoint; run "
+        "again shortly before the token (a JWT) expires.", metavar="COMMAND")
+    kafka_sasl_oauth_extensions: str | None = setting(
+        None, "OAUTHBEARER: SASL extensions sent with the token (Confluent Cloud: "
+        "logicalCluster=lkc-...,identityPoolId=pool-...).", metavar="KEY=VALUE,...")
     kafka_ssl_cafile: str | None = setting(
         None, "CA certificates (PEM) to verify the brokers.", metavar="FILE", path="existing",
         kafka="ssl_cafile")
@@ -280,7 +317,29 @@ class Settings:
             value = getattr(self, name)
             if spec.kafka and value is not None:
                 options[spec.kafka] = value.upper() if spec.choices else value
+        mechanism = str(options.get("sasl_mechanism") or "").upper()
+        if mechanism == "OAUTHBEARER":
+            options["sasl_oauth_token_provider"] = self.token_provider
+        elif mechanism == "AWS_MSK_IAM":
+            _check_msk(options)
         return options
+
+    def check_kafka_client(self) -> None:
+        """A UsageError when the SASL mechanism lacks what it needs (the OAUTHBEARER
+        settings, the msk extra): before any work, not on the first connection."""
+        _ = self.kafka_client_options
+
+    @cached_property
+    def token_provider(self) -> tokens.CachedToken:
+        """The OAUTHBEARER token provider every Kafka client of this process shares (one
+        token, renewed shortly before it expires)."""
+        try:
+            return tokens.provider(
+                self.kafka_sasl_oauth_token_url, self.kafka_sasl_oauth_client_id,
+                self.kafka_sasl_oauth_client_secret, self.kafka_sasl_oauth_scope,
+                self.kafka_sasl_oauth_token_command, self.kafka_sasl_oauth_extensions)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     @property
     def mongo_client_options(self) -> dict[str, Any]:
@@ -367,6 +426,18 @@ _SECRET_WORDS = ("password", "secret", "token")
 def is_secret_option(key: str) -> bool:
     """Whether a client option (of the file's ``[kafka]``/``[mongo]`` tables) is a secret."""
     return any(word in key.lower() for word in _SECRET_WORDS)
+
+
+def _check_msk(options: Mapping[str, Any]) -> None:
+    """AWS_MSK_IAM needs botocore (the msk extra) and TLS, or it fails only on connecting."""
+    try:
+        importlib.import_module("botocore")  # kafka-python signs with its credentials
+    except ImportError:
+        raise UsageError("--kafka-sasl-mechanism AWS_MSK_IAM needs the msk extra: pip install "
+                         "'cdc-migrator[msk]'") from None
+    if str(options.get("security_protocol") or "").upper() != "SASL_SSL":
+        raise UsageError("--kafka-sasl-mechanism AWS_MSK_IAM needs "
+                         "--kafka-security-protocol SASL_SSL")
 
 
 def _table(cls: type[Settings]) -> dict[str, Setting]:

@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import socket
 import string
+import subprocess
+import sys
 
+import kafka
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from kafka.net.selector import NetworkSelector
-from kafka.net.transport import KafkaTCPTransport
+from kafka.net.transport import KafkaSSLTransport, KafkaTCPTransport
 
 from cdc_migrator import api
 from cdc_migrator.base import refusals, retry  # noqa: F401  (refusals: mends kafka-python)
@@ -24,6 +27,7 @@ from ..harness import (
     KAFKA_CA,
     KAFKA_SASL_SSL,
     KAFKA_SSL,
+    ROOT,
     SCRAM_PASSWORD,
     SCRAM_USER,
     CliProcess,
@@ -116,12 +120,6 @@ def sasl_ssl(mechanism: str = "SCRAM-SHA-512", password: str = SCRAM_PASSWORD) -
 def ssl_only(cafile: bool = True) -> dict:
     return {"KAFKA_BOOTSTRAP_SERVERS": KAFKA_SSL, "CDC_MIGRATOR_KAFKA_SECURITY_PROTOCOL": "SSL",
             **({"CDC_MIGRATOR_KAFKA_SSL_CAFILE": str(KAFKA_CA)} if cafile else {})}
-
-
-@pytest.fixture
-def tls_listeners():
-    if not KAFKA_CA.is_file():
-        pytest.skip("no .services/tls/ca.pem: start the services with scripts/services.sh up")
 
 
 def seed_users(db, n: int = 300) -> None:
@@ -245,3 +243,54 @@ def test_an_answer_that_arrives_with_the_close_reaches_the_kafka_client_first():
         net.close()
 
     assert seen == [("data", b"the broker's answer"), ("lost", "KafkaConnectionError")]
+
+
+# The client pin: base/refusals.py patches a private method of kafka-python.
+
+def test_kafka_python_is_pinned_to_the_release_the_patch_is_tested_on():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+
+    assert f'"kafka-python=={refusals.TESTED_KAFKA_PYTHON}"' in pyproject
+    assert kafka.__version__ == refusals.TESTED_KAFKA_PYTHON
+
+
+def test_the_patched_method_of_the_installed_kafka_python_is_the_one_expected():
+    classes = (KafkaTCPTransport, KafkaSSLTransport)
+
+    refusals.check_patch_target(classes, kafka.__version__)
+
+    assert all(hasattr(cls.__dict__["_sock_recv"], "__wrapped__") for cls in classes)
+
+
+class Inherited(KafkaTCPTransport):
+    """A transport whose _sock_recv is its base's: patching it would patch nothing here."""
+
+
+class Reshaped(KafkaTCPTransport):
+    def _sock_recv(self, size):  # another signature: the patch would break it
+        return super()._sock_recv()
+
+
+@pytest.mark.parametrize("cls", [Inherited, Reshaped])
+def test_a_kafka_python_without_the_patched_method_fails_loudly(cls):
+    with pytest.raises(ImportError) as raised:
+        refusals.check_patch_target((KafkaTCPTransport, cls), "9.9.9")
+
+    assert str(raised.value) == (
+        f"cdc-migrator patches {cls.__module__}.{cls.__name__}._sock_recv(self), which "
+        f"kafka-python 9.9.9 does not define: install kafka-python=="
+        f"{refusals.TESTED_KAFKA_PYTHON}, the release it is tested on")
+
+
+def test_the_command_line_does_not_start_on_a_kafka_python_lacking_the_patched_method():
+    lacking = ("from kafka.net import transport\n"
+               "del transport.KafkaSSLTransport._sock_recv\n"
+               "from cdc_migrator.cli import main\n"
+               "main(['status'])\n")
+
+    result = subprocess.run([sys.executable, "-c", lacking], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+
+    assert result.returncode != 0
+    assert ("ImportError: cdc-migrator patches kafka.net.transport.KafkaSSLTransport."
+            "_sock_recv(self), which kafka-python") in result.stderr

@@ -9,7 +9,7 @@ from kafka.admin import ConfigResource
 
 from cdc_migrator.base import topics
 
-from ..harness import KAFKA, run_cli
+from ..harness import KAFKA, KAFKA_CA, KAFKA_SASL_SSL, SCRAM_PASSWORD, SCRAM_USER, run_cli
 
 NAME = "add_default_role"
 KEYS = ["retention.ms", "retention.bytes", "cleanup.policy", "max.message.bytes"]
@@ -83,6 +83,97 @@ def test_a_topic_with_small_records_is_used_with_one_warning_naming_the_limit(db
     assert f"topic {topic} takes records of at most max.message.bytes=1048588" in warnings[0]
     assert "key-only events or become dead letters" in warnings[0]
     assert db.users.count_documents({"role": "user"}) == 40
+
+
+def test_the_topics_the_tool_creates_get_the_replication_asked_for(db, settings, kafka_admin):
+    seed_users(db)
+
+    ran = run_cli("run", NAME, "--timeout", "60", "-q", "--topic-replication-factor", "1",
+                  "--topic-min-insync-replicas", "1", settings=settings)
+
+    assert ran.returncode == 0, ran.stderr
+    for topic in (settings.topic("users"), settings.dlq_topic("users")):
+        (described,) = kafka_admin.describe_topics([topic])
+        assert [len(p["replica_nodes"]) for p in described["partitions"]] == \
+            [1] * len(described["partitions"])
+        entry = kafka_admin.describe_configs([ConfigResource(
+            "TOPIC", topic, ["min.insync.replicas"])])["topic"][topic]["min.insync.replicas"]
+        assert (entry["value"], entry["config_source"]) == ("1", "DYNAMIC_TOPIC_CONFIG"), topic
+
+
+@pytest.mark.parametrize(("flags", "code", "message"), [
+    (["--topic-replication-factor", "3"], 1,
+     "cdc-migrator: --topic-replication-factor 3 is more than the 1 broker(s) of the Kafka "
+     "cluster: give at most 1"),
+    (["--topic-min-insync-replicas", "2"], 1,
+     "cdc-migrator: --topic-min-insync-replicas 2 is more than the 1 broker(s) of the Kafka "
+     "cluster: no record could be acknowledged; give at most 1"),
+    (["--topic-replication-factor", "1", "--topic-min-insync-replicas", "2"], 2,
+     "cdc-migrator: --topic-min-insync-replicas 2 is more than --topic-replication-factor 1: "
+     "no record could be acknowledged; give at most the replication factor"),
+], ids=["factor-above-brokers", "insync-above-brokers", "insync-above-factor"])
+def test_replication_the_cluster_cannot_give_is_one_line_and_creates_nothing(
+        db, settings, kafka_admin, flags, code, message):
+    seed_users(db)
+
+    for command in ("tail", "run"):
+        result = run_cli(command, NAME, *flags, settings=settings, timeout=60)
+
+        assert result.returncode == code, result.stderr
+        lines = [x for x in result.stderr.splitlines() if x.startswith("cdc-migrator:")]
+        assert lines == [message], result.stderr
+        assert "Traceback" not in result.stderr
+        assert settings.topic("users") not in kafka_admin.list_topics()
+
+
+def test_a_topic_whose_min_insync_replicas_exceeds_its_replicas_is_refused_not_waited_on(
+        db, settings, kafka_admin):
+    """The tool produces with acks=all: the broker would answer NOT_ENOUGH_REPLICAS, a
+    retriable error, to every record, for ever."""
+    seed_users(db)
+    topic = settings.topic("users")
+    kafka_admin.create_topics({topic: {"num_partitions": 2, "replication_factor": -1, "configs": {
+        "retention.ms": "-1", "min.insync.replicas": "2"}}})
+
+    result = run_cli("tail", NAME, "--retry-deadline", "30", settings=settings, timeout=60)
+
+    assert result.returncode == 1, result.stderr
+    lines = [x for x in result.stderr.splitlines() if x.startswith("cdc-migrator:")]
+    assert lines == [
+        f"cdc-migrator: topic {topic} has min.insync.replicas=2 but 1 replica(s) per partition: "
+        "no record could be acknowledged (the tool produces with acks=all). Fix: kafka-configs.sh "
+        f"--bootstrap-server {KAFKA} --alter --entity-type topics --entity-name {topic} "
+        "--add-config min.insync.replicas=1"], result.stderr
+
+
+def test_the_printed_fix_of_a_tls_and_sasl_connection_names_its_command_config(
+        db, settings, kafka_admin, tls_listeners):
+    seed_users(db)
+    topic = settings.topic("users")
+    kafka_admin.create_topics({topic: {"num_partitions": 2, "replication_factor": -1, "configs": {
+        "retention.ms": "86400000"}}})
+    env = {"KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
+           "CDC_MIGRATOR_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+           "CDC_MIGRATOR_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+           "CDC_MIGRATOR_KAFKA_SASL_USERNAME": SCRAM_USER,
+           "CDC_MIGRATOR_KAFKA_SASL_PASSWORD": SCRAM_PASSWORD,
+           "CDC_MIGRATOR_KAFKA_SSL_CAFILE": str(KAFKA_CA)}
+
+    result = run_cli("tail", NAME, settings=settings, env=env, timeout=60)
+
+    assert result.returncode == 1, result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("cdc-migrator:")]
+    assert line.endswith(
+        f"Fix: kafka-configs.sh --bootstrap-server {KAFKA_SASL_SSL} --command-config "
+        f"client.properties --alter --entity-type topics --entity-name {topic} --add-config "
+        "retention.ms=-1,retention.bytes=-1,cleanup.policy=delete (client.properties: this "
+        "connection for Kafka's tools: security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-256, "
+        "sasl.jaas.config (the mechanism's login module with the credentials), "
+        f"ssl.truststore.type=PEM, ssl.truststore.location={KAFKA_CA}; see "
+        "docs/deploy.md)"), line
+    assert SCRAM_PASSWORD not in result.stderr
+
+
 
 
 def test_kafka_group_lag_is_end_minus_committed_per_partition(settings):

@@ -3,25 +3,20 @@ letters written and retried."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os
 import random
-import shutil
 import signal
 import socket
-import subprocess
 import textwrap
 import threading
 import time
-import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaProducer
 
 from cdc_migrator import testing
 from cdc_migrator.capture.tailer import arm
@@ -29,20 +24,16 @@ from cdc_migrator.core import events
 from cdc_migrator.migration import get_migration
 
 from ..harness import (
-    FAST_JVM,
     ITEMS_MIGRATION,
     KAFKA,
-    KAFKA_CA,
-    KAFKA_TLS_PASSWORD,
-    LIB,
-    LOG4J,
-    ROOT,
     CliProcess,
     ItemsWriter,
+    PrivateKafka,
     assert_invariant,
     free_port,
     part_of,
     poll,
+    private_kafka_missing,
     run_cli,
     seed_items,
     state_of,
@@ -176,57 +167,10 @@ def test_killing_backfill_tailer_and_consumer_at_random_points_loses_nothing(db,
 
 # A broker of our own, to stop and start.
 
-class PrivateKafka:
-    """A single-node KRaft broker on free ports, started as scripts/services.sh does."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.port, controller = free_port(), free_port()
-        text = (ROOT / "services" / "kafka" / "server.properties").read_text()
-        for marker, value in (("@PORT@", self.port), ("@CONTROLLER_PORT@", controller),
-                              ("@SSL_PORT@", free_port()), ("@SASL_SSL_PORT@", free_port()),
-                              ("@TLS@", KAFKA_CA.parent), ("@TLS_PASSWORD@", KAFKA_TLS_PASSWORD),
-                              ("@DATA@", home / "data")):
-            text = text.replace(marker, str(value))
-        self.props = home / "server.properties"
-        self.props.write_text(text)
-        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        subprocess.run(["java", *FAST_JVM, LOG4J, f"-Dservice.log={home / 'format.log'}", "-cp",
-                        f"{LIB}/*", "kafka.tools.StorageTool", "format", "-t", cluster, "-c",
-                        str(self.props)], check=True, capture_output=True, timeout=120)
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with open(self.home / "kafka.out", "ab") as out:
-            self.proc = subprocess.Popen(
-                ["java", *FAST_JVM, "-Xmx512m", LOG4J, f"-Dservice.log={self.home / 'kafka.log'}",
-                 "-cp", f"{LIB}/*", "kafka.Kafka", str(self.props)],
-                stdout=out, stderr=subprocess.STDOUT)
-
-        def answers() -> bool:
-            assert self.proc.poll() is None, (self.home / "kafka.out").read_text()
-            try:
-                KafkaAdminClient(bootstrap_servers=self.bootstrap, bootstrap_timeout_ms=1000,
-                                 request_timeout_ms=2000).close()
-                return True
-            except Exception:
-                return False
-
-        wait_for(answers, timeout=90, what=f"the private broker on port {self.port}")
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def _private_broker(tmp_path_factory):
-    if shutil.which("java") is None or not LIB.is_dir():
-        pytest.skip("needs java and the service jars in .services/lib (make services-up)")
+    if (missing := private_kafka_missing()) is not None:
+        pytest.skip(missing)
     broker = PrivateKafka(tmp_path_factory.mktemp("kafka"))
     yield broker
     if broker.proc is not None and broker.proc.poll() is None:
