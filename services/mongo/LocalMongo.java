@@ -115,7 +115,7 @@ public class LocalMongo {
 
         private static final AttributeKey<Boolean> AWAIT_INSTALLED = AttributeKey.valueOf("changeStreamAwait");
 
-        /** Puts a ChangeStreamAwait in front of the library's handler, once per connection. */
+        /** Puts a ChangeStreamAwait and CommittedReads in front of the library's handler, once per connection. */
         private void installAwait(Channel channel) {
             ChangeStreamOplog history = changes;
             if (history == null || channel == null || channel.attr(AWAIT_INSTALLED).setIfAbsent(Boolean.TRUE) != null) {
@@ -125,6 +125,7 @@ public class LocalMongo {
             if (handler != null) {
                 channel.pipeline().addBefore(handler.name(), "changeStreamAwait",
                     new ChangeStreamAwait(history, getCursorRegistry()));
+                channel.pipeline().addBefore(handler.name(), "committedReads", new CommittedReads(history));
             }
         }
 
@@ -158,6 +159,7 @@ public class LocalMongo {
                 return new OplogWindow(history).find(query);
             }
             Collations.check(command, query);
+            CommittedReads.check(command, query, history);
             if (PreImages.handlesCollMod(command, query)) {
                 Object name = query.get(command);
                 return PreImages.collMod(database, query,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -456,6 +457,37 @@ def test_an_oplog_hole_takes_one_single_document_write(server, sdb, hole):
     assert refused(lambda: server.admin.command({"releaseOplogHole": 1})).code == 2
 
 
+def majority_find(db, after: bson.Timestamp, **options: Any) -> dict[str, Any]:
+    return db.command({"find": "items", "filter": {}, "readConcern": {
+        "level": "majority", "afterClusterTime": after}, **options})
+
+
+def test_a_majority_read_after_a_time_past_an_open_hole_waits_until_the_hole_closes(sdb, hole):
+    open_hole, release = hole
+    sdb.items.insert_one({"_id": 0})
+    before = sdb.command("ping")["operationTime"]
+    open_hole(sdb.name, {"insert": "items", "documents": [{"_id": 1}]})
+    sdb.items.insert_one({"_id": 2})
+    t2 = sdb.command("ping")["operationTime"]
+
+    failure = refused(lambda: majority_find(sdb, t2, maxTimeMS=NO_ANSWER_MS))
+    assert (failure.code, failure.details["codeName"], failure.details["errmsg"]) == (
+        50, "MaxTimeMSExpired", "operation exceeded time limit")
+    # before the hole, and at the level "local", nothing is waited for (the answer is the
+    # latest data here; MongoDB's would be the majority snapshot, without _id 2)
+    assert majority_find(sdb, before, maxTimeMS=NO_ANSWER_MS)["ok"] == 1
+    local = sdb.command({"find": "items", "filter": {}, "readConcern": {
+        "level": "local", "afterClusterTime": t2}})
+    assert [d["_id"] for d in local["cursor"]["firstBatch"]] == [0, 2]
+
+    answers: list[dict[str, Any]] = []
+    waiting = threading.Thread(target=lambda: answers.append(majority_find(sdb, t2)))
+    waiting.start()
+    release()
+    waiting.join(timeout=30)
+    assert sorted(d["_id"] for d in answers[0]["cursor"]["firstBatch"]) == [0, 1, 2]
+
+
 def bson_ts(token: dict[str, Any]) -> bson.Timestamp:
     """The timestamp in one of the local server's resume tokens (docs/testing.md: "82", 16 hex
     digits of the timestamp, a kind byte); opaque on MongoDB."""
@@ -589,3 +621,34 @@ def test_an_upsert_that_inserts_may_create_top_level_dollar_fields_and_one_that_
     sdb.plain.update_one({"_id": 8}, {"$setOnInsert": {"$spa": 1}, "$set": {"n": 1}}, upsert=True)
     assert list(sdb.plain.find()) == [{"_id": 7, "$hotel": 320, "n": 1},
                                       {"_id": 8, "$spa": 1, "n": 1}]
+
+
+# ------------------------------------------------------------ $sample's pseudo-random cursor
+
+def scanned(client: pymongo.MongoClient) -> int:
+    return client.admin.command("serverStatus")["metrics"]["queryExecutor"]["scannedObjects"]
+
+
+@pytest.mark.parametrize(("pipeline", "size", "reads_all"), [
+    ([], 50, False),  # first stage, 1% of the collection: a random cursor
+    ([], 250, False),  # 5%: still
+    ([], 251, True),  # over 5%: every document, then a random choice
+    ([{"$match": {"n": {"$gte": 0}}}], 50, True),  # not the first stage
+])
+def test_sample_reads_only_its_documents_as_the_first_stage_below_5_percent(
+        server, sdb, pipeline, size, reads_all):
+    sdb.items.insert_many([{"_id": i, "n": i} for i in range(5000)])
+    before = scanned(server)
+
+    sample = list(sdb.items.aggregate([*pipeline, {"$sample": {"size": size}}]))
+
+    read = scanned(server) - before
+    assert len(sample) == size and len({d["_id"] for d in sample}) == size
+    assert read >= 5000 if reads_all else size <= read < 5000
+
+
+def test_sample_of_a_collection_of_100_documents_reads_them_all(server, sdb):
+    sdb.items.insert_many([{"_id": i} for i in range(100)])
+    before = scanned(server)
+    assert len(list(sdb.items.aggregate([{"$sample": {"size": 2}}]))) == 2
+    assert scanned(server) - before == 100
