@@ -1,7 +1,9 @@
 """The backfill scanner: the documents already in the collection become events on its topic.
 
 It refuses to start before change capture is armed, so every write after a document was
-scanned also yields a change event. The collection is split into ``_id`` ranges that any
+scanned also yields a change event, and it reads nothing before every write up to the armed
+point is majority-committed (see :mod:`cdc_migrator.base.history`), so no write in flight when
+capture was armed falls between the two. The collection is split into ``_id`` ranges that any
 number of backfill processes (and threads, ``--workers``) share: each range is leased to one
 worker at a time and has its own position (last ``_id``), saved after the broker acknowledged
 the batch, so an interrupted range resumes where it stopped, by whichever worker takes it
@@ -24,7 +26,7 @@ from typing import Any
 import bson
 from bson.raw_bson import RawBSONDocument
 
-from ..base import logs, metrics, topics
+from ..base import history, logs, metrics, topics
 from ..base.codec import CODEC_OPTIONS
 from ..base.progress import Progress
 from ..base.retry import KAFKA, MONGODB, Retrier
@@ -103,6 +105,10 @@ def backfill(
     finished = False
     resumed = False
     try:
+        # The change stream covers what comes after the armed point; the scan covers what came
+        # before only once all of that is committed (a write in flight is in neither).
+        retry.call(MONGODB, history.wait_committed, pass_.collection, pass_.armed_at,
+                   stop if stop is not None else halt)
         pass_.partitions = retry.call(KAFKA, topics.ensure_topic, settings, pass_.topic)
         total = retry.call(MONGODB, count, pass_.collection, migration.filter)
         resumed = retry.call(

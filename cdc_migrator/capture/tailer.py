@@ -1,9 +1,10 @@
 """The change-stream tailer: every write to the collection becomes an event on its topic.
 
-Capture is *armed* before the backfill reads anything: :func:`arm` records the server's
-operation time, and the tailer starts from there (later, from its saved resume token). The
-resume token is saved only after the broker acknowledged every event before it, so a crash
-replays events (at-least-once) and never skips one.
+Capture is *armed* before the backfill reads anything: :func:`arm` opens the change stream and
+records where it starts (its ``postBatchResumeToken`` and that token's cluster time, see
+:mod:`cdc_migrator.base.history`), and the tailer resumes after that token (later, after its
+saved resume token). The resume token is saved only after the broker acknowledged every event
+before it, so a crash replays events (at-least-once) and never skips one.
 
 The stream is database-wide, filtered to the migrated collection and the fence collection:
 a fence written by ``cutover`` travels the same ordered stream as the application's writes,
@@ -36,7 +37,7 @@ import bson
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure
 
-from ..base import logs, metrics, topics
+from ..base import history, logs, metrics, topics
 from ..base.messages import first_line, message_of
 from ..base.naming import FENCE_COLLECTION
 from ..base.retry import KAFKA, MONGODB, Retrier
@@ -75,16 +76,13 @@ def arm(settings: Settings, migration: Migration) -> MigrationState:
         raise Refused(f"migration {migration.name!r} was cancelled; `reset` it to start again")
     topics.ensure_topic(settings, settings.topic(migration.collection))
     if not state.armed:
-        # The reply's operationTime is the server's latest operation: a change stream started
-        # at it (inclusive) sees every write the backfill's scan could miss.
-        armed_at = settings.db.command("ping").get("operationTime")
-        if armed_at is None:
-            raise Refused("the MongoDB server reports no operationTime: change streams need "
-                          "a replica set or sharded cluster")
+        # Where the stream itself starts: every write after it is an event, and the scan
+        # waits for the writes before it to commit (history.wait_committed).
+        token, armed_at = history.stream_start(settings.db, stream_pipeline(migration))
         # After the armed point, before anything may scan: a change after its read finds
         # the value it overwrites in the reference map.
         dependencies.seed(settings.db, migration)
-        store.arm(migration.name, armed_at)
+        store.arm(migration.name, armed_at, token)
         state = store.get(migration.name) or state
     elif migration.depends_on:
         dependencies.seed(settings.db, migration)  # armed by a version without it: late
@@ -194,23 +192,37 @@ class Tailer:
         self.flush_every = flush_every
         self.flush_interval = flush_interval
         self.stopping = threading.Event()
-        self.recovery = Recovery(settings, migration, self.stopping)
+        self.recovery = Recovery(settings, migration, self.stopping, stream_pipeline(migration))
         self.produced = 0
         self.last_event_time: Any = None
-        #: Set when the tailer has read everything up to a point asked with :meth:`catch_up_to`
-        #: (or found the stream empty). Under steady application writes the stream is never
-        #: empty: MongoDB answers a getMore as soon as one event passes the stream's filter.
+        #: Set when the tailer has read everything up to a point asked with :meth:`catch_up_to`:
+        #: an event at or after it, or an empty batch whose resume token is there. An empty
+        #: batch alone proves nothing: while a write before the point is not committed (an
+        #: oplog hole), the stream returns nothing and its token stays before that write.
         self.caught_up = threading.Event()
         self._catch_up_to: Any = None
+        #: The cluster time the tailer has read up to (its last event's, or its last empty
+        #: batch's resume token's).
+        self.position: Any = None
 
     def stop(self) -> None:
         self.stopping.set()
 
     def catch_up_to(self, cluster_time: Any) -> None:
-        """Clear :attr:`caught_up`, and set it again once the tailer reads an event at or after
-        ``cluster_time`` (a ``Timestamp``; None: only once it finds the stream empty)."""
+        """Clear :attr:`caught_up`, and set it again once the tailer has read the stream up to
+        ``cluster_time`` (a ``Timestamp``, e.g. where a stream opened now starts)."""
         self._catch_up_to = cluster_time
         self.caught_up.clear()
+        self._reached(self.position)
+
+    def _reached(self, cluster_time: Any) -> None:
+        """The tailer has read the stream up to ``cluster_time``."""
+        if cluster_time is None:
+            return
+        self.position = cluster_time
+        target = self._catch_up_to
+        if target is not None and cluster_time >= target:
+            self.caught_up.set()
 
     def run(self) -> None:
         """Tail until stopped; raises HistoryLost when the resume point is gone.
@@ -329,7 +341,9 @@ class Tailer:
                 options["full_document_before_change"] = "whenAvailable"
         if tail.resume_token:
             options["resume_after"] = tail.resume_token
-        else:
+        elif tail.armed_token:
+            options["resume_after"] = tail.armed_token
+        else:  # armed by a version that took ping's operationTime
             options["start_at_operation_time"] = tail.armed_at
         return options
 
@@ -444,10 +458,7 @@ class Tailer:
             self._on_document(change, checkpoint, encoder)
         checkpoint.token = change["_id"]
         self.last_event_time = change.get("clusterTime")
-        target = self._catch_up_to
-        if target is not None and self.last_event_time is not None \
-                and self.last_event_time >= target:
-            self.caught_up.set()
+        self._reached(self.last_event_time)
         self._position_time = getattr(self.last_event_time, "time", None)
 
     def _on_fence(self, change: Any, checkpoint: Checkpoint, partitions: int) -> None:
@@ -493,7 +504,7 @@ class Tailer:
         checkpoint.unflushed += 1
 
     def _on_idle(self, stream: Any, checkpoint: Checkpoint) -> None:
-        """Nothing new: the position is the server's present (the batch's resume token)."""
+        """Nothing new: the position is the batch's resume token (the committed present)."""
         if not stream.alive:
             # Closed by the server (invalidated): try_next would return None at once,
             # forever, without asking the server anything.
@@ -502,7 +513,7 @@ class Tailer:
         if stream.resume_token is not None:
             checkpoint.token = stream.resume_token
             self._position_time = time.time()  # caught up: the position is now
-        self.caught_up.set()
+            self._reached(history.token_time(stream.resume_token))
 
     def _key_only(self, encoder: events.RawEncoder, change: Any,
                   size: int) -> Callable[[], list[topics.Record]]:

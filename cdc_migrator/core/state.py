@@ -15,8 +15,8 @@ The stored layout (``schema_version`` 2)::
     stopped {consumer|tailer: stop record}, stalled {consumer: stop record},
     apply {started, done, cursor}, backfill {total, scanned, done, cursor, started_at},
     reverted_at (after ``revert``: phase ``reverting``, then ``reverted``),
-    tail {armed_at, resume_token, heartbeat, last_event_time, position_time, stopped_at,
-          recoveries, last_recovery {reason, at, armed_at, backfill}},
+    tail {armed_at, armed_token, resume_token, heartbeat, last_event_time, position_time,
+          stopped_at, recoveries, last_recovery {reason, at, armed_at, backfill}},
     fences {FENCE_ID: {partitions: {P: true}}}, dlq_pending, dlq_offset,
     throttle {rate, set_at, auto {bound, value, limit, unit, by, at, until},
               members {MEMBER: {at, weight}}}
@@ -145,7 +145,10 @@ class ApplyState:
 
 @dataclass
 class TailState:
-    armed_at: Any = None  # the operation time capture starts from (a bson Timestamp)
+    armed_at: Any = None  # the cluster time capture starts from (a bson Timestamp)
+    # The change stream's own token for that point (its postBatchResumeToken when armed);
+    # None for a migration armed by a version that took ping's operationTime instead.
+    armed_token: Any = None
     resume_token: Any = None
     heartbeat: float | None = None  # time.time() of the tailer's last checkpoint
     last_event_time: Any = None
@@ -329,19 +332,25 @@ class StateStore:
 
     # ------------------------------------------------------------------ capture
 
-    def arm(self, name: str, armed_at: Any) -> None:
-        """Fix the point capture starts from (only when none is fixed yet); a migration
-        without a phase is then armed."""
+    def arm(self, name: str, armed_at: Any, armed_token: Any) -> None:
+        """Fix the point capture starts from (only when none is fixed yet): the change
+        stream's token for it and its cluster time; a migration without a phase is then
+        armed."""
         self.collection.update_one({"_id": name, "tail.armed_at": None},
-                                   {"$set": {"tail.armed_at": armed_at, "updated_at": now()}})
+                                   {"$set": {"tail.armed_at": armed_at,
+                                             "tail.armed_token": armed_token,
+                                             "updated_at": now()}})
         self.collection.update_one({"_id": name, "phase": None},
                                    {"$set": {"phase": Phase.ARMED}})
 
-    def rearm(self, name: str, armed_at: Any, recovery: dict[str, Any]) -> None:
-        """Capture again from ``armed_at`` after the change history was lost: the resume token
-        and the backfill are forgotten, the recovery is counted and kept."""
+    def rearm(self, name: str, armed_at: Any, armed_token: Any,
+              recovery: dict[str, Any]) -> None:
+        """Capture again from ``armed_token`` (at ``armed_at``) after the change history was
+        lost: the resume token and the backfill are forgotten, the recovery is counted and
+        kept."""
         self.collection.update_one({"_id": name}, {
             "$set": {"phase": Phase.ARMED, "tail.armed_at": armed_at,
+                     "tail.armed_token": armed_token,
                      "tail.last_recovery": recovery, "updated_at": now()},
             "$unset": {"tail.resume_token": "", "tail.position_time": "", "backfill": "",
                        "failure": ""},
