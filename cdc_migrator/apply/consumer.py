@@ -41,6 +41,7 @@ from ..base.messages import first_line
 from ..base.retry import KAFKA, MONGODB, Retrier
 from ..base.settings import Settings
 from ..base.threads import Threads, run_until_stopped
+from ..base.topology import LagReader
 from ..core.context import make_context
 from ..core.state import failure_record, stop_record
 from ..core.throttle import Bounds, Throttle, worker_name
@@ -106,9 +107,10 @@ class TransformConsumer:
         # The group's share of `cdc-migrator throttle`, by the partitions this member holds.
         self.throttle = Throttle(
             self.store, migration.name, member=self.instance_id or worker_name(),
-            bounds=Bounds(settings.max_replication_lag, settings.max_write_latency),
-            client=settings.client, weight=lambda: float(len(self._assigned)), members=True,
-            stop=self.stopping)
+            bounds=Bounds(settings.max_replication_lag, settings.max_write_latency,
+                          settings.on_lag_unknown),
+            lag=LagReader(settings.client, settings.client_for),
+            weight=lambda: float(len(self._assigned)), members=True, stop=self.stopping)
         self.batches = BatchApplier(
             migration, self.applier, self.throttle, retry=self.retry,
             write_retry=Retrier(settings, log, self.stopping),  # the writer thread's

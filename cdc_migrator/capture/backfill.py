@@ -33,6 +33,7 @@ from ..base.retry import KAFKA, MONGODB, Retrier
 from ..base.scanner import count, prefetched, scan
 from ..base.settings import Settings
 from ..base.threads import Threads
+from ..base.topology import LagReader
 from ..core import deadletters as deadletter
 from ..core import events
 from ..core.state import MigrationState, StateStore
@@ -160,7 +161,8 @@ class _Pass:
                 document_class=RawBSONDocument))
         self.encoder = events.RawEncoder(migration.name, settings.database_name,
                                          migration.collection)
-        self.bounds = Bounds(settings.max_replication_lag, settings.max_write_latency)
+        self.bounds = Bounds(settings.max_replication_lag, settings.max_write_latency,
+                             settings.on_lag_unknown)
         self.partitions = 1
         self.progress: Progress | None = None
         self.scanned = 0
@@ -196,7 +198,7 @@ class _Pass:
         retry = Retrier(self.settings, log, self.halt)
         publisher = topics.Publisher(self.settings, retry)
         throttle = Throttle(self.store, self.migration.name, member=owner, bounds=self.bounds,
-                            client=self.settings.client,
+                            lag=LagReader(self.settings.client, self.settings.client_for),
                             live=lambda _: self.ranges.leased_count(self.migration.name),
                             stop=self.halt, cap=self.rate)
         name = self.migration.name

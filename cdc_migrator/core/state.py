@@ -19,7 +19,7 @@ The stored layout (``schema_version`` 2)::
           stopped_at, recoveries, last_recovery {reason, at, armed_at, backfill}},
     fences {FENCE_ID: {partitions: {P: true}}}, dlq_pending, dlq_offset,
     throttle {rate, set_at, auto {bound, value, limit, unit, by, at, until},
-              members {MEMBER: {at, weight}}}
+              members {MEMBER: {at, weight}}, lag_unknown {reason, fix, by, at}}
 
 The ranges of a shared backfill are documents of their own in the same collection (with a
 ``range_of`` field, see :mod:`cdc_migrator.capture.leases`); :meth:`StateStore.all` leaves them
@@ -175,6 +175,8 @@ class ThrottleState:
     set_at: dt.datetime | None = None
     auto: dict[str, Any] | None = None  # the last automatic hold (a bound exceeded)
     members: dict[str, tuple[float, float]] = field(default_factory=dict)  # at, weight
+    # Why the replication lag could not be read, while a bound runs without it.
+    lag_unknown: dict[str, Any] | None = None
 
     @property
     def holding(self) -> bool:
@@ -266,7 +268,7 @@ class MigrationState:
             dlq_offset=int(doc.get("dlq_offset", 0)),
             throttle=ThrottleState(
                 rate=throttle.get("rate"), set_at=throttle.get("set_at"),
-                auto=throttle.get("auto"),
+                auto=throttle.get("auto"), lag_unknown=throttle.get("lag_unknown"),
                 members={m: (float(v.get("at", 0)), float(v.get("weight", 0)))
                          for m, v in (throttle.get("members") or {}).items()}),
             created_at=doc.get("created_at"),
@@ -431,6 +433,15 @@ class StateStore:
     def record_auto_throttle(self, name: str, record: dict[str, Any]) -> None:
         """A bound was found exceeded: every worker holds until ``record["until"]``."""
         self.collection.update_one({"_id": name}, {"$set": {"throttle.auto": record}})
+
+    def record_lag_unknown(self, name: str, record: dict[str, Any] | None) -> None:
+        """The replication lag could not be read (``record``: why, and the fix) and its bound
+        runs without it; None: it can be read again."""
+        if record is None:
+            self.collection.update_one({"_id": name}, {"$unset": {"throttle.lag_unknown": ""}})
+        else:
+            self.collection.update_one({"_id": name},
+                                       {"$set": {"throttle.lag_unknown": record}})
 
     def report_member(self, name: str, member: str, weight: float, *,
                       forget: Iterable[str] = ()) -> None:
