@@ -36,7 +36,8 @@ from .harness import (
 
 # A test using one of these talks to a service (the shared ones, or a server of its own).
 SERVICE_FIXTURES = frozenset({"mongo_client", "db", "settings", "private_kafka",
-                              "private_mongo", "short_cursors", "tls_listeners"})
+                              "private_mongo", "short_cursors", "tls_listeners",
+                              "mongos_mongo"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -116,6 +117,16 @@ def short_cursors(tmp_path_factory):
     """A LocalMongo of the module's own whose idle cursors time out after CURSOR_TIMEOUT_MS."""
     proc, client = local_mongo(tmp_path_factory.mktemp("cursors"),
                                f"-DcursorTimeoutMillis={CURSOR_TIMEOUT_MS}")
+    yield client
+    stop_local_mongo(proc, client)
+
+
+@pytest.fixture(scope="module")
+def mongos_mongo(tmp_path_factory):
+    """A LocalMongo of the module's own answering as a mongos (its ``config`` database holds what
+    a test seeds with :func:`~tests.harness.seed_sharded_collection`; nothing is sharded)."""
+    proc, client = local_mongo(tmp_path_factory.mktemp("mongos"), heap="512m")
+    client.admin.command({"setMongosMode": True})
     yield client
     stop_local_mongo(proc, client)
 

@@ -184,6 +184,19 @@ def seed_sharded_collection(client: pymongo.MongoClient, namespace: str, key: di
     return entry
 
 
+def untargeted_writes(client: pymongo.MongoClient, namespace: str) -> int:
+    """The single-document writes on ``namespace`` whose filter a mongos could not target by
+    shard key, as the local server's mongos mode counts them (its own figure, not MongoDB's)."""
+    counter = client.admin.command("serverStatus")["localMongo"]["untargetedSingleWrites"]
+    return int(counter["byNamespace"].get(namespace, 0))
+
+
+def scanned_objects(client: pymongo.MongoClient) -> int:
+    """The documents a server read to answer queries (``serverStatus``'s
+    ``metrics.queryExecutor.scannedObjects``)."""
+    return int(client.admin.command("serverStatus")["metrics"]["queryExecutor"]["scannedObjects"])
+
+
 def local_mongo(home: Path, *properties: str,
                 heap: str = "256m") -> tuple[subprocess.Popen, pymongo.MongoClient]:
     """:func:`start_local_mongo`, or the test skipped (``unittest.SkipTest``, which pytest

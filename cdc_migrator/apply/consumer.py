@@ -41,7 +41,7 @@ from ..base.messages import first_line
 from ..base.retry import KAFKA, MONGODB, Retrier
 from ..base.settings import Settings
 from ..base.threads import Threads, run_until_stopped
-from ..base.topology import LagReader
+from ..base.topology import LagReader, shard_key
 from ..core.context import make_context
 from ..core.state import failure_record, stop_record
 from ..core.throttle import Bounds, Throttle, worker_name
@@ -85,6 +85,7 @@ class TransformConsumer:
                             else None)
         self.topic = settings.topic(migration.collection)
         self.dlq_topic = settings.dlq_topic(migration.collection)
+        self.namespace = f"{settings.database_name}.{migration.collection}"
         self.store = settings.store
         self.applier = Applier(migration, settings.db[migration.collection],
                                make_context(settings.db, migration.name,
@@ -157,6 +158,8 @@ class TransformConsumer:
         retry = self.retry
         retry.call(KAFKA, topics.ensure_topic, self.settings, self.topic)
         retry.call(KAFKA, topics.ensure_topic, self.settings, self.dlq_topic, partitions=1)
+        self.applier.shard_key = retry.call(MONGODB, shard_key, self.settings.client,
+                                            self.namespace)
         while not self.stopping.is_set():
             self._consumer = retry.call(KAFKA, self._connect)
             log.info("consuming %s as group %s", self.topic,

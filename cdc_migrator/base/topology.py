@@ -18,6 +18,7 @@ the caller decides whether to run without the bound.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ import pymongo
 from pymongo.errors import OperationFailure, PyMongoError
 
 from .messages import message_of
+
+log = logging.getLogger("cdc_migrator.topology")
 
 #: replSetGetStatus on a server that is not in a replica set.
 NO_REPLICATION = 76
@@ -171,3 +174,75 @@ class LagReader:
         if self._mongos:
             return sharded_lag(self.client, self.connect)
         return replica_set_lag(self.client)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a sharded collection: ``[min, max)`` of its shard key, on ``shard``."""
+
+    min: Mapping[str, Any]
+    max: Mapping[str, Any]
+    shard: str
+
+
+@dataclass(frozen=True)
+class ShardedCollection:
+    """A collection sharded on ``key`` (``config.collections``), with its chunks in order."""
+
+    key: Mapping[str, Any]
+    chunks: tuple[Chunk, ...]
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The shard key's fields (paths), in order: what a targeted write pins."""
+        return tuple(self.key)
+
+    @property
+    def ranged_on_id(self) -> bool:
+        """Whether the key starts with ``_id``, ranged (not hashed): an ``_id`` range is then a
+        range of chunks, and the chunks' ``_id`` bounds say which shard holds it."""
+        first, order = next(iter(self.key.items()))
+        return first == "_id" and order in (1, -1, 1.0, -1.0)
+
+    def shard_boundaries(self) -> list[Any]:
+        """The ``_id`` s where the shard changes from one chunk to the next (for a key ranged on
+        ``_id``): cut there, each range of ``_id`` is read from one shard."""
+        cuts = []
+        for before, after in zip(self.chunks, self.chunks[1:], strict=False):
+            if after.shard != before.shard:
+                cuts.append(after.min.get("_id"))
+        return cuts
+
+
+def sharded_collection(client: pymongo.MongoClient, namespace: str) -> ShardedCollection | None:
+    """How ``namespace`` is sharded (through mongos), or None when it is not (or ``client``
+    is no mongos). ``config.collections`` lists it with its key, unless dropped or (8.0)
+    tracked unsharded; its chunks are keyed by its ``uuid`` (5.0+) or its name (up to 4.4).
+    Raises OperationFailure when ``config`` cannot be read."""
+    if not is_mongos(client):
+        return None
+    config = client.config
+    entry = config.collections.find_one({"_id": namespace})
+    if entry is None or entry.get("dropped") or entry.get("unsplittable") or not entry.get("key"):
+        return None
+    keyed = {"uuid": entry["uuid"]} if entry.get("uuid") is not None else {"ns": namespace}
+    found = list(config.chunks.find(keyed, {"min": 1, "max": 1, "shard": 1}, sort=[("min", 1)]))
+    if not found and "uuid" in keyed:
+        found = list(config.chunks.find({"ns": namespace}, sort=[("min", 1)]))
+    chunks = tuple(Chunk(c["min"], c["max"], str(c.get("shard"))) for c in found)
+    return ShardedCollection(dict(entry["key"]), chunks)
+
+
+def shard_key(client: pymongo.MongoClient, namespace: str) -> tuple[str, ...]:
+    """The fields of ``namespace`` 's shard key, for targeted writes; () when it is not sharded
+    (or ``client`` is no mongos), and, with a warning, when ``config`` cannot be read: writes
+    then pin ``_id`` alone, which mongos sends to every shard (before 7.1) or through its
+    slower two-phase path (7.1+)."""
+    try:
+        sharded = sharded_collection(client, namespace)
+    except OperationFailure as exc:
+        log.warning("the shard key of %s cannot be read from config.collections (%s): guarded "
+                    "writes pin _id alone and go to every shard; %s", namespace,
+                    message_of(exc, 160), CLUSTER_MONITOR)
+        return ()
+    return sharded.fields if sharded is not None else ()

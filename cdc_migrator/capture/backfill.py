@@ -25,15 +25,17 @@ from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
+from pymongo.errors import OperationFailure
 
 from ..base import history, logs, metrics, topics
 from ..base.codec import CODEC_OPTIONS
+from ..base.messages import message_of
 from ..base.progress import Progress
 from ..base.retry import KAFKA, MONGODB, Retrier
-from ..base.scanner import count, prefetched, scan
+from ..base.scanner import prefetched, scan
 from ..base.settings import Settings
 from ..base.threads import Threads
-from ..base.topology import LagReader
+from ..base.topology import LagReader, ShardedCollection, sharded_collection
 from ..core import deadletters as deadletter
 from ..core import events
 from ..core.state import MigrationState, StateStore
@@ -111,12 +113,13 @@ def backfill(
         retry.call(MONGODB, history.wait_committed, pass_.collection, pass_.armed_at,
                    stop if stop is not None else halt)
         pass_.partitions = retry.call(KAFKA, topics.ensure_topic, settings, pass_.topic)
-        total = retry.call(MONGODB, count, pass_.collection, migration.filter)
-        resumed = retry.call(
+        planned = retry.call(
             MONGODB, plan, pass_.collection, migration.filter, pass_.ranges, store,
-            migration.name, owner=worker_name(), total=total, most=settings.backfill_ranges,
+            migration.name, owner=worker_name(), most=settings.backfill_ranges,
             armed_at=pass_.armed_at, saved=saved, reset=reset,
-            wait=stop if stop is not None else halt)
+            wait=stop if stop is not None else halt,
+            sharded=retry.call(MONGODB, sharding_of, settings, migration))
+        resumed, total = planned.resumed, planned.total
         done_before = (retry.call(MONGODB, store.get, migration.name) or state).backfill
         log.info("backfill %s: %d documents to scan into %s, %d worker(s) here",
                  "resumed" if resumed else "started", total, pass_.topic, workers)
@@ -357,6 +360,19 @@ def snapshot_record(settings: Settings, migration: Migration, encoder: events.Ra
             return [topics.Record(topic, id_key, id_value, partition, lambda: deadletter.too_large(
                 settings, migration, id_key, len(value), topic))]
     return topics.Record(topic, key, value, partition, fallback)
+
+
+def sharding_of(settings: Settings, migration: Migration) -> ShardedCollection | None:
+    """How the migrated collection is sharded (None: it is not, or no mongos); None with a
+    warning when ``config`` cannot be read: the ranges are then cut by sample alone."""
+    namespace = f"{settings.database_name}.{migration.collection}"
+    try:
+        return sharded_collection(settings.client, namespace)
+    except OperationFailure as exc:
+        log.warning("the chunks of %s cannot be read (%s): the backfill's ranges are cut by "
+                    "sample alone, each read from every shard; grant read on the config "
+                    "database (the clusterMonitor role)", namespace, message_of(exc, 160))
+        return None
 
 
 def _refuse_failed(state: MigrationState) -> None:

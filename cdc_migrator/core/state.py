@@ -13,7 +13,8 @@ The stored layout (``schema_version`` 2)::
             dependency},
     errors [failure records], last_error, failure {reason, at, ...},
     stopped {consumer|tailer: stop record}, stalled {consumer: stop record},
-    apply {started, done, cursor}, backfill {total, scanned, done, cursor, started_at},
+    apply {started, done, cursor},
+    backfill {total, estimate, scanned, done, cursor, started_at},
     reverted_at (after ``revert``: phase ``reverting``, then ``reverted``),
     tail {armed_at, armed_token, resume_token, heartbeat, last_event_time, position_time,
           stopped_at, recoveries, last_recovery {reason, at, armed_at, backfill}},
@@ -130,6 +131,7 @@ class Position:
 @dataclass
 class BackfillState:
     total: int | None = None
+    estimate: str | None = None  # how total was estimated (None: counted)
     scanned: int = 0
     done: bool = False
     position: Position | None = None  # None: not started, or started over
@@ -256,7 +258,8 @@ class MigrationState:
                 started=bool(apply_.get("started")), done=bool(apply_.get("done")),
                 position=Position(apply_["cursor"]) if "cursor" in apply_ else None),
             backfill=None if backfill is None else BackfillState(
-                total=backfill.get("total"), scanned=int(backfill.get("scanned", 0)),
+                total=backfill.get("total"), estimate=backfill.get("estimate"),
+                scanned=int(backfill.get("scanned", 0)),
                 done=bool(backfill.get("done")),
                 position=Position(backfill["cursor"]) if "cursor" in backfill else None,
                 started_at=backfill.get("started_at")),
@@ -386,11 +389,13 @@ class StateStore:
         """A tailer stopped cleanly: none runs until the next heartbeat."""
         self._set_if_exists(name, **{"tail.stopped_at": time.time()})
 
-    def start_backfill(self, name: str, total: int, *, over: bool) -> None:
-        """A backfill pass begins (``over``: from the first document, forgetting the last)."""
+    def start_backfill(self, name: str, total: int, *, over: bool,
+                       estimate: str | None = None) -> None:
+        """A backfill pass begins (``over``: from the first document, forgetting the last);
+        ``estimate`` says how ``total`` was estimated (None: counted)."""
         update: dict[str, Any] = {"$set": {
             "phase": Phase.BACKFILLING, "backfill.total": total, "backfill.done": False,
-            "updated_at": now()}}
+            "backfill.estimate": estimate, "updated_at": now()}}
         if over:
             update["$set"].update({"backfill.scanned": 0, "backfill.started_at": now()})
             update["$unset"] = {"backfill.cursor": ""}

@@ -69,6 +69,7 @@ def migration_status(settings: Settings, migration: Migration | None,
             eta = (backfill.total - backfill.scanned) / (backfill.scanned / elapsed) \
                 if elapsed > 0 else None
         status["backfill"] = {"scanned": backfill.scanned, "total": backfill.total,
+                              "total_estimate": backfill.estimate,
                               "done": backfill.done, "eta_seconds": eta,
                               "ranges": ranges_of(state.name) if ranges_of else None}
     status["throttle"] = sharing.throttle_status(state)
@@ -128,16 +129,26 @@ def all_status(settings: Settings, migrations: dict[str, Migration],
             for s in states if s]
 
 
+def _backfill_lines(b: dict[str, Any] | None) -> list[str]:
+    """The backfill's progress; a total estimated (a sample, a sharded cluster's metadata)
+    says so."""
+    if not b:
+        return []
+    pct = f" ({100 * b['scanned'] / b['total']:.0f}%)" if b.get("total") else ""
+    eta = "" if b["done"] else f", ETA {format_duration(b.get('eta_seconds'))}"
+    about = "~" if b.get("total_estimate") else ""
+    lines = [f"  backfill: {b['scanned']:,}/{about}{b.get('total') or 0:,}{pct}"
+             + (" done" if b["done"] else eta)]
+    if b.get("total_estimate"):
+        lines.append(f"  backfill total: an estimate ({b['total_estimate']})")
+    return lines
+
+
 def render(status: dict[str, Any]) -> str:
     """Human-readable block for one migration."""
     lines = [f"{status['migration']} ({status['collection']}): {status['phase'] or 'new'}"
              + (" [paused]" if status["paused"] else "")]
-    b = status.get("backfill")
-    if b:
-        pct = f" ({100 * b['scanned'] / b['total']:.0f}%)" if b.get("total") else ""
-        eta = "" if b["done"] else f", ETA {format_duration(b.get('eta_seconds'))}"
-        lines.append(f"  backfill: {b['scanned']:,}/{b.get('total') or 0:,}{pct}"
-                     + (" done" if b["done"] else eta))
+    lines += _backfill_lines(status.get("backfill"))
     lines += sharing.render_lines(status)
     c = status["counts"]
     lines.append("  events: produced {produced:,} (skipped {skipped:,} already migrated), "
