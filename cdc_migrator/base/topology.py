@@ -246,3 +246,18 @@ def shard_key(client: pymongo.MongoClient, namespace: str) -> tuple[str, ...]:
                     message_of(exc, 160), CLUSTER_MONITOR)
         return ()
     return sharded.fields if sharded is not None else ()
+
+
+def version(client: pymongo.MongoClient) -> tuple[int, ...]:
+    """The server's version (``buildInfo``; through mongos, the mongos's)."""
+    info = client.admin.command("buildInfo")
+    reported = info.get("versionArray") or [
+        int(p) for p in str(info.get("version") or "0").split("-")[0].split(".") if p.isdigit()]
+    return tuple(int(p) for p in reported[:3])
+
+
+def splits_large_events(client: pymongo.MongoClient) -> bool:
+    """Whether change streams take ``$changeStreamSplitLargeEvent``: MongoDB 6.0.9 and later
+    of the 6.0 series, and 7.0 on (not the 6.1 to 6.3 rapid releases)."""
+    found = version(client)
+    return found >= (7, 0) or (6, 0, 9) <= found < (6, 1)

@@ -43,6 +43,7 @@ from ..base.naming import FENCE_COLLECTION
 from ..base.retry import KAFKA, MONGODB, Retrier
 from ..base.settings import Settings
 from ..base.threads import run_until_stopped
+from ..base.topology import splits_large_events
 from ..core import deadletters as deadletter
 from ..core import events
 from ..core.context import make_context
@@ -51,6 +52,7 @@ from ..core.state import HEARTBEAT_INTERVAL, MigrationState, stop_record
 from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused, StopRequested
 from ..migration import Migration, rename_filter_fields
 from . import dependencies
+from .fragments import SPLIT_STAGE, Fragments
 from .recovery import Recovery
 
 log = logging.getLogger("cdc_migrator.tailer")
@@ -61,8 +63,11 @@ HISTORY_LOST_CODES = {136, 280, 286}
 # repeats the changed values beside the looked-up document, which can take the event past
 # MongoDB's limit for one event (16 MiB plus 16 KiB).
 UNUSED_FIELDS = {"$unset": ["updateDescription"]}
-# BSONObjectTooLarge: the server could not return a change event larger than its limit.
+# BSONObjectTooLarge: the server could not return a change event larger than its limit; and,
+# split by $changeStreamSplitLargeEvent, a field of one too large for a fragment of its own.
 EVENT_TOO_LARGE = 10334
+FRAGMENT_TOO_LARGE = 7182500
+TOO_LARGE = {EVENT_TOO_LARGE, FRAGMENT_TOO_LARGE}
 # After an event too large, at most this many events are read one per batch to find it.
 NARROW_EVENTS = 1000
 _FULL, _NARROW, _KEY_ONLY = "full", "narrow", "key only"
@@ -193,6 +198,9 @@ class Tailer:
         self.flush_interval = flush_interval
         self.stopping = threading.Event()
         self.recovery = Recovery(settings, migration, self.stopping, stream_pipeline(migration))
+        self.fragments = Fragments(settings.db.codec_options.with_options(
+            document_class=RawBSONDocument))
+        self._splits = False  # the server takes $changeStreamSplitLargeEvent (see _follow)
         self.produced = 0
         self.last_event_time: Any = None
         #: Set when the tailer has read everything up to a point asked with :meth:`catch_up_to`:
@@ -275,19 +283,24 @@ class Tailer:
     def _follow(self) -> None:
         """Open the change stream from the saved point and follow it until stopped.
 
-        An event larger than MongoDB returns (its limit for one event is 16 MiB plus 16 KiB:
-        the ``getMore`` fails with 10334 BSONObjectTooLarge, and so does every resume from
-        before the event) is found and forwarded by its key alone: the stream is opened again
-        from the saved point taking one event per batch, up to the one that fails; that event
-        is read once more without its document and forwarded as "this document may need
-        migrating" (the consumer reads the document), and the stream goes on as before.
+        An event larger than MongoDB returns (its limit for one event is 16 MiB plus 16 KiB)
+        comes in fragments where the server has ``$changeStreamSplitLargeEvent`` (see
+        :mod:`.fragments`), put together again here: its pre-image, which a change of a
+        ``depends_on`` collection needs, is kept. Where the server has not (or a field alone is
+        too large for a fragment), the ``getMore`` fails with 10334 BSONObjectTooLarge, and so
+        does every resume from before the event: the event is found and forwarded by its key
+        alone. The stream is opened again from the saved point taking one event per batch, up
+        to the one that fails; that event is read once more without its document and forwarded
+        as "this document may need migrating" (the consumer reads the document), and the
+        stream goes on as before.
         """
         mode = _FULL
+        self._splits = self.retry.call(MONGODB, splits_large_events, self.settings.client)
         while not self.stopping.is_set():
             try:
                 self._stream(mode)
             except OperationFailure as exc:
-                if exc.code != EVENT_TOO_LARGE or mode == _KEY_ONLY:
+                if exc.code not in TOO_LARGE or mode == _KEY_ONLY:
                     raise
                 if mode == _FULL:
                     log.warning("a change event is larger than MongoDB returns (%s): finding "
@@ -309,6 +322,9 @@ class Tailer:
             pre_images = self._dependencies is not None and self._dependencies.wants_pre_images
             pipeline.append({"$unset": ["fullDocument", "fullDocumentBeforeChange"] if pre_images
                              else ["fullDocument"]})
+        if self._splits:
+            pipeline.append(SPLIT_STAGE)  # the last stage, as MongoDB requires
+        self.fragments.forget()  # read again from the saved point: the event comes whole
         partitions = topics.ensure_topic(self.settings, self.topic)
         self.retry.recovered(KAFKA)
         # Events arrive as raw BSON: the full document goes on the topic as the server sent it.
@@ -431,12 +447,18 @@ class Tailer:
         self._save(checkpoint)
 
     def _next(self, stream: Any, checkpoint: Checkpoint) -> Any:
-        """The stream's next event, or None when there is none now. The events before an
-        error of the stream are saved first."""
+        """The stream's next whole event (the fragments of a split one put together), or None
+        when there is none now. The events before an error of the stream are saved first."""
         try:
-            return stream.try_next()
+            while True:
+                change = stream.try_next()
+                if change is None:
+                    return None
+                whole = self.fragments.add(change)
+                if whole is not None:
+                    return whole
         except OperationFailure as exc:
-            if exc.code == EVENT_TOO_LARGE:
+            if exc.code in TOO_LARGE:
                 self._save(checkpoint)
             raise
 
@@ -510,7 +532,7 @@ class Tailer:
             # forever, without asking the server anything.
             self._save(checkpoint)
             raise self._invalidated()
-        if stream.resume_token is not None:
+        if stream.resume_token is not None and not self.fragments.pending:
             checkpoint.token = stream.resume_token
             self._position_time = time.time()  # caught up: the position is now
             self._reached(history.token_time(stream.resume_token))

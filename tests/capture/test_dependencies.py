@@ -6,23 +6,27 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import random
 import textwrap
 import threading
+import uuid
 
 import pytest
 from bson import ObjectId
 
 from cdc_migrator import api
+from cdc_migrator.base.settings import Settings
 from cdc_migrator.core import events
 from cdc_migrator.errors import UsageError
 from cdc_migrator.migration import get_migration, load_migrations
 from cdc_migrator.pipeline import run_pipeline
 
-from ..harness import ROOT, AppWriter, part_of, run_cli, wait_for
+from ..harness import KAFKA, ROOT, AppWriter, part_of, run_cli, wait_for
 
 OLD = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)  # older than the orphan pattern's grace period
 REFERENCES = "cdc_migrator_references"  # the reference map (base/naming.py)
+MIB = 1 << 20
 
 
 # --------------------------------------------------------------------------- declarations
@@ -434,3 +438,49 @@ def test_the_reference_map_is_saved_only_after_the_events_it_reflects(db):
     follower.save()
     mapped = {d["_id"]["d"]: d.get("refs") for d in db[REFERENCES].find({"_id.d": {"$exists": 1}})}
     assert mapped == {10: []}
+
+
+# -------------------------------------------------------------- events larger than 16 MiB
+
+AUTHORS = textwrap.dedent('''
+    from cdc_migrator import migration
+
+    def posts_of(user, ctx):
+        return user.get("posts", [])
+
+    @migration(collection="posts", depends_on={"users": posts_of})
+    def author_of(doc, ctx):
+        user = ctx.db["users"].find_one({"posts": doc["_id"]}, {"name": 1})
+        name = user["name"] if user else None
+        if doc.get("author") != name:
+            return {"author": name}
+''')
+
+
+def test_a_dependency_change_too_large_for_one_event_keeps_its_pre_image(private_mongo,
+                                                                          tmp_path):
+    # Regression (issue 25): an event with the document after and before an update can be
+    # larger than MongoDB returns; it was forwarded without either, so the posts the user
+    # named before the change never learnt of it. Where the server splits it
+    # ($changeStreamSplitLargeEvent, 7.0 here) the fragments are put together again.
+    private_mongo.admin.command({"setServerVersion": "7.0.2"})
+    (tmp_path / "authors.py").write_text(AUTHORS)
+    host, port = private_mongo.address
+    settings = Settings(mongodb_uri=f"mongodb://{host}:{port}/big?directConnection=true",
+                        kafka_bootstrap_servers=KAFKA, transforms=tmp_path,
+                        topic_prefix=f"t-big-{uuid.uuid4().hex[:8]}",
+                        group_prefix=f"g-big-{uuid.uuid4().hex[:8]}", partitions=2)
+    db = private_mongo.big
+    db.create_collection("users", changeStreamPreAndPostImages={"enabled": True})
+    db.users.insert_one({"_id": 1, "name": "ann", "posts": ["a"], "blob": os.urandom(9 * MIB)})
+    db.posts.insert_many([{"_id": "a"}, {"_id": "b"}])
+    migration = get_migration(tmp_path, "author_of")
+    try:
+        assert run_pipeline(settings, migration, show_progress=False, timeout=120).drained
+        assert {d["_id"]: d.get("author") for d in db.posts.find()} == {"a": "ann", "b": None}
+        # the event: 9 MiB after and 9 MiB before, over MongoDB's 16 MiB
+        db.users.update_one({"_id": 1}, {"$set": {"posts": ["b"], "blob": os.urandom(9 * MIB)}})
+        assert run_pipeline(settings, migration, show_progress=False, timeout=120).drained
+    finally:
+        settings.close()
+    assert {d["_id"]: d.get("author") for d in db.posts.find()} == {"a": None, "b": "ann"}
