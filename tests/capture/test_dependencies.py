@@ -16,11 +16,15 @@ import pytest
 from bson import ObjectId
 
 from cdc_migrator import api
+from cdc_migrator.apply.consumer import TransformConsumer
 from cdc_migrator.base.settings import Settings
+from cdc_migrator.base.threads import Threads
+from cdc_migrator.capture.tailer import Tailer
 from cdc_migrator.core import events
 from cdc_migrator.errors import UsageError
 from cdc_migrator.migration import get_migration, load_migrations
 from cdc_migrator.pipeline import run_pipeline
+from cdc_migrator.pipeline import wait_drained as drained_by_run
 
 from ..harness import KAFKA, ROOT, AppWriter, part_of, run_cli, wait_for
 
@@ -484,3 +488,31 @@ def test_a_dependency_change_too_large_for_one_event_keeps_its_pre_image(private
     finally:
         settings.close()
     assert {d["_id"]: d.get("author") for d in db.posts.find()} == {"a": None, "b": "ann"}
+
+
+def test_a_missing_pre_image_falls_back_to_the_reference_map(db, settings):
+    # Regression (issue 25): with pre-images enabled the map was not kept, so a delete whose
+    # pre-image was gone (expired, turned off) named nothing: the embedding it orphaned stayed.
+    db.create_collection("chunks", changeStreamPreAndPostImages={"enabled": True})
+    db.embeddings.insert_many([{"_id": 1, "createdAt": OLD}, {"_id": 2, "createdAt": OLD}])
+    db.chunks.insert_many([{"_id": 10, "embeddingId": 1}, {"_id": 11, "embeddingId": 2}])
+    migration = get_migration(settings.transforms, "delete_orphaned_embeddings")
+    assert run_pipeline(settings, migration, show_progress=False, timeout=120).drained
+    stop = threading.Event()
+    tailer, consumer = Tailer(settings, migration), TransformConsumer(settings, migration)
+    assert tailer._dependencies is not None and tailer._dependencies.wants_pre_images
+    threads = Threads(stop)
+    threads.start("tail", tailer.run)
+    threads.start("consume", consumer.run)
+    try:
+        # Pre-images turned off under the running tailer: its next events carry none.
+        db.command("collMod", "chunks", changeStreamPreAndPostImages={"enabled": False})
+        db.chunks.delete_one({"_id": 10})  # embedding 1 loses its only chunk
+        assert drained_by_run(settings, migration, tailer, stop, None, settle=0.5)
+        assert tailer._dependencies.missing_pre_images == 1
+    finally:
+        tailer.stop()
+        consumer.stop()
+        stop.set()
+        threads.join(timeout=60)
+    assert [d["_id"] for d in db.embeddings.find()] == [2]
