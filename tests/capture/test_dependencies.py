@@ -218,10 +218,8 @@ def test_orphans_made_during_the_window_are_deleted_and_verify_passes(
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
     mapped = db[REFERENCES].count_documents({"_id.m": migration.name})
-    if pre_images:
-        assert mapped == 0, "with pre-images no reference map is kept"
-    else:
-        assert mapped >= len(writer.chunks) - 20, "the reference map follows every chunk"
+    # with pre-images too: it stands in for one that is missing
+    assert mapped >= len(writer.chunks) - 20, "the reference map follows every chunk"
     status, text = _status(settings, migration.name)
     assert status["counts"]["dependency"] > 0
     assert status["events"]["dependency"] == status["counts"]["dependency"]
