@@ -99,7 +99,7 @@ def migration_status(settings: Settings, migration: Migration | None,
 def _history(settings: Settings, tail: TailState,
              backfill: dict[str, Any] | None) -> dict[str, Any]:
     """The runway of the tailer's resume point in the server's change history."""
-    window, unknown = runway.history_window(settings.db.client)
+    window, unknown = runway.cluster_window(settings.client, settings.client_for)
     if window is None:
         return {"unknown": unknown}
     position = tail.position_time
@@ -178,7 +178,9 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"  change history: window unknown ({h['unknown']})")
     elif h:
         age = h.get("resume_point_age_seconds")
-        lines.append(f"  change history: the server keeps {format_duration(h['window_seconds'])}"
+        keeps = f"each of the {h['shards']} shards keeps at least" if h.get("shards") \
+            else "the server keeps"
+        lines.append(f"  change history: {keeps} {format_duration(h['window_seconds'])}"
                      + (f"; resume point {format_duration(age)} old, runway "
                         f"{format_duration(max(0.0, h['runway_seconds']))}"
                         if age is not None else ""))

@@ -10,6 +10,7 @@ import textwrap
 import time
 import uuid
 
+import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from cdc_migrator import api
@@ -204,7 +205,7 @@ def test_status_says_the_backfills_total_on_a_sharded_cluster_is_an_estimate(mon
     settings = Settings(mongodb_uri=f"mongodb://{host}:{port}/{db.name}?directConnection=true",
                         kafka_bootstrap_servers=KAFKA, transforms=tmp_path,
                         topic_prefix=f"t-{db.name}", group_prefix=f"g-{db.name}", partitions=2,
-                        backfill_ranges=1)
+                        backfill_ranges=1, mongo_timeout_ms=1000)  # its shards are not there
     try:
         arm(settings, get_migration(tmp_path, "price_total"))
         assert run_cli("backfill", "price_total", "-q", settings=settings).returncode == 0
@@ -218,3 +219,41 @@ def test_status_says_the_backfills_total_on_a_sharded_cluster_is_an_estimate(mon
     assert data["backfill"]["total_estimate"] == estimate
     assert "backfill: 1,000/~1,000 (100%) done" in shown.stdout, shown.stdout
     assert f"backfill total: an estimate ({estimate})" in shown.stdout
+
+
+def _mongos_settings(mongos_mongo, tmp_path) -> Settings:
+    db = mongos_mongo[f"t_{uuid.uuid4().hex[:10]}"]
+    seed_legacy(db.items, 10)
+    (tmp_path / "items.py").write_text(LIMITS_MIGRATIONS)
+    host, port = mongos_mongo.address
+    return Settings(mongodb_uri=f"mongodb://{host}:{port}/{db.name}?directConnection=true",
+                    kafka_bootstrap_servers=KAFKA, transforms=tmp_path,
+                    topic_prefix=f"t-{db.name}", group_prefix=f"g-{db.name}", partitions=2,
+                    mongo_timeout_ms=1000)
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+def test_through_mongos_the_runway_is_read_from_each_shards_oplog(mongos_mongo, private_mongo,
+                                                                  tmp_path, reachable):
+    # Regression (issue 25): local.oplog.rs cannot be read through mongos, and status said
+    # only "window unknown (... Can't use 'local' database through mongos)".
+    host, port = private_mongo.address
+    mongos_mongo.config.shards.delete_many({})
+    mongos_mongo.config.shards.insert_one(
+        {"_id": "shard00", "host": f"{host}:{port}" if reachable else "rs9/127.0.0.1:1"})
+    settings = _mongos_settings(mongos_mongo, tmp_path)
+    try:
+        arm(settings, get_migration(tmp_path, "price_total"))
+        data = json.loads(run_cli("status", "price_total", "--json", settings=settings).stdout)
+        text = run_cli("status", "price_total", settings=settings).stdout
+    finally:
+        mongos_mongo.config.shards.delete_many({})
+        mongos_mongo.drop_database(settings.database_name)
+        settings.close()
+    history = data["history"]
+    if reachable:
+        assert "unknown" not in history and history["shards"] == 1, history
+        assert "change history: each of the 1 shards keeps at least" in text, text
+    else:
+        assert history["unknown"].startswith("shard shard00 (127.0.0.1:1): "), history
+        assert "change history: window unknown (shard shard00" in text
