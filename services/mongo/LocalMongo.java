@@ -40,7 +40,6 @@ public class LocalMongo {
         private final FailCommand failCommand = new FailCommand();
         private final ReplicaSetStatus replicaSet = new ReplicaSetStatus();
         private final AccessControl access; // null: no access control, as a mongod without --auth
-        private final Privileges privileges = new Privileges();
         private final MongosMode mongos = new MongosMode();
         private final ShardKeyTargeting targeting = new ShardKeyTargeting();
         private final ReportedVersion reportedVersion;
@@ -138,7 +137,6 @@ public class LocalMongo {
             if (!command.equalsIgnoreCase("hello") && !command.equalsIgnoreCase("isMaster")) {
                 failCommand.check(command);
             }
-            privileges.check(database, command, query);
             Document mongosAnswer = mongos.refusal(database, command);
             if (mongosAnswer != null) {
                 return mongosAnswer;
@@ -183,8 +181,6 @@ public class LocalMongo {
                     (db, write) -> dispatch(channel, db, write.keySet().iterator().next(), write));
             } else if (FailCommand.handles(database, command)) {
                 return failCommand.configure(query);
-            } else if (Privileges.handles(database, command)) {
-                return privileges.configure(query);
             } else if (MongosMode.handles(database, command)) {
                 return mongos.configure(query);
             } else if (ReportedVersion.handles(database, command)) {

@@ -1,12 +1,14 @@
 """The local server answering as MongoDB's deployments do (issue 25): a replica set's members
-and configuration, refusals to an unprivileged user and through mongos, the metadata of a
-sharded cluster, large events split by ``$changeStreamSplitLargeEvent``, an oplog hole held
-open, and updates of documents whose field names hold ``.`` or start with ``$``.
+and configuration, refusals through mongos, the metadata of a sharded cluster, large events
+split by ``$changeStreamSplitLargeEvent``, an oplog hole held open (and majority reads waiting
+for it), ``$sample``'s random cursor, and updates of documents whose field names hold ``.`` or
+start with ``$``. Refusals to an unprivileged user are the access control's
+(tests/services/test_server_auth.py).
 
 Each test pins the reply MongoDB gives (code, codeName, message, fields), over TCP with
-pymongo. The modes these tests switch on (mongos, a denied privilege, a reported version, an
-oplog hole) change the server for every client, so they run on a LocalMongo of this module's
-own, and each test puts back what it set.
+pymongo. The modes these tests switch on (mongos, a reported version, an oplog hole) change the
+server for every client, so they run on a LocalMongo of this module's own, and each test puts
+back what it set.
 """
 
 from __future__ import annotations
@@ -135,44 +137,7 @@ def test_member_options_are_checked_as_mongodb_checks_them(server, members, memb
     assert refused(lambda: server.admin.command("replSetGetConfig")).code == 76  # unchanged
 
 
-# ------------------------------------------------------------------ privileges, and mongos
-
-CLUSTER_MONITOR = [{"resource": {"cluster": True},
-                    "actions": ["replSetGetStatus", "replSetGetConfig"]}]
-
-
-@pytest.fixture
-def denied(server):
-    def deny(privileges: list[dict[str, Any]]) -> None:
-        server.admin.command({"setDeniedPrivileges": privileges})
-    yield deny
-    deny([])
-
-
-def test_repl_set_get_status_is_refused_to_a_user_without_cluster_monitor(server, members,
-                                                                           denied):
-    members([{"lag": 1}])
-    denied(CLUSTER_MONITOR)
-
-    failure = refused(lambda: server.admin.command("replSetGetStatus"))
-
-    assert (failure.code, failure.details["codeName"]) == (13, "Unauthorized")
-    assert failure.details["errmsg"].startswith(
-        "not authorized on admin to execute command { replSetGetStatus: 1")
-    assert refused(lambda: server.admin.command("replSetGetConfig")).code == 13
-    denied([])
-    assert server.admin.command("replSetGetStatus")["ok"] == 1
-
-
-def test_reading_the_oplog_is_refused_to_a_user_without_read_on_local(server, denied):
-    denied([{"resource": {"db": "local", "collection": "oplog.rs"}, "actions": ["find"]}])
-
-    failure = refused(lambda: server.local["oplog.rs"].find_one(sort=[("$natural", -1)]))
-
-    assert failure.code == 13
-    assert failure.details["errmsg"].startswith(
-        'not authorized on local to execute command { find: "oplog.rs"')
-
+# ---------------------------------------------------------------------------------- mongos
 
 @pytest.fixture
 def mongos(server):
