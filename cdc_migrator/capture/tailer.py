@@ -335,7 +335,7 @@ class Tailer:
                 self.retry.recovered(MONGODB)
                 if mode == _FULL:
                     log.info("tailing %s into %s from %s", self.migration.collection,
-                             self.topic, "the saved resume token" if "resume_after" in options
+                             self.topic, "the saved resume token" if tail.resume_token
                              else f"the armed point {tail.armed_at}")
                 self._loop(stream, partitions, limit={_FULL: None, _NARROW: NARROW_EVENTS,
                                                       _KEY_ONLY: 1}[mode],
