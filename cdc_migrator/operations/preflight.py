@@ -146,7 +146,7 @@ def check_topology(probe: Probe) -> Check:
     name, checked = "mongo-topology", "MongoDB version and deployment"
     found = version(probe.settings.client)
     shown = ".".join(str(p) for p in found)
-    if found[:2] < OLDEST_VERSION:
+    if not version_supported(found):
         return Check(name, False, checked, f"MongoDB {shown}",
                      "MongoDB 6.0 or later (docs/compatibility.md)")
     if probe.hello.get("msg") == MONGOS:
@@ -167,6 +167,11 @@ def check_topology(probe: Probe) -> Check:
     where = f"replica set {set_name!r}" if set_name else "change streams open (hello names " \
         "no replica set)"
     return Check(name, True, checked, f"MongoDB {shown}, {where}")
+
+
+def version_supported(found: tuple[int, ...]) -> bool:
+    """Whether the tool supports MongoDB ``found`` (:data:`OLDEST_VERSION` on)."""
+    return found[:2] >= OLDEST_VERSION
 
 
 def _shard_key(probe: Probe) -> str:
@@ -306,11 +311,18 @@ def check_runway(probe: Probe) -> Check:
     eta = count / rate if scanned else 0.0
     result = (f"window {format_duration(window.seconds)}, backfill of {count:,} documents at "
               f"~{rate:,.0f}/s (measured on {scanned:,}) about {format_duration(eta)}")
-    if window.seconds < RUNWAY_MARGIN * eta:
+    if not runway_verdict(window.seconds, count, rate if scanned else 0.0):
         return Check(name, False, checked, f"{result}: less than {RUNWAY_MARGIN:g} times it",
                      "give the server a larger oplog (replSetResizeOplog), or keep the tailer "
                      "running throughout the backfill and --skip-check runway")
     return Check(name, True, checked, f"{result}: margin {window.seconds / max(eta, 1e-3):,.0f}x")
+
+
+def runway_verdict(window: float, count: int, rate: float) -> bool:
+    """Whether a history ``window`` (seconds) holds :data:`RUNWAY_MARGIN` times the backfill
+    of ``count`` documents at ``rate`` per second (nothing to scan: it does)."""
+    eta = count / rate if rate > 0 else 0.0
+    return window >= RUNWAY_MARGIN * eta
 
 
 # --------------------------------------------------------------------------- Kafka
@@ -533,8 +545,20 @@ def preflight(settings: Settings, migration: Migration, *, skip: Iterable[str] =
             log.warning("preflight: check %s skipped (--skip-check)", name)
             report.skipped.append(name)
             continue
-        report.checks.append(CHECKS[name](probe))
+        report.checks.append(_run(name, probe))
     return report
+
+
+def _run(name: str, probe: Probe) -> Check:
+    """One check; a service that fails it (unreachable, refused login) is its result."""
+    try:
+        return CHECKS[name](probe)
+    except KafkaError as exc:
+        return Check(name, False, "Kafka", f"{type(exc).__name__}: {message_of(exc, 200)}",
+                     "check KAFKA_BOOTSTRAP_SERVERS and the Kafka credentials and TLS settings")
+    except PyMongoError as exc:
+        return Check(name, False, "MongoDB", f"{type(exc).__name__}: {message_of(exc, 200)}",
+                     "check MONGODB_URI: the server, the credentials, the user's roles")
 
 
 def require(settings: Settings, migration: Migration, command: str,
