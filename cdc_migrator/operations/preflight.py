@@ -214,7 +214,7 @@ def needs(settings: Settings, migration: Migration) -> list[Need]:
     found += [Need(db, name, crud, "the tool's own collection") for name in own]
     if migration.contract_schema:
         found.append(Need(db, coll, ("collMod",), "cutover's contract schema"))
-    if settings.max_replication_lag is not None:
+    if settings.max_replication_lag is not None and settings.on_lag_unknown == "fail":
         found.append(Need(None, "", ("replSetGetStatus", "replSetGetConfig"),
                           "--max-replication-lag"))
     found += [Need(db, other, ("find",), "depends_on") for other in migration.depends_on]
