@@ -342,8 +342,7 @@ def check_kafka(probe: Probe) -> Check:
             problems, limit = _topic_problems(client, settings, topic)
             found.append(f"topic {topic} exists")
         else:
-            problems, limit = _creation_problems(client, settings, topic), \
-                topics.record_limit(settings)
+            problems, limit = _creation_problems(client, settings, topic)
             found.append(f"topic {topic} may be created")
         if probe.sample and limit is not None:
             problems += _size_problems(probe, settings, topic, limit)
@@ -375,19 +374,38 @@ def _topic_problems(client: Any, settings: Settings, topic: str
     return [], int(limit) if limit is not None else None
 
 
-def _creation_problems(client: Any, settings: Settings, topic: str) -> list[Problem]:
-    """Whether the cluster would create the topic as the tool does (validate_only)."""
+def _creation_problems(client: Any, settings: Settings, topic: str
+                       ) -> tuple[list[Problem], int | None]:
+    """Whether the cluster would create the topic as the tool does (validate_only), and its
+    record limit. As ``topics.create_topic`` does, a cluster that caps ``max.message.bytes``
+    gets a topic with its default when no ``--max-record-bytes`` was given (the limit is then
+    the cluster's, unknown here)."""
     configs = topics.topic_configs(settings)
+    message = _validate_creation(client, settings, topic, configs)
+    if message and settings.max_record_bytes is None and "max.message.bytes" in message:
+        log.warning("preflight: Kafka caps max.message.bytes (%s): the topic would be created "
+                    "with the cluster's default; larger documents travel by key only", message)
+        configs.pop("max.message.bytes")
+        if not _validate_creation(client, settings, topic, configs):
+            return [], None
+    if not message:
+        return [], topics.record_limit(settings)
+    return [(f"Kafka would refuse to create topic {topic}: {message}",
+             "let the user create topics (CREATE on the cluster or the topic), or create it "
+             "with the settings of docs/deploy.md")], None
+
+
+def _validate_creation(client: Any, settings: Settings, topic: str,
+                       configs: dict[str, str]) -> str | None:
+    """Kafka's answer to creating ``topic`` with ``configs``, validated only: None when it
+    would create it, else its reason."""
     answer = client.create_topics({topic: {"num_partitions": settings.partitions,
                                            "replication_factor": -1, "configs": configs}},
                                   validate_only=True, raise_errors=False)
     (result,) = answer["topics"]
     if not result["error_code"]:
-        return []
-    message = result["error_message"] or f"error {result['error_code']}"
-    return [(f"Kafka would refuse to create topic {topic}: {message}",
-             "let the user create topics (CREATE on the cluster or the topic), or create it "
-             "with the settings of docs/deploy.md")]
+        return None
+    return str(result["error_message"] or f"error {result['error_code']}")
 
 
 def _size_problems(probe: Probe, settings: Settings, topic: str, limit: int) -> list[Problem]:
@@ -516,11 +534,13 @@ CHECKS: dict[str, CheckFunction] = {
     "mongo-topology": check_topology, "privileges": check_privileges,
     "pre-images": check_pre_images, "runway": check_runway, "kafka": check_kafka,
     "schema": check_schema, "transform": check_transform}
-#: The checks a command runs at its start: cheap ones (no sample scan).
+#: The checks a command runs at its start: cheap ones (no sample scan). The topic's settings
+#: are not among them: each command checks its topic as it opens it (``topics.ensure_topic``:
+#: the same reading, and the record limit's fallback on a capped cluster).
 AT_START: dict[str, tuple[str, ...]] = {
-    "run": ("mongo-topology", "privileges", "kafka", "schema"),
-    "backfill": ("mongo-topology", "privileges", "kafka"),
-    "tail": ("mongo-topology", "privileges", "kafka"),
+    "run": ("mongo-topology", "privileges", "schema"),
+    "backfill": ("mongo-topology", "privileges"),
+    "tail": ("mongo-topology", "privileges"),
     "cutover": ("privileges", "schema")}
 
 
@@ -577,5 +597,7 @@ def require(settings: Settings, migration: Migration, command: str,
         except (PyMongoError, KafkaError, CdcMigratorError) as exc:
             log.debug("preflight: check %s not run at start: %s", name, message_of(exc))
     if not report.ok:
-        raise Refused(f"{command} refused by preflight: "
-                      + " | ".join(c.line() for c in report.failures))
+        failed = " | ".join(c.line() for c in report.failures)
+        if any(c.name == "schema" for c in report.failures):  # a file to fix: configuration
+            raise UsageError(f"{command} refused by preflight: {failed}")
+        raise Refused(f"{command} refused by preflight: {failed}")
