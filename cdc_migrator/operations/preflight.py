@@ -161,8 +161,13 @@ def check_topology(probe: Probe) -> Check:
                          f"refused ({message_of(exc, 120)})",
                          "run mongod as a replica set (a one-member set will do: --replSet, "
                          "then rs.initiate()) or through a sharded cluster's mongos")
-        if exc.code != UNAUTHORIZED:  # a missing privilege is the privileges check's
+        if exc.code != UNAUTHORIZED:
             raise
+        # A missing privilege is the privileges check's to name; the deployment is hello's.
+        set_name = probe.hello.get("setName")
+        where = f"replica set {set_name!r}" if set_name else "hello names no replica set"
+        return Check(name, True, checked, f"MongoDB {shown}, {where} (no change stream "
+                     "tried: the user may not open one)")
     set_name = probe.hello.get("setName")
     where = f"replica set {set_name!r}" if set_name else "change streams open (hello names " \
         "no replica set)"
@@ -554,13 +559,13 @@ def check_names(skip: Iterable[str]) -> list[str]:
     return names
 
 
-def preflight(settings: Settings, migration: Migration, *, skip: Iterable[str] = (),
-              only: Iterable[str] | None = None, sample: bool = True) -> PreflightReport:
-    """Run the checks (``only`` those named, if given) but ``skip``, logging each skip."""
+def preflight(settings: Settings, migration: Migration, *,
+              skip: Iterable[str] = ()) -> PreflightReport:
+    """Run every check but those of ``skip``, logging each skip."""
     skipped = check_names(skip)
     report = PreflightReport(migration.name)
-    probe = Probe(settings, migration, sample=sample)
-    for name in (only or CHECKS):
+    probe = Probe(settings, migration)
+    for name in CHECKS:
         if name in skipped:
             log.warning("preflight: check %s skipped (--skip-check)", name)
             report.skipped.append(name)
