@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+import warnings
 
 import pymongo
 import pytest
@@ -27,6 +28,7 @@ from .harness import (
     LIMITS_MIGRATIONS,
     MONGO_BASE,
     ROOT,
+    kill_children,
     local_mongo,
     services_unreachable,
     stop_local_mongo,
@@ -49,6 +51,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @functools.cache
 def _unreachable() -> str | None:
     return services_unreachable()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """Kill the test's background commands still running, whichever way it ended, before its
+    fixtures' teardown (which drops its database and stops servers of its own)."""
+    left = kill_children()
+    if left:
+        warnings.warn(f"{item.nodeid} left running, killed: {', '.join(left)}", stacklevel=1)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
