@@ -8,19 +8,35 @@ A test that talks to Kafka or MongoDB is marked ``services``: by the fixtures it
 (``SERVICE_FIXTURES``), or by hand where it reaches a service without them. ``make unit``
 (``pytest -m "not services"``) runs the others, with no service up. When the services are
 down, each service test errors with one line naming them and `make services-up`.
+
+A test that runs one of the Go tools (prometheus, promtool, helm, actionlint) takes it from the
+``go_tool`` fixture: skipped when `make tools` has not built it, failed instead when
+CDC_MIGRATOR_REQUIRE_TOOLS=1 (CI sets it; `make test` builds the tools first).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 
 import pymongo
 import pytest
 
 from cdc_migrator.base.settings import Settings
 
-from .harness import KAFKA, MONGO_BASE, ROOT, services_unreachable, uri_for, write_transforms
+from .harness import (
+    KAFKA,
+    MONGO_BASE,
+    ROOT,
+    services_unreachable,
+    tool,
+    tool_missing,
+    uri_for,
+    write_transforms,
+)
 
 # A test using one of these talks to a service (the shared ones, or a server of its own).
 SERVICE_FIXTURES = frozenset({"mongo_client", "db", "settings", "private_kafka",
@@ -89,3 +105,16 @@ def transforms(request, tmp_path, settings):
     """A transforms directory holding the test module's ``TRANSFORMS`` ({file name: source}),
     made the settings' transforms directory."""
     return write_transforms(tmp_path, settings, request.module.TRANSFORMS)
+
+
+@pytest.fixture(scope="session")
+def go_tool() -> Callable[[str], Path]:
+    """``go_tool(NAME)``: the path of a Go tool built by scripts/tools.sh, current with its pin."""
+    def path(name: str) -> Path:
+        reason = tool_missing(name)
+        if reason is not None:
+            if os.environ.get("CDC_MIGRATOR_REQUIRE_TOOLS") == "1":
+                pytest.fail(f"{reason}, and CDC_MIGRATOR_REQUIRE_TOOLS=1", pytrace=False)
+            pytest.skip(reason)
+        return Path(tool(name))
+    return path
