@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from cdc_migrator import api, demo_data
 from cdc_migrator.base.context import make_context
 from cdc_migrator.base.patch import decide
 from cdc_migrator.base.settings import Settings
+from cdc_migrator.migration import load_migrations
 
-from .harness import run_cli
+from .harness import ROOT, run_cli
 
 RAW = CodecOptions(document_class=RawBSONDocument)
 
@@ -423,6 +425,18 @@ def test_a_mistake_in_a_migration_is_one_line_exit_2_and_no_write(
     assert message in lines[0]
     assert snapshot(db, "items") == before
     assert db[settings.state_collection].count_documents({}) == 0
+
+
+def test_migrations_mounted_from_a_kubernetes_configmap_load_once(tmp_path):
+    # A ConfigMap volume (the Helm chart's `migrations.configMap`) holds each key as a link to
+    # ..data/KEY, ..data a link to a hidden, timestamped directory holding the files.
+    copy = tmp_path / "..2026_12_07_13_00_00.000000001"
+    copy.mkdir()
+    shutil.copy(ROOT / "transforms" / "add_default_role.py", copy)
+    (tmp_path / "..data").symlink_to(copy.name)
+    (tmp_path / "add_default_role.py").symlink_to("..data/add_default_role.py")
+
+    assert list(load_migrations(tmp_path)) == ["add_default_role"]
 
 
 FRAGILE = """
