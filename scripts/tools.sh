@@ -85,8 +85,9 @@ current() {  # current GROUP -> 0 when every binary of GROUP exists and was buil
 # against the checksum database): the exact dependency versions its release was tested with.
 # It refuses a module whose go.mod has replace or exclude directives; none of the pinned ones has.
 build() {
-  local group=$1 go; go=$(go_command)
+  local group=$1 go
   current "$group" && return
+  go=$(go_command)
   local line module version packages tags ldflags
   line=$(spec "$group")
   read -r module version packages <<<"${line%%|*}"

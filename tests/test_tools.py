@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import free_port, tool, wait_for
+from .harness import ROOT, free_port, tool, wait_for
 
 RULES = """\
 groups:
@@ -123,3 +123,11 @@ def test_actionlint_reports_its_pinned_version(go_tool):
     done = _run(go_tool("actionlint"), "--version")
 
     assert done.stdout.splitlines()[0] == tool("actionlint", "version")
+
+
+def test_docs_name_the_pinned_versions():
+    # The pins live in scripts/tools.sh; docs/testing.md's table must follow a bump.
+    table = (ROOT / "docs" / "testing.md").read_text()
+
+    for name in ("prometheus", "helm", "actionlint"):
+        assert f"| {tool(name, 'version')} " in table, name
