@@ -347,7 +347,8 @@ def test_every_flag_and_variable_the_chart_passes_is_one_the_command_takes(
     for workload, _, container in containers(manifests):
         command, args, env = _command_line(manifests, workload, tmp_path)
         options = {opt for p in command.params for opt in p.opts}
-        variables = {p.envvar for p in command.params if isinstance(p.envvar, str)}
+        variables = {name for p in command.params
+                     for name in ([p.envvar] if isinstance(p.envvar, str) else p.envvar or [])}
 
         assert {a for a in args if a.startswith("-")} <= options, container["args"]
         assert env.keys() <= variables, sorted(env.keys() - variables)
