@@ -93,7 +93,7 @@ class TransformConsumer:
         # Holds (its partitions paused) while the code it loaded is not the code in force.
         self.code = CodeHold(self.store, migration.name,
                              fingerprint(migration, settings.schemas), "consumer",
-                             member_name("consumer", self.instance_id))
+                             member_name("consumer", settings.instance_id))
         self.max_records = max_records
         self.stats = ConsumeStats()
         self.on_batch = on_batch

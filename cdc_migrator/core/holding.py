@@ -80,7 +80,10 @@ class CodeHold:
         return [m for m in state.code.applying_other_code() if m != self.member]
 
     def leave(self) -> None:
-        """The member stopped: its report goes (best effort; a stale report expires)."""
+        """The member stopped: its report goes (best effort; a stale report expires). A
+        member that never reported writes nothing."""
+        if self._reported_at == float("-inf"):
+            return
         try:
             self.store.forget_code_member(self.migration, self.member)
         except Exception as exc:  # MongoDB gone: the report goes stale by itself

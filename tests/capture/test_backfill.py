@@ -1,5 +1,5 @@
 """The backfill scanner: armed capture first, the existing documents into the topic, a paused
-backfill holding no cursor."""
+backfill holding no cursor, a backfill of other code than the code in force scanning nothing."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from cdc_migrator.migration import get_migration
 from ..harness import (
     CURSOR_TIMEOUT_MS,
     ITEMS_MIGRATION,
+    CliProcess,
     cursor_metrics,
     part_of,
     private_settings,
@@ -64,6 +65,28 @@ def test_backfill_refuses_until_change_capture_is_armed(db, settings, transforms
     assert result.returncode == 1
     assert "not armed" in result.stderr and "Traceback" not in result.stderr
     assert db.cdc_migrator_state.count_documents({"backfill": {"$exists": True}}) == 0
+
+
+def test_a_backfill_of_other_code_holds_and_scans_nothing(db, settings, transforms, tmp_path):
+    db.items.insert_many([{"_id": i, "price": i, "qty": 2, "legacy": True} for i in range(50)])
+    arm(settings, get_migration(settings.transforms, "price_total"))
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    (edited / "items.py").write_text(ITEMS_MIGRATION.replace(
+        'total = doc["price"] * doc["qty"]', 'total = round(doc["price"] * doc["qty"], 2)'))
+    held = CliProcess(settings, "backfill", "price_total", "-q",
+                      env={"CDC_MIGRATOR_TRANSFORMS": str(edited)})
+    try:
+        wait_for(lambda: any(m.startswith("backfill@") and r["holding"] for m, r in (
+            part_of(db, "price_total", "code").get("members") or {}).items()),
+            what="the backfill of the edited code holding")
+        assert part_of(db, "price_total", "backfill") == {}
+        assert db.cdc_migrator_state.count_documents({"range_of": "price_total"}) == 0
+    finally:
+        assert held.stop() == 0, held.log[-2000:]
+    assert "holding price_total: this backfill runs its code with fingerprint" in held.log
+    assert "stopped before the end; 0 documents produced" in held.output
+    assert part_of(db, "price_total", "code")["members"] == {}
 
 
 def test_a_document_over_the_record_size_of_a_batch_is_alone_in_its_record():
