@@ -91,6 +91,9 @@ def arm(settings: Settings, migration: Migration) -> MigrationState:
         state = store.get(migration.name) or state
     elif migration.depends_on:
         dependencies.seed(settings.db, migration)  # armed by a version without it: late
+    if state.code.fingerprint is None:  # armed by a version that recorded no code
+        store.adopt_code(migration.name, fingerprint(migration, settings.schemas))
+        state = store.get(migration.name) or state
     return state
 
 

@@ -489,3 +489,16 @@ def test_a_tailer_of_other_code_holds_its_place_and_goes_on_once_its_code_is_acc
         thread.join(timeout=60)
     assert not thread.is_alive()
     assert report() == {}  # it left
+
+
+def test_a_migration_armed_by_a_version_that_recorded_no_code_takes_the_code_armed_next(
+        db, items_settings):
+    migration = get_migration(items_settings.transforms, "price_total")
+    store = StateStore(db)
+    store.ensure("price_total", "items")
+    store.arm("price_total", db.command("ping")["operationTime"])  # as a version before 31 did
+    assert store.get("price_total").code.fingerprint is None
+
+    state = arm(items_settings, migration)
+
+    assert state.code.fingerprint == fingerprint(migration, items_settings.schemas)
