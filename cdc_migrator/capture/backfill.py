@@ -301,8 +301,8 @@ class _Pass:
                                             time.monotonic() - batch_started)
                     # A paused backfill holds no cursor: MongoDB would kill it after 10 idle
                     # minutes. The scan reopens after the last document read.
-                    if not _hold_while_paused(self.store, name, self.halt,
-                                              holding=batches.held, code=self.code):
+                    if not _hold_while_paused(self.store, name, self.halt, self.code,
+                                              holding=batches.held):
                         self.halt.set()
                         return
                     if self.halt.is_set():
@@ -379,8 +379,8 @@ def _refuse_failed(state: MigrationState) -> None:
 
 
 def _hold_while_paused(store: StateStore, name: str, stop: threading.Event | None,
-                       holding: Callable[[], AbstractContextManager[Any]] = nullcontext,
-                       code: CodeHold | None = None) -> bool:
+                       code: CodeHold,
+                       holding: Callable[[], AbstractContextManager[Any]] = nullcontext) -> bool:
     """Wait while the migration is paused (or ``code`` is not the code in force); False when
     it was cancelled or we must stop.
 
@@ -400,15 +400,14 @@ def _hold_while_paused(store: StateStore, name: str, stop: threading.Event | Non
     return go_on
 
 
-def _go_on(store: StateStore, name: str, code: CodeHold | None = None) -> bool | None:
+def _go_on(store: StateStore, name: str, code: CodeHold) -> bool | None:
     """True to scan on, False when the migration was cancelled or is gone, None while it is
     paused or holds; :class:`Refused` when it failed."""
     state = store.get(name)
     if state is None or state.cancelled:
         return False
     _refuse_failed(state)
-    holds = code is not None and code.holds(state)
-    return None if state.paused or holds else True
+    return None if state.paused or code.holds(state) else True
 
 
 def _code_in_force(code: CodeHold, state: MigrationState | None, store: StateStore,

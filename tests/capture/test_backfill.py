@@ -4,6 +4,7 @@ backfill holding no cursor, a backfill of other code than the code in force scan
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import bson
@@ -13,6 +14,7 @@ from cdc_migrator import api
 from cdc_migrator.capture.backfill import RECORD_BYTES, backfill, by_partition
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.core import events
+from cdc_migrator.core.state import MemberCode, StateStore
 from cdc_migrator.migration import get_migration
 
 from ..harness import (
@@ -87,6 +89,27 @@ def test_a_backfill_of_other_code_holds_and_scans_nothing(db, settings, transfor
     assert "holding price_total: this backfill runs its code with fingerprint" in held.log
     assert "stopped before the end; 0 documents produced" in held.output
     assert part_of(db, "price_total", "code")["members"] == {}
+
+
+def test_a_pass_begins_once_a_member_still_applying_other_code_holds(db, settings,
+                                                                     transforms):
+    db.items.insert_many([{"_id": i, "price": i, "qty": 2, "legacy": True} for i in range(50)])
+    arm(settings, get_migration(settings.transforms, "price_total"))
+    store = StateStore(db)
+    # What a consumer of the code in force before an `accept` reports until it looks again.
+    old = MemberCode("consumer", "0" * 64, False, "elsewhere", time.time())
+    store.report_code("price_total", "consumer@old", old)
+    waiting = CliProcess(settings, "backfill", "price_total")
+    try:
+        wait_for(lambda: waiting.count("waiting for consumer@old to hold"),
+                 what="the backfill waiting for the old consumer")
+        assert part_of(db, "price_total", "backfill") == {}
+        store.report_code("price_total", "consumer@old",
+                          MemberCode("consumer", old.fingerprint, True, "elsewhere", time.time()))
+        assert waiting.wait(timeout=60) == 0, waiting.log[-2000:]
+    finally:
+        waiting.stop()
+    assert part_of(db, "price_total", "backfill")["done"]
 
 
 def test_a_document_over_the_record_size_of_a_batch_is_alone_in_its_record():
