@@ -105,8 +105,8 @@ def init_migration(name: str, collection: str, transforms: Path,
     schemas = Path(transforms).resolve().parent / "schemas"
     existing_migrations = _existing(Path(transforms), name)
     order = series(existing_migrations, collection)
-    after = f'\n    after="{order[-1].name}",  # runs once {order[-1].name} has cut over' \
-        if order else ""
+    after = f"\n    after={json.dumps(order[-1].name)},  # runs once {order[-1].name} has cut " \
+        "over" if order else ""
     stamp = _stamp(Path(transforms))
     files = {Path(transforms) / f"{stamp}_{name}.py": MIGRATION_TEMPLATE.format(
         name=name, collection=json.dumps(collection), after=after)}
