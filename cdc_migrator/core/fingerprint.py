@@ -100,9 +100,12 @@ def _schema(name: str | None, schemas: Path | None) -> str:
 # ------------------------------------------------------------------------------ functions
 
 
-def _function(fn: Any, migration: Migration) -> str:
+def _function(fn: Any, migration: Migration, within: frozenset[int] = frozenset()) -> str:
     """A function as its syntax tree and the definitions of its file it reaches; its
-    compiled form where its source cannot be found."""
+    compiled form where its source cannot be found. ``within``: the functions whose closures
+    led here (a function closing over itself is named, not followed again)."""
+    if id(fn) in within:
+        return "itself"
     # A callable object runs its class's __call__.
     code = getattr(fn, "__code__", None) or getattr(type(fn).__call__, "__code__", None)
     if code is None:
@@ -113,7 +116,7 @@ def _function(fn: Any, migration: Migration) -> str:
         return f"compiled {_compiled(code)}"
     root = ";".join(_canonical(node, skip=_ROOT_SKIPPED) for node in nodes)
     reached = sorted(_reached(tree, nodes))
-    closure = _closure(fn, migration)
+    closure = _closure(fn, migration, within | {id(fn)})
     return f"{root}|uses {';'.join(reached)}|closes over {closure}"
 
 
@@ -225,7 +228,7 @@ def _names_in(tree: ast.Module, name: str) -> list[str]:
             for n in ast.walk(stmt) if isinstance(n, ast.Name)]
 
 
-def _closure(fn: Any, migration: Migration) -> str:
+def _closure(fn: Any, migration: Migration, within: frozenset[int]) -> str:
     """The values a function closes over (a factory's arguments): plain values by their
     repr, functions by their code, anything else by its type."""
     cells = getattr(fn, "__closure__", None) or ()
@@ -236,23 +239,26 @@ def _closure(fn: Any, migration: Migration) -> str:
             value = cell.cell_contents
         except ValueError:  # not filled in yet
             value = None
-        found.append(f"{name}={_value(value, migration)}")
+        found.append(f"{name}={_value(value, migration, within)}")
     return ";".join(found)
 
 
-def _value(value: Any, migration: Migration) -> str:
+def _value(value: Any, migration: Migration, within: frozenset[int]) -> str:
     if isinstance(value, _PLAIN):
         return repr(value)
+    if id(value) in within:  # a container holding itself
+        return "itself"
+    inner = within | {id(value)}
     if isinstance(value, list | tuple | frozenset | set):
-        items = [_value(v, migration) for v in value]
+        items = [_value(v, migration, inner) for v in value]
         if isinstance(value, set | frozenset):
             items.sort()
         return f"{type(value).__name__}({','.join(items)})"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{_value(k, migration)}:{_value(v, migration)}"
+        return "{" + ",".join(f"{_value(k, migration, inner)}:{_value(v, migration, inner)}"
                               for k, v in value.items()) + "}"
     if callable(value) and hasattr(value, "__code__"):
-        return _function(value, migration)
+        return _function(value, migration, within)
     return f"a {type(value).__module__}.{type(value).__qualname__}"
 
 

@@ -167,3 +167,24 @@ def test_values_a_factory_closes_over_count(tmp_path):
 def test_the_shown_fingerprint_is_its_first_twelve_hex_digits():
     assert short("0123456789abcdef" * 4) == "0123456789ab"
     assert short(None) == "none"
+
+
+def test_a_function_closing_over_itself_has_a_fingerprint(tmp_path):
+    source = '''
+        from cdc_migrator import migration
+
+        def flattening(field):
+            def flat(value):
+                return [x for v in value for x in flat(v)] if isinstance(value, list) else [value]
+
+            def transform(doc, ctx):
+                return {field: flat(doc[field])} if flat(doc[field]) != doc[field] else None
+            return transform
+
+        flatten_tags = migration(collection="posts", name="flatten_tags")(flattening("tags"))
+    '''
+    before = _fingerprints(tmp_path, source)["flatten_tags"]
+
+    assert _fingerprints(tmp_path, source)["flatten_tags"] == before
+    assert _fingerprints(tmp_path, source.replace("[value]", "[str(value)]"))["flatten_tags"] \
+        != before
