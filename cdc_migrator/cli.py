@@ -32,6 +32,7 @@ from .base.messages import shorten
 from .base.settings import Setting, Settings
 from .errors import CdcMigratorError, UsageError
 from .operations import observability
+from .operations.history import render as render_history
 from .operations.status import render
 
 log = logging.getLogger("cdc_migrator.cli")
@@ -249,7 +250,10 @@ def verify(settings: Settings, name: str, sample: int, reversible: bool, per_sha
                     "remaining": report.remaining, "failing": report.failing,
                     "schema_violations": report.schema_violations, "sample": report.sample,
                     "failing_sample": report.failing_sample,
-                    "schema_sample": report.schema_sample})
+                    "schema_sample": report.schema_sample,
+                    "code": {"fingerprint": report.fingerprint, "in_force": report.in_force,
+                             "differs": report.code_differs,
+                             "edited_after_cutover": report.code_differs and report.cut_over}})
     else:
         click.echo(report.summary())
         if report.sample:
@@ -511,6 +515,36 @@ def next_(settings: Settings, collection: str, run_all: bool, timeout: float) ->
     if not series.ok:
         sys.exit(1)
     click.echo(f"every migration of {collection} has cut over")
+
+
+@cli.command(help=_help(api.accept))
+@click.argument("name")
+@_BATCH_SIZE
+@_RATE
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N", help="Scan N ranges at once in this process (threads).")
+@_PROGRESS_QUIET
+@_settings_options
+def accept(settings: Settings, name: str, batch_size: int | None, rate: float | None,
+           workers: int, quiet: bool) -> None:
+    report = api.accept(settings, name, batch_size=batch_size, rate=rate, workers=workers,
+                        show_progress=not quiet, stop=_stop_on_signals())
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command(help=_help(api.history))
+@click.argument("collection", required=False)
+@_JSON
+@_settings_options
+def history(settings: Settings, collection: str | None, as_json: bool) -> None:
+    found = api.history(settings, collection)
+    if as_json:
+        _echo_json([item.as_dict() for item in found])
+    else:
+        click.echo("\n".join(render_history(item) for item in found)
+                   or f"no migration was ever armed in database {settings.database_name}")
 
 
 @cli.group()

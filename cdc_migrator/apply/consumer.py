@@ -42,6 +42,8 @@ from ..base.retry import KAFKA, MONGODB, Retrier
 from ..base.settings import Settings
 from ..base.threads import Threads, run_until_stopped
 from ..core.context import make_context
+from ..core.fingerprint import fingerprint
+from ..core.holding import CodeHold, member_name
 from ..core.state import failure_record, stop_record
 from ..core.throttle import Bounds, Throttle, worker_name
 from ..errors import CdcMigratorError, ClientAbandoned, EventsLost, StopRequested
@@ -88,6 +90,10 @@ class TransformConsumer:
         self.applier = Applier(migration, settings.db[migration.collection],
                                make_context(settings.db, migration.name,
                                             declared=migration.declared_reads))
+        # Holds (its partitions paused) while the code it loaded is not the code in force.
+        self.code = CodeHold(self.store, migration.name,
+                             fingerprint(migration, settings.schemas), "consumer",
+                             member_name("consumer", settings.instance_id))
         self.max_records = max_records
         self.stats = ConsumeStats()
         self.on_batch = on_batch
@@ -136,6 +142,7 @@ class TransformConsumer:
                     log.debug("closing the consumer: %s", exc)
             self._writer.shutdown(wait=False)
             self._dlq.close()
+            self.code.leave()
         return self.stats
 
     def _record_stop(self, exc: Exception) -> None:
@@ -284,8 +291,11 @@ class TransformConsumer:
             self._last_pause_check = now
             state = self.store.get(self.migration.name)
             # Reverted: the reverse run's consumers put the old shape back; applying this
-            # migration beside them would undo their work.
-            paused = bool(state and (state.paused or state.cancelled or state.reverted))
+            # migration beside them would undo their work. Holding: its code is not the code
+            # in force (checked between batches, so a batch is applied by one code).
+            holding = self.code.holds(state)
+            paused = holding or bool(state and (state.paused or state.cancelled
+                                                or state.reverted))
             if paused != self._paused:
                 assignment = list(self.kafka.assignment())
                 if paused:

@@ -38,6 +38,15 @@ PIPELINE_STOPPED = Gauge(
     "pipeline_stopped", "1 while a piece of the migration (consumer, tailer) is stopped on an "
     "error, until it runs again; the labels name the document (when one caused it) and the "
     "error", ["migration", "component", "document", "error"], registry=REGISTRY)
+CODE_INFO = Gauge(
+    "cdc_migrator_code_info", "1 for each migration this process serves: the fingerprint of "
+    "the code it loaded (loaded) and of the migration's code in force (in_force; none before "
+    "it was armed); first 12 hex digits", ["migration", "loaded", "in_force"],
+    registry=REGISTRY)
+CODE_HOLDING = Gauge(
+    "cdc_migrator_code_holding", "1 while this process holds a migration: the code it loaded "
+    "is not the code in force, so it applies nothing (`cdc-migrator accept` or running the "
+    "code in force ends it)", ["migration"], registry=REGISTRY)
 BATCH_DURATION = Histogram(
     "batch_duration_seconds", "Wall time of one batch: produced and acknowledged (tailer, "
     "backfill) or applied and committed (consumer)", ["migration", "component"],

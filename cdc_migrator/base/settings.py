@@ -252,19 +252,19 @@ class Settings:
     backfill_ranges: int = setting(
         32, "A backfill splits the collection into at most N _id ranges (at least 1,000 "
         "documents each), which its workers and processes share.", metavar="N", minimum=1,
-        commands=("backfill", "run", "config show"))
+        commands=("backfill", "run", "accept", "config show"))
     lease_seconds: float = setting(
         30.0, "A backfill worker holds its range for this long past its last renewal; a "
         "worker killed or cut off loses the range to another worker after it.",
-        metavar="SECONDS", minimum=0.5, commands=("backfill", "run", "config show"))
+        metavar="SECONDS", minimum=0.5, commands=("backfill", "run", "accept", "config show"))
     max_replication_lag: float | None = setting(
         None, "Hold the backfill and the consumers while a secondary is more than SECONDS "
         "behind the primary (replSetGetStatus). Default: not checked.", metavar="SECONDS",
-        minimum=0, commands=("backfill", "consume", "run", "config show"))
+        minimum=0, commands=("backfill", "consume", "run", "accept", "config show"))
     max_write_latency: float | None = setting(
         None, "Hold the backfill and the consumers for a while when a bulk write of the "
         "migration took longer than MS. Default: not checked.", metavar="MS", minimum=0,
-        commands=("backfill", "consume", "run", "config show"))
+        commands=("backfill", "consume", "run", "accept", "config show"))
     kafka_options: dict[str, Any] = field(default_factory=dict)
     mongo_options: dict[str, Any] = field(default_factory=dict)
 
@@ -371,6 +371,12 @@ class Settings:
     @property
     def db(self) -> Database:
         return self.client[self.database_name]
+
+    @property
+    def schemas(self) -> Path:
+        """The ``schemas/`` directory beside the transforms directory: where a migration's
+        ``expand_schema`` and ``contract_schema`` files are."""
+        return Path(self.transforms).resolve().parent / "schemas"
 
     @property
     def store(self) -> StateStore:

@@ -24,6 +24,7 @@ from ..base import topics
 from ..base.messages import message_of
 from ..base.naming import FENCE_COLLECTION
 from ..base.settings import Settings
+from ..core.fingerprint import fingerprint, short
 from ..core.state import MigrationState, Phase, StateStore, now
 from ..errors import UsageError
 from ..migration import Migration
@@ -59,7 +60,7 @@ def load_schema(settings: Settings, name: str) -> dict[str, Any]:
     MongoDB's ``$jsonSchema`` dialect (a schema MongoDB would reject is a usage error)."""
     path = Path(name)
     if not path.is_absolute():
-        path = Path(settings.transforms).resolve().parent / "schemas" / name
+        path = settings.schemas / name
     try:
         schema = json.loads(path.read_text())
     except FileNotFoundError:
@@ -117,6 +118,10 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0, 
         report.reasons.append(f"the migration failed: {state.failure_reason}; `cdc-migrator "
                               f"reset {migration.name}` and run it again")
         return report
+    refusal = code_refusal(settings, migration, state)
+    if refusal:  # checked before the fence: nothing is written
+        report.reasons.append(refusal)
+        return report
     if state.armed:
         backfill = state.backfill
         finished = backfill is not None and backfill.done
@@ -169,6 +174,25 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0, 
     store.mark_cut_over(migration.name)
     report.notes.append(f"{v.checked:,} documents verified; recorded complete.")
     return report
+
+
+def code_refusal(settings: Settings, migration: Migration,
+                 state: MigrationState) -> str | None:
+    """Why the code forbids a cutover now, or None: the code here is not the code in force
+    (cutover would prove other code), or members hold (the events of their partitions wait)."""
+    loaded = fingerprint(migration, settings.schemas)
+    in_force = state.code.fingerprint
+    name = migration.name
+    if in_force is not None and loaded != in_force:
+        return (f"the code here (fingerprint {short(loaded)}) is not the code in force "
+                f"({short(in_force)}): `cdc-migrator accept {name}` takes it and backfills "
+                "again, or cut over with the code in force")
+    holding = state.code.holding()
+    if holding:
+        return (f"{', '.join(holding)} hold{'s' if len(holding) == 1 else ''}: other code "
+                f"than the code in force ({short(in_force)}), and the events of its partitions "
+                "wait; stop it or give it the code in force, or `accept` its code")
+    return None
 
 
 def _lag_now(settings: Settings, migration: Migration) -> str | None:

@@ -4,7 +4,9 @@
 answers 200 while the process runs (liveness), ``/readyz`` answers 200 when the process is able
 to work: MongoDB and Kafka answer and no piece of a migration it serves is stopped or stalled;
 else 503 with the reasons (readiness). A paused or cancelled migration leaves the process
-ready (a pause must not block a rollout): the 200 answer names it, as ``status`` does.
+ready (a pause must not block a rollout): the 200 answer names it, as ``status`` does. A
+migration held because this process's code is not its code in force makes it unready, so
+that a rollout of edited code stops at the first new instance until ``accept``.
 
 Lag and readiness are measured by a background thread every few seconds, through one MongoDB
 client and one Kafka client kept for the process's life, so a scrape or a probe never waits for
@@ -28,6 +30,8 @@ from prometheus_client.exposition import choose_encoder
 from ..base import codec, logs, refusals, topics
 from ..base.messages import first_line
 from ..base.metrics import (
+    CODE_HOLDING,
+    CODE_INFO,
     CONSUMER_LAG,
     DOCUMENTS_FAILED,
     DOCUMENTS_UNCHANGED,
@@ -39,7 +43,8 @@ from ..base.metrics import (
     TAILER_DELAY,
 )
 from ..base.settings import Settings
-from ..core.state import StateStore
+from ..core.fingerprint import fingerprint, short
+from ..core.state import MigrationState, StateStore
 from ..errors import UsageError
 from ..migration import Migration
 
@@ -66,6 +71,8 @@ class Health:
         self._kafka: KafkaAdminClient | None = None  # made by the first check that reaches Kafka
         self._thread = threading.Thread(target=self._loop, daemon=True, name="health")
         self._stopped_labels: set[tuple[str, ...]] = set()  # PIPELINE_STOPPED samples set
+        self.fingerprints = {m.name: fingerprint(m, settings.schemas) for m in self.migrations}
+        self._code_labels: dict[str, tuple[str, str, str]] = {}  # CODE_INFO's, by migration
 
     def start(self) -> None:
         self._thread.start()
@@ -114,6 +121,7 @@ class Health:
             stopped: set[tuple[str, ...]] = set()
             for m in self.migrations:
                 state = store.get(m.name)
+                problems += self._export_code(m.name, state)
                 if state is None:
                     continue
                 # Held on purpose, not broken: the process can work, so it stays ready.
@@ -135,6 +143,24 @@ class Health:
             return problems
         except Exception as exc:  # any failure means: not ready, with its reason
             return [f"MongoDB: {first_line(exc)}"]
+
+    def _export_code(self, name: str, state: MigrationState | None) -> list[str]:
+        """The code this process runs for ``name`` against the code in force, as metrics;
+        a hold as the reason it is not ready."""
+        loaded = self.fingerprints[name]
+        in_force = state.code.fingerprint if state is not None else None
+        labels = (name, short(loaded), short(in_force))
+        if self._code_labels.get(name) not in (None, labels):
+            CODE_INFO.remove(*self._code_labels[name])
+        CODE_INFO.labels(*labels).set(1)
+        self._code_labels[name] = labels
+        holding = in_force is not None and in_force != loaded
+        CODE_HOLDING.labels(name).set(1 if holding else 0)
+        if not holding:
+            return []
+        return [f"migration {name} holds: this process runs its code with fingerprint "
+                f"{short(loaded)}, the code in force is {short(in_force)} (`cdc-migrator "
+                f"accept {name}` takes this code; or run the code in force)"]
 
     def _export_stopped(self, stopped: set[tuple[str, ...]]) -> None:
         for labels in self._stopped_labels - stopped:

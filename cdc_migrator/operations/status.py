@@ -1,5 +1,5 @@
-"""What ``status`` shows: phase, backfill progress with ETA, counts, lag, last error, and the
-runway of the server's change history."""
+"""What ``status`` shows: phase, backfill progress with ETA, counts, lag, last error, the
+runway of the server's change history, and the code in force with the code each member runs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from ..base import logs, topics
 from ..base.progress import format_duration
 from ..base.settings import Settings
+from ..core.fingerprint import fingerprint, short
 from ..core.state import MigrationState, Phase, TailState
 from ..migration import Migration
 from . import runway, sharing
@@ -27,8 +28,9 @@ def _timestamp_seconds(ts: Any) -> float | None:
 def ready_for_cutover(state: MigrationState, lag_total: int) -> bool:
     """The one rule of the "ready for cutover" phase, measured rather than stored: the
     backfill finished, the group has no backlog, and the tailer runs (a fresh heartbeat) or
-    stopped cleanly after its last checkpoint (``cutover`` then catches up by itself)."""
-    if state.phase is not Phase.CATCHING_UP or lag_total:
+    stopped cleanly after its last checkpoint (``cutover`` then catches up by itself); and no
+    member holds (runs other code than the code in force)."""
+    if state.phase is not Phase.CATCHING_UP or lag_total or state.code.holding():
         return False
     tail = state.tail
     stopped_cleanly = tail.heartbeat is not None and tail.stopped_at is not None \
@@ -72,6 +74,7 @@ def migration_status(settings: Settings, migration: Migration | None,
                               "done": backfill.done, "eta_seconds": eta,
                               "ranges": ranges_of(state.name) if ranges_of else None}
     status["throttle"] = sharing.throttle_status(state)
+    status["code"] = code_status(settings, migration, state)
     if state.apply is not None:
         status["apply"] = {"done": state.apply.done}
     if state.armed:
@@ -95,6 +98,23 @@ def migration_status(settings: Settings, migration: Migration | None,
     return status
 
 
+def code_status(settings: Settings, migration: Migration | None,
+                state: MigrationState) -> dict[str, Any]:
+    """The code in force, the code in the transforms directory (``loaded``), whether they
+    differ (and the migration was cut over: edited since), and each live member's code."""
+    code = state.code
+    loaded = fingerprint(migration, settings.schemas) if migration is not None else None
+    differs = None not in (loaded, code.fingerprint) and loaded != code.fingerprint
+    return {
+        "fingerprint": code.fingerprint, "since": code.since, "loaded": loaded,
+        "differs": differs, "edited_after_cutover": differs and state.phase is Phase.CUT_OVER,
+        "members": [{"member": name, "component": m.component, "fingerprint": m.fingerprint,
+                     "holding": m.holding, "host": m.host,
+                     "seconds_since_report": round(time.time() - m.at, 1)}
+                    for name, m in sorted(code.live_members().items())],
+    }
+
+
 def _history(settings: Settings, tail: TailState,
              backfill: dict[str, Any] | None) -> dict[str, Any]:
     """The runway of the tailer's resume point in the server's change history."""
@@ -106,6 +126,29 @@ def _history(settings: Settings, tail: TailState,
         position = _timestamp_seconds(tail.armed_at)  # not started: it starts there
     eta = (backfill or {}).get("eta_seconds")
     return runway.assess(window, position, eta if not (backfill or {}).get("done") else None)
+
+
+def _code_lines(status: dict[str, Any]) -> list[str]:
+    code = status.get("code") or {}
+    if not code.get("fingerprint") and not code.get("members"):
+        return []
+    name = status["migration"]
+    lines = [f"  code: fingerprint {short(code.get('fingerprint'))} in force"
+             + (f" since {code['since']}" if code.get("since") else "")]
+    if code.get("members"):
+        lines.append("  members: " + "; ".join(
+            f"{m['member']} {short(m['fingerprint'])}" + (" HOLDING" if m["holding"] else "")
+            for m in code["members"]))
+    loaded = short(code.get("loaded"))
+    if code.get("edited_after_cutover"):
+        lines.append(f"  EDITED AFTER CUTOVER: the code here has fingerprint {loaded}; {name} "
+                     f"was cut over with {short(code['fingerprint'])}, and its cutover "
+                     "proved that code only: put the change in a new migration")
+    elif code.get("differs"):
+        lines.append(f"  WARNING: the code here has fingerprint {loaded}, not the code in "
+                     f"force: members running it hold; `cdc-migrator accept {name}` takes it "
+                     "(and backfills again), or roll it back")
+    return lines
 
 
 def _masked(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -139,6 +182,7 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"  backfill: {b['scanned']:,}/{b.get('total') or 0:,}{pct}"
                      + (" done" if b["done"] else eta))
     lines += sharing.render_lines(status)
+    lines += _code_lines(status)
     c = status["counts"]
     lines.append("  events: produced {produced:,} (skipped {skipped:,} already migrated), "
                  "consumed {consumed:,}; documents: updated "

@@ -105,6 +105,8 @@ def test_a_stop_is_cleared_once_the_piece_runs_again(db, settings, tmp_path):
     api.backfill(settings, "add_plan", show_progress=False)
     assert run_cli("consume", "add_plan", settings=settings, timeout=60).returncode == 2
     (tmp_path / "accounts.py").write_text(RETURNS_A_STRING.replace('return "free"  #', "pass  #"))
+    # The fix is other code than the code in force: taken with accept, or the pieces hold.
+    assert run_cli("accept", "add_plan", "-q", settings=settings).returncode == 0
 
     ran = run_cli("run", "add_plan", "--timeout", "60", "-q", settings=settings)
 

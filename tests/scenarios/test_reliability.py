@@ -431,6 +431,11 @@ def test_poison_records_and_raising_transforms_are_dead_lettered_then_retried(db
     fixed = ORDERS.replace("raise ValueError(", 'return {"currency": "USD"}  # ValueError(')
     assert fixed != ORDERS
     (tmp_path / "orders.py").write_text(fixed)
+    held = run_cli("dlq", "retry", "add_currency", settings=settings)
+    assert held.returncode == 1 and "`cdc-migrator accept add_currency` takes it first" \
+        in held.stderr, held.stderr
+    accepted = run_cli("accept", "add_currency", "-q", settings=settings)
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     retried = run_cli("dlq", "retry", "add_currency", settings=settings)
     assert retried.returncode == 0, retried.stdout + retried.stderr
     assert "3 migrated" in retried.stdout and "2 without a document id" in retried.stdout
