@@ -47,7 +47,14 @@ from ..core import events
 from ..core.context import make_context
 from ..core.patch import decide
 from ..core.state import HEARTBEAT_INTERVAL, MigrationState, stop_record
-from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused, StopRequested
+from ..errors import (
+    CaptureStopped,
+    CdcMigratorError,
+    HistoryLost,
+    Refused,
+    StopRequested,
+    reason_of,
+)
 from ..migration import Migration, rename_filter_fields
 from . import dependencies
 from .recovery import Recovery
@@ -231,7 +238,7 @@ class Tailer:
             error = logs.mask(str(exc) if isinstance(exc, CdcMigratorError) else first_line(exc))
             try:
                 self.store.record_stop(self.migration.name, "tailer",
-                                       stop_record("tailer", error))
+                                       stop_record("tailer", error, reason=reason_of(exc)))
             except Exception as failure:  # MongoDB gone too: the exit code still tells
                 log.debug("could not record the stop: %s", failure)
             raise
