@@ -88,11 +88,13 @@ class Watch:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop looking, after a last look: what changed since the one before is announced."""
+        """Stop looking, after a last look for the hooks: what changed since the one before
+        is announced."""
         self._stop.set()
         if self._thread.ident is not None:  # started
             self._thread.join(timeout=10)
-            if not self._thread.is_alive():  # else a check hangs: its clients are busy
+            # Not while a check hangs (its clients are busy); without hooks, no one to tell.
+            if self.hooks is not None and not self._thread.is_alive():
                 self.check()
         self._mongo.close()
         if self._kafka is not None:
