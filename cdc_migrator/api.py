@@ -54,7 +54,7 @@ from .operations.history import MigrationHistory, histories
 from .operations.reversible import ReversibleReport, reverse_of, verify_reversible
 from .operations.scaffold import init_migration
 from .operations.schema import validator_for
-from .operations.status import all_status
+from .operations.status import RangesOf, all_status
 from .operations.verify import VerifyReport
 from .operations.verify import verify as _verify
 from .pipeline import (
@@ -138,6 +138,13 @@ def revert(settings: Settings, name: str, *, batch_size: int | None = None,
     return revert_pipeline(settings, migration, reverse_name_taken=taken,
                            batch_size=batch_size, rate=rate, timeout=timeout,
                            show_progress=show_progress, stop=stop)
+
+
+def with_reverse(settings: Settings, name: str) -> list[Migration]:
+    """The migration ``name`` and, when it declares an inverse, its reverse run: what a
+    ``revert`` of it serves metrics and hooks for."""
+    migration = load(settings, name)
+    return [migration] + ([reverse_of(migration)] if migration.inverse is not None else [])
 
 
 def reverted(settings: Settings, name: str) -> bool:
@@ -232,11 +239,15 @@ def status(settings: Settings, name: str | None = None) -> list[dict[str, Any]]:
                   if m.inverse is not None})
     if name is not None and name not in known:
         load(settings, name)  # raises the usual one-line error for an unknown name
-    ranges = RangeStore(settings.db[settings.state_collection])
-    found = all_status(settings, known, name, ranges_of=ranges.summary)
+    found = all_status(settings, known, name, ranges_of=ranges_of(settings))
     if name is not None and not found:
         raise Refused(f"migration {name!r} has not started: no state yet")
     return found
+
+
+def ranges_of(settings: Settings) -> RangesOf:
+    """What ``status`` and the metrics show of a migration's backfill ranges, by its name."""
+    return RangeStore(settings.db[settings.state_collection]).summary
 
 
 def pause(settings: Settings, name: str) -> None:

@@ -88,7 +88,8 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
                           show_progress=show_progress, stop=stop)
         drained = wait_drained(settings, migration, tailer, stop, deadline, settle, retry)
         if drained and then_cutover:
-            outcome = cutover(settings, migration)
+            # The command's watch tells the hooks of the cutover, after the phases before it.
+            outcome = cutover(settings, migration, announce=False)
     except StopRequested:
         drained = False
     finally:

@@ -46,7 +46,7 @@ from ..core.fingerprint import fingerprint
 from ..core.holding import CodeHold, member_name
 from ..core.state import failure_record, stop_record
 from ..core.throttle import Bounds, Throttle, worker_name
-from ..errors import CdcMigratorError, ClientAbandoned, EventsLost, StopRequested
+from ..errors import CdcMigratorError, ClientAbandoned, EventsLost, StopRequested, reason_of
 from ..migration import Migration
 from .applier import Applier, BatchResult
 from .batch import BatchApplier
@@ -148,7 +148,8 @@ class TransformConsumer:
     def _record_stop(self, exc: Exception) -> None:
         """Leave why this consumer stopped in the state, for status, /readyz and metrics."""
         error = logs.mask(str(exc) if isinstance(exc, CdcMigratorError) else first_line(exc))
-        record = stop_record("consumer", error, getattr(exc, "document_id", None))
+        record = stop_record("consumer", error, getattr(exc, "document_id", None),
+                             reason_of(exc))
         try:
             self.store.record_stop(self.migration.name, "consumer", record,
                                    failed=isinstance(exc, EventsLost))
@@ -215,7 +216,7 @@ class TransformConsumer:
         log.warning("%s", message)
         try:
             self.store.record_stall(self.migration.name, "consumer",
-                                    stop_record("consumer", message))
+                                    stop_record("consumer", message, reason="stalled"))
         except Exception as failure:  # MongoDB gone too: the log tells
             log.debug("could not record the stall: %s", failure)
         return True
@@ -334,7 +335,8 @@ class TransformConsumer:
                         fences=[(fid, p) for p, fid in batch.fences] if committed else [],
                         clear_stop=committed)
         metrics.record_consumed(self.migration.name, batch.count, result,
-                                time.monotonic() - started)
+                                time.monotonic() - started,
+                                batch.change_times if committed else ())
         log.debug("batch of %d events applied and committed: %s", batch.count, result.counts())
         if self.on_batch:
             self.on_batch(self.stats)

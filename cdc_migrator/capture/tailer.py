@@ -49,7 +49,14 @@ from ..core.fingerprint import fingerprint
 from ..core.holding import CHECK_INTERVAL, CodeHold
 from ..core.patch import decide
 from ..core.state import HEARTBEAT_INTERVAL, MigrationState, stop_record
-from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused, StopRequested
+from ..errors import (
+    CaptureStopped,
+    CdcMigratorError,
+    HistoryLost,
+    Refused,
+    StopRequested,
+    reason_of,
+)
 from ..migration import Migration, rename_filter_fields
 from . import dependencies
 from .recovery import Recovery
@@ -241,7 +248,7 @@ class Tailer:
             error = logs.mask(str(exc) if isinstance(exc, CdcMigratorError) else first_line(exc))
             try:
                 self.store.record_stop(self.migration.name, "tailer",
-                                       stop_record("tailer", error))
+                                       stop_record("tailer", error, reason=reason_of(exc)))
             except Exception as failure:  # MongoDB gone too: the exit code still tells
                 log.debug("could not record the stop: %s", failure)
             raise

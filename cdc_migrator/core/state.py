@@ -18,8 +18,9 @@ The stored layout (``schema_version`` 2)::
     tail {armed_at, resume_token, heartbeat, last_event_time, position_time, stopped_at,
           recoveries, last_recovery {reason, at, armed_at, backfill}},
     fences {FENCE_ID: {partitions: {P: true}}}, dlq_pending, dlq_offset,
-    throttle {rate, set_at, auto {bound, value, limit, unit, by, at, until},
+    throttle {rate, set_at, auto {bound, value, limit, unit, by, at, until, since},
               members {MEMBER: {at, weight}}},
+    announced {EVENT: occurrence} (the phase changes the hooks were told of),
     code {fingerprint, since, members {MEMBER: {component, fingerprint, holding, host, at}}}
 
 ``code.fingerprint`` is the code in force (:mod:`cdc_migrator.core.fingerprint`): recorded
@@ -53,6 +54,7 @@ from pymongo.database import Database
 
 from ..base import naming
 from ..base.naming import RANGE_OF
+from ..errors import UNEXPECTED
 from .history import Event, History
 
 SCHEMA_VERSION = 2
@@ -335,10 +337,13 @@ class MigrationState:
         )
 
 
-def stop_record(component: str, error: str, doc_id: Any = None) -> dict[str, Any]:
+def stop_record(component: str, error: str, doc_id: Any = None,
+                reason: str = UNEXPECTED) -> dict[str, Any]:
     """Why a piece (``consumer``, ``tailer``) stopped: kept under ``stopped.<component>`` and as
-    ``last_error`` until the piece runs again, for ``status``, ``/readyz`` and the metrics."""
-    return {"component": component, "error": error, "id": doc_id, "at": now()}
+    ``last_error`` until the piece runs again, for ``status``, ``/readyz`` and the metrics.
+    ``reason`` is the error's code (:func:`~cdc_migrator.errors.reason_of`), the metrics'
+    label; the message stays in ``error``."""
+    return {"component": component, "error": error, "id": doc_id, "reason": reason, "at": now()}
 
 
 def failure_record(doc_id: Any, error: str, source: str) -> dict[str, Any]:
@@ -504,8 +509,17 @@ class StateStore:
             self._set(name, **{"throttle.rate": float(rate), "throttle.set_at": now()})
 
     def record_auto_throttle(self, name: str, record: dict[str, Any]) -> None:
-        """A bound was found exceeded: every worker holds until ``record["until"]``."""
-        self.collection.update_one({"_id": name}, {"$set": {"throttle.auto": record}})
+        """A bound was found exceeded: every worker holds until ``record["until"]``. A hold
+        renewed before it ran out keeps the ``since`` of the first one (how long the migration
+        has been held without a break)."""
+        renewed = {f"throttle.auto.{k}": v for k, v in record.items() if k != "since"}
+        held = self.collection.update_one(
+            {"_id": name, "throttle.auto.bound": record.get("bound"),
+             "throttle.auto.until": {"$gt": record.get("at", time.time())}},
+            {"$set": renewed})
+        if not held.matched_count:
+            self.collection.update_one({"_id": name}, {"$set": {"throttle.auto": {
+                **record, "since": record.get("at", time.time())}}})
 
     def report_member(self, name: str, member: str, weight: float, *,
                       forget: Iterable[str] = ()) -> None:
@@ -641,6 +655,16 @@ class StateStore:
 
     def forget_fence(self, name: str, fence: str) -> None:
         self.collection.update_one({"_id": name}, {"$unset": {f"fences.{fence}": ""}})
+
+    # ------------------------------------------------------------------ hooks
+
+    def claim_announcement(self, name: str, event: str, occurrence: str) -> bool:
+        """Whether this process is the one to announce ``event`` (its ``occurrence``: which
+        time it happened) to the hooks: True for the first caller only, across processes."""
+        claimed = self.collection.update_one(
+            {"_id": name, f"announced.{event}": {"$ne": occurrence}},
+            {"$set": {f"announced.{event}": occurrence}})
+        return claimed.matched_count > 0
 
     # ------------------------------------------------------------------ plumbing
 

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pymongo import MongoClient
+
 from ..base import logs, topics
 from ..base.progress import format_duration
 from ..base.settings import Settings
@@ -19,6 +21,9 @@ from . import runway, sharing
 #: What ``status`` shows of a migration's backfill ranges (None before any were planned), by
 #: migration name: given by the caller, since the ranges are the backfill's.
 RangesOf = Callable[[str], "dict[str, Any] | None"]
+#: The group's lag of a migration, measured by a caller that keeps its own Kafka client (None:
+#: it could not be measured now).
+LagOf = Callable[[Migration], "topics.Lag | None"]
 
 
 def _timestamp_seconds(ts: Any) -> float | None:
@@ -39,10 +44,12 @@ def ready_for_cutover(state: MigrationState, lag_total: int) -> bool:
 
 
 def migration_status(settings: Settings, migration: Migration | None,
-                     state: MigrationState, *,
-                     ranges_of: RangesOf | None = None) -> dict[str, Any]:
+                     state: MigrationState, *, ranges_of: RangesOf | None = None,
+                     lag_of: LagOf | None = None,
+                     client: MongoClient | None = None) -> dict[str, Any]:
     """A JSON-friendly status of one migration, lag measured now from the broker; with
-    ``ranges_of``, the backfill's ranges too."""
+    ``ranges_of``, the backfill's ranges too. ``lag_of`` and ``client`` (for the change
+    history's window) stand in for the settings' clients."""
     backfill, tail = state.backfill, state.tail
     status: dict[str, Any] = {
         "migration": state.name,
@@ -88,13 +95,15 @@ def migration_status(settings: Settings, migration: Migration | None,
             "last_recovery": tail.last_recovery,
         }
         if state.phase is not Phase.CUT_OVER:
-            status["history"] = _history(settings, tail, status.get("backfill"))
+            status["history"] = _history(client or settings.db.client, tail,
+                                         status.get("backfill"))
     if migration is not None and (state.armed or backfill is not None):
-        lag = topics.group_lag(settings, settings.topic(migration.collection),
-                               settings.group(migration.name))
-        status["lag"] = lag.as_dict()
-        if ready_for_cutover(state, lag.total):
-            status["phase"] = Phase.READY.label
+        lag = lag_of(migration) if lag_of is not None else topics.group_lag(
+            settings, settings.topic(migration.collection), settings.group(migration.name))
+        if lag is not None:
+            status["lag"] = lag.as_dict()
+            if ready_for_cutover(state, lag.total):
+                status["phase"] = Phase.READY.label
     return status
 
 
@@ -115,10 +124,10 @@ def code_status(settings: Settings, migration: Migration | None,
     }
 
 
-def _history(settings: Settings, tail: TailState,
+def _history(client: MongoClient, tail: TailState,
              backfill: dict[str, Any] | None) -> dict[str, Any]:
     """The runway of the tailer's resume point in the server's change history."""
-    window, unknown = runway.history_window(settings.db.client)
+    window, unknown = runway.history_window(client)
     if window is None:
         return {"unknown": unknown}
     position = tail.position_time
