@@ -8,13 +8,20 @@ A test that talks to Kafka or MongoDB is marked ``services``: by the fixtures it
 (``SERVICE_FIXTURES``), or by hand where it reaches a service without them. ``make unit``
 (``pytest -m "not services"``) runs the others, with no service up. When the services are
 down, each service test errors with one line naming them and `make services-up`.
+
+A test that runs one of the Go tools (prometheus, promtool, helm, actionlint) takes it from the
+``go_tool`` fixture: skipped when `make tools` has not built it, failed instead when
+CDC_MIGRATOR_REQUIRE_TOOLS=1 (CI sets it; `make test` builds the tools first).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import uuid
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import pymongo
 import pytest
@@ -32,6 +39,8 @@ from .harness import (
     local_mongo,
     services_unreachable,
     stop_local_mongo,
+    tool,
+    tool_missing,
     uri_for,
     write_transforms,
 )
@@ -155,3 +164,16 @@ def tls_listeners():
     """The local broker's TLS listeners (SSL, SASL_SSL), which need the CA services.sh made."""
     if not KAFKA_CA.is_file():
         pytest.skip("no .services/tls/ca.pem: start the services with scripts/services.sh up")
+
+
+@pytest.fixture(scope="session")
+def go_tool() -> Callable[[str], Path]:
+    """``go_tool(NAME)``: the path of a Go tool built by scripts/tools.sh, current with its pin."""
+    def path(name: str) -> Path:
+        reason = tool_missing(name)
+        if reason is not None:
+            if os.environ.get("CDC_MIGRATOR_REQUIRE_TOOLS") == "1":
+                pytest.fail(f"{reason}, and CDC_MIGRATOR_REQUIRE_TOOLS=1", pytrace=False)
+            pytest.skip(reason)
+        return Path(tool(name))
+    return path

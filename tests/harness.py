@@ -337,6 +337,36 @@ def private_kafka_missing() -> str | None:
     return None
 
 
+# The Go tools scripts/tools.sh builds (`make tools`): prometheus, promtool, helm, actionlint.
+TOOLS_SCRIPT = ROOT / "scripts" / "tools.sh"
+
+
+def tool_missing(name: str) -> str | None:
+    """Why the Go tool ``name`` cannot be used (missing, or built from another pin), or None."""
+    done = subprocess.run([str(TOOLS_SCRIPT), "check", name], capture_output=True, text=True,
+                          timeout=60)
+    return None if done.returncode == 0 else done.stderr.strip()
+
+
+def tool(name: str, command: str = "path") -> str:
+    """What ``scripts/tools.sh COMMAND NAME`` prints: the tool's ``path``, or the ``version``
+    pinned for it."""
+    return subprocess.run([str(TOOLS_SCRIPT), command, name], capture_output=True, text=True,
+                          check=True, timeout=60).stdout.strip()
+
+
+def exported_series() -> set[str]:
+    """The name of every series the tool's /metrics may carry (a counter's ``_total``, a
+    histogram's ``_bucket``, ``_count`` and ``_sum``, an info's ``_info``), from its registry:
+    what a dashboard or an alert may query."""
+    from cdc_migrator.base.metrics import REGISTRY
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
+                "info": ("_info",)}
+    return {family.name + suffix for family in REGISTRY.collect()
+            for suffix in suffixes.get(family.type, ("",))}
+
+
 # --------------------------------------------------------------------------------- polling
 
 def poll(check: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
