@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from .harness import (
     LIMITS_MIGRATIONS,
     MONGO_BASE,
     ROOT,
+    kill_children,
     local_mongo,
     services_unreachable,
     stop_local_mongo,
@@ -45,7 +47,8 @@ from .harness import (
 
 # A test using one of these talks to a service (the shared ones, or a server of its own).
 SERVICE_FIXTURES = frozenset({"mongo_client", "db", "settings", "private_kafka",
-                              "private_mongo", "short_cursors", "tls_listeners"})
+                              "private_mongo", "short_cursors", "tls_listeners",
+                              "mongos_mongo"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -57,6 +60,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @functools.cache
 def _unreachable() -> str | None:
     return services_unreachable()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """Kill the test's background commands still running, whichever way it ended, before its
+    fixtures' teardown (which drops its database and stops servers of its own)."""
+    left = kill_children()
+    if left:
+        warnings.warn(f"{item.nodeid} left running, killed: {', '.join(left)}", stacklevel=1)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -125,6 +137,16 @@ def short_cursors(tmp_path_factory):
     """A LocalMongo of the module's own whose idle cursors time out after CURSOR_TIMEOUT_MS."""
     proc, client = local_mongo(tmp_path_factory.mktemp("cursors"),
                                f"-DcursorTimeoutMillis={CURSOR_TIMEOUT_MS}")
+    yield client
+    stop_local_mongo(proc, client)
+
+
+@pytest.fixture(scope="module")
+def mongos_mongo(tmp_path_factory):
+    """A LocalMongo of the module's own answering as a mongos (its ``config`` database holds what
+    a test seeds with :func:`~tests.harness.seed_sharded_collection`; nothing is sharded)."""
+    proc, client = local_mongo(tmp_path_factory.mktemp("mongos"), heap="512m")
+    client.admin.command({"setMongosMode": True})
     yield client
     stop_local_mongo(proc, client)
 

@@ -184,6 +184,19 @@ def seed_sharded_collection(client: pymongo.MongoClient, namespace: str, key: di
     return entry
 
 
+def untargeted_writes(client: pymongo.MongoClient, namespace: str) -> int:
+    """The single-document writes on ``namespace`` whose filter a mongos could not target by
+    shard key, as the local server's mongos mode counts them (its own figure, not MongoDB's)."""
+    counter = client.admin.command("serverStatus")["localMongo"]["untargetedSingleWrites"]
+    return int(counter["byNamespace"].get(namespace, 0))
+
+
+def scanned_objects(client: pymongo.MongoClient) -> int:
+    """The documents a server read to answer queries (``serverStatus``'s
+    ``metrics.queryExecutor.scannedObjects``)."""
+    return int(client.admin.command("serverStatus")["metrics"]["queryExecutor"]["scannedObjects"])
+
+
 def local_mongo(home: Path, *properties: str,
                 heap: str = "256m") -> tuple[subprocess.Popen, pymongo.MongoClient]:
     """:func:`start_local_mongo`, or the test skipped (``unittest.SkipTest``, which pytest
@@ -446,15 +459,32 @@ def run_cli(*args: str, settings: Settings | None = None, env: dict | None = Non
         env=cli_env(settings, env), timeout=timeout, cwd=cwd or ROOT)
 
 
+#: Every background command started and not yet seen ended, so that none outlives the test
+#: that started it (see :func:`kill_children`): a consumer left running after its test's
+#: database was dropped kept working against it for as long as the session lasted.
+_CHILDREN: list[CliProcess] = []
+
+
+def kill_children() -> list[str]:
+    """SIGKILL every background command still running; the commands that were."""
+    left = [child for child in _CHILDREN if child.alive]
+    for child in left:
+        child.kill()
+    _CHILDREN.clear()
+    return [" ".join(child.args) for child in left]
+
+
 class CliProcess:
     """``cdc-migrator ARGS`` in the background with the settings' environment; its stderr
-    (the log) and stdout collected line by line as they come, so neither pipe fills up."""
+    (the log) and stdout collected line by line as they come, so neither pipe fills up.
+    One still running when its test ends is killed then (conftest.py)."""
 
     def __init__(self, settings: Settings | None, *args: str, env: dict | None = None) -> None:
         self.args = args
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cdc_migrator", *args], env=cli_env(settings, env),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _CHILDREN.append(self)
         self.lines: list[str] = []  # stderr
         self.out: list[str] = []  # stdout
         self._readers = [threading.Thread(target=self._read, args=(s, t), daemon=True)
@@ -489,10 +519,16 @@ class CliProcess:
         return code
 
     def stop(self, timeout: float = 60) -> int:
-        """SIGTERM (finish the batch, commit, exit) and its exit code."""
+        """SIGTERM (finish the batch, commit, exit) and its exit code. One still running
+        ``timeout`` seconds later is killed, and the stop fails with its log."""
         if self.alive:
             self.proc.send_signal(signal.SIGTERM)
-        return self.wait(timeout)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"`{' '.join(self.args)}` did not exit within {timeout}s of "
+                                 f"SIGTERM; killed. Its log:\n{self.log}") from None
 
     def count(self, *words: str) -> int:
         """How many log lines hold every one of ``words``."""

@@ -496,7 +496,7 @@ def test_a_migration_armed_by_a_version_that_recorded_no_code_takes_the_code_arm
     migration = get_migration(items_settings.transforms, "price_total")
     store = StateStore(db)
     store.ensure("price_total", "items")
-    store.arm("price_total", db.command("ping")["operationTime"])  # as a version before 31 did
+    store.arm("price_total", db.command("ping")["operationTime"], None)  # as before 25 and 31
     assert store.get("price_total").code.fingerprint is None
 
     state = arm(items_settings, migration)
