@@ -173,7 +173,7 @@ def test_a_throttle_change_reaches_the_running_backfill_and_consumers(db, settin
 
 
 @pytest.fixture
-def secondaries(mongo_client):
+def secondaries(mongo_client, local_servers):
     """The local server answers replSetGetStatus with secondaries this far behind (seconds)."""
     def lag(*seconds: float) -> None:
         mongo_client.admin.command({"setSecondaryLag": list(seconds)})
