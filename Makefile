@@ -41,7 +41,7 @@ test-real:
 	@if [ "$(origin MONGODB_URI)" = file ] || [ "$(origin KAFKA_BOOTSTRAP_SERVERS)" = file ]; then \
 	  echo "make test-real: name your servers: MONGODB_URI=<a replica set's URI>" \
 	    "KAFKA_BOOTSTRAP_SERVERS=<a broker> make test-real" >&2; exit 2; fi
-	@$(MAKE) --no-print-directory venv
+	@$(MAKE) -s --no-print-directory venv
 	CDC_TEST_REAL_SERVERS=1 $(BIN)/pytest -q -m "not local_server" $(PYTEST_ARGS)
 
 # The tests that need no service (pure logic, the CLI's parsing and configuration): no Kafka,

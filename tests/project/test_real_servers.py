@@ -21,7 +21,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..harness import ROOT
+import pytest
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+
+from cdc_migrator.base import topics
+
+from ..harness import ROOT, remove_kafka_leftovers, wait_for
 
 JAVA = ROOT / "services" / "mongo"
 # The commands the launcher answers itself that MongoDB has too: a test may send them to a
@@ -192,7 +197,6 @@ def test_no_test_that_make_test_real_runs_uses_a_device_of_the_local_servers():
 def test_the_check_finds_a_device_used_directly_through_a_helper_or_a_fixture(tmp_path):
     source = tmp_path / "test_example.py"
     source.write_text('''
-import pytest
 from ..harness import KAFKA_SSL, seed_items
 
 LAG = {"setSecondaryLag": [30]}
@@ -269,3 +273,43 @@ def test_make_test_real_without_the_servers_named_is_one_line_and_exit_2():
         "make test-real: name your servers: MONGODB_URI=<a replica set's URI> "
         "KAFKA_BOOTSTRAP_SERVERS=<a broker> make test-real")
     assert done.stdout == ""
+
+
+def test_a_local_server_mark_without_a_reason_is_a_usage_error(tmp_path):
+    (tmp_path / "test_bare.py").write_text(
+        "import pytest\n\n@pytest.mark.local_server\ndef test_bare():\n    pass\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-p", "tests.conftest", "--rootdir", str(tmp_path),
+                           str(tmp_path / "test_bare.py")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
+    assert "test_bare.py::test_bare: a local_server mark says why" in done.stderr
+
+
+def test_a_tests_topics_and_groups_are_deleted_and_nothing_else(settings):
+    mine = [settings.topic("items"), settings.dlq_topic("items")]
+    neighbour = f"{settings.topic_prefix}x.items"  # another prefix that only starts the same
+    for topic in [*mine, neighbour]:
+        topics.ensure_topic(settings, topic, partitions=1)
+    group = settings.group("price_total")
+    consumer = KafkaConsumer(mine[0], group_id=group, enable_auto_commit=False,
+                             bootstrap_servers=settings.kafka_bootstrap_servers)
+    try:
+        wait_for(lambda: consumer.poll(timeout_ms=200) is not None and consumer.assignment(),
+                 what="the group's member with its partition")
+        consumer.commit({TopicPartition(mine[0], 0): OffsetAndMetadata(0, "", -1)})
+    finally:
+        consumer.close()
+    admin = topics.admin(settings)
+    try:
+        assert group in {g["group_id"] for g in admin.list_groups()}
+
+        remove_kafka_leftovers(settings)
+
+        wait_for(lambda: not set(mine) & set(admin.list_topics()), what="the topics deleted")
+        assert group not in {g["group_id"] for g in admin.list_groups()}
+        assert neighbour in admin.list_topics()
+        admin.delete_topics([neighbour])
+    finally:
+        admin.close()
