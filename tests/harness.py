@@ -123,7 +123,9 @@ def remove_kafka_leftovers(settings: Settings) -> None:
     """Delete the topics and the consumer groups named with ``settings``' prefixes, so that a
     broker a user brought to `make test-real` is left as it was found. A group still in use
     (a process that outlived its test) is left to the broker's offset retention."""
-    client = topics.admin(settings)
+    # The connection of the conftest's settings, not the test's: a test may have changed the
+    # client options of its settings (kafka_options), or pointed them at another listener.
+    client = KafkaAdminClient(bootstrap_servers=KAFKA, request_timeout_ms=15_000)
     try:
         made = [t for t in client.list_topics() if t.startswith(f"{settings.topic_prefix}.")]
         if made:
