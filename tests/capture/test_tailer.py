@@ -222,6 +222,7 @@ def test_an_idle_tailer_writes_its_state_only_at_the_heartbeat(db, items_setting
 
 
 @pytest.mark.services  # a LocalMongo of its own and the shared Kafka
+@pytest.mark.local_server("truncateChangeHistory, on a LocalMongo of its own")
 def test_status_warns_of_lost_history_and_rebackfill_recovers_it(tmp_path):
     proc, client = local_mongo(tmp_path)
     try:
@@ -267,6 +268,7 @@ def test_status_warns_of_lost_history_and_rebackfill_recovers_it(tmp_path):
 
 
 @pytest.mark.services  # a LocalMongo of its own and the shared Kafka
+@pytest.mark.local_server("truncateChangeHistory, on a LocalMongo of its own")
 def test_run_recovers_lost_history_with_rebackfill_and_records_the_recovery_done(tmp_path):
     """`run` recovers as `tail` does: the recovery's backfill (the tailer's own) migrates
     what the lost history held, the run drains only after it, and the recovery is recorded

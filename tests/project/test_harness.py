@@ -12,7 +12,8 @@ import textwrap
 
 import pytest
 
-from ..harness import ROOT, AppWriter, CliProcess, pick, poll, wait_for
+from .. import harness
+from ..harness import ROOT, AppWriter, CliProcess, pick, poll, uri_for, wait_for
 
 
 def test_pick_near_a_position_past_the_last_id_gives_none_instead_of_raising():
@@ -118,3 +119,18 @@ def test_a_command_that_ignores_sigterm_is_killed_and_the_stop_fails():
     with pytest.raises(AssertionError, match="did not exit within 0.5s of SIGTERM; killed"):
         proc.stop(timeout=0.5)
     assert not proc.alive and proc.returncode == -signal.SIGKILL
+@pytest.mark.parametrize(("base", "expected"), [
+    ("mongodb://127.0.0.1:27017/app?directConnection=true",
+     "mongodb://127.0.0.1:27017/t_1?directConnection=true"),
+    ("mongodb://h1:1,h2:2/app?replicaSet=rs0", "mongodb://h1:1,h2:2/t_1?replicaSet=rs0"),
+    # A user of a cluster brought to `make test-real` authenticates where the URI said.
+    ("mongodb://u:p@h:1/app?replicaSet=rs0", "mongodb://u:p@h:1/t_1?replicaSet=rs0&authSource=app"),
+    ("mongodb://u:p@h:1/?replicaSet=rs0", "mongodb://u:p@h:1/t_1?replicaSet=rs0&authSource=admin"),
+    ("mongodb://u:p@h:1/app", "mongodb://u:p@h:1/t_1?authSource=app"),
+    ("mongodb://u:p@h:1/app?authSource=users", "mongodb://u:p@h:1/t_1?authSource=users"),
+])
+def test_each_tests_database_is_the_base_uris_with_the_users_authentication_kept(
+        monkeypatch, base, expected):
+    monkeypatch.setattr(harness, "MONGO_BASE", base)
+
+    assert uri_for("t_1") == expected
