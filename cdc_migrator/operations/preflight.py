@@ -33,7 +33,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from ..base import topics
 from ..base.messages import message_of
-from ..base.naming import FENCE_COLLECTION, REFERENCES_COLLECTION
+from ..base.naming import FENCE_COLLECTION, HISTORY_COLLECTION, REFERENCES_COLLECTION
 from ..base.progress import format_duration
 from ..base.settings import Settings
 from ..base.topology import MONGOS, UNAUTHORIZED, sharded_collection, version
@@ -213,7 +213,7 @@ def needs(settings: Settings, migration: Migration) -> list[Need]:
     found = [Need(db, "", ("changeStream", "find"), "the change stream on the database"),
              Need(db, "", ("listCollections",), "the collection's existence"),
              Need(db, coll, crud, "the scan and the guarded writes")]
-    own = [settings.state_collection, FENCE_COLLECTION]
+    own = [settings.state_collection, FENCE_COLLECTION, HISTORY_COLLECTION]
     if migration.depends_on:
         own.append(REFERENCES_COLLECTION)
     found += [Need(db, name, crud, "the tool's own collection") for name in own]

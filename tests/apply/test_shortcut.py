@@ -4,6 +4,7 @@ writing nothing, a mistake in a migration one line, a slow rate riding out dying
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from bson.raw_bson import RawBSONDocument
 
 from cdc_migrator import api, demo_data
 from cdc_migrator.base.settings import Settings
+from cdc_migrator.migration import load_migrations
 
 from ..harness import (
+    ROOT,
     private_settings,
     run_cli,
     seed_legacy,
@@ -236,3 +239,15 @@ def test_documents_whose_transform_raises_are_reported_and_kept_and_the_rest_mig
     assert all(e["error"].startswith("ValueError: cannot migrate") for e in state["errors"])
     report = api.verify(user, "fragile")
     assert report.failing == len(failing) and report.remaining == 0 and not report.ok
+
+
+def test_migrations_mounted_from_a_kubernetes_configmap_load_once(tmp_path):
+    # A ConfigMap volume (the Helm chart's `migrations.configMap`) holds each key as a link to
+    # ..data/KEY, ..data a link to a hidden, timestamped directory holding the files.
+    copy = tmp_path / "..2026_12_07_13_00_00.000000001"
+    copy.mkdir()
+    shutil.copy(ROOT / "transforms" / "add_default_role.py", copy)
+    (tmp_path / "..data").symlink_to(copy.name)
+    (tmp_path / "add_default_role.py").symlink_to("..data/add_default_role.py")
+
+    assert list(load_migrations(tmp_path)) == ["add_default_role"]

@@ -56,7 +56,7 @@ def test_a_shard_host_names_its_replica_set():
 # ------------------------------------------------------------------ against local servers
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def servers(tmp_path_factory, local_servers):
     """Two LocalMongos of this module's own: a router (mongos mode) and a shard's member."""
     missing = local_mongo_missing()
     if missing:

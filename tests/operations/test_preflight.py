@@ -75,6 +75,7 @@ def everything(settings: Settings, mongo_client: Any) -> tuple[Any, ...]:
         client.close()
 
 
+@pytest.mark.local_server("the local services' replies: 6.0.0, no access control, no authorizer")
 def test_preflight_passes_every_check_on_the_local_services_and_writes_nothing(
         items, settings, mongo_client):
     before = everything(settings, mongo_client)

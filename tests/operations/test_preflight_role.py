@@ -20,7 +20,8 @@ from cdc_migrator.core.state import Phase
 from ..harness import KAFKA, ROOT, run_cli, state_of
 from ..services.test_server_auth import Secured
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services,
+              pytest.mark.local_server("a LocalMongo of its own with access control")]
 
 MIGRATION = textwrap.dedent('''
     from cdc_migrator import migration

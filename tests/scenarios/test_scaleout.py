@@ -173,7 +173,7 @@ def test_a_throttle_change_reaches_the_running_backfill_and_consumers(db, settin
 
 
 @pytest.fixture
-def secondaries(mongo_client):
+def secondaries(mongo_client, local_servers):
     """The local server answers replSetGetStatus with secondaries this far behind (seconds)."""
     def lag(*seconds: float) -> None:
         mongo_client.admin.command({"setSecondaryLag": list(seconds)})
@@ -207,7 +207,7 @@ def test_the_backfill_holds_while_replication_lags_and_status_says_why(
 
 
 @pytest.fixture
-def members(mongo_client):
+def members(mongo_client, local_servers):
     """The local server answers as the primary of a replica set with these members."""
     def declare(*declared: dict) -> None:
         mongo_client.admin.command({"setReplicaSetMembers": list(declared)})

@@ -39,7 +39,8 @@ from ..harness import (
     stop_local_mongo,
 )
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services,
+              pytest.mark.local_server("a LocalMongo of its own with access control")]
 
 ROOT_USER, ROOT_PASSWORD = "root", "root-secret"
 

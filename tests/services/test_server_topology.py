@@ -35,7 +35,8 @@ from ..harness import (
     stop_local_mongo,
 )
 
-pytestmark = pytest.mark.services  # a LocalMongo of this module's own
+pytestmark = [pytest.mark.services,
+              pytest.mark.local_server("a LocalMongo of this module's own, in its modes")]
 MIB = 1 << 20
 NO_ANSWER_MS = 200  # how long an awaiting getMore waits before answering that nothing came
 
