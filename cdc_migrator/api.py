@@ -31,7 +31,7 @@ from .base import logs, naming, refusals, topics
 from .base.deadletters import DeadLetter
 from .base.deadletters import read as read_dead_letters
 from .base.retry import MONGODB, Retrier, message_of
-from .base.settings import Settings
+from .base.settings import OPTIONS, Settings, Source
 from .base.state import Phase, StateStore
 from .capture.backfill import BackfillReport
 from .capture.backfill import backfill as _backfill
@@ -298,11 +298,13 @@ def throttle(settings: Settings, name: str, *, rate: float | None) -> None:
     """``cdc-migrator throttle NAME --rate R`` (``rate`` None: ``--off``): the pace of every
     backfill worker and consumer of NAME together, picked up live. See
     :mod:`cdc_migrator.base.throttle`."""
-    if rate is not None and not rate > 0:
-        raise UsageError(f"--rate must be a positive number of documents per second: {rate}")
-    migration = load(settings, name)
+    if rate is not None:
+        rate = OPTIONS["rate"].check(rate, Source("throttle", "--rate"))
+    load(settings, name)
     store = _store(settings)
-    store.ensure(name, migration.collection)
+    if store.get(name) is None:  # a state made here would hold nothing but the throttle
+        raise Refused(f"cannot throttle {name}: it has not started (no state yet); start it "
+                      "(tail, then backfill, or run), then throttle it; nothing changed")
     store.set_throttle(name, rate)
 
 

@@ -663,9 +663,10 @@ def test_tls_and_sasl_options_reach_the_kafka_and_mongo_clients(monkeypatch, tmp
     ca, cert = tmp_path / "ca.pem", tmp_path / "client.pem"
     ca.write_text("CA")
     cert.write_text("CERT")
+    (tmp_path / "file.pem").write_text("CA OF THE FILE")
     (tmp_path / "cdc-migrator.toml").write_text(
         '[kafka]\nclient_id = "from-file"\nsecurity_protocol = "PLAINTEXT"\n'
-        '[mongo]\ntlscafile = "/from/file.pem"\nappname = "from-file"\n')
+        f'[mongo]\ntlscafile = "{tmp_path / "file.pem"}"\nappname = "from-file"\n')
     monkeypatch.chdir(tmp_path)
     args = [a.format(ca=ca, cert=cert) for a in SECURE_FLAGS]
     settings = settings_from_cli(monkeypatch, args,

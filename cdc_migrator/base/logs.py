@@ -161,12 +161,13 @@ def configure(log_format: str = "text", verbosity: int = 0) -> None:
 
     ``verbosity``: -1 warnings and errors only, 0 informational, 1 debug and the Kafka and
     MongoDB drivers' informational records, 2 debug including the drivers'. Calling it again
-    replaces the previous set-up.
+    replaces the previous set-up and forgets the secrets registered.
 
     The drivers are silent by default: during an outage they log every reconnect attempt, and
     the tool logs each outage once itself (see :mod:`cdc_migrator.retry`).
     """
     global _handler, _format
+    _secrets.clear()
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)

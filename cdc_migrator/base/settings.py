@@ -7,14 +7,23 @@ the configuration file (``configfile.py``), ``config show`` and :meth:`Settings.
 are all derived from it: adding a setting is adding one field here.
 
 Precedence, highest first: flag, environment variable, configuration file, default.
+
+Every value is checked here, wherever it comes from (:meth:`Setting.check`): a flag or an
+environment variable (text, parsed), the configuration file (TOML values, of the exact kind:
+no ``true`` for a number, no list for a number of seconds), ``throttle`` and the state read
+back. Numbers are finite and in range, protocols and mechanisms one of their names. A value
+refused is one line naming the setting, where it came from and what is allowed
+(:class:`SettingError`, exit 2), before any work starts. :data:`OPTIONS` declares the options
+of single commands (``--rate``, ``--batch-size``, ...) the same way, checked the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -71,6 +80,52 @@ def uri_secrets(uri: str) -> list[str]:
     return [s for s in (userinfo, password) if len(s) >= MIN_SECRET_LENGTH]
 
 
+SourceKind = Literal["flag", "env", "file", "default", "throttle", "state", "python"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a value came from, as the line refusing it names it: ``name`` is the flag, the
+    variable, the file's key or the state's field; ``place`` the file or the migration."""
+
+    kind: SourceKind
+    name: str
+    place: str = ""
+
+    @property
+    def text(self) -> bool:
+        """Whether the value is text to parse (a flag, a variable), not a typed value."""
+        return self.kind in ("flag", "env", "throttle")
+
+    def __str__(self) -> str:
+        return {"flag": f"flag {self.name}", "env": f"environment variable {self.name}",
+                "file": f"{self.name} in config file {self.place}",
+                "throttle": f"throttle {self.name}",
+                "state": f"{self.name} in the state of {self.place}",
+                "default": f"the default of {self.name}",
+                "python": f"setting {self.name}"}[self.kind]
+
+
+class SettingError(UsageError):
+    """A value a setting does not take: one line naming the setting, where the value came from
+    and what is allowed (exit 2)."""
+
+
+class _NotAllowed(Exception):
+    """Raised inside :meth:`Setting.check`; the message, when any, says what is allowed."""
+
+
+#: The longest time any setting takes, in seconds: beyond it a wait is a mistake, and far
+#: beyond it the platform's waits overflow.
+A_YEAR = 365 * 86_400
+_PLAIN_NAME = "1 to 200 printable characters"
+_DATABASE_NAME = ("a database name: 1 to 63 bytes, no control characters, spaces, "
+                  "/ \\ . \" or $")
+_UNITS = {"SECONDS": "seconds", "MS": "milliseconds", "DOCS/S": "documents per second"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
+_NUMBER = re.compile(r"\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*", re.ASCII)
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -81,7 +136,9 @@ class Setting:
     ``key`` None means there is none. ``everywhere`` settings are options of every command;
     the others only of the commands that name them. ``path`` is ``"dir"`` or ``"file"`` (a
     relative path in the file is relative to the file); ``"existing"`` files must exist.
-    ``kafka``/``mongo`` name the client option the setting gives (TLS, SASL).
+    ``kafka``/``mongo`` name the client option the setting gives (TLS, SASL). ``minimum`` and
+    ``maximum`` bound a number (inclusive), ``above`` from below (exclusive); ``rule`` checks a
+    text further and returns, when it is broken, what is allowed.
     """
 
     help: str
@@ -92,6 +149,8 @@ class Setting:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    above: float | None = None
+    rule: Callable[[str], str | None] | None = None
     path: Literal["dir", "file", "existing"] | None = None
     secret: bool = False
     everywhere: bool = True
@@ -112,6 +171,170 @@ class Setting:
     @property
     def key_name(self) -> str | None:
         return self.name if self.key == "" else self.key
+
+    def check(self, value: Any, source: Source) -> Any:
+        """``value`` as this setting takes it, or :class:`SettingError`.
+
+        Text from a flag or a variable is parsed; a typed value (the file's, the state's, a
+        Python caller's) must be of exactly the setting's kind. None means "not set", which
+        only a setting without a default accepts.
+        """
+        if value is None and self.default is None:
+            return None
+        try:
+            return self._checked(value, source)
+        except _NotAllowed as exc:
+            shown = "***" if self.secret else _brief(value)
+            raise SettingError(f"invalid value {shown} for {source}: expected "
+                               f"{str(exc) or self.allowed()}") from None
+
+    def allowed(self) -> str:
+        """What the setting takes, in words (for help texts and refusals)."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.kind is bool:
+            return "true or false"
+        if self.path == "existing":
+            return "the path of an existing file"
+        if self.path:
+            return "a path"
+        if self.kind in (int, float):
+            what = "an integer" if self.kind is int else "a finite number"
+            unit = _UNITS.get(self.metavar or "")
+            return what + (f" of {unit}" if unit else "") + self._range()
+        return "text"
+
+    def _range(self) -> str:
+        high = f"{_plain(self.maximum)}" if self.maximum is not None else None
+        if self.above is not None:
+            return f" above {_plain(self.above)}" + (f", at most {high}" if high else "")
+        if self.minimum is not None:
+            low = _plain(self.minimum)
+            return f" from {low} to {high}" if high else f" of at least {low}"
+        return f" of at most {high}" if high else ""
+
+    def _checked(self, value: Any, source: Source) -> Any:
+        if self.kind is bool:
+            return _boolean(value, source)
+        if self.kind in (int, float):
+            number = _number(value, source, self.kind)
+            low, high = self.minimum, self.maximum
+            if (low is not None and number < low) or (high is not None and number > high) \
+                    or (self.above is not None and number <= self.above):
+                raise _NotAllowed
+            return number
+        if isinstance(value, Path) and self.path and not source.text:
+            value = str(value)
+        if not isinstance(value, str):
+            raise _NotAllowed
+        if self.choices:
+            return _choice(value, self.choices, exact=self.kafka is None)
+        if self.path:
+            return _path(value, self.path, self.kind)
+        problem = self.rule(value) if self.rule else None
+        if problem:
+            raise _NotAllowed(problem)
+        return value
+
+
+def _plain(number: float) -> str:
+    """A bound as a person writes it: 31,536,000 rather than 3.1536e+07."""
+    return f"{int(number):,}" if number == int(number) else f"{number:g}"
+
+
+def _brief(value: Any) -> str:
+    """A value as a refusal shows it: its repr, on one line, at most 60 characters."""
+    text = mask_secrets(repr(value))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _boolean(value: Any, source: Source) -> bool:
+    if isinstance(value, bool):
+        return value
+    if source.text and isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _NotAllowed
+
+
+def _number(value: Any, source: Source, kind: type) -> int | float:
+    if source.text and isinstance(value, str):
+        pattern = _INTEGER if kind is int else _NUMBER
+        if not pattern.fullmatch(value):
+            raise _NotAllowed
+        value = int(value) if kind is int else float(value)
+    if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
+        raise _NotAllowed  # a TOML true is no 1, a list no number
+    if kind is int:
+        return int(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _NotAllowed from None
+    if not math.isfinite(number):
+        raise _NotAllowed
+    return number
+
+
+def _choice(value: str, choices: tuple[str, ...], *, exact: bool) -> str:
+    for choice in choices:
+        if value == choice or (not exact and value.upper() == choice):
+            return choice
+    raise _NotAllowed
+
+
+def _path(value: str, how: str, kind: type) -> Any:
+    if not value:
+        raise _NotAllowed
+    try:  # a NUL, or a name longer than the system takes, fails every use of the path
+        found = Path(value).is_file() if how == "existing" else Path(value).exists() or True
+    except (OSError, ValueError):
+        raise _NotAllowed from None
+    if not found:
+        raise _NotAllowed
+    return Path(value) if kind is Path else value
+
+
+def _name(what: str, forbidden: str = "", *, most_bytes: int) -> Callable[[str], str | None]:
+    """A rule for a name: ``what`` describes it; not empty, no control character, none of the
+    characters ``forbidden``, at most ``most_bytes`` bytes of UTF-8."""
+    def rule(value: str) -> str | None:
+        if not value or len(value.encode("utf-8", "surrogatepass")) > most_bytes \
+                or any(c in forbidden or not c.isprintable() for c in value):
+            return what
+        return None
+    return rule
+
+
+def _collection_name(value: str) -> str | None:
+    if _name("", "$", most_bytes=120)(value) is not None or \
+            value.startswith((".", "system.")) or value.endswith("."):
+        return ("a collection name: 1 to 120 bytes, no $ and no control characters, not "
+                "starting with . or system. nor ending with .")
+    return None
+
+
+def _kafka_name(value: str) -> str | None:
+    # Kafka's legal characters for a topic; the topic adds ".DB.COLLECTION" to the prefix.
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,150}", value, re.ASCII):
+        return "1 to 150 of the characters Kafka allows in a topic name: A-Z a-z 0-9 . _ -"
+    return None
+
+
+def _bootstrap_servers(value: str) -> str | None:
+    entries = value.split(",")
+    for entry in entries:
+        host, colon, port = entry.strip().rpartition(":") if ":" in entry \
+            else (entry.strip(), "", "")
+        if not host or any(c.isspace() or not c.isprintable() for c in host) or \
+                (colon and not (port.isdigit() and port.isascii() and 0 < int(port) < 65536)):
+            return "HOST:PORT[,HOST:PORT...], each port from 1 to 65535"
+    return None
+
+
+def _connection_string(value: str) -> str | None:
+    if not value.startswith(("mongodb://", "mongodb+srv://")):
+        return "a MongoDB connection string: mongodb://... or mongodb+srv://..."
+    return None
 
 
 def setting(default: Any, help: str, **how: Any) -> Any:
@@ -134,31 +357,34 @@ class Settings:
 
     mongodb_uri: str = setting(
         DEFAULT_MONGODB_URI, "MongoDB connection string; its path names the database.",
-        env="MONGODB_URI", metavar="URI")
+        env="MONGODB_URI", metavar="URI", rule=_connection_string)
     database: str | None = setting(
         None, "Database, overriding the URI's path.", flag="--db", env="CDC_MIGRATOR_DB",
-        key="db", metavar="NAME")
+        key="db", metavar="NAME", rule=_name(_DATABASE_NAME, '/\\. "$', most_bytes=63))
     kafka_bootstrap_servers: str = setting(
         DEFAULT_KAFKA, "Kafka bootstrap servers.", flag="--kafka",
-        env="KAFKA_BOOTSTRAP_SERVERS", metavar="HOST:PORT[,...]")
+        env="KAFKA_BOOTSTRAP_SERVERS", metavar="HOST:PORT[,...]", rule=_bootstrap_servers)
     transforms: Path = setting(
         Path("transforms"), "Directory of migration files.", metavar="DIR", path="dir")
     state_collection: str = setting(
         naming.STATE_COLLECTION, "Collection holding the state of each migration.",
-        metavar="NAME")
+        metavar="NAME", rule=_collection_name)
     topic_prefix: str = setting(
-        naming.TOPIC_PREFIX, "Topics are named PREFIX.DB.COLLECTION.", metavar="PREFIX")
+        naming.TOPIC_PREFIX, "Topics are named PREFIX.DB.COLLECTION.", metavar="PREFIX",
+        rule=_kafka_name)
     group_prefix: str = setting(
         naming.GROUP_PREFIX, "Consumer groups are named PREFIX.DB.MIGRATION.", flag="--group",
-        env="CDC_MIGRATOR_GROUP", key="group", metavar="PREFIX")
+        env="CDC_MIGRATOR_GROUP", key="group", metavar="PREFIX",
+        rule=_name(_PLAIN_NAME, most_bytes=200))
     partitions: int = setting(6, "Partitions of a topic the tool creates.", metavar="N",
-                              minimum=1)
+                              minimum=1, maximum=10_000)
     retry_deadline: float = setting(
         300.0, "tail, backfill, consume and run retry a lost MongoDB or Kafka with backoff; "
-        "they give up (exit 1) when an outage lasts longer.", metavar="SECONDS", minimum=0)
+        "they give up (exit 1) when an outage lasts longer.", metavar="SECONDS", minimum=0,
+        maximum=A_YEAR)
     mongo_timeout_ms: int = setting(
         10_000, "How long one MongoDB operation waits for a usable server "
-        "(serverSelectionTimeoutMS).", metavar="MS", minimum=1)
+        "(serverSelectionTimeoutMS).", metavar="MS", minimum=1, maximum=86_400_000)
     kafka_security_protocol: str | None = setting(
         None, "How to talk to Kafka (default PLAINTEXT).", choices=_KAFKA_PROTOCOLS,
         kafka="security_protocol")
@@ -166,7 +392,8 @@ class Settings:
         None, "SASL mechanism (with SASL_PLAINTEXT or SASL_SSL).", choices=_SASL_MECHANISMS,
         kafka="sasl_mechanism")
     kafka_sasl_username: str | None = setting(
-        None, "SASL user name.", metavar="USER", kafka="sasl_plain_username")
+        None, "SASL user name.", metavar="USER", kafka="sasl_plain_username",
+        rule=_name(_PLAIN_NAME, most_bytes=200))
     kafka_sasl_password: str | None = setting(
         None, "SASL password; masked in every output. Prefer the variable: a flag is visible "
         "in the process list.", metavar="PW", secret=True, kafka="sasl_plain_password")
@@ -207,23 +434,24 @@ class Settings:
         None, "A stable name for this process, unique in the group (e.g. the pod name of a "
         "StatefulSet): restarted under it after a crash, it takes its partitions back at once "
         "instead of after the group's 30 s session timeout (static membership).",
-        metavar="NAME", key=None, everywhere=False)
+        metavar="NAME", key=None, everywhere=False,
+        rule=_name(_PLAIN_NAME, most_bytes=200))
     backfill_ranges: int = setting(
         32, "A backfill splits the collection into at most N _id ranges (at least 1,000 "
         "documents each), which its workers and processes share.", metavar="N", minimum=1,
-        everywhere=False)
+        maximum=100_000, everywhere=False)
     lease_seconds: float = setting(
         30.0, "A backfill worker holds its range for this long past its last renewal; a "
         "worker killed or cut off loses the range to another worker after it.",
-        metavar="SECONDS", minimum=0.5, everywhere=False)
+        metavar="SECONDS", minimum=0.5, maximum=86_400, everywhere=False)
     max_replication_lag: float | None = setting(
         None, "Hold the backfill and the consumers while a secondary is more than SECONDS "
         "behind the primary (replSetGetStatus). Default: not checked.", metavar="SECONDS",
-        minimum=0, everywhere=False)
+        minimum=0, maximum=A_YEAR, everywhere=False)
     max_write_latency: float | None = setting(
         None, "Hold the backfill and the consumers for a while when a bulk write of the "
         "migration took longer than MS. Default: not checked.", metavar="MS", minimum=0,
-        everywhere=False)
+        maximum=1000 * A_YEAR, everywhere=False)
     kafka_options: dict[str, Any] = field(default_factory=dict)
     mongo_options: dict[str, Any] = field(default_factory=dict)
 
@@ -233,12 +461,22 @@ class Settings:
         default filled in."""
         return _table(cls)
 
+    def __post_init__(self) -> None:
+        # A Python caller's values are checked as the command line's are.
+        for name, spec in self.table().items():
+            setattr(self, name, spec.check(getattr(self, name), Source("python", name)))
+
     @classmethod
-    def from_values(cls, values: Mapping[str, Any], **extra: Any) -> Settings:
+    def from_values(cls, values: Mapping[str, Any],
+                    sources: Mapping[str, Source] | None = None, **extra: Any) -> Settings:
         """Settings from a mapping that may hold more than settings (a command's parameters):
-        the names of the table are taken, the rest is left alone."""
+        the names of the table are taken, each checked as coming from its source in
+        ``sources`` (a Python caller's, for names not there); the rest is left alone."""
         table = cls.table()
-        return cls(**{k: v for k, v in values.items() if k in table}, **extra)
+        sources = sources or {}
+        checked = {name: spec.check(values[name], sources.get(name) or Source("python", name))
+                   for name, spec in table.items() if name in values}
+        return cls(**checked, **extra)
 
     @cached_property
     def parsed_uri(self) -> dict[str, Any]:
@@ -367,3 +605,23 @@ def _table(cls: type[Settings]) -> dict[str, Setting]:
         table[f.name] = dataclasses.replace(spec, name=f.name, kind=kinds[0],
                                             default=f.default)
     return table
+
+
+def option(name: str, kind: type, **how: Any) -> Setting:
+    """The spec of an option of single commands: a flag only, checked as a setting is."""
+    return Setting(help="", name=name, kind=kind, env=None, key=None, everywhere=False, **how)
+
+
+#: The options of single commands (their help is the command's), declared and checked as the
+#: settings are. ``rate`` is also what ``throttle`` sets and the state keeps.
+OPTIONS: dict[str, Setting] = {spec.name: spec for spec in (
+    option("batch_size", int, metavar="N", minimum=1, maximum=100_000),
+    option("rate", float, metavar="DOCS/S", above=0),
+    option("timeout", float, metavar="SECONDS", minimum=0, maximum=A_YEAR),
+    option("interval", float, metavar="SECONDS", minimum=0.1, maximum=86_400),
+    option("workers", int, metavar="N", minimum=1, maximum=1_000),
+    option("sample", int, metavar="N", minimum=1, maximum=1_000_000),
+    option("sample_ids", int, metavar="N", minimum=0, maximum=1_000_000),
+    option("max_shapes", int, metavar="N", minimum=1, maximum=1_000_000),
+    option("per_shape", int, metavar="N", minimum=1, maximum=1_000_000),
+)}

@@ -46,6 +46,7 @@ from pymongo.database import Database
 
 from . import naming
 from .ranges import RANGE_OF
+from .settings import OPTIONS, SettingError, Source
 
 SCHEMA_VERSION = 2
 MAX_ERRORS_KEPT = 50
@@ -169,6 +170,9 @@ class ThrottleState:
     """The pace set for the migration (``cdc-migrator throttle``) and the hold in force."""
 
     rate: float | None = None  # documents per second, for all workers together
+    #: Why the stored rate was refused (written by an older version or by hand: not a finite
+    #: number above 0); ``rate`` is then None and the workers keep the pace they had.
+    refused: str | None = None
     set_at: dt.datetime | None = None
     auto: dict[str, Any] | None = None  # the last automatic hold (a bound exceeded)
     members: dict[str, tuple[float, float]] = field(default_factory=dict)  # at, weight
@@ -262,7 +266,7 @@ class MigrationState:
             dlq_pending=int(doc.get("dlq_pending", 0)),
             dlq_offset=int(doc.get("dlq_offset", 0)),
             throttle=ThrottleState(
-                rate=throttle.get("rate"), set_at=throttle.get("set_at"),
+                *_throttle_rate(doc["_id"], throttle.get("rate")), set_at=throttle.get("set_at"),
                 auto=throttle.get("auto"),
                 members={m: (float(v.get("at", 0)), float(v.get("weight", 0)))
                          for m, v in (throttle.get("members") or {}).items()}),
@@ -271,6 +275,16 @@ class MigrationState:
             completed_at=doc.get("completed_at"),
             reverted_at=doc.get("reverted_at"),
         )
+
+
+def _throttle_rate(name: str, stored: Any) -> tuple[float | None, str | None]:
+    """The rate ``throttle`` stored, checked as ``throttle --rate`` checks it: (rate, None), or
+    (None, the refusal) for a value no version of ``throttle`` takes now."""
+    try:
+        return OPTIONS["rate"].check(stored, Source("state", "throttle.rate", name)), None
+    except SettingError as exc:
+        return None, (f"{exc}; the workers keep the pace they had. Replace it: `cdc-migrator "
+                      f"throttle {name} --rate DOCS/S` or `--off`")
 
 
 def stop_record(component: str, error: str, doc_id: Any = None) -> dict[str, Any]:
