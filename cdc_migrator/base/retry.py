@@ -29,8 +29,8 @@ from kafka.errors import KafkaError
 from pymongo.errors import ConnectionFailure, OperationFailure
 
 from ..errors import CdcMigratorError, ServiceUnavailable
-from . import refusals
-from .settings import Settings, mask_secrets
+from . import logs, refusals
+from .settings import Settings
 
 T = TypeVar("T")
 
@@ -74,7 +74,7 @@ def message_of(exc: BaseException) -> str:
     name = type(exc).__name__
     if text.startswith(f"{name}: "):  # kafka-python repeats the class name
         text = text[len(name) + 2:]
-    return mask_secrets(text)[:300]
+    return logs.mask(text)[:300]
 
 
 def first_line(exc: BaseException) -> str:

@@ -20,14 +20,16 @@ of single commands (``--rate``, ``--batch-size``, ...) the same way, checked the
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote, quote_plus, unquote_plus
 
 import pymongo
 from pymongo.database import Database
@@ -60,24 +62,60 @@ def mask_uri(uri: str) -> str:
 _URI_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^\n]|\n(?=[^\n]*@))*@(?=[\w\[])")
 # Shorter secrets are not registered for masking: they would blank out ordinary words.
 MIN_SECRET_LENGTH = 4
+# A secret named by its key, whatever its value: a password, passwd or secret quoted after a
+# key holding the word (a dict's repr, JSON), or unquoted after "KEY=" (a query string).
+_KEYED_SECRET = re.compile(
+    r"""(?i)([\w.-]*(?:password|passwd|secret)[\w.-]*['"]?\s*[:=]\s*)"""
+    r"""('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|(?<==)[^\s&;,'"]+)""")
 
 
-def mask_secrets(text: str, *secrets: str | None) -> str:
-    """Remove the credentials of connection strings and the given secrets from ``text``."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, "***")
+def secret_forms(secret: str) -> list[str]:
+    """Every form ``secret`` takes in text, longest first: as it is, escaped by ``repr`` (a
+    container's repr, an error's) or by JSON (ASCII or not), percent-encoded (a URI, a form),
+    the ``repr`` of its UTF-8 bytes, and each escaped form escaped once more (a repr quoted in
+    an error, JSON of a repr)."""
+    encoded = secret.encode("utf-8", "surrogatepass")
+    forms = {secret, repr(secret)[1:-1], repr(encoded)[2:-1], json.dumps(secret)[1:-1],
+             json.dumps(secret, ensure_ascii=False)[1:-1], quote(encoded, safe=""),
+             quote_plus(encoded, safe=""), quote(encoded)}
+    forms |= {escaped for f in list(forms) for escaped in (
+        repr(f)[1:-1], json.dumps(f)[1:-1], json.dumps(f, ensure_ascii=False)[1:-1])}
+    return sorted((f for f in forms if f), key=len, reverse=True)
+
+
+def mask_forms(text: str, forms: Iterable[str]) -> str:
+    """``text`` with each of ``forms`` (longest first), keyed secrets and the credentials of
+    connection strings replaced by ``***``."""
+    for form in forms:
+        text = text.replace(form, "***")
+    text = _KEYED_SECRET.sub(_masked_value, text)
     return _URI_CREDENTIALS.sub(r"\1***@", text)
 
 
+def _masked_value(match: re.Match[str]) -> str:
+    value = match.group(2)
+    quote_mark = value[0] if value[0] in "'\"" else ""
+    return f"{match.group(1)}{quote_mark}***{quote_mark}"
+
+
+def mask_secrets(text: str, *secrets: str | None) -> str:
+    """Remove the credentials of connection strings, keyed secrets and the given secrets, in
+    every form (:func:`secret_forms`), from ``text``."""
+    forms = {f for s in secrets if s and len(s) >= MIN_SECRET_LENGTH for f in secret_forms(s)}
+    return mask_forms(text, sorted(forms, key=len, reverse=True))
+
+
 def uri_secrets(uri: str) -> list[str]:
-    """The credentials of ``uri`` (all of them, and the password alone), to be masked wherever
-    they might appear, e.g. quoted in part by a driver's message about a malformed URI."""
+    """The credentials of ``uri`` (all of them, and the password alone, as written and
+    decoded), to be masked wherever they might appear, e.g. quoted in part by a driver's
+    message about a malformed URI."""
     rest = uri.partition("://")[2]
     if "@" not in rest:
         return []
     userinfo = rest.rpartition("@")[0]
     password = userinfo.partition(":")[2]
-    return [s for s in (userinfo, password) if len(s) >= MIN_SECRET_LENGTH]
+    return [s for s in dict.fromkeys((userinfo, password, unquote_plus(password)))
+            if len(s) >= MIN_SECRET_LENGTH]
 
 
 SourceKind = Literal["flag", "env", "file", "default", "throttle", "state", "python"]
