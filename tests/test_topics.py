@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from kafka import KafkaAdminClient, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource
 
 from cdc_migrator import api
@@ -217,3 +217,57 @@ def test_a_consumer_stuck_in_poll_reports_not_ready_and_recovers_with_a_new_clie
     assert not thread.is_alive()
     assert topics.group_lag(settings, settings.topic("users"),
                             settings.group(migration.name)).total == 0
+
+
+def _consume_and_commit(topic: str, group: str, count: int) -> None:
+    """A member of ``group`` that applies ``count`` records and commits them (then leaves)."""
+    member = KafkaConsumer(topic, bootstrap_servers=KAFKA, group_id=group,
+                           enable_auto_commit=False, auto_offset_reset="earliest")
+    try:
+        taken = 0
+        while taken < count:
+            taken += sum(len(r) for r in member.poll(timeout_ms=1000).values())
+        member.commit()
+    finally:
+        member.close()
+
+
+def test_lag_read_while_the_group_commits_can_only_over_count(settings, monkeypatch):
+    """Lag is the end offset minus the committed one, each read at its own moment. When the
+    group commits between the two reads, reading the end first gave a committed offset past
+    it: a negative lag (-77 under load), which hid real lag elsewhere from status and cutover.
+    Here the group produces and commits exactly between them, every time: a real group on the
+    real broker, the moment chosen by a consumer class that runs it after its first read."""
+    topic, group = settings.topic("lag"), settings.group("lag")
+    topics.ensure_topic(settings, topic, partitions=1)
+    producer = topics.producer(settings)
+    for i in range(5):
+        producer.send(topic, key=b"%d" % i, value=b"before")
+    producer.flush()
+    _consume_and_commit(topic, group, 5)
+    raced: list[bool] = []
+
+    class CommittingBetweenReads(KafkaConsumer):
+        def _then_the_group_moves_on(self) -> None:
+            if not raced:
+                raced.append(True)
+                for i in range(10):
+                    producer.send(topic, key=b"%d" % i, value=b"during")
+                producer.flush()
+                _consume_and_commit(topic, group, 10)
+
+        def committed(self, *args, **kwargs):
+            found = super().committed(*args, **kwargs)
+            self._then_the_group_moves_on()
+            return found
+
+        def end_offsets(self, *args, **kwargs):
+            found = super().end_offsets(*args, **kwargs)
+            self._then_the_group_moves_on()
+            return found
+
+    monkeypatch.setattr(topics, "KafkaConsumer", CommittingBetweenReads)
+    lag = topics.group_lag(settings, topic, group)
+    producer.close()
+
+    assert raced and lag.total == 10 and lag.partitions[0].committed == 5, lag.as_dict()

@@ -2,6 +2,9 @@
 
 Lag of a partition is its end offset minus the group's committed offset (the whole partition
 when nothing is committed yet). It counts events produced but not yet applied and committed.
+The committed offsets are read first, the end offsets after them: both only grow, so a commit
+or a record between the reads can only make the lag larger than it was at either moment, never
+smaller, and never negative.
 """
 
 from __future__ import annotations
@@ -364,7 +367,9 @@ class PartitionLag:
 
     @property
     def lag(self) -> int:
-        return self.end - (self.committed or 0)
+        # Never below 0: an end before the committed offset (a topic deleted and created
+        # again) hides no backlog.
+        return max(0, self.end - (self.committed or 0))
 
 
 @dataclass
@@ -389,6 +394,8 @@ def group_lag(settings: Settings, topic: str, group: str) -> Lag:
     """End offsets minus committed offsets of ``group`` on every partition of ``topic``.
 
     Uses a consumer that never joins the group, so it can run beside the group's members.
+    The committed offsets are read before the end offsets: the order that can only over-count
+    (see the module's docstring).
     """
     consumer = KafkaConsumer(group_id=group, enable_auto_commit=False,
                              request_timeout_ms=30_000, **client_options(settings))
@@ -397,8 +404,9 @@ def group_lag(settings: Settings, topic: str, group: str) -> Lag:
         if not ids:
             return Lag(topic, group)
         tps = [TopicPartition(topic, p) for p in sorted(ids)]
+        committed = {tp: consumer.committed(tp) for tp in tps}
         ends = consumer.end_offsets(tps)
-        return Lag(topic, group, [PartitionLag(tp.partition, ends[tp], consumer.committed(tp))
+        return Lag(topic, group, [PartitionLag(tp.partition, ends[tp], committed[tp])
                                   for tp in tps])
     finally:
         consumer.close()
