@@ -28,6 +28,10 @@ class Refused(CdcMigratorError):
 class ServiceUnavailable(CdcMigratorError):
     """MongoDB or Kafka could not be reached before the deadline."""
 
+    def __init__(self, message: str, service: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service  # "MongoDB" or "Kafka", when known
+
 
 class HistoryLost(CdcMigratorError):
     """The change stream can no longer resume from the saved point: a new backfill is needed."""

@@ -40,7 +40,7 @@ from ..base.context import make_context
 from ..base.identity import id_key
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line
 from ..base.settings import Settings
-from ..base.state import StateStore, failure_record, stop_record
+from ..base.state import StateStore, failure_record, last_word, stop_record
 from ..base.threads import run_until_stopped
 from ..base.throttle import Bounds, Throttle, worker_name
 from ..errors import CdcMigratorError, EventsLost
@@ -141,11 +141,8 @@ class TransformConsumer:
         """Leave why this consumer stopped in the state, for status, /readyz and metrics."""
         error = logs.mask(str(exc) if isinstance(exc, CdcMigratorError) else first_line(exc))
         record = stop_record("consumer", error, getattr(exc, "document_id", None))
-        try:
-            self.store.record_stop(self.migration.name, "consumer", record,
-                                   failed=isinstance(exc, EventsLost))
-        except Exception as failure:  # MongoDB gone too: the exit code still tells
-            log.debug("could not record the stop: %s", failure)
+        last_word(lambda: self.store.record_stop(self.migration.name, "consumer", record,
+                                                 failed=isinstance(exc, EventsLost)), exc)
 
     def _run(self) -> None:
         """Consume in a worker thread with its own Kafka client, watched from this thread: a

@@ -567,12 +567,25 @@ class Settings:
         return {**{k: v for k, v in self.mongo_options.items() if k.lower() not in lowered},
                 **flagged}
 
+    @property
+    def server_selection_ms(self) -> int:
+        """How long one operation waits for a usable MongoDB server: ``mongo_timeout_ms``, and
+        never longer than the retry deadline (at least 1 s), so that a piece riding out an
+        outage gives up within one attempt of its deadline (see ``base/retry.py``)."""
+        return int(min(self.mongo_timeout_ms, max(1000.0, self.retry_deadline * 1000)))
+
+    @property
+    def kafka_bootstrap_ms(self) -> int:
+        """How long one Kafka client waits to reach a broker: 10 s, and never longer than the
+        retry deadline (at least 1 s); the caller's retries decide how long to keep trying."""
+        return int(min(10_000.0, max(1000.0, self.retry_deadline * 1000)))
+
     @cached_property
     def client(self) -> pymongo.MongoClient:
         _ = self.database_name  # validates the URI first, with a clear message
         try:
             return pymongo.MongoClient(
-                self.mongodb_uri, serverSelectionTimeoutMS=self.mongo_timeout_ms,
+                self.mongodb_uri, serverSelectionTimeoutMS=self.server_selection_ms,
                 **{**self.mongo_client_options, **codec.client_options()},
             )
         except (InvalidURI, ConfigurationError, ValueError, TypeError) as exc:

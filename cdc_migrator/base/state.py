@@ -34,19 +34,24 @@ carries on.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
+import pymongo
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
 
+from ..errors import ServiceUnavailable
 from . import naming
 from .ranges import RANGE_OF
 from .settings import OPTIONS, SettingError, Source
+
+log = logging.getLogger("cdc_migrator.state")
 
 SCHEMA_VERSION = 2
 MAX_ERRORS_KEPT = 50
@@ -285,6 +290,25 @@ def _throttle_rate(name: str, stored: Any) -> tuple[float | None, str | None]:
     except SettingError as exc:
         return None, (f"{exc}; the workers keep the pace they had. Replace it: `cdc-migrator "
                       f"throttle {name} --rate DOCS/S` or `--off`")
+
+
+#: How long a stopping piece tries to leave its last word in the state: MongoDB may be why it
+#: stops, and the deadline it gave up on is not to be waited out again.
+LAST_WORD_SECONDS = 2.0
+
+
+def last_word(write: Callable[[], Any], exc: BaseException | None = None) -> None:
+    """A stopping piece's last write to the state (why it stopped, that it stopped), best
+    effort: within :data:`LAST_WORD_SECONDS`, and not at all when it stops because MongoDB was
+    unavailable past the retry deadline (``exc``). The exit code tells in any case."""
+    if isinstance(exc, ServiceUnavailable) and exc.service == "MongoDB":
+        log.debug("MongoDB is unavailable: the stop is not recorded in the state")
+        return
+    try:
+        with pymongo.timeout(LAST_WORD_SECONDS):
+            write()
+    except Exception as failure:
+        log.debug("could not record the stop: %s", failure)
 
 
 def stop_record(component: str, error: str, doc_id: Any = None) -> dict[str, Any]:

@@ -48,11 +48,12 @@ def client_options(settings: Settings) -> dict[str, Any]:
 
     Reconnects back off to at most 2 s (the client's default is 30 s, so a broker back from an
     outage would wait that long to be noticed), and one bootstrap attempt gives up within the
-    retry deadline (at most 10 s): the caller's retries decide how long to keep trying.
+    retry deadline (at most 10 s, ``Settings.kafka_bootstrap_ms``): the caller's retries
+    decide how long to keep trying.
     """
-    bootstrap_ms = int(min(10_000, max(1_000, settings.retry_deadline * 1000)))
     return {"bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
-            "reconnect_backoff_max_ms": 2_000, "bootstrap_timeout_ms": bootstrap_ms,
+            "reconnect_backoff_max_ms": 2_000,
+            "bootstrap_timeout_ms": settings.kafka_bootstrap_ms,
             **settings.kafka_client_options}
 
 

@@ -39,7 +39,14 @@ from ..base.naming import FENCE_COLLECTION
 from ..base.patch import decide
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line, message_of
 from ..base.settings import Settings
-from ..base.state import HEARTBEAT_INTERVAL, MigrationState, StateStore, now, stop_record
+from ..base.state import (
+    HEARTBEAT_INTERVAL,
+    MigrationState,
+    StateStore,
+    last_word,
+    now,
+    stop_record,
+)
 from ..base.threads import run_until_stopped
 from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused
 from ..migration import Migration, rename_filter_fields
@@ -192,6 +199,7 @@ class Tailer:
         logs.bind(migration=self.migration.name, component="tailer")
         self.retry = Retrier(self.settings, log, self.stopping)
         self.publisher = topics.Publisher(self.settings, self.retry)
+        stopped_by: Exception | None = None
         try:
             self._resume_recovery()
             while not self.stopping.is_set():
@@ -211,21 +219,17 @@ class Tailer:
             log.info("stopped during an outage; events after the saved resume token are "
                      "produced again on the next start")
         except Exception as exc:  # why it stopped, for status, /readyz and the metrics
+            stopped_by = exc
             error = logs.mask(str(exc) if isinstance(exc, CdcMigratorError) else first_line(exc))
-            try:
-                self.store.record_stop(self.migration.name, "tailer",
-                                       stop_record("tailer", error))
-            except Exception as failure:  # MongoDB gone too: the exit code still tells
-                log.debug("could not record the stop: %s", failure)
+            last_word(lambda: self.store.record_stop(self.migration.name, "tailer",
+                                                     stop_record("tailer", error)), exc)
             raise
         finally:
             self.publisher.close()
             if self._recovery is not None:
                 self._recovery.join(timeout=60)
-            try:  # not running any more, whatever the last heartbeat says (see catchup.py)
-                self.store.tailer_stopped(self.migration.name)
-            except Exception as failure:
-                log.debug("could not record the stop: %s", failure)
+            # Not running any more, whatever the last heartbeat says (see catchup.py).
+            last_word(lambda: self.store.tailer_stopped(self.migration.name), stopped_by)
 
     def _follow(self) -> None:
         """Open the change stream from the saved point and follow it until stopped.
