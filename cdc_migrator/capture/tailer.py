@@ -296,8 +296,7 @@ class Tailer:
         except OperationFailure as exc:
             if exc.code in HISTORY_LOST_CODES:
                 cause = (f"the change stream of {self.migration.collection} can no longer "
-                         f"resume from the saved point ({exc.code}: "
-                         f"{str(exc).splitlines()[0][:160]})")
+                         f"resume from the saved point ({exc.code}: {message_of(exc)[:160]})")
                 if self.on_history_lost == "rebackfill":
                     raise HistoryLost(cause) from None
                 message = (f"{cause}; a new backfill is needed: `cdc-migrator reset "

@@ -22,6 +22,7 @@ from pymongo.errors import OperationFailure
 
 from ..base import topics
 from ..base.naming import FENCE_COLLECTION
+from ..base.retry import message_of
 from ..base.settings import Settings
 from ..base.state import MigrationState, Phase, StateStore, now
 from ..errors import UsageError
@@ -225,7 +226,7 @@ def _apply_contract(settings: Settings, migration: Migration, schema: dict[str, 
                             validationLevel="strict")
         return True, f"Contract schema {name} applied as a validator."
     except OperationFailure as exc:
-        what = f"{exc.code}: {str(exc).splitlines()[0].split(', full error')[0][:120]}"
+        what = f"{exc.code}: {message_of(exc)[:120]}"
         if exc.code in NO_VALIDATORS_CODES:
             return True, (f"The server has no validators ({what}): contract schema {name} was "
                           "checked by cdc-migrator on every document, but new writes are NOT "

@@ -33,6 +33,7 @@ from ..base.metrics import (
     REGISTRY,
     TAILER_DELAY,
 )
+from ..base.retry import first_line
 from ..base.settings import Settings
 from ..base.state import StateStore
 from ..errors import UsageError
@@ -120,7 +121,7 @@ class Health:
             self._export_stopped(stopped)
             return problems
         except Exception as exc:  # any failure means: not ready, with its reason
-            return [f"MongoDB: {_first_line(exc)}"]
+            return [f"MongoDB: {first_line(exc)}"]
 
     def _export_stopped(self, stopped: set[tuple[str, ...]]) -> None:
         for labels in self._stopped_labels - stopped:
@@ -141,12 +142,7 @@ class Health:
             return []
         except Exception as exc:  # any failure means: not ready, with its reason
             refused = refusals.explain(exc)
-            return [f"Kafka: {refused}" if refused else f"Kafka: {_first_line(exc)}"]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return logs.mask(f"{type(exc).__name__}: {text}")[:300]
+            return [f"Kafka: {refused}" if refused else f"Kafka: {first_line(exc)}"]
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pymongo.errors import OperationFailure
 
+from ..base.retry import message_of
 from ..base.settings import Settings
 from ..base.state import MigrationState, Phase
 from ..errors import Refused
@@ -54,6 +55,6 @@ def put_back_expand_schema(settings: Settings, migration: Migration) -> str | No
         if exc.code in NO_VALIDATORS_CODES:
             return "the server has no validators: no contract validator to take back"
         raise Refused(f"cannot revert {migration.name}: the server refused to put back the "
-                      f"expand schema (collMod {exc.code}: {str(exc).splitlines()[0][:120]}); "
+                      f"expand schema (collMod {exc.code}: {message_of(exc)[:120]}); "
                       "nothing else changed") from None
     return what

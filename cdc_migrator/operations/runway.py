@@ -17,6 +17,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from ..base.progress import format_duration
+from ..base.retry import message_of
 from ..base.state import HEARTBEAT_STALE_AFTER
 
 #: Warn once the tailer's resume point has aged through this share of the history window.
@@ -42,8 +43,7 @@ def history_window(client: MongoClient) -> tuple[HistoryWindow | None, str | Non
         ends = [next(iter(oplog.find({}, {"ts": 1}, sort=[("$natural", order)], limit=1)), None)
                 for order in (1, -1)]
     except PyMongoError as exc:
-        reason = str(exc).splitlines()[0].split(", full error")[0][:160]
-        return None, f"local.oplog.rs unreadable: {reason}"
+        return None, f"local.oplog.rs unreadable: {message_of(exc)[:160]}"
     first, last = ends
     if first is None or last is None or not hasattr(first.get("ts"), "time"):
         return None, "local.oplog.rs is empty or absent (not a replica set member?)"

@@ -46,7 +46,7 @@ def migration_status(settings: Settings, migration: Migration | None,
         "events": {"own": state.counts.produced - state.counts.dependency,
                    "dependency": state.counts.dependency},
         "last_error": _masked(state.last_error),
-        "failure": state.failure,
+        "failure": _readable(state.failure),
         # The pieces that stopped on an error (until they run again), and why.
         "stopped": {component: _masked(record) for component, record in state.stopped.items()},
         # Pieces running but making no progress where there is work (the consumer watchdog).
@@ -75,7 +75,7 @@ def migration_status(settings: Settings, migration: Migration | None,
             if tail.heartbeat else None,
             "last_event_age_seconds": round(time.time() - position, 1) if position else None,
             "recoveries": tail.recoveries,
-            "last_recovery": tail.last_recovery,
+            "last_recovery": _readable(tail.last_recovery),
         }
         if state.phase is not Phase.CUT_OVER:
             status["history"] = _history(settings, tail, status.get("backfill"))
@@ -106,6 +106,14 @@ def _masked(record: dict[str, Any] | None) -> dict[str, Any] | None:
     if not record:
         return record
     return {**record, "error": logs.mask(str(record.get("error") or ""))}
+
+
+def _readable(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A record whose reason is text: a reason an older version stored with the driver's raw
+    reply after it (", full error: RawBSONDocument(b'...')") is shown without it."""
+    if not record or not isinstance(record.get("reason"), str):
+        return record
+    return {**record, "reason": logs.mask(record["reason"].split(", full error:")[0])}
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
