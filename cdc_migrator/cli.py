@@ -102,13 +102,15 @@ def _command_option(flag: str, spec: Setting, help_text: str, *, default: Any = 
     """The option of a single command, checked by its spec in ``OPTIONS`` (one line naming
     the flag and what is allowed); ``source`` "throttle" for ``throttle --rate``."""
 
+    name = flag.removeprefix("--").replace("-", "_")  # the command's parameter
+
     def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        if value is None or ctx.get_parameter_source(spec.name) is \
+        if value is None or ctx.get_parameter_source(name) is \
                 click.core.ParameterSource.DEFAULT:
             return value
         return spec.check(value, Source(source, flag))  # type: ignore[arg-type]
 
-    return click.option(flag, spec.name, type=click.UNPROCESSED, default=default,
+    return click.option(flag, name, type=click.UNPROCESSED, default=default,
                         callback=check, show_default=default is not None,
                         metavar=spec.metavar, help=f"{help_text} [{spec.allowed()}]")
 

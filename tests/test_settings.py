@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import inspect
 import io
 import json
 import math
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import click
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -216,3 +218,24 @@ def test_config_show_writes_a_file_that_reads_back_to_the_same_values(tmp_path):
 
     assert shown.returncode == 0, shown.stderr
     assert again.defaults["group_prefix"] == "g" and again.kafka["client_id"] == odd
+
+
+def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    found = []
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += _commands(command, f"{prefix}{name} ")
+        else:
+            found.append((prefix + name, command))
+    return found
+
+
+@pytest.mark.parametrize(("name", "command"), _commands(cli.cli), ids=lambda c: str(c))
+def test_every_option_of_a_command_reaches_its_function_by_its_name(name, command):
+    """The options declared from the tables hand their value to a parameter of that name:
+    each option not a setting (those go into the Settings) is a parameter of the command."""
+    taken = set(inspect.signature(command.callback).parameters)
+    for param in command.params:
+        if param.name in TABLE or param.name in ("config", "verbose"):
+            continue
+        assert param.name in taken or param.name == "quiet", (name, param.name)
