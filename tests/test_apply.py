@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import random
 import warnings
 
 import bson
 import hypothesis
+import pytest
 from hypothesis import strategies as st
 
 from cdc_migrator import api, migration
@@ -20,7 +22,7 @@ from cdc_migrator.base.context import make_context
 from cdc_migrator.base.patch import Outcome, guard_filter
 from cdc_migrator.migration import _defined
 
-from .harness import MONGO_BASE, UsersWriter
+from .harness import MONGO_BASE, UsersWriter, run_cli
 
 ROLE_FROM_TIER = """
 from cdc_migrator import migration
@@ -168,3 +170,60 @@ def test_a_statement_of_large_strings_is_measured_exactly_and_refused_over_the_l
     assert _too_large(fits) is None
     copied = Outcome("update", 1, guard=guard_filter(doc, {"text", "copy"}), set={"copy": big})
     assert "larger than MongoDB accepts" in _too_large(copied)
+
+
+# A write error the driver cannot read: one document's failure is that document's dead letter.
+
+CODELESS = "write refused (no code): write error without a code, by the failCommand fail point"
+
+
+@pytest.fixture
+def codeless_write_error(mongo_client):
+    """Make the local server answer every update statement on one ``_id`` with a write error
+    that has no code (FailCommand's test device, docs/testing.md). pymongo's bulk API then
+    raises ``KeyError: 'code'``."""
+    def on(doc_id: object) -> None:
+        mongo_client.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn",
+                                    "data": {"failCommands": ["update"],
+                                             "codelessWriteErrorFor": doc_id}})
+    yield on
+    mongo_client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+
+
+def dead_letters(settings) -> list[dict]:
+    listed = run_cli("dlq", "list", "add_default_role", "--json", settings=settings)
+    assert listed.returncode == 0, listed.stderr
+    return [json.loads(line) for line in listed.stdout.splitlines()]
+
+
+def test_a_write_error_the_driver_cannot_read_is_that_documents_dead_letter(
+        db, settings, codeless_write_error):
+    db.users.insert_many([{"_id": i, "name": f"u{i}"} for i in range(300)])
+    codeless_write_error(137)
+
+    ran = run_cli("run", "add_default_role", "--timeout", "120", "-q", settings=settings)
+    letters = dead_letters(settings)
+    again = run_cli("dlq", "retry", "add_default_role", settings=settings)
+
+    assert ran.returncode == 1 and "1 failed documents unresolved" in ran.stderr, ran.stderr
+    assert "Traceback" not in ran.stderr + again.stderr
+    assert db.users.count_documents({"role": "user"}) == 299
+    assert [(letter["id"], letter["error"]) for letter in letters] == [("137", CODELESS)]
+    assert again.returncode == 1 and f"failed again 137: {CODELESS}" in again.stderr
+    db.client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+    retried = run_cli("dlq", "retry", "add_default_role", settings=settings)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert db.users.count_documents({"role": "user"}) == 300
+
+
+def test_apply_writes_the_rest_of_a_batch_whose_bulk_write_the_driver_cannot_read(
+        db, settings, codeless_write_error):
+    db.users.insert_many([{"_id": i, "name": f"u{i}"} for i in range(250)])
+    codeless_write_error(7)
+
+    applied = run_cli("apply", "add_default_role", "-q", settings=settings)
+
+    assert applied.returncode == 1, applied.stdout + applied.stderr
+    assert f"failed 7: {CODELESS}" in applied.stderr and "Traceback" not in applied.stderr
+    assert db.users.count_documents({"role": "user"}) == 249
+    assert db.users.find_one({"_id": 7}) == {"_id": 7, "name": "u7"}

@@ -121,7 +121,10 @@ public class LocalMongo {
                 return failCommand.configure(query);
             }
             if (!command.equalsIgnoreCase("hello") && !command.equalsIgnoreCase("isMaster")) {
-                failCommand.check(command);
+                Document answered = failCommand.check(command, query);
+                if (answered != null) {
+                    return answered;
+                }
             }
             if (ServerParameters.handles(command)) {
                 return parameters.handle(database, command, query);
