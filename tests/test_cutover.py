@@ -232,3 +232,39 @@ def test_next_run_cuts_over_each_migration_before_starting_the_next(db, settings
     assert states["add_tier"]["phase"] == states["add_region"]["phase"] == Phase.CUT_OVER
     assert states["add_tier"]["completed_at"] <= states["add_region"]["created_at"]
     assert db.accounts.count_documents({"tier": "free", "region": "eu"}) == 300
+
+
+def holding_partitions(settings, name: str) -> list[topics.GroupMember]:
+    return [m for m in topics.group_description(settings, settings.group(name),
+                                                settings.topic("accounts")) if m.partitions]
+
+
+def test_status_says_a_killed_consumer_holds_its_partitions_until_its_session_times_out(
+        db, settings, transforms):
+    """A consumer killed without --instance-id stays a member of the group until its session
+    times out (30 s): its partitions are consumed by nobody meanwhile, and the next cutover
+    waited 73 s. `status` says why while it lasts."""
+    seed(db, 20)
+    arm(settings, get_migration(settings.transforms, "add_tier"))
+    survivor = CliProcess(settings, "consume", "add_tier")
+    killed = CliProcess(settings, "consume", "add_tier")
+    try:
+        wait_for(lambda: len(StateStore(db).get("add_tier").consumers) == 2,
+                 what="both consumers reporting themselves alive")
+        wait_for(lambda: len(holding_partitions(settings, "add_tier")) == 2,
+                 what="both members holding partitions")
+        killed.kill()
+
+        silent = wait_for(lambda: json.loads(run_cli(
+            "status", "add_tier", "--json", settings=settings).stdout)["group"]["silent"],
+            timeout=25, what="the killed member shown silent")
+        text = run_cli("status", "add_tier", settings=settings).stdout
+    finally:
+        survivor.stop()
+    (member,) = silent
+    assert member["instance_id"] is None and member["session_timeout_seconds"] == 30
+    assert member["partitions"] and member["silent_seconds"] >= 10
+    assert f"consumer {member['member_id']} on 127.0.0.1 silent for" in text, text
+    assert "still in the group, holding p" in text and "killed without --instance-id" in text
+    assert "when its session times out (30 s after its last heartbeat)" in text
+    assert "Until then they are not consumed, and cutover waits." in text

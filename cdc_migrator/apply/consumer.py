@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import pymongo
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.errors import (
     CommitFailedError,
@@ -40,7 +41,14 @@ from ..base.context import make_context
 from ..base.identity import id_key
 from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line
 from ..base.settings import Settings
-from ..base.state import StateStore, failure_record, last_word, stop_record
+from ..base.state import (
+    CONSUMER_FORGOTTEN_AFTER,
+    CONSUMER_HEARTBEAT_INTERVAL,
+    StateStore,
+    failure_record,
+    last_word,
+    stop_record,
+)
 from ..base.threads import run_until_stopped
 from ..base.throttle import Bounds, Throttle, worker_name
 from ..errors import CdcMigratorError, EventsLost
@@ -74,7 +82,7 @@ class TransformConsumer:
     #: events behind): it is recreated.
     STALL_AFTER = 60.0
     WATCH_INTERVAL = 5.0  # how often the watching thread looks
-    SESSION_TIMEOUT_MS = 30_000
+    SESSION_TIMEOUT_MS = topics.CONSUMER_SESSION_TIMEOUT_MS
 
     def __init__(self, settings: Settings, migration: Migration, *, max_records: int = 2000,
                  on_batch: Callable[[ConsumeStats], None] | None = None) -> None:
@@ -102,6 +110,9 @@ class TransformConsumer:
         self._assigned: frozenset[TopicPartition] = frozenset()  # as of its last poll()
         self._empty_since: float | None = None  # since when its polls have returned nothing
         self._last_poll = 0.0  # when its last poll returned
+        self._member_id: str | None = None  # in the group, as of the worker's last poll
+        self._reported = 0.0  # when this consumer last reported itself alive
+        self._forgotten = False  # whether it removed the reports of members long gone
         self.retry = Retrier(settings, log, self.stopping)
         self._write_retry = Retrier(settings, log, self.stopping)  # the writer thread's
         self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"consume-{migration.name}-write")
@@ -162,7 +173,8 @@ class TransformConsumer:
             self._empty_since = None
             worker.start()
             while worker.is_alive() and not self._stalled():
-                worker.join(timeout=self.WATCH_INTERVAL)
+                worker.join(timeout=CONSUMER_HEARTBEAT_INTERVAL)
+                self._report_alive()
             if failed:
                 raise failed[0]
             if not worker.is_alive():
@@ -172,6 +184,27 @@ class TransformConsumer:
             # heartbeats stop (session timeout) or it leaves.
             stuck, self._consumer = self._consumer, None
             threading.Thread(target=_close_quietly, args=(stuck,), daemon=True).start()
+
+    def _report_alive(self) -> None:
+        """Tell the state this member is alive, every CONSUMER_HEARTBEAT_INTERVAL: a member
+        still in the group that stopped telling it (killed without ``--instance-id``) holds its
+        partitions until its session times out, and ``status`` says so while cutover waits.
+        Best effort, within a second: the watch goes on whatever MongoDB does."""
+        member, now = self._member_id, time.monotonic()
+        if member is None or now - self._reported < CONSUMER_HEARTBEAT_INTERVAL:
+            return
+        self._reported = now
+        try:
+            with pymongo.timeout(1.0):
+                gone: list[str] = []
+                if not self._forgotten:
+                    state = self.store.get(self.migration.name)
+                    gone = [m for m, at in (state.consumers if state else {}).items()
+                            if time.time() - at > CONSUMER_FORGOTTEN_AFTER]
+                self.store.consumer_alive(self.migration.name, member, forget=gone)
+                self._forgotten = True
+        except Exception as exc:  # noqa: BLE001 - a sign of life is no reason to stop
+            log.debug("could not report this consumer alive: %s", exc)
 
     def _stalled(self) -> bool:
         """True when the worker has waited on one Kafka call for :attr:`STALL_AFTER` seconds
@@ -464,6 +497,8 @@ class TransformConsumer:
                 polled = consumer.poll(timeout_ms=timeout_ms,
                                        max_records=self.throttle.chunk(self.max_records))
             self._assigned = frozenset(consumer.assignment())
+            membership = getattr(consumer, "group_metadata", None)  # kafka-python 3
+            self._member_id = (membership().member_id or None) if membership else None
             self._last_poll = time.monotonic()
             if polled:
                 self._empty_since = None

@@ -18,6 +18,7 @@ The stored layout (``schema_version`` 2)::
     tail {armed_at, resume_token, heartbeat, last_event_time, position_time, stopped_at,
           recoveries, last_recovery {reason, at, armed_at, backfill}},
     fences {FENCE_ID: {partitions: {P: true}}}, dlq_pending, dlq_offset,
+    consumers {MEMBER: {member_id, at}} (each group member's last sign of life),
     throttle {rate, set_at, auto {bound, value, limit, unit, by, at, until},
               members {MEMBER: {at, weight}}}
 
@@ -62,6 +63,13 @@ MAX_ERRORS_KEPT = 50
 HEARTBEAT_INTERVAL = 10.0
 #: `status` counts a tailer as running while its heartbeat is younger than this.
 HEARTBEAT_STALE_AFTER = 3 * HEARTBEAT_INTERVAL
+#: A consumer reports itself alive (its group member id) this often.
+CONSUMER_HEARTBEAT_INTERVAL = 2.0
+#: A group member whose consumer has not reported for this long is silent: killed, most
+#: likely, though the broker keeps it in the group until its session times out.
+CONSUMER_SILENT_AFTER = 5 * CONSUMER_HEARTBEAT_INTERVAL
+#: Reports older than this are forgotten (a consumer that started clears them).
+CONSUMER_FORGOTTEN_AFTER = 600.0
 
 
 class Phase(StrEnum):
@@ -210,6 +218,8 @@ class MigrationState:
     dlq_pending: int = 0
     dlq_offset: int = 0
     throttle: ThrottleState = field(default_factory=ThrottleState)
+    #: The Kafka member id of each consumer that reported itself, and when (time.time()).
+    consumers: dict[str, float] = field(default_factory=dict)
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
@@ -275,6 +285,9 @@ class MigrationState:
                 auto=throttle.get("auto"),
                 members={m: (float(v.get("at", 0)), float(v.get("weight", 0)))
                          for m, v in (throttle.get("members") or {}).items()}),
+            consumers={str(v.get("member_id")): float(v.get("at") or 0)
+                       for v in (doc.get("consumers") or {}).values()
+                       if isinstance(v, Mapping) and v.get("member_id")},
             created_at=doc.get("created_at"),
             updated_at=doc.get("updated_at"),
             completed_at=doc.get("completed_at"),
@@ -468,6 +481,19 @@ class StateStore:
         update: dict[str, Any] = {"$set": {f"throttle.members.{member}": {
             "at": time.time(), "weight": weight}}}
         gone = {f"throttle.members.{m}": "" for m in forget}
+        if gone:
+            update["$unset"] = gone
+        self.collection.update_one({"_id": name}, update)
+
+    def consumer_alive(self, name: str, member_id: str, *, forget: Iterable[str] = ()) -> None:
+        """A consumer's sign of life, under its group member id (``status`` tells a member
+        that stopped reporting, yet is still in the group, from one at work); the members
+        in ``forget`` (reported too long ago) are removed."""
+        key = member_id.replace(".", "_").replace("$", "_")  # a field name
+        update: dict[str, Any] = {"$set": {f"consumers.{key}": {"member_id": member_id,
+                                                                  "at": time.time()}}}
+        gone = {f"consumers.{m.replace('.', '_').replace('$', '_')}": "" for m in forget
+                if m != member_id}
         if gone:
             update["$unset"] = gone
         self.collection.update_one({"_id": name}, update)

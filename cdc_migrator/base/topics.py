@@ -39,6 +39,9 @@ MAX_RECORD_BYTES = 17 << 20
 #: size retention, no compaction), and a record of MAX_RECORD_BYTES fits.
 TOPIC_CONFIGS = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete",
                  "max.message.bytes": str(MAX_RECORD_BYTES)}
+#: How long the broker keeps a consumer in its group after its last heartbeat: a consumer
+#: killed without static membership (``--instance-id``) holds its partitions that long.
+CONSUMER_SESSION_TIMEOUT_MS = 30_000
 _warned: set[tuple[str, str]] = set()  # (topic, what): warnings given once per process
 _warned_lock = threading.Lock()
 
@@ -155,6 +158,36 @@ def group_members(settings: Settings, group: str) -> int:
         return len(described.get("members") or [])
     finally:
         client.close()
+
+
+@dataclass
+class GroupMember:
+    """One member of a consumer group, as the broker describes it."""
+
+    member_id: str
+    client_id: str
+    host: str
+    instance_id: str | None  # static membership (--instance-id)
+    partitions: list[int]  # of the topic asked about, assigned to it
+
+
+def group_description(settings: Settings, group: str, topic: str) -> list[GroupMember]:
+    """The members of ``group`` now, with the partitions of ``topic`` each holds."""
+    client = admin(settings)
+    try:
+        described = client.describe_groups([group]).get(group) or {}
+    finally:
+        client.close()
+    found = []
+    for member in described.get("members") or []:
+        assignment = member.get("member_assignment") or {}
+        partitions = sorted(p for assigned in assignment.get("assigned_partitions") or []
+                            if assigned.get("topic") == topic
+                            for p in assigned.get("partitions") or [])
+        found.append(GroupMember(str(member.get("member_id")), str(member.get("client_id")),
+                                 str(member.get("client_host")).lstrip("/"),
+                                 member.get("group_instance_id"), partitions))
+    return found
 
 
 def delete_topics(settings: Settings, topics: list[str]) -> None:

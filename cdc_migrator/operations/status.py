@@ -10,7 +10,7 @@ from typing import Any
 from ..base import logs, topics
 from ..base.progress import format_duration
 from ..base.settings import Settings
-from ..base.state import MigrationState, Phase, StateStore, TailState
+from ..base.state import CONSUMER_SILENT_AFTER, MigrationState, Phase, StateStore, TailState
 from ..migration import Migration
 from . import runway, sharing
 
@@ -85,7 +85,27 @@ def migration_status(settings: Settings, migration: Migration | None,
         status["lag"] = lag.as_dict()
         if ready_for_cutover(state, lag.total):
             status["phase"] = Phase.READY.label
+        status["group"] = _group(settings, migration, state)
     return status
+
+
+def _group(settings: Settings, migration: Migration, state: MigrationState) -> dict[str, Any]:
+    """The consumer group's members, and those silent: a consumer that reported itself alive
+    (``consumers`` of the state) and stopped, yet is still a member. Killed without
+    ``--instance-id``, it keeps its partitions until its session times out: nothing consumes
+    them meanwhile, and cutover waits for them."""
+    members = topics.group_description(settings, settings.group(migration.name),
+                                       settings.topic(migration.collection))
+    silent = []
+    for member in members:
+        at = state.consumers.get(member.member_id)
+        if at is not None and time.time() - at >= CONSUMER_SILENT_AFTER:
+            silent.append({"member_id": member.member_id, "host": member.host,
+                           "instance_id": member.instance_id,
+                           "partitions": member.partitions,
+                           "silent_seconds": round(time.time() - at, 1),
+                           "session_timeout_seconds": topics.CONSUMER_SESSION_TIMEOUT_MS / 1000})
+    return {"members": len(members), "silent": silent}
 
 
 def _history(settings: Settings, tail: TailState,
@@ -106,6 +126,21 @@ def _masked(record: dict[str, Any] | None) -> dict[str, Any] | None:
     if not record:
         return record
     return {**record, "error": logs.mask(str(record.get("error") or ""))}
+
+
+def _silent_lines(group: dict[str, Any] | None) -> list[str]:
+    """Why the group's partitions of silent members wait (and cutover with them)."""
+    lines = []
+    for m in (group or {}).get("silent", []):
+        held = ", ".join(f"p{p}" for p in m["partitions"]) or "no partition now"
+        how = (f"restart it as --instance-id {m['instance_id']} to take them back at once"
+               if m["instance_id"] else "a consumer killed without --instance-id")
+        lines.append(
+            f"  consumer {m['member_id']} on {m['host']} silent for {m['silent_seconds']:.0f}s "
+            f"but still in the group, holding {held}: {how}; the broker gives its partitions "
+            f"to the others when its session times out ({m['session_timeout_seconds']:g} s "
+            "after its last heartbeat). Until then they are not consumed, and cutover waits.")
+    return lines
 
 
 def _readable(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -151,6 +186,7 @@ def render(status: dict[str, Any]) -> str:
     if lag is not None:
         parts = ", ".join(f"p{p}={v['lag']}" for p, v in lag["partitions"].items())
         lines.append(f"  lag: {lag['total']:,} events" + (f" ({parts})" if parts else ""))
+    lines += _silent_lines(status.get("group"))
     t = status.get("tail")
     if t:
         age = t.get("seconds_since_heartbeat")
