@@ -44,6 +44,7 @@ from .operations.census import census as _census
 from .operations.cutover import CutoverReport, load_schema
 from .operations.cutover import cutover as _cutover
 from .operations.reversible import ReversibleReport, reverse_of, verify_reversible
+from .operations.revert import put_back_expand_schema
 from .operations.scaffold import init_migration
 from .operations.schema import validator_for
 from .operations.status import all_status
@@ -208,16 +209,24 @@ def cancel(settings: Settings, name: str) -> None:
     store.cancel(name)
 
 
-def reset(settings: Settings, name: str) -> None:
-    """Forget a migration's state, topic position and group offsets: it starts over."""
+def reset(settings: Settings, name: str) -> str | None:
+    """Forget a migration's state, topic position and group offsets: it starts over. After a
+    revert that installed the old shape's schema as the validator, the expand schema is put
+    back first (the migration writes the new shape again); a note says so."""
     migration = load(settings, name)
     store = _store(settings)
+    state = store.get(name)
+    old_shape = (state.old_shape if state is not None and state.reverted else None) or {}
+    note = None
+    if old_shape.get("schema") and old_shape.get("enforced") is not False:
+        note = put_back_expand_schema(settings, migration, old_shape["schema"], doing="reset")
     store.delete(name)
     forget_references(settings.db, name)
     topics.delete_group(settings, settings.group(name))
     if migration.inverse is not None:  # and its reverse run, so a later revert starts anew
         store.delete(naming.revert(name))
         topics.delete_group(settings, settings.group(naming.revert(name)))
+    return note
 
 
 def next_migration(settings: Settings, collection: str) -> Migration | None:

@@ -494,6 +494,8 @@ def revert(settings: Settings, name: str, batch_size: int | None, rate: float | 
     NAME-revert through the same path as `run --cutover`, in this process: capture armed
     first, backfill, guarded consume, fenced cutover. Exit 0 once NAME-revert is cut over;
     `status` then shows NAME as reverted. The application must read both shapes meanwhile.
+    Where NAME names an old_schema, the last step installs it as the validator (the server then
+    refuses new-shape writes); otherwise it says that nothing enforces the old shape.
     Refuses (exit 1, nothing changed) when NAME has no inverse or was never cut over.
     """
     stop = _stop_on_signals()
@@ -591,7 +593,9 @@ def reset(settings: Settings, name: str, yes: bool) -> None:
     """Forget NAME's state and consumer offsets, so it starts over (documents are untouched)."""
     if not yes and sys.stdin.isatty():
         click.confirm(f"Forget all progress of {name}?", abort=True)
-    api.reset(settings, name)
+    note = api.reset(settings, name)
+    if note:
+        click.echo(f"{name}: {note}")
     click.echo(f"{name}: reset; it will start from the beginning")
 
 

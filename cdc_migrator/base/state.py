@@ -15,6 +15,7 @@ The stored layout (``schema_version`` 2)::
     stopped {consumer|tailer: stop record}, stalled {consumer: stop record},
     apply {started, done, cursor}, backfill {total, scanned, done, cursor, started_at},
     reverted_at (after ``revert``: phase ``reverting``, then ``reverted``),
+    old_shape {schema, enforced} (what enforces the old shape after ``revert``),
     tail {armed_at, resume_token, heartbeat, last_event_time, position_time, stopped_at,
           recoveries, last_recovery {reason, at, armed_at, backfill}},
     fences {FENCE_ID: {partitions: {P: true}}}, dlq_pending, dlq_offset,
@@ -224,6 +225,9 @@ class MigrationState:
     updated_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
     reverted_at: dt.datetime | None = None
+    #: After ``revert``: the old shape's schema (``old_schema``, or None) and whether the
+    #: server enforces it (its validator installed), as the reverse's cutover left it.
+    old_shape: dict[str, Any] | None = None
 
     @property
     def reverted(self) -> bool:
@@ -292,6 +296,7 @@ class MigrationState:
             updated_at=doc.get("updated_at"),
             completed_at=doc.get("completed_at"),
             reverted_at=doc.get("reverted_at"),
+            old_shape=doc.get("old_shape"),
         )
 
 
@@ -571,9 +576,10 @@ class StateStore:
         """``revert`` started taking a cut-over migration back."""
         self._set(name, phase=Phase.REVERTING)
 
-    def mark_reverted(self, name: str) -> None:
-        """The reverse run of ``name`` was cut over: every document is in the old shape."""
-        self._set(name, phase=Phase.REVERTED, reverted_at=now())
+    def mark_reverted(self, name: str, old_shape: dict[str, Any]) -> None:
+        """The reverse run of ``name`` was cut over: every document is in the old shape;
+        ``old_shape`` says what enforces it from now on (``{schema, enforced}``)."""
+        self._set(name, phase=Phase.REVERTED, reverted_at=now(), old_shape=old_shape)
 
     def forget_fence(self, name: str, fence: str) -> None:
         self.collection.update_one({"_id": name}, {"$unset": {f"fences.{fence}": ""}})

@@ -39,6 +39,9 @@ class CutoverReport:
     notes: list[str] = field(default_factory=list)
     verify: VerifyReport | None = None
     dry_run: bool = False
+    #: Whether the server now enforces the contract schema: True, its validator installed;
+    #: False, the server has no validators (verify checked every document); None, no schema.
+    enforced: bool | None = None
 
     def summary(self) -> str:
         if self.ok and self.dry_run:
@@ -155,9 +158,10 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
         return report
     if contract is not None:
         applied, text = _apply_contract(settings, migration, contract, dry_run)
-        if not applied:
+        if applied is None:
             report.reasons.append(text)
             return report
+        report.enforced = applied
         report.notes.append(text)
     report.ok = True
     if dry_run:
@@ -212,8 +216,9 @@ def _wait_fence_and_lag(settings: Settings, migration: Migration, store: StateSt
 
 
 def _apply_contract(settings: Settings, migration: Migration, schema: dict[str, Any],
-                    dry_run: bool) -> tuple[bool, str]:
-    """Apply the contract schema with collMod: (True, a note), or (False, the refusal).
+                    dry_run: bool) -> tuple[bool | None, str]:
+    """Apply the contract schema with collMod: (True, a note), (False, a note) when the
+    server has no validators, or (None, the refusal).
 
     A server without the command (no validators) is not a refusal: every document was checked
     against the schema by verify, and the note says new writes are not enforced.
@@ -228,10 +233,10 @@ def _apply_contract(settings: Settings, migration: Migration, schema: dict[str, 
     except OperationFailure as exc:
         what = f"{exc.code}: {message_of(exc)[:120]}"
         if exc.code in NO_VALIDATORS_CODES:
-            return True, (f"The server has no validators ({what}): contract schema {name} was "
-                          "checked by cdc-migrator on every document, but new writes are NOT "
-                          "enforced by the server.")
-        return False, (f"the server refused the contract schema {name} as a validator "
+            return False, (f"The server has no validators ({what}): contract schema {name} "
+                           "was checked by cdc-migrator on every document, but new writes are "
+                           "NOT enforced by the server.")
+        return None, (f"the server refused the contract schema {name} as a validator "
                        f"(collMod {what}); nothing was recorded: fix the privileges (collMod "
                        "needs the collMod action, e.g. the dbAdmin role) or the schema, then "
                        "run cutover again")

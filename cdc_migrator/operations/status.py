@@ -13,6 +13,7 @@ from ..base.settings import Settings
 from ..base.state import CONSUMER_SILENT_AFTER, MigrationState, Phase, StateStore, TailState
 from ..migration import Migration
 from . import runway, sharing
+from .revert import old_shape_note
 
 
 def _timestamp_seconds(ts: Any) -> float | None:
@@ -54,6 +55,10 @@ def migration_status(settings: Settings, migration: Migration | None,
         "completed_at": state.completed_at,
         "reverted_at": state.reverted_at,
     }
+    if state.phase is Phase.REVERTED:
+        # A revert recorded before it said (an older version's) installed no validator.
+        old_shape = state.old_shape or {"schema": None, "enforced": False}
+        status["old_shape"] = {**old_shape, "note": old_shape_note(old_shape)}
     if backfill is not None:
         started = backfill.started_at or state.created_at
         eta = None
@@ -224,4 +229,6 @@ def render(status: dict[str, Any]) -> str:
     if status.get("reverted_at"):
         lines.append(f"  reverted at {status['reverted_at']} (its reverse run: "
                      f"{status['migration']}-revert)")
+    if status.get("old_shape"):
+        lines.append(f"  old shape: {status['old_shape']['note']}")
     return "\n".join(lines)
