@@ -198,8 +198,11 @@ def dead_letters(settings) -> list[dict]:
 
 def test_a_write_error_the_driver_cannot_read_is_that_documents_dead_letter(
         db, settings, codeless_write_error):
-    db.users.insert_many([{"_id": i, "name": f"u{i}"} for i in range(300)])
-    codeless_write_error(137)
+    failing = f"codeless-{db.name}"  # an _id no other test run on the server writes
+    db.users.insert_many([{"_id": i, "name": f"u{i}"} for i in range(150)]
+                         + [{"_id": failing, "name": "fails"}]
+                         + [{"_id": i, "name": f"u{i}"} for i in range(150, 299)])
+    codeless_write_error(failing)
 
     ran = run_cli("run", "add_default_role", "--timeout", "120", "-q", settings=settings)
     letters = dead_letters(settings)
@@ -208,8 +211,8 @@ def test_a_write_error_the_driver_cannot_read_is_that_documents_dead_letter(
     assert ran.returncode == 1 and "1 failed documents unresolved" in ran.stderr, ran.stderr
     assert "Traceback" not in ran.stderr + again.stderr
     assert db.users.count_documents({"role": "user"}) == 299
-    assert [(letter["id"], letter["error"]) for letter in letters] == [("137", CODELESS)]
-    assert again.returncode == 1 and f"failed again 137: {CODELESS}" in again.stderr
+    assert [(letter["id"], letter["error"]) for letter in letters] == [(repr(failing), CODELESS)]
+    assert again.returncode == 1 and f"failed again {failing!r}: {CODELESS}" in again.stderr
     db.client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
     retried = run_cli("dlq", "retry", "add_default_role", settings=settings)
     assert retried.returncode == 0, retried.stdout + retried.stderr
@@ -218,12 +221,15 @@ def test_a_write_error_the_driver_cannot_read_is_that_documents_dead_letter(
 
 def test_apply_writes_the_rest_of_a_batch_whose_bulk_write_the_driver_cannot_read(
         db, settings, codeless_write_error):
-    db.users.insert_many([{"_id": i, "name": f"u{i}"} for i in range(250)])
-    codeless_write_error(7)
+    failing = f"codeless-{db.name}"
+    db.users.insert_many([{"_id": i, "name": f"u{i}"} for i in range(249)]
+                         + [{"_id": failing, "name": "fails"}])
+    codeless_write_error(failing)
 
     applied = run_cli("apply", "add_default_role", "-q", settings=settings)
 
     assert applied.returncode == 1, applied.stdout + applied.stderr
-    assert f"failed 7: {CODELESS}" in applied.stderr and "Traceback" not in applied.stderr
+    assert f"failed {failing!r}: {CODELESS}" in applied.stderr, applied.stderr
+    assert "Traceback" not in applied.stderr
     assert db.users.count_documents({"role": "user"}) == 249
-    assert db.users.find_one({"_id": 7}) == {"_id": 7, "name": "u7"}
+    assert db.users.find_one({"_id": failing}) == {"_id": failing, "name": "fails"}
