@@ -51,8 +51,8 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 def _option(spec: Setting) -> Callable[[_Command], _Command]:
     """The click option of one setting of the table. Click passes the value on as given; the
-    table checks it (:func:`_checked_settings`), so that a refusal is one line naming where the
-    value came from."""
+    table checks it (``Settings.from_values`` with the sources of :func:`_sourced`), so that a
+    refusal is one line naming where the value came from."""
     shown = f" [{spec.allowed()}]" if spec.choices or spec.kind in (int, float) else ""
     help_text = spec.help + shown + (f" [env: {spec.env_name}]" if spec.env_name else "")
     metavar = "[" + "|".join(spec.choices) + "]" if spec.choices else spec.metavar
@@ -101,7 +101,6 @@ def _command_option(flag: str, spec: Setting, help_text: str, *, default: Any = 
                     source: str = "flag") -> Callable[[_Command], _Command]:
     """The option of a single command, checked by its spec in ``OPTIONS`` (one line naming
     the flag and what is allowed); ``source`` "throttle" for ``throttle --rate``."""
-
     name = flag.removeprefix("--").replace("-", "_")  # the command's parameter
 
     def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:

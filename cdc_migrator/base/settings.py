@@ -324,10 +324,10 @@ def _path(value: str, how: str, kind: type) -> Any:
     if not value:
         raise _NotAllowed
     try:  # a NUL, or a name longer than the system takes, fails every use of the path
-        found = Path(value).is_file() if how == "existing" else Path(value).exists() or True
+        is_file = Path(value).is_file()
     except (OSError, ValueError):
         raise _NotAllowed from None
-    if not found:
+    if how == "existing" and not is_file:
         raise _NotAllowed
     return Path(value) if kind is Path else value
 
