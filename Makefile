@@ -6,7 +6,7 @@ SERVICES := PYTHON=$(abspath $(BIN))/python scripts/services.sh
 export MONGODB_URI ?= mongodb://127.0.0.1:27017/app?directConnection=true
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 
-.PHONY: venv services-up services-down test unit demo bench lint check clean
+.PHONY: venv services-up services-down tools test unit demo bench lint check clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,8 +22,14 @@ services-up: venv
 services-down:
 	$(SERVICES) down
 
-# pytest's status is the target's status; the services come down whatever it was.
-test: venv
+# prometheus, promtool, helm and actionlint, built from the Go module proxy at the versions
+# pinned in scripts/tools.sh into .services/bin; minutes the first time, nothing after.
+tools:
+	scripts/tools.sh build
+
+# pytest's status is the target's status; the services come down whatever it was. The tools
+# are built first, so no test waits for a build.
+test: venv tools
 	$(SERVICES) up
 	status=0; $(BIN)/pytest -q $(PYTEST_ARGS) || status=$$?; $(SERVICES) down; exit $$status
 

@@ -5,6 +5,10 @@ The command line is a thin layer over these (as Alembic's ``command.py`` is); sc
 call them directly. Settings (where the services are, how things are named, TLS, ...) come from
 the :class:`~cdc_migrator.base.settings.Settings`; what a single command does differently
 comes as keyword arguments.
+
+A command's function has the command's help as its docstring: ``cdc-migrator CMD --help``
+prints it, up to a last paragraph that starts with "In Python:" (the keyword arguments, where
+the work is done).
 """
 
 from __future__ import annotations
@@ -27,16 +31,19 @@ from .apply.replay import RetryReport
 from .apply.replay import retry as retry_dead_letters
 from .apply.shortcut import ApplyReport, DryRunLine, apply_migration
 from .apply.shortcut import dry_run as _dry_run
-from .base import logs, naming, refusals, topics
-from .base.deadletters import DeadLetter
-from .base.deadletters import read as read_dead_letters
-from .base.retry import MONGODB, Retrier, message_of
-from .base.settings import OPTIONS, Settings, Source
-from .base.state import Phase, StateStore
+from .base import naming, refusals, topics
+from .base.checks import OPTIONS, Source
+from .base.messages import message_of
+from .base.retry import MONGODB, Retrier
+from .base.settings import Settings
 from .capture.backfill import BackfillReport
 from .capture.backfill import backfill as _backfill
 from .capture.dependencies import forget as forget_references
+from .capture.leases import RangeStore
 from .capture.tailer import tail_until_stopped
+from .core.deadletters import DeadLetter
+from .core.deadletters import read as read_dead_letters
+from .core.state import Phase
 from .errors import CdcMigratorError, Refused, ServiceUnavailable, UsageError
 from .migration import Migration, get_migration, load_migrations
 from .operations.census import CensusReport
@@ -74,9 +81,18 @@ def migrations(settings: Settings) -> dict[str, Migration]:
 def census(settings: Settings, name: str, *, sample: int = 5, batch_size: int | None = None,
            max_shapes: int = 1000,
            on_batch: Callable[[int], None] | None = None) -> CensusReport:
-    """``cdc-migrator census NAME``: before any write, the documents grouped by shape and
-    counted, the transform (and the inverse, when declared) tried on ``sample`` documents of
-    each shape without writing. See :func:`cdc_migrator.operations.census.census`."""
+    """Before any write: NAME's documents grouped by shape, and what the transform does to each.
+
+    A shape is the set of top-level fields with their BSON types, plus one nested level. Each
+    shape is counted and the transform tried on --sample of its documents without writing
+    (writes through ctx.db are recorded, as with --dry-run): would change, needs nothing,
+    raises (with the error and an _id), invalid patch, breaks the contract schema; and, when
+    NAME declares an inverse, whether they come back through it. Exit 1 naming the shapes
+    that raise, get an invalid patch or break the contract.
+
+    In Python: the transform is tried on ``sample`` documents of each shape; see
+    :func:`cdc_migrator.operations.census.census`.
+    """
     migration = load(settings, name)
     require_collection(settings, migration)
     check = validator_for(load_schema(settings, migration.contract_schema)) \
@@ -98,8 +114,18 @@ def verify_reversibility(settings: Settings, name: str, *, per_shape: int = 3,
 def revert(settings: Settings, name: str, *, batch_size: int | None = None,
            rate: float | None = None, timeout: float | None = None,
            show_progress: bool = True, stop: threading.Event | None = None) -> RevertReport:
-    """``cdc-migrator revert NAME``: after cutover, the inverse through the same pipeline as
-    ``run --cutover``, under its own name. See :func:`cdc_migrator.pipeline.revert_pipeline`."""
+    """After cutover: take NAME back to the old shape with its inverse (@NAME.down).
+
+    Puts back the expand schema first (both shapes valid), then runs the inverse as
+    NAME-revert through the same path as `run --cutover`, in this process: capture armed
+    first, backfill, guarded consume, fenced cutover. Exit 0 once NAME-revert is cut over;
+    `status` then shows NAME as reverted. The application must read both shapes meanwhile.
+    Where NAME names an old_schema, the last step installs it as the validator (the server then
+    refuses new-shape writes); otherwise it says that nothing enforces the old shape.
+    Refuses (exit 1, nothing changed) when NAME has no inverse or was never cut over.
+
+    In Python: see :func:`cdc_migrator.pipeline.revert_pipeline`.
+    """
     migration = load(settings, name)
     require_collection(settings, migration, retry=True)
     taken = naming.revert(migration.name) in migrations(settings)
@@ -110,7 +136,7 @@ def revert(settings: Settings, name: str, *, batch_size: int | None = None,
 
 def reverted(settings: Settings, name: str) -> bool:
     """Whether ``revert`` took ``name`` back (or is taking it back)."""
-    state = _store(settings).get(name)
+    state = settings.store.get(name)
     return state is not None and state.reverted
 
 
@@ -120,7 +146,7 @@ def require_collection(settings: Settings, migration: Migration, *,
 
     MongoDB creates collections lazily, so a misspelt collection or database would otherwise
     "migrate" zero documents and report success. With ``retry``, an unreachable server is
-    waited for as the pipeline's pieces do (see :mod:`cdc_migrator.retry`).
+    waited for as the pipeline's pieces do (see :mod:`cdc_migrator.base.retry`).
     """
     list_names = settings.db.list_collection_names
     names = Retrier(settings).call(MONGODB, list_names) if retry else list_names()
@@ -133,9 +159,15 @@ def require_collection(settings: Settings, migration: Migration, *,
 def apply(settings: Settings, name: str, *, batch_size: int | None = None,
           rate: float | None = None, reset: bool = False,
           show_progress: bool = True) -> ApplyReport:
-    """``cdc-migrator apply NAME``: the small-collection shortcut, in this process; resumable
-    (``reset`` starts from the first document). See
-    :func:`cdc_migrator.apply.shortcut.apply_migration`."""
+    """Migrate NAME's collection in this process, without Kafka (small collections).
+
+    Scans in _id order, writes guarded bulk updates, saves its position after every batch so
+    an interrupted run resumes. Documents written by the application after the scan passed them
+    are not seen: for busy collections use the pipeline.
+
+    In Python: ``reset`` starts from the first document; see
+    :func:`cdc_migrator.apply.shortcut.apply_migration`.
+    """
     migration = load(settings, name)
     require_collection(settings, migration)
     return apply_migration(settings, migration, batch_size=batch_size, rate=rate, reset=reset,
@@ -152,9 +184,16 @@ def dry_run(settings: Settings, name: str, *, batch_size: int | None = None
 
 def verify(settings: Settings, name: str, *, sample_size: int = 10,
            batch_size: int | None = None) -> VerifyReport:
-    """``cdc-migrator verify NAME``: documents the transform would still change (and, when
-    the migration names a contract schema, documents breaking it); ``sample_size`` ids of each
-    kind are kept."""
+    """Count the documents NAME would still change; exit 0 only when none remain.
+
+    Runs the transform on every document without writing (streaming, so any size works), and
+    checks the migration's contract schema when it names one. With --reversible, checks
+    instead that NAME's inverse gives back each shape's documents; exit 1 names those that do
+    not come back.
+
+    In Python: ``sample_size`` ids of each kind are kept; ``--reversible`` is
+    :func:`verify_reversibility`.
+    """
     migration = load(settings, name)
     check = validator_for(load_schema(settings, migration.contract_schema)) \
         if migration.contract_schema else None
@@ -164,57 +203,68 @@ def verify(settings: Settings, name: str, *, sample_size: int = 10,
 
 def cutover(settings: Settings, name: str, *, timeout: float = 60.0, dry_run: bool = False,
             allow_failed: bool = False) -> CutoverReport:
-    """``cdc-migrator cutover NAME``: fence, wait for zero lag (catching up itself where no
-    tailer or consumer runs), verify, apply the contract schema, mark complete. See
-    :func:`cdc_migrator.operations.cutover.cutover`."""
+    """Finish NAME: fence, wait for zero lag, verify, apply the contract schema, mark complete.
+
+    Refuses with exit 1 and every reason (backfill unfinished, events behind, documents
+    unmigrated, failed documents) when any check fails; run it again once they clear.
+
+    In Python: cutover catches up itself where no tailer or consumer runs (see
+    :func:`cdc_migrator.pipeline.catch_up`); see :func:`cdc_migrator.operations.cutover.cutover`.
+    """
     return _cutover(settings, load(settings, name), timeout=timeout, dry_run=dry_run,
                     allow_failed=allow_failed, catch_up=catch_up)
 
 
 def status(settings: Settings, name: str | None = None) -> list[dict[str, Any]]:
-    """``cdc-migrator status``: one status dict per migration (all, or ``name``)."""
+    """Phase, backfill progress and ETA, counts, lag and last error of NAME (or all).
+
+    In Python: one status dict per migration (all, or ``name``).
+    """
     known = migrations(settings) if Path(settings.transforms).is_dir() else {}
     known.update({naming.revert(m.name): reverse_of(m) for m in list(known.values())
                   if m.inverse is not None})
     if name is not None and name not in known:
         load(settings, name)  # raises the usual one-line error for an unknown name
-    found = all_status(settings, known, name)
+    ranges = RangeStore(settings.db[settings.state_collection])
+    found = all_status(settings, known, name, ranges_of=ranges.summary)
     if name is not None and not found:
         raise Refused(f"migration {name!r} has not started: no state yet")
     return found
 
 
-def _store(settings: Settings) -> StateStore:
-    return StateStore(settings.db, settings.state_collection)
-
-
 def pause(settings: Settings, name: str) -> None:
-    """Consumers and backfill stop applying and hold their position until :func:`resume`."""
+    """Stop applying NAME: consumers and backfill hold their position until `resume`."""
     migration = load(settings, name)
-    store = _store(settings)
+    store = settings.store
     store.ensure(name, migration.collection)
     store.pause(name)
 
 
 def resume(settings: Settings, name: str) -> None:
+    """Continue NAME after `pause`."""
     load(settings, name)
-    _store(settings).resume(name)
+    settings.store.resume(name)
 
 
 def cancel(settings: Settings, name: str) -> None:
-    """Stop a migration for good: tail, backfill and consume refuse it until :func:`reset`."""
+    """Cancel NAME: nothing more is applied; `reset` to start it again from scratch."""
     migration = load(settings, name)
-    store = _store(settings)
+    store = settings.store
     store.ensure(name, migration.collection)
     store.cancel(name)
 
 
 def reset(settings: Settings, name: str) -> str | None:
-    """Forget a migration's state, topic position and group offsets: it starts over. After a
-    revert that installed the old shape's schema as the validator, the expand schema is put
-    back first (the migration writes the new shape again); a note says so."""
+    """Forget NAME's state and consumer offsets, so it starts over (documents are untouched).
+
+    After a revert that installed the old shape's schema as the validator, the expand schema
+    is put back first (the migration writes the new shape again), and a note says so.
+
+    In Python: the state, the reference map and the consumer group's offsets are
+    forgotten, and those of its reverse run; returns the note, or None.
+    """
     migration = load(settings, name)
-    store = _store(settings)
+    store = settings.store
     state = store.get(name)
     old_shape = (state.old_shape if state is not None and state.reverted else None) or {}
     note = None
@@ -230,12 +280,15 @@ def reset(settings: Settings, name: str) -> str | None:
 
 
 def next_migration(settings: Settings, collection: str) -> Migration | None:
-    """The first migration of ``collection`` (in file order) not cut over yet.
+    """Name the migration of COLLECTION to run now: the first not cut over, in file order.
 
-    Migrations of one collection run in series: this one may start only when every earlier
-    one has cut over, which the order guarantees.
+    Migrations of one collection run in series. Exit 1 when all of them have cut over (or,
+    with --run, when one of them could not be cut over).
+
+    In Python: the migration, or None when every one has cut over; ``--run`` is
+    :func:`run_series`.
     """
-    store = _store(settings)
+    store = settings.store
     for migration in migrations(settings).values():
         if migration.collection != collection:
             continue
@@ -287,30 +340,48 @@ def _loaded(settings: Settings, name: str) -> Migration:
 
 
 def tail(settings: Settings, migrations: list[Migration], stop: threading.Event) -> None:
-    """``cdc-migrator tail``: one tailer per migration until ``stop`` is set. The setting
-    ``on_history_lost`` says what a tailer does when the change history is gone."""
+    """Always-on: follow the change stream of each migration's collection into its topic.
+
+    Arms change capture on first start (fixes the point from which writes are captured), then
+    resumes from the saved resume token. Without NAME, tails every migration in --transforms.
+    Stops cleanly on SIGTERM.
+
+    In Python: one tailer per migration until ``stop`` is set; the setting
+    ``on_history_lost`` says what a tailer does when the change history is gone.
+    """
     tail_until_stopped(settings, migrations, stop)
 
 
 def backfill(settings: Settings, name: str, *, batch_size: int | None = None,
              rate: float | None = None, reset: bool = False, show_progress: bool = True,
              stop: threading.Event | None = None, workers: int = 1) -> BackfillReport:
-    """``cdc-migrator backfill NAME``: the existing documents into the topic, resumable
-    (``reset`` starts over), shared by every backfill of NAME running (``workers`` threads in
-    this process). See :func:`cdc_migrator.capture.backfill.backfill`."""
+    """Scan NAME's existing documents into its topic, in _id ranges; resumable.
+
+    Run it as often as you like, on as many machines: every backfill of NAME shares the work
+    (each _id range is leased to one worker; a dead worker's range is taken over once its
+    lease ran out). Refuses unless change capture is armed (`tail` ran once), so that no
+    write falls between the scan and the change stream. --reset starts every range over.
+
+    In Python: ``reset`` starts over, ``workers`` threads scan in this process; see
+    :func:`cdc_migrator.capture.backfill.backfill`.
+    """
     migration = _loaded(settings, name)
     return _backfill(settings, migration, batch_size=batch_size, rate=rate, reset=reset,
                      show_progress=show_progress, stop=stop, workers=workers)
 
 
 def throttle(settings: Settings, name: str, *, rate: float | None) -> None:
-    """``cdc-migrator throttle NAME --rate R`` (``rate`` None: ``--off``): the pace of every
-    backfill worker and consumer of NAME together, picked up live. See
-    :mod:`cdc_migrator.base.throttle`."""
+    """Change the pace of NAME's running backfill and consumers, without a restart.
+
+    They read the throttle every second. `status` shows the one in force. A migration that
+    has not started (no state yet) is refused: start it, then throttle it.
+
+    In Python: ``rate`` None is ``--off``; see :mod:`cdc_migrator.core.throttle`.
+    """
     if rate is not None:
         rate = OPTIONS["rate"].check(rate, Source("throttle", "--rate"))
     load(settings, name)
-    store = _store(settings)
+    store = settings.store
     if store.get(name) is None:  # a state made here would hold nothing but the throttle
         raise Refused(f"cannot throttle {name}: it has not started (no state yet); start it "
                       "(tail, then backfill, or run), then throttle it; nothing changed")
@@ -319,35 +390,64 @@ def throttle(settings: Settings, name: str, *, rate: float | None) -> None:
 
 def consume(settings: Settings, migrations: list[Migration],
             stop: threading.Event) -> list[ConsumeStats]:
-    """``cdc-migrator consume``: one group member per migration until ``stop`` is set (the
-    setting ``instance_id`` gives the members static membership)."""
+    """Always-on: the transform consumer group; run several processes to share partitions.
+
+    Applies each migration to the documents its topic names, with guarded writes, and commits
+    offsets only after the writes. SIGTERM finishes the batch, commits, and exits 0.
+
+    In Python: one group member per migration until ``stop`` is set (the setting
+    ``instance_id`` gives the members static membership).
+    """
     return consume_until_stopped(settings, migrations, stop)
 
 
 def init(settings: Settings, name: str, collection: str, *,
          test_path: Path | None = None) -> list[Path]:
-    """``cdc-migrator init NAME``: see :func:`cdc_migrator.operations.scaffold.init_migration`."""
+    """Start a migration: write NAME.py under --transforms from a template to fill in.
+
+    The file has the @migration decorator, a docstring for the deploy sequence and a transform
+    that changes nothing yet. Also writes the schema stubs it names, schemas/NAME.expand.json
+    and schemas/NAME.contract.json, in the schemas/ directory beside the transforms directory
+    (where `verify` and `cutover` read the contract schema). Refuses with exit 2 when NAME is
+    not a Python identifier or a file exists already. Try it: `apply NAME --dry-run`.
+
+    In Python: see :func:`cdc_migrator.operations.scaffold.init_migration`.
+    """
     return init_migration(name, collection, settings.transforms, test_path)
 
 
 def run(settings: Settings, name: str, *, batch_size: int | None = None,
         rate: float | None = None, timeout: float | None = None, then_cutover: bool = False,
         show_progress: bool = True, stop: threading.Event | None = None) -> RunReport:
-    """``cdc-migrator run NAME``: tail, backfill and consume in this process until drained
-    (at most ``timeout`` seconds), then cutover with ``then_cutover``."""
+    """Tail, backfill and consume NAME in this process until the topic is drained.
+
+    For one machine; the always-on deployment runs `tail` and `consume` as services instead.
+
+    In Python: at most ``timeout`` seconds, then cutover with ``then_cutover``; see
+    :func:`cdc_migrator.pipeline.run_pipeline`.
+    """
     return run_pipeline(settings, _loaded(settings, name), batch_size=batch_size, rate=rate,
                         timeout=timeout, then_cutover=then_cutover,
                         show_progress=show_progress, stop=stop)
 
 
 def dlq_list(settings: Settings, name: str) -> list[DeadLetter]:
-    """``cdc-migrator dlq list NAME``: every dead letter of the migration."""
+    """Show NAME's dead letters: document id, error, and the traceback's last line.
+
+    In Python: every dead letter of the migration.
+    """
     return read_dead_letters(settings, load(settings, name))
 
 
 def dlq_retry(settings: Settings, name: str) -> RetryReport:
-    """``cdc-migrator dlq retry NAME``: replay dead letters through the fixed transform."""
+    """Replay NAME's dead letters through the transform (after you fixed it); exit 1 if any
+    fail again.
+    """
     return retry_dead_letters(settings, load(settings, name))
+
+
+#: MongoDB's Unauthorized: the command needs a privilege the user lacks (or a login).
+UNAUTHORIZED = 13
 
 
 def translate_service_error(exc: BaseException) -> CdcMigratorError | None:
@@ -359,7 +459,13 @@ def translate_service_error(exc: BaseException) -> CdcMigratorError | None:
         return refused
     if isinstance(exc, ServerSelectionTimeoutError):
         return ServiceUnavailable(f"cannot reach MongoDB: {_first_line(exc)}")
-    if isinstance(exc, OperationFailure) and (exc.code in (13, 18) or _is_auth_failure(exc)):
+    if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
+        # The login worked (or none was given): the user, not the password, needs fixing.
+        hint = ("MONGODB_URI gives no credentials" if "requires authentication" in str(exc)
+                else "the MongoDB user lacks a privilege this command needs: grant it a role "
+                     "that holds it")
+        return Refused(f"MongoDB refused the command: {_first_line(exc)} ({hint})")
+    if isinstance(exc, OperationFailure) and (exc.code == 18 or _is_auth_failure(exc)):
         hint = " (this server offers no SCRAM authentication)" if "saslStart" in str(exc) \
             else ""
         return ServiceUnavailable(f"MongoDB authentication failed: {_first_line(exc)}{hint}")
@@ -382,4 +488,4 @@ def _is_auth_failure(exc: OperationFailure) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    return logs.mask(message_of(exc) or type(exc).__name__)
+    return message_of(exc) or type(exc).__name__

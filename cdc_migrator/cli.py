@@ -1,8 +1,10 @@
 """The ``cdc-migrator`` command line: parses, calls the Python API, prints. Nothing more.
 
 Every setting's option (flag, environment variable, default from the configuration file) is
-derived from the settings table (``base/settings.py``); the options of a command alone are
-declared once below and shared by the commands that take them.
+derived from the settings table (``base/settings.py``), which also says which commands take a
+setting; the options of a command alone are declared once below and shared by the commands
+that take them. A command's help is the docstring of its function in ``api.py`` (up to the
+paragraph for Python callers), so the two never say different things.
 
 Exit codes: 0 success, 1 refused or failed with a reason, 2 usage or configuration error.
 """
@@ -25,9 +27,11 @@ from typing import Any
 import click
 from bson import json_util
 
-from . import api
-from .base import configfile, logs
-from .base.settings import OPTIONS, Setting, Settings, Source
+from . import api, configfile
+from .base import logs
+from .base.checks import OPTIONS, Setting, Source
+from .base.messages import shorten
+from .base.settings import Settings
 from .errors import CdcMigratorError, UsageError
 from .operations import observability
 from .operations.status import render
@@ -114,16 +118,31 @@ def _command_option(flag: str, spec: Setting, help_text: str, *, default: Any = 
                         metavar=spec.metavar, help=f"{help_text} [{spec.allowed()}]")
 
 
-def _setting(name: str) -> Callable[[_Command], _Command]:
-    """The option of one setting that only some commands take (``everywhere=False``)."""
-    return _option(Settings.table()[name])
+#: Where a command's help ends in its API function's docstring: what follows is for Python.
+_PYTHON_ONLY = "In Python:"
+
+
+def _help(fn: Callable[..., Any]) -> str:
+    """A command's help: the docstring of its API function, without the Python paragraph."""
+    return (inspect.getdoc(fn) or "").split(f"\n\n{_PYTHON_ONLY}")[0]
+
+
+def _command_name(fn: _Command) -> str:
+    """The command a function implements: ``config_show`` is ``config show``, ``next_``
+    ``next`` (as the settings table names commands)."""
+    return fn.__name__.rstrip("_").replace("_", " ")
 
 
 def _settings_options(fn: _Command) -> _Command:
-    """The options of every setting every command takes, with the configuration file and
-    logging; the command receives the Settings (the table's values) as its first argument."""
+    """The options of the settings the command takes (the table says which), with the
+    configuration file and logging; the command receives the Settings (the table's values)
+    as its first argument."""
     takes_quiet = "quiet" in inspect.signature(fn).parameters  # its own -q: shared meaning
-    options = [_option(spec) for spec in Settings.table().values() if spec.everywhere]
+    command = _command_name(fn)
+    table = Settings.table()
+    options = [_option(spec) for spec in table.values() if spec.commands
+               and command in spec.commands]
+    options += [_option(spec) for spec in table.values() if spec.commands is None]
     options += [
         click.option("--config", envvar="CDC_MIGRATOR_CONFIG", metavar="FILE", is_eager=True,
                      expose_value=False, callback=_read_config,
@@ -136,7 +155,6 @@ def _settings_options(fn: _Command) -> _Command:
     if not takes_quiet:
         options.append(click.option("--quiet", "-q", is_flag=True,
                                     help="Log only warnings and errors."))
-    table = Settings.table()
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -149,6 +167,8 @@ def _settings_options(fn: _Command) -> _Command:
                                         kafka_options=config.kafka, mongo_options=config.mongo)
         logs.configure(settings.log_format, verbose or (-1 if quiet else 0))
         logs.add_secrets(*settings.secrets())
+        if ctx.info_name != "show":  # `config show` prints the settings, whatever they are
+            settings.check_kafka_client()
         names: tuple[str, ...] = kwargs.get("names") or (
             (kwargs["name"],) if kwargs.get("name") else ())
         logs.bind(migration=names[0] if len(names) == 1 else None,
@@ -158,10 +178,10 @@ def _settings_options(fn: _Command) -> _Command:
         finally:
             settings.close()
 
-    command: _Command = wrapper
+    decorated: _Command = wrapper
     for option in reversed(options):
-        command = option(command)
-    return command
+        decorated = option(decorated)
+    return decorated
 
 
 # The options of commands, each declared once, each checked by its spec in OPTIONS.
@@ -195,7 +215,7 @@ def cli() -> None:
     """
 
 
-@cli.command()
+@cli.command(help=_help(api.apply))
 @click.argument("name")
 @_BATCH_SIZE
 @_RATE
@@ -206,12 +226,6 @@ def cli() -> None:
 @_settings_options
 def apply(settings: Settings, name: str, batch_size: int | None, rate: float | None,
           dry_run: bool, reset: bool, quiet: bool) -> None:
-    """Migrate NAME's collection in this process, without Kafka (small collections).
-
-    Scans in _id order, writes guarded bulk updates, saves its position after every batch so
-    an interrupted run resumes. Documents written by the application after the scan passed them
-    are not seen: for busy collections use the pipeline.
-    """
     if dry_run:
         for line in api.dry_run(settings, name, batch_size=batch_size):
             click.echo(line.describe())
@@ -225,7 +239,7 @@ def apply(settings: Settings, name: str, batch_size: int | None, rate: float | N
         sys.exit(1)
 
 
-@cli.command()
+@cli.command(help=_help(api.census))
 @click.argument("name")
 @_command_option("--sample", OPTIONS["sample"], "Documents of each shape the transform is "
                  "tried on.", default=5)
@@ -237,15 +251,6 @@ def apply(settings: Settings, name: str, batch_size: int | None, rate: float | N
 @_settings_options
 def census(settings: Settings, name: str, sample: int, max_shapes: int,
            batch_size: int | None, as_json: bool) -> None:
-    """Before any write: NAME's documents grouped by shape, and what the transform does to each.
-
-    A shape is the set of top-level fields with their BSON types, plus one nested level. Each
-    shape is counted and the transform tried on --sample of its documents without writing
-    (writes through ctx.db are recorded, as with --dry-run): would change, needs nothing,
-    raises (with the error and an _id), invalid patch, breaks the contract schema; and, when
-    NAME declares an inverse, whether they come back through it. Exit 1 naming the shapes
-    that raise, get an invalid patch or break the contract.
-    """
     report = api.census(settings, name, sample=sample, max_shapes=max_shapes,
                         batch_size=batch_size)
     if as_json:
@@ -259,8 +264,7 @@ def census(settings: Settings, name: str, sample: int, max_shapes: int,
             if shape.problem:
                 click.echo(f"      e.g. _id {shape.problem_id!r}: {shape.problem}")
             for write in shape.side_writes:
-                brief = write if len(write) <= 100 else write[:97] + "..."
-                click.echo(f"      would write: {brief}")
+                click.echo(f"      would write: {shorten(write, 100)}")
             if shape.irreversible:
                 click.echo(f"      does not come back, e.g. _id {shape.irreversible_id!r}: "
                            f"{shape.irreversible}")
@@ -268,7 +272,7 @@ def census(settings: Settings, name: str, sample: int, max_shapes: int,
         sys.exit(1)
 
 
-@cli.command()
+@cli.command(help=_help(api.verify))
 @click.argument("name")
 @_command_option("--sample", OPTIONS["sample_ids"],
                  "How many ids of remaining documents to show.", default=10)
@@ -281,13 +285,6 @@ def census(settings: Settings, name: str, sample: int, max_shapes: int,
 @_settings_options
 def verify(settings: Settings, name: str, sample: int, reversible: bool, per_shape: int,
            as_json: bool) -> None:
-    """Count the documents NAME would still change; exit 0 only when none remain.
-
-    Runs the transform on every document without writing (streaming, so any size works), and
-    checks the migration's contract schema when it names one. With --reversible, checks
-    instead that NAME's inverse gives back each shape's documents; exit 1 names those that do
-    not come back.
-    """
     if reversible:
         _verify_reversible(settings, name, per_shape, as_json)
         return
@@ -351,18 +348,10 @@ def _migrations(settings: Settings, names: tuple[str, ...]) -> list[Any]:
     return found
 
 
-@cli.command()
+@cli.command(help=_help(api.tail))
 @click.argument("names", nargs=-1, metavar="[NAME...]")
-@_setting("on_history_lost")
-@_setting("metrics_port")
 @_settings_options
 def tail(settings: Settings, names: tuple[str, ...]) -> None:
-    """Always-on: follow the change stream of each migration's collection into its topic.
-
-    Arms change capture on first start (fixes the point from which writes are captured), then
-    resumes from the saved resume token. Without NAME, tails every migration in --transforms.
-    Stops cleanly on SIGTERM.
-    """
     stop = _stop_on_signals()
     migrations = _migrations(settings, names)
     log.info("tailing %s", ", ".join(m.name for m in migrations))
@@ -370,7 +359,7 @@ def tail(settings: Settings, names: tuple[str, ...]) -> None:
         api.tail(settings, migrations, stop)
 
 
-@cli.command()
+@cli.command(help=_help(api.backfill))
 @click.argument("name")
 @_BATCH_SIZE
 @_RATE
@@ -378,27 +367,16 @@ def tail(settings: Settings, names: tuple[str, ...]) -> None:
 @_command_option("--workers", OPTIONS["workers"],
                  "Scan N ranges at once in this process (threads).", default=1)
 @_PROGRESS_QUIET
-@_setting("backfill_ranges")
-@_setting("lease_seconds")
-@_setting("max_replication_lag")
-@_setting("max_write_latency")
 @_settings_options
 def backfill(settings: Settings, name: str, batch_size: int | None, rate: float | None,
              reset: bool, workers: int, quiet: bool) -> None:
-    """Scan NAME's existing documents into its topic, in _id ranges; resumable.
-
-    Run it as often as you like, on as many machines: every backfill of NAME shares the work
-    (each _id range is leased to one worker; a dead worker's range is taken over once its
-    lease ran out). Refuses unless change capture is armed (`tail` ran once), so that no
-    write falls between the scan and the change stream. --reset starts every range over.
-    """
     stop = _stop_on_signals()
     report = api.backfill(settings, name, batch_size=batch_size, rate=rate, reset=reset,
                           show_progress=not quiet, stop=stop, workers=workers)
     click.echo(report.summary())
 
 
-@cli.command()
+@cli.command(help=_help(api.throttle))
 @click.argument("name")
 @_command_option("--rate", OPTIONS["rate"], "Documents per second: read by all backfill "
                  "workers together, and applied by all consumers together.",
@@ -406,29 +384,16 @@ def backfill(settings: Settings, name: str, batch_size: int | None, rate: float 
 @click.option("--off", is_flag=True, help="Remove the limit.")
 @_settings_options
 def throttle(settings: Settings, name: str, rate: float | None, off: bool) -> None:
-    """Change the pace of NAME's running backfill and consumers, without a restart.
-
-    They read the throttle every second. `status` shows the one in force.
-    """
     if (rate is None) == (not off):
         raise UsageError("give either --rate DOCS/S or --off")
     api.throttle(settings, name, rate=None if off else rate)
     click.echo(f"{name}: throttle " + ("off" if off else f"{rate:g} documents/s"))
 
 
-@cli.command()
+@cli.command(help=_help(api.consume))
 @click.argument("names", nargs=-1, metavar="[NAME...]")
-@_setting("instance_id")
-@_setting("metrics_port")
-@_setting("max_replication_lag")
-@_setting("max_write_latency")
 @_settings_options
 def consume(settings: Settings, names: tuple[str, ...]) -> None:
-    """Always-on: the transform consumer group; run several processes to share partitions.
-
-    Applies each migration to the documents its topic names, with guarded writes, and commits
-    offsets only after the writes. SIGTERM finishes the batch, commits, and exits 0.
-    """
     stop = _stop_on_signals()
     migrations = _migrations(settings, names)
     log.info("consuming %s", ", ".join(m.name for m in migrations))
@@ -436,7 +401,7 @@ def consume(settings: Settings, names: tuple[str, ...]) -> None:
         api.consume(settings, migrations, stop)
 
 
-@cli.command()
+@cli.command(help=_help(api.run))
 @click.argument("name")
 @_BATCH_SIZE
 @_RATE
@@ -444,19 +409,9 @@ def consume(settings: Settings, names: tuple[str, ...]) -> None:
 @click.option("--cutover", "then_cutover", is_flag=True,
               help="Cut over when drained (see `cutover --help`).")
 @_PROGRESS_QUIET
-@_setting("on_history_lost")
-@_setting("metrics_port")
-@_setting("backfill_ranges")
-@_setting("lease_seconds")
-@_setting("max_replication_lag")
-@_setting("max_write_latency")
 @_settings_options
 def run(settings: Settings, name: str, batch_size: int | None, rate: float | None,
         timeout: float | None, then_cutover: bool, quiet: bool) -> None:
-    """Tail, backfill and consume NAME in this process until the topic is drained.
-
-    For one machine; the always-on deployment runs `tail` and `consume` as services instead.
-    """
     stop = _stop_on_signals()
     with observability.serving(settings, [api.load(settings, name)],
                                ("tailer", "backfill", "consumer")):
@@ -477,26 +432,15 @@ def run(settings: Settings, name: str, batch_size: int | None, rate: float | Non
         sys.exit(1)
 
 
-@cli.command()
+@cli.command(help=_help(api.revert))
 @click.argument("name")
 @_BATCH_SIZE
 @_RATE
 @_timeout(None, "Give up waiting for the reverse run to drain after this long.")
 @_PROGRESS_QUIET
-@_setting("on_history_lost")
 @_settings_options
 def revert(settings: Settings, name: str, batch_size: int | None, rate: float | None,
            timeout: float | None, quiet: bool) -> None:
-    """After cutover: take NAME back to the old shape with its inverse (@NAME.down).
-
-    Puts back the expand schema first (both shapes valid), then runs the inverse as
-    NAME-revert through the same path as `run --cutover`, in this process: capture armed
-    first, backfill, guarded consume, fenced cutover. Exit 0 once NAME-revert is cut over;
-    `status` then shows NAME as reverted. The application must read both shapes meanwhile.
-    Where NAME names an old_schema, the last step installs it as the validator (the server then
-    refuses new-shape writes); otherwise it says that nothing enforces the old shape.
-    Refuses (exit 1, nothing changed) when NAME has no inverse or was never cut over.
-    """
     stop = _stop_on_signals()
     report = api.revert(settings, name, batch_size=batch_size, rate=rate, timeout=timeout,
                         show_progress=not quiet, stop=stop)
@@ -515,7 +459,7 @@ def _print_cutover(report: Any) -> None:
         sys.exit(1)
 
 
-@cli.command()
+@cli.command(help=_help(api.cutover))
 @click.argument("name")
 @_timeout(60, "How long to wait for the fence and zero lag.")
 @click.option("--dry-run", is_flag=True, help="Check everything, change nothing, say what "
@@ -525,16 +469,11 @@ def _print_cutover(report: Any) -> None:
 @_settings_options
 def cutover(settings: Settings, name: str, timeout: float, dry_run: bool,
             allow_failed: bool) -> None:
-    """Finish NAME: fence, wait for zero lag, verify, apply the contract schema, mark complete.
-
-    Refuses with exit 1 and every reason (backfill unfinished, events behind, documents
-    unmigrated, failed documents) when any check fails; run it again once they clear.
-    """
     _print_cutover(api.cutover(settings, name, timeout=timeout, dry_run=dry_run,
                                allow_failed=allow_failed))
 
 
-@cli.command()
+@cli.command(help=_help(api.status))
 @click.argument("name", required=False)
 @click.option("--watch", is_flag=True, help="Refresh in place every --interval seconds.")
 @_command_option("--interval", OPTIONS["interval"],
@@ -543,7 +482,6 @@ def cutover(settings: Settings, name: str, timeout: float, dry_run: bool,
 @_settings_options
 def status(settings: Settings, name: str | None, watch: bool, interval: float,
            as_json: bool) -> None:
-    """Phase, backfill progress and ETA, counts, lag and last error of NAME (or all)."""
     while True:
         found = api.status(settings, name)
         if as_json:
@@ -557,39 +495,35 @@ def status(settings: Settings, name: str | None, watch: bool, interval: float,
         time.sleep(interval)
 
 
-@cli.command()
+@cli.command(help=_help(api.pause))
 @click.argument("name")
 @_settings_options
 def pause(settings: Settings, name: str) -> None:
-    """Stop applying NAME: consumers and backfill hold their position until `resume`."""
     api.pause(settings, name)
     click.echo(f"{name}: paused")
 
 
-@cli.command()
+@cli.command(help=_help(api.resume))
 @click.argument("name")
 @_settings_options
 def resume(settings: Settings, name: str) -> None:
-    """Continue NAME after `pause`."""
     api.resume(settings, name)
     click.echo(f"{name}: resumed")
 
 
-@cli.command()
+@cli.command(help=_help(api.cancel))
 @click.argument("name")
 @_settings_options
 def cancel(settings: Settings, name: str) -> None:
-    """Cancel NAME: nothing more is applied; `reset` to start it again from scratch."""
     api.cancel(settings, name)
     click.echo(f"{name}: cancelled")
 
 
-@cli.command()
+@cli.command(help=_help(api.reset))
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_settings_options
 def reset(settings: Settings, name: str, yes: bool) -> None:
-    """Forget NAME's state and consumer offsets, so it starts over (documents are untouched)."""
     if not yes and sys.stdin.isatty():
         click.confirm(f"Forget all progress of {name}?", abort=True)
     note = api.reset(settings, name)
@@ -598,7 +532,7 @@ def reset(settings: Settings, name: str, yes: bool) -> None:
     click.echo(f"{name}: reset; it will start from the beginning")
 
 
-@cli.command(name="next")
+@cli.command(name="next", help=_help(api.next_migration))
 @click.argument("collection")
 @click.option("--run", "run_all", is_flag=True,
               help="Run the remaining migrations one after another (pipeline, then cutover), "
@@ -606,11 +540,6 @@ def reset(settings: Settings, name: str, yes: bool) -> None:
 @_timeout(600, "With --run: how long each may take to drain.")
 @_settings_options
 def next_(settings: Settings, collection: str, run_all: bool, timeout: float) -> None:
-    """Name the migration of COLLECTION to run now: the first not cut over, in file order.
-
-    Migrations of one collection run in series. Exit 1 when all of them have cut over (or,
-    with --run, when one of them could not be cut over).
-    """
     found = api.next_migration(settings, collection)
     if found is None:
         click.echo(f"every migration of {collection} has cut over")
@@ -636,12 +565,11 @@ def dlq() -> None:
     """The dead-letter topic: failed documents and undecodable records."""
 
 
-@dlq.command(name="list")
+@dlq.command(name="list", help=_help(api.dlq_list))
 @click.argument("name")
 @_JSON
 @_settings_options
 def dlq_list(settings: Settings, name: str, as_json: bool) -> None:
-    """Show NAME's dead letters: document id, error, and the traceback's last line."""
     letters = api.dlq_list(settings, name)
     for letter in letters:
         if as_json:
@@ -655,12 +583,10 @@ def dlq_list(settings: Settings, name: str, as_json: bool) -> None:
         click.echo(f"{len(letters)} dead letters")
 
 
-@dlq.command(name="retry")
+@dlq.command(name="retry", help=_help(api.dlq_retry))
 @click.argument("name")
 @_settings_options
 def dlq_retry(settings: Settings, name: str) -> None:
-    """Replay NAME's dead letters through the transform (after you fixed it); exit 1 if any
-    fail again."""
     report = api.dlq_retry(settings, name)
     click.echo(report.summary())
     for item in report.failed_again[:10]:
@@ -669,7 +595,7 @@ def dlq_retry(settings: Settings, name: str) -> None:
         sys.exit(1)
 
 
-@cli.command()
+@cli.command(help=_help(api.init))
 @click.argument("name")
 @click.option("--collection", required=True, metavar="NAME",
               help="The collection the migration changes.")
@@ -678,14 +604,6 @@ def dlq_retry(settings: Settings, name: str) -> None:
               "that runs the transform on sample documents, without services.")
 @_settings_options
 def init(settings: Settings, name: str, collection: str, test_path: Path | None) -> None:
-    """Start a migration: write NAME.py under --transforms from a template to fill in.
-
-    The file has the @migration decorator, a docstring for the deploy sequence and a transform
-    that changes nothing yet. Also writes the schema stubs it names, schemas/NAME.expand.json
-    and schemas/NAME.contract.json, in the schemas/ directory beside the transforms directory
-    (where `verify` and `cutover` read the contract schema). Refuses with exit 2 when NAME is
-    not a Python identifier or a file exists already. Try it: `apply NAME --dry-run`.
-    """
     for path in api.init(settings, name, collection, test_path=test_path):
         click.echo(f"wrote {path}")
 
@@ -697,13 +615,6 @@ def config_group() -> None:
 
 @config_group.command(name="show")
 @_JSON
-@_setting("metrics_port")
-@_setting("on_history_lost")
-@_setting("backfill_ranges")
-@_setting("lease_seconds")
-@_setting("max_replication_lag")
-@_setting("max_write_latency")
-@_setting("instance_id")
 @_settings_options
 def config_show(settings: Settings, as_json: bool) -> None:
     """Print the effective configuration (TOML; JSON with --json), each value's source,

@@ -1,4 +1,5 @@
-"""Errors a user can cause, each mapped to an exit code by the command line."""
+"""Every exception class of the tool: the errors a user can cause, each mapped to an exit code
+by the command line, and the signals the pieces raise to one another."""
 
 from __future__ import annotations
 
@@ -13,6 +14,16 @@ class UsageError(CdcMigratorError):
     """Bad input or configuration: a migration file, a name, an option. Exit code 2."""
 
     exit_code = 2
+
+
+class SettingError(UsageError):
+    """A value a setting or a command's option does not take: one line naming the value,
+    where it came from and what is allowed (exit 2)."""
+
+
+class NotAllowed(Exception):
+    """Inside the check of a value (``base/checks.py``): the value is not taken; the message,
+    when any, says what is allowed. The check turns it into a :class:`SettingError`."""
 
 
 class PatchError(UsageError):
@@ -50,3 +61,34 @@ class EventsLost(CdcMigratorError):
 class ConnectionRefused(CdcMigratorError):
     """A service refused the connection for good (a wrong password, an untrusted certificate):
     retrying cannot help."""
+
+
+class StopRequested(CdcMigratorError):
+    """The process was asked to stop (SIGTERM) while it waited for a service to come back.
+
+    Nothing unacknowledged was recorded as done, so the next start repeats it. The pieces
+    catch it and return; should it reach the command line, it is one line and exit 0.
+    """
+
+    exit_code = 0
+
+
+class RecordTooLarge(CdcMigratorError):
+    """A record the producer or the topic refused as too large, with nothing smaller to send."""
+
+
+class ClientAbandoned(BaseException):
+    """Raised in a consumer's worker thread whose Kafka client was replaced while it was stuck:
+    it touches nothing any more (not an Exception, so no retry catches it)."""
+
+
+class PoisonRecord(ValueError):
+    """A record value (or key) that is not a valid ``cdc_migrator.Envelope``.
+
+    ``str(exc)`` is a one-line reason, suitable for a dead-letter header or a log line.
+    """
+
+
+class TokenRefused(Exception):
+    """The OAUTHBEARER token endpoint or command refused to give a token: retrying cannot
+    help."""

@@ -251,7 +251,11 @@ def load_migrations(directory: str | Path) -> dict[str, Migration]:
         raise UsageError(f"transforms directory {root} does not exist (use --transforms DIR)")
     found: dict[str, Migration] = {}
     for path in sorted(root.rglob("*.py")):
-        if path.name.startswith("_") or "__pycache__" in path.parts:
+        parts = path.relative_to(root).parts
+        # Hidden files and directories are not migrations: a Kubernetes ConfigMap volume links
+        # each file to a hidden, timestamped copy (..data/), which would be imported twice.
+        if path.name.startswith("_") or any(p.startswith(".") or p == "__pycache__"
+                                            for p in parts):
             continue
         for m in _import_file(path, root):
             if m.name in found:

@@ -26,17 +26,19 @@ from typing import Any
 
 from .apply.consumer import TransformConsumer
 from .base import topics
-from .base.retry import KAFKA, MONGODB, Retrier, StopRequested
+from .base.retry import KAFKA, MONGODB, Retrier
 from .base.settings import Settings
-from .base.state import MigrationState, Phase, StateStore
+from .base.threads import Threads
 from .capture.backfill import BackfillReport, backfill
 from .capture.tailer import Tailer, arm
+from .core.state import MigrationState, Phase
+from .errors import StopRequested
 from .migration import Migration
 from .operations.cutover import CutoverReport, cutover
 from .operations.reversible import reverse_of
 from .operations.revert import check_revertible, old_shape_note, put_back_expand_schema
 
-log = logging.getLogger("cdc_migrator.cutover")
+log = logging.getLogger("cdc_migrator.pipeline")
 
 
 @dataclass
@@ -58,8 +60,9 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
 
     With ``then_cutover`` the cutover runs once drained, while the tailer and consumer still
     run: its fence must travel through them. With the setting ``on_history_lost`` at
-    ``"rebackfill"``, a tailer whose change history is gone re-arms capture, and the backfill
-    runs again from the start.
+    ``"rebackfill"``, a tailer whose change history is gone re-arms capture and backfills
+    again (its :class:`~cdc_migrator.capture.recovery.Recovery`); the run is drained only
+    once that backfill finished too.
     """
     stop = stop or threading.Event()
     retry = Retrier(settings, stop=stop)
@@ -67,35 +70,19 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
         retry.call(MONGODB, arm, settings, migration)
     except StopRequested:
         return RunReport(migration.name, None, {}, -1, False)
-    tailer = Tailer(settings, migration, backfill_on_recovery=False)
+    tailer = Tailer(settings, migration)
     consumer = TransformConsumer(settings, migration)
-    errors: list[BaseException] = []
-
-    def guarded(fn: Callable[[], Any]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                fn()
-            except BaseException as exc:  # surfaced to the caller below
-                errors.append(exc)
-                stop.set()
-        return run
-
-    threads = [threading.Thread(target=guarded(tailer.run), daemon=True, name="tail"),
-               threading.Thread(target=guarded(consumer.run), daemon=True, name="consume")]
-    for t in threads:
-        t.start()
+    threads = Threads(stop)  # a piece that fails stops the run; its error is raised below
+    threads.start("tail", tailer.run)
+    threads.start("consume", consumer.run)
     report = None
     outcome = None
     drained = False
     deadline = time.monotonic() + timeout if timeout else None
     try:
-        while True:
-            tailer.rearmed.clear()
-            report = backfill(settings, migration, batch_size=batch_size, rate=rate,
-                              show_progress=show_progress, stop=stop)
-            drained = wait_drained(settings, migration, tailer, stop, deadline, settle, retry)
-            if not tailer.rearmed.is_set() or stop.is_set():
-                break
+        report = backfill(settings, migration, batch_size=batch_size, rate=rate,
+                          show_progress=show_progress, stop=stop)
+        drained = wait_drained(settings, migration, tailer, stop, deadline, settle, retry)
         if drained and then_cutover:
             outcome = cutover(settings, migration)
     except StopRequested:
@@ -103,13 +90,11 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
     finally:
         tailer.stop()
         consumer.stop()
-        for t in threads:
-            t.join(timeout=60)
-    if errors:
-        raise errors[0]
+        threads.join(timeout=60)
+    threads.raise_first()
     lag = retry.call(KAFKA, topics.group_lag, settings, settings.topic(migration.collection),
                      settings.group(migration.name)).total
-    store = StateStore(settings.db, settings.state_collection)
+    store = settings.store
     if drained and lag == 0 and outcome is None:
         retry.call(MONGODB, store.mark_ready, migration.name)
     state = retry.call(MONGODB, store.get, migration.name)
@@ -156,7 +141,7 @@ def revert_pipeline(settings: Settings, migration: Migration, *,
     same path as ``run --cutover``: capture armed first, backfill, guarded consume, fenced
     cutover. The forward migration is ``reverting`` meanwhile (its own consumers hold), and
     ``reverted`` once the reverse is cut over. Run again, it resumes an interrupted revert."""
-    store = StateStore(settings.db, settings.state_collection)
+    store = settings.store
     state = store.get(migration.name)
     check_revertible(migration, state, reverse_name_taken)
     reverse = reverse_of(migration)
@@ -185,19 +170,20 @@ def revert_pipeline(settings: Settings, migration: Migration, *,
 def wait_drained(settings: Settings, migration: Migration, tailer: Tailer,
                  stop: threading.Event, deadline: float | None, settle: float,
                  retry: Retrier | None = None) -> bool:
-    """Wait until the tailer has caught up and the group's lag stays zero for ``settle`` s."""
+    """Wait until the tailer has caught up, no recovery backfills, and the group's lag stays
+    zero for ``settle`` s."""
     retry = retry or Retrier(settings, stop=stop)
     topic = settings.topic(migration.collection)
     group = settings.group(migration.name)
     zero_since = None
-    while not stop.is_set() and not tailer.rearmed.is_set():
+    while not stop.is_set():
         if deadline and time.monotonic() > deadline:
             return False
         # Caught up with the present: the server's latest operation now.
         tailer.catch_up_to(retry.call(MONGODB, settings.db.command, "ping").get("operationTime"))
         tailer.caught_up.wait(timeout=2)
         lag = retry.call(KAFKA, topics.group_lag, settings, topic, group).total
-        if lag == 0 and tailer.caught_up.is_set():
+        if lag == 0 and tailer.caught_up.is_set() and not tailer.recovery.running:
             zero_since = zero_since or time.monotonic()
             if time.monotonic() - zero_since >= settle:
                 return True
@@ -236,27 +222,19 @@ def catch_up(settings: Settings, migration: Migration,
         pieces.append(("tailer", Tailer(settings, migration)))
     if not consumers_running(settings, migration):
         pieces.append(("consumer", TransformConsumer(settings, migration)))
-    threads = []
+    threads = Threads()
     for name, piece in pieces:
         log.info("no %s is running: cutover runs one until its fence has passed", name)
         outcome.started.append(name)
-        thread = threading.Thread(target=_reporting(name, piece.run, outcome), daemon=True,
-                                  name=f"cutover-{name}")
-        thread.start()
-        threads.append(thread)
+        threads.start(f"cutover-{name}", piece.run, on_error=_reported(name, outcome))
     try:
         yield outcome
     finally:
         for _, piece in pieces:
             piece.stop()  # each saves its position: the tailer its token, the consumer offsets
-        for thread in threads:
-            thread.join(timeout=60)
+        threads.join(timeout=60)
 
 
-def _reporting(name: str, run: Callable[[], Any], outcome: CatchUp) -> Callable[[], None]:
-    def target() -> None:
-        try:
-            run()
-        except Exception as exc:  # reported as a reason the cutover is refused
-            outcome.errors.append(f"the {name} cutover started failed: {exc}")
-    return target
+def _reported(name: str, outcome: CatchUp) -> Callable[[BaseException], None]:
+    """A piece cutover started failed: a reason the cutover is refused."""
+    return lambda exc: outcome.errors.append(f"the {name} cutover started failed: {exc}")

@@ -13,7 +13,7 @@ import bson
 from bson.timestamp import Timestamp
 
 from .base.codec import CODEC_OPTIONS
-from .base.events import (
+from .core.events import (
     CHANGE_OPERATIONS,
     Envelope,
     EventSource,
@@ -21,7 +21,7 @@ from .base.events import (
     encode_document,
     now_ms,
 )
-from .base.patch import Outcome, same_value
+from .core.patch import Outcome, same_value
 
 
 def apply_to(doc: Mapping[str, Any], outcome: Outcome) -> dict[str, Any] | None:
@@ -38,7 +38,7 @@ def apply_to(doc: Mapping[str, Any], outcome: Outcome) -> dict[str, Any] | None:
 
 def matches_guard(doc: Mapping[str, Any] | None, guard: Mapping[str, Any]) -> bool:
     """Whether MongoDB would match ``doc`` with a guard of
-    :func:`~cdc_migrator.base.patch.guard_filter`, evaluated in memory."""
+    :func:`~cdc_migrator.core.patch.guard_filter`, evaluated in memory."""
     if doc is None or not same_value(doc.get("_id"), guard["_id"]):
         return False
     for name, cond in guard.items():
@@ -153,7 +153,7 @@ def change_envelope(
 
 
 def as_plain_dict(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """``value`` as :func:`~cdc_migrator.base.events.decode` gives it back: a plain dict."""
+    """``value`` as :func:`~cdc_migrator.core.events.decode` gives it back: a plain dict."""
     if value is None or type(value) is dict:
         return value
     # Normalise other mappings (SON, RawBSONDocument, ...) to what decode() will return.

@@ -52,10 +52,13 @@ fetch_jars() {
       || { tail -n 20 "$home/maven.log" >&2; die "maven could not fetch the jars (log: $home/maven.log)"; }
     touch "$home/lib/.complete"
   fi
-  local src="$root/services/mongo" out="$home/classes"
-  if [[ ! -f "$out/.complete" ]] || [[ -n "$(find "$src" -name '*.java' -newer "$out/.complete")" ]]; then
+  # services/mongo: the MongoDB server's launcher; services/kafka: what the tests' own brokers
+  # load (a policy capping topics' record size, as managed Kafka services have).
+  local src=("$root/services/mongo" "$root/services/kafka") out="$home/classes"
+  if [[ ! -f "$out/.complete" ]] || [[ -n "$(find "${src[@]}" -name '*.java' -newer "$out/.complete")" ]]; then
     rm -rf "$out"; mkdir -p "$out"
-    javac -nowarn -d "$out" -cp "$home/lib/*" "$src"/*.java || die "could not compile services/mongo"
+    javac -nowarn -d "$out" -cp "$home/lib/*" "$root"/services/mongo/*.java "$root"/services/kafka/*.java \
+      || die "could not compile services/mongo and services/kafka"
     touch "$out/.complete"
   fi
 }

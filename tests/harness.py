@@ -10,6 +10,8 @@ Plain functions and classes only, no pytest: the fixtures that use them are in c
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import os
 import random
 import re
@@ -21,13 +23,18 @@ import sys
 import textwrap
 import threading
 import time
+import unittest
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import bson
 import pymongo
+from kafka import KafkaAdminClient
+from pymongo import monitoring
 
 from cdc_migrator.base import topics
 from cdc_migrator.base.naming import STATE_COLLECTION
@@ -104,11 +111,17 @@ def local_mongo_missing() -> str | None:
     return None
 
 
-def start_local_mongo(home: Path, *properties: str,
-                      heap: str = "256m") -> tuple[subprocess.Popen, pymongo.MongoClient]:
+def start_local_mongo(home: Path, *properties: str, heap: str = "256m",
+                      auth: bool = False) -> tuple[subprocess.Popen, pymongo.MongoClient]:
     """A LocalMongo of one's own on a free port (JVM ``-D`` ``properties``), logging into
-    ``home``, and a client for it, once it answers. Stop it with :func:`stop_local_mongo`."""
+    ``home``, and a client for it, once it answers. Stop it with :func:`stop_local_mongo`.
+
+    With ``auth`` the server has access control on (``-Dauth=true``, as mongod's ``--auth``):
+    the client is not logged in, so until it creates the first user on ``admin`` (the
+    localhost exception) it may only run the commands that need no authentication."""
     port = free_port()
+    if auth:
+        properties = ("-Dauth=true", *properties)
     with open(home / "mongo.out", "ab") as out:
         proc = subprocess.Popen(
             ["java", *FAST_JVM, f"-Xmx{heap}", LOG4J, *properties,
@@ -129,6 +142,204 @@ def stop_local_mongo(proc: subprocess.Popen, client: pymongo.MongoClient) -> Non
     client.close()
     proc.kill()
     proc.wait()
+
+
+def seed_sharded_collection(client: pymongo.MongoClient, namespace: str, key: dict[str, Any],
+                            split_points: list[Any], shards: int = 2,
+                            version: str = "7.0") -> dict[str, Any]:
+    """Write into the ``config`` database the metadata a sharded cluster keeps for
+    ``namespace`` sharded on ``key``: ``shards`` entries in config.shards, the collection in
+    config.collections and its chunks (cut at ``split_points``, values of the key's first
+    field, dealt to the shards in turn) in config.chunks, in the shape of MongoDB ``version``
+    ("4.4": chunks keyed by ``ns``; "6.0", "7.0", "8.0": by the collection's ``uuid``; 7.0+
+    chunks carry ``onCurrentShardSince``). The local server's mongos mode reads the key from
+    it; nothing is sharded. Returns the config.collections entry."""
+    config = client.config
+    epoch, uuid_ = bson.ObjectId(), bson.Binary.from_uuid(uuid.uuid4())
+    now = bson.Timestamp(int(time.time()), 1)
+    for n in range(shards):
+        config.shards.replace_one({"_id": f"shard{n:02d}"}, {
+            "_id": f"shard{n:02d}", "host": f"shard{n:02d}/shard{n:02d}-a.local:27018", "state": 1,
+            "topologyTime": now}, upsert=True)
+    entry: dict[str, Any] = {"_id": namespace, "lastmodEpoch": epoch,
+                             "lastmod": dt.datetime.now(dt.UTC), "timestamp": now,
+                             "uuid": uuid_, "key": key,
+                             "unique": False, "noBalance": False}
+    previous = config.collections.find_one({"_id": namespace}) or {}
+    config.chunks.delete_many({"$or": [{"ns": namespace}, {"uuid": previous.get("uuid", uuid_)}]})
+    config.collections.replace_one({"_id": namespace}, entry, upsert=True)
+    first = next(iter(key))
+    rest = {field: bson.MinKey() for field in list(key)[1:]}
+    bounds = [bson.MinKey(), *split_points, bson.MaxKey()]
+    for n, (low, high) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        chunk: dict[str, Any] = {"_id": bson.ObjectId(), "min": {first: low, **rest},
+                                 "max": {first: high, **rest}, "shard": f"shard{n % shards:02d}",
+                                 "lastmod": bson.Timestamp(1, n), "history": [
+                                     {"validAfter": now, "shard": f"shard{n % shards:02d}"}]}
+        chunk["ns" if version == "4.4" else "uuid"] = (namespace if version == "4.4"
+                                                       else entry["uuid"])
+        if version in ("7.0", "8.0"):
+            chunk["onCurrentShardSince"] = now
+        config.chunks.insert_one(chunk)
+    return entry
+
+
+def local_mongo(home: Path, *properties: str,
+                heap: str = "256m") -> tuple[subprocess.Popen, pymongo.MongoClient]:
+    """:func:`start_local_mongo`, or the test skipped (``unittest.SkipTest``, which pytest
+    honours) where a LocalMongo of one's own cannot start."""
+    missing = local_mongo_missing()
+    if missing:
+        raise unittest.SkipTest(missing)
+    return start_local_mongo(home, *properties, heap=heap)
+
+
+#: The idle-cursor timeout of the ``short_cursors`` server (tests/conftest.py), in ms.
+CURSOR_TIMEOUT_MS = 600
+#: The migrations of a LocalMongo of one's own (:func:`private_settings`): price_total in
+#: batches of 5, and ``early``, of a collection that does not exist yet.
+LIMITS_MIGRATIONS = textwrap.dedent('''
+    from cdc_migrator import migration, UNSET
+
+    @migration(collection="items", batch_size=5)
+    def price_total(doc, ctx):
+        total = doc["price"] * doc["qty"]
+        if doc.get("total") != total or "legacy" in doc:
+            return {"total": total, "legacy": UNSET}
+
+    @migration(collection="not_there_yet")
+    def early(doc, ctx):
+        return None
+''')
+
+
+def cursor_metrics(client: pymongo.MongoClient) -> dict:
+    """The server's cursor metrics (open, timed out): ``serverStatus``'s."""
+    return client.admin.command("serverStatus")["metrics"]["cursor"]
+
+
+def private_settings(client: pymongo.MongoClient, tmp_path: Path, **options: Any) -> Settings:
+    """Settings for a LocalMongo of one's own (a new database) and the shared Kafka, with
+    :data:`LIMITS_MIGRATIONS` written into ``tmp_path`` as the transforms."""
+    host, port = client.address
+    (tmp_path / "items.py").write_text(LIMITS_MIGRATIONS)
+    return Settings(mongodb_uri=f"mongodb://{host}:{port}/d{uuid.uuid4().hex[:8]}"
+                                "?directConnection=true",
+                    kafka_bootstrap_servers=KAFKA, transforms=tmp_path,
+                    topic_prefix=f"t-sl-{uuid.uuid4().hex[:8]}",
+                    group_prefix=f"g-sl-{uuid.uuid4().hex[:8]}", partitions=2, **options)
+
+
+def seed_legacy(coll: Any, n: int) -> None:
+    """``n`` items of :data:`LIMITS_MIGRATIONS`' price_total, each still to migrate."""
+    coll.insert_many([{"_id": i, "price": i, "qty": 2, "legacy": True} for i in range(n)])
+
+
+class CommandRecorder(monitoring.CommandListener):
+    """Every command a client started, as (name, command document)."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, dict]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.commands.append((event.command_name, dict(event.command)))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+    def named(self, name: str) -> list[dict]:
+        return [c for n, c in self.commands if n == name]
+
+
+class PrivateKafka:
+    """A single-node KRaft broker of a test's own on free ports, started as scripts/services.sh
+    starts the shared one, to stop, restart or configure as the test needs.
+
+    ``properties`` (lines of server.properties) override the shared broker's; ``jvm`` adds
+    options of its JVM (``-D`` system properties); the classes services.sh compiled
+    (``services/kafka``: e.g. ``RecordSizeCap``) are on its class path. Its SASL_SSL listener
+    (``sasl_ssl_port``) uses the shared broker's certificate, which ``KAFKA_CA`` verifies.
+    """
+
+    def __init__(self, home: Path, properties: str = "", jvm: Iterable[str] = ()) -> None:
+        self.home, self.jvm = home, list(jvm)
+        self.port, controller = free_port(), free_port()
+        self.sasl_ssl_port = free_port()
+        text = (ROOT / "services" / "kafka" / "server.properties").read_text()
+        for marker, value in (("@PORT@", self.port), ("@CONTROLLER_PORT@", controller),
+                              ("@SSL_PORT@", free_port()), ("@SASL_SSL_PORT@", self.sasl_ssl_port),
+                              ("@TLS@", KAFKA_CA.parent), ("@TLS_PASSWORD@", KAFKA_TLS_PASSWORD),
+                              ("@DATA@", home / "data")):
+            text = text.replace(marker, str(value))
+        self.props = home / "server.properties"
+        self.props.write_text(f"{text}\n{properties}\n")  # a later line wins
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        formatted = subprocess.run(
+            ["java", *FAST_JVM, LOG4J, *self.jvm, f"-Dservice.log={home / 'format.log'}", "-cp",
+             f"{CLASSES}:{LIB}/*", "kafka.tools.StorageTool", "format", "-t", cluster, "-c",
+             str(self.props)], capture_output=True, text=True, timeout=120)
+        assert formatted.returncode == 0, f"formatting {home}: {formatted.stderr[-2000:]}"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_ssl(self) -> str:
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
+    def start(self) -> None:
+        with open(self.home / "kafka.out", "ab") as out:
+            self.proc = subprocess.Popen(
+                ["java", *FAST_JVM, "-Xmx512m", LOG4J, *self.jvm,
+                 f"-Dservice.log={self.home / 'kafka.log'}", "-cp", f"{CLASSES}:{LIB}/*",
+                 "kafka.Kafka", str(self.props)], stdout=out, stderr=subprocess.STDOUT)
+
+        def answers() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, \
+                (self.home / "kafka.out").read_text()
+            try:
+                KafkaAdminClient(bootstrap_servers=self.bootstrap, bootstrap_timeout_ms=1000,
+                                 request_timeout_ms=2000).close()
+                return True
+            except Exception:
+                return False
+
+        wait_for(answers, timeout=90, what=f"the private broker on port {self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def private_kafka_missing() -> str | None:
+    """Why a broker of one's own cannot start here, or None."""
+    if shutil.which("java") is None or not LIB.is_dir() or not CLASSES.is_dir():
+        return "needs java, the service jars and classes in .services (make services-up)"
+    return None
+
+
+# The Go tools scripts/tools.sh builds (`make tools`): prometheus, promtool, helm, actionlint.
+TOOLS_SCRIPT = ROOT / "scripts" / "tools.sh"
+
+
+def tool_missing(name: str) -> str | None:
+    """Why the Go tool ``name`` cannot be used (missing, or built from another pin), or None."""
+    done = subprocess.run([str(TOOLS_SCRIPT), "check", name], capture_output=True, text=True,
+                          timeout=60)
+    return None if done.returncode == 0 else done.stderr.strip()
+
+
+def tool(name: str, command: str = "path") -> str:
+    """What ``scripts/tools.sh COMMAND NAME`` prints: the tool's ``path``, or the ``version``
+    pinned for it."""
+    return subprocess.run([str(TOOLS_SCRIPT), command, name], capture_output=True, text=True,
+                          check=True, timeout=60).stdout.strip()
 
 
 # --------------------------------------------------------------------------------- polling

@@ -25,8 +25,9 @@ from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 from ..base import refusals
 from ..base.codec import CODEC_OPTIONS
 from ..base.identity import id_key
-from ..base.patch import Outcome, decide
-from ..base.retry import first_line, message_of, service_of
+from ..base.messages import first_line, message_of
+from ..base.retry import service_of
+from ..core.patch import Outcome, decide
 from ..migration import Migration, filter_fields
 
 MAX_ATTEMPTS = 20

@@ -1,15 +1,16 @@
-"""The transform consumer: applies the migration to every document named on the topic.
+"""The transform consumer: one member of a migration's consumer group.
 
-A consumer group per migration shares the topic's partitions among its processes. For each
-polled batch it decodes the envelopes, migrates the named documents from their current state
-(the image an event carries is tried first; a guard miss re-reads the database), sends
-failures and undecodable records to the dead-letter topic, and only then commits the offsets.
-A fence event is acknowledged in the state once everything before it in its partition is
-applied and committed.
+A consumer group per migration shares the topic's partitions among its processes. This module
+is the member: its Kafka client, the watchdog that replaces a stuck client, pause and resume,
+and rebalances. Each polled batch is applied by the batch applier (:mod:`.batch`: the named
+documents migrated from their current state, failures and undecodable records made dead
+letters); the member then sends the dead letters and only then commits the offsets. A fence
+event is acknowledged in the state once everything before it in its partition is applied and
+committed.
 
 A lost connection never skips a batch: each step of the batch in hand (apply, dead letters,
 commit) is retried until it succeeds, so offsets are committed only after the writes they
-cover (see :mod:`cdc_migrator.retry`). An idle consumer asks the broker for an offset every few
+cover (see :mod:`cdc_migrator.base.retry`). An idle consumer asks the broker for an offset every few
 seconds, since an empty poll cannot tell a quiet topic from a broker that is gone.
 """
 
@@ -21,7 +22,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,32 +37,28 @@ from kafka.errors import (
     RebalanceInProgressError,
 )
 
-from ..base import deadletters, events, logs, metrics, topics
-from ..base.context import make_context
-from ..base.identity import id_key
-from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line
+from ..base import logs, metrics, topics
+from ..base.messages import first_line
+from ..base.retry import KAFKA, MONGODB, Retrier
 from ..base.settings import Settings
-from ..base.state import (
+from ..base.threads import Threads, run_until_stopped
+from ..core.context import make_context
+from ..core.state import (
     CONSUMER_FORGOTTEN_AFTER,
     CONSUMER_HEARTBEAT_INTERVAL,
-    StateStore,
     failure_record,
     last_word,
     stop_record,
 )
-from ..base.threads import run_until_stopped
-from ..base.throttle import Bounds, Throttle, worker_name
-from ..errors import CdcMigratorError, EventsLost
+from ..core.throttle import Bounds, Throttle, worker_name
+from ..errors import CdcMigratorError, ClientAbandoned, EventsLost, StopRequested
 from ..migration import Migration
 from .applier import Applier, BatchResult
+from .batch import BatchApplier
 
 log = logging.getLogger("cdc_migrator.consumer")
 
 PROBE_INTERVAL = 3.0  # seconds without records before the broker is asked whether it is there
-# A poll of backfill records (each a batch of documents) is applied in chunks of this many
-# documents, and committed once all of them are written. While one chunk is written (by a
-# writer thread) the next is decoded and decided: at most two chunks are held at once.
-APPLY_CHUNK = 1000
 
 
 @dataclass
@@ -94,7 +91,7 @@ class TransformConsumer:
                             else None)
         self.topic = settings.topic(migration.collection)
         self.dlq_topic = settings.dlq_topic(migration.collection)
-        self.store = StateStore(settings.db, settings.state_collection)
+        self.store = settings.store
         self.applier = Applier(migration, settings.db[migration.collection],
                                make_context(settings.db, migration.name,
                                             declared=migration.declared_reads))
@@ -114,7 +111,6 @@ class TransformConsumer:
         self._reported = 0.0  # when this consumer last reported itself alive
         self._forgotten = False  # whether it removed the reports of members long gone
         self.retry = Retrier(settings, log, self.stopping)
-        self._write_retry = Retrier(settings, log, self.stopping)  # the writer thread's
         self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"consume-{migration.name}-write")
         self._dlq = topics.Publisher(settings, self.retry)
         # The group's share of `cdc-migrator throttle`, by the partitions this member holds.
@@ -123,6 +119,10 @@ class TransformConsumer:
             bounds=Bounds(settings.max_replication_lag, settings.max_write_latency),
             client=settings.client, weight=lambda: float(len(self._assigned)), members=True,
             stop=self.stopping)
+        self.batches = BatchApplier(
+            migration, self.applier, self.throttle, retry=self.retry,
+            write_retry=Retrier(settings, log, self.stopping),  # the writer thread's
+            writer=self._writer)
 
     def stop(self) -> None:
         """Finish the batch in hand, commit, and return from :meth:`run`."""
@@ -166,18 +166,16 @@ class TransformConsumer:
             self._consumer = retry.call(KAFKA, self._connect)
             log.info("consuming %s as group %s", self.topic,
                      self.settings.group(self.migration.name))
-            failed: list[BaseException] = []
-            worker = threading.Thread(target=self._work, args=(failed,), daemon=True,
-                                      name=f"consume-{self.migration.name}-client")
+            client = Threads()
+            worker = client.new(f"consume-{self.migration.name}-client", self._work)
             self._worker, self._waiting_since, self._assigned = worker, None, frozenset()
             self._empty_since = None
             worker.start()
-            while worker.is_alive() and not self._stalled():
-                worker.join(timeout=CONSUMER_HEARTBEAT_INTERVAL)
+            while client.alive() and not self._stalled():
+                client.join(timeout=CONSUMER_HEARTBEAT_INTERVAL)
                 self._report_alive()
-            if failed:
-                raise failed[0]
-            if not worker.is_alive():
+            client.raise_first()
+            if not client.alive():
                 return
             # Abandoned: it exits if that call ever returns. Its client is closed aside, since
             # closing a stuck client may hang too; the broker drops its membership once its
@@ -244,15 +242,13 @@ class TransformConsumer:
             log.debug("could not record the stall: %s", failure)
         return True
 
-    def _work(self, failed: list[BaseException]) -> None:
+    def _work(self) -> None:
         logs.bind(migration=self.migration.name, component="consumer")
         try:
             self._consume()
-        except _Abandoned:
+        except ClientAbandoned:
             log.info("the abandoned Kafka client's call returned; what it brought is left to "
                      "the new client")
-        except BaseException as exc:  # raised again by the watching thread
-            failed.append(exc)
 
     def _consume(self) -> None:
         retry = self.retry
@@ -338,99 +334,27 @@ class TransformConsumer:
 
     def _process(self, polled: dict[TopicPartition, list[Any]]) -> None:
         started = time.monotonic()
-        ids: list[Any] = []
-        images: dict[Any, Any] = {}
-        dead: list[tuple[str, bytes | None, bytes]] = []  # kind, key, value
-        fences: list[tuple[int, str]] = []
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        firsts: dict[TopicPartition, int] = {}
-        count = 0
-        result = BatchResult()
-        in_flight: Future[BatchResult] | None = None
-
-        def written() -> None:
-            assert in_flight is not None
-            result.add(in_flight.result())
-            self.throttle.note_write(self.applier.last_write_seconds)
-
-        def apply_chunk() -> None:
-            # Decided here, written by the writer thread while the next chunk is decoded and
-            # decided; the chunks are written in order, each after the one before. The
-            # throttle's pace is paid before deciding.
-            nonlocal in_flight
-            self.throttle.spend(len(ids))
-            decided = self.retry.call(MONGODB, self.applier.decide_ids, ids, images)
-            if in_flight is not None:
-                written()
-            in_flight = self._writer.submit(self._write_retry.call, MONGODB, self.applier.write,
-                                            decided)
-
-        for tp, records in polled.items():
-            for record in records:
-                if len(ids) >= self.throttle.chunk(APPLY_CHUNK):  # those so far go first
-                    apply_chunk()
-                    ids, images = [], {}
-                count += 1
-                offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
-                firsts.setdefault(tp, record.offset)
-                try:
-                    envelope = events.decode(record.value)
-                except events.PoisonRecord as exc:
-                    log.warning("undecodable record at partition %d offset %d "
-                                "dead-lettered: %s", tp.partition, record.offset, exc)
-                    dead.append(("poison", *deadletters.dead_letter(
-                        self.migration.name, "poison", str(exc), key=record.key,
-                        record=record)))
-                    continue
-                if envelope.migration != self.migration.name:
-                    continue
-                if envelope.source == "fence":
-                    if envelope.fence_id is not None:  # the tailer gives every fence its id
-                        fences.append((tp.partition, envelope.fence_id))
-                    continue
-                named: list[tuple[Any, dict[str, Any] | None]]
-                if envelope.documents is not None:  # a backfill batch: an event per document
-                    count += len(envelope.documents) - 1
-                    named = [(doc["_id"], doc) for doc in envelope.documents]
-                else:
-                    named = [(envelope.key, envelope.document)]
-                for doc_id, image in named:
-                    key = id_key(doc_id)
-                    ids.append(doc_id)
-                    # One event in the batch: its image may stand in for a database read.
-                    # Several: a backfill snapshot may have been read before a change event
-                    # that precedes it on the topic, so no image is known to be the newest;
-                    # read the database.
-                    images[key] = None if key in images else image
+        batch = self.batches.apply(polled)
         # Each step is retried until it succeeds: the offsets are committed only after it.
-        if ids:
-            apply_chunk()
-        if in_flight is not None:
-            written()
-        for failure in result.failures:
-            log.warning("transform failed on %r, dead-lettered: %s", failure.id, failure.error)
-            dead.append(("transform", *deadletters.dead_letter(
-                self.migration.name, "transform", failure.error,
-                key=events.key_bytes(failure.id), doc_id=failure.id,
-                traceback=failure.traceback)))
-        if dead:
-            self._send_dead_letters(dead)
-        committed = self._commit(offsets, firsts)
-        self.stats.records += count
+        if batch.dead:
+            self._send_dead_letters(batch.dead)
+        committed = self._commit(batch.offsets, batch.firsts)
+        result = batch.result
+        self.stats.records += batch.count
         self.stats.batches += 1
-        self.stats.poison += sum(1 for kind, _, _ in dead if kind == "poison")
+        self.stats.poison += batch.poison
         self.stats.result.add(result)
         # A fence counts as passed only once the offsets before it are committed; a committed
         # batch also ends any stop or stall recorded before.
         self.retry.call(MONGODB, self.store.record_applied, self.migration.name,
-                        counts={**result.counts(), "consumed": count},
+                        counts={**result.counts(), "consumed": batch.count},
                         failures=[failure_record(f.id, f.error, "consume")
                                   for f in result.failures],
-                        fences=[(fid, p) for p, fid in fences] if committed else [],
+                        fences=[(fid, p) for p, fid in batch.fences] if committed else [],
                         clear_stop=committed)
-        metrics.record_consumed(self.migration.name, count, result,
-                                      time.monotonic() - started)
-        log.debug("batch of %d events applied and committed: %s", count, result.counts())
+        metrics.record_consumed(self.migration.name, batch.count, result,
+                                time.monotonic() - started)
+        log.debug("batch of %d events applied and committed: %s", batch.count, result.counts())
         if self.on_batch:
             self.on_batch(self.stats)
 
@@ -525,7 +449,7 @@ class TransformConsumer:
         finally:
             self._waiting_since = None
             if threading.current_thread() is not self._worker:
-                raise _Abandoned  # replaced while stuck here: touch nothing any more
+                raise ClientAbandoned  # replaced while stuck here: touch nothing any more
 
     def _events_lost(self, offsets: dict[TopicPartition, int]) -> EventsLost:
         """The stop, naming every partition of the member that lost events (the client
@@ -570,11 +494,6 @@ class TransformConsumer:
         self.retry.call(MONGODB, self.store.add_dead_letters, self.migration.name, sent)
 
 
-class _Abandoned(BaseException):
-    """Raised in a worker whose client was replaced while it was stuck (not an Exception, so
-    no retry catches it)."""
-
-
 def _close_quietly(consumer: KafkaConsumer) -> None:
     try:
         consumer.close(autocommit=False, timeout_ms=5_000)
@@ -587,7 +506,7 @@ def consume_until_stopped(settings: Settings, migrations: list[Migration],
     """Run one group member per migration in threads until ``stop`` is set."""
     consumers = [TransformConsumer(settings, m) for m in migrations]
 
-    def failed(c: TransformConsumer, exc: Exception) -> None:
+    def failed(c: TransformConsumer, exc: BaseException) -> None:
         if not isinstance(exc, CdcMigratorError):  # an expected error is one line, by the caller
             log.error("consumer of %s failed: %s", c.migration.name, exc)
             log.debug("%s", traceback.format_exc())

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..base import events, topics
-from ..base.context import make_context
-from ..base.deadletters import dead_letter, read
+from ..base import topics
 from ..base.settings import Settings
-from ..base.state import StateStore
+from ..core import events
+from ..core.context import make_context
+from ..core.deadletters import dead_letter, read
 from ..migration import Migration
 from .applier import Applier
 
@@ -40,7 +40,7 @@ class RetryReport:
 
 def retry(settings: Settings, migration: Migration) -> RetryReport:
     """Replay the dead letters since the last retry through the transform."""
-    store = StateStore(settings.db, settings.state_collection)
+    store = settings.store
     start = store.ensure(migration.name, migration.collection).dlq_offset
     letters = read(settings, migration, start)
     report = RetryReport(migration.name, entries=len(letters))

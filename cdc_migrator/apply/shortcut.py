@@ -9,18 +9,19 @@ written to during a long migration, use the Kafka pipeline (``backfill`` + ``tai
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..base.context import make_context
-from ..base.patch import Outcome, decide
 from ..base.progress import Progress
 from ..base.scanner import count, prefetched, scan
 from ..base.settings import Settings
-from ..base.state import StateStore, failure_record
+from ..core.context import make_context
+from ..core.patch import Outcome, decide
+from ..core.state import failure_record
 from ..migration import Migration
 from .applier import Applier, BatchResult, Decided
+from .writebehind import WriteBehind
 
 
 @dataclass
@@ -52,7 +53,7 @@ def apply_migration(
     # A transform that returns something that is not a patch stops the run with a PatchError;
     # trying the first batch without writing catches most such bugs before any write.
     dry_run(settings, migration, batch_size=batch_size)
-    store = StateStore(db, settings.state_collection)
+    store = settings.store
     state = store.ensure(migration.name, migration.collection)
     saved = state.apply
     position = saved.position if saved and saved.started and not saved.done and not reset \
@@ -79,27 +80,22 @@ def apply_migration(
             failures=[failure_record(f.id, f.error, "apply") for f in result.failures])
         return result
 
-    def written(batch: Future[BatchResult]) -> None:
-        result = batch.result()
+    def written(result: BatchResult) -> None:
         totals.add(result)
         progress.update(result.seen, updated=result.updated, failed=result.failed)
 
     # Three stages overlap: the next batch is read (prefetched) while this one is decided
-    # (transforms, guards; here) and the one before is written (one writer thread, so the
-    # batches are written and their positions saved in order). The server's time for a
-    # bulk write is then spent while this process works instead of before it.
+    # (transforms, guards; here) and the one before is written (write-behind: one writer
+    # thread, so the batches are written and their positions saved in order).
     # Leaving the block, on an error too, waits for the write in flight and its position.
-    in_flight: Future[BatchResult] | None = None
     with ThreadPoolExecutor(1, thread_name_prefix=f"apply-{migration.name}") as writer:
+        behind = WriteBehind(writer, write, written)
         for batch in prefetched(scan(collection, migration.filter, after=after, started=resumed,
                                      batch_size=batch_size or migration.batch_size, rate=rate)):
             decided = applier.decide_documents(batch)
             scanned += len(batch)
-            if in_flight is not None:
-                written(in_flight)
-            in_flight = writer.submit(write, decided, batch[-1]["_id"])
-        if in_flight is not None:
-            written(in_flight)
+            behind.submit(decided, batch[-1]["_id"])
+        behind.flush()
     progress.close()
     store.finish_apply(migration.name)
     return ApplyReport(migration.name, scanned, totals, resumed)

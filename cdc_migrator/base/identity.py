@@ -17,6 +17,7 @@ from typing import Any
 import bson
 from bson import Decimal128, ObjectId
 
+from .bsontypes import NUMBERS
 from .codec import CODEC_OPTIONS
 
 __all__ = ["id_key"]
@@ -41,7 +42,7 @@ def id_key(value: Any) -> Hashable:
         return ("bson", _OBJECT_ID_HEAD + value.binary + b"\x00")
     if isinstance(value, bool):
         return ("bool", value)
-    if isinstance(value, (int, float, Decimal128)):
+    if isinstance(value, NUMBERS):
         return _number_key(value)
     if type(value) is str:  # not bson.Code, a str subclass of another BSON type
         return ("string", value)

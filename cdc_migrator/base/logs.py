@@ -5,7 +5,7 @@ one handler on stderr whose filters add the ``migration`` and ``component`` fiel
 secrets: the credentials of connection strings, any value quoted after a key naming a password
 or a secret (kafka-python logs its whole configuration at debug), and the secrets
 :func:`add_secrets` registered (the settings' passwords), in every form text gives them: raw,
-``repr``- and JSON-escaped, percent-encoded (:func:`~cdc_migrator.base.settings.secret_forms`).
+``repr``- and JSON-escaped, percent-encoded (:func:`~cdc_migrator.base.masking.secret_forms`).
 A long-running piece calls :func:`bind` at its start to name what its thread logs about.
 """
 
@@ -18,7 +18,7 @@ import logging
 import sys
 from typing import Any
 
-from .settings import MIN_SECRET_LENGTH, mask_forms, secret_forms
+from .masking import MIN_SECRET_LENGTH, mask_forms, secret_forms
 
 FORMATS = ("text", "json")
 
@@ -33,7 +33,6 @@ _COMPONENT_OF_LOGGER = {
     "cdc_migrator.consumer": "consumer",
     "cdc_migrator.backfill": "backfill",
     "cdc_migrator.apply": "apply",
-    "cdc_migrator.cutover": "cutover",
 }
 
 _secrets: set[str] = set()
@@ -99,7 +98,7 @@ class _Masking(logging.Filter):
 
 class _LibraryLevel(logging.Filter):
     """Drops the drivers' records below their level: the Kafka client's warnings are created
-    (:mod:`cdc_migrator.refusals` reads the causes of refused connections in them) but not
+    (:mod:`cdc_migrator.base.refusals` reads the causes of refused connections in them) but not
     shown unless asked for."""
 
     def __init__(self, level: int) -> None:
@@ -172,7 +171,7 @@ def configure(log_format: str = "text", verbosity: int = 0) -> None:
     replaces the previous set-up and forgets the secrets registered.
 
     The drivers are silent by default: during an outage they log every reconnect attempt, and
-    the tool logs each outage once itself (see :mod:`cdc_migrator.retry`).
+    the tool logs each outage once itself (see :mod:`cdc_migrator.base.retry`).
     """
     global _handler, _format, _forms
     _secrets.clear()

@@ -14,6 +14,9 @@ FENCE_COLLECTION = "cdc_migrator_fences"
 REFERENCES_COLLECTION = "cdc_migrator_references"
 #: Default of the collection holding the state of each migration (``--state-collection``).
 STATE_COLLECTION = "cdc_migrator_state"
+#: The field that marks a document of the state collection as a shared backfill's range (or
+#: its plan), naming the migration it belongs to; a migration's own document has none.
+RANGE_OF = "range_of"
 #: Default of the prefix of the topics the tool creates (``--topic-prefix``).
 TOPIC_PREFIX = "cdc-migrator"
 #: Default of the prefix of the consumer groups (``--group``).

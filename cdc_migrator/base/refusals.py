@@ -12,7 +12,9 @@ and the close arrive together, kafka-python 3.0 reports the close and drops the 
 transport reads a socket until it would block, and aborts on the end of the stream with what it
 read): the refusal is then never seen, and on a loaded machine a whole bootstrap attempt may
 pass that way. :func:`_deliver_data_before_eof` makes its transports hand over what they read
-before the end of the stream first.
+before the end of the stream first. That method is private: kafka-python is pinned to the
+release it is tested on, and importing this module fails loudly when the method is not there
+as expected (:func:`check_patch_target`).
 
 pymongo reports an untrusted certificate in its server-selection timeout, which is otherwise
 an outage: that one is told apart by the message.
@@ -21,6 +23,7 @@ an outage: that one is told apart by the message.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import re
 import ssl
@@ -37,7 +40,8 @@ from kafka.errors import (
 )
 from pymongo.errors import ConnectionFailure
 
-from ..errors import ConnectionRefused
+from ..errors import ConnectionRefused, TokenRefused
+from .messages import message_of
 
 #: A refusal logged this many seconds before a timeout is taken as its cause (one bootstrap
 #: attempt lasts at most 10 s).
@@ -51,8 +55,16 @@ _latest: tuple[float, BaseException] | None = None
 def refusal_of(exc: BaseException) -> str | None:
     """What refused the connection, when ``exc`` (or the error it was raised from) is a
     refusal; None for anything retrying may cure."""
+    if isinstance(exc, TokenRefused):
+        return f"no OAUTHBEARER token for Kafka: {exc}"
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return ("the Kafka broker does not offer that SASL mechanism (" + message_of(exc) + "): "
+                "check --kafka-sasl-mechanism and the port of --kafka")
+    if isinstance(exc, _SASL) and '"status"' in message_of(exc):  # OAUTHBEARER's error (RFC 7628)
+        return ("Kafka refused the OAUTHBEARER token (" + message_of(exc) + "): check the token's "
+                "issuer, audience, signature and expiry (--kafka-sasl-oauth-*)")
     if isinstance(exc, _SASL):
-        return ("Kafka refused the SASL credentials (" + _text(exc) + "): check "
+        return ("Kafka refused the SASL credentials (" + message_of(exc) + "): check "
                 "--kafka-sasl-mechanism, --kafka-sasl-username and --kafka-sasl-password")
     seen: set[int] = set()
     cause: BaseException | None = exc
@@ -97,14 +109,6 @@ def forget() -> None:
         _latest = None
 
 
-def _text(exc: BaseException) -> str:
-    text = str(exc).replace("[Error 58] ", "")
-    name = type(exc).__name__
-    while text.startswith(f"{name}: "):  # kafka-python repeats the class name
-        text = text[len(name) + 2:]
-    return text
-
-
 class _Capture(logging.Handler):
     """Keeps the latest refusal that kafka-python logs as an argument of a record."""
 
@@ -139,14 +143,41 @@ def _data_first(receive: Callable[[Any], tuple[bytes, Exception | None]]
     return read
 
 
+#: The kafka-python release the patch below is tested on (pyproject.toml pins it).
+TESTED_KAFKA_PYTHON = "3.0.12"
+
+
+def check_patch_target(classes: tuple[type, ...], version: str) -> None:
+    """Fail loudly unless each of ``classes`` defines ``_sock_recv(self)`` itself.
+
+    The patch replaces a private method: on a kafka-python that renamed it, moved it to a base
+    class or gave it parameters, patching would silently do nothing, and a wrong SASL password
+    would again look like an outage to be retried until the deadline.
+    """
+    for cls in classes:
+        receive = cls.__dict__.get("_sock_recv")
+        if receive is None or list(inspect.signature(receive).parameters) != ["self"]:
+            raise _untested(version, f"{cls.__module__}.{cls.__name__}._sock_recv(self)")
+
+
+def _untested(version: str, what: str) -> ImportError:
+    return ImportError(f"cdc-migrator patches {what}, which kafka-python {version} does not "
+                       f"define: install kafka-python=={TESTED_KAFKA_PYTHON}, the release it "
+                       "is tested on")
+
+
 def _deliver_data_before_eof() -> None:
+    import kafka
+
     try:
         from kafka.net import transport
-    except ImportError:  # not kafka-python 3.0: its connections read another way
-        return
-    for cls in (transport.KafkaTCPTransport, transport.KafkaSSLTransport):
-        receive = cls.__dict__.get("_sock_recv")
-        if receive is not None and not hasattr(receive, "__wrapped__"):
+    except ImportError:
+        raise _untested(kafka.__version__, "kafka.net.transport") from None
+    classes = (transport.KafkaTCPTransport, transport.KafkaSSLTransport)
+    check_patch_target(classes, kafka.__version__)
+    for cls in classes:
+        receive = cls.__dict__["_sock_recv"]
+        if not hasattr(receive, "__wrapped__"):
             cls._sock_recv = _data_first(receive)
 
 

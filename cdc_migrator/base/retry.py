@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -35,8 +34,9 @@ from typing import Any, TypeVar
 from kafka.errors import KafkaError, KafkaTimeoutError
 from pymongo.errors import ConnectionFailure, OperationFailure, ServerSelectionTimeoutError
 
-from ..errors import CdcMigratorError, ServiceUnavailable
-from . import logs, refusals
+from ..errors import ServiceUnavailable, StopRequested
+from . import refusals
+from .messages import first_line
 from .settings import Settings
 
 T = TypeVar("T")
@@ -47,16 +47,6 @@ BACKOFF_START = 0.25
 BACKOFF_CAP = 4.0
 # Server errors that mean "not now" (shutdown, election, network), not "never".
 _MONGO_TRANSIENT_CODES = {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}
-
-
-class StopRequested(CdcMigratorError):
-    """The process was asked to stop (SIGTERM) while it waited for a service to come back.
-
-    Nothing unacknowledged was recorded as done, so the next start repeats it. The pieces
-    catch it and return; should it reach the command line, it is one line and exit 0.
-    """
-
-    exit_code = 0
 
 
 def service_of(exc: BaseException) -> str | None:
@@ -72,29 +62,11 @@ def service_of(exc: BaseException) -> str | None:
     return None
 
 
-def message_of(exc: BaseException) -> str:
-    """The first line of an error's message without the drivers' appendices, secrets masked."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    # pymongo appends the whole server reply, its timeouts and the topology description.
-    text = text.split(", full error:")[0].split(", Timeout: ")[0]
-    text = re.sub(r" \(configured timeouts: [^)]*\)", "", text)
-    name = type(exc).__name__
-    if text.startswith(f"{name}: "):  # kafka-python repeats the class name
-        text = text[len(name) + 2:]
-    return logs.mask(text)[:300]
-
-
 def waited_for_server(exc: BaseException) -> bool:
     """Whether ``exc`` says its call waited the whole time a client waits for a server:
     pymongo's server selection timed out, or kafka-python's bootstrap did."""
     return isinstance(exc, ServerSelectionTimeoutError) or (
         isinstance(exc, KafkaTimeoutError) and "Unable to bootstrap" in str(exc))
-
-
-def first_line(exc: BaseException) -> str:
-    """``Type: message`` of an error, as :func:`message_of`."""
-    text = message_of(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass

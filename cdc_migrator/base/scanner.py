@@ -2,8 +2,9 @@
 
 The backfill scanner (documents into Kafka), the in-process ``apply`` and ``verify`` all read
 the collection this way. One server cursor serves the scan while it reads steadily; the position
-is the last ``_id`` read, and :func:`after_filter` turns it back into a query that also covers
-``_id`` values of later BSON types (``$gt`` alone stays within one type).
+is the last ``_id`` read, and :func:`~cdc_migrator.base.bsontypes.after_filter` turns it back
+into a query that also covers ``_id`` values of later BSON types (``$gt`` alone stays within
+one type).
 
 MongoDB kills a cursor left idle for 10 minutes (``cursorTimeoutMillis``); its next ``getMore``
 fails with CursorNotFound (43). A scan therefore reopens its query after the last ``_id`` read
@@ -14,31 +15,20 @@ it never holds a cursor that nothing reads.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import queue
-import re
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from bson import (
-    Binary,
-    DatetimeMS,
-    DBRef,
-    Decimal128,
-    Int64,
-    MaxKey,
-    MinKey,
-    ObjectId,
-    Regex,
-    Timestamp,
-)
 from pymongo.collection import Collection
 from pymongo.cursor import Cursor
 from pymongo.errors import OperationFailure
+
+from .bsontypes import after_filter
+from .messages import message_of
+from .pacing import Pacer
 
 T = TypeVar("T")
 
@@ -50,54 +40,6 @@ CURSOR_NOT_FOUND = 43
 #: MongoDB's 10-minute idle timeout, and long enough that a reopen costs nothing in comparison.
 RELEASE_BEFORE_WAIT = 60.0
 
-# MongoDB's comparison order of BSON types, as $type aliases. The deprecated symbol type
-# (sorted with strings) is left out: drivers no longer write it.
-_TYPE_ORDER: list[tuple[str, ...]] = [
-    ("minKey",), ("null",), ("int", "long", "double", "decimal"), ("string",),
-    ("object",), ("array",), ("binData",), ("objectId",), ("bool",), ("date",), ("timestamp",),
-    ("regex",), ("maxKey",),
-]
-
-
-def _rank(value: Any) -> int:
-    if isinstance(value, MinKey):
-        return 0
-    if value is None:
-        return 1
-    if isinstance(value, bool):
-        return 8
-    if isinstance(value, (int, float, Int64, Decimal128)):
-        return 2
-    if isinstance(value, str):
-        return 3
-    if isinstance(value, (Mapping, DBRef)):
-        return 4
-    if isinstance(value, (list, tuple)):
-        return 5
-    if isinstance(value, (bytes, Binary, uuid.UUID)):
-        return 6
-    if isinstance(value, ObjectId):
-        return 7
-    if isinstance(value, (dt.datetime, DatetimeMS)):
-        return 9
-    if isinstance(value, Timestamp):
-        return 10
-    if isinstance(value, (Regex, re.Pattern)):
-        return 11
-    if isinstance(value, MaxKey):
-        return 12
-    raise TypeError(f"unsupported _id type {type(value).__name__}")
-
-
-def after_filter(last_id: Any) -> dict[str, Any]:
-    """A query for the documents whose ``_id`` sorts after ``last_id`` in BSON order."""
-    later = [alias for group in _TYPE_ORDER[_rank(last_id) + 1:] for alias in group]
-    clauses: list[dict[str, Any]] = [{"_id": {"$gt": last_id}}]
-    if later:
-        clauses.append({"_id": {"$type": later}})
-    return {"$or": clauses}
-
-
 def scan_filter(base: Mapping[str, Any] | None, after: Any = None, started: bool = False) -> dict:
     """Combine a migration's filter with the resume position (``started`` when one exists)."""
     parts = [dict(base)] if base else []
@@ -106,27 +48,6 @@ def scan_filter(base: Mapping[str, Any] | None, after: Any = None, started: bool
     if not parts:
         return {}
     return parts[0] if len(parts) == 1 else {"$and": parts}
-
-
-class RateLimiter:
-    """Caps documents per second (``rate`` None or 0: no cap)."""
-
-    def __init__(self, rate: float | None) -> None:
-        self.rate = rate or 0
-        self._start = time.monotonic()
-        self._count = 0
-
-    def wait(self, n: int, before_long_wait: Callable[[], None] | None = None) -> None:
-        """Account for ``n`` documents and sleep as long as the cap asks; ``before_long_wait``
-        is called first when that is longer than :data:`RELEASE_BEFORE_WAIT`."""
-        if self.rate <= 0:
-            return
-        self._count += n
-        ahead = self._count / self.rate - (time.monotonic() - self._start)
-        if ahead > RELEASE_BEFORE_WAIT and before_long_wait is not None:
-            before_long_wait()
-        if ahead > 0:
-            time.sleep(ahead)
 
 
 class Scan:
@@ -155,16 +76,28 @@ class Scan:
         self._lock = threading.Lock()  # one reader of the cursor at a time, release included
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
-        limiter = RateLimiter(self.rate)
+        pacer = Pacer()
         try:
             while True:
                 batch = self._read_batch()
                 if not batch:
                     return
-                limiter.wait(len(batch), before_long_wait=self.release)
+                if self.rate:
+                    self._pace(pacer, len(batch))
                 yield batch
         finally:
             self.release()
+
+    def _pace(self, pacer: Pacer, n: int) -> None:
+        """Wait as long as the rate asks for ``n`` more documents, closing the cursor first
+        when that is longer than :data:`RELEASE_BEFORE_WAIT`."""
+        pacer.add(n)
+        wait = pacer.wait_needed(self.rate)
+        if wait > RELEASE_BEFORE_WAIT:
+            self.release()
+        while wait > 0:
+            time.sleep(wait)
+            wait = pacer.wait_needed(self.rate)
 
     def release(self) -> None:
         """Close the server cursor now; the scan goes on after the last document read."""
@@ -213,7 +146,7 @@ class Scan:
                     self._close()
                     self.reopened += 1
                     log.info("the scan of %s lost its cursor (%s); reopened after the last "
-                             "document read", self.collection.name, str(exc).split(",")[0])
+                             "document read", self.collection.name, message_of(exc))
                     continue
                 batch.append(doc)
                 last = doc

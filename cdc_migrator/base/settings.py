@@ -1,335 +1,48 @@
 """Every setting of the tool, declared once, and the connections made from them.
 
-:class:`Settings` is the table: each of its fields is a setting, and its :class:`Setting`
-metadata says how a user gives it (flag, environment variable, key of the configuration file),
-what it means and what values it takes. The command line's options (``cli.py``), the keys of
-the configuration file (``configfile.py``), ``config show`` and :meth:`Settings.environment`
-are all derived from it: adding a setting is adding one field here.
+:class:`Settings` is the table: each of its fields is a setting, and its
+:class:`~cdc_migrator.base.checks.Setting` metadata says how a user gives it (flag,
+environment variable, key of the configuration file), what it means, what values it takes and
+which commands take it. The command line's options (``cli.py``), the keys of the configuration
+file (``configfile.py``), ``config show`` and :meth:`Settings.environment` are all derived from
+it: adding a setting is adding one field here.
 
 Precedence, highest first: flag, environment variable, configuration file, default.
 
-Every value is checked here, wherever it comes from (:meth:`Setting.check`): a flag or an
-environment variable (text, parsed), the configuration file (TOML values, of the exact kind:
-no ``true`` for a number, no list for a number of seconds), ``throttle`` and the state read
-back. Numbers are finite and in range, protocols and mechanisms one of their names. A value
-refused is one line naming the setting, where it came from and what is allowed
-(:class:`SettingError`, exit 2), before any work starts. :data:`OPTIONS` declares the options
-of single commands (``--rate``, ``--batch-size``, ...) the same way, checked the same way.
+Every value is checked by its setting, wherever it comes from (``base/checks.py``), before any
+work starts: the command line's and the file's as they are read, a Python caller's when the
+Settings are made.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
+import importlib
 import re
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import quote, quote_plus, unquote_plus
+from typing import TYPE_CHECKING, Any
 
 import pymongo
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, InvalidURI
 
 from ..errors import UsageError
-from . import codec, naming
+from . import codec, naming, tokens
+from .checks import A_YEAR, Setting, Source
+from .masking import is_secret_option, mask_secrets, mask_uri, uri_secrets
+
+if TYPE_CHECKING:
+    from ..core.state import StateStore
 
 DEFAULT_MONGODB_URI = "mongodb://127.0.0.1:27017/app?directConnection=true"
 DEFAULT_KAFKA = "127.0.0.1:9092"
-
-
-def mask_uri(uri: str) -> str:
-    """``uri`` with its credentials replaced by ``***``, safe to print or log.
-
-    Everything between ``://`` and the last ``@`` is hidden, whatever characters the password
-    holds: the URIs that leak a password are the malformed ones (an unescaped ``@``, ``/`` or
-    ``:`` in it), so nothing here relies on the URI being valid.
-    """
-    scheme, sep, rest = uri.partition("://")
-    if not sep or "@" not in rest:
-        return uri
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
-
-
-# A connection string inside free text: up to the last "@" before a host name. A password may
-# hold any character, spaces and line breaks included (a malformed URI does not escape them),
-# so the credentials end only there: on the same line, or on the next ones while each has an
-# "@" of its own. Text after the URI with an "@" of its own is masked too.
-_URI_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^\n]|\n(?=[^\n]*@))*@(?=[\w\[])")
-# Shorter secrets are not registered for masking: they would blank out ordinary words.
-MIN_SECRET_LENGTH = 4
-# A secret named by its key, whatever its value: a password, passwd or secret quoted after a
-# key holding the word (a dict's repr, JSON), or unquoted after "KEY=" (a query string).
-_KEYED_SECRET = re.compile(
-    r"""(?i)([\w.-]*(?:password|passwd|secret)[\w.-]*['"]?\s*[:=]\s*)"""
-    r"""('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|(?<==)[^\s&;,'"]+)""")
-
-
-def secret_forms(secret: str) -> list[str]:
-    """Every form ``secret`` takes in text, longest first: as it is, escaped by ``repr`` (a
-    container's repr, an error's) or by JSON (ASCII or not), percent-encoded (a URI, a form),
-    the ``repr`` of its UTF-8 bytes, and each escaped form escaped once more (a repr quoted in
-    an error, JSON of a repr)."""
-    encoded = secret.encode("utf-8", "surrogatepass")
-    forms = {secret, repr(secret)[1:-1], repr(encoded)[2:-1], json.dumps(secret)[1:-1],
-             json.dumps(secret, ensure_ascii=False)[1:-1], quote(encoded, safe=""),
-             quote_plus(encoded, safe=""), quote(encoded)}
-    forms |= {escaped for f in list(forms) for escaped in (
-        repr(f)[1:-1], json.dumps(f)[1:-1], json.dumps(f, ensure_ascii=False)[1:-1])}
-    return sorted((f for f in forms if f), key=len, reverse=True)
-
-
-def mask_forms(text: str, forms: Iterable[str]) -> str:
-    """``text`` with each of ``forms`` (longest first), keyed secrets and the credentials of
-    connection strings replaced by ``***``."""
-    for form in forms:
-        text = text.replace(form, "***")
-    text = _KEYED_SECRET.sub(_masked_value, text)
-    return _URI_CREDENTIALS.sub(r"\1***@", text)
-
-
-def _masked_value(match: re.Match[str]) -> str:
-    value = match.group(2)
-    quote_mark = value[0] if value[0] in "'\"" else ""
-    return f"{match.group(1)}{quote_mark}***{quote_mark}"
-
-
-def mask_secrets(text: str, *secrets: str | None) -> str:
-    """Remove the credentials of connection strings, keyed secrets and the given secrets, in
-    every form (:func:`secret_forms`), from ``text``."""
-    forms = {f for s in secrets if s and len(s) >= MIN_SECRET_LENGTH for f in secret_forms(s)}
-    return mask_forms(text, sorted(forms, key=len, reverse=True))
-
-
-def uri_secrets(uri: str) -> list[str]:
-    """The credentials of ``uri`` (all of them, and the password alone, as written and
-    decoded), to be masked wherever they might appear, e.g. quoted in part by a driver's
-    message about a malformed URI."""
-    rest = uri.partition("://")[2]
-    if "@" not in rest:
-        return []
-    userinfo = rest.rpartition("@")[0]
-    password = userinfo.partition(":")[2]
-    return [s for s in dict.fromkeys((userinfo, password, unquote_plus(password)))
-            if len(s) >= MIN_SECRET_LENGTH]
-
-
-SourceKind = Literal["flag", "env", "file", "default", "throttle", "state", "python"]
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where a value came from, as the line refusing it names it: ``name`` is the flag, the
-    variable, the file's key or the state's field; ``place`` the file or the migration."""
-
-    kind: SourceKind
-    name: str
-    place: str = ""
-
-    @property
-    def text(self) -> bool:
-        """Whether the value is text to parse (a flag, a variable), not a typed value."""
-        return self.kind in ("flag", "env", "throttle")
-
-    def __str__(self) -> str:
-        return {"flag": f"flag {self.name}", "env": f"environment variable {self.name}",
-                "file": f"{self.name} in config file {self.place}",
-                "throttle": f"throttle {self.name}",
-                "state": f"{self.name} in the state of {self.place}",
-                "default": f"the default of {self.name}",
-                "python": f"setting {self.name}"}[self.kind]
-
-
-class SettingError(UsageError):
-    """A value a setting does not take: one line naming the setting, where the value came from
-    and what is allowed (exit 2)."""
-
-
-class _NotAllowed(Exception):
-    """Raised inside :meth:`Setting.check`; the message, when any, says what is allowed."""
-
-
-#: The longest time any setting takes, in seconds: beyond it a wait is a mistake, and far
-#: beyond it the platform's waits overflow.
-A_YEAR = 365 * 86_400
 _PLAIN_NAME = "1 to 200 printable characters"
 _DATABASE_NAME = ("a database name: 1 to 63 bytes, no control characters, spaces, "
                   "/ \\ . \" or $")
-_UNITS = {"SECONDS": "seconds", "MS": "milliseconds", "DOCS/S": "documents per second"}
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
-_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
-_NUMBER = re.compile(r"\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*", re.ASCII)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """How a user gives one setting, and what it takes (the metadata of a Settings field).
-
-    ``flag`` defaults to ``--`` and the field's name with dashes, ``env`` to ``CDC_MIGRATOR_``
-    and the name in capitals, ``key`` (the configuration file's) to the name; ``env`` or
-    ``key`` None means there is none. ``everywhere`` settings are options of every command;
-    the others only of the commands that name them. ``path`` is ``"dir"`` or ``"file"`` (a
-    relative path in the file is relative to the file); ``"existing"`` files must exist.
-    ``kafka``/``mongo`` name the client option the setting gives (TLS, SASL). ``minimum`` and
-    ``maximum`` bound a number (inclusive), ``above`` from below (exclusive); ``rule`` checks a
-    text further and returns, when it is broken, what is allowed.
-    """
-
-    help: str
-    flag: str = ""
-    env: str | None = ""
-    key: str | None = ""
-    metavar: str | None = None
-    choices: tuple[str, ...] | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    above: float | None = None
-    rule: Callable[[str], str | None] | None = None
-    path: Literal["dir", "file", "existing"] | None = None
-    secret: bool = False
-    everywhere: bool = True
-    kafka: str | None = None
-    mongo: str | None = None
-    name: str = ""
-    kind: type = str
-    default: Any = None
-
-    @property
-    def flag_name(self) -> str:
-        return self.flag or "--" + self.name.replace("_", "-")
-
-    @property
-    def env_name(self) -> str | None:
-        return f"CDC_MIGRATOR_{self.name.upper()}" if self.env == "" else self.env
-
-    @property
-    def key_name(self) -> str | None:
-        return self.name if self.key == "" else self.key
-
-    def check(self, value: Any, source: Source) -> Any:
-        """``value`` as this setting takes it, or :class:`SettingError`.
-
-        Text from a flag or a variable is parsed; a typed value (the file's, the state's, a
-        Python caller's) must be of exactly the setting's kind. None means "not set", which
-        only a setting without a default accepts.
-        """
-        if value is None and self.default is None:
-            return None
-        try:
-            return self._checked(value, source)
-        except _NotAllowed as exc:
-            shown = "***" if self.secret else _brief(value)
-            raise SettingError(f"invalid value {shown} for {source}: expected "
-                               f"{str(exc) or self.allowed()}") from None
-
-    def allowed(self) -> str:
-        """What the setting takes, in words (for help texts and refusals)."""
-        if self.choices:
-            return "one of " + ", ".join(self.choices)
-        if self.kind is bool:
-            return "true or false"
-        if self.path == "existing":
-            return "the path of an existing file"
-        if self.path:
-            return "a path"
-        if self.kind in (int, float):
-            what = "an integer" if self.kind is int else "a finite number"
-            unit = _UNITS.get(self.metavar or "")
-            return what + (f" of {unit}" if unit else "") + self._range()
-        return "text"
-
-    def _range(self) -> str:
-        high = f"{_plain(self.maximum)}" if self.maximum is not None else None
-        if self.above is not None:
-            return f" above {_plain(self.above)}" + (f", at most {high}" if high else "")
-        if self.minimum is not None:
-            low = _plain(self.minimum)
-            return f" from {low} to {high}" if high else f" of at least {low}"
-        return f" of at most {high}" if high else ""
-
-    def _checked(self, value: Any, source: Source) -> Any:
-        if self.kind is bool:
-            return _boolean(value, source)
-        if self.kind in (int, float):
-            number = _number(value, source, self.kind)
-            low, high = self.minimum, self.maximum
-            if (low is not None and number < low) or (high is not None and number > high) \
-                    or (self.above is not None and number <= self.above):
-                raise _NotAllowed
-            return number
-        if isinstance(value, Path) and self.path and not source.text:
-            value = str(value)
-        if not isinstance(value, str):
-            raise _NotAllowed
-        if self.choices:
-            return _choice(value, self.choices, exact=self.kafka is None)
-        if self.path:
-            return _path(value, self.path, self.kind)
-        problem = self.rule(value) if self.rule else None
-        if problem:
-            raise _NotAllowed(problem)
-        return value
-
-
-def _plain(number: float) -> str:
-    """A bound as a person writes it: 31,536,000 rather than 3.1536e+07."""
-    return f"{int(number):,}" if number == int(number) else f"{number:g}"
-
-
-def _brief(value: Any) -> str:
-    """A value as a refusal shows it: its repr, on one line, at most 60 characters."""
-    text = mask_secrets(repr(value))
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _boolean(value: Any, source: Source) -> bool:
-    if isinstance(value, bool):
-        return value
-    if source.text and isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise _NotAllowed
-
-
-def _number(value: Any, source: Source, kind: type) -> int | float:
-    if source.text and isinstance(value, str):
-        pattern = _INTEGER if kind is int else _NUMBER
-        if not pattern.fullmatch(value):
-            raise _NotAllowed
-        value = int(value) if kind is int else float(value)
-    if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
-        raise _NotAllowed  # a TOML true is no 1, a list no number
-    if kind is int:
-        return int(value)
-    try:
-        number = float(value)
-    except OverflowError:
-        raise _NotAllowed from None
-    if not math.isfinite(number):
-        raise _NotAllowed
-    return number
-
-
-def _choice(value: str, choices: tuple[str, ...], *, exact: bool) -> str:
-    for choice in choices:
-        if value == choice or (not exact and value.upper() == choice):
-            return choice
-    raise _NotAllowed
-
-
-def _path(value: str, how: str, kind: type) -> Any:
-    if not value:
-        raise _NotAllowed
-    try:  # a NUL, or a name longer than the system takes, fails every use of the path
-        is_file = Path(value).is_file()
-    except (OSError, ValueError):
-        raise _NotAllowed from None
-    if how == "existing" and not is_file:
-        raise _NotAllowed
-    return Path(value) if kind is Path else value
 
 
 def _name(what: str, forbidden: str = "", *, most_bytes: int) -> Callable[[str], str | None]:
@@ -381,7 +94,7 @@ def setting(default: Any, help: str, **how: Any) -> Any:
 
 
 _KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "AWS_MSK_IAM")
 
 
 @dataclass
@@ -416,6 +129,19 @@ class Settings:
         rule=_name(_PLAIN_NAME, most_bytes=200))
     partitions: int = setting(6, "Partitions of a topic the tool creates.", metavar="N",
                               minimum=1, maximum=10_000)
+    topic_replication_factor: int | None = setting(
+        None, "Replication factor of the topics the tool creates (at most the number of "
+        "brokers). Default: the cluster's default.replication.factor.", metavar="N", minimum=1)
+    topic_min_insync_replicas: int | None = setting(
+        None, "min.insync.replicas of the topics the tool creates: the replicas that must hold "
+        "a record before Kafka acknowledges it (the tool produces with acks=all); at most the "
+        "replication factor. Default: the cluster's.", metavar="N", minimum=1)
+    max_record_bytes: int | None = setting(
+        None, "The largest record the tool writes, and the max.message.bytes of the topics it "
+        "creates. Default: 17825792, a 16 MiB document in its envelope (a cluster that refuses "
+        "that much gets its own default, with a warning). Set the cluster's limit where it is "
+        "lower (e.g. 8388608); larger documents travel by key only.", metavar="BYTES",
+        minimum=65536)
     retry_deadline: float = setting(
         300.0, "tail, backfill, consume and run retry a lost MongoDB or Kafka with backoff; "
         "they give up (exit 1) when an outage lasts longer.", metavar="SECONDS", minimum=0,
@@ -427,7 +153,10 @@ class Settings:
         None, "How to talk to Kafka (default PLAINTEXT).", choices=_KAFKA_PROTOCOLS,
         kafka="security_protocol")
     kafka_sasl_mechanism: str | None = setting(
-        None, "SASL mechanism (with SASL_PLAINTEXT or SASL_SSL).", choices=_SASL_MECHANISMS,
+        None, "SASL mechanism (with SASL_PLAINTEXT or SASL_SSL). OAUTHBEARER takes its tokens "
+        "from the --kafka-sasl-oauth-* settings; AWS_MSK_IAM (SASL_SSL) signs with the AWS "
+        "credentials of the environment and needs the msk extra (cdc-migrator[msk]).",
+        choices=_SASL_MECHANISMS,
         kafka="sasl_mechanism")
     kafka_sasl_username: str | None = setting(
         None, "SASL user name.", metavar="USER", kafka="sasl_plain_username",
@@ -435,6 +164,22 @@ class Settings:
     kafka_sasl_password: str | None = setting(
         None, "SASL password; masked in every output. Prefer the variable: a flag is visible "
         "in the process list.", metavar="PW", secret=True, kafka="sasl_plain_password")
+    kafka_sasl_oauth_token_url: str | None = setting(
+        None, "OAUTHBEARER: the OIDC token endpoint; tokens by the client credentials grant, "
+        "kept until shortly before they expire.", metavar="URL")
+    kafka_sasl_oauth_client_id: str | None = setting(
+        None, "OAUTHBEARER: the client id at the token endpoint.", metavar="ID")
+    kafka_sasl_oauth_client_secret: str | None = setting(
+        None, "OAUTHBEARER: the client secret; masked in every output. Prefer the variable: a "
+        "flag is visible in the process list.", metavar="SECRET", secret=True)
+    kafka_sasl_oauth_scope: str | None = setting(
+        None, "OAUTHBEARER: the scope to ask the token endpoint for.", metavar="SCOPE")
+    kafka_sasl_oauth_token_command: str | None = setting(
+        None, "OAUTHBEARER: a command that prints a token, instead of a token endpoint; run "
+        "again shortly before the token (a JWT) expires.", metavar="COMMAND")
+    kafka_sasl_oauth_extensions: str | None = setting(
+        None, "OAUTHBEARER: SASL extensions sent with the token (Confluent Cloud: "
+        "logicalCluster=lkc-...,identityPoolId=pool-...).", metavar="KEY=VALUE,...")
     kafka_ssl_cafile: str | None = setting(
         None, "CA certificates (PEM) to verify the brokers.", metavar="FILE", path="existing",
         kafka="ssl_cafile")
@@ -462,34 +207,35 @@ class Settings:
     metrics_port: int | None = setting(
         None, "Serve /metrics (Prometheus), /healthz and /readyz over HTTP on PORT; 0 picks a "
         "free port (logged). Default: no server.", metavar="PORT", minimum=0, maximum=65535,
-        everywhere=False)
+        commands=("tail", "consume", "run", "config show"))
     on_history_lost: str = setting(
         "fail", "When the server no longer has the change history to resume from: stop with "
         "exit 1 (fail), or capture again from now and backfill the whole collection again "
         "(rebackfill; safe, applying is idempotent; logged and shown by `status`).",
-        choices=("fail", "rebackfill"), everywhere=False)
+        choices=("fail", "rebackfill"), commands=("tail", "run", "revert", "config show"))
     instance_id: str | None = setting(
         None, "A stable name for this process, unique in the group (e.g. the pod name of a "
         "StatefulSet): restarted under it after a crash, it takes its partitions back at once "
         "instead of after the group's 30 s session timeout (static membership).",
-        metavar="NAME", key=None, everywhere=False,
+        metavar="NAME", key=None, commands=("consume", "config show"),
         rule=_name(_PLAIN_NAME, most_bytes=200))
     backfill_ranges: int = setting(
         32, "A backfill splits the collection into at most N _id ranges (at least 1,000 "
         "documents each), which its workers and processes share.", metavar="N", minimum=1,
-        maximum=100_000, everywhere=False)
+        maximum=100_000, commands=("backfill", "run", "config show"))
     lease_seconds: float = setting(
         30.0, "A backfill worker holds its range for this long past its last renewal; a "
         "worker killed or cut off loses the range to another worker after it.",
-        metavar="SECONDS", minimum=0.5, maximum=86_400, everywhere=False)
+        metavar="SECONDS", minimum=0.5, maximum=86_400,
+        commands=("backfill", "run", "config show"))
     max_replication_lag: float | None = setting(
         None, "Hold the backfill and the consumers while a secondary is more than SECONDS "
         "behind the primary (replSetGetStatus). Default: not checked.", metavar="SECONDS",
-        minimum=0, maximum=A_YEAR, everywhere=False)
+        minimum=0, maximum=A_YEAR, commands=("backfill", "consume", "run", "config show"))
     max_write_latency: float | None = setting(
         None, "Hold the backfill and the consumers for a while when a bulk write of the "
         "migration took longer than MS. Default: not checked.", metavar="MS", minimum=0,
-        maximum=1000 * A_YEAR, everywhere=False)
+        maximum=1000 * A_YEAR, commands=("backfill", "consume", "run", "config show"))
     kafka_options: dict[str, Any] = field(default_factory=dict)
     mongo_options: dict[str, Any] = field(default_factory=dict)
 
@@ -552,7 +298,29 @@ class Settings:
             value = getattr(self, name)
             if spec.kafka and value is not None:
                 options[spec.kafka] = value.upper() if spec.choices else value
+        mechanism = str(options.get("sasl_mechanism") or "").upper()
+        if mechanism == "OAUTHBEARER":
+            options["sasl_oauth_token_provider"] = self.token_provider
+        elif mechanism == "AWS_MSK_IAM":
+            _check_msk(options)
         return options
+
+    def check_kafka_client(self) -> None:
+        """A UsageError when the SASL mechanism lacks what it needs (the OAUTHBEARER
+        settings, the msk extra): before any work, not on the first connection."""
+        _ = self.kafka_client_options
+
+    @cached_property
+    def token_provider(self) -> tokens.CachedToken:
+        """The OAUTHBEARER token provider every Kafka client of this process shares (one
+        token, renewed shortly before it expires)."""
+        try:
+            return tokens.provider(
+                self.kafka_sasl_oauth_token_url, self.kafka_sasl_oauth_client_id,
+                self.kafka_sasl_oauth_client_secret, self.kafka_sasl_oauth_scope,
+                self.kafka_sasl_oauth_token_command, self.kafka_sasl_oauth_extensions)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     @property
     def mongo_client_options(self) -> dict[str, Any]:
@@ -598,6 +366,16 @@ class Settings:
     def db(self) -> Database:
         return self.client[self.database_name]
 
+    @property
+    def store(self) -> StateStore:
+        """The state of the migrations (``state_collection`` in the database), read and
+        changed through its named operations."""
+        # The one door from the settings (the floor) to the core's state store: every actor
+        # gets the store here instead of building it from the database and the collection.
+        from ..core.state import StateStore
+
+        return StateStore(self.db, self.state_collection)
+
     def secrets(self) -> list[str]:
         """The values to mask wherever they could appear: secret settings, the URI's
         credentials, and the password-like options of the client tables."""
@@ -636,12 +414,16 @@ class Settings:
             del self.__dict__["client"]
 
 
-_SECRET_WORDS = ("password", "secret", "token")
-
-
-def is_secret_option(key: str) -> bool:
-    """Whether a client option (of the file's ``[kafka]``/``[mongo]`` tables) is a secret."""
-    return any(word in key.lower() for word in _SECRET_WORDS)
+def _check_msk(options: Mapping[str, Any]) -> None:
+    """AWS_MSK_IAM needs botocore (the msk extra) and TLS, or it fails only on connecting."""
+    try:
+        importlib.import_module("botocore")  # kafka-python signs with its credentials
+    except ImportError:
+        raise UsageError("--kafka-sasl-mechanism AWS_MSK_IAM needs the msk extra: pip install "
+                         "'cdc-migrator[msk]'") from None
+    if str(options.get("security_protocol") or "").upper() != "SASL_SSL":
+        raise UsageError("--kafka-sasl-mechanism AWS_MSK_IAM needs "
+                         "--kafka-security-protocol SASL_SSL")
 
 
 def _table(cls: type[Settings]) -> dict[str, Setting]:
@@ -656,23 +438,3 @@ def _table(cls: type[Settings]) -> dict[str, Setting]:
         table[f.name] = dataclasses.replace(spec, name=f.name, kind=kinds[0],
                                             default=f.default)
     return table
-
-
-def option(name: str, kind: type, **how: Any) -> Setting:
-    """The spec of an option of single commands: a flag only, checked as a setting is."""
-    return Setting(help="", name=name, kind=kind, env=None, key=None, everywhere=False, **how)
-
-
-#: The options of single commands (their help is the command's), declared and checked as the
-#: settings are. ``rate`` is also what ``throttle`` sets and the state keeps.
-OPTIONS: dict[str, Setting] = {spec.name: spec for spec in (
-    option("batch_size", int, metavar="N", minimum=1, maximum=100_000),
-    option("rate", float, metavar="DOCS/S", above=0),
-    option("timeout", float, metavar="SECONDS", minimum=0, maximum=A_YEAR),
-    option("interval", float, metavar="SECONDS", minimum=0.1, maximum=86_400),
-    option("workers", int, metavar="N", minimum=1, maximum=1_000),
-    option("sample", int, metavar="N", minimum=1, maximum=1_000_000),
-    option("sample_ids", int, metavar="N", minimum=0, maximum=1_000_000),
-    option("max_shapes", int, metavar="N", minimum=1, maximum=1_000_000),
-    option("per_shape", int, metavar="N", minimum=1, maximum=1_000_000),
-)}

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import ConfigResource
+from kafka import errors as kafka_errors
+from kafka.admin import ConfigResource, OffsetSpec
 from kafka.errors import (
     KafkaError,
     KafkaTimeoutError,
@@ -24,26 +25,40 @@ from kafka.errors import (
     TopicAlreadyExistsError,
 )
 
-from ..errors import CdcMigratorError, Refused
+from ..errors import RecordTooLarge, Refused, UsageError
 from .settings import Settings
 
 log = logging.getLogger("cdc_migrator.topics")
 
-#: The largest record the tool writes: a document of MongoDB's maximum size (16 MiB) in its
-#: envelope, with room for the envelope and for compression that cannot shrink the data. The
-#: topics the tool creates allow records of this size, and its producers and consumers agree.
+#: The largest record the tool writes unless told otherwise (``--max-record-bytes``): a
+#: document of MongoDB's maximum size (16 MiB) in its envelope, with room for the envelope and
+#: for compression that cannot shrink the data.
 MAX_RECORD_BYTES = 17 << 20
 
 #: How the tool creates its topics: nothing is deleted while a migration is live (a paused
 #: migration or a long backfill must not lose events before they are consumed: no time or
-#: size retention, no compaction), and a record of MAX_RECORD_BYTES fits.
+#: size retention, no compaction), and a record of the record limit fits.
 TOPIC_CONFIGS = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete",
                  "max.message.bytes": str(MAX_RECORD_BYTES)}
+_RETENTION = ("retention.ms", "retention.bytes", "cleanup.policy")
 #: How long the broker keeps a consumer in its group after its last heartbeat: a consumer
 #: killed without static membership (``--instance-id``) holds its partitions that long.
 CONSUMER_SESSION_TIMEOUT_MS = 30_000
 _warned: set[tuple[str, str]] = set()  # (topic, what): warnings given once per process
 _warned_lock = threading.Lock()
+
+
+def record_limit(settings: Settings) -> int:
+    """The largest record the tool writes: ``--max-record-bytes``, or :data:`MAX_RECORD_BYTES`."""
+    return settings.max_record_bytes or MAX_RECORD_BYTES
+
+
+def topic_configs(settings: Settings) -> dict[str, str]:
+    """The configuration of a topic the tool creates (see :data:`TOPIC_CONFIGS`)."""
+    configs = {**TOPIC_CONFIGS, "max.message.bytes": str(record_limit(settings))}
+    if settings.topic_min_insync_replicas:
+        configs["min.insync.replicas"] = str(settings.topic_min_insync_replicas)
+    return configs
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -65,7 +80,7 @@ def admin(settings: Settings) -> KafkaAdminClient:
 
 
 def ensure_topic(settings: Settings, topic: str, partitions: int | None = None) -> int:
-    """Create ``topic`` (with :data:`TOPIC_CONFIGS`) when missing; return its partition count.
+    """Create ``topic`` (with :func:`topic_configs`) when missing; return its partition count.
 
     A topic created by someone else is checked: see :func:`check_topic_configs`.
     """
@@ -73,12 +88,7 @@ def ensure_topic(settings: Settings, topic: str, partitions: int | None = None) 
     try:
         existing = partition_count(client, topic)
         if not existing:
-            try:
-                client.create_topics({topic: {
-                    "num_partitions": partitions or settings.partitions,
-                    "replication_factor": -1, "configs": TOPIC_CONFIGS}})
-            except TopicAlreadyExistsError:
-                pass
+            create_topic(client, settings, topic, partitions or settings.partitions)
             client.wait_for_topics([topic], timeout_ms=30_000)
             existing = partition_count(client, topic)
         check_topic_configs(client, settings, topic)
@@ -87,24 +97,93 @@ def ensure_topic(settings: Settings, topic: str, partitions: int | None = None) 
         client.close()
 
 
+def create_topic(client: KafkaAdminClient, settings: Settings, topic: str,
+                 partitions: int) -> None:
+    """Create ``topic`` with the replication the settings ask for, checked against the cluster
+    first; a refusal by the cluster is one line naming the setting to change.
+
+    Without ``--max-record-bytes``, a cluster that caps ``max.message.bytes`` below
+    :data:`MAX_RECORD_BYTES` (a managed one's policy) gets a topic with its own default
+    instead, with a warning: larger documents then travel by key only.
+    """
+    factor = check_replication(client, settings)
+    configs = topic_configs(settings)
+    refused = _create(client, topic, partitions, factor, configs)
+    if refused and settings.max_record_bytes is None and "max.message.bytes" in refused[1]:
+        log.warning("Kafka refused max.message.bytes=%s for topic %s (%s): creating it with the "
+                    "cluster's default; documents larger than that travel by key only (set "
+                    "--max-record-bytes to the cluster's limit to carry more whole)",
+                    configs.pop("max.message.bytes"), topic, refused[1])
+        with _warned_lock:  # that was the warning about its record size
+            _warned.add((topic, "size"))
+        refused = _create(client, topic, partitions, factor, configs)
+    if refused:
+        error, message = refused
+        asked = [f"{k}={v}" for k, v in configs.items() if k not in _RETENTION]
+        asked.append(f"replication factor {factor}" if factor > 0 else
+                     "the cluster's default replication factor")
+        raise Refused(f"Kafka refused to create topic {topic} ({', '.join(asked)}): "
+                      f"{error.__name__}: {message}. Check --topic-replication-factor, "
+                      "--topic-min-insync-replicas and --max-record-bytes")
+
+
+def _create(client: KafkaAdminClient, topic: str, partitions: int, factor: int,
+            configs: dict[str, str]) -> tuple[type[KafkaError], str] | None:
+    """Create the topic; None when done (or it exists), else the cluster's error and reason."""
+    answer = client.create_topics({topic: {"num_partitions": partitions,
+                                           "replication_factor": factor, "configs": configs}},
+                                  raise_errors=False)
+    (result,) = answer["topics"]
+    error = kafka_errors.for_code(result["error_code"])
+    if error in (kafka_errors.NoError, TopicAlreadyExistsError):
+        return None
+    if getattr(error, "retriable", False):
+        raise error(result["error_message"])  # the caller's retries ride it out
+    return error, (result["error_message"] or error.description).rstrip(".")
+
+
+def check_replication(client: KafkaAdminClient, settings: Settings) -> int:
+    """The replication factor to create topics with (-1: the cluster's default), refused in one
+    line when the cluster has fewer brokers, or when ``min.insync.replicas`` exceeds it (the
+    tool produces with acks=all: no record could ever be acknowledged)."""
+    factor, least = settings.topic_replication_factor, settings.topic_min_insync_replicas
+    if factor and least and least > factor:
+        raise UsageError(f"--topic-min-insync-replicas {least} is more than "
+                         f"--topic-replication-factor {factor}: no record could be "
+                         "acknowledged; give at most the replication factor")
+    if not factor and not least:
+        return -1
+    brokers = [b for b in client.describe_cluster()["brokers"] if not b.get("is_fenced")]
+    if factor and factor > len(brokers):
+        raise Refused(f"--topic-replication-factor {factor} is more than the {len(brokers)} "
+                      "broker(s) of the Kafka cluster: give at most "
+                      f"{len(brokers)}")
+    if least and least > len(brokers):
+        raise Refused(f"--topic-min-insync-replicas {least} is more than the {len(brokers)} "
+                      "broker(s) of the Kafka cluster: no record could be acknowledged; give "
+                      f"at most {len(brokers)}")
+    return factor or -1
+
+
 def check_topic_configs(client: KafkaAdminClient, settings: Settings, topic: str) -> None:
-    """Refuse a topic whose settings can delete events before they are consumed; warn once
-    when its records cannot hold the largest document.
+    """Refuse a topic whose settings can delete events before they are consumed, or whose
+    ``min.insync.replicas`` exceeds its replicas; warn once when its records cannot hold the
+    largest document.
 
     The effective values are read (the broker's defaults included), so a topic created by
     someone else with the cluster's default retention (7 days unless set otherwise) is refused
     with the command that fixes it.
     """
+    names = [*TOPIC_CONFIGS, "min.insync.replicas"]
     described = client.describe_configs(
-        [ConfigResource("TOPIC", topic, list(TOPIC_CONFIGS))], config_filter="all")
+        [ConfigResource("TOPIC", topic, names)], config_filter="all")
     values = {name: entry.get("value") for name, entry in
               ((described.get("topic") or {}).get(topic) or {}).items()}
-    fix = (f"kafka-configs.sh --bootstrap-server {settings.kafka_bootstrap_servers} --alter "
-           f"--entity-type topics --entity-name {topic} --add-config")
     if any(values.get(name) is None for name in TOPIC_CONFIGS):
         _warn_once(topic, "unread", "cannot read the settings of topic %s (DescribeConfigs not "
-                   "allowed?): make sure it deletes nothing while the migration runs (%s "
-                   "retention.ms=-1,retention.bytes=-1,cleanup.policy=delete)", topic, fix)
+                   "allowed?): make sure it deletes nothing while the migration runs (%s)",
+                   topic, fix_command(settings, topic, "retention.ms=-1,retention.bytes=-1,"
+                                      "cleanup.policy=delete"))
         return
     losing = []
     if "compact" in values["cleanup.policy"].split(","):
@@ -118,14 +197,57 @@ def check_topic_configs(client: KafkaAdminClient, settings: Settings, topic: str
                       "oldest records beyond that size)")
     if losing:
         raise Refused(f"topic {topic} can delete events before they are consumed: "
-                      f"{'; '.join(losing)}. Fix: {fix} "
-                      "retention.ms=-1,retention.bytes=-1,cleanup.policy=delete")
-    if int(values["max.message.bytes"]) < MAX_RECORD_BYTES:
+                      f"{'; '.join(losing)}. Fix: " + fix_command(
+                          settings, topic, "retention.ms=-1,retention.bytes=-1,"
+                          "cleanup.policy=delete"))
+    _check_insync(client, settings, topic, values.get("min.insync.replicas"))
+    limit = record_limit(settings)
+    if int(values["max.message.bytes"]) < limit:
         _warn_once(topic, "size", "topic %s takes records of at most max.message.bytes=%s, less "
-                   "than the %d a 16 MiB document needs: larger documents travel as key-only "
-                   "events or become dead letters. To carry them whole: %s "
-                   "max.message.bytes=%d", topic, values["max.message.bytes"],
-                   MAX_RECORD_BYTES, fix, MAX_RECORD_BYTES)
+                   "than the %d %s: larger documents travel as key-only events or become dead "
+                   "letters. To carry them whole: %s", topic, values["max.message.bytes"],
+                   limit, "a 16 MiB document needs" if limit == MAX_RECORD_BYTES else
+                   "of --max-record-bytes",
+                   fix_command(settings, topic, f"max.message.bytes={limit}"))
+
+
+def _check_insync(client: KafkaAdminClient, settings: Settings, topic: str,
+                  least: str | None) -> None:
+    """Refuse a topic on which no record could be acknowledged: the tool produces with
+    acks=all, and a broker answers that only once ``min.insync.replicas`` replicas have it."""
+    if least is None:
+        return
+    described = client.describe_topics([topic])
+    partitions = described[0]["partitions"] if described else []
+    replicas = min((len(p["replica_nodes"]) for p in partitions), default=0)
+    if partitions and int(least) > replicas:
+        raise Refused(f"topic {topic} has min.insync.replicas={least} but {replicas} "
+                      "replica(s) per partition: no record could be acknowledged (the tool "
+                      "produces with acks=all). Fix: " + fix_command(
+                          settings, topic, f"min.insync.replicas={replicas}"))
+
+
+def fix_command(settings: Settings, topic: str, configs: str) -> str:
+    """The ``kafka-configs.sh`` line that gives ``topic`` the ``configs`` (``k=v,...``), with
+    ``--command-config`` and what its file holds when the connection uses TLS or SASL."""
+    options = settings.kafka_client_options
+    protocol = str(options.get("security_protocol") or "PLAINTEXT").upper()
+    secured = protocol != "PLAINTEXT"
+    command = (f"kafka-configs.sh --bootstrap-server {settings.kafka_bootstrap_servers}"
+               f"{' --command-config client.properties' if secured else ''} --alter "
+               f"--entity-type topics --entity-name {topic} --add-config {configs}")
+    if not secured:
+        return command
+    held = [f"security.protocol={protocol}"]
+    if options.get("sasl_mechanism"):
+        held += [f"sasl.mechanism={str(options['sasl_mechanism']).upper()}",
+                 "sasl.jaas.config (the mechanism's login module with the credentials)"]
+    if options.get("ssl_cafile"):
+        held.append(f"ssl.truststore.type=PEM, ssl.truststore.location={options['ssl_cafile']}")
+    if options.get("ssl_certfile"):
+        held.append("ssl.keystore.type=PEM with the client certificate and key")
+    return (f"{command} (client.properties: this connection for Kafka's tools: "
+            f"{', '.join(held)}; see docs/deploy.md)")
 
 
 def _warn_once(topic: str, what: str, message: str, *args: Any) -> None:
@@ -222,15 +344,11 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     ``kafka_options`` of the settings may set another ``compression_type``.
     """
     options = dict(acks="all", linger_ms=5, batch_size=256 * 1024,
-                   max_request_size=MAX_RECORD_BYTES,
+                   max_request_size=record_limit(settings),
                    retries=2**31 - 1, max_in_flight_requests_per_connection=1,
                    request_timeout_ms=30_000, compression_type="lz4")
     # Settings' kafka_options (in client_options) override these; the caller's overrides win.
     return KafkaProducer(**{**options, **client_options(settings), **overrides})
-
-
-class RecordTooLarge(CdcMigratorError):
-    """A record the producer or the topic refused as too large, with nothing smaller to send."""
 
 
 @dataclass
@@ -444,3 +562,26 @@ def group_lag(settings: Settings, topic: str, group: str) -> Lag:
                                   for tp in tps])
     finally:
         consumer.close()
+
+
+def admin_lag(client: KafkaAdminClient, topic: str, group: str) -> Lag:
+    """:func:`group_lag` through an admin client the caller keeps open.
+
+    The health checks read every migration's lag this way every few seconds: one client for
+    them all, so no check opens a connection (nor does a TLS and SASL handshake).
+    """
+    partitions = sorted(p["partition_index"] for described in client.describe_topics([topic])
+                        for p in described["partitions"])
+    if not partitions:
+        return Lag(topic, group)
+    tps = [TopicPartition(topic, p) for p in partitions]
+    ends = client.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps})
+    committed = client.list_group_offsets({group: tps}).get(group, {})
+    return Lag(topic, group, [PartitionLag(tp.partition, ends[tp].offset,
+                                           _committed_offset(committed.get(tp)))
+                              for tp in tps])
+
+
+def _committed_offset(committed: Any) -> int | None:
+    # The broker answers -1 for a partition the group never committed on.
+    return None if committed is None or committed.offset < 0 else committed.offset

@@ -5,13 +5,14 @@ scanned also yields a change event. The collection is split into ``_id`` ranges 
 number of backfill processes (and threads, ``--workers``) share: each range is leased to one
 worker at a time and has its own position (last ``_id``), saved after the broker acknowledged
 the batch, so an interrupted range resumes where it stopped, by whichever worker takes it
-over once the lease ran out (see :mod:`cdc_migrator.base.ranges`). A lost connection
-is ridden out the same way within one run (see :mod:`cdc_migrator.retry`): the batch in hand
+over once the lease ran out (see :mod:`cdc_migrator.capture.leases`). A lost connection
+is ridden out the same way within one run (see :mod:`cdc_migrator.base.retry`): the batch in hand
 is sent again, and the scan is re-opened after the last saved position.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -23,20 +24,21 @@ from typing import Any
 import bson
 from bson.raw_bson import RawBSONDocument
 
-from ..base import deadletters as deadletter
-from ..base import events, logs, metrics, topics
+from ..base import logs, metrics, topics
 from ..base.codec import CODEC_OPTIONS
-from ..base.partitions import partition_of
 from ..base.progress import Progress
-from ..base.ranges import Claim, RangeStore, range_filter
-from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested
+from ..base.retry import KAFKA, MONGODB, Retrier
 from ..base.scanner import count, prefetched, scan
 from ..base.settings import Settings
-from ..base.state import MigrationState, StateStore
-from ..base.throttle import Bounds, Throttle, worker_name
-from ..errors import Refused
+from ..base.threads import Threads
+from ..core import deadletters as deadletter
+from ..core import events
+from ..core.state import MigrationState, StateStore
+from ..core.throttle import Bounds, Throttle, worker_name
+from ..errors import Refused, StopRequested
 from ..migration import Migration
-from .ranges import LeaseKeeper, plan
+from .leases import Claim, LeaseKeeper, RangeStore, plan, range_filter
+from .partitions import partition_of
 
 log = logging.getLogger("cdc_migrator.backfill")
 
@@ -71,14 +73,14 @@ def backfill(
     backfill of the same migration (other processes, and ``workers`` threads in this one).
 
     The collection is split into ``_id`` ranges (planned by the first process of the pass,
-    see :mod:`cdc_migrator.capture.ranges`); each worker claims a range with a lease, scans it
+    see :mod:`cdc_migrator.capture.leases`); each worker claims a range with a lease, scans it
     from its saved position, and claims the next one, until every range is done. A range whose
     worker died is taken over once its lease ran out. ``rate`` caps this process's reads
     (shared by its workers); ``cdc-migrator throttle`` paces all of them, live.
     """
     logs.bind(migration=migration.name, component="backfill")
     retry = Retrier(settings, log, stop)
-    store = StateStore(settings.db, settings.state_collection)
+    store = settings.store
     try:
         state = retry.call(MONGODB, store.get, migration.name)
     except StopRequested:
@@ -162,31 +164,22 @@ class _Pass:
 
     def run(self, stop: threading.Event | None) -> bool:
         """Run the workers until every range is done (True) or they must stop."""
-        errors: list[BaseException] = []
-
         def work(index: int) -> None:
             logs.bind(migration=self.migration.name, component="backfill")
             try:
                 self._work(index)
             except StopRequested:
                 pass
-            except BaseException as exc:  # raised again below, in the caller's thread
-                errors.append(exc)
-                self.halt.set()
 
-        threads = [threading.Thread(target=work, args=(i,), daemon=True,
-                                    name=f"backfill-{self.migration.name}-{i}")
-                   for i in range(self.workers)]
+        threads = Threads(self.halt)  # a worker that fails stops the others
         with self.keeper:
-            for thread in threads:
-                thread.start()
-            while any(t.is_alive() for t in threads):
+            for i in range(self.workers):
+                threads.start(f"backfill-{self.migration.name}-{i}", functools.partial(work, i))
+            while threads.alive():
                 if stop is not None and stop.is_set():
                     self.halt.set()
-                for thread in threads:
-                    thread.join(timeout=0.2)
-        if errors:
-            raise errors[0]
+                threads.join(timeout=0.2)
+        threads.raise_first()
         return not self.halt.is_set() and not self.rearmed and \
             self.ranges.all_done(self.migration.name, self.armed_at)
 
@@ -199,7 +192,7 @@ class _Pass:
         throttle = Throttle(self.store, self.migration.name, member=owner, bounds=self.bounds,
                             client=self.settings.client,
                             live=lambda _: self.ranges.leased_count(self.migration.name),
-                            stop=self.halt)
+                            stop=self.halt, cap=self.rate)
         name = self.migration.name
         try:
             while not self.halt.is_set():
@@ -252,10 +245,11 @@ class _Pass:
                 # Documents are read as raw BSON and go on the topic as read (no decoding and
                 # encoding again); the next batch is read while this one is produced.
                 batches = scan(self.raw_collection, base, after=cursor, started=started,
-                               rate=self.rate, batch_size=self.batch_size)
+                               batch_size=self.batch_size)
                 for batch in prefetched(batches):
                     retry.recovered(MONGODB)
-                    # The throttle paces reads: paying for this batch delays the next one.
+                    # The throttle paces reads (at most this process's --rate share too):
+                    # paying for this batch delays the next one.
                     throttle.spend(len(batch), before_long_wait=batches.release)
                     batch_started = time.monotonic()
                     for partition, docs in by_partition(batch, self.encoder, self.partitions):
@@ -313,7 +307,7 @@ def by_partition(batch: list, encoder: events.RawEncoder,
     record, in ``_id`` order within a partition.
 
     The partition of a document is the one the producer's default partitioner gives its key
-    (:func:`~cdc_migrator.base.partitions.partition_of`, as Kafka's Java client), where the
+    (:func:`~cdc_migrator.capture.partitions.partition_of`, as Kafka's Java client), where the
     tailer's change events of the same document go: one document's events stay in one
     partition, in order. One record per group instead of one per document is what makes the
     backfill cheap to produce and to consume. A document larger than ``RECORD_BYTES`` is

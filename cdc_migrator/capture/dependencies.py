@@ -33,10 +33,10 @@ from pymongo import DeleteOne, UpdateOne
 from pymongo.database import Database
 
 from ..base.codec import CODEC_OPTIONS
-from ..base.context import make_context
-from ..base.events import key_bytes
 from ..base.identity import id_key
 from ..base.naming import REFERENCES_COLLECTION
+from ..core.context import make_context
+from ..core.events import key_bytes
 from ..errors import CaptureStopped
 from ..migration import Dependency, Migration
 

@@ -12,12 +12,16 @@ declares in ``depends_on`` are in the same stream: each of their changes becomes
 events for the documents it affects (see :mod:`.dependencies`).
 
 A lost connection to MongoDB re-opens the stream from the saved resume token; a broker that
-does not acknowledge is waited for with the batch in hand (see :mod:`cdc_migrator.retry`).
+does not acknowledge is waited for with the batch in hand (see :mod:`cdc_migrator.base.retry`).
 
 A drop or rename of the migrated collection fails the migration (phase ``failed``, with the
 reason), and an invalidated stream (its database dropped) stops the tailer: both with one line
 and exit 1, never a loop on a closed stream. Resume history that is gone stops the tailer too,
-or, with ``--on-history-lost rebackfill``, re-arms capture from now and backfills again.
+or, with ``--on-history-lost rebackfill``, is handed to its :class:`~.recovery.Recovery`,
+which re-arms capture from now and backfills again.
+
+Each kind of event has a method of its own (a fence, a change of a dependency, a write of a
+migrated document, an idle poll); a :class:`Checkpoint` decides when the position is saved.
 """
 
 from __future__ import annotations
@@ -32,26 +36,21 @@ import bson
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure
 
-from ..base import deadletters as deadletter
-from ..base import events, logs, metrics, topics
-from ..base.context import make_context
+from ..base import logs, metrics, topics
+from ..base.messages import first_line, message_of
 from ..base.naming import FENCE_COLLECTION
-from ..base.patch import decide
-from ..base.retry import KAFKA, MONGODB, Retrier, StopRequested, first_line, message_of
+from ..base.retry import KAFKA, MONGODB, Retrier
 from ..base.settings import Settings
-from ..base.state import (
-    HEARTBEAT_INTERVAL,
-    MigrationState,
-    StateStore,
-    last_word,
-    now,
-    stop_record,
-)
 from ..base.threads import run_until_stopped
-from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused
+from ..core import deadletters as deadletter
+from ..core import events
+from ..core.context import make_context
+from ..core.patch import decide
+from ..core.state import HEARTBEAT_INTERVAL, MigrationState, last_word, stop_record
+from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused, StopRequested
 from ..migration import Migration, rename_filter_fields
 from . import dependencies
-from .backfill import backfill
+from .recovery import Recovery
 
 log = logging.getLogger("cdc_migrator.tailer")
 
@@ -70,7 +69,7 @@ _FULL, _NARROW, _KEY_ONLY = "full", "narrow", "key only"
 
 def arm(settings: Settings, migration: Migration) -> MigrationState:
     """Fix the point from which changes are captured (idempotent); create the topic."""
-    store = StateStore(settings.db, settings.state_collection)
+    store = settings.store
     state = store.ensure(migration.name, migration.collection)
     if state.cancelled:
         raise Refused(f"migration {migration.name!r} was cancelled; `reset` it to start again")
@@ -142,22 +141,46 @@ def stream_pipeline(migration: Migration) -> list[dict[str, Any]]:
     return stages
 
 
+class Checkpoint:
+    """Decides when the tailer saves its position, and holds what the save records.
+
+    With events in hand, the save comes soon after the broker acknowledged them: after
+    ``flush_every`` events or ``flush_interval`` seconds. Idle, only the slow heartbeat saves
+    (``heartbeat_interval``), however often the server's position moves. The first check
+    after the start saves at once: a heartbeat at start.
+    """
+
+    def __init__(self, flush_every: int, flush_interval: float,
+                 heartbeat_interval: float) -> None:
+        self.flush_every, self.flush_interval = flush_every, flush_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.unflushed = 0  # events sent, not acknowledged by a flush yet
+        self.skipped = 0  # events dropped since the last save (the document needs nothing)
+        self.dependency = 0  # dependency events produced since the last save with a token
+        self.token: Any = None  # the resume token the next save records
+        self._saved_at = float("-inf")
+
+    def due(self) -> bool:
+        since = time.monotonic() - self._saved_at
+        return self.unflushed >= self.flush_every \
+            or (self.unflushed > 0 and since >= self.flush_interval) \
+            or (self.token is not None and since >= self.heartbeat_interval)
+
+    def saved(self) -> None:
+        self.unflushed = self.skipped = 0
+        self._saved_at = time.monotonic()
+
+
 class Tailer:
     """Follows one migration's collection until :meth:`stop` is called."""
 
     def __init__(self, settings: Settings, migration: Migration, *,
                  flush_every: int = 2000, flush_interval: float = 0.2,
-                 skip_migrated: bool = True, backfill_on_recovery: bool = True) -> None:
+                 skip_migrated: bool = True) -> None:
         self.settings = settings
         self.migration = migration
         # What to do when the history is gone: the setting (--on-history-lost).
         self.on_history_lost = settings.on_history_lost
-        # With rebackfill: run the new backfill here (`tail`), or leave it to the caller that
-        # watches `rearmed` (`run`, whose own backfill starts over).
-        self.backfill_on_recovery = backfill_on_recovery
-        self.rearmed = threading.Event()
-        self._recovery: threading.Thread | None = None
-        self._recovery_error: BaseException | None = None
         self.heartbeat_interval = HEARTBEAT_INTERVAL
         self._position_time: float | None = None
         # Drop events whose document image the transform leaves as it is (see _needs_nothing).
@@ -166,12 +189,12 @@ class Tailer:
         self._dry_ctx = make_context(settings.db, migration.name, dry_run=True)
         self._dependencies = dependencies.DependencyFollower(settings.db, migration) \
             if migration.depends_on else None
-        self._dependency_events = 0  # produced since the last checkpoint
         self.topic = settings.topic(migration.collection)
-        self.store = StateStore(settings.db, settings.state_collection)
+        self.store = settings.store
         self.flush_every = flush_every
         self.flush_interval = flush_interval
         self.stopping = threading.Event()
+        self.recovery = Recovery(settings, migration, self.stopping)
         self.produced = 0
         self.last_event_time: Any = None
         #: Set when the tailer has read everything up to a point asked with :meth:`catch_up_to`
@@ -201,20 +224,7 @@ class Tailer:
         self.publisher = topics.Publisher(self.settings, self.retry)
         stopped_by: Exception | None = None
         try:
-            self._resume_recovery()
-            while not self.stopping.is_set():
-                try:
-                    self._follow()
-                except HistoryLost as lost:
-                    if self.on_history_lost != "rebackfill":
-                        raise
-                    self.publisher.forget()
-                    self._rebackfill(str(lost))
-                except (CaptureStopped, StopRequested, Refused):
-                    raise
-                except Exception as exc:
-                    self.publisher.forget()
-                    self.retry.failed(exc)
+            self._run()
         except StopRequested:
             log.info("stopped during an outage; events after the saved resume token are "
                      "produced again on the next start")
@@ -226,10 +236,26 @@ class Tailer:
             raise
         finally:
             self.publisher.close()
-            if self._recovery is not None:
-                self._recovery.join(timeout=60)
-            # Not running any more, whatever the last heartbeat says (see catchup.py).
+            self.recovery.join(timeout=60)
+            # Not running any more, whatever the last heartbeat says (pipeline.catch_up).
             last_word(lambda: self.store.tailer_stopped(self.migration.name), stopped_by)
+
+    def _run(self) -> None:
+        if self.on_history_lost == "rebackfill":
+            self.recovery.resume(self.retry)
+        while not self.stopping.is_set():
+            try:
+                self._follow()
+            except HistoryLost as lost:
+                if self.on_history_lost != "rebackfill":
+                    raise
+                self.publisher.forget()
+                self.recovery.rearm(str(lost), self.retry)
+            except (CaptureStopped, StopRequested, Refused):
+                raise
+            except Exception as exc:
+                self.publisher.forget()
+                self.retry.failed(exc)
 
     def _follow(self) -> None:
         """Open the change stream from the saved point and follow it until stopped.
@@ -262,17 +288,7 @@ class Tailer:
         without its document (``_KEY_ONLY``)."""
         tail = arm(self.settings, self.migration).tail
         db = self.settings.db
-        options: dict[str, Any] = {"full_document": "updateLookup",
-                                   "batch_size": 1000 if mode == _FULL else 1,
-                                   "max_await_time_ms": 200}
-        if self._dependencies is not None:
-            self._dependencies.forget_pending()  # the events in hand are read again
-            if self._dependencies.wants_pre_images:
-                options["full_document_before_change"] = "whenAvailable"
-        if tail.resume_token:
-            options["resume_after"] = tail.resume_token
-        else:
-            options["start_at_operation_time"] = tail.armed_at
+        options = self._options(tail, mode)
         pipeline = stream_pipeline(self.migration)
         if mode == _KEY_ONLY:
             pre_images = self._dependencies is not None and self._dependencies.wants_pre_images
@@ -295,63 +311,37 @@ class Tailer:
                            key_only=mode == _KEY_ONLY)
         except OperationFailure as exc:
             if exc.code in HISTORY_LOST_CODES:
-                cause = (f"the change stream of {self.migration.collection} can no longer "
-                         f"resume from the saved point ({exc.code}: {message_of(exc)[:160]})")
-                if self.on_history_lost == "rebackfill":
-                    raise HistoryLost(cause) from None
-                message = (f"{cause}; a new backfill is needed: `cdc-migrator reset "
-                           f"{self.migration.name}` then run it again (or let `tail`/`run` do "
-                           "it: --on-history-lost rebackfill)")
-                self.retry.call(MONGODB, self.store.fail, self.migration.name, cause, message)
-                raise HistoryLost(message) from None
+                raise self._history_lost(exc) from None
             raise
 
-    def _rebackfill(self, cause: str) -> None:
-        """History lost, recovery chosen: capture again from now, then scan every document.
+    def _options(self, tail: Any, mode: str) -> dict[str, Any]:
+        """The options of the change stream: from the saved resume token, or else from the
+        armed point."""
+        options: dict[str, Any] = {"full_document": "updateLookup",
+                                   "batch_size": 1000 if mode == _FULL else 1,
+                                   "max_await_time_ms": 200}
+        if self._dependencies is not None:
+            self._dependencies.forget_pending()  # the events in hand are read again
+            if self._dependencies.wants_pre_images:
+                options["full_document_before_change"] = "whenAvailable"
+        if tail.resume_token:
+            options["resume_after"] = tail.resume_token
+        else:
+            options["start_at_operation_time"] = tail.armed_at
+        return options
 
-        Safe because applying is idempotent: documents migrated already are no-ops, and every
-        write after the new armed point has an event. The old resume token and backfill
-        position are dropped; the recovery is counted and logged, and `status` shows it.
-        """
-        name = self.migration.name
-        armed_at = self.retry.call(MONGODB, self.settings.db.command, "ping")["operationTime"]
-        if self.migration.depends_on:  # the map may have missed changes: read it again
-            self.retry.call(MONGODB, dependencies.forget, self.settings.db, name)
-            self.retry.call(MONGODB, dependencies.seed, self.settings.db, self.migration)
-        self.retry.call(MONGODB, self.store.rearm, name, armed_at,
-                        {"reason": cause, "at": now(), "armed_at": armed_at,
-                         "backfill": "running"})
-        log.warning("%s; --on-history-lost rebackfill: capture re-armed at %s, the collection "
-                    "is backfilled again", cause, armed_at)
-        self.rearmed.set()
-        if self.backfill_on_recovery:
-            self._start_recovery_backfill(reset=True)
-
-    def _resume_recovery(self) -> None:
-        """A recovery backfill that a stopped tailer left unfinished goes on (rebackfill only)."""
-        if self.on_history_lost != "rebackfill" or not self.backfill_on_recovery:
-            return
-        state = self.retry.call(MONGODB, self.store.get, self.migration.name)
-        recovery = (state.tail.last_recovery if state else None) or {}
-        if recovery.get("backfill") == "running":
-            self._start_recovery_backfill(reset=False)
-
-    def _start_recovery_backfill(self, *, reset: bool) -> None:
-        def run() -> None:
-            try:
-                report = backfill(self.settings, self.migration, reset=reset,
-                                  show_progress=False, stop=self.stopping)
-                if report.done:
-                    self.store.finish_recovery(self.migration.name)
-                    log.info("recovery after lost history: %s", report.summary())
-            except BaseException as exc:  # raised by the tailer's loop
-                self._recovery_error = exc
-
-        if self._recovery is not None and self._recovery.is_alive():
-            return  # the running pass sees the new armed point and stops; a new one follows
-        self._recovery = threading.Thread(target=run, daemon=True,
-                                          name=f"rebackfill-{self.migration.name}")
-        self._recovery.start()
+    def _history_lost(self, exc: OperationFailure) -> HistoryLost:
+        """The stream cannot resume from the saved point: the recovery's cause, or (without
+        ``rebackfill``) the migration failed, with the way back."""
+        cause = (f"the change stream of {self.migration.collection} can no longer "
+                 f"resume from the saved point ({exc.code}: {message_of(exc, 160)})")
+        if self.on_history_lost == "rebackfill":
+            return HistoryLost(cause)
+        message = (f"{cause}; a new backfill is needed: `cdc-migrator reset "
+                   f"{self.migration.name}` then run it again (or let `tail`/`run` do "
+                   "it: --on-history-lost rebackfill)")
+        self.retry.call(MONGODB, self.store.fail, self.migration.name, cause, message)
+        return HistoryLost(message)
 
     def _stopped_by(self, change: Any) -> CaptureStopped | None:
         """The error that ends capture at this event, or None when the event does not."""
@@ -403,94 +393,113 @@ class Tailer:
         without their documents; a fence then ends the loop untaken (its id is in its
         document), to be read again with it.
         """
-        publisher = self.publisher
-        unflushed = 0
-        last_token = None
-        last_flush = float("-inf")  # the first poll saves a checkpoint: a heartbeat at start
-        name = self.migration.name
-        database = self.settings.database_name
-        collection = self.migration.collection
-        encoder = events.RawEncoder(name, database, collection)
-        skipped = 0
+        checkpoint = Checkpoint(self.flush_every, self.flush_interval, self.heartbeat_interval)
+        encoder = events.RawEncoder(self.migration.name, self.settings.database_name,
+                                    self.migration.collection)
         taken = 0
         while not self.stopping.is_set() and (limit is None or taken < limit):
-            if self._recovery_error is not None:
-                raise self._recovery_error
-            try:
-                change = stream.try_next()
-            except OperationFailure as exc:
-                if exc.code == EVENT_TOO_LARGE:
-                    self._commit(unflushed, last_token, skipped)
-                raise
-            if change is not None:
-                stopped = self._stopped_by(change)
-                if stopped is not None:
-                    # Events before it are safe; the saved token stays before it, so a restart
-                    # meets it again instead of carrying on.
-                    self._commit(unflushed, last_token, skipped)
-                    raise stopped
-                if (change.get("ns") or {}).get("coll") == FENCE_COLLECTION:
-                    if key_only:
-                        break
-                    fence = change.get("fullDocument") or {}
-                    if fence.get("migration") == name and change["operationType"] == "insert":
-                        envelope = events.Envelope.fence(name, database, collection,
-                                                         str(fence["_id"]))
-                        payload = events.encode(envelope)
-                        for p in range(partitions):
-                            publisher.send(self.topic, payload, key=b"", partition=p)
-                        unflushed += partitions
-                elif self._dependencies is not None and \
-                        (change.get("ns") or {}).get("coll") in self._dependencies.dependencies:
-                    try:
-                        affected = self._dependencies.affected(change)
-                    except CaptureStopped:
-                        self._commit(unflushed, last_token, skipped)
-                        raise
-                    at = change.get("clusterTime")
-                    for affected_id in affected:
-                        key, value = encoder.dependency(affected_id, change["ns"]["coll"], at)
-                        publisher.send(self.topic, value, key=key)
-                    unflushed += len(affected)
-                    self._dependency_events += len(affected)
-                elif change["operationType"] in ("insert", "update", "replace", "delete"):
-                    if self.skip_migrated and self._needs_nothing(change):
-                        self.skipped += 1
-                        skipped += 1
-                    else:
-                        key, value = encoder.change(change)
-                        publisher.send(self.topic, value, key=key,
-                                       fallback=self._key_only(encoder, change, len(value)))
-                        unflushed += 1
-                last_token = change["_id"]
-                self.last_event_time = change.get("clusterTime")
-                target = self._catch_up_to
-                if target is not None and self.last_event_time is not None \
-                        and self.last_event_time >= target:
-                    self.caught_up.set()
-                taken += 1
-                self._position_time = getattr(self.last_event_time, "time", None)
-            else:
-                if not stream.alive:
-                    # Closed by the server (invalidated): try_next would return None at once,
-                    # forever, without asking the server anything.
-                    self._commit(unflushed, last_token, skipped)
-                    raise self._invalidated()
-                if stream.resume_token is not None:
-                    last_token = stream.resume_token
-                    self._position_time = time.time()  # caught up: the position is now
-                self.caught_up.set()
+            self.recovery.check()
+            change = self._next(stream, checkpoint)
+            if change is None:
+                self._on_idle(stream, checkpoint)
                 if limit is not None:
                     break  # nothing more now: what was sought has passed
-            since = time.monotonic() - last_flush
-            # Events in hand: save soon after the broker acknowledged them. Idle: only the
-            # slow heartbeat, however often the server's position moves.
-            if unflushed >= self.flush_every or (unflushed and since >= self.flush_interval) \
-                    or (last_token is not None and since >= self.heartbeat_interval):
-                self._commit(unflushed, last_token, skipped)
-                unflushed = skipped = 0
-                last_flush = time.monotonic()
-        self._commit(unflushed, last_token, skipped)
+            elif key_only and _collection_of(change) == FENCE_COLLECTION:
+                break
+            else:
+                self._on_change(change, checkpoint, encoder, partitions)
+                taken += 1
+            if checkpoint.due():
+                self._save(checkpoint)
+        self._save(checkpoint)
+
+    def _next(self, stream: Any, checkpoint: Checkpoint) -> Any:
+        """The stream's next event, or None when there is none now. The events before an
+        error of the stream are saved first."""
+        try:
+            return stream.try_next()
+        except OperationFailure as exc:
+            if exc.code == EVENT_TOO_LARGE:
+                self._save(checkpoint)
+            raise
+
+    def _on_change(self, change: Any, checkpoint: Checkpoint, encoder: events.RawEncoder,
+                   partitions: int) -> None:
+        """One event of the stream, by its kind; then the position moves past it."""
+        stopped = self._stopped_by(change)
+        if stopped is not None:
+            # Events before it are safe; the saved token stays before it, so a restart meets
+            # it again instead of carrying on.
+            self._save(checkpoint)
+            raise stopped
+        collection = _collection_of(change)
+        if collection == FENCE_COLLECTION:
+            self._on_fence(change, checkpoint, partitions)
+        elif self._dependencies is not None and collection in self._dependencies.dependencies:
+            self._on_dependency(change, checkpoint, encoder)
+        elif change["operationType"] in ("insert", "update", "replace", "delete"):
+            self._on_document(change, checkpoint, encoder)
+        checkpoint.token = change["_id"]
+        self.last_event_time = change.get("clusterTime")
+        target = self._catch_up_to
+        if target is not None and self.last_event_time is not None \
+                and self.last_event_time >= target:
+            self.caught_up.set()
+        self._position_time = getattr(self.last_event_time, "time", None)
+
+    def _on_fence(self, change: Any, checkpoint: Checkpoint, partitions: int) -> None:
+        """A fence of this migration (written by ``cutover``) goes to every partition."""
+        name = self.migration.name
+        fence = change.get("fullDocument") or {}
+        if fence.get("migration") != name or change["operationType"] != "insert":
+            return
+        envelope = events.Envelope.fence(name, self.settings.database_name,
+                                         self.migration.collection, str(fence["_id"]))
+        payload = events.encode(envelope)
+        for p in range(partitions):
+            self.publisher.send(self.topic, payload, key=b"", partition=p)
+        checkpoint.unflushed += partitions
+
+    def _on_dependency(self, change: Any, checkpoint: Checkpoint,
+                       encoder: events.RawEncoder) -> None:
+        """A change of a collection the migration depends on: an event for each migrated
+        document it affects."""
+        assert self._dependencies is not None
+        try:
+            affected = self._dependencies.affected(change)
+        except CaptureStopped:
+            self._save(checkpoint)
+            raise
+        at = change.get("clusterTime")
+        for affected_id in affected:
+            key, value = encoder.dependency(affected_id, change["ns"]["coll"], at)
+            self.publisher.send(self.topic, value, key=key)
+        checkpoint.unflushed += len(affected)
+        checkpoint.dependency += len(affected)
+
+    def _on_document(self, change: Any, checkpoint: Checkpoint,
+                     encoder: events.RawEncoder) -> None:
+        """A write of a migrated document: its event, unless its image needs nothing."""
+        if self.skip_migrated and self._needs_nothing(change):
+            self.skipped += 1
+            checkpoint.skipped += 1
+            return
+        key, value = encoder.change(change)
+        self.publisher.send(self.topic, value, key=key,
+                            fallback=self._key_only(encoder, change, len(value)))
+        checkpoint.unflushed += 1
+
+    def _on_idle(self, stream: Any, checkpoint: Checkpoint) -> None:
+        """Nothing new: the position is the server's present (the batch's resume token)."""
+        if not stream.alive:
+            # Closed by the server (invalidated): try_next would return None at once,
+            # forever, without asking the server anything.
+            self._save(checkpoint)
+            raise self._invalidated()
+        if stream.resume_token is not None:
+            checkpoint.token = stream.resume_token
+            self._position_time = time.time()  # caught up: the position is now
+        self.caught_up.set()
 
     def _key_only(self, encoder: events.RawEncoder, change: Any,
                   size: int) -> Callable[[], list[topics.Record]]:
@@ -531,29 +540,35 @@ class Tailer:
             ctx.side_effects.clear()
         return outcome.kind == "noop" and not wrote_elsewhere
 
-    def _commit(self, unflushed: int, token: Any, skipped: int = 0) -> None:
+    def _save(self, checkpoint: Checkpoint) -> None:
         """Save the resume token once the broker acknowledged every event before it."""
         started = time.monotonic()
-        produced = self.publisher.flush() if unflushed else 0
+        produced = self.publisher.flush() if checkpoint.unflushed else 0
         if produced and self.publisher.dead_lettered:
             self.retry.call(MONGODB, self.store.add_dead_letters, self.migration.name,
                             self.publisher.dead_lettered)
         if produced:
             self.produced += produced
             metrics.record_produced(self.migration.name, produced, "tailer",
-                                          time.monotonic() - started)
+                                    time.monotonic() - started)
         if self._dependencies is not None:
             # Only now: the map reflects events the broker has; a crash before replays them.
             self.retry.call(MONGODB, self._dependencies.save)
         metrics.record_tailer_position(self.migration.name,
-                                             self.last_event_time if produced else None)
-        if token is None:
+                                       self.last_event_time if produced else None)
+        skipped = checkpoint.skipped
+        checkpoint.saved()
+        if checkpoint.token is None:
             return
-        dependency, self._dependency_events = self._dependency_events, 0
+        dependency, checkpoint.dependency = checkpoint.dependency, 0
         self.retry.call(MONGODB, self.store.save_tail_position, self.migration.name,
-                        resume_token=token, last_event_time=self.last_event_time,
+                        resume_token=checkpoint.token, last_event_time=self.last_event_time,
                         position_time=self._position_time, produced=produced, skipped=skipped,
                         dependency=dependency)
+
+
+def _collection_of(change: Any) -> Any:
+    return (change.get("ns") or {}).get("coll")
 
 
 def tail_until_stopped(settings: Settings, migrations: list[Migration],

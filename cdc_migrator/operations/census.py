@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..base.context import make_context
-from ..base.patch import decide
 from ..base.scanner import scan
 from ..base.settings import Settings
+from ..core.context import make_context
+from ..core.patch import decide
 from ..errors import PatchError
 from ..migration import Migration
 from .reversible import MAX_SHAPES, applied, reverse_of, round_trip

@@ -21,10 +21,10 @@ from typing import Any, Protocol
 from pymongo.errors import OperationFailure
 
 from ..base import topics
+from ..base.messages import message_of
 from ..base.naming import FENCE_COLLECTION
-from ..base.retry import message_of
 from ..base.settings import Settings
-from ..base.state import MigrationState, Phase, StateStore, now
+from ..core.state import MigrationState, Phase, StateStore, now
 from ..errors import UsageError
 from ..migration import Migration
 from .schema import dialect_problems, validator_for
@@ -89,7 +89,9 @@ class CatchUp(Protocol):
 CatchUpRunner = Callable[[Settings, Migration, MigrationState], AbstractContextManager[CatchUp]]
 
 
-def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
+# Over the bounds of the complexity rule (pyproject.toml): to be split into its checks once the
+# branches editing it in parallel (issue 24) are merged; splitting it now would conflict.
+def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,  # noqa: C901, PLR0915
             dry_run: bool = False, allow_failed: bool = False,
             catch_up: CatchUpRunner | None = None) -> CutoverReport:
     """Fence, wait for zero lag, verify, apply the contract schema, mark complete.
@@ -101,7 +103,7 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
     # Checked first: a schema MongoDB would reject stops cutover before it writes anything.
     contract = load_schema(settings, migration.contract_schema) if migration.contract_schema \
         else None
-    store = StateStore(settings.db, settings.state_collection)
+    store = settings.store
     state = store.get(migration.name)
     report = CutoverReport(migration.name, ok=False, dry_run=dry_run)
     if state is None:
@@ -231,7 +233,7 @@ def _apply_contract(settings: Settings, migration: Migration, schema: dict[str, 
                             validationLevel="strict")
         return True, f"Contract schema {name} applied as a validator."
     except OperationFailure as exc:
-        what = f"{exc.code}: {message_of(exc)[:120]}"
+        what = f"{exc.code}: {message_of(exc, 120)}"
         if exc.code in NO_VALIDATORS_CODES:
             return False, (f"The server has no validators ({what}): contract schema {name} "
                            "was checked by cdc-migrator on every document, but new writes are "

@@ -1,11 +1,14 @@
 """Metrics and health over HTTP for the always-on commands (``tail``, ``consume``, ``run``).
 
 ``/metrics`` serves the Prometheus metrics of :mod:`cdc_migrator.base.metrics`, ``/healthz``
-answers 200 while the process runs (liveness), ``/readyz`` answers 200 when MongoDB and Kafka
-answer and no migration served is paused or cancelled, else 503 with the reason (readiness).
+answers 200 while the process runs (liveness), ``/readyz`` answers 200 when the process is able
+to work: MongoDB and Kafka answer and no piece of a migration it serves is stopped or stalled;
+else 503 with the reasons (readiness). A paused or cancelled migration leaves the process
+ready (a pause must not block a rollout): the 200 answer names it, as ``status`` does.
 
-Lag and readiness are measured by a background thread every few seconds, so a scrape or a
-probe never waits for the broker.
+Lag and readiness are measured by a background thread every few seconds, through one MongoDB
+client and one Kafka client kept for the process's life, so a scrape or a probe never waits for
+the broker and a check opens no connection.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pymongo
+from kafka import KafkaAdminClient
 from prometheus_client.exposition import choose_encoder
 
 from ..base import codec, logs, refusals, topics
+from ..base.messages import first_line
 from ..base.metrics import (
     CONSUMER_LAG,
     DOCUMENTS_FAILED,
@@ -33,9 +38,8 @@ from ..base.metrics import (
     REGISTRY,
     TAILER_DELAY,
 )
-from ..base.retry import first_line
 from ..base.settings import Settings
-from ..base.state import StateStore
+from ..core.state import StateStore
 from ..errors import UsageError
 from ..migration import Migration
 
@@ -59,6 +63,7 @@ class Health:
         self._mongo = pymongo.MongoClient(settings.mongodb_uri, **{
             **settings.mongo_client_options, "serverSelectionTimeoutMS": 2000,
             **codec.client_options()})
+        self._kafka: KafkaAdminClient | None = None  # made by the first check that reaches Kafka
         self._thread = threading.Thread(target=self._loop, daemon=True, name="health")
         self._stopped_labels: set[tuple[str, ...]] = set()  # PIPELINE_STOPPED samples set
 
@@ -67,8 +72,11 @@ class Health:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=10)
         self._mongo.close()
+        if self._kafka is not None:
+            self._kafka.close()
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason) from the last check; a check overdue is itself a reason."""
@@ -84,16 +92,20 @@ class Health:
             ready, reason = self.check()
             if (ready, reason) != self._ready:
                 log.log(logging.INFO if ready else logging.WARNING, "%s",
-                        "ready" if ready else f"not ready: {reason}")
+                        reason if ready else f"not ready: {reason}")
             self._ready = ready, reason
             self._checked_at = time.monotonic()
             self._stop.wait(self.interval)
 
     def check(self) -> tuple[bool, str]:
-        problems = self._check_mongo() + self._check_kafka()
-        return (not problems, "; ".join(problems) or "ready")
+        """(ready, reason): not ready names the problems; ready names the migrations held."""
+        held: list[str] = []
+        problems = self._check_mongo(held) + self._check_kafka()
+        if problems:
+            return False, "; ".join(problems)
+        return True, "; ".join(["ready", *held])
 
-    def _check_mongo(self) -> list[str]:
+    def _check_mongo(self, held: list[str]) -> list[str]:
         try:
             db = self._mongo[self.settings.database_name]
             db.command("ping")
@@ -104,10 +116,11 @@ class Health:
                 state = store.get(m.name)
                 if state is None:
                     continue
+                # Held on purpose, not broken: the process can work, so it stays ready.
                 if state.cancelled:
-                    problems.append(f"migration {m.name} is cancelled")
+                    held.append(f"migration {m.name} is cancelled")
                 elif state.paused:
-                    problems.append(f"migration {m.name} is paused")
+                    held.append(f"migration {m.name} is paused")
                 for component, record in state.stopped.items():
                     error = logs.mask(str(record.get("error") or ""))
                     document = "" if record.get("id") is None else repr(record["id"])
@@ -133,8 +146,10 @@ class Health:
     def _check_kafka(self) -> list[str]:
         # Reading the group's offsets proves the broker answers; the lag comes with it.
         try:
+            if self._kafka is None:
+                self._kafka = topics.admin(self.settings)
             for m in self.migrations:
-                lag = topics.group_lag(self.settings, self.settings.topic(m.collection),
+                lag = topics.admin_lag(self._kafka, self.settings.topic(m.collection),
                                        self.settings.group(m.name))
                 if self.track_lag:
                     for p in lag.partitions:

@@ -27,11 +27,12 @@ from typing import Any
 import bson
 
 from ..base.codec import CODEC_OPTIONS
-from ..base.context import Context, make_context
+from ..base.messages import shorten
 from ..base.naming import revert
-from ..base.patch import Outcome, decide
 from ..base.scanner import scan
 from ..base.settings import Settings
+from ..core.context import Context, make_context
+from ..core.patch import Outcome, decide
 from ..errors import PatchError, UsageError
 from ..migration import Migration
 from .shapes import shape_id, shape_of
@@ -68,7 +69,8 @@ def difference(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
         elif name not in before:
             parts.append(f"{name} added")
         elif canonical({"v": before[name]}) != canonical({"v": after[name]}):
-            parts.append(f"{name} {_brief(before[name])} came back as {_brief(after[name])}")
+            parts.append(f"{name} {shorten(repr(before[name]), 40)} came back as "
+                         f"{shorten(repr(after[name]), 40)}")
     return ", ".join(parts) or "field order inside an embedded document"
 
 
@@ -198,7 +200,3 @@ def verify_reversible(settings: Settings, migration: Migration, *, per_shape: in
             ctx.side_effects.clear()
     return report
 
-
-def _brief(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."

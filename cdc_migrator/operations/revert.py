@@ -14,9 +14,9 @@ from typing import Any
 
 from pymongo.errors import OperationFailure
 
-from ..base.retry import message_of
+from ..base.messages import message_of
 from ..base.settings import Settings
-from ..base.state import MigrationState, Phase
+from ..core.state import MigrationState, Phase
 from ..errors import Refused
 from ..migration import Migration
 from .cutover import NO_VALIDATORS_CODES, load_schema
@@ -60,7 +60,7 @@ def put_back_expand_schema(settings: Settings, migration: Migration, installed: 
         if exc.code in NO_VALIDATORS_CODES:
             return f"the server has no validators: no validator ({installed}) to take back"
         raise Refused(f"cannot {doing} {migration.name}: the server refused to put back the "
-                      f"expand schema (collMod {exc.code}: {message_of(exc)[:120]}); "
+                      f"expand schema (collMod {exc.code}: {message_of(exc, 120)}); "
                       "nothing else changed") from None
     return what
 

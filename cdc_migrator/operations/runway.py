@@ -16,9 +16,9 @@ from typing import Any
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from ..base.messages import message_of
 from ..base.progress import format_duration
-from ..base.retry import message_of
-from ..base.state import HEARTBEAT_STALE_AFTER
+from ..core.state import HEARTBEAT_STALE_AFTER
 
 #: Warn once the tailer's resume point has aged through this share of the history window.
 WARN_AT_SHARE = 0.5
@@ -43,7 +43,7 @@ def history_window(client: MongoClient) -> tuple[HistoryWindow | None, str | Non
         ends = [next(iter(oplog.find({}, {"ts": 1}, sort=[("$natural", order)], limit=1)), None)
                 for order in (1, -1)]
     except PyMongoError as exc:
-        return None, f"local.oplog.rs unreadable: {message_of(exc)[:160]}"
+        return None, f"local.oplog.rs unreadable: {message_of(exc, 160)}"
     first, last = ends
     if first is None or last is None or not hasattr(first.get("ts"), "time"):
         return None, "local.oplog.rs is empty or absent (not a replica set member?)"

@@ -67,7 +67,13 @@ def dialect_problems(schema: Any, where: str = "schema") -> list[str]:
     """What MongoDB's ``$jsonSchema`` would refuse in ``schema`` (empty when it accepts it)."""
     if not isinstance(schema, dict):
         return [f"{where} must be an object"]
-    problems: list[str] = []
+    return (_keyword_problems(schema, where) + _type_problems(schema, where)
+            + _number_problems(schema, where) + _value_problems(schema, where)
+            + _subschema_problems(schema, where))
+
+
+def _keyword_problems(schema: dict[str, Any], where: str) -> list[str]:
+    problems = []
     for key in schema:
         if key in OMITTED_KEYWORDS:
             problems.append(f"{where}: keyword {key!r} is not supported by MongoDB")
@@ -75,6 +81,11 @@ def dialect_problems(schema: Any, where: str = "schema") -> list[str]:
             problems.append(f"{where}: unknown keyword {key!r}")
     if "type" in schema and "bsonType" in schema:
         problems.append(f"{where}: 'type' and 'bsonType' cannot both be given")
+    return problems
+
+
+def _type_problems(schema: dict[str, Any], where: str) -> list[str]:
+    problems = []
     for key, aliases in (("type", _JSON_TYPES), ("bsonType", BSON_TYPE_ALIASES)):
         if key not in schema:
             continue
@@ -88,6 +99,11 @@ def dialect_problems(schema: Any, where: str = "schema") -> list[str]:
                                 "bsonType 'int' or 'long', or ['int', 'long'])")
             elif name not in aliases:
                 problems.append(f"{where}: unknown {key} {name!r}")
+    return problems
+
+
+def _number_problems(schema: dict[str, Any], where: str) -> list[str]:
+    problems = []
     for key in ("minimum", "maximum", "multipleOf"):
         if key in schema and not _is_number(schema[key]):
             problems.append(f"{where}: {key!r} must be a number")
@@ -104,6 +120,11 @@ def dialect_problems(schema: Any, where: str = "schema") -> list[str]:
         if key in schema and not (isinstance(value, (int, float)) and not isinstance(value, bool)
                                   and value >= 0 and value == int(value)):
             problems.append(f"{where}: {key!r} must be a non-negative integer")
+    return problems
+
+
+def _value_problems(schema: dict[str, Any], where: str) -> list[str]:
+    problems = []
     for key in ("title", "description", "pattern"):
         if key in schema and not isinstance(schema[key], str):
             problems.append(f"{where}: {key!r} must be a string")
@@ -117,6 +138,12 @@ def dialect_problems(schema: Any, where: str = "schema") -> list[str]:
                 and all(isinstance(n, str) for n in required)
                 and len(set(required)) == len(required)):
             problems.append(f"{where}: 'required' must be a non-empty list of distinct names")
+    return problems
+
+
+def _subschema_problems(schema: dict[str, Any], where: str) -> list[str]:
+    """The problems of the schemas inside ``schema`` (properties, items, combinations)."""
+    problems: list[str] = []
     for key in ("properties", "patternProperties"):
         if key in schema:
             if not isinstance(schema[key], dict):
@@ -134,6 +161,12 @@ def dialect_problems(schema: Any, where: str = "schema") -> list[str]:
                 problems += dialect_problems(sub, f"{where}.items[{i}]")
         else:
             problems += dialect_problems(items, f"{where}.items")
+    return problems + _combination_problems(schema, where)
+
+
+def _combination_problems(schema: dict[str, Any], where: str) -> list[str]:
+    """The problems of the schemas ``schema`` combines (allOf, not, dependencies, ...)."""
+    problems: list[str] = []
     for key in ("allOf", "anyOf", "oneOf"):
         if key in schema:
             if not (isinstance(schema[key], list) and schema[key]):
@@ -144,16 +177,21 @@ def dialect_problems(schema: Any, where: str = "schema") -> list[str]:
     if "not" in schema:
         problems += dialect_problems(schema["not"], f"{where}.not")
     if "dependencies" in schema:
-        if not isinstance(schema["dependencies"], dict):
-            problems.append(f"{where}: 'dependencies' must be an object")
+        problems += _dependencies_problems(schema["dependencies"], where)
+    return problems
+
+
+def _dependencies_problems(dependencies: Any, where: str) -> list[str]:
+    if not isinstance(dependencies, dict):
+        return [f"{where}: 'dependencies' must be an object"]
+    problems: list[str] = []
+    for name, dep in dependencies.items():
+        if isinstance(dep, list):
+            if not (dep and all(isinstance(n, str) for n in dep)):
+                problems.append(f"{where}.dependencies.{name}: must be a non-empty "
+                                "list of names, or a schema")
         else:
-            for name, dep in schema["dependencies"].items():
-                if isinstance(dep, list):
-                    if not (dep and all(isinstance(n, str) for n in dep)):
-                        problems.append(f"{where}.dependencies.{name}: must be a non-empty "
-                                        "list of names, or a schema")
-                else:
-                    problems += dialect_problems(dep, f"{where}.dependencies.{name}")
+            problems += dialect_problems(dep, f"{where}.dependencies.{name}")
     return problems
 
 
@@ -163,16 +201,11 @@ def _is_number(value: Any) -> TypeGuard[int | float]:
 
 def errors(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
     """Every way ``value`` breaks ``schema`` (empty when it conforms)."""
-    problems: list[str] = []
     where = path or "document"
-    types = schema.get("bsonType")
-    if types is None and "type" in schema:
-        json_types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        types = [_JSON_TYPES.get(t, t) for t in json_types]
-    if types is not None:
-        types = types if isinstance(types, list) else [types]
-        if not any(_BSON_TYPES.get(t, lambda v: False)(value) for t in types):
-            return [f"{where} is {type(value).__name__}, expected {'/'.join(types)}"]
+    wrong_type = _type_error(schema, value, where)
+    if wrong_type is not None:
+        return [wrong_type]
+    problems: list[str] = []
     if "enum" in schema and value not in schema["enum"]:
         problems.append(f"{where} = {value!r} is not one of {schema['enum']!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -188,29 +221,54 @@ def errors(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
         if "pattern" in schema and not re.search(schema["pattern"], value):
             problems.append(f"{where} does not match {schema['pattern']!r}")
     if isinstance(value, dict):
-        for name in schema.get("required", []):
-            if name not in value:
-                problems.append(f"{_join(path, name)} is required")
-        props = schema.get("properties", {})
-        for name, sub in props.items():
-            if name in value:
-                problems += errors(sub, value[name], _join(path, name))
-        extra = schema.get("additionalProperties", True)
-        for name in value:
-            if name in props:
-                continue
-            if extra is False:
-                problems.append(f"{_join(path, name)} is not allowed")
-            elif isinstance(extra, dict):
-                problems += errors(extra, value[name], _join(path, name))
+        problems += _object_errors(schema, value, path)
     if isinstance(value, list):
-        if "minItems" in schema and len(value) < schema["minItems"]:
-            problems.append(f"{where} has fewer than {schema['minItems']} items")
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            problems.append(f"{where} has more than {schema['maxItems']} items")
-        if isinstance(schema.get("items"), dict):
-            for i, item in enumerate(value):
-                problems += errors(schema["items"], item, f"{where}[{i}]")
+        problems += _array_errors(schema, value, where)
+    return problems
+
+
+def _type_error(schema: dict[str, Any], value: Any, where: str) -> str | None:
+    types = schema.get("bsonType")
+    if types is None and "type" in schema:
+        json_types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        types = [_JSON_TYPES.get(t, t) for t in json_types]
+    if types is None:
+        return None
+    types = types if isinstance(types, list) else [types]
+    if any(_BSON_TYPES.get(t, lambda v: False)(value) for t in types):
+        return None
+    return f"{where} is {type(value).__name__}, expected {'/'.join(types)}"
+
+
+def _object_errors(schema: dict[str, Any], value: dict[str, Any], path: str) -> list[str]:
+    problems = []
+    for name in schema.get("required", []):
+        if name not in value:
+            problems.append(f"{_join(path, name)} is required")
+    props = schema.get("properties", {})
+    for name, sub in props.items():
+        if name in value:
+            problems += errors(sub, value[name], _join(path, name))
+    extra = schema.get("additionalProperties", True)
+    for name in value:
+        if name in props:
+            continue
+        if extra is False:
+            problems.append(f"{_join(path, name)} is not allowed")
+        elif isinstance(extra, dict):
+            problems += errors(extra, value[name], _join(path, name))
+    return problems
+
+
+def _array_errors(schema: dict[str, Any], value: list[Any], where: str) -> list[str]:
+    problems = []
+    if "minItems" in schema and len(value) < schema["minItems"]:
+        problems.append(f"{where} has fewer than {schema['minItems']} items")
+    if "maxItems" in schema and len(value) > schema["maxItems"]:
+        problems.append(f"{where} has more than {schema['maxItems']} items")
+    if isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            problems += errors(schema["items"], item, f"{where}[{i}]")
     return problems
 
 

@@ -12,65 +12,17 @@ The shape is a canonical string, so it is its own key (``{_id: int, name: string
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import re
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from bson import (
-    DBRef,
-    Decimal128,
-    Int64,
-    MaxKey,
-    MinKey,
-    ObjectId,
-    Regex,
-    Timestamp,
-)
 from bson.binary import Binary
-from bson.code import Code
-from bson.datetime_ms import DatetimeMS
 
-# Python type of a decoded value (codec policy of base/codec.py) -> MongoDB's $type alias.
-# bool before int and Int64 before int: they are subclasses of int.
-_TYPES: tuple[tuple[type | tuple[type, ...], str], ...] = (
-    (bool, "bool"),
-    (Int64, "long"),
-    (int, "int"),
-    (float, "double"),
-    (str, "string"),
-    (DBRef, "dbref"),
-    (dict, "object"),
-    (list, "array"),
-    (ObjectId, "objectId"),
-    ((dt.datetime, DatetimeMS), "date"),
-    (uuid.UUID, "binData(4)"),
-    (Decimal128, "decimal"),
-    (Timestamp, "timestamp"),
-    ((Regex, re.Pattern), "regex"),
-    (Code, "javascript"),
-    (MinKey, "minKey"),
-    (MaxKey, "maxKey"),
-)
+from ..base.bsontypes import type_name
+
 _PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def type_name(value: Any) -> str:
-    """The BSON type of a decoded value, by MongoDB's ``$type`` alias (binary with its
-    subtype, since subtypes 3 and 4 hold UUIDs a transform treats apart)."""
-    if value is None:
-        return "null"
-    if isinstance(value, Binary):
-        return f"binData({value.subtype})"
-    if isinstance(value, bytes):
-        return "binData(0)"
-    for kinds, name in _TYPES:
-        if isinstance(value, kinds):
-            return name
-    return type(value).__name__
 
 
 def _field(name: str) -> str:

@@ -1,29 +1,15 @@
-"""What ``status`` shows of a shared backfill's ranges and of the throttle in force."""
+"""What ``status`` shows of a shared backfill's ranges and of the throttle in force.
+
+The ranges themselves are the backfill's (capture's); ``status`` is handed their summary by
+its caller (see :data:`~cdc_migrator.operations.status.RangesOf`).
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from ..base.ranges import RangeStore
-from ..base.settings import Settings
-from ..base.state import MigrationState
-from ..base.throttle import describe_hold
-
-
-def ranges_status(settings: Settings, name: str) -> dict[str, Any] | None:
-    """The ranges of the backfill: how many are done, which are in progress (by whom, how
-    far), how many are left (not started, or their worker's lease ran out). None before a
-    backfill planned any."""
-    ranges = RangeStore(settings.db[settings.state_collection]).ranges(name)
-    if not ranges:
-        return None
-    in_progress = [{"range": r.index, "owner": r.owner, "scanned": r.scanned,
-                    "lease_left_seconds": round(float(r.lease_until or 0) - time.time(), 1)}
-                   for r in ranges if r.leased]
-    done = sum(r.done for r in ranges)
-    return {"total": len(ranges), "done": done, "in_progress": in_progress,
-            "left": len(ranges) - done - len(in_progress)}
+from ..core.state import MigrationState
+from ..core.throttle import describe_hold
 
 
 def throttle_status(state: MigrationState) -> dict[str, Any]:

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..base import logs, topics
 from ..base.progress import format_duration
 from ..base.settings import Settings
-from ..base.state import CONSUMER_SILENT_AFTER, MigrationState, Phase, StateStore, TailState
+from ..core.state import CONSUMER_SILENT_AFTER, MigrationState, Phase, TailState
 from ..migration import Migration
 from . import runway, sharing
 from .revert import old_shape_note
+
+#: What ``status`` shows of a migration's backfill ranges (None before any were planned), by
+#: migration name: given by the caller, since the ranges are the backfill's.
+RangesOf = Callable[[str], "dict[str, Any] | None"]
 
 
 def _timestamp_seconds(ts: Any) -> float | None:
@@ -33,8 +38,10 @@ def ready_for_cutover(state: MigrationState, lag_total: int) -> bool:
 
 
 def migration_status(settings: Settings, migration: Migration | None,
-                     state: MigrationState) -> dict[str, Any]:
-    """A JSON-friendly status of one migration, lag measured now from the broker."""
+                     state: MigrationState, *,
+                     ranges_of: RangesOf | None = None) -> dict[str, Any]:
+    """A JSON-friendly status of one migration, lag measured now from the broker; with
+    ``ranges_of``, the backfill's ranges too."""
     backfill, tail = state.backfill, state.tail
     status: dict[str, Any] = {
         "migration": state.name,
@@ -68,7 +75,7 @@ def migration_status(settings: Settings, migration: Migration | None,
                 if elapsed > 0 else None
         status["backfill"] = {"scanned": backfill.scanned, "total": backfill.total,
                               "done": backfill.done, "eta_seconds": eta,
-                              "ranges": sharing.ranges_status(settings, state.name)}
+                              "ranges": ranges_of(state.name) if ranges_of else None}
     status["throttle"] = sharing.throttle_status(state)
     if state.apply is not None:
         status["apply"] = {"done": state.apply.done}
@@ -161,10 +168,12 @@ def _aware(value: dt.datetime) -> dt.datetime:
 
 
 def all_status(settings: Settings, migrations: dict[str, Migration],
-               name: str | None = None) -> list[dict[str, Any]]:
-    store = StateStore(settings.db, settings.state_collection)
+               name: str | None = None, *,
+               ranges_of: RangesOf | None = None) -> list[dict[str, Any]]:
+    store = settings.store
     states = [store.get(name)] if name else store.all()
-    return [migration_status(settings, migrations.get(s.name), s) for s in states if s]
+    return [migration_status(settings, migrations.get(s.name), s, ranges_of=ranges_of)
+            for s in states if s]
 
 
 def render(status: dict[str, Any]) -> str:
@@ -192,6 +201,22 @@ def render(status: dict[str, Any]) -> str:
         parts = ", ".join(f"p{p}={v['lag']}" for p, v in lag["partitions"].items())
         lines.append(f"  lag: {lag['total']:,} events" + (f" ({parts})" if parts else ""))
     lines += _silent_lines(status.get("group"))
+    lines += _capture_lines(status)
+    lines += _problem_lines(status)
+    if status.get("completed_at"):
+        lines.append(f"  cut over at {status['completed_at']}")
+    if status.get("reverted_at"):
+        lines.append(f"  reverted at {status['reverted_at']} (its reverse run: "
+                     f"{status['migration']}-revert)")
+    if status.get("old_shape"):
+        lines.append(f"  old shape: {status['old_shape']['note']}")
+    return "\n".join(lines)
+
+
+def _capture_lines(status: dict[str, Any]) -> list[str]:
+    """The tailer's lines of :func:`render`: its checkpoint, its recoveries, the runway of
+    its resume point in the change history."""
+    lines = []
     t = status.get("tail")
     if t:
         age = t.get("seconds_since_heartbeat")
@@ -213,6 +238,13 @@ def render(status: dict[str, Any]) -> str:
                         if age is not None else ""))
         for warning in h["warnings"]:
             lines.append(f"  WARNING: {warning}")
+    return lines
+
+
+def _problem_lines(status: dict[str, Any]) -> list[str]:
+    """What went wrong, for :func:`render`: the failure, the pieces stopped or stalled, and
+    the last error when no stopped piece says it already."""
+    lines = []
     if status.get("failure"):
         lines.append(f"  failed: {status['failure'].get('reason')}")
     stopped = status.get("stopped") or {}
@@ -224,11 +256,4 @@ def render(status: dict[str, Any]) -> str:
     err = status.get("last_error")
     if err and err.get("component") not in stopped:
         lines.append(f"  last error: {err.get('id')!r}: {err.get('error')}")
-    if status.get("completed_at"):
-        lines.append(f"  cut over at {status['completed_at']}")
-    if status.get("reverted_at"):
-        lines.append(f"  reverted at {status['reverted_at']} (its reverse run: "
-                     f"{status['migration']}-revert)")
-    if status.get("old_shape"):
-        lines.append(f"  old shape: {status['old_shape']['note']}")
-    return "\n".join(lines)
+    return lines

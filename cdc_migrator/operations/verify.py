@@ -6,10 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..base.context import make_context
-from ..base.patch import decide
 from ..base.scanner import scan
 from ..base.settings import Settings
+from ..core.context import make_context
+from ..core.patch import decide
 from ..migration import Migration
 
 

@@ -63,7 +63,8 @@ public final class ChangeStreamOplog implements Oplog {
     private static final int KIND_HIGH_WATER_MARK = 0x00;
     private static final int KIND_INVALIDATE = 0x01;
     private static final int KIND_EVENT = 0x04;
-    private static final Pattern TOKEN = Pattern.compile("82([0-9A-Fa-f]{16})([0-9A-Fa-f]{2})");
+    /** "82", the timestamp, the kind; a fragment of a split event adds its number (from 0). */
+    private static final Pattern TOKEN = Pattern.compile("82([0-9A-Fa-f]{16})([0-9A-Fa-f]{2})([0-9A-Fa-f]{4})?");
     private static final int FULL_DOCUMENT_NONE = 0;
     private static final int FULL_DOCUMENT_LOOKUP = 1;
     private static final int FULL_DOCUMENT_NULL = 2;
@@ -73,6 +74,10 @@ public final class ChangeStreamOplog implements Oplog {
 
     /** Scope of the change stream the current aggregate opens (null: collection from the namespace). */
     static final ThreadLocal<Scope> OPEN_SCOPE = new ThreadLocal<>();
+    /** Set when the current aggregate's pipeline ended with $changeStreamSplitLargeEvent. */
+    static final ThreadLocal<Boolean> OPEN_SPLIT = new ThreadLocal<>();
+    /** The timestamp the current write's event gets: an oplog hole being filled (see OplogHole). */
+    private static final ThreadLocal<Long> FORCED_TS = new ThreadLocal<>();
     /** The collection the current write command works on (its monitor is held by the writer). */
     static final ThreadLocal<MongoCollection<?>> CURRENT_COLLECTION = new ThreadLocal<>();
     /** When set, handleInsert collects the documents here instead of recording them. */
@@ -82,6 +87,7 @@ public final class ChangeStreamOplog implements Oplog {
 
     static void resetThreadState() {
         OPEN_SCOPE.remove();
+        OPEN_SPLIT.remove();
         CURRENT_COLLECTION.remove();
         INSERT_CAPTURE.remove();
         LAST_CURSOR.remove();
@@ -117,8 +123,13 @@ public final class ChangeStreamOplog implements Oplog {
     /** Run once after the next write (getMores waiting for events, see ChangeStreamAwait). */
     private final ConcurrentLinkedQueue<Runnable> waiters = new ConcurrentLinkedQueue<>();
 
-    /** Latest timestamp handed out (event, or the no-op at startup/truncation). */
+    /** Latest applied timestamp (event, or the no-op at startup/truncation): replies' operationTime. */
     private volatile long lastTs;
+    /** Latest timestamp handed out: lastTs, or a reserved one (an oplog hole) after it. */
+    private long lastReserved; // guarded by writeLock
+    /** The reserved timestamp of a write not yet committed (an oplog hole), or NO_HOLE. */
+    private volatile long holeTs = NO_HOLE;
+    private static final long NO_HOLE = Long.MAX_VALUE;
     /** Resume points older than this are lost. */
     private volatile long oldestPoint;
     /** Timestamp of the newest event dropped from the history (-1: none). */
@@ -138,12 +149,73 @@ public final class ChangeStreamOplog implements Oplog {
         this.maxEvents = maxEvents;
         long start = clock.instant().getEpochSecond() << 32; // like a replica set's first oplog entry
         this.lastTs = start;
+        this.lastReserved = start;
         this.oldestPoint = start;
     }
 
-    /** The operationTime for command replies: every later event has a greater timestamp. */
+    /**
+     * The operationTime for command replies: the last applied write, as a primary reports it
+     * (while an oplog hole is open, a write before it may still come).
+     */
     BsonTimestamp operationTime() {
         return new BsonTimestamp(lastTs);
+    }
+
+    /**
+     * The point up to which every write is visible: what change streams read up to, and the
+     * majority commit point of this one-node "replica set". Before an open oplog hole.
+     */
+    BsonTimestamp committedTime() {
+        return new BsonTimestamp(visibleTs());
+    }
+
+    private long visibleTs() {
+        long hole = holeTs;
+        return hole == NO_HOLE ? lastTs : Math.min(lastTs, hole - 1);
+    }
+
+    /**
+     * Test-only: hands out the next timestamp to a write that will commit later
+     * ({@link #fillHole}); until then change streams see nothing from it on, while later writes
+     * are applied. One hole at a time.
+     */
+    long reserveHole() {
+        writeLock.lock();
+        try {
+            if (holeTs != NO_HOLE) {
+                throw new MongoServerError(2, "BadValue", "an oplog hole is already open at " + new BsonTimestamp(holeTs));
+            }
+            long ts = nextTimestamp();
+            lastReserved = ts;
+            holeTs = ts;
+            return ts;
+        } finally {
+            writeLock.unlock();
+        }
+    }
+
+    /**
+     * Runs the write that reserved the hole; its event (one at most) gets the reserved
+     * timestamp. Then the hole is closed, whatever the write did.
+     */
+    Document fillHole(java.util.function.Supplier<Document> write) {
+        long ts = holeTs;
+        if (ts == NO_HOLE) {
+            throw new MongoServerError(2, "BadValue", "no oplog hole is open");
+        }
+        FORCED_TS.set(ts);
+        try {
+            return write.get();
+        } finally {
+            FORCED_TS.remove();
+            writeLock.lock();
+            try {
+                holeTs = NO_HOLE;
+            } finally {
+                writeLock.unlock();
+            }
+            wakeWaiters();
+        }
     }
 
     /** The oldest point a change stream can still resume from (the start of the history). */
@@ -238,8 +310,10 @@ public final class ChangeStreamOplog implements Oplog {
                 "Only one type of resume option is allowed, but multiple were found.");
         }
 
+        boolean split = Boolean.TRUE.equals(OPEN_SPLIT.get());
         long position;
         Event pendingInvalidate = null;
+        int skipFragments = 0;
         if (resumeAfter != null || startAfter != null) {
             long[] token = parseToken(resumeAfter != null ? resumeAfter : startAfter);
             long ts = token[0];
@@ -247,9 +321,15 @@ public final class ChangeStreamOplog implements Oplog {
                 throw new MongoServerError(260, "InvalidResumeToken",
                     "Attempting to resume a change stream using 'resumeAfter' is not allowed from an invalidate notification.");
             }
+            if (token[2] >= 0 && !split) {
+                throw SplitLargeEvent.resumeNeedsStage();
+            }
             checkResumable(ts);
             position = ts;
-            if (token[1] == KIND_EVENT) {
+            if (token[2] >= 0) { // after a fragment: the event is split again, the fragments up to it skipped
+                position = ts - 1;
+                skipFragments = (int) token[2] + 1;
+            } else if (token[1] == KIND_EVENT) {
                 Event event = all.get(ts);
                 if (event != null && scope.isTerminal(event)) {
                     pendingInvalidate = event; // resuming after a drop/rename: the stream is already invalid
@@ -263,11 +343,13 @@ public final class ChangeStreamOplog implements Oplog {
             checkResumable(ts);
             position = ts - 1; // inclusive
         } else {
+            // MongoDB starts a new stream one tick after the last applied write
+            // (DocumentSourceChangeStream::getStartTimeForNewStream), even past an oplog hole
             position = lastTs;
         }
 
         StreamCursor cursor = new StreamCursor(cursorRegistry.generateCursorId(), scope, aggregation, lookup,
-            beforeChangeNull, position, pendingInvalidate);
+            beforeChangeNull, position, pendingInvalidate, split, skipFragments);
         cursorRegistry.add(cursor);
         return cursor;
     }
@@ -338,6 +420,47 @@ public final class ChangeStreamOplog implements Oplog {
         record(events);
     }
 
+    /**
+     * Events of pipeline-style updates, from the documents before and after: an update event
+     * whose description lists each top-level field added or changed and each removed, or a
+     * replace event when that description would be larger than the new document (as MongoDB
+     * logs a replacement when the diff is larger, PipelineExecutor). The caller holds the
+     * collection's monitor.
+     */
+    void recordRewrites(String namespace, List<Document> befores, MongoCollection<?> collection) {
+        if (befores.isEmpty() || !tracked(namespace)) {
+            return;
+        }
+        Namespace ns = namespace(namespace);
+        List<Event> events = new ArrayList<>(befores.size());
+        for (Document before : befores) {
+            Object id = before.get("_id");
+            Document after = findById(collection, id);
+            if (after == null || after.equals(before)) {
+                continue;
+            }
+            Document updated = new Document();
+            List<String> removed = new ArrayList<>();
+            for (Map.Entry<String, Object> field : after.entrySet()) {
+                if (!before.containsKey(field.getKey()) || !java.util.Objects.equals(before.get(field.getKey()), field.getValue())) {
+                    updated.put(field.getKey(), field.getValue());
+                }
+            }
+            for (String name : before.keySet()) {
+                if (!after.containsKey(name)) {
+                    removed.add(name);
+                }
+            }
+            Document diff = new Document("u", updated).append("r", removed);
+            Event event = bsonSize(diff) > bsonSize(after) ? new Event("replace", ns, id, after, null, null)
+                : new Event("update", ns, id, null, updated, null);
+            event.removedFields = removed.toArray(NO_FIELDS);
+            event.preImage = PreImages.of(namespace, id);
+            events.add(event);
+        }
+        record(events);
+    }
+
     void recordDropDatabase(String db) {
         PreImages.afterDropDatabase(db);
         if (!internalDatabase(db)) {
@@ -369,6 +492,7 @@ public final class ChangeStreamOplog implements Oplog {
             count = 0;
             now = nextTimestamp(); // a no-op entry: the new oldest point
             oldestPoint = now;
+            lastReserved = now;
             lastTs = now;
         } finally {
             writeLock.unlock();
@@ -382,15 +506,20 @@ public final class ChangeStreamOplog implements Oplog {
     private void record(List<Event> events) {
         writeLock.lock();
         try {
+            Long forced = FORCED_TS.get();
+            if (forced != null && events.size() > 1) {
+                throw new IllegalStateException("the write filling an oplog hole recorded " + events.size() + " events");
+            }
             for (Event event : events) {
-                long ts = nextTimestamp();
+                long ts = forced != null ? forced : nextTimestamp();
                 event.ts = ts;
                 event.wallMillis = clock.millis();
                 Long key = ts;
                 all.put(key, event);
                 byNamespace.computeIfAbsent(event.ns.key, k -> new ConcurrentSkipListMap<>()).put(key, event);
                 count++;
-                lastTs = ts; // only now: everything up to ts is visible
+                lastReserved = Math.max(lastReserved, ts);
+                lastTs = Math.max(lastTs, ts); // only now: everything up to ts is visible (but a hole)
             }
             while (count > maxEvents) {
                 Map.Entry<Long, Event> oldest = all.firstEntry();
@@ -429,7 +558,7 @@ public final class ChangeStreamOplog implements Oplog {
     /** Next timestamp: seconds of the wall clock in the high half, a counter in the low half. */
     private long nextTimestamp() {
         long floor = (clock.instant().getEpochSecond() << 32) | 1L;
-        return Math.max(lastTs + 1, floor);
+        return Math.max(lastReserved + 1, floor);
     }
 
     // ---- helpers ----
@@ -562,22 +691,31 @@ public final class ChangeStreamOplog implements Oplog {
         return new Document("_data", String.format("82%016X%02X", ts, kind));
     }
 
-    /** {timestamp, kind} of a resume token; also accepts the stock server's plain hex tokens. */
+    /** The resume token of fragment {@code fragment} (from 0) of a split event. */
+    static Document fragmentToken(long ts, int fragment) {
+        return new Document("_data", String.format("82%016X%02X%04X", ts, KIND_EVENT, fragment));
+    }
+
+    /**
+     * {timestamp, kind, fragment (-1: none)} of a resume token; also accepts the stock server's
+     * plain hex tokens.
+     */
     private static long[] parseToken(Object token) {
         Object data = token instanceof Document ? ((Document) token).get("_data") : null;
         if (data instanceof String) {
             Matcher m = TOKEN.matcher((String) data);
             if (m.matches()) {
-                return new long[] {Long.parseUnsignedLong(m.group(1), 16), Integer.parseInt(m.group(2), 16)};
+                return new long[] {Long.parseUnsignedLong(m.group(1), 16), Integer.parseInt(m.group(2), 16),
+                    m.group(3) == null ? -1 : Integer.parseInt(m.group(3), 16)};
             }
             if (STOCK_TOKEN.matcher((String) data).matches()) {
-                return new long[] {Long.parseUnsignedLong((String) data, 16), KIND_EVENT};
+                return new long[] {Long.parseUnsignedLong((String) data, 16), KIND_EVENT, -1};
             }
         }
         throw new MongoServerError(260, "InvalidResumeToken", "Invalid resume token: " + token);
     }
 
-    private static int bsonSize(Document document) {
+    static int bsonSize(Document document) {
         ByteBuf buffer = Unpooled.buffer();
         try {
             BsonEncoder.encodeDocument(document, buffer);
@@ -699,10 +837,17 @@ public final class ChangeStreamOplog implements Oplog {
         private boolean closed;
         private boolean firstBatchTaken; // the aggregate's batch: later ones are getMores
         private Document postBatchResumeToken;
+        private final boolean split;     // the pipeline ended with $changeStreamSplitLargeEvent
+        private int skipFragments;       // resumed after a fragment: those of its event up to it ...
+        private final long skipTs;       // ... the event at this timestamp
+        private final java.util.ArrayDeque<Document> pendingFragments = new java.util.ArrayDeque<>();
 
         StreamCursor(long id, Scope scope, Aggregation aggregation, int lookup, boolean beforeChangeNull,
-                     long position, Event pendingInvalidate) {
+                     long position, Event pendingInvalidate, boolean split, int skipFragments) {
             super(id);
+            this.split = split;
+            this.skipFragments = skipFragments;
+            this.skipTs = position + 1;
             this.scope = scope;
             this.aggregation = aggregation;
             this.hasStages = aggregation != null && !aggregation.getStages().isEmpty();
@@ -732,14 +877,20 @@ public final class ChangeStreamOplog implements Oplog {
          * pipeline filters it) or fail; false means it would return an empty batch.
          */
         synchronized boolean mayHaveEvents() {
-            if (closed || pendingInvalidate != null || position < lastDroppedTs) {
+            if (closed || pendingInvalidate != null || position < lastDroppedTs || !pendingFragments.isEmpty()) {
                 return true;
             }
+            long visible = visibleTs();
             if (scope.kind == Scope.Kind.COLLECTION) {
                 ConcurrentSkipListMap<Long, Event> events = byNamespace.get(scope.db + "." + scope.coll);
-                return events != null && events.higherKey(position) != null;
+                Long next = events == null ? null : events.higherKey(position);
+                return next != null && next <= visible;
             }
-            for (Event event : all.tailMap(Math.max(position, probed), false).values()) {
+            long from = Math.max(position, probed);
+            if (from >= visible) {
+                return false;
+            }
+            for (Event event : all.subMap(from, false, visible, true).values()) {
                 if (scope.matches(event)) {
                     return true;
                 }
@@ -762,11 +913,11 @@ public final class ChangeStreamOplog implements Oplog {
             if (!mayHaveEvents()) {
                 return false;
             }
-            if (closed || pendingInvalidate != null || !hasStages) {
+            if (closed || pendingInvalidate != null || !hasStages || !pendingFragments.isEmpty()) {
                 return true;
             }
             long start = position;
-            Iterator<Event> events = source(start);
+            Iterator<Event> events = source(start, visibleTs());
             while (events.hasNext()) {
                 Event event = events.next();
                 if (scope.matches(event)) {
@@ -809,15 +960,16 @@ public final class ChangeStreamOplog implements Oplog {
                 return batch;
             }
 
-            int limit = numberToReturn > 0 ? numberToReturn : Integer.MAX_VALUE;
-            int bytes = 0;
-            Document lastEmittedId = null;
-            long lastEmittedTs = Long.MIN_VALUE;
-            long highWaterMark = lastTs; // read before the walk: all events up to it are visible
-            Iterator<Event> events = source(start);
+            Batch out = new Batch(batch, numberToReturn);
+            if (!out.drain(pendingFragments, position)) {
+                finishBatch(out);
+                return batch;
+            }
+            long highWaterMark = visibleTs(); // read before the walk: all events up to it are visible
+            Iterator<Event> events = source(start, highWaterMark);
             boolean exhausted = true;
             while (events.hasNext()) {
-                if (batch.size() >= limit) {
+                if (out.full()) {
                     exhausted = false;
                     break;
                 }
@@ -831,22 +983,31 @@ public final class ChangeStreamOplog implements Oplog {
                 readyChange = null;
                 if (change != null) {
                     int size = bsonSize(change);
+                    if (split && size + bsonSize(fragmentToken(event.ts, 0)) > SplitLargeEvent.MAX_CHANGE_EVENT_SIZE) {
+                        position = event.ts; // the event is taken; its fragments wait in pendingFragments
+                        pendingFragments.addAll(fragments(change, event.ts));
+                        if (!out.drain(pendingFragments, event.ts)) {
+                            exhausted = false;
+                            break;
+                        }
+                        continue;
+                    }
+                    if (skipFragments > 0 && event.ts == skipTs) {
+                        throw SplitLargeEvent.differentSplit(); // resumed from a fragment of an event not split now
+                    }
+                    skipFragments = 0; // past the resume point: nothing more to skip
                     if (size > MAX_EVENT_BYTES) {
                         eventTooLarge(size, change); // the position stays before the event
                     }
-                    if (!batch.isEmpty() && bytes + size > MAX_BATCH_BYTES) {
+                    if (!out.add(change, size, event.ts)) {
                         exhausted = false; // the event stays for the next batch
                         break;
                     }
-                    batch.add(change);
-                    bytes += size;
-                    lastEmittedId = (Document) change.get("_id");
-                    lastEmittedTs = event.ts;
                 }
                 position = event.ts;
                 if (scope.isTerminal(event)) {
                     pendingInvalidate = event;
-                    if (batch.size() < limit) {
+                    if (!out.full()) {
                         checkNotDropped(start);
                         emitInvalidate(batch);
                         return batch;
@@ -859,9 +1020,72 @@ public final class ChangeStreamOplog implements Oplog {
                 position = highWaterMark;
             }
             checkNotDropped(start);
-            postBatchResumeToken = lastEmittedTs == position ? lastEmittedId : token(position, KIND_HIGH_WATER_MARK);
-            firstBatchTaken = true;
+            finishBatch(out);
             return batch;
+        }
+
+        /** postBatchResumeToken: the last change returned, or where the walk got to (a high-water mark). */
+        private void finishBatch(Batch out) {
+            if (!pendingFragments.isEmpty()) { // within a split event: after its last fragment returned
+                if (out.lastToken != null) {
+                    postBatchResumeToken = out.lastToken;
+                }
+            } else {
+                postBatchResumeToken = out.lastToken != null && out.lastEventTs == position ? out.lastToken
+                    : token(position, KIND_HIGH_WATER_MARK);
+            }
+            firstBatchTaken = true;
+        }
+
+        /** The fragments of a split event, less those a stream resumed after one of them got already. */
+        private List<Document> fragments(Document change, long ts) {
+            int tokenSize = bsonSize(fragmentToken(ts, 0));
+            List<Document> fragments = SplitLargeEvent.split(change, SplitLargeEvent.MAX_CHANGE_EVENT_SIZE - tokenSize,
+                i -> fragmentToken(ts, i));
+            int skip = ts == skipTs ? skipFragments : 0; // the resumed event may be gone: split this one whole
+            skipFragments = 0;
+            if (skip > 1 && fragments.size() < skip) {
+                throw SplitLargeEvent.differentSplit();
+            }
+            return fragments.subList(Math.min(skip, fragments.size()), fragments.size());
+        }
+
+        /** One batch being filled: at most so many documents, at most 16 MiB (one document at least). */
+        private final class Batch {
+            private final List<Document> documents;
+            private final int limit;
+            private int bytes;
+            Document lastToken;
+            long lastEventTs = Long.MIN_VALUE;
+
+            Batch(List<Document> documents, int numberToReturn) {
+                this.documents = documents;
+                this.limit = numberToReturn > 0 ? numberToReturn : Integer.MAX_VALUE;
+            }
+
+            boolean full() {
+                return documents.size() >= limit;
+            }
+
+            /** Adds the change unless the batch is full or it would exceed the batch's size. */
+            boolean add(Document change, int size, long ts) {
+                if (full() || (!documents.isEmpty() && bytes + size > MAX_BATCH_BYTES)) {
+                    return false;
+                }
+                documents.add(change);
+                bytes += size;
+                lastToken = (Document) change.get("_id");
+                lastEventTs = ts;
+                return true;
+            }
+
+            /** Moves fragments of the event at {@code ts} into the batch while they fit; true when none is left. */
+            boolean drain(java.util.ArrayDeque<Document> fragments, long ts) {
+                while (!fragments.isEmpty() && add(fragments.peek(), bsonSize(fragments.peek()), ts)) {
+                    fragments.poll();
+                }
+                return fragments.isEmpty();
+            }
         }
 
         /**
@@ -878,8 +1102,14 @@ public final class ChangeStreamOplog implements Oplog {
                 + ((Document) change.get("_id")).get("_data") + "\" }");
         }
 
-        /** Events with a timestamp after {@code start} that may concern this stream, oldest first. */
-        private Iterator<Event> source(long start) {
+        /**
+         * Events with a timestamp after {@code start} and up to {@code visible} that may concern
+         * this stream, oldest first.
+         */
+        private Iterator<Event> source(long start, long visible) {
+            if (start >= visible) {
+                return Collections.emptyIterator();
+            }
             ConcurrentNavigableMap<Long, Event> events;
             if (scope.kind == Scope.Kind.COLLECTION) {
                 events = byNamespace.get(scope.db + "." + scope.coll);
@@ -889,7 +1119,7 @@ public final class ChangeStreamOplog implements Oplog {
             } else {
                 events = all;
             }
-            return events.tailMap(start, false).values().iterator();
+            return events.subMap(start, false, visible, true).values().iterator();
         }
 
         /** Events after {@code start} were dropped while we read: the stream can not go on. */

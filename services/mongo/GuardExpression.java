@@ -169,7 +169,7 @@ final class GuardExpression {
     }
 
     /** A field path ("a.b") of an aggregation expression, through arrays as MongoDB walks them. */
-    private static Object path(Object value, String path) {
+    static Object path(Object value, String path) {
         int dot = path.indexOf('.');
         String head = dot < 0 ? path : path.substring(0, dot);
         String rest = dot < 0 ? null : path.substring(dot + 1);

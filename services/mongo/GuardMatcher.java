@@ -23,12 +23,14 @@ final class GuardMatcher implements QueryMatcher {
         this.library = library;
     }
 
-    /** Puts a GuardMatcher in front of the collection's own matcher. */
-    static void install(AbstractMongoCollection<?> collection) {
+    /** Puts a GuardMatcher in front of the collection's own matcher; returns it. */
+    static QueryMatcher install(AbstractMongoCollection<?> collection) {
         try {
             Field field = AbstractMongoCollection.class.getDeclaredField("matcher");
             field.setAccessible(true);
-            field.set(collection, new GuardMatcher((QueryMatcher) field.get(collection)));
+            GuardMatcher matcher = new GuardMatcher((QueryMatcher) field.get(collection));
+            field.set(collection, matcher);
+            return matcher;
         } catch (ReflectiveOperationException e) {
             throw new IllegalStateException("mongo-java-server changed: no matcher field to wrap", e);
         }

@@ -3,12 +3,16 @@ import java.util.concurrent.atomic.LongAdder;
 import java.util.stream.Stream;
 
 import de.bwaldvogel.mongo.MongoDatabase;
+import de.bwaldvogel.mongo.backend.AbstractMongoCollection;
 import de.bwaldvogel.mongo.backend.AbstractUniqueIndex;
+import de.bwaldvogel.mongo.backend.ArrayFilters;
 import de.bwaldvogel.mongo.backend.CollectionOptions;
 import de.bwaldvogel.mongo.backend.CursorRegistry;
 import de.bwaldvogel.mongo.backend.Index;
 import de.bwaldvogel.mongo.backend.IndexKey;
+import de.bwaldvogel.mongo.backend.QueryMatcher;
 import de.bwaldvogel.mongo.backend.QueryResult;
+import de.bwaldvogel.mongo.backend.Utils;
 import de.bwaldvogel.mongo.backend.memory.MemoryCollection;
 import de.bwaldvogel.mongo.backend.memory.MemoryDatabase;
 import de.bwaldvogel.mongo.backend.DatabaseResolver;
@@ -59,11 +63,92 @@ final class IdIndexedMemory {
         }
     }
 
-    static final class Collection extends MemoryCollection {
+    static final class Collection extends MemoryCollection implements UpdateStatements.Store {
+        private final QueryMatcher matcher;
+        /** Stored documents with a top-level name holding "." or starting with "$" (guarded by this). */
+        private int oddDocuments;
+
         Collection(MongoDatabase database, String collectionName, CollectionOptions options,
                    CursorRegistry cursorRegistry) {
             super(database, collectionName, options, cursorRegistry);
-            GuardMatcher.install(this);
+            matcher = GuardMatcher.install(this);
+        }
+
+        // Updates the library can not run go to UpdateStatements; the others stay the library's.
+        @Override
+        public synchronized Document updateDocuments(Document selector, Document update, ArrayFilters arrayFilters,
+                                                     boolean multi, boolean upsert, Oplog oplog) {
+            if (UpdatePipeline.isWrapped(update) || oddDocuments > 0 || FieldNameUpdates.oddReplacement(update)
+                || (upsert && FieldNameUpdates.namesDollarField(update))) {
+                return UpdateStatements.update(this, selector, update, arrayFilters, multi, upsert, oplog);
+            }
+            return super.updateDocuments(selector, update, arrayFilters, multi, upsert, oplog);
+        }
+
+        @Override
+        public synchronized Document findAndModify(Document query) {
+            Object update = query.get("update");
+            boolean ours = update instanceof List || (update instanceof Document document
+                && (oddDocuments > 0 || FieldNameUpdates.oddReplacement(document)
+                || (Utils.isTrue(query.get("upsert")) && FieldNameUpdates.namesDollarField(document))));
+            return ours && !Utils.isTrue(query.get("remove")) ? UpdateStatements.findAndModify(this, query)
+                : super.findAndModify(query);
+        }
+
+        @Override
+        public AbstractMongoCollection<?> collection() {
+            return this;
+        }
+
+        @Override
+        public Iterable<Document> matching(Document selector) {
+            return queryDocuments(selector, null, 0, 0, 0, null);
+        }
+
+        @Override
+        public Integer matchPosition(Document document, Document selector) {
+            return matcher.matchPosition(document, selector);
+        }
+
+        /** As the library stores an update (indexes, size, the document in place), but any field name. */
+        @Override
+        public boolean store(Document document, Document after) {
+            if (after.equals(document)) {
+                return false;
+            }
+            Document before = document.cloneDeeply();
+            for (Index<Integer> index : getIndexes()) {
+                index.checkUpdate(before, after, this);
+            }
+            Integer position = position(before);
+            for (Index<Integer> index : getIndexes()) {
+                index.updateInPlace(before, after, position, this);
+            }
+            if (tracksDataSize()) {
+                updateDataSize(ChangeStreamOplog.bsonSize(after) - ChangeStreamOplog.bsonSize(before));
+            }
+            document.clear();
+            document.putAll(after);
+            handleUpdate(position, before, document);
+            return true;
+        }
+
+        private Integer position(Document document) {
+            for (Index<Integer> index : getIndexes()) {
+                Integer position = index.getPosition(document);
+                if (position != null) {
+                    return position;
+                }
+            }
+            return findDocumentPosition(document);
+        }
+
+        @Override
+        protected Integer addDocumentInternal(Document document) {
+            if (FieldNameUpdates.hasOddNames(document)) {
+                oddDocuments++;
+            }
+            return super.addDocumentInternal(document);
         }
 
         @Override
@@ -102,12 +187,17 @@ final class IdIndexedMemory {
         // The document before an update or a delete: a pre-image, if the collection keeps them.
         @Override
         protected void handleUpdate(Integer position, Document oldDocument, Document newDocument) {
+            oddDocuments += (FieldNameUpdates.hasOddNames(newDocument) ? 1 : 0)
+                - (FieldNameUpdates.hasOddNames(oldDocument) ? 1 : 0);
             PreImages.take(getFullName(), oldDocument);
             super.handleUpdate(position, oldDocument, newDocument);
         }
 
         @Override
         protected void removeDocument(Integer position) {
+            if (FieldNameUpdates.hasOddNames(getDocument(position))) {
+                oddDocuments--;
+            }
             PreImages.take(getFullName(), getDocument(position));
             super.removeDocument(position);
         }

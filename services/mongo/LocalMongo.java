@@ -1,7 +1,6 @@
 import de.bwaldvogel.mongo.MongoCollection;
 import de.bwaldvogel.mongo.MongoDatabase;
 import de.bwaldvogel.mongo.MongoServer;
-import de.bwaldvogel.mongo.MongoVersion;
 import de.bwaldvogel.mongo.backend.QueryParameters;
 import de.bwaldvogel.mongo.backend.Utils;
 import de.bwaldvogel.mongo.backend.memory.MemoryBackend;
@@ -25,7 +24,9 @@ import java.util.Set;
  *
  * <p>Usage: {@code LocalMongo [host] [port] [maxEvents]}; maxEvents (also {@code -Doplog.maxEvents})
  * bounds the change history like a capped oplog (default 5,000,000); {@code -DcursorTimeoutMillis}
- * sets the idle-cursor timeout (default 600000, as MongoDB). See docs/testing.md.
+ * sets the idle-cursor timeout (default 600000, as MongoDB); {@code -Dauth=true} turns access
+ * control on, as mongod's {@code --auth} (users, roles, SCRAM; see AccessControl). See
+ * docs/testing.md.
  */
 public class LocalMongo {
     static final long DEFAULT_MAX_EVENTS = 5_000_000L;
@@ -33,14 +34,22 @@ public class LocalMongo {
     static class Backend extends MemoryBackend {
         private final long maxEvents;
         private volatile ChangeStreamOplog changes;
+        private volatile OplogHole hole;
         private final IdleCursors idleCursors;
         private final ServerParameters parameters = new ServerParameters();
         private final FailCommand failCommand = new FailCommand();
         private final ReplicaSetStatus replicaSet = new ReplicaSetStatus();
+        private final AccessControl access; // null: no access control, as a mongod without --auth
+        private final Privileges privileges = new Privileges();
+        private final MongosMode mongos = new MongosMode();
+        private final ShardKeyTargeting targeting = new ShardKeyTargeting();
+        private final ReportedVersion reportedVersion;
 
-        Backend(long maxEvents, long cursorTimeoutMillis) {
+        Backend(long maxEvents, long cursorTimeoutMillis, ReportedVersion reportedVersion, boolean auth) {
             this.maxEvents = maxEvents;
+            this.reportedVersion = reportedVersion;
             this.idleCursors = new IdleCursors(getCursorRegistry(), cursorTimeoutMillis);
+            this.access = auth ? new AccessControl(getCursorRegistry()) : null;
             parameters.add("cursorTimeoutMillis", idleCursors::timeoutMillis, idleCursors::setTimeoutMillis);
         }
 
@@ -56,7 +65,8 @@ public class LocalMongo {
             if (status.get("metrics") instanceof Document metrics) {
                 metrics.put("queryExecutor", new Document("scannedObjects", IdIndexedMemory.SCANNED_OBJECTS.sum()));
             }
-            return status;
+            status.put("localMongo", new Document("untargetedSingleWrites", targeting.status())); // ours, not MongoDB's
+            return mongos.serverStatus(status);
         }
 
         @Override
@@ -67,6 +77,7 @@ public class LocalMongo {
         @Override
         protected Oplog createOplog() {
             changes = new ChangeStreamOplog(getClock(), getCursorRegistry(), this::existingCollection, maxEvents);
+            hole = new OplogHole(changes);
             return changes;
         }
 
@@ -85,7 +96,9 @@ public class LocalMongo {
             installAwait(channel);
             ChangeStreamOplog.resetThreadState();
             try {
-                reply = strictDispatch(channel, database, command, query);
+                reply = access == null ? strictDispatch(channel, database, command, query)
+                    : access.handle(channel, database, command, query,
+                        () -> strictDispatch(channel, database, command, query));
             } catch (MongoServerException e) {
                 reply = errorReply(e);
             } finally {
@@ -117,8 +130,9 @@ public class LocalMongo {
 
         /** MongoDB's behaviour where the library is kinder: fail points, parameters, collations, oplog window. */
         private Document strictDispatch(Channel channel, String database, String command, Document query) {
-            if (FailCommand.handles(database, command)) {
-                return failCommand.configure(query);
+            Document testOnly = testCommand(channel, database, command, query);
+            if (testOnly != null) {
+                return testOnly;
             }
             if (!command.equalsIgnoreCase("hello") && !command.equalsIgnoreCase("isMaster")) {
                 Document answered = failCommand.check(command, query);
@@ -126,11 +140,21 @@ public class LocalMongo {
                     return answered;
                 }
             }
+            privileges.check(database, command, query);
+            Document mongosAnswer = mongos.refusal(database, command);
+            if (mongosAnswer != null) {
+                return mongosAnswer;
+            }
+            if (mongos.on()) {
+                targeting.observe(database, command, query, existingCollection("config", "collections"));
+            }
             if (ServerParameters.handles(command)) {
                 return parameters.handle(database, command, query);
             }
             if (ReplicaSetStatus.handles(database, command)) {
-                return replicaSet.handle(command, query, getClock().instant());
+                ChangeStreamOplog history = changes;
+                return replicaSet.handle(command, query, getClock().instant(), history.operationTime(),
+                    history.committedTime());
             }
             ChangeStreamOplog history = changes;
             if (history != null && OplogWindow.handles(database, command, query)) {
@@ -153,11 +177,31 @@ public class LocalMongo {
             return dispatch(channel, database, command, query);
         }
 
+        /** The test-only commands (docs/testing.md), or null for any other command. */
+        private Document testCommand(Channel channel, String database, String command, Document query) {
+            if (OplogHole.handles(database, command)) {
+                return hole.handle(command, query,
+                    (db, write) -> dispatch(channel, db, write.keySet().iterator().next(), write));
+            } else if (FailCommand.handles(database, command)) {
+                return failCommand.configure(query);
+            } else if (Privileges.handles(database, command)) {
+                return privileges.configure(query);
+            } else if (MongosMode.handles(database, command)) {
+                return mongos.configure(query);
+            } else if (ReportedVersion.handles(database, command)) {
+                return reportedVersion.configure(query);
+            }
+            return null;
+        }
+
         private Document dispatch(Channel channel, String database, String command, Document query) {
             if (command.equalsIgnoreCase("hello")) {
                 Document reply = super.handleCommand(channel, database, "isMaster", query);
                 reply.put("isWritablePrimary", Boolean.TRUE);
-                return reply;
+                return mongos.hello(reply);
+            }
+            if (command.equalsIgnoreCase("isMaster")) {
+                return mongos.hello(super.handleCommand(channel, database, command, query));
             }
             ChangeStreamOplog history = changes;
             if (history == null) {
@@ -187,7 +231,9 @@ public class LocalMongo {
                 MongoCollection<?> collection =
                     collectionForWrite(database, query.get(command), command.equalsIgnoreCase("update"));
                 ChangeStreamOplog.CURRENT_COLLECTION.set(collection);
-                return super.handleCommand(channel, database, command, query);
+                // pipelines travel to the collection wrapped: the library casts each update to a document
+                Document statements = command.equalsIgnoreCase("update") ? UpdatePipeline.wrapStatements(query) : query;
+                return super.handleCommand(channel, database, command, statements);
             } else if (command.equalsIgnoreCase("findAndModify")) {
                 return findAndModify(channel, database, command, query, history);
             } else if (command.equalsIgnoreCase("dropDatabase")) {
@@ -210,7 +256,14 @@ public class LocalMongo {
             return false;
         }
 
-        private Document openChangeStream(Channel channel, String database, String command, Document query) {
+        private Document openChangeStream(Channel channel, String database, String command, Document given) {
+            Document query = given;
+            List<Object> unsplit = SplitLargeEvent.withoutStage((List<?>) given.get("pipeline"), reportedVersion);
+            if (unsplit != null) { // the library knows no such stage: the history splits the events
+                query = new Document(given);
+                query.put("pipeline", unsplit);
+                ChangeStreamOplog.OPEN_SPLIT.set(Boolean.TRUE);
+            }
             Object target = query.get(command);
             Document spec = (Document) ((Document) ((List<?>) query.get("pipeline")).get(0)).get("$changeStream");
             boolean admin = database.equals("admin");
@@ -345,22 +398,22 @@ public class LocalMongo {
                     if (before != null && reply.get("value") != null) {
                         history.recordDeletes(ns, List.of(before.get("_id")));
                     }
-                } else if (update instanceof Document) {
-                    if (before != null) {
-                        Object id = before.get("_id");
-                        Document after = ChangeStreamOplog.findById(collection, id);
-                        if (after != null && !after.equals(before)) {
-                            history.recordUpdates(ns, (Document) update, List.of(id), collection);
-                        }
-                    } else if (Utils.isTrue(query.get("upsert"))) {
-                        Object id = upsertedId(collection, selector, reply);
-                        Document inserted = id == null ? null : ChangeStreamOplog.findById(collection, id);
-                        if (inserted != null) {
-                            history.recordInserts(ns, List.of(inserted));
-                            reply.put("lastErrorObject", new Document("n", 1)
-                                .append("updatedExisting", Boolean.FALSE)
-                                .append("upserted", id));
-                        }
+                } else if (before != null && update instanceof List) { // a pipeline
+                    history.recordRewrites(ns, List.of(before), collection);
+                } else if (before != null && update instanceof Document) {
+                    Object id = before.get("_id");
+                    Document after = ChangeStreamOplog.findById(collection, id);
+                    if (after != null && !after.equals(before)) {
+                        history.recordUpdates(ns, (Document) update, List.of(id), collection);
+                    }
+                } else if (before == null && Utils.isTrue(query.get("upsert"))) {
+                    Object id = upsertedId(collection, selector, reply);
+                    Document inserted = id == null ? null : ChangeStreamOplog.findById(collection, id);
+                    if (inserted != null) {
+                        history.recordInserts(ns, List.of(inserted));
+                        reply.put("lastErrorObject", new Document("n", 1)
+                            .append("updatedExisting", Boolean.FALSE)
+                            .append("upserted", id));
                     }
                 }
                 return reply;
@@ -420,17 +473,16 @@ public class LocalMongo {
         long maxEvents = args.length > 2 ? Long.parseLong(args[2])
             : Long.getLong("oplog.maxEvents", DEFAULT_MAX_EVENTS);
         long cursorTimeoutMillis = Long.getLong("cursorTimeoutMillis", IdleCursors.DEFAULT_TIMEOUT_MS);
-        MongoVersion v = new MongoVersion() {
-            public List<Integer> getVersionArray() { return List.of(6, 0, 0); }
-            public int getWireVersion() { return 17; }
-        };
-        Backend backend = new Backend(maxEvents, cursorTimeoutMillis);
-        backend.version(v);
+        boolean auth = Boolean.getBoolean("auth");
+        ReportedVersion version = new ReportedVersion(System.getProperty("mongo.version", "6.0.0"));
+        Backend backend = new Backend(maxEvents, cursorTimeoutMillis, version, auth);
+        backend.version(version);
         MongoServer server = new MongoServer(backend);
         server.enableOplog();
         server.bind(host, port);
         System.out.println("listening " + host + ":" + port + " (change history: up to " + maxEvents
-            + " events; idle cursors time out after " + cursorTimeoutMillis + " ms)");
+            + " events; idle cursors time out after " + cursorTimeoutMillis + " ms; access control "
+            + (auth ? "on" : "off") + ")");
         Runtime.getRuntime().addShutdownHook(new Thread(server::shutdownNow));
         Thread.currentThread().join();
     }

@@ -1,0 +1,143 @@
+"""A polled batch applied: its records decoded, the documents they name migrated, and what it
+passed (fences) and dead-lettered (poison records, failed transforms).
+
+Everything of a batch but Kafka: the group member (:mod:`.consumer`) polls the batch, hands it
+here, and then sends its dead letters, commits its offsets and acknowledges its fences.
+
+The documents of a poll are applied in chunks of :data:`APPLY_CHUNK` (fewer while throttled),
+each decided while the one before is written (:class:`~.writebehind.WriteBehind`). The image an
+event carries is tried first; a guard miss re-reads the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import OffsetAndMetadata, TopicPartition
+
+from ..base.identity import id_key
+from ..base.retry import MONGODB, Retrier
+from ..core import deadletters, events
+from ..core.throttle import Throttle
+from ..migration import Migration
+from .applier import Applier, BatchResult
+from .writebehind import WriteBehind
+
+log = logging.getLogger("cdc_migrator.consumer")
+
+# A poll of backfill records (each a batch of documents) is applied in chunks of this many
+# documents, and committed once all of them are written. While one chunk is written (by a
+# writer thread) the next is decoded and decided: at most two chunks are held at once.
+APPLY_CHUNK = 1000
+
+
+@dataclass
+class Batch:
+    """One poll: where it ends in each partition, and what applying it did."""
+
+    count: int = 0  # events: a backfill record counts each of its documents
+    offsets: dict[TopicPartition, OffsetAndMetadata] = field(default_factory=dict)
+    firsts: dict[TopicPartition, int] = field(default_factory=dict)  # its first offsets
+    fences: list[tuple[int, str]] = field(default_factory=list)  # (partition, fence id)
+    dead: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)  # kind, key, value
+    result: BatchResult = field(default_factory=BatchResult)
+
+    @property
+    def poison(self) -> int:
+        return sum(1 for kind, _, _ in self.dead if kind == "poison")
+
+
+@dataclass
+class _Chunk:
+    """Documents named by the records of a poll, not applied yet."""
+
+    ids: list[Any] = field(default_factory=list)
+    images: dict[Any, Any] = field(default_factory=dict)
+
+    def add(self, doc_id: Any, image: dict[str, Any] | None) -> None:
+        key = id_key(doc_id)
+        self.ids.append(doc_id)
+        # One event in the batch: its image may stand in for a database read. Several: a
+        # backfill snapshot may have been read before a change event that precedes it on the
+        # topic, so no image is known to be the newest; read the database.
+        self.images[key] = None if key in self.images else image
+
+
+class BatchApplier:
+    """Applies the polled batches of one migration's group member.
+
+    ``retry`` rides out MongoDB in the member's thread (reads, decisions), ``write_retry`` in
+    the writer thread of ``writer``; the throttle paces the chunks and hears their latency.
+    """
+
+    def __init__(self, migration: Migration, applier: Applier, throttle: Throttle, *,
+                 retry: Retrier, write_retry: Retrier, writer: Executor) -> None:
+        self.migration, self.applier, self.throttle = migration, applier, throttle
+        self.retry, self.write_retry, self.writer = retry, write_retry, writer
+
+    def apply(self, polled: dict[TopicPartition, list[Any]]) -> Batch:
+        """Apply every document ``polled`` names; each step is retried until it succeeds (the
+        caller commits the offsets only after it)."""
+        batch = Batch()
+        behind = WriteBehind(self.writer, self._write, lambda r: self._written(batch, r))
+        chunk = _Chunk()
+        for tp, records in polled.items():
+            for record in records:
+                if len(chunk.ids) >= self.throttle.chunk(APPLY_CHUNK):  # those so far go first
+                    self._apply_chunk(chunk, behind)
+                    chunk = _Chunk()
+                batch.count += 1
+                batch.offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+                batch.firsts.setdefault(tp, record.offset)
+                self._take(tp, record, batch, chunk)
+        if chunk.ids:
+            self._apply_chunk(chunk, behind)
+        behind.flush()
+        for failure in batch.result.failures:
+            log.warning("transform failed on %r, dead-lettered: %s", failure.id, failure.error)
+            batch.dead.append(("transform", *deadletters.dead_letter(
+                self.migration.name, "transform", failure.error,
+                key=events.key_bytes(failure.id), doc_id=failure.id,
+                traceback=failure.traceback)))
+        return batch
+
+    def _take(self, tp: TopicPartition, record: Any, batch: Batch, chunk: _Chunk) -> None:
+        """One record: the documents it names join the chunk; a fence, the batch's fences; a
+        record that does not decode, its dead letters."""
+        try:
+            envelope = events.decode(record.value)
+        except events.PoisonRecord as exc:
+            log.warning("undecodable record at partition %d offset %d dead-lettered: %s",
+                        tp.partition, record.offset, exc)
+            batch.dead.append(("poison", *deadletters.dead_letter(
+                self.migration.name, "poison", str(exc), key=record.key, record=record)))
+            return
+        if envelope.migration != self.migration.name:
+            return
+        if envelope.source == "fence":
+            if envelope.fence_id is not None:  # the tailer gives every fence its id
+                batch.fences.append((tp.partition, envelope.fence_id))
+            return
+        if envelope.documents is not None:  # a backfill batch: an event per document
+            batch.count += len(envelope.documents) - 1
+            for doc in envelope.documents:
+                chunk.add(doc["_id"], doc)
+        else:
+            chunk.add(envelope.key, envelope.document)
+
+    def _apply_chunk(self, chunk: _Chunk, behind: WriteBehind) -> None:
+        # Decided here, written by the writer thread while the next chunk is decoded and
+        # decided. The throttle's pace is paid before deciding.
+        self.throttle.spend(len(chunk.ids))
+        decided = self.retry.call(MONGODB, self.applier.decide_ids, chunk.ids, chunk.images)
+        behind.submit(decided)
+
+    def _write(self, decided: Any) -> BatchResult:
+        return self.write_retry.call(MONGODB, self.applier.write, decided)
+
+    def _written(self, batch: Batch, result: BatchResult) -> None:
+        batch.result.add(result)
+        self.throttle.note_write(self.applier.last_write_seconds)

@@ -1,0 +1,251 @@
+"""Patches and guards: the pure logic of migrating one document.
+
+A transform sees the document through a :class:`RecordingDocument`, which notes every top-level
+field it reads. The patch it returns is reduced to its *effective* part (fields whose value
+would change), turned into an update, and written with a *guard*: a filter that pins the
+values, or the absence, of every field the transform read or wrote. If the application changed
+one of them in between, the guard matches nothing and the caller re-reads and tries again.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+import bson.errors
+from bson import ObjectId
+
+from ..base.codec import CODEC_OPTIONS
+from ..base.messages import shorten
+from ..errors import PatchError
+from ..migration import DELETE, UNSET, Migration
+
+
+class RecordingDocument(Mapping[str, Any]):
+    """A read-only view of a document that records which top-level fields were read.
+
+    Iterating over the document (``keys()``, ``items()``, ``dict(doc)``...) reads every field.
+    """
+
+    __slots__ = ("_doc", "read", "read_all")
+
+    def __init__(self, doc: Mapping[str, Any]) -> None:
+        self._doc = doc
+        self.read: set[str] = set()
+        self.read_all = False
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return _detached(self._doc[key])
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.read.add(key)
+        return key in self._doc
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return _detached(self._doc[key]) if key in self._doc else default
+
+    def __iter__(self) -> Iterator[str]:
+        self.read_all = True
+        return iter(self._doc)
+
+    def __len__(self) -> int:
+        self.read_all = True
+        return len(self._doc)
+
+    def __repr__(self) -> str:
+        return f"RecordingDocument({self._doc!r})"
+
+    def fields_read(self) -> set[str]:
+        """The top-level fields the transform depended on (all of them after an iteration)."""
+        return set(self._doc) | self.read if self.read_all else set(self.read)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the transform decided for one document (read-only by convention: one is made per
+    document on the hot path, and a frozen dataclass takes three times as long to make).
+
+    ``kind`` is ``"noop"`` (nothing would change), ``"update"`` (``set``/``unset`` hold the
+    effective change), ``"delete"``, or ``"error"`` (the transform raised; ``error`` says what).
+    ``guard`` is the write filter that pins every field read or written.
+    """
+
+    kind: str
+    id: Any
+    guard: dict[str, Any] = field(default_factory=dict)
+    set: dict[str, Any] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()
+    error: str = ""
+    traceback: str = ""
+
+    @property
+    def update(self) -> dict[str, Any]:
+        """The MongoDB update document for an ``update`` outcome."""
+        op: dict[str, Any] = {}
+        if self.set:
+            op["$set"] = self.set
+        if self.unset:
+            op["$unset"] = {name: "" for name in self.unset}
+        return op
+
+
+def _detached(value: Any) -> Any:
+    """A copy of a mutable value, so a transform editing it in place cannot change the
+    document its patch is compared with."""
+    return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+
+
+_EXACT_TYPES = (str, bool, ObjectId, dt.datetime)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """True when two BSON values are identical in type and value (``1 != 1.0 != True``)."""
+    if type(a) is type(b) and isinstance(a, _EXACT_TYPES) and a == b:
+        return True
+    return (bson.encode({"v": a}, codec_options=CODEC_OPTIONS)
+            == bson.encode({"v": b}, codec_options=CODEC_OPTIONS))
+
+
+def validate_patch(result: Any, migration: Migration) -> dict[str, Any] | None:
+    """Check a transform's return value; return the patch, None, or raise PatchError."""
+    if result is None or result is DELETE:
+        return None
+    if not isinstance(result, Mapping):
+        raise PatchError(
+            f"migration {migration.name!r} returned {type(result).__name__} "
+            f"({shorten(repr(result), 60)}); return a dict patch, None or DELETE"
+        )
+    for key in result:
+        if not isinstance(key, str) or not key or key[0] == "$" or "." in key:
+            raise PatchError(
+                f"migration {migration.name!r} returned a patch with field {key!r}; "
+                "patch keys must be top-level field names (no '$', no '.')"
+            )
+        if key == "_id":
+            raise PatchError(f"migration {migration.name!r} tried to change _id; _id is immutable")
+    patch = dict(result)
+    for value in patch.values():
+        if not _plainly_storable(value):
+            break
+    else:
+        return patch  # the common case, decided without encoding the patch
+    try:
+        bson.encode({k: v for k, v in patch.items() if v is not UNSET},
+                    codec_options=CODEC_OPTIONS)
+    except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
+        raise PatchError(f"migration {migration.name!r} returned a patch MongoDB cannot "
+                         f"store: {exc}") from None
+    return patch
+
+
+_INT64 = range(-(1 << 63), 1 << 63)
+
+
+def _plainly_storable(value: Any) -> bool:
+    """True for values BSON certainly stores as they are (a shortcut past encoding them)."""
+    kind = type(value)
+    if kind is str:
+        # BSON strings are UTF-8: only a lone surrogate cannot be stored.
+        return value.isascii() or _utf8(value)
+    if kind is int:
+        return value in _INT64
+    if kind is dt.datetime:
+        return value.tzinfo is None or value.tzinfo is dt.UTC
+    return kind in _PLAIN_KINDS or value is UNSET
+
+
+_PLAIN_KINDS = frozenset({bool, float, type(None), ObjectId})
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+#: Values a plain query equality pins exactly as ``$expr``'s ``$eq`` does, once arrays are
+#: excluded: ``{f: v}`` also matches an array holding ``v``, ``$expr`` never does. Left to
+#: ``$expr``: numbers (both compare across numeric types, but that NaN and -0 are pinned alike
+#: by both is not proven here), null (``{f: null}`` also matches a missing field), regexes (a
+#: query regex *matches* strings), sub-documents, arrays and every other type. Exact types:
+#: ``bool`` is an ``int`` to Python, ``DatetimeMS`` is no ``datetime``.
+_PLAIN_EQUALITY = frozenset({str, bool, ObjectId, dt.datetime})
+
+
+def guard_filter(doc: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
+    """A filter matching ``doc`` only while every field in ``fields`` is as it is now.
+
+    A present string, boolean, ObjectId or date is pinned by plain equality with arrays
+    excluded (``{f: {$eq: v, $not: {$type: "array"}}}``), which means what ``$expr``'s
+    equality means for these values and costs the server and the client less. Other present
+    values are pinned by exact value with ``$expr`` (no array traversal, field order of
+    sub-documents significant); absent fields are pinned by ``$exists: false``. A name that a
+    query would read as a path or an operator (with a ``.``, starting with ``$``, or empty:
+    legal top-level names since MongoDB 5.0) is pinned inside ``$expr`` through ``$getField``,
+    for its existence (``$type`` is ``"missing"`` or not) as for its value. Strings compare
+    binary only under the simple collation, which every guarded write states.
+    """
+    query: dict[str, Any] = {"_id": doc["_id"]}
+    equal: list[dict[str, Any]] = []
+    for name in sorted(fields - {"_id"}):
+        present = name in doc
+        if not name or name[0] == "$" or "." in name:  # a path or an operator to a query
+            value = {"$getField": {"field": {"$literal": name}}}
+            equal.append({"$ne" if present else "$eq": [{"$type": value}, "missing"]})
+            if present:
+                equal.append({"$eq": [value, {"$literal": doc[name]}]})
+        elif not present:
+            query[name] = {"$exists": False}
+        elif type(pinned := doc[name]) in _PLAIN_EQUALITY:
+            query[name] = {"$eq": pinned, "$not": {"$type": "array"}}
+        else:
+            query[name] = {"$exists": True}
+            equal.append({"$eq": [f"${name}", {"$literal": pinned}]})
+    if equal:
+        query["$expr"] = equal[0] if len(equal) == 1 else {"$and": equal}
+    return query
+
+
+def decide(migration: Migration, doc: Mapping[str, Any], ctx: Any) -> Outcome:
+    """Run the transform on ``doc`` and reduce its result to an :class:`Outcome`.
+
+    A transform that raises gives an ``error`` outcome; one that returns something that is not
+    a patch raises :class:`PatchError` (a bug in the migration, which stops the run).
+    """
+    view = RecordingDocument(doc)
+    try:
+        result = migration.transform(view, ctx)
+    except Exception as exc:  # the user's transform failing on one document is reported
+        import traceback
+
+        return Outcome(
+            "error", doc["_id"], error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+        )
+    if result is DELETE:
+        return Outcome("delete", doc["_id"], guard=guard_filter(doc, view.fields_read()))
+    try:
+        patch = validate_patch(result, migration)
+    except PatchError as exc:  # name the document: the migration stops on it
+        named = PatchError(f"{exc} (document _id {doc['_id']!r})")
+        named.document_id = doc["_id"]
+        raise named from None
+    if not patch:
+        return Outcome("noop", doc["_id"])
+    to_set = {k: v for k, v in patch.items()
+              if v is not UNSET and not (k in doc and same_value(doc[k], v))}
+    to_unset = tuple(k for k, v in patch.items() if v is UNSET and k in doc)
+    if not to_set and not to_unset:
+        return Outcome("noop", doc["_id"])
+    guard = guard_filter(doc, view.fields_read() | set(patch))
+    return Outcome("update", doc["_id"], guard=guard, set=to_set, unset=to_unset)
+

@@ -1,0 +1,75 @@
+"""The backfill scanner: armed capture first, the existing documents into the topic, a paused
+backfill holding no cursor."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import bson
+from bson.raw_bson import RawBSONDocument
+
+from cdc_migrator import api
+from cdc_migrator.capture.backfill import RECORD_BYTES, backfill, by_partition
+from cdc_migrator.capture.tailer import arm
+from cdc_migrator.core import events
+from cdc_migrator.migration import get_migration
+
+from ..harness import (
+    CURSOR_TIMEOUT_MS,
+    ITEMS_MIGRATION,
+    cursor_metrics,
+    part_of,
+    private_settings,
+    run_cli,
+    seed_legacy,
+    wait_for,
+)
+
+
+def test_a_paused_backfill_holds_no_cursor_and_finishes_after_resume(short_cursors, tmp_path):
+    settings = private_settings(short_cursors, tmp_path)
+    migration = get_migration(tmp_path, "price_total")
+    seed_legacy(settings.db.items, 40)
+    arm(settings, migration)
+    api.pause(settings, "price_total")
+    before = cursor_metrics(short_cursors)
+    done: list[Any] = []
+    worker = threading.Thread(target=lambda: done.append(
+        backfill(settings, migration, show_progress=False)), daemon=True)
+    worker.start()
+    try:
+        wait_for(lambda: part_of(settings.db, "price_total", "backfill").get("scanned"),
+                 what="the first batch produced")
+        # Holding: the scan closed its cursor rather than leave it to the server's timeout.
+        wait_for(lambda: cursor_metrics(short_cursors)["open"]["total"]
+                 <= before["open"]["total"], timeout=10 * CURSOR_TIMEOUT_MS / 1000,
+                 what="no cursor open while paused")
+        assert cursor_metrics(short_cursors)["timedOut"] == before["timedOut"]
+        api.resume(settings, "price_total")
+        worker.join(timeout=60)
+        assert done and done[0].done and done[0].total_scanned == 40
+    finally:
+        api.resume(settings, "price_total")
+        worker.join(timeout=60)
+        settings.close()
+
+
+TRANSFORMS = {"items.py": ITEMS_MIGRATION}
+
+
+def test_backfill_refuses_until_change_capture_is_armed(db, settings, transforms):
+    db.items.insert_one({"_id": 1, "price": 1, "qty": 1})
+    result = run_cli("backfill", "price_total", settings=settings)
+    assert result.returncode == 1
+    assert "not armed" in result.stderr and "Traceback" not in result.stderr
+    assert db.cdc_migrator_state.count_documents({"backfill": {"$exists": True}}) == 0
+
+
+def test_a_document_over_the_record_size_of_a_batch_is_alone_in_its_record():
+    encoder = events.RawEncoder("m", "d", "c")
+    small = [RawBSONDocument(bson.encode({"_id": i, "v": "x"})) for i in range(10)]
+    large = RawBSONDocument(bson.encode({"_id": 99, "v": b"\0" * (RECORD_BYTES + 1)}))
+    groups = [docs for _, docs in by_partition(small[:5] + [large] + small[5:], encoder, 1)]
+    assert [large] in groups
+    assert all(len(docs) == 1 for docs in groups if large in docs)
