@@ -20,7 +20,7 @@ from pymongo.errors import ConfigurationError
 
 from .base.checks import Setting, Source, brief, option
 from .base.masking import is_secret_option, mask_secrets
-from .base.settings import Settings
+from .base.settings import KAFKA_MAX_INT, Settings
 from .errors import SettingError, UsageError
 
 DEFAULT_PATH = "cdc-migrator.toml"
@@ -114,7 +114,7 @@ def _kafka_option_spec(key: str) -> Setting:
     if isinstance(default, bool):
         return option(key, bool)
     if isinstance(default, int) or key.endswith(("_ms", "_bytes")):
-        return option(key, int, minimum=0, maximum=2**31 - 1)
+        return option(key, int, minimum=0, maximum=KAFKA_MAX_INT)
     return option(key, str)
 
 

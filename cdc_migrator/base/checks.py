@@ -28,7 +28,8 @@ from .messages import shorten
 #: The longest time any setting takes, in seconds: beyond it a wait is a mistake, and far
 #: beyond it the platform's waits overflow.
 A_YEAR = 365 * 86_400
-_UNITS = {"SECONDS": "seconds", "MS": "milliseconds", "DOCS/S": "documents per second"}
+_UNITS = {"SECONDS": "seconds", "MS": "milliseconds", "DOCS/S": "documents per second",
+          "BYTES": "bytes"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 _INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
 _NUMBER = re.compile(r"\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*", re.ASCII)

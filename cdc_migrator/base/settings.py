@@ -19,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+import shlex
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pymongo
 from pymongo.database import Database
@@ -41,8 +43,12 @@ if TYPE_CHECKING:
 DEFAULT_MONGODB_URI = "mongodb://127.0.0.1:27017/app?directConnection=true"
 DEFAULT_KAFKA = "127.0.0.1:9092"
 _PLAIN_NAME = "1 to 200 printable characters"
+_SCOPE = "1 to 1,000 printable characters"
 _DATABASE_NAME = ("a database name: 1 to 63 bytes, no control characters, spaces, "
                   "/ \\ . \" or $")
+#: Kafka keeps a replica count in 16 bits and a size in bytes in a signed 32-bit integer.
+KAFKA_MAX_REPLICAS = 32_767
+KAFKA_MAX_INT = 2**31 - 1
 
 
 def _name(what: str, forbidden: str = "", *, most_bytes: int) -> Callable[[str], str | None]:
@@ -79,6 +85,35 @@ def _bootstrap_servers(value: str) -> str | None:
         if not host or any(c.isspace() or not c.isprintable() for c in host) or \
                 (colon and not (port.isdigit() and port.isascii() and 0 < int(port) < 65536)):
             return "HOST:PORT[,HOST:PORT...], each port from 1 to 65535"
+    return None
+
+
+def _token_url(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or \
+            any(c.isspace() or not c.isprintable() for c in value):
+        return "the http:// or https:// URL of an OIDC token endpoint"
+    return None
+
+
+def _token_command(value: str) -> str | None:
+    try:
+        words = shlex.split(value)
+    except ValueError:  # a quote left open
+        words = []
+    if not words:
+        return "a command line: at least one word, its quotes closed"
+    return None
+
+
+def _extensions(value: str) -> str | None:
+    try:
+        tokens.parse_extensions(value)
+    except ValueError:
+        return "KEY=VALUE[,KEY=VALUE...]"
     return None
 
 
@@ -131,17 +166,19 @@ class Settings:
                               minimum=1, maximum=10_000)
     topic_replication_factor: int | None = setting(
         None, "Replication factor of the topics the tool creates (at most the number of "
-        "brokers). Default: the cluster's default.replication.factor.", metavar="N", minimum=1)
+        "brokers). Default: the cluster's default.replication.factor.", metavar="N", minimum=1,
+        maximum=KAFKA_MAX_REPLICAS)
     topic_min_insync_replicas: int | None = setting(
         None, "min.insync.replicas of the topics the tool creates: the replicas that must hold "
         "a record before Kafka acknowledges it (the tool produces with acks=all); at most the "
-        "replication factor. Default: the cluster's.", metavar="N", minimum=1)
+        "replication factor. Default: the cluster's.", metavar="N", minimum=1,
+        maximum=KAFKA_MAX_REPLICAS)
     max_record_bytes: int | None = setting(
         None, "The largest record the tool writes, and the max.message.bytes of the topics it "
         "creates. Default: 17825792, a 16 MiB document in its envelope (a cluster that refuses "
         "that much gets its own default, with a warning). Set the cluster's limit where it is "
         "lower (e.g. 8388608); larger documents travel by key only.", metavar="BYTES",
-        minimum=65536)
+        minimum=65536, maximum=KAFKA_MAX_INT)
     retry_deadline: float = setting(
         300.0, "tail, backfill, consume and run retry a lost MongoDB or Kafka with backoff; "
         "they give up (exit 1) when an outage lasts longer.", metavar="SECONDS", minimum=0,
@@ -166,20 +203,24 @@ class Settings:
         "in the process list.", metavar="PW", secret=True, kafka="sasl_plain_password")
     kafka_sasl_oauth_token_url: str | None = setting(
         None, "OAUTHBEARER: the OIDC token endpoint; tokens by the client credentials grant, "
-        "kept until shortly before they expire.", metavar="URL")
+        "kept until shortly before they expire.", metavar="URL", rule=_token_url)
     kafka_sasl_oauth_client_id: str | None = setting(
-        None, "OAUTHBEARER: the client id at the token endpoint.", metavar="ID")
+        None, "OAUTHBEARER: the client id at the token endpoint.", metavar="ID",
+        rule=_name(_PLAIN_NAME, most_bytes=200))
     kafka_sasl_oauth_client_secret: str | None = setting(
         None, "OAUTHBEARER: the client secret; masked in every output. Prefer the variable: a "
         "flag is visible in the process list.", metavar="SECRET", secret=True)
     kafka_sasl_oauth_scope: str | None = setting(
-        None, "OAUTHBEARER: the scope to ask the token endpoint for.", metavar="SCOPE")
+        None, "OAUTHBEARER: the scope to ask the token endpoint for.", metavar="SCOPE",
+        rule=_name(_SCOPE, most_bytes=1000))
     kafka_sasl_oauth_token_command: str | None = setting(
         None, "OAUTHBEARER: a command that prints a token, instead of a token endpoint; run "
-        "again shortly before the token (a JWT) expires.", metavar="COMMAND")
+        "again shortly before the token (a JWT) expires.", metavar="COMMAND",
+        rule=_token_command)
     kafka_sasl_oauth_extensions: str | None = setting(
         None, "OAUTHBEARER: SASL extensions sent with the token (Confluent Cloud: "
-        "logicalCluster=lkc-...,identityPoolId=pool-...).", metavar="KEY=VALUE,...")
+        "logicalCluster=lkc-...,identityPoolId=pool-...).", metavar="KEY=VALUE,...",
+        rule=_extensions)
     kafka_ssl_cafile: str | None = setting(
         None, "CA certificates (PEM) to verify the brokers.", metavar="FILE", path="existing",
         kafka="ssl_cafile")

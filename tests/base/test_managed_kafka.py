@@ -353,8 +353,6 @@ def test_a_token_without_a_lifetime_is_kept_by_its_jwt_expiry():
      "--kafka-sasl-oauth-client-secret"),
     ({"kafka_sasl_oauth_token_url": "https://idp/token", "kafka_sasl_oauth_token_command": "x"},
      "give --kafka-sasl-oauth-token-url or --kafka-sasl-oauth-token-command, not both"),
-    ({"kafka_sasl_oauth_token_command": "x", "kafka_sasl_oauth_extensions": "logicalCluster"},
-     "--kafka-sasl-oauth-extensions: 'logicalCluster' is not KEY=VALUE"),
 ])
 def test_oauthbearer_settings_missing_or_contradictory_are_a_usage_error(values, message):
     settings = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="oauthbearer",
@@ -364,6 +362,26 @@ def test_oauthbearer_settings_missing_or_contradictory_are_a_usage_error(values,
         _ = settings.kafka_client_options
 
     assert str(raised.value) == message
+
+
+@pytest.mark.parametrize(("name", "value", "allowed"), [
+    ("kafka_sasl_oauth_extensions", "logicalCluster", "KEY=VALUE[,KEY=VALUE...]"),
+    ("kafka_sasl_oauth_token_url", "idp/token", "the http:// or https:// URL of an OIDC token "
+                                                "endpoint"),
+    ("kafka_sasl_oauth_token_command", "print-token 'unclosed", "a command line: at least one "
+                                                                "word, its quotes closed"),
+    ("kafka_sasl_oauth_token_command", "  ", "a command line: at least one word, its quotes "
+                                             "closed"),
+])
+def test_an_oauthbearer_setting_of_the_wrong_form_is_refused_by_the_settings_table(
+        name, value, allowed):
+    """Checked with every other setting, before any token is asked for: a command of no words
+    would fail only on the first connection (an IndexError in the token provider)."""
+    with pytest.raises(UsageError) as raised:
+        Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="OAUTHBEARER",
+                 **{name: value})
+
+    assert str(raised.value) == f"invalid value {value!r} for setting {name}: expected {allowed}"
 
 
 def test_every_kafka_client_of_a_process_shares_one_token_provider():

@@ -187,6 +187,12 @@ def test_a_rate_that_is_no_finite_positive_number_is_one_line_and_exit_2(command
     ("[kafka]\nreconnect_backoff_ms = true", "invalid value True for [kafka] "
                                              "reconnect_backoff_ms in config file"),
     ("[mongo]\nmaxPoolSize = -1", "invalid value -1 for [mongo] maxPoolSize in config file"),
+    ("topic_replication_factor = 32768", "invalid value 32768 for topic_replication_factor in "
+                                         "config file"),
+    ("max_record_bytes = 2147483648", "invalid value 2147483648 for max_record_bytes in config "
+                                      "file"),
+    ('kafka_sasl_oauth_token_command = " "', "invalid value ' ' for "
+                                             "kafka_sasl_oauth_token_command in config file"),
 ])
 def test_a_value_of_the_wrong_kind_in_the_file_is_one_line_and_exit_2(tmp_path, toml, message):
     (tmp_path / "cdc-migrator.toml").write_text(toml + "\n")
