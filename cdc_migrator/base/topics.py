@@ -565,7 +565,8 @@ def group_lag(settings: Settings, topic: str, group: str) -> Lag:
 
 
 def admin_lag(client: KafkaAdminClient, topic: str, group: str) -> Lag:
-    """:func:`group_lag` through an admin client the caller keeps open.
+    """:func:`group_lag` through an admin client the caller keeps open, read in the same
+    order (committed offsets, then end offsets).
 
     The health checks read every migration's lag this way every few seconds: one client for
     them all, so no check opens a connection (nor does a TLS and SASL handshake).
@@ -575,8 +576,9 @@ def admin_lag(client: KafkaAdminClient, topic: str, group: str) -> Lag:
     if not partitions:
         return Lag(topic, group)
     tps = [TopicPartition(topic, p) for p in partitions]
-    ends = client.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps})
+    # Committed first, ends second: the order that can only over-count (module docstring).
     committed = client.list_group_offsets({group: tps}).get(group, {})
+    ends = client.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps})
     return Lag(topic, group, [PartitionLag(tp.partition, ends[tp].offset,
                                            _committed_offset(committed.get(tp)))
                               for tp in tps])
