@@ -89,9 +89,7 @@ class CatchUp(Protocol):
 CatchUpRunner = Callable[[Settings, Migration, MigrationState], AbstractContextManager[CatchUp]]
 
 
-# Over the bounds of the complexity rule (pyproject.toml): to be split into its checks once the
-# branches editing it in parallel (issue 24) are merged; splitting it now would conflict.
-def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,  # noqa: C901, PLR0915
+def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
             dry_run: bool = False, allow_failed: bool = False,
             catch_up: CatchUpRunner | None = None) -> CutoverReport:
     """Fence, wait for zero lag, verify, apply the contract schema, mark complete.
@@ -109,53 +107,16 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0, 
     if state is None:
         report.reasons.append("the migration has not started (no state): run it first")
         return report
-    if state.phase is Phase.CUT_OVER:
-        report.ok = True
-        report.notes.append(f"already cut over at {state.completed_at}")
-        return report
-    if state.cancelled:
-        report.reasons.append("the migration was cancelled")
-        return report
-    if state.failed:
-        report.reasons.append(f"the migration failed: {state.failure_reason}; `cdc-migrator "
-                              f"reset {migration.name}` and run it again")
+    if _settled(state, migration, report):
         return report
     if state.armed:
-        backfill = state.backfill
-        finished = backfill is not None and backfill.done
-        if not finished:
-            report.reasons.append(
-                f"backfill unfinished ({backfill.scanned if backfill else 0:,} of "
-                f"{(backfill.total if backfill else None) or '?'} documents scanned)")
-        if dry_run:
-            behind = _lag_now(settings, migration)
-        elif catch_up is None or not finished:
-            # Catching up applies events: not while the backfill is unfinished (cutover
-            # refuses then anyway).
-            behind = _wait_fence_and_lag(settings, migration, store, timeout)
-        else:
-            with catch_up(settings, migration, state) as caught:
-                behind = _wait_fence_and_lag(settings, migration, store, timeout)
-            report.reasons += caught.errors
-            note = caught.note()
-            if note:
-                report.notes.append(note)
-        if behind:
-            report.reasons.append(behind)
+        _drain(settings, migration, state, report, timeout=timeout, catch_up=catch_up)
     elif not (state.apply and state.apply.done):
         report.reasons.append("neither `apply` finished nor the pipeline (tail/backfill) ran")
     if state.dlq_pending and not allow_failed:
         report.reasons.append(f"{state.dlq_pending} failed documents unresolved in the "
                               "dead-letter topic (`dlq retry`, or --allow-failed)")
-    check = validator_for(contract) if contract else None
-    report.verify = verify(settings, migration, schema_check=check)
-    v = report.verify
-    if v.remaining:
-        report.reasons.append(f"{v.remaining:,} documents unmigrated")
-    if v.failing and not allow_failed:
-        report.reasons.append(f"{v.failing:,} documents make the transform raise")
-    if v.schema_violations:
-        report.reasons.append(f"{v.schema_violations:,} documents break the contract schema")
+    verified = _verify(settings, migration, contract, report, allow_failed=allow_failed)
     if report.reasons:
         return report
     if contract is not None:
@@ -168,11 +129,71 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0, 
     report.ok = True
     if dry_run:
         report.notes.append(f"write a fence and wait for it, then mark {migration.name} "
-                            f"complete ({v.checked:,} documents verified)")
+                            f"complete ({verified.checked:,} documents verified)")
         return report
     store.mark_cut_over(migration.name)
-    report.notes.append(f"{v.checked:,} documents verified; recorded complete.")
+    report.notes.append(f"{verified.checked:,} documents verified; recorded complete.")
     return report
+
+
+def _settled(state: MigrationState, migration: Migration, report: CutoverReport) -> bool:
+    """Whether the migration's phase already decides cutover: cut over (ok), cancelled or
+    failed (refused, with the reason in ``report``)."""
+    if state.phase is Phase.CUT_OVER:
+        report.ok = True
+        report.notes.append(f"already cut over at {state.completed_at}")
+    elif state.cancelled:
+        report.reasons.append("the migration was cancelled")
+    elif state.failed:
+        report.reasons.append(f"the migration failed: {state.failure_reason}; `cdc-migrator "
+                              f"reset {migration.name}` and run it again")
+    else:
+        return False
+    return True
+
+
+def _drain(settings: Settings, migration: Migration, state: MigrationState,
+           report: CutoverReport, *, timeout: float, catch_up: CatchUpRunner | None) -> None:
+    """The pipeline's part of cutover: the backfill finished, then every event applied (a
+    fence passed and no lag; a dry run reads the lag as it is). What stands in the way goes
+    into ``report``'s reasons."""
+    backfill = state.backfill
+    finished = backfill is not None and backfill.done
+    if not finished:
+        report.reasons.append(
+            f"backfill unfinished ({backfill.scanned if backfill else 0:,} of "
+            f"{(backfill.total if backfill else None) or '?'} documents scanned)")
+    store = settings.store
+    if report.dry_run:
+        behind = _lag_now(settings, migration)
+    elif catch_up is None or not finished:
+        # Catching up applies events: not while the backfill is unfinished (cutover refuses
+        # then anyway).
+        behind = _wait_fence_and_lag(settings, migration, store, timeout)
+    else:
+        with catch_up(settings, migration, state) as caught:
+            behind = _wait_fence_and_lag(settings, migration, store, timeout)
+        report.reasons += caught.errors
+        note = caught.note()
+        if note:
+            report.notes.append(note)
+    if behind:
+        report.reasons.append(behind)
+
+
+def _verify(settings: Settings, migration: Migration, contract: dict[str, Any] | None,
+            report: CutoverReport, *, allow_failed: bool) -> VerifyReport:
+    """Verify every document (and the contract schema, when there is one); what is left goes
+    into ``report``'s reasons."""
+    check = validator_for(contract) if contract else None
+    report.verify = v = verify(settings, migration, schema_check=check)
+    if v.remaining:
+        report.reasons.append(f"{v.remaining:,} documents unmigrated")
+    if v.failing and not allow_failed:
+        report.reasons.append(f"{v.failing:,} documents make the transform raise")
+    if v.schema_violations:
+        report.reasons.append(f"{v.schema_violations:,} documents break the contract schema")
+    return v
 
 
 def _lag_now(settings: Settings, migration: Migration) -> str | None:
