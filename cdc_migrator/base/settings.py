@@ -359,7 +359,8 @@ class Settings:
             return tokens.provider(
                 self.kafka_sasl_oauth_token_url, self.kafka_sasl_oauth_client_id,
                 self.kafka_sasl_oauth_client_secret, self.kafka_sasl_oauth_scope,
-                self.kafka_sasl_oauth_token_command, self.kafka_sasl_oauth_extensions)
+                self.kafka_sasl_oauth_token_command, self.kafka_sasl_oauth_extensions,
+                timeout=self.token_request_seconds)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
@@ -388,6 +389,13 @@ class Settings:
         """How long one Kafka client waits to reach a broker: 10 s, and never longer than the
         retry deadline (at least 1 s); the caller's retries decide how long to keep trying."""
         return int(min(10_000.0, max(1000.0, self.retry_deadline * 1000)))
+
+    @property
+    def token_request_seconds(self) -> float:
+        """How long one request for an OAUTHBEARER token may take: 30 s, and never longer than
+        the retry deadline (at least 1 s). A token is asked for within a Kafka connection
+        attempt, which must end within the deadline (see ``base/retry.py``)."""
+        return min(tokens.REQUEST_TIMEOUT, max(1.0, self.retry_deadline))
 
     @cached_property
     def client(self) -> pymongo.MongoClient:

@@ -11,7 +11,9 @@ Confluent Cloud refuses more than its cap.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -284,6 +286,40 @@ def test_a_token_the_broker_refuses_is_one_line_and_exit_1(db, settings, managed
         assert line.endswith("): check the token's issuer, audience, signature and expiry "
                              "(--kafka-sasl-oauth-*)"), line
         assert "retrying with backoff" not in result.stderr
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A token endpoint that takes connections and never answers (an identity provider that
+    hangs): the URL of a listening socket nobody reads."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/token"
+    listener.close()
+
+
+#: As for a lost MongoDB or Kafka (tests/scenarios/test_reliability.py): a piece gives up at
+#: its retry deadline; 3 s for the process's own work on a busy machine.
+DEADLINE_TOLERANCE = 3.0
+
+
+@pytest.mark.parametrize("command", ["tail", "consume"])
+def test_a_token_endpoint_that_never_answers_is_given_up_at_the_retry_deadline(
+        db, settings, managed_kafka, silent_endpoint, command):
+    """The token endpoint is asked within a Kafka connection attempt: one that hangs held each
+    attempt for the endpoint's own timeout (30 s), past a shorter retry deadline."""
+    seed_users(db, 10)
+    env = oauthbearer(managed_kafka, token_url=silent_endpoint, client_id=CLIENT_ID,
+                      client_secret=CLIENT_SECRET)
+
+    result = run_cli(command, NAME, "--retry-deadline", "5", "--log-format", "json",
+                     settings=settings, env=env, timeout=120)
+
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    took = (dt.datetime.fromisoformat(records[-1]["ts"])
+            - dt.datetime.fromisoformat(records[0]["ts"])).total_seconds()
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert records[-1]["message"].startswith("Kafka at "), records[-1]
+    assert 5 <= took <= 5 + DEADLINE_TOLERANCE, (took, records[-1]["message"])
 
 
 def test_a_token_command_that_fails_is_one_line_and_exit_1(db, settings, managed_kafka,
