@@ -14,6 +14,7 @@ import urllib.parse
 import uuid
 
 import kafka
+import pymongo
 import pytest
 from bson import json_util
 from hypothesis import HealthCheck, example, given
@@ -39,8 +40,11 @@ from ..harness import (
     SCRAM_USER,
     CliProcess,
     Service,
+    local_mongo_missing,
     part_of,
     run_cli,
+    start_local_mongo,
+    stop_local_mongo,
     wait_for,
 )
 
@@ -322,6 +326,34 @@ SECRET_PART = st.text(alphabet=st.one_of(st.characters(), st.sampled_from("\\\"'
 SECRETS = st.tuples(SECRET_PART, SECRET_PART).map(lambda parts: f"{parts[0]}Zq7{parts[1]}")
 
 
+@pytest.fixture(scope="module")
+def secured_mongo(tmp_path_factory):
+    """A local server of the module's own with access control on (``-Dauth=true``), and a
+    client of its root user."""
+    if (missing := local_mongo_missing()) is not None:
+        pytest.skip(missing)
+    proc, anonymous = start_local_mongo(tmp_path_factory.mktemp("secured"), auth=True)
+    anonymous.admin.command("createUser", "root", pwd="root-secret", roles=["root"])
+    host, port = anonymous.address
+    root = pymongo.MongoClient(f"mongodb://root:root-secret@{host}:{port}/?directConnection=true",
+                               serverSelectionTimeoutMS=10_000)
+    yield root, f"{host}:{port}"
+    root.close()
+    stop_local_mongo(proc, anonymous)
+
+
+def mongo_user(root: pymongo.MongoClient, host: str, db_name: str,
+               password: str) -> tuple[str, str]:
+    """A user of the secured server whose password is ``password``: its name, and the URI that
+    logs in as it. SCRAM-SHA-1, whose password takes any character (SCRAM-SHA-256's SASLprep refuses
+    control characters)."""
+    name = f"prop-{uuid.uuid4().hex[:8]}"
+    root.admin.command("createUser", name, pwd=password, roles=["root"],
+                       mechanisms=["SCRAM-SHA-1"])
+    return name, (f"mongodb://{name}:{urllib.parse.quote(password, safe='')}@{host}/{db_name}"
+                  "?authSource=admin&authMechanism=SCRAM-SHA-1&directConnection=true")
+
+
 @pytest.mark.services
 @hypothesis_settings(max_examples=3, deadline=None,
                      suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -330,15 +362,22 @@ SECRETS = st.tuples(SECRET_PART, SECRET_PART).map(lambda parts: f"{parts[0]}Zq7{
 @example(secret="Zq7\\n\\u0041")
 @given(secret=SECRETS)
 def test_a_secret_never_shows_in_any_form_on_any_path(db, settings, tls_listeners, tmp_path,
-                                                      secret):
+                                                      secured_mongo, secret):
     """The SASL password and the MongoDB password, of any characters, at -vv in text and JSON
     logs, in `status`, `config show`, metrics and the state, when the run succeeds and when
-    the password is refused. (The local MongoDB server has no SCRAM: a MongoDB password is
-    refused there, so only its refusal path runs here.)"""
+    the password is refused. The MongoDB password's success path runs on a local server with
+    access control of the test's own (a user whose password is the secret); its refusal path,
+    and the SASL password's every path, on the shared services."""
     db.client.drop_database(db.name)
     seed_users(db, 50)
     user = f"prop-{uuid.uuid4().hex[:8]}"
     scram_user(user, secret)
+    root, secured_host = secured_mongo
+    secured_db = root[db.name]
+    root.drop_database(db.name)
+    seed_users(secured_db, 20)
+    mongo_name, mongo_uri = mongo_user(root, secured_host, db.name, secret)
+    logged_in = {"MONGODB_URI": mongo_uri}
     good = {"KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
             "CDC_MIGRATOR_CONFIG": str(sasl_file(tmp_path / "good.toml", user, secret))}
     wrong = {**good, "CDC_MIGRATOR_CONFIG": str(sasl_file(tmp_path / "wrong.toml",
@@ -361,14 +400,21 @@ def test_a_secret_never_shows_in_any_form_on_any_path(db, settings, tls_listener
             ("config show --json", ["config", "show", "--json", "-vv"], {**good, **with_password}),
             ("refused SASL", ["consume", NAME, "-vv", "--log-format", "json"], wrong),
             ("refused MongoDB", ["status", "-vv"], {**good, **with_password}),
+            ("apply, MongoDB password", ["apply", NAME, "-vv", "--log-format", "json"],
+             logged_in),
+            ("status, MongoDB password", ["status", "-vv"], {**good, **logged_in}),
+            ("config show, MongoDB password", ["config", "show", "--json"], logged_in),
         ]:
             result = run_cli(*args, settings=settings, env=env, timeout=120)
             seen[what] = result.stdout + result.stderr
             assert result.returncode == (1 if what.startswith("refused") else 0), seen[what]
-        seen["state"] = json_util.dumps(list(db.cdc_migrator_state.find()))
+        seen["state"] = json_util.dumps(list(db.cdc_migrator_state.find())
+                                        + list(secured_db.cdc_migrator_state.find()))
     finally:
         scram_user(user, None)
+        root.admin.command("dropUser", mongo_name)
     assert db.users.count_documents({"role": "user"}) == 50
+    assert secured_db.users.count_documents({"role": "user"}) == 20
     assert "Kafka refused the SASL credentials" in seen["refused SASL"]
     assert "MongoDB authentication failed" in seen["refused MongoDB"]
     for what, text in seen.items():
