@@ -12,9 +12,10 @@ line naming the service, exit 1.
 The deadline is kept within one attempt: an outage starts when the first failed attempt
 started (not when it gave up), no backoff reaches past the deadline, and one attempt waits for
 a server at most as long as the deadline (MongoDB's server selection, ``--mongo-timeout-ms``,
-and Kafka's bootstrap, 10 s, are both capped by it; see ``Settings.client`` and
-``topics.client_options``). So a piece gives up at most one attempt after the deadline, and
-with a deadline of 10 s or less at most twice the deadline after the outage began.
+Kafka's bootstrap, 10 s, and the request for an OAUTHBEARER token, 30 s, are all capped by it;
+see ``Settings.client``, ``topics.client_options`` and ``Settings.token_request_seconds``). So
+a piece gives up at most one attempt after the deadline, and with a deadline of 10 s or less
+at most twice the deadline after the outage began.
 
 Repeating a step is safe because every piece saves its position (resume token, backfill cursor,
 consumer offsets) only after the work before it was acknowledged: a retried step at worst does
