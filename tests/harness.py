@@ -342,6 +342,18 @@ def tool(name: str, command: str = "path") -> str:
                           check=True, timeout=60).stdout.strip()
 
 
+def exported_series() -> set[str]:
+    """The name of every series the tool's /metrics may carry (a counter's ``_total``, a
+    histogram's ``_bucket``, ``_count`` and ``_sum``, an info's ``_info``), from its registry:
+    what a dashboard or an alert may query."""
+    from cdc_migrator.base.metrics import REGISTRY
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
+                "info": ("_info",)}
+    return {family.name + suffix for family in REGISTRY.collect()
+            for suffix in suffixes.get(family.type, ("",))}
+
+
 # --------------------------------------------------------------------------------- polling
 
 def poll(check: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:

@@ -129,6 +129,13 @@ def setting(default: Any, help: str, **how: Any) -> Any:
 
 
 _KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# The commands that run for long and watch their migrations: they serve /metrics and announce
+# phase changes; cutover announces its own.
+_SERVING = ("tail", "consume", "backfill", "run", "revert", "next", "config show")
+_HOOKED = (*_SERVING[:-1], "cutover", "config show")
+# The phase changes announced by default (operations/hooks.py's EVENTS).
+_HOOK_EVENTS = ("armed", "backfill_done", "ready_for_cutover", "cut_over", "failed",
+                "reverted", "dead_letters")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "AWS_MSK_IAM")
 
 
@@ -248,7 +255,24 @@ class Settings:
     metrics_port: int | None = setting(
         None, "Serve /metrics (Prometheus), /healthz and /readyz over HTTP on PORT; 0 picks a "
         "free port (logged). Default: no server.", metavar="PORT", minimum=0, maximum=65535,
-        commands=("tail", "consume", "run", "config show"))
+        commands=_SERVING)
+    hook_command: str | None = setting(
+        None, "A command told of each phase change of --hook-events, the event as JSON on its "
+        "stdin (split as a shell would split it, not run by one). It may refuse a cutover "
+        "(before_cutover, exit non-zero); otherwise its failures are logged, and the "
+        "migration goes on.", metavar="COMMAND", commands=_HOOKED)
+    hook_url: str | None = setting(
+        None, "A webhook POSTed each phase change of --hook-events as JSON. It may refuse a "
+        "cutover (before_cutover, an answer other than 2xx); otherwise its failures are "
+        "logged, and the migration goes on. Masked in every output (a webhook's URL often "
+        "holds its token).", metavar="URL", secret=True, commands=_HOOKED)
+    hook_events: str = setting(
+        ",".join(_HOOK_EVENTS), "The events the hooks are told of: armed, backfill_done, "
+        "ready_for_cutover, cut_over, failed, reverted, dead_letters; add before_cutover to let "
+        "them refuse a cutover.", metavar="EVENT,...", commands=_HOOKED)
+    hook_timeout: float = setting(
+        30.0, "How long a hook may take; one that takes longer is killed (and refuses the "
+        "cutover, for before_cutover).", metavar="SECONDS", minimum=0.1, commands=_HOOKED)
     on_history_lost: str = setting(
         "fail", "When the server no longer has the change history to resume from: stop with "
         "exit 1 (fail), or capture again from now and backfill the whole collection again "
@@ -263,20 +287,21 @@ class Settings:
     backfill_ranges: int = setting(
         32, "A backfill splits the collection into at most N _id ranges (at least 1,000 "
         "documents each), which its workers and processes share.", metavar="N", minimum=1,
-        maximum=100_000, commands=("backfill", "run", "config show"))
+        maximum=100_000, commands=("backfill", "run", "accept", "config show"))
     lease_seconds: float = setting(
         30.0, "A backfill worker holds its range for this long past its last renewal; a "
         "worker killed or cut off loses the range to another worker after it.",
         metavar="SECONDS", minimum=0.5, maximum=86_400,
-        commands=("backfill", "run", "config show"))
+        commands=("backfill", "run", "accept", "config show"))
     max_replication_lag: float | None = setting(
         None, "Hold the backfill and the consumers while a secondary is more than SECONDS "
         "behind the primary (replSetGetStatus). Default: not checked.", metavar="SECONDS",
-        minimum=0, maximum=A_YEAR, commands=("backfill", "consume", "run", "config show"))
+        minimum=0, maximum=A_YEAR,
+        commands=("backfill", "consume", "run", "accept", "config show"))
     max_write_latency: float | None = setting(
         None, "Hold the backfill and the consumers for a while when a bulk write of the "
         "migration took longer than MS. Default: not checked.", metavar="MS", minimum=0,
-        maximum=1000 * A_YEAR, commands=("backfill", "consume", "run", "config show"))
+        maximum=1000 * A_YEAR, commands=("backfill", "consume", "run", "accept", "config show"))
     kafka_options: dict[str, Any] = field(default_factory=dict)
     mongo_options: dict[str, Any] = field(default_factory=dict)
 
@@ -414,6 +439,12 @@ class Settings:
     @property
     def db(self) -> Database:
         return self.client[self.database_name]
+
+    @property
+    def schemas(self) -> Path:
+        """The ``schemas/`` directory beside the transforms directory: where a migration's
+        ``expand_schema`` and ``contract_schema`` files are."""
+        return Path(self.transforms).resolve().parent / "schemas"
 
     @property
     def store(self) -> StateStore:

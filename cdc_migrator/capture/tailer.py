@@ -45,9 +45,18 @@ from ..base.threads import run_until_stopped
 from ..core import deadletters as deadletter
 from ..core import events
 from ..core.context import make_context
+from ..core.fingerprint import fingerprint
+from ..core.holding import CHECK_INTERVAL, CodeHold
 from ..core.patch import decide
 from ..core.state import HEARTBEAT_INTERVAL, MigrationState, last_word, stop_record
-from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused, StopRequested
+from ..errors import (
+    CaptureStopped,
+    CdcMigratorError,
+    HistoryLost,
+    Refused,
+    StopRequested,
+    reason_of,
+)
 from ..migration import Migration, rename_filter_fields
 from . import dependencies
 from .recovery import Recovery
@@ -68,7 +77,8 @@ _FULL, _NARROW, _KEY_ONLY = "full", "narrow", "key only"
 
 
 def arm(settings: Settings, migration: Migration) -> MigrationState:
-    """Fix the point from which changes are captured (idempotent); create the topic."""
+    """Fix the point from which changes are captured (idempotent); create the topic. The
+    code armed is the code in force unless one is recorded already."""
     store = settings.store
     state = store.ensure(migration.name, migration.collection)
     if state.cancelled:
@@ -84,10 +94,13 @@ def arm(settings: Settings, migration: Migration) -> MigrationState:
         # After the armed point, before anything may scan: a change after its read finds
         # the value it overwrites in the reference map.
         dependencies.seed(settings.db, migration)
-        store.arm(migration.name, armed_at)
+        store.arm(migration.name, armed_at, fingerprint(migration, settings.schemas))
         state = store.get(migration.name) or state
     elif migration.depends_on:
         dependencies.seed(settings.db, migration)  # armed by a version without it: late
+    if state.code.fingerprint is None:  # armed by a version that recorded no code
+        store.adopt_code(migration.name, fingerprint(migration, settings.schemas))
+        state = store.get(migration.name) or state
     return state
 
 
@@ -195,6 +208,10 @@ class Tailer:
         self.flush_interval = flush_interval
         self.stopping = threading.Event()
         self.recovery = Recovery(settings, migration, self.stopping)
+        # Holds while the code it loaded is not the code in force (core/holding.py).
+        self.code = CodeHold(self.store, migration.name,
+                             fingerprint(migration, settings.schemas), "tailer")
+        self._code_checked = 0.0
         self.produced = 0
         self.last_event_time: Any = None
         #: Set when the tailer has read everything up to a point asked with :meth:`catch_up_to`
@@ -231,12 +248,13 @@ class Tailer:
         except Exception as exc:  # why it stopped, for status, /readyz and the metrics
             stopped_by = exc
             error = logs.mask(str(exc) if isinstance(exc, CdcMigratorError) else first_line(exc))
-            last_word(lambda: self.store.record_stop(self.migration.name, "tailer",
-                                                     stop_record("tailer", error)), exc)
+            record = stop_record("tailer", error, reason=reason_of(exc))
+            last_word(lambda: self.store.record_stop(self.migration.name, "tailer", record), exc)
             raise
         finally:
             self.publisher.close()
             self.recovery.join(timeout=60)
+            self.code.leave(stopped_by)
             # Not running any more, whatever the last heartbeat says (pipeline.catch_up).
             last_word(lambda: self.store.tailer_stopped(self.migration.name), stopped_by)
 
@@ -285,8 +303,12 @@ class Tailer:
     def _stream(self, mode: str) -> None:
         """Follow the stream in ``mode`` from the saved point: until stopped (``_FULL``), for
         at most ``NARROW_EVENTS`` events taken one per batch (``_NARROW``), or for one event
-        without its document (``_KEY_ONLY``)."""
-        tail = arm(self.settings, self.migration).tail
+        without its document (``_KEY_ONLY``). Before it opens the stream, it holds while its
+        code is not the code in force."""
+        state = self._code_in_force(arm(self.settings, self.migration))
+        if state is None:
+            return
+        tail = state.tail
         db = self.settings.db
         options = self._options(tail, mode)
         pipeline = stream_pipeline(self.migration)
@@ -313,6 +335,23 @@ class Tailer:
             if exc.code in HISTORY_LOST_CODES:
                 raise self._history_lost(exc) from None
             raise
+
+    def _code_in_force(self, state: MigrationState) -> MigrationState | None:
+        """Wait while this tailer's code is not the code in force (the stream stays closed,
+        the saved resume token keeps the place); the state then, or None when stopped."""
+        while self.code.holds(state):
+            if self.stopping.wait(CHECK_INTERVAL):
+                return None
+            state = self.retry.call(MONGODB, self.store.get, self.migration.name) or state
+        return state
+
+    def _code_changed(self) -> bool:
+        """Whether the code in force is no longer this tailer's (looked at every
+        ``CHECK_INTERVAL`` seconds): the stream is then left, its events so far saved."""
+        if time.monotonic() - self._code_checked < CHECK_INTERVAL:
+            return False
+        self._code_checked = time.monotonic()
+        return self.code.holds(self.retry.call(MONGODB, self.store.get, self.migration.name))
 
     def _options(self, tail: Any, mode: str) -> dict[str, Any]:
         """The options of the change stream: from the saved resume token, or else from the
@@ -385,8 +424,8 @@ class Tailer:
 
     def _loop(self, stream: Any, partitions: int, limit: int | None = None,
               key_only: bool = False) -> None:
-        """Produce the stream's events until stopped; with a ``limit``, until that many
-        events were taken or none is left for now.
+        """Produce the stream's events until stopped or the code in force is no longer this
+        tailer's; with a ``limit``, until that many events were taken or none is left for now.
 
         Before an error of the stream (an event too large) is raised, the events before it
         are produced and the resume token after them saved. With ``key_only`` the events come
@@ -411,6 +450,8 @@ class Tailer:
                 taken += 1
             if checkpoint.due():
                 self._save(checkpoint)
+            if self._code_changed():
+                break
         self._save(checkpoint)
 
     def _next(self, stream: Any, checkpoint: Checkpoint) -> Any:

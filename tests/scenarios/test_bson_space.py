@@ -22,7 +22,7 @@ from cdc_migrator.capture.tailer import Tailer, arm
 from cdc_migrator.core import events
 from cdc_migrator.core.context import make_context
 from cdc_migrator.migration import get_migration
-from cdc_migrator.operations.observability import Health
+from cdc_migrator.operations.observability import Watch
 from cdc_migrator.pipeline import run_pipeline
 
 from ..harness import run_cli, wait_for
@@ -66,12 +66,12 @@ def _padded(doc: dict, size: int) -> dict:
 def test_every_client_of_the_tool_decodes_with_the_one_codec_policy(settings):
     settings.mongodb_uri += "&uuidRepresentation=javaLegacy"  # the policy wins over the URI
     assert settings.client.codec_options == codec.CODEC_OPTIONS
-    health = Health(settings, [], track_lag=False)
-    health.start()
+    watch = Watch(settings, [])
+    watch.start()
     try:
-        assert health._mongo.codec_options == codec.CODEC_OPTIONS
+        assert watch._mongo.codec_options == codec.CODEC_OPTIONS
     finally:
-        health.stop()
+        watch.stop()
 
 
 UUID_MIGRATION = '''
