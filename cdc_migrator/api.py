@@ -13,6 +13,7 @@ the work is done).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from .base.checks import OPTIONS, Source
 from .base.messages import message_of
 from .base.retry import MONGODB, Retrier
 from .base.settings import Settings
+from .base.topology import LagReader
 from .capture.backfill import BackfillReport
 from .capture.backfill import backfill as _backfill
 from .capture.dependencies import forget as forget_references
@@ -45,6 +47,7 @@ from .core.deadletters import DeadLetter
 from .core.deadletters import read as read_dead_letters
 from .core.order import series
 from .core.state import Phase
+from .core.throttle import Bounds, check_lag_readable
 from .errors import CdcMigratorError, Refused, ServiceUnavailable, UsageError
 from .migration import Migration, get_migration, load_migrations
 from .operations.census import CensusReport
@@ -68,6 +71,8 @@ from .pipeline import (
     revert_pipeline,
     run_pipeline,
 )
+
+log = logging.getLogger("cdc_migrator")
 
 
 def load(settings: Settings, name: str) -> Migration:
@@ -136,8 +141,7 @@ def revert(settings: Settings, name: str, *, batch_size: int | None = None,
 
     In Python: see :func:`cdc_migrator.pipeline.revert_pipeline`.
     """
-    migration = load(settings, name)
-    require_collection(settings, migration, retry=True)
+    migration = _loaded(settings, name)
     taken = naming.revert(migration.name) in migrations(settings)
     return revert_pipeline(settings, migration, reverse_name_taken=taken,
                            batch_size=batch_size, rate=rate, timeout=timeout,
@@ -360,7 +364,20 @@ def run_series(settings: Settings, collection: str, *, timeout: float = 600.0,
 def _loaded(settings: Settings, name: str) -> Migration:
     migration = load(settings, name)
     require_collection(settings, migration, retry=True)
+    check_bounds(settings)
     return migration
+
+
+def check_bounds(settings: Settings) -> None:
+    """Before any work: a replication lag bound whose lag cannot be read is refused with the
+    reason and the privilege to grant, unless ``on_lag_unknown`` is ``run``."""
+    bounds = Bounds(settings.max_replication_lag, settings.max_write_latency,
+                    settings.on_lag_unknown)
+    reader = LagReader(settings.client, settings.client_for)
+    lag = check_lag_readable(bounds, lambda: Retrier(settings).call(MONGODB, reader))
+    if lag is not None and lag.unknown is not None:
+        log.warning("--max-replication-lag is not enforced: the replication lag cannot be "
+                    "read: %s; %s", lag.unknown, lag.fix)
 
 
 def tail(settings: Settings, migrations: list[Migration], stop: threading.Event) -> None:
@@ -422,6 +439,7 @@ def consume(settings: Settings, migrations: list[Migration],
     In Python: one group member per migration until ``stop`` is set (the setting
     ``instance_id`` gives the members static membership).
     """
+    check_bounds(settings)
     return consume_until_stopped(settings, migrations, stop)
 
 

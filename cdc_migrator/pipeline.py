@@ -27,12 +27,12 @@ from typing import Any
 
 from .apply.consumer import TransformConsumer
 from .apply.shortcut import ApplyReport, apply_migration
-from .base import topics
+from .base import history, topics
 from .base.retry import KAFKA, MONGODB, Retrier
 from .base.settings import Settings
 from .base.threads import Threads
 from .capture.backfill import BackfillReport, backfill
-from .capture.tailer import Tailer, arm
+from .capture.tailer import Tailer, arm, stream_pipeline
 from .core.fingerprint import fingerprint, short
 from .core.state import MigrationState, Phase
 from .errors import Refused, StopRequested
@@ -249,18 +249,24 @@ def accept_code(settings: Settings, migration: Migration, *, batch_size: int | N
 def wait_drained(settings: Settings, migration: Migration, tailer: Tailer,
                  stop: threading.Event, deadline: float | None, settle: float,
                  retry: Retrier | None = None) -> bool:
-    """Wait until the tailer has caught up, no recovery backfills, and the group's lag stays
-    zero for ``settle`` s."""
+    """Wait until the tailer has caught up with the present (a majority-committed point: where
+    a change stream opened now starts), no recovery backfills, and the group's lag stays zero
+    for ``settle`` s."""
     retry = retry or Retrier(settings, stop=stop)
     topic = settings.topic(migration.collection)
     group = settings.group(migration.name)
+    present = stream_pipeline(migration)
     zero_since = None
     while not stop.is_set():
         if deadline and time.monotonic() > deadline:
             return False
-        # Caught up with the present: the server's latest operation now.
-        tailer.catch_up_to(retry.call(MONGODB, settings.db.command, "ping").get("operationTime"))
-        tailer.caught_up.wait(timeout=2)
+        # Caught up with the present: where a change stream opened now starts. The tailer
+        # reaches it only once every write before it is committed and read.
+        target = retry.call(MONGODB, history.stream_start, settings.db, present)[1]
+        tailer.catch_up_to(target)
+        if not tailer.caught_up.wait(timeout=2):
+            log.debug("catching up: the tailer has read up to %s, the stream's present is %s",
+                      tailer.position, target)
         lag = retry.call(KAFKA, topics.group_lag, settings, topic, group).total
         if lag == 0 and tailer.caught_up.is_set() and not tailer.recovery.running:
             zero_since = zero_since or time.monotonic()

@@ -42,6 +42,7 @@ from ..base.messages import first_line
 from ..base.retry import KAFKA, MONGODB, Retrier
 from ..base.settings import Settings
 from ..base.threads import Threads, run_until_stopped
+from ..base.topology import LagReader, shard_key
 from ..core.context import make_context
 from ..core.fingerprint import fingerprint
 from ..core.holding import CodeHold, member_name
@@ -93,6 +94,7 @@ class TransformConsumer:
                             else None)
         self.topic = settings.topic(migration.collection)
         self.dlq_topic = settings.dlq_topic(migration.collection)
+        self.namespace = f"{settings.database_name}.{migration.collection}"
         self.store = settings.store
         self.applier = Applier(migration, settings.db[migration.collection],
                                make_context(settings.db, migration.name,
@@ -122,9 +124,10 @@ class TransformConsumer:
         # The group's share of `cdc-migrator throttle`, by the partitions this member holds.
         self.throttle = Throttle(
             self.store, migration.name, member=self.instance_id or worker_name(),
-            bounds=Bounds(settings.max_replication_lag, settings.max_write_latency),
-            client=settings.client, weight=lambda: float(len(self._assigned)), members=True,
-            stop=self.stopping)
+            bounds=Bounds(settings.max_replication_lag, settings.max_write_latency,
+                          settings.on_lag_unknown),
+            lag=LagReader(settings.client, settings.client_for),
+            weight=lambda: float(len(self._assigned)), members=True, stop=self.stopping)
         self.batches = BatchApplier(
             migration, self.applier, self.throttle, retry=self.retry,
             write_retry=Retrier(settings, log, self.stopping),  # the writer thread's
@@ -172,6 +175,8 @@ class TransformConsumer:
         retry = self.retry
         retry.call(KAFKA, topics.ensure_topic, self.settings, self.topic)
         retry.call(KAFKA, topics.ensure_topic, self.settings, self.dlq_topic, partitions=1)
+        self.applier.shard_key = retry.call(MONGODB, shard_key, self.settings.client,
+                                            self.namespace)
         while not self.stopping.is_set():
             self._consumer = retry.call(KAFKA, self._connect)
             log.info("consuming %s as group %s", self.topic,

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..base import topics
 from ..base.settings import Settings
+from ..base.topology import shard_key
 from ..core import events
 from ..core.context import make_context
 from ..core.deadletters import dead_letter, read
@@ -62,7 +63,9 @@ def retry(settings: Settings, migration: Migration) -> RetryReport:
             ids[events.key_bytes(doc_id)] = doc_id
     report.documents = len(ids)
     applier = Applier(migration, settings.db[migration.collection],
-                      make_context(settings.db, migration.name))
+                      make_context(settings.db, migration.name),
+                      shard_key(settings.client,
+                                f"{settings.database_name}.{migration.collection}"))
     result = applier.apply_ids(list(ids.values())) if ids else None
     if result is not None:
         report.migrated = result.applied

@@ -16,6 +16,7 @@ from typing import Any
 from ..base.progress import Progress
 from ..base.scanner import count, prefetched, scan
 from ..base.settings import Settings
+from ..base.topology import shard_key
 from ..core.context import make_context
 from ..core.fingerprint import fingerprint, short
 from ..core.patch import Outcome, decide
@@ -75,7 +76,8 @@ def apply_migration(
 
     collection = db[migration.collection]
     applier = Applier(migration, collection,
-                      make_context(db, migration.name, declared=migration.declared_reads))
+                      make_context(db, migration.name, declared=migration.declared_reads),
+                      shard_key(settings.client, f"{db.name}.{migration.collection}"))
     # The total is for the progress line alone: not counted when none is shown (a count of
     # the filter reads the collection once more).
     total = count(collection, migration.filter) if show_progress else None

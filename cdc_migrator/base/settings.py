@@ -295,8 +295,15 @@ class Settings:
         commands=("backfill", "run", "accept", "config show"))
     max_replication_lag: float | None = setting(
         None, "Hold the backfill and the consumers while a secondary is more than SECONDS "
-        "behind the primary (replSetGetStatus). Default: not checked.", metavar="SECONDS",
-        minimum=0, maximum=A_YEAR,
+        "behind the primary (replSetGetStatus; delayed, hidden, arbiter and non-voting members "
+        "do not count; through mongos, each shard's). Default: not checked.",
+        metavar="SECONDS", minimum=0, maximum=A_YEAR,
+        commands=("backfill", "consume", "run", "accept", "config show"))
+    on_lag_unknown: str = setting(
+        "fail", "With --max-replication-lag, when the lag cannot be read (replSetGetStatus "
+        "refused: no clusterMonitor role, a managed tier, a shard out of reach): refuse to "
+        "start, naming what to grant (fail), or run without the bound, `status` showing the "
+        "lag as unknown and why (run).", choices=("fail", "run"),
         commands=("backfill", "consume", "run", "accept", "config show"))
     max_write_latency: float | None = setting(
         None, "Hold the backfill and the consumers for a while when a bulk write of the "
@@ -436,6 +443,26 @@ class Settings:
                 f"{mask_secrets(str(exc), *uri_secrets(self.mongodb_uri))}"
             ) from None
 
+    def client_for(self, hosts: str, replica_set: str | None = None) -> pymongo.MongoClient:
+        """A client of other members of the deployment (a shard's, named by ``config.shards``),
+        with the credentials and options of ``mongodb_uri``; kept, and closed with the rest."""
+        key = (hosts, replica_set)
+        if key not in self._members:
+            parsed = self.parsed_uri
+            options = {k: v for k, v in parsed["options"].items()
+                       if k.lower() not in _TOPOLOGY_OPTIONS}
+            where = {"replicaSet": replica_set} if replica_set else {"directConnection": True}
+            self._members[key] = pymongo.MongoClient(
+                hosts.split(","), username=parsed.get("username"),
+                password=parsed.get("password"),
+                serverSelectionTimeoutMS=min(self.mongo_timeout_ms, MEMBER_TIMEOUT_MS),
+                **{**options, **where, **self.mongo_client_options, **codec.client_options()})
+        return self._members[key]
+
+    @cached_property
+    def _members(self) -> dict[tuple[str, str | None], pymongo.MongoClient]:
+        return {}
+
     @property
     def db(self) -> Database:
         return self.client[self.database_name]
@@ -492,6 +519,15 @@ class Settings:
         if "client" in self.__dict__:
             self.client.close()
             del self.__dict__["client"]
+        for member in self.__dict__.pop("_members", {}).values():
+            member.close()
+
+
+#: Options of the URI that say which servers to talk to, not how: not carried to a shard's.
+_TOPOLOGY_OPTIONS = frozenset({"directconnection", "replicaset", "loadbalanced", "srvservicename",
+                               "srvmaxhosts", "readpreference", "readpreferencetags"})
+#: How long a client of another member waits for it (a shard unreachable from here).
+MEMBER_TIMEOUT_MS = 5000
 
 
 def _check_msk(options: Mapping[str, Any]) -> None:

@@ -1,7 +1,9 @@
 """The backfill scanner: the documents already in the collection become events on its topic.
 
 It refuses to start before change capture is armed, so every write after a document was
-scanned also yields a change event. The collection is split into ``_id`` ranges that any
+scanned also yields a change event, and it reads nothing before every write up to the armed
+point is majority-committed (see :mod:`cdc_migrator.base.history`), so no write in flight when
+capture was armed falls between the two. The collection is split into ``_id`` ranges that any
 number of backfill processes (and threads, ``--workers``) share: each range is leased to one
 worker at a time and has its own position (last ``_id``), saved after the broker acknowledged
 the batch, so an interrupted range resumes where it stopped, by whichever worker takes it
@@ -23,14 +25,17 @@ from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
+from pymongo.errors import OperationFailure
 
-from ..base import logs, metrics, topics
+from ..base import history, logs, metrics, topics
 from ..base.codec import CODEC_OPTIONS
+from ..base.messages import message_of
 from ..base.progress import Progress
 from ..base.retry import KAFKA, MONGODB, Retrier
-from ..base.scanner import count, prefetched, scan
+from ..base.scanner import prefetched, scan
 from ..base.settings import Settings
 from ..base.threads import Threads
+from ..base.topology import LagReader, ShardedCollection, sharded_collection
 from ..core import deadletters as deadletter
 from ..core import events
 from ..core.fingerprint import fingerprint
@@ -125,13 +130,18 @@ def _backfill(settings: Settings, migration: Migration, retry: Retrier, code: Co
     finished = False
     resumed = False
     try:
+        # The change stream covers what comes after the armed point; the scan covers what came
+        # before only once all of that is committed (a write in flight is in neither).
+        retry.call(MONGODB, history.wait_committed, pass_.collection, pass_.armed_at,
+                   stop if stop is not None else halt)
         pass_.partitions = retry.call(KAFKA, topics.ensure_topic, settings, pass_.topic)
-        total = retry.call(MONGODB, count, pass_.collection, migration.filter)
-        resumed = retry.call(
+        planned = retry.call(
             MONGODB, plan, pass_.collection, migration.filter, pass_.ranges, store,
-            migration.name, owner=worker_name(), total=total, most=settings.backfill_ranges,
+            migration.name, owner=worker_name(), most=settings.backfill_ranges,
             armed_at=pass_.armed_at, saved=saved, reset=reset,
-            wait=stop if stop is not None else halt)
+            wait=stop if stop is not None else halt,
+            sharded=retry.call(MONGODB, sharding_of, settings, migration))
+        resumed, total = planned.resumed, planned.total
         done_before = (retry.call(MONGODB, store.get, migration.name) or state).backfill
         log.info("backfill %s: %d documents to scan into %s, %d worker(s) here",
                  "resumed" if resumed else "started", total, pass_.topic, workers)
@@ -176,7 +186,8 @@ class _Pass:
                 document_class=RawBSONDocument))
         self.encoder = events.RawEncoder(migration.name, settings.database_name,
                                          migration.collection)
-        self.bounds = Bounds(settings.max_replication_lag, settings.max_write_latency)
+        self.bounds = Bounds(settings.max_replication_lag, settings.max_write_latency,
+                             settings.on_lag_unknown)
         self.partitions = 1
         self.progress: Progress | None = None
         self.scanned = 0
@@ -212,7 +223,7 @@ class _Pass:
         retry = Retrier(self.settings, log, self.halt)
         publisher = topics.Publisher(self.settings, retry)
         throttle = Throttle(self.store, self.migration.name, member=owner, bounds=self.bounds,
-                            client=self.settings.client,
+                            lag=LagReader(self.settings.client, self.settings.client_for),
                             live=lambda _: self.ranges.leased_count(self.migration.name),
                             stop=self.halt, cap=self.rate)
         name = self.migration.name
@@ -374,6 +385,19 @@ def snapshot_record(settings: Settings, migration: Migration, encoder: events.Ra
             return [topics.Record(topic, id_key, id_value, partition, lambda: deadletter.too_large(
                 settings, migration, id_key, len(value), topic))]
     return topics.Record(topic, key, value, partition, fallback)
+
+
+def sharding_of(settings: Settings, migration: Migration) -> ShardedCollection | None:
+    """How the migrated collection is sharded (None: it is not, or no mongos); None with a
+    warning when ``config`` cannot be read: the ranges are then cut by sample alone."""
+    namespace = f"{settings.database_name}.{migration.collection}"
+    try:
+        return sharded_collection(settings.client, namespace)
+    except OperationFailure as exc:
+        log.warning("the chunks of %s cannot be read (%s): the backfill's ranges are cut by "
+                    "sample alone, each read from every shard; grant read on the config "
+                    "database (the clusterMonitor role)", namespace, message_of(exc, 160))
+        return None
 
 
 def _refuse_failed(state: MigrationState) -> None:

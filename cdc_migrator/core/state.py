@@ -13,15 +13,16 @@ The stored layout (``schema_version`` 2)::
             dependency},
     errors [failure records], last_error, failure {reason, at, ...},
     stopped {consumer|tailer: stop record}, stalled {consumer: stop record},
-    apply {started, done, cursor}, backfill {total, scanned, done, cursor, started_at},
+    apply {started, done, cursor},
+    backfill {total, estimate, scanned, done, cursor, started_at},
     reverted_at (after ``revert``: phase ``reverting``, then ``reverted``),
     old_shape {schema, enforced} (what enforces the old shape after ``revert``),
-    tail {armed_at, resume_token, heartbeat, last_event_time, position_time, stopped_at,
-          recoveries, last_recovery {reason, at, armed_at, backfill}},
+    tail {armed_at, armed_token, resume_token, heartbeat, last_event_time, position_time,
+          stopped_at, recoveries, last_recovery {reason, at, armed_at, backfill}},
     fences {FENCE_ID: {partitions: {P: true}}}, dlq_pending, dlq_offset,
     consumers {MEMBER: {member_id, at}} (each group member's last sign of life),
     throttle {rate, set_at, auto {bound, value, limit, unit, by, at, until, since},
-              members {MEMBER: {at, weight}}},
+              members {MEMBER: {at, weight}}, lag_unknown {reason, fix, by, at}},
     announced {EVENT: occurrence} (the phase changes the hooks were told of),
     code {fingerprint, since, members {MEMBER: {component, fingerprint, holding, host, at}}}
 
@@ -159,6 +160,7 @@ class Position:
 @dataclass
 class BackfillState:
     total: int | None = None
+    estimate: str | None = None  # how total was estimated (None: counted)
     scanned: int = 0
     done: bool = False
     position: Position | None = None  # None: not started, or started over
@@ -174,7 +176,10 @@ class ApplyState:
 
 @dataclass
 class TailState:
-    armed_at: Any = None  # the operation time capture starts from (a bson Timestamp)
+    armed_at: Any = None  # the cluster time capture starts from (a bson Timestamp)
+    # The change stream's own token for that point (its postBatchResumeToken when armed);
+    # None for a migration armed by a version that took ping's operationTime instead.
+    armed_token: Any = None
     resume_token: Any = None
     heartbeat: float | None = None  # time.time() of the tailer's last checkpoint
     last_event_time: Any = None
@@ -204,6 +209,8 @@ class ThrottleState:
     set_at: dt.datetime | None = None
     auto: dict[str, Any] | None = None  # the last automatic hold (a bound exceeded)
     members: dict[str, tuple[float, float]] = field(default_factory=dict)  # at, weight
+    # Why the replication lag could not be read, while a bound runs without it.
+    lag_unknown: dict[str, Any] | None = None
 
     @property
     def holding(self) -> bool:
@@ -329,7 +336,8 @@ class MigrationState:
                 started=bool(apply_.get("started")), done=bool(apply_.get("done")),
                 position=Position(apply_["cursor"]) if "cursor" in apply_ else None),
             backfill=None if backfill is None else BackfillState(
-                total=backfill.get("total"), scanned=int(backfill.get("scanned", 0)),
+                total=backfill.get("total"), estimate=backfill.get("estimate"),
+                scanned=int(backfill.get("scanned", 0)),
                 done=bool(backfill.get("done")),
                 position=Position(backfill["cursor"]) if "cursor" in backfill else None,
                 started_at=backfill.get("started_at")),
@@ -341,7 +349,7 @@ class MigrationState:
             dlq_offset=int(doc.get("dlq_offset", 0)),
             throttle=ThrottleState(
                 *_throttle_rate(doc["_id"], throttle.get("rate")), set_at=throttle.get("set_at"),
-                auto=throttle.get("auto"),
+                auto=throttle.get("auto"), lag_unknown=throttle.get("lag_unknown"),
                 members={m: (float(v.get("at", 0)), float(v.get("weight", 0)))
                          for m, v in (throttle.get("members") or {}).items()}),
             consumers={str(v.get("member_id")): float(v.get("at") or 0)
@@ -459,13 +467,15 @@ class StateStore:
 
     # ------------------------------------------------------------------ capture
 
-    def arm(self, name: str, armed_at: Any, fingerprint: str | None = None) -> None:
-        """Fix the point capture starts from (only when none is fixed yet); a migration
-        without a phase is then armed. ``fingerprint``: the code armed, in force unless
-        another one is already."""
+    def arm(self, name: str, armed_at: Any, armed_token: Any,
+            fingerprint: str | None = None) -> None:
+        """Fix the point capture starts from (only when none is fixed yet): the change
+        stream's token for it and its cluster time; a migration without a phase is then
+        armed. ``fingerprint``: the code armed, in force unless another one is already."""
         armed = self.collection.update_one(
             {"_id": name, "tail.armed_at": None},
-            {"$set": {"tail.armed_at": armed_at, "updated_at": now()}}).modified_count
+            {"$set": {"tail.armed_at": armed_at, "tail.armed_token": armed_token,
+                      "updated_at": now()}}).modified_count
         self.collection.update_one({"_id": name, "phase": None},
                                    {"$set": {"phase": Phase.ARMED}})
         if fingerprint is not None:
@@ -473,11 +483,14 @@ class StateStore:
         if armed:
             self._record(name, Event.ARMED, armed_at=armed_at)
 
-    def rearm(self, name: str, armed_at: Any, recovery: dict[str, Any]) -> None:
-        """Capture again from ``armed_at`` after the change history was lost: the resume token
-        and the backfill are forgotten, the recovery is counted and kept."""
+    def rearm(self, name: str, armed_at: Any, armed_token: Any,
+              recovery: dict[str, Any]) -> None:
+        """Capture again from ``armed_token`` (at ``armed_at``) after the change history was
+        lost: the resume token and the backfill are forgotten, the recovery is counted and
+        kept."""
         self.collection.update_one({"_id": name}, {
             "$set": {"phase": Phase.ARMED, "tail.armed_at": armed_at,
+                     "tail.armed_token": armed_token,
                      "tail.last_recovery": recovery, "updated_at": now()},
             "$unset": {"tail.resume_token": "", "tail.position_time": "", "backfill": "",
                        "failure": ""},
@@ -512,11 +525,13 @@ class StateStore:
         """A tailer stopped cleanly: none runs until the next heartbeat."""
         self._set_if_exists(name, **{"tail.stopped_at": time.time()})
 
-    def start_backfill(self, name: str, total: int, *, over: bool) -> None:
-        """A backfill pass begins (``over``: from the first document, forgetting the last)."""
+    def start_backfill(self, name: str, total: int, *, over: bool,
+                       estimate: str | None = None) -> None:
+        """A backfill pass begins (``over``: from the first document, forgetting the last);
+        ``estimate`` says how ``total`` was estimated (None: counted)."""
         update: dict[str, Any] = {"$set": {
             "phase": Phase.BACKFILLING, "backfill.total": total, "backfill.done": False,
-            "updated_at": now()}}
+            "backfill.estimate": estimate, "updated_at": now()}}
         if over:
             update["$set"].update({"backfill.scanned": 0, "backfill.started_at": now()})
             update["$unset"] = {"backfill.cursor": ""}
@@ -575,6 +590,15 @@ class StateStore:
         if not held.matched_count:
             self.collection.update_one({"_id": name}, {"$set": {"throttle.auto": {
                 **record, "since": record.get("at", time.time())}}})
+
+    def record_lag_unknown(self, name: str, record: dict[str, Any] | None) -> None:
+        """The replication lag could not be read (``record``: why, and the fix) and its bound
+        runs without it; None: it can be read again."""
+        if record is None:
+            self.collection.update_one({"_id": name}, {"$unset": {"throttle.lag_unknown": ""}})
+        else:
+            self.collection.update_one({"_id": name},
+                                       {"$set": {"throttle.lag_unknown": record}})
 
     def report_member(self, name: str, member: str, weight: float, *,
                       forget: Iterable[str] = ()) -> None:

@@ -13,6 +13,7 @@ from pymongo import MongoClient
 from ..base import logs, topics
 from ..base.progress import format_duration
 from ..base.settings import Settings
+from ..base.topology import ShardConnector
 from ..core.fingerprint import fingerprint, short
 from ..core.state import CONSUMER_SILENT_AFTER, MigrationState, Phase, TailState
 from ..migration import Migration
@@ -84,6 +85,7 @@ def migration_status(settings: Settings, migration: Migration | None,
             eta = (backfill.total - backfill.scanned) / (backfill.scanned / elapsed) \
                 if elapsed > 0 else None
         status["backfill"] = {"scanned": backfill.scanned, "total": backfill.total,
+                              "total_estimate": backfill.estimate,
                               "done": backfill.done, "eta_seconds": eta,
                               "ranges": ranges_of(state.name) if ranges_of else None}
     status["throttle"] = sharing.throttle_status(state)
@@ -101,8 +103,8 @@ def migration_status(settings: Settings, migration: Migration | None,
             "last_recovery": _readable(tail.last_recovery),
         }
         if state.phase is not Phase.CUT_OVER:
-            status["history"] = _history(client or settings.db.client, tail,
-                                         status.get("backfill"))
+            status["history"] = _history(client or settings.db.client, settings.client_for,
+                                         tail, status.get("backfill"))
     if migration is not None and (state.armed or backfill is not None):
         lag = lag_of(migration) if lag_of is not None else topics.group_lag(
             settings, settings.topic(migration.collection), settings.group(migration.name))
@@ -151,10 +153,11 @@ def code_status(settings: Settings, migration: Migration | None,
     }
 
 
-def _history(client: MongoClient, tail: TailState,
+def _history(client: MongoClient, connect: ShardConnector, tail: TailState,
              backfill: dict[str, Any] | None) -> dict[str, Any]:
-    """The runway of the tailer's resume point in the server's change history."""
-    window, unknown = runway.history_window(client)
+    """The runway of the tailer's resume point in the server's change history (through
+    mongos, each shard's, ``connect`` reaching its members)."""
+    window, unknown = runway.cluster_window(client, connect)
     if window is None:
         return {"unknown": unknown}
     position = tail.position_time
@@ -230,16 +233,26 @@ def all_status(settings: Settings, migrations: dict[str, Migration],
             for s in states if s]
 
 
+def _backfill_lines(b: dict[str, Any] | None) -> list[str]:
+    """The backfill's progress; a total estimated (a sample, a sharded cluster's metadata)
+    says so."""
+    if not b:
+        return []
+    pct = f" ({100 * b['scanned'] / b['total']:.0f}%)" if b.get("total") else ""
+    eta = "" if b["done"] else f", ETA {format_duration(b.get('eta_seconds'))}"
+    about = "~" if b.get("total_estimate") else ""
+    lines = [f"  backfill: {b['scanned']:,}/{about}{b.get('total') or 0:,}{pct}"
+             + (" done" if b["done"] else eta)]
+    if b.get("total_estimate"):
+        lines.append(f"  backfill total: an estimate ({b['total_estimate']})")
+    return lines
+
+
 def render(status: dict[str, Any]) -> str:
     """Human-readable block for one migration."""
     lines = [f"{status['migration']} ({status['collection']}): {status['phase'] or 'new'}"
              + (" [paused]" if status["paused"] else "")]
-    b = status.get("backfill")
-    if b:
-        pct = f" ({100 * b['scanned'] / b['total']:.0f}%)" if b.get("total") else ""
-        eta = "" if b["done"] else f", ETA {format_duration(b.get('eta_seconds'))}"
-        lines.append(f"  backfill: {b['scanned']:,}/{b.get('total') or 0:,}{pct}"
-                     + (" done" if b["done"] else eta))
+    lines += _backfill_lines(status.get("backfill"))
     lines += sharing.render_lines(status)
     lines += _code_lines(status)
     c = status["counts"]
@@ -287,7 +300,9 @@ def _capture_lines(status: dict[str, Any]) -> list[str]:
         lines.append(f"  change history: window unknown ({h['unknown']})")
     elif h:
         age = h.get("resume_point_age_seconds")
-        lines.append(f"  change history: the server keeps {format_duration(h['window_seconds'])}"
+        keeps = f"each of the {h['shards']} shards keeps at least" if h.get("shards") \
+            else "the server keeps"
+        lines.append(f"  change history: {keeps} {format_duration(h['window_seconds'])}"
                      + (f"; resume point {format_duration(age)} old, runway "
                         f"{format_duration(max(0.0, h['runway_seconds']))}"
                         if age is not None else ""))

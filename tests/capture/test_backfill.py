@@ -58,6 +58,37 @@ def test_a_paused_backfill_holds_no_cursor_and_finishes_after_resume(short_curso
         settings.close()
 
 
+def test_a_write_in_an_oplog_hole_when_capture_is_armed_is_scanned_once_committed(
+        private_mongo, tmp_path):
+    # Regression (issue 25): capture was armed at ping's operationTime, the last applied write,
+    # past a write reserved before it and committed after (an oplog hole). The stream, armed
+    # past it, never delivers that write, and the scan ran before it was committed: the
+    # document stayed unmigrated, and nothing said why.
+    settings = private_settings(private_mongo, tmp_path)
+    db = private_mongo[settings.database_name]
+    seed_legacy(db.items, 50)
+    private_mongo.admin.command({"holdOplogHole": db.name, "write": {
+        "insert": "items", "documents": [{"_id": 1000, "price": 3, "qty": 2, "legacy": True}]}})
+    db.items.insert_one({"_id": 1001, "price": 4, "qty": 2, "legacy": True})  # applied past it
+    released = False
+    try:
+        with CliProcess(settings, "run", "price_total", "--timeout", "120") as run:
+            # Armed during the hole, the backfill waits for it to commit (or, before the fix,
+            # scanned and ran to its end).
+            wait_for(lambda: not run.alive or run.count("waiting until every write up to the "
+                                                        "armed point"),
+                     what="the run waiting for the write in flight, or its end")
+            private_mongo.admin.command({"releaseOplogHole": 1})
+            released = True
+            assert run.wait() == 0, run.log
+    finally:
+        if not released:
+            private_mongo.admin.command({"releaseOplogHole": 1})
+        settings.close()
+    assert db.items.find_one({"_id": 1000}) == {"_id": 1000, "price": 3, "qty": 2, "total": 6}
+    assert db.items.count_documents({"legacy": True}) == 0
+
+
 TRANSFORMS = {"items.py": ITEMS_MIGRATION}
 
 

@@ -223,6 +223,7 @@ def test_an_idle_tailer_writes_its_state_only_at_the_heartbeat(db, items_setting
 
 
 @pytest.mark.services  # a LocalMongo of its own and the shared Kafka
+@pytest.mark.local_server("truncateChangeHistory, on a LocalMongo of its own")
 def test_status_warns_of_lost_history_and_rebackfill_recovers_it(tmp_path):
     proc, client = local_mongo(tmp_path)
     try:
@@ -276,6 +277,7 @@ def test_status_warns_of_lost_history_and_rebackfill_recovers_it(tmp_path):
 
 
 @pytest.mark.services  # a LocalMongo of its own and the shared Kafka
+@pytest.mark.local_server("truncateChangeHistory, on a LocalMongo of its own")
 def test_run_recovers_lost_history_with_rebackfill_and_records_the_recovery_done(tmp_path):
     """`run` recovers as `tail` does: the recovery's backfill (the tailer's own) migrates
     what the lost history held, the run drains only after it, and the recovery is recorded
@@ -505,7 +507,7 @@ def test_a_migration_armed_by_a_version_that_recorded_no_code_takes_the_code_arm
     migration = get_migration(items_settings.transforms, "price_total")
     store = StateStore(db)
     store.ensure("price_total", "items")
-    store.arm("price_total", db.command("ping")["operationTime"])  # as a version before 31 did
+    store.arm("price_total", db.command("ping")["operationTime"], None)  # as before 25 and 31
     assert store.get("price_total").code.fingerprint is None
 
     state = arm(items_settings, migration)

@@ -291,6 +291,7 @@ GOOD_SCHEMA = {"bsonType": "object", "required": ["role"],
                "properties": {"role": {"enum": ["user", "admin"]}}}
 
 
+@pytest.mark.local_server("failCommand; and collMod answers 59 (no validators) here")
 def test_cutover_refuses_and_records_nothing_when_the_server_refuses_collmod(db, settings,
                                                                              tmp_path):
     _contracted(settings, tmp_path, GOOD_SCHEMA)

@@ -40,7 +40,6 @@ from ..harness import (
     run_cli,
     seed_items,
     state_of,
-    uri_for,
     wait_for,
 )
 
@@ -374,8 +373,7 @@ class TcpProxy:
 
 
 def test_tail_backfill_and_consume_ride_out_a_lost_database(db, settings, transforms):
-    host, _, port = uri_for(db.name).split("://")[1].split("/")[0].partition(":")
-    proxy = TcpProxy((host, int(port or 27017)))
+    proxy = TcpProxy(db.client.address)  # the server the client chose: a replica set's primary
     through_proxy = dataclasses.replace(
         settings, mongodb_uri=f"mongodb://127.0.0.1:{proxy.port}/{db.name}?directConnection=true")
 
