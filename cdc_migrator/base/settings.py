@@ -20,6 +20,7 @@ import dataclasses
 import importlib
 import re
 import shlex
+import shutil
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -120,6 +121,37 @@ def _extensions(value: str) -> str | None:
 def _connection_string(value: str) -> str | None:
     if not value.startswith(("mongodb://", "mongodb+srv://")):
         return "a MongoDB connection string: mongodb://... or mongodb+srv://..."
+    return None
+
+
+def _hook_command(value: str) -> str | None:
+    try:
+        words = shlex.split(value)
+    except ValueError:  # a quote left open
+        return "a command line, its quotes closed, whose first word is an executable"
+    if words and shutil.which(words[0]) is None:
+        return f"a command line whose first word is an executable found on the PATH " \
+               f"({words[0]!r} is not)"
+    return None
+
+
+def _hook_url(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if value and (parts is None or parts.scheme not in ("http", "https") or not parts.netloc
+                  or any(c.isspace() or not c.isprintable() for c in value)):
+        return "an http:// or https:// URL"
+    return None
+
+
+def _hook_events(value: str) -> str | None:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in (*_HOOK_EVENTS, "before_cutover")]
+    if unknown:
+        return f"events separated by commas, of: {', '.join(_HOOK_EVENTS)}, before_cutover " \
+               f"({unknown[0]!r} is none)"
     return None
 
 
@@ -260,19 +292,20 @@ class Settings:
         None, "A command told of each phase change of --hook-events, the event as JSON on its "
         "stdin (split as a shell would split it, not run by one). It may refuse a cutover "
         "(before_cutover, exit non-zero); otherwise its failures are logged, and the "
-        "migration goes on.", metavar="COMMAND", commands=_HOOKED)
+        "migration goes on.", metavar="COMMAND", rule=_hook_command, commands=_HOOKED)
     hook_url: str | None = setting(
         None, "A webhook POSTed each phase change of --hook-events as JSON. It may refuse a "
         "cutover (before_cutover, an answer other than 2xx); otherwise its failures are "
         "logged, and the migration goes on. Masked in every output (a webhook's URL often "
-        "holds its token).", metavar="URL", secret=True, commands=_HOOKED)
+        "holds its token).", metavar="URL", secret=True, rule=_hook_url, commands=_HOOKED)
     hook_events: str = setting(
         ",".join(_HOOK_EVENTS), "The events the hooks are told of: armed, backfill_done, "
         "ready_for_cutover, cut_over, failed, reverted, dead_letters; add before_cutover to let "
-        "them refuse a cutover.", metavar="EVENT,...", commands=_HOOKED)
+        "them refuse a cutover.", metavar="EVENT,...", rule=_hook_events, commands=_HOOKED)
     hook_timeout: float = setting(
         30.0, "How long a hook may take; one that takes longer is killed (and refuses the "
-        "cutover, for before_cutover).", metavar="SECONDS", minimum=0.1, commands=_HOOKED)
+        "cutover, for before_cutover).", metavar="SECONDS", minimum=0.1, maximum=86_400,
+        commands=_HOOKED)
     on_history_lost: str = setting(
         "fail", "When the server no longer has the change history to resume from: stop with "
         "exit 1 (fail), or capture again from now and backfill the whole collection again "
