@@ -135,7 +135,10 @@ public class LocalMongo {
                 return testOnly;
             }
             if (!command.equalsIgnoreCase("hello") && !command.equalsIgnoreCase("isMaster")) {
-                failCommand.check(command);
+                Document answered = failCommand.check(command, query);
+                if (answered != null) {
+                    return answered;
+                }
             }
             Document mongosAnswer = mongos.refusal(database, command);
             if (mongosAnswer != null) {
