@@ -33,6 +33,7 @@ from .apply.replay import retry as retry_dead_letters
 from .apply.shortcut import ApplyReport, DryRunLine, apply_migration
 from .apply.shortcut import dry_run as _dry_run
 from .base import naming, refusals, topics
+from .base.checks import OPTIONS, Source
 from .base.messages import message_of
 from .base.retry import MONGODB, Retrier
 from .base.settings import Settings
@@ -57,6 +58,7 @@ from .operations.history import MigrationHistory, histories
 from .operations.preflight import PreflightReport, load_failure, require
 from .operations.preflight import preflight as _preflight
 from .operations.reversible import ReversibleReport, reverse_of, verify_reversible
+from .operations.revert import put_back_expand_schema
 from .operations.scaffold import init_migration
 from .operations.schema import validator_for
 from .operations.status import RangesOf, all_status
@@ -164,6 +166,8 @@ def revert(settings: Settings, name: str, *, batch_size: int | None = None,
     NAME-revert through the same path as `run --cutover`, in this process: capture armed
     first, backfill, guarded consume, fenced cutover. Exit 0 once NAME-revert is cut over;
     `status` then shows NAME as reverted. The application must read both shapes meanwhile.
+    Where NAME names an old_schema, the last step installs it as the validator (the server then
+    refuses new-shape writes); otherwise it says that nothing enforces the old shape.
     Refuses (exit 1, nothing changed) when NAME has no inverse or was never cut over.
 
     In Python: see :func:`cdc_migrator.pipeline.revert_pipeline`.
@@ -309,22 +313,30 @@ def cancel(settings: Settings, name: str) -> None:
     store.cancel(name)
 
 
-def reset(settings: Settings, name: str) -> None:
+def reset(settings: Settings, name: str) -> str | None:
     """Forget NAME's state and consumer offsets, so it starts over (documents are untouched).
 
-    Its history stays, with the reset added (`cdc-migrator history`).
+    After a revert that installed the old shape's schema as the validator, the expand schema
+    is put back first (the migration writes the new shape again), and a note says so. Its
+    history stays, with the reset added (`cdc-migrator history`).
 
     In Python: the state, the reference map and the consumer group's offsets are
-    forgotten, and those of its reverse run.
+    forgotten, and those of its reverse run; returns the note, or None.
     """
     migration = load(settings, name)
     store = settings.store
+    state = store.get(name)
+    old_shape = (state.old_shape if state is not None and state.reverted else None) or {}
+    note = None
+    if old_shape.get("schema") and old_shape.get("enforced") is not False:
+        note = put_back_expand_schema(settings, migration, old_shape["schema"], doing="reset")
     store.delete(name)
     forget_references(settings.db, name)
     topics.delete_group(settings, settings.group(name))
     if migration.inverse is not None:  # and its reverse run, so a later revert starts anew
         store.delete(naming.revert(name))
         topics.delete_group(settings, settings.group(naming.revert(name)))
+    return note
 
 
 def next_migration(settings: Settings, collection: str) -> Migration | None:
@@ -440,15 +452,18 @@ def backfill(settings: Settings, name: str, *, batch_size: int | None = None,
 def throttle(settings: Settings, name: str, *, rate: float | None) -> None:
     """Change the pace of NAME's running backfill and consumers, without a restart.
 
-    They read the throttle every second. `status` shows the one in force.
+    They read the throttle every second. `status` shows the one in force. A migration that
+    has not started (no state yet) is refused: start it, then throttle it.
 
     In Python: ``rate`` None is ``--off``; see :mod:`cdc_migrator.core.throttle`.
     """
-    if rate is not None and not rate > 0:
-        raise UsageError(f"--rate must be a positive number of documents per second: {rate}")
-    migration = load(settings, name)
+    if rate is not None:
+        rate = OPTIONS["rate"].check(rate, Source("throttle", "--rate"))
+    load(settings, name)
     store = settings.store
-    store.ensure(name, migration.collection)
+    if store.get(name) is None:  # a state made here would hold nothing but the throttle
+        raise Refused(f"cannot throttle {name}: it has not started (no state yet); start it "
+                      "(tail, then backfill, or run), then throttle it; nothing changed")
     store.set_throttle(name, rate)
 
 

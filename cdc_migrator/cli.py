@@ -15,6 +15,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -29,8 +30,9 @@ from bson import json_util
 
 from . import api, configfile
 from .base import logs
+from .base.checks import OPTIONS, Setting, Source
 from .base.messages import shorten
-from .base.settings import Setting, Settings
+from .base.settings import Settings
 from .errors import CdcMigratorError, UsageError
 from .operations import observability
 from .operations.history import render as render_history
@@ -40,6 +42,7 @@ from .operations.status import render
 log = logging.getLogger("cdc_migrator.cli")
 
 _CONFIG = "cdc_migrator.config"
+_SOURCES = "cdc_migrator.sources"
 # The component named in the log lines of a command's main thread.
 _COMPONENT_OF_COMMAND = {"tail": "tailer", "consume": "consumer", "backfill": "backfill",
                          "apply": "apply", "cutover": "cutover"}
@@ -54,25 +57,68 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 def _option(spec: Setting) -> Callable[[_Command], _Command]:
-    """The click option of one setting of the table."""
-    kind: Any
-    if spec.choices:
-        kind = click.Choice(spec.choices, case_sensitive=spec.kafka is None)
-    elif spec.path == "existing":
-        kind = click.Path(exists=True, dir_okay=False, path_type=str)
-    elif spec.path:
-        kind = click.Path(path_type=Path)
-    elif spec.kind is int:
-        kind = click.IntRange(min=spec.minimum, max=spec.maximum)  # type: ignore[arg-type]
-    elif spec.kind is float:
-        kind = click.FloatRange(min=spec.minimum, max=spec.maximum)
-    else:
-        kind = None
-    help_text = spec.help + (f" [env: {spec.env_name}]" if spec.env_name else "")
-    extra: dict[str, Any] = {"is_flag": True} if spec.kind is bool else {"type": kind}
-    return click.option(spec.flag_name, spec.name, envvar=spec.env_name, default=spec.default,
+    """The click option of one setting of the table. Click passes the value on as given; the
+    table checks it (``Settings.from_values`` with the sources of :func:`_sourced`), so that a
+    refusal is one line naming where the value came from."""
+    shown = f" [{spec.allowed()}]" if spec.choices or spec.kind in (int, float) else ""
+    help_text = spec.help + shown + (f" [env: {spec.env_name}]" if spec.env_name else "")
+    metavar = "[" + "|".join(spec.choices) + "]" if spec.choices else spec.metavar
+    # A flag's variable is read by the table too (click would refuse "maybe" in its words).
+    extra: dict[str, Any] = {"is_flag": True, "envvar": None} if spec.kind is bool else \
+        {"type": click.UNPROCESSED, "envvar": spec.env_name}
+    return click.option(spec.flag_name, spec.name, default=spec.default,
                         show_default=spec.default is not None and spec.kind is not bool,
-                        metavar=spec.metavar, help=help_text, **extra)
+                        metavar=metavar, help=help_text, **extra)
+
+
+_SOURCE_KINDS = {click.core.ParameterSource.COMMANDLINE: "flag",
+                 click.core.ParameterSource.ENVIRONMENT: "env",
+                 click.core.ParameterSource.DEFAULT_MAP: "file"}
+
+
+def _sourced(ctx: click.Context, values: dict[str, Any]) -> dict[str, Source]:
+    """Where each value came from (kept for ``config show``). The variable of a flag (click
+    reads none for it) is taken here, when no flag was given."""
+    table = Settings.table()
+    sources = {}
+    for name in values:
+        spec, source = table[name], _source(ctx, table[name])
+        if spec.kind is bool and spec.env_name and source.kind != "flag" \
+                and os.environ.get(spec.env_name):
+            values[name], source = os.environ[spec.env_name], Source("env", spec.env_name)
+        sources[name] = source
+    ctx.meta[_SOURCES] = sources
+    return sources
+
+
+def _source(ctx: click.Context, spec: Setting) -> Source:
+    """Where click took the value of ``spec`` from."""
+    kind = _SOURCE_KINDS.get(ctx.get_parameter_source(spec.name))  # type: ignore[arg-type]
+    if kind == "flag":
+        return Source("flag", spec.flag_name)
+    if kind == "env":
+        return Source("env", spec.env_name or spec.name)
+    if kind == "file":
+        config = ctx.meta.get(_CONFIG)
+        return Source("file", spec.key_name or spec.name, str(config.path if config else ""))
+    return Source("default", spec.name)
+
+
+def _command_option(flag: str, spec: Setting, help_text: str, *, default: Any = None,
+                    source: str = "flag") -> Callable[[_Command], _Command]:
+    """The option of a single command, checked by its spec in ``OPTIONS`` (one line naming
+    the flag and what is allowed); ``source`` "throttle" for ``throttle --rate``."""
+    name = flag.removeprefix("--").replace("-", "_")  # the command's parameter
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None or ctx.get_parameter_source(name) is \
+                click.core.ParameterSource.DEFAULT:
+            return value
+        return spec.check(value, Source(source, flag))  # type: ignore[arg-type]
+
+    return click.option(flag, name, type=click.UNPROCESSED, default=default,
+                        callback=check, show_default=default is not None,
+                        metavar=spec.metavar, help=f"{help_text} [{spec.allowed()}]")
 
 
 #: Where a command's help ends in its API function's docstring: what follows is for Python.
@@ -120,8 +166,8 @@ def _settings_options(fn: _Command) -> _Command:
         quiet = kwargs["quiet"] if takes_quiet else kwargs.pop("quiet")
         verbose = kwargs.pop("verbose")
         values = {name: kwargs.pop(name) for name in list(kwargs) if name in table}
-        settings = Settings.from_values(values, kafka_options=config.kafka,
-                                        mongo_options=config.mongo)
+        settings = Settings.from_values(values, _sourced(ctx, values),
+                                        kafka_options=config.kafka, mongo_options=config.mongo)
         logs.configure(settings.log_format, verbose or (-1 if quiet else 0))
         logs.add_secrets(*settings.secrets())
         if ctx.info_name != "show":  # `config show` prints the settings, whatever they are
@@ -141,11 +187,11 @@ def _settings_options(fn: _Command) -> _Command:
     return decorated
 
 
-# The options of commands, each declared once.
-_BATCH_SIZE = click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
-                           help="Documents per batch (default: the migration's batch_size).")
-_RATE = click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="DOCS/S",
-                     help="Cap documents read per second, to spare a production database.")
+# The options of commands, each declared once, each checked by its spec in OPTIONS.
+_BATCH_SIZE = _command_option("--batch-size", OPTIONS["batch_size"],
+                              "Documents per batch (default: the migration's batch_size).")
+_RATE = _command_option("--rate", OPTIONS["rate"],
+                        "Cap documents read per second, to spare a production database.")
 _RESET = click.option("--reset", is_flag=True,
                       help="Start from the first document, not the saved position.")
 _PROGRESS_QUIET = click.option("--quiet", "-q", is_flag=True,
@@ -157,8 +203,7 @@ _SKIP_CHECK = click.option("--skip-check", "skip_checks", multiple=True, metavar
 
 
 def _timeout(default: float | None, text: str) -> Callable[[_Command], _Command]:
-    return click.option("--timeout", type=click.FloatRange(min=0), default=default,
-                        show_default=default is not None, metavar="SECONDS", help=text)
+    return _command_option("--timeout", OPTIONS["timeout"], text, default=default)
 
 
 def _echo_json(value: Any) -> None:
@@ -202,11 +247,11 @@ def apply(settings: Settings, name: str, batch_size: int | None, rate: float | N
 
 @cli.command(help=_help(api.census))
 @click.argument("name")
-@click.option("--sample", type=click.IntRange(min=1), default=5, show_default=True,
-              metavar="N", help="Documents of each shape the transform is tried on.")
-@click.option("--max-shapes", type=click.IntRange(min=1), default=1000, show_default=True,
-              metavar="N", help="Distinct shapes tracked at most (memory stays bounded); "
-              "documents of further shapes are counted, not tried, and census fails.")
+@_command_option("--sample", OPTIONS["sample"], "Documents of each shape the transform is "
+                 "tried on.", default=5)
+@_command_option("--max-shapes", OPTIONS["max_shapes"], "Distinct shapes tracked at most "
+                 "(memory stays bounded); documents of further shapes are counted, not tried, "
+                 "and census fails.", default=1000)
 @_BATCH_SIZE
 @_JSON
 @_settings_options
@@ -235,13 +280,13 @@ def census(settings: Settings, name: str, sample: int, max_shapes: int,
 
 @cli.command(help=_help(api.verify))
 @click.argument("name")
-@click.option("--sample", type=click.IntRange(min=0), default=10, show_default=True,
-              help="How many ids of remaining documents to show.")
+@_command_option("--sample", OPTIONS["sample_ids"],
+                 "How many ids of remaining documents to show.", default=10)
 @click.option("--reversible", is_flag=True,
               help="Instead: check that the migration then its inverse gives back every "
                    "sampled document (byte-identical BSON, top-level field order aside).")
-@click.option("--per-shape", type=click.IntRange(min=1), default=3, show_default=True,
-              metavar="N", help="With --reversible: documents checked of each shape.")
+@_command_option("--per-shape", OPTIONS["per_shape"],
+                 "With --reversible: documents checked of each shape.", default=3)
 @_JSON
 @_settings_options
 def verify(settings: Settings, name: str, sample: int, reversible: bool, per_shape: int,
@@ -340,8 +385,8 @@ def tail(settings: Settings, names: tuple[str, ...], skip_checks: tuple[str, ...
 @_BATCH_SIZE
 @_RATE
 @_RESET
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              metavar="N", help="Scan N ranges at once in this process (threads).")
+@_command_option("--workers", OPTIONS["workers"],
+                 "Scan N ranges at once in this process (threads).", default=1)
 @_PROGRESS_QUIET
 @_SKIP_CHECK
 @_settings_options
@@ -357,9 +402,9 @@ def backfill(settings: Settings, name: str, batch_size: int | None, rate: float 
 
 @cli.command(help=_help(api.throttle))
 @click.argument("name")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="DOCS/S",
-              help="Documents per second: read by all backfill workers together, and "
-                   "applied by all consumers together.")
+@_command_option("--rate", OPTIONS["rate"], "Documents per second: read by all backfill "
+                 "workers together, and applied by all consumers together.",
+                 source="throttle")
 @click.option("--off", is_flag=True, help="Remove the limit.")
 @_settings_options
 def throttle(settings: Settings, name: str, rate: float | None, off: bool) -> None:
@@ -477,8 +522,8 @@ def preflight(settings: Settings, name: str, skip_checks: tuple[str, ...],
 @cli.command(help=_help(api.status))
 @click.argument("name", required=False)
 @click.option("--watch", is_flag=True, help="Refresh in place every --interval seconds.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=2, show_default=True,
-              metavar="SECONDS", help="With --watch: seconds between refreshes.")
+@_command_option("--interval", OPTIONS["interval"],
+                 "With --watch: seconds between refreshes.", default=2)
 @_JSON
 @_settings_options
 def status(settings: Settings, name: str | None, watch: bool, interval: float,
@@ -527,7 +572,9 @@ def cancel(settings: Settings, name: str) -> None:
 def reset(settings: Settings, name: str, yes: bool) -> None:
     if not yes and sys.stdin.isatty():
         click.confirm(f"Forget all progress of {name}?", abort=True)
-    api.reset(settings, name)
+    note = api.reset(settings, name)
+    if note:
+        click.echo(f"{name}: {note}")
     click.echo(f"{name}: reset; it will start from the beginning")
 
 
@@ -650,15 +697,14 @@ def config_group() -> None:
 @_settings_options
 def config_show(settings: Settings, as_json: bool) -> None:
     """Print the effective configuration (TOML; JSON with --json), each value's source,
-    secrets masked."""
+    secrets masked. Every value is checked as the commands check it: exit 2 names a value
+    not allowed."""
     ctx = click.get_current_context()
-    sources = {click.core.ParameterSource.COMMANDLINE: "flag",
-               click.core.ParameterSource.ENVIRONMENT: "env",
-               click.core.ParameterSource.DEFAULT_MAP: "file"}
+    sources: dict[str, Source] = ctx.meta.get(_SOURCES) or {}
 
     def source_of(param: str) -> str:
-        source = ctx.get_parameter_source(param)
-        return sources.get(source, "default") if source is not None else "default"
+        found = sources.get(param)
+        return found.kind if found is not None and found.kind != "python" else "default"
 
     shown = configfile.effective(settings, source_of,
                                  ctx.meta.get(_CONFIG) or configfile.ConfigFile())
@@ -680,6 +726,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.BadParameter as exc:
+        if isinstance(exc, click.MissingParameter):  # the usage line tells what is missing
+            exc.show()
+            sys.exit(exc.exit_code)
+        _report_error(exc.format_message())  # a value click parses (a flag's boolean)
+        sys.exit(2)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -8,15 +8,20 @@ authentication), which have no flags, to the Kafka clients and to ``MongoClient`
 
 from __future__ import annotations
 
-import json
+import datetime as dt
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .base.settings import Settings, is_secret_option, mask_secrets
-from .errors import UsageError
+from pymongo.errors import ConfigurationError
+
+from .base.checks import Setting, Source, brief, option
+from .base.masking import is_secret_option, mask_secrets
+from .base.settings import KAFKA_MAX_INT, Settings
+from .errors import SettingError, UsageError
 
 DEFAULT_PATH = "cdc-migrator.toml"
 
@@ -47,7 +52,8 @@ def find(explicit: str | None) -> Path | None:
 
 
 def load(path: Path | None) -> ConfigFile:
-    """Read and check ``path``; a missing file, bad TOML or an unknown key is a UsageError."""
+    """Read and check ``path``: a missing file, bad TOML, an unknown key or a value its setting
+    (or client option) does not take is a UsageError, whether the command uses it or not."""
     if path is None:
         return ConfigFile()
     try:
@@ -67,8 +73,10 @@ def load(path: Path | None) -> ConfigFile:
                 raise UsageError(f"config file {path}: {key} must be a table ([{key}])")
             setattr(config, key, _client_options(path, key, value))
         elif key in known:
-            if table[known[key]].path and isinstance(value, str):
+            spec = table[known[key]]
+            if spec.path and isinstance(value, str) and value:
                 value = str(path.parent / value)  # relative to the file, not the cwd
+            spec.check(value, Source("file", key, str(path)))
             config.defaults[known[key]] = value
         else:
             raise UsageError(f"config file {path}: unknown key {key!r} (known: "
@@ -78,14 +86,53 @@ def load(path: Path | None) -> ConfigFile:
 
 def _client_options(path: Path, table: str, options: dict[str, Any]) -> dict[str, Any]:
     known = kafka_option_names() if table == "kafka" else None
-    for key in options:
+    for key, value in options.items():
+        source = Source("file", f"[{table}] {key}", str(path))
         if table == "kafka" and key not in known:  # type: ignore[operator]
             raise UsageError(f"config file {path}: unknown key '{table}.{key}' (not a Kafka "
                              "client option shared by consumer, producer and admin client)")
         if table == "mongo" and not _is_mongo_option(key):
             raise UsageError(f"config file {path}: unknown key '{table}.{key}' (not a "
                              "MongoClient option)")
+        if table == "kafka":
+            _kafka_option_spec(key).check(value, source)
+        else:
+            _check_mongo_option(key, value, source)
     return dict(options)
+
+
+def _kafka_option_spec(key: str) -> Setting:
+    """How a ``[kafka]`` option is checked: as the setting that gives it, when one does (so
+    ``security_protocol`` is one of the protocols); else by the kind of kafka-python's default
+    (a number of milliseconds or bytes is an integer of at least 0)."""
+    for spec in Settings.table().values():
+        if spec.kafka == key:
+            return spec
+    from kafka import KafkaConsumer
+
+    default = KafkaConsumer.DEFAULT_CONFIG[key]
+    if isinstance(default, bool):
+        return option(key, bool)
+    if isinstance(default, int) or key.endswith(("_ms", "_bytes")):
+        return option(key, int, minimum=0, maximum=KAFKA_MAX_INT)
+    return option(key, str)
+
+
+def _check_mongo_option(key: str, value: Any, source: Source) -> None:
+    """A ``[mongo]`` option as pymongo's own validators take it; floats finite."""
+    from pymongo import common
+
+    try:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("not a finite number")
+        if isinstance(value, (list, dict, dt.date, dt.time)):
+            raise TypeError("not a string, a number or a boolean")
+        common.validate(key, value)
+    except (ValueError, TypeError, OSError, ConfigurationError) as exc:  # OSError: a file
+        secret = is_secret_option(key)  # pymongo's message may quote the value
+        shown, why = ("***", "") if secret else (brief(value), f" ({exc})")
+        raise SettingError(f"invalid value {shown} for {source}: expected a value MongoClient "
+                           f"takes{why}") from None
 
 
 # Kafka options the tool sets itself, or whose values are Python objects TOML cannot express.
@@ -175,4 +222,12 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    return _toml_string(str(value))
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes, control characters and DEL escaped (TOML
+    takes none of them raw); every other character as it is."""
+    escaped = "".join(f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F
+                      else "\\" + c if c in '"\\' else c for c in text)
+    return f'"{escaped}"'

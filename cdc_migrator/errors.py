@@ -22,6 +22,16 @@ class UsageError(CdcMigratorError):
     reason = "usage"
 
 
+class SettingError(UsageError):
+    """A value a setting or a command's option does not take: one line naming the value,
+    where it came from and what is allowed (exit 2)."""
+
+
+class NotAllowed(Exception):
+    """Inside the check of a value (``base/checks.py``): the value is not taken; the message,
+    when any, says what is allowed. The check turns it into a :class:`SettingError`."""
+
+
 class PatchError(UsageError):
     """A transform returned something that is not a patch, None or DELETE."""
 
@@ -37,6 +47,10 @@ class ServiceUnavailable(CdcMigratorError):
     """MongoDB or Kafka could not be reached before the deadline."""
 
     reason = "service_unavailable"
+
+    def __init__(self, message: str, service: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service  # "MongoDB" or "Kafka", when known
 
 
 class HistoryLost(CdcMigratorError):

@@ -130,6 +130,8 @@ class Migration:
     batch_size: int = 500
     expand_schema: str | None = None
     contract_schema: str | None = None
+    #: The JSON schema of the old shape (before the migration): the contract of its revert.
+    old_schema: str | None = None
     source: str = ""
     depends_on: dict[str, Dependency] = field(default_factory=dict)
     #: The transform that undoes this one (declared with :meth:`down`), or None.
@@ -173,12 +175,16 @@ class Migration:
     def reversed_as(self, name: str) -> Migration:
         """The migration that runs the inverse under ``name`` (see ``base/naming.revert``):
         over the whole collection, since the forward filter names documents in the old
-        shape, and with no schema of its own (revert keeps the expand schema in place). It
-        declares no inverse itself: going forward again is migrating NAME again."""
+        shape. Its expand schema is the migration's (both shapes), its contract the old
+        shape's schema (``old_schema``, when named): the reverse's cutover checks every
+        document against it and installs it as the validator, as the forward cutover does
+        with the contract. It declares no inverse itself: going forward again is migrating
+        NAME again."""
         if self.inverse is None:
             raise UsageError(f"migration {self.name!r} declares no inverse (@{self.name}.down)")
         return Migration(name=name, collection=self.collection, transform=self.inverse,
-                         batch_size=self.batch_size, source=self.source,
+                         batch_size=self.batch_size, expand_schema=self.expand_schema,
+                         contract_schema=self.old_schema, source=self.source,
                          source_text=self.source_text)
 
 
@@ -195,6 +201,7 @@ def migration(
     batch_size: int = 500,
     expand_schema: str | None = None,
     contract_schema: str | None = None,
+    old_schema: str | None = None,
     depends_on: Mapping[str, str | Affected] | None = None,
     after: str | None = None,
 ) -> Callable[[Transform], Migration]:
@@ -204,7 +211,8 @@ def migration(
     matching a MongoDB query (documents outside it are never passed to the transform).
     ``expand_schema`` / ``contract_schema`` name JSON-schema files (relative to the ``schemas/``
     directory) describing the collection during and after the migration; cutover applies the
-    contract schema.
+    contract schema. ``old_schema`` describes it before, in the old shape: a ``revert`` (with
+    an inverse declared) ends by applying it, so that the server refuses new-shape writes.
 
     ``depends_on`` names the other collections the transform reads, so that their changes
     during the window make the affected documents due again: ``{"chunks": "embeddingId"}``
@@ -238,6 +246,7 @@ def migration(
             batch_size=batch_size,
             expand_schema=expand_schema,
             contract_schema=contract_schema,
+            old_schema=old_schema,
             source=code.co_filename if code else "",
             depends_on=dependencies,
             after=after,

@@ -40,7 +40,7 @@ from .migration import Migration
 from .operations.accept import check_acceptable
 from .operations.cutover import CutoverReport, cutover
 from .operations.reversible import reverse_of
-from .operations.revert import check_revertible, put_back_expand_schema
+from .operations.revert import check_revertible, old_shape_note, put_back_expand_schema
 
 log = logging.getLogger("cdc_migrator.pipeline")
 
@@ -116,6 +116,8 @@ class RevertReport:
     reverse: str
     run: RunReport | None
     schema_note: str | None = None
+    #: What enforces the old shape now (``{schema, enforced}``, see ``old_shape_note``).
+    old_shape: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -124,10 +126,11 @@ class RevertReport:
 
     def summary(self) -> str:
         if self.run is None:
-            return f"{self.migration}: already reverted ({self.reverse} cut over)"
+            return (f"{self.migration}: already reverted ({self.reverse} cut over); "
+                    f"{old_shape_note(self.old_shape)}")
         if self.ok:
             return (f"{self.migration}: reverted; {self.reverse} cut over, every document is "
-                    "in the old shape")
+                    f"in the old shape; {old_shape_note(self.old_shape)}")
         why = self.run.cutover.summary() if self.run.cutover is not None else \
             f"{self.reverse} did not drain (lag {self.run.lag})"
         return f"{self.migration}: revert not finished: {why}; run `revert` again"
@@ -149,12 +152,12 @@ def revert_pipeline(settings: Settings, migration: Migration, *,
     reverse = reverse_of(migration)
     assert state is not None  # check_revertible refuses a migration without state
     if state.phase is Phase.REVERTED:
-        return RevertReport(migration.name, reverse.name, None)
+        return RevertReport(migration.name, reverse.name, None, old_shape=state.old_shape)
     if state.phase is Phase.CUT_OVER and store.get(reverse.name) is not None:
         # A reverse run left from an earlier cycle (migrated again since): a new one starts.
         store.delete(reverse.name)
         topics.delete_group(settings, settings.group(reverse.name))
-    note = put_back_expand_schema(settings, migration)
+    note = put_back_expand_schema(settings, migration, migration.contract_schema)
     store.mark_reverting(migration.name)
     log.info("reverting %s through %s", migration.name, reverse.name)
     report = run_pipeline(settings, reverse, batch_size=batch_size, rate=rate,
@@ -162,7 +165,10 @@ def revert_pipeline(settings: Settings, migration: Migration, *,
                           then_cutover=True)
     outcome = RevertReport(migration.name, reverse.name, report, note)
     if outcome.ok:
-        store.mark_reverted(migration.name)
+        assert report.cutover is not None  # ok: the reverse was cut over
+        outcome.old_shape = {"schema": migration.old_schema,
+                             "enforced": report.cutover.enforced}
+        store.mark_reverted(migration.name, outcome.old_shape)
     return outcome
 
 

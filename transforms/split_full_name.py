@@ -16,14 +16,16 @@ the application wrote already keeps them, and only loses the stale ``full_name``
 Deploy 2 (after cutover): the application reads and writes only the two fields.
 Revert: deploy code that reads both shapes again (Deploy 1), then `cdc-migrator revert
 split_full_name`; once it exits 0, every person has ``full_name`` and no split fields, and the
-application may go back to the code from before Deploy 1.
+application may go back to the code from before Deploy 1. The revert ends by installing
+``people.old.json`` (the old shape: no split fields) as the validator, so that a write still in
+the new shape is refused by the server rather than left unmigrated.
 """
 
 from cdc_migrator import UNSET, migration
 
 
 @migration(collection="people", expand_schema="people.expand.json",
-           contract_schema="people.contract.json")
+           contract_schema="people.contract.json", old_schema="people.old.json")
 def split_full_name(doc, ctx):
     full = doc.get("full_name")
     if "first_name" in doc:  # written by the application (Deploy 1): the split is the truth

@@ -22,9 +22,10 @@ from pymongo import DeleteOne, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 
+from ..base import refusals
 from ..base.codec import CODEC_OPTIONS
 from ..base.identity import id_key
-from ..base.messages import message_of
+from ..base.messages import first_line, message_of
 from ..base.retry import service_of
 from ..core.patch import Outcome, decide
 from ..migration import Migration, filter_fields
@@ -195,7 +196,7 @@ class Applier:
             if not ops:
                 return
             written = time.monotonic()
-            matched, deleted, rejected = self._write(ops)
+            matched, deleted, rejected = self._write(ops, pending)
             self.last_write_seconds = time.monotonic() - written
             result.updated += matched
             result.deleted += deleted
@@ -217,43 +218,63 @@ class Applier:
                 Failure(o.id, f"document kept changing; gave up after {MAX_ATTEMPTS} attempts"))
 
     def _op(self, outcome: Outcome) -> UpdateOne | DeleteOne:
-        guard = outcome.guard
-        if self.migration.filter and not self._filter_implied(guard):
-            # A document that left the migration's subset since it was read is not migrated.
-            guard = {"$and": [guard, self.migration.filter]}
+        guard = self._guard(outcome)
         if outcome.kind == "delete":
             return DeleteOne(guard, collation=SIMPLE_COLLATION)
         return UpdateOne(guard, outcome.update, collation=SIMPLE_COLLATION)
 
-    def _write(self, ops: list[UpdateOne | DeleteOne]) -> tuple[int, int, dict[int, str]]:
-        """Matched and deleted counts, and the server's message per refused op index.
+    def _guard(self, outcome: Outcome) -> dict[str, Any]:
+        """The filter of ``outcome``'s write: its guard, and the migration's filter unless the
+        guard implies it."""
+        if self.migration.filter and not self._filter_implied(outcome.guard):
+            # A document that left the migration's subset since it was read is not migrated.
+            return {"$and": [outcome.guard, self.migration.filter]}
+        return outcome.guard
 
-        A refusal of the whole bulk (the driver's or the server's, not a lost connection) is
-        one document's problem until shown otherwise: the ops are then written one by one, so
-        that only the refused one fails and the others are written.
+    def _write(self, ops: list[UpdateOne | DeleteOne], outcomes: list[Outcome]
+               ) -> tuple[int, int, dict[int, str]]:
+        """Matched and deleted counts, and the reason per refused op index (``outcomes`` are
+        what the ops carry out, in the same order).
+
+        A failure of the whole bulk that is not a lost connection is one document's problem
+        until shown otherwise, whatever it is: the server's refusal, the driver's, or an error
+        nobody expected (pymongo raises ``KeyError: 'code'`` on a write error without a code).
+        The ops are split in halves, and again, until each failing one is alone; it is then
+        written by itself and fails with its reason (a dead letter), and the others are
+        written. Writes are guarded, so writing again one that took effect changes nothing.
         """
         try:
             res = self.collection.bulk_write(ops, ordered=False)
             return res.matched_count, res.deleted_count, {}
         except BulkWriteError as exc:
             details = exc.details
-            rejected = {e["index"]: f"write refused ({e.get('code')}): {e.get('errmsg')}"
-                        for e in details.get("writeErrors", [])}
+            rejected = {e["index"]: _refusal(e) for e in details.get("writeErrors", [])}
             return details.get("nMatched", 0), details.get("nRemoved", 0), rejected
-        except (OperationFailure, DocumentTooLarge) as exc:
-            if service_of(exc) is not None:
-                raise  # transient: the caller's retries handle it
+        except Exception as exc:  # noqa: BLE001 - see above: split until the failing one
+            if service_of(exc) is not None or refusals.explain(exc) is not None:
+                raise  # transient (the caller's retries), or the connection refused for good
             if len(ops) == 1:
-                return 0, 0, {0: _refusal(exc)}
-        matched = deleted = 0
-        rejected = {}
-        for index, op in enumerate(ops):
-            m, d, refused = self._write([op])
-            matched += m
-            deleted += d
-            if refused:
-                rejected[index] = refused[0]
-        return matched, deleted, rejected
+                return self._write_alone(outcomes[0])
+        half = len(ops) // 2
+        first = self._write(ops[:half], outcomes[:half])
+        second = self._write(ops[half:], outcomes[half:])
+        return (first[0] + second[0], first[1] + second[1],
+                {**first[2], **{half + i: why for i, why in second[2].items()}})
+
+    def _write_alone(self, outcome: Outcome) -> tuple[int, int, dict[int, str]]:
+        """The write of one document by itself (``update_one``/``delete_one``, which read a
+        write error without a code that the bulk API does not): its counts, or its reason."""
+        guard = self._guard(outcome)
+        try:
+            if outcome.kind == "delete":
+                return 0, self.collection.delete_one(
+                    guard, collation=SIMPLE_COLLATION).deleted_count, {}
+            return self.collection.update_one(guard, outcome.update,
+                                              collation=SIMPLE_COLLATION).matched_count, 0, {}
+        except Exception as exc:  # noqa: BLE001 - this document's dead letter says why
+            if service_of(exc) is not None or refusals.explain(exc) is not None:
+                raise
+            return 0, 0, {0: _refusal(exc)}
 
     def _reread(self, outcomes: list[Outcome]) -> list[Mapping[str, Any]]:
         """The documents of outcomes whose guards missed, as they are now: by ``_id`` and, on
@@ -343,8 +364,16 @@ def size_bound(outcome: Outcome) -> int | None:
     return total
 
 
-def _refusal(exc: OperationFailure | DocumentTooLarge) -> str:
-    """The one-line reason a single document's guarded write was refused."""
-    if isinstance(exc, DocumentTooLarge):
-        return f"write refused: {message_of(exc)}"
-    return f"write refused ({exc.code}): {message_of(exc)}"
+def _refusal(error: Exception | Mapping[str, Any]) -> str:
+    """The one-line reason a single document's guarded write was refused: by the server (an
+    error, or a write error of a bulk reply, with or without its code), by the driver, or
+    failed with any other error (its type and text)."""
+    if isinstance(error, Mapping):
+        code, text = error.get("code"), str(error.get("errmsg") or "no message")
+    elif isinstance(error, DocumentTooLarge):
+        return f"write refused: {message_of(error)}"
+    elif isinstance(error, OperationFailure):
+        code, text = error.code, message_of(error)
+    else:
+        return f"write failed: {first_line(error)}"
+    return f"write refused ({'no code' if code is None else code}): {text}"

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import pymongo
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.errors import (
     CommitFailedError,
@@ -45,7 +46,13 @@ from ..base.topology import LagReader, shard_key
 from ..core.context import make_context
 from ..core.fingerprint import fingerprint
 from ..core.holding import CodeHold, member_name
-from ..core.state import failure_record, stop_record
+from ..core.state import (
+    CONSUMER_FORGOTTEN_AFTER,
+    CONSUMER_HEARTBEAT_INTERVAL,
+    failure_record,
+    last_word,
+    stop_record,
+)
 from ..core.throttle import Bounds, Throttle, worker_name
 from ..errors import CdcMigratorError, ClientAbandoned, EventsLost, StopRequested, reason_of
 from ..migration import Migration
@@ -75,7 +82,7 @@ class TransformConsumer:
     #: events behind): it is recreated.
     STALL_AFTER = 60.0
     WATCH_INTERVAL = 5.0  # how often the watching thread looks
-    SESSION_TIMEOUT_MS = 30_000
+    SESSION_TIMEOUT_MS = topics.CONSUMER_SESSION_TIMEOUT_MS
 
     def __init__(self, settings: Settings, migration: Migration, *, max_records: int = 2000,
                  on_batch: Callable[[ConsumeStats], None] | None = None) -> None:
@@ -108,6 +115,9 @@ class TransformConsumer:
         self._assigned: frozenset[TopicPartition] = frozenset()  # as of its last poll()
         self._empty_since: float | None = None  # since when its polls have returned nothing
         self._last_poll = 0.0  # when its last poll returned
+        self._member_id: str | None = None  # in the group, as of the worker's last poll
+        self._reported = 0.0  # when this consumer last reported itself alive
+        self._forgotten = False  # whether it removed the reports of members long gone
         self.retry = Retrier(settings, log, self.stopping)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"consume-{migration.name}-write")
         self._dlq = topics.Publisher(settings, self.retry)
@@ -129,12 +139,14 @@ class TransformConsumer:
 
     def run(self) -> ConsumeStats:
         logs.bind(migration=self.migration.name, component="consumer")
+        stopped_by: Exception | None = None
         try:
             self._run()
         except StopRequested:
             log.info("stopped during an outage; the batch in hand was not committed and is "
                      "applied again on the next start")
         except Exception as exc:
+            stopped_by = exc
             self._record_stop(exc)
             raise
         finally:
@@ -145,7 +157,7 @@ class TransformConsumer:
                     log.debug("closing the consumer: %s", exc)
             self._writer.shutdown(wait=False)
             self._dlq.close()
-            self.code.leave()
+            self.code.leave(stopped_by)
         return self.stats
 
     def _record_stop(self, exc: Exception) -> None:
@@ -153,11 +165,8 @@ class TransformConsumer:
         error = logs.mask(str(exc) if isinstance(exc, CdcMigratorError) else first_line(exc))
         record = stop_record("consumer", error, getattr(exc, "document_id", None),
                              reason_of(exc))
-        try:
-            self.store.record_stop(self.migration.name, "consumer", record,
-                                   failed=isinstance(exc, EventsLost))
-        except Exception as failure:  # MongoDB gone too: the exit code still tells
-            log.debug("could not record the stop: %s", failure)
+        last_word(lambda: self.store.record_stop(self.migration.name, "consumer", record,
+                                                 failed=isinstance(exc, EventsLost)), exc)
 
     def _run(self) -> None:
         """Consume in a worker thread with its own Kafka client, watched from this thread: a
@@ -178,7 +187,8 @@ class TransformConsumer:
             self._empty_since = None
             worker.start()
             while client.alive() and not self._stalled():
-                client.join(timeout=self.WATCH_INTERVAL)
+                client.join(timeout=CONSUMER_HEARTBEAT_INTERVAL)
+                self._report_alive()
             client.raise_first()
             if not client.alive():
                 return
@@ -187,6 +197,27 @@ class TransformConsumer:
             # heartbeats stop (session timeout) or it leaves.
             stuck, self._consumer = self._consumer, None
             threading.Thread(target=_close_quietly, args=(stuck,), daemon=True).start()
+
+    def _report_alive(self) -> None:
+        """Tell the state this member is alive, every CONSUMER_HEARTBEAT_INTERVAL: a member
+        still in the group that stopped telling it (killed without ``--instance-id``) holds its
+        partitions until its session times out, and ``status`` says so while cutover waits.
+        Best effort, within a second: the watch goes on whatever MongoDB does."""
+        member, now = self._member_id, time.monotonic()
+        if member is None or now - self._reported < CONSUMER_HEARTBEAT_INTERVAL:
+            return
+        self._reported = now
+        try:
+            with pymongo.timeout(1.0):
+                gone: list[str] = []
+                if not self._forgotten:
+                    state = self.store.get(self.migration.name)
+                    gone = [m for m, at in (state.consumers if state else {}).items()
+                            if time.time() - at > CONSUMER_FORGOTTEN_AFTER]
+                self.store.consumer_alive(self.migration.name, member, forget=gone)
+                self._forgotten = True
+        except Exception as exc:  # noqa: BLE001 - a sign of life is no reason to stop
+            log.debug("could not report this consumer alive: %s", exc)
 
     def _stalled(self) -> bool:
         """True when the worker has waited on one Kafka call for :attr:`STALL_AFTER` seconds
@@ -409,6 +440,8 @@ class TransformConsumer:
                 polled = consumer.poll(timeout_ms=timeout_ms,
                                        max_records=self.throttle.chunk(self.max_records))
             self._assigned = frozenset(consumer.assignment())
+            membership = getattr(consumer, "group_metadata", None)  # kafka-python 3
+            self._member_id = (membership().member_id or None) if membership else None
             self._last_poll = time.monotonic()
             if polled:
                 self._empty_since = None

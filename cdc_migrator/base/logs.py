@@ -1,9 +1,12 @@
 """Logging: plain lines or one JSON object per line, each naming its migration and component.
 
-Every record, from this package or a library, goes through one handler on stderr whose filters
-add the ``migration`` and ``component`` fields and mask secrets (passwords in MongoDB URIs,
-and the SASL/TLS passwords :func:`add_secrets` registered). A long-running piece calls
-:func:`bind` at its start to name what its thread logs about.
+Every record, from this package or a library (kafka-python, pymongo, warnings), goes through
+one handler on stderr whose filters add the ``migration`` and ``component`` fields and mask
+secrets: the credentials of connection strings, any value quoted after a key naming a password
+or a secret (kafka-python logs its whole configuration at debug), and the secrets
+:func:`add_secrets` registered (the settings' passwords), in every form text gives them: raw,
+``repr``- and JSON-escaped, percent-encoded (:func:`~cdc_migrator.base.masking.secret_forms`).
+A long-running piece calls :func:`bind` at its start to name what its thread logs about.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import sys
 from typing import Any
 
-from .settings import mask_secrets
+from .masking import MIN_SECRET_LENGTH, mask_forms, secret_forms
 
 FORMATS = ("text", "json")
 
@@ -33,6 +36,7 @@ _COMPONENT_OF_LOGGER = {
 }
 
 _secrets: set[str] = set()
+_forms: list[str] = []  # every form of every secret, longest first
 _handler: logging.Handler | None = None
 _format = "text"
 
@@ -49,13 +53,17 @@ def bind(*, migration: str | None = None, component: str | None = None) -> None:
 
 
 def add_secrets(*secrets: str | None) -> None:
-    """Mask these strings (e.g. a SASL password) in every log line and error message."""
-    _secrets.update(s for s in secrets if s)
+    """Mask these strings (e.g. a SASL password), in every form, in every log line and error
+    message. Strings shorter than ``MIN_SECRET_LENGTH`` are masked only where a key names
+    them: they would blank out ordinary words."""
+    global _forms
+    _secrets.update(s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH)
+    _forms = sorted({f for s in _secrets for f in secret_forms(s)}, key=len, reverse=True)
 
 
 def mask(text: str) -> str:
-    """``text`` without URI passwords or registered secrets."""
-    return mask_secrets(text, *_secrets)
+    """``text`` without URI credentials, keyed secrets or registered secrets."""
+    return mask_forms(text, _forms)
 
 
 def is_json() -> bool:
@@ -160,12 +168,14 @@ def configure(log_format: str = "text", verbosity: int = 0) -> None:
 
     ``verbosity``: -1 warnings and errors only, 0 informational, 1 debug and the Kafka and
     MongoDB drivers' informational records, 2 debug including the drivers'. Calling it again
-    replaces the previous set-up.
+    replaces the previous set-up and forgets the secrets registered.
 
     The drivers are silent by default: during an outage they log every reconnect attempt, and
     the tool logs each outage once itself (see :mod:`cdc_migrator.base.retry`).
     """
-    global _handler, _format
+    global _handler, _format, _forms
+    _secrets.clear()
+    _forms = []
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)

@@ -9,6 +9,14 @@ with one info line giving its duration. An outage longer than the deadline
 (``--retry-deadline``, 300 s by default) stops the piece with :class:`ServiceUnavailable`: one
 line naming the service, exit 1.
 
+The deadline is kept within one attempt: an outage starts when the first failed attempt
+started (not when it gave up), no backoff reaches past the deadline, and one attempt waits for
+a server at most as long as the deadline (MongoDB's server selection, ``--mongo-timeout-ms``,
+Kafka's bootstrap, 10 s, and the request for an OAUTHBEARER token, 30 s, are all capped by it;
+see ``Settings.client``, ``topics.client_options`` and ``Settings.token_request_seconds``). So
+a piece gives up at most one attempt after the deadline, and with a deadline of 10 s or less
+at most twice the deadline after the outage began.
+
 Repeating a step is safe because every piece saves its position (resume token, backfill cursor,
 consumer offsets) only after the work before it was acknowledged: a retried step at worst does
 again what was done already, which the guarded, idempotent apply makes harmless.
@@ -24,8 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kafka.errors import KafkaError
-from pymongo.errors import ConnectionFailure, OperationFailure
+from kafka.errors import KafkaError, KafkaTimeoutError
+from pymongo.errors import ConnectionFailure, OperationFailure, ServerSelectionTimeoutError
 
 from ..errors import ServiceUnavailable, StopRequested
 from . import refusals
@@ -55,6 +63,13 @@ def service_of(exc: BaseException) -> str | None:
     return None
 
 
+def waited_for_server(exc: BaseException) -> bool:
+    """Whether ``exc`` says its call waited the whole time a client waits for a server:
+    pymongo's server selection timed out, or kafka-python's bootstrap did."""
+    return isinstance(exc, ServerSelectionTimeoutError) or (
+        isinstance(exc, KafkaTimeoutError) and "Unable to bootstrap" in str(exc))
+
+
 @dataclass
 class _Outage:
     started: float
@@ -72,6 +87,10 @@ class Retrier:
         self.stop = stop
         self.where = {MONGODB: _hosts(settings.mongodb_uri),
                       KAFKA: settings.kafka_bootstrap_servers}
+        # How long a failure that waited for a server waited: MongoDB's server selection,
+        # Kafka's bootstrap. The service was unreachable that long before the failure.
+        self.waits = {MONGODB: settings.server_selection_ms / 1000,
+                      KAFKA: settings.kafka_bootstrap_ms / 1000}
         self._outages: dict[str, _Outage] = {}
 
     def call(self, service: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -81,20 +100,25 @@ class Retrier:
         :class:`ServiceUnavailable` after the deadline, :class:`StopRequested` when stopped.
         """
         while True:
+            started = time.monotonic()
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
-                self.failed(exc)
+                self.failed(exc, started)
                 continue
             self.recovered(service)
             if service == KAFKA:
                 refusals.forget()
             return result
 
-    def failed(self, exc: Exception) -> None:
+    def failed(self, exc: Exception, started: float | None = None) -> None:
         """One failed attempt: re-raise ``exc`` unless it is transient, else wait the backoff.
 
-        The first failure of an outage is logged as a warning; later ones are not.
+        ``started`` is when the attempt began (``time.monotonic()``): an outage begins there,
+        since the service did not answer from then on. Without it (a long-running loop that
+        failed), it begins when the failure began waiting for a server, if it did (see
+        :func:`waited_for_server`), else now. The first failure of an outage is logged as a
+        warning; later ones are not.
         """
         service = service_of(exc)
         if service is None:
@@ -103,9 +127,11 @@ class Retrier:
                 raise refused from None
             raise exc
         now = time.monotonic()
+        if started is None:
+            started = now - self.waits[service] if waited_for_server(exc) else now
         outage = self._outages.get(service)
         if outage is None:
-            outage = self._outages[service] = _Outage(now)
+            outage = self._outages[service] = _Outage(started)
             self.log.warning("%s at %s unavailable (%s); retrying with backoff for up to %gs "
                              "(--retry-deadline)", service, self.where[service],
                              first_line(exc), self.deadline)
@@ -115,7 +141,7 @@ class Retrier:
             raise ServiceUnavailable(
                 f"{service} at {self.where[service]} unavailable for {elapsed:.0f}s, longer "
                 f"than the retry deadline ({self.deadline:g}s, --retry-deadline): "
-                f"{outage.error}") from None
+                f"{outage.error}", service) from None
         delay = min(BACKOFF_CAP, BACKOFF_START * 2 ** outage.attempts)
         delay = min(delay * random.uniform(0.5, 1.0), self.deadline - elapsed)
         outage.attempts += 1

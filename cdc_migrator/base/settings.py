@@ -1,12 +1,17 @@
 """Every setting of the tool, declared once, and the connections made from them.
 
-:class:`Settings` is the table: each of its fields is a setting, and its :class:`Setting`
-metadata says how a user gives it (flag, environment variable, key of the configuration file),
-what it means and what values it takes. The command line's options (``cli.py``), the keys of
-the configuration file (``configfile.py``), ``config show`` and :meth:`Settings.environment`
-are all derived from it: adding a setting is adding one field here.
+:class:`Settings` is the table: each of its fields is a setting, and its
+:class:`~cdc_migrator.base.checks.Setting` metadata says how a user gives it (flag,
+environment variable, key of the configuration file), what it means, what values it takes and
+which commands take it. The command line's options (``cli.py``), the keys of the configuration
+file (``configfile.py``), ``config show`` and :meth:`Settings.environment` are all derived from
+it: adding a setting is adding one field here.
 
 Precedence, highest first: flag, environment variable, configuration file, default.
+
+Every value is checked by its setting, wherever it comes from (``base/checks.py``), before any
+work starts: the command line's and the file's as they are read, a Python caller's when the
+Settings are made.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+import shlex
+import shutil
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pymongo
 from pymongo.database import Database
@@ -27,100 +35,124 @@ from pymongo.errors import ConfigurationError, InvalidURI
 
 from ..errors import UsageError
 from . import codec, naming, tokens
+from .checks import A_YEAR, Setting, Source
+from .masking import is_secret_option, mask_secrets, mask_uri, uri_secrets
 
 if TYPE_CHECKING:
     from ..core.state import StateStore
 
 DEFAULT_MONGODB_URI = "mongodb://127.0.0.1:27017/app?directConnection=true"
 DEFAULT_KAFKA = "127.0.0.1:9092"
+_PLAIN_NAME = "1 to 200 printable characters"
+_SCOPE = "1 to 1,000 printable characters"
+_DATABASE_NAME = ("a database name: 1 to 63 bytes, no control characters, spaces, "
+                  "/ \\ . \" or $")
+#: Kafka keeps a replica count in 16 bits and a size in bytes in a signed 32-bit integer.
+KAFKA_MAX_REPLICAS = 32_767
+KAFKA_MAX_INT = 2**31 - 1
 
 
-def mask_uri(uri: str) -> str:
-    """``uri`` with its credentials replaced by ``***``, safe to print or log.
-
-    Everything between ``://`` and the last ``@`` is hidden, whatever characters the password
-    holds: the URIs that leak a password are the malformed ones (an unescaped ``@``, ``/`` or
-    ``:`` in it), so nothing here relies on the URI being valid.
-    """
-    scheme, sep, rest = uri.partition("://")
-    if not sep or "@" not in rest:
-        return uri
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+def _name(what: str, forbidden: str = "", *, most_bytes: int) -> Callable[[str], str | None]:
+    """A rule for a name: ``what`` describes it; not empty, no control character, none of the
+    characters ``forbidden``, at most ``most_bytes`` bytes of UTF-8."""
+    def rule(value: str) -> str | None:
+        if not value or len(value.encode("utf-8", "surrogatepass")) > most_bytes \
+                or any(c in forbidden or not c.isprintable() for c in value):
+            return what
+        return None
+    return rule
 
 
-# A connection string inside free text: up to the last "@" before a host name. A password may
-# hold any character, spaces and line breaks included (a malformed URI does not escape them),
-# so the credentials end only there: on the same line, or on the next ones while each has an
-# "@" of its own. Text after the URI with an "@" of its own is masked too.
-_URI_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^\n]|\n(?=[^\n]*@))*@(?=[\w\[])")
-# An OAUTHBEARER token as the Kafka client's debug log shows its SASL messages ("auth=Bearer
-# eyJ..."): a credential until it expires.
-_BEARER = re.compile(r"(?i)\b(Bearer\s+)[\w\-.~+/]+=*")
-# Shorter secrets are not registered for masking: they would blank out ordinary words.
-MIN_SECRET_LENGTH = 4
+def _collection_name(value: str) -> str | None:
+    if _name("", "$", most_bytes=120)(value) is not None or \
+            value.startswith((".", "system.")) or value.endswith("."):
+        return ("a collection name: 1 to 120 bytes, no $ and no control characters, not "
+                "starting with . or system. nor ending with .")
+    return None
 
 
-def mask_secrets(text: str, *secrets: str | None) -> str:
-    """Remove the credentials of connection strings, bearer tokens and the given secrets from
-    ``text``."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return _BEARER.sub(r"\1***", _URI_CREDENTIALS.sub(r"\1***@", text))
+def _kafka_name(value: str) -> str | None:
+    # Kafka's legal characters for a topic; the topic adds ".DB.COLLECTION" to the prefix.
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,150}", value, re.ASCII):
+        return "1 to 150 of the characters Kafka allows in a topic name: A-Z a-z 0-9 . _ -"
+    return None
 
 
-def uri_secrets(uri: str) -> list[str]:
-    """The credentials of ``uri`` (all of them, and the password alone), to be masked wherever
-    they might appear, e.g. quoted in part by a driver's message about a malformed URI."""
-    rest = uri.partition("://")[2]
-    if "@" not in rest:
-        return []
-    userinfo = rest.rpartition("@")[0]
-    password = userinfo.partition(":")[2]
-    return [s for s in (userinfo, password) if len(s) >= MIN_SECRET_LENGTH]
+def _bootstrap_servers(value: str) -> str | None:
+    entries = value.split(",")
+    for entry in entries:
+        host, colon, port = entry.strip().rpartition(":") if ":" in entry \
+            else (entry.strip(), "", "")
+        if not host or any(c.isspace() or not c.isprintable() for c in host) or \
+                (colon and not (port.isdigit() and port.isascii() and 0 < int(port) < 65536)):
+            return "HOST:PORT[,HOST:PORT...], each port from 1 to 65535"
+    return None
 
 
+def _token_url(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or \
+            any(c.isspace() or not c.isprintable() for c in value):
+        return "the http:// or https:// URL of an OIDC token endpoint"
+    return None
 
-@dataclass(frozen=True)
-class Setting:
-    """How a user gives one setting, and what it takes (the metadata of a Settings field).
 
-    ``flag`` defaults to ``--`` and the field's name with dashes, ``env`` to ``CDC_MIGRATOR_``
-    and the name in capitals, ``key`` (the configuration file's) to the name; ``env`` or
-    ``key`` None means there is none. ``commands`` names the commands that take the setting
-    as an option (``"config show"`` for a subcommand); None: every command. ``path`` is
-    ``"dir"`` or ``"file"`` (a relative path in the file is relative to the file);
-    ``"existing"`` files must exist.
-    ``kafka``/``mongo`` name the client option the setting gives (TLS, SASL).
-    """
+def _token_command(value: str) -> str | None:
+    try:
+        words = shlex.split(value)
+    except ValueError:  # a quote left open
+        words = []
+    if not words:
+        return "a command line: at least one word, its quotes closed"
+    return None
 
-    help: str
-    flag: str = ""
-    env: str | None = ""
-    key: str | None = ""
-    metavar: str | None = None
-    choices: tuple[str, ...] | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    path: Literal["dir", "file", "existing"] | None = None
-    secret: bool = False
-    commands: tuple[str, ...] | None = None
-    kafka: str | None = None
-    mongo: str | None = None
-    name: str = ""
-    kind: type = str
-    default: Any = None
 
-    @property
-    def flag_name(self) -> str:
-        return self.flag or "--" + self.name.replace("_", "-")
+def _extensions(value: str) -> str | None:
+    try:
+        tokens.parse_extensions(value)
+    except ValueError:
+        return "KEY=VALUE[,KEY=VALUE...]"
+    return None
 
-    @property
-    def env_name(self) -> str | None:
-        return f"CDC_MIGRATOR_{self.name.upper()}" if self.env == "" else self.env
 
-    @property
-    def key_name(self) -> str | None:
-        return self.name if self.key == "" else self.key
+def _connection_string(value: str) -> str | None:
+    if not value.startswith(("mongodb://", "mongodb+srv://")):
+        return "a MongoDB connection string: mongodb://... or mongodb+srv://..."
+    return None
+
+
+def _hook_command(value: str) -> str | None:
+    try:
+        words = shlex.split(value)
+    except ValueError:  # a quote left open
+        return "a command line, its quotes closed, whose first word is an executable"
+    if words and shutil.which(words[0]) is None:
+        return f"a command line whose first word is an executable found on the PATH " \
+               f"({words[0]!r} is not)"
+    return None
+
+
+def _hook_url(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if value and (parts is None or parts.scheme not in ("http", "https") or not parts.netloc
+                  or any(c.isspace() or not c.isprintable() for c in value)):
+        return "an http:// or https:// URL"
+    return None
+
+
+def _hook_events(value: str) -> str | None:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in (*_HOOK_EVENTS, "before_cutover")]
+    if unknown:
+        return f"events separated by commas, of: {', '.join(_HOOK_EVENTS)}, before_cutover " \
+               f"({unknown[0]!r} is none)"
+    return None
 
 
 def setting(default: Any, help: str, **how: Any) -> Any:
@@ -150,44 +182,49 @@ class Settings:
 
     mongodb_uri: str = setting(
         DEFAULT_MONGODB_URI, "MongoDB connection string; its path names the database.",
-        env="MONGODB_URI", metavar="URI")
+        env="MONGODB_URI", metavar="URI", rule=_connection_string)
     database: str | None = setting(
         None, "Database, overriding the URI's path.", flag="--db", env="CDC_MIGRATOR_DB",
-        key="db", metavar="NAME")
+        key="db", metavar="NAME", rule=_name(_DATABASE_NAME, '/\\. "$', most_bytes=63))
     kafka_bootstrap_servers: str = setting(
         DEFAULT_KAFKA, "Kafka bootstrap servers.", flag="--kafka",
-        env="KAFKA_BOOTSTRAP_SERVERS", metavar="HOST:PORT[,...]")
+        env="KAFKA_BOOTSTRAP_SERVERS", metavar="HOST:PORT[,...]", rule=_bootstrap_servers)
     transforms: Path = setting(
         Path("transforms"), "Directory of migration files.", metavar="DIR", path="dir")
     state_collection: str = setting(
         naming.STATE_COLLECTION, "Collection holding the state of each migration.",
-        metavar="NAME")
+        metavar="NAME", rule=_collection_name)
     topic_prefix: str = setting(
-        naming.TOPIC_PREFIX, "Topics are named PREFIX.DB.COLLECTION.", metavar="PREFIX")
+        naming.TOPIC_PREFIX, "Topics are named PREFIX.DB.COLLECTION.", metavar="PREFIX",
+        rule=_kafka_name)
     group_prefix: str = setting(
         naming.GROUP_PREFIX, "Consumer groups are named PREFIX.DB.MIGRATION.", flag="--group",
-        env="CDC_MIGRATOR_GROUP", key="group", metavar="PREFIX")
+        env="CDC_MIGRATOR_GROUP", key="group", metavar="PREFIX",
+        rule=_name(_PLAIN_NAME, most_bytes=200))
     partitions: int = setting(6, "Partitions of a topic the tool creates.", metavar="N",
-                              minimum=1)
+                              minimum=1, maximum=10_000)
     topic_replication_factor: int | None = setting(
         None, "Replication factor of the topics the tool creates (at most the number of "
-        "brokers). Default: the cluster's default.replication.factor.", metavar="N", minimum=1)
+        "brokers). Default: the cluster's default.replication.factor.", metavar="N", minimum=1,
+        maximum=KAFKA_MAX_REPLICAS)
     topic_min_insync_replicas: int | None = setting(
         None, "min.insync.replicas of the topics the tool creates: the replicas that must hold "
         "a record before Kafka acknowledges it (the tool produces with acks=all); at most the "
-        "replication factor. Default: the cluster's.", metavar="N", minimum=1)
+        "replication factor. Default: the cluster's.", metavar="N", minimum=1,
+        maximum=KAFKA_MAX_REPLICAS)
     max_record_bytes: int | None = setting(
         None, "The largest record the tool writes, and the max.message.bytes of the topics it "
         "creates. Default: 17825792, a 16 MiB document in its envelope (a cluster that refuses "
         "that much gets its own default, with a warning). Set the cluster's limit where it is "
         "lower (e.g. 8388608); larger documents travel by key only.", metavar="BYTES",
-        minimum=65536)
+        minimum=65536, maximum=KAFKA_MAX_INT)
     retry_deadline: float = setting(
         300.0, "tail, backfill, consume and run retry a lost MongoDB or Kafka with backoff; "
-        "they give up (exit 1) when an outage lasts longer.", metavar="SECONDS", minimum=0)
+        "they give up (exit 1) when an outage lasts longer.", metavar="SECONDS", minimum=0,
+        maximum=A_YEAR)
     mongo_timeout_ms: int = setting(
         10_000, "How long one MongoDB operation waits for a usable server "
-        "(serverSelectionTimeoutMS).", metavar="MS", minimum=1)
+        "(serverSelectionTimeoutMS).", metavar="MS", minimum=1, maximum=86_400_000)
     kafka_security_protocol: str | None = setting(
         None, "How to talk to Kafka (default PLAINTEXT).", choices=_KAFKA_PROTOCOLS,
         kafka="security_protocol")
@@ -198,26 +235,31 @@ class Settings:
         choices=_SASL_MECHANISMS,
         kafka="sasl_mechanism")
     kafka_sasl_username: str | None = setting(
-        None, "SASL user name.", metavar="USER", kafka="sasl_plain_username")
+        None, "SASL user name.", metavar="USER", kafka="sasl_plain_username",
+        rule=_name(_PLAIN_NAME, most_bytes=200))
     kafka_sasl_password: str | None = setting(
         None, "SASL password; masked in every output. Prefer the variable: a flag is visible "
         "in the process list.", metavar="PW", secret=True, kafka="sasl_plain_password")
     kafka_sasl_oauth_token_url: str | None = setting(
         None, "OAUTHBEARER: the OIDC token endpoint; tokens by the client credentials grant, "
-        "kept until shortly before they expire.", metavar="URL")
+        "kept until shortly before they expire.", metavar="URL", rule=_token_url)
     kafka_sasl_oauth_client_id: str | None = setting(
-        None, "OAUTHBEARER: the client id at the token endpoint.", metavar="ID")
+        None, "OAUTHBEARER: the client id at the token endpoint.", metavar="ID",
+        rule=_name(_PLAIN_NAME, most_bytes=200))
     kafka_sasl_oauth_client_secret: str | None = setting(
         None, "OAUTHBEARER: the client secret; masked in every output. Prefer the variable: a "
         "flag is visible in the process list.", metavar="SECRET", secret=True)
     kafka_sasl_oauth_scope: str | None = setting(
-        None, "OAUTHBEARER: the scope to ask the token endpoint for.", metavar="SCOPE")
+        None, "OAUTHBEARER: the scope to ask the token endpoint for.", metavar="SCOPE",
+        rule=_name(_SCOPE, most_bytes=1000))
     kafka_sasl_oauth_token_command: str | None = setting(
         None, "OAUTHBEARER: a command that prints a token, instead of a token endpoint; run "
-        "again shortly before the token (a JWT) expires.", metavar="COMMAND")
+        "again shortly before the token (a JWT) expires.", metavar="COMMAND",
+        rule=_token_command)
     kafka_sasl_oauth_extensions: str | None = setting(
         None, "OAUTHBEARER: SASL extensions sent with the token (Confluent Cloud: "
-        "logicalCluster=lkc-...,identityPoolId=pool-...).", metavar="KEY=VALUE,...")
+        "logicalCluster=lkc-...,identityPoolId=pool-...).", metavar="KEY=VALUE,...",
+        rule=_extensions)
     kafka_ssl_cafile: str | None = setting(
         None, "CA certificates (PEM) to verify the brokers.", metavar="FILE", path="existing",
         kafka="ssl_cafile")
@@ -250,19 +292,20 @@ class Settings:
         None, "A command told of each phase change of --hook-events, the event as JSON on its "
         "stdin (split as a shell would split it, not run by one). It may refuse a cutover "
         "(before_cutover, exit non-zero); otherwise its failures are logged, and the "
-        "migration goes on.", metavar="COMMAND", commands=_HOOKED)
+        "migration goes on.", metavar="COMMAND", rule=_hook_command, commands=_HOOKED)
     hook_url: str | None = setting(
         None, "A webhook POSTed each phase change of --hook-events as JSON. It may refuse a "
         "cutover (before_cutover, an answer other than 2xx); otherwise its failures are "
         "logged, and the migration goes on. Masked in every output (a webhook's URL often "
-        "holds its token).", metavar="URL", secret=True, commands=_HOOKED)
+        "holds its token).", metavar="URL", secret=True, rule=_hook_url, commands=_HOOKED)
     hook_events: str = setting(
         ",".join(_HOOK_EVENTS), "The events the hooks are told of: armed, backfill_done, "
         "ready_for_cutover, cut_over, failed, reverted, dead_letters; add before_cutover to let "
-        "them refuse a cutover.", metavar="EVENT,...", commands=_HOOKED)
+        "them refuse a cutover.", metavar="EVENT,...", rule=_hook_events, commands=_HOOKED)
     hook_timeout: float = setting(
         30.0, "How long a hook may take; one that takes longer is killed (and refuses the "
-        "cutover, for before_cutover).", metavar="SECONDS", minimum=0.1, commands=_HOOKED)
+        "cutover, for before_cutover).", metavar="SECONDS", minimum=0.1, maximum=86_400,
+        commands=_HOOKED)
     on_history_lost: str = setting(
         "fail", "When the server no longer has the change history to resume from: stop with "
         "exit 1 (fail), or capture again from now and backfill the whole collection again "
@@ -272,21 +315,23 @@ class Settings:
         None, "A stable name for this process, unique in the group (e.g. the pod name of a "
         "StatefulSet): restarted under it after a crash, it takes its partitions back at once "
         "instead of after the group's 30 s session timeout (static membership).",
-        metavar="NAME", key=None, commands=("consume",))
+        metavar="NAME", key=None, commands=("consume", "config show"),
+        rule=_name(_PLAIN_NAME, most_bytes=200))
     backfill_ranges: int = setting(
         32, "A backfill splits the collection into at most N _id ranges (at least 1,000 "
         "documents each), which its workers and processes share.", metavar="N", minimum=1,
-        commands=("backfill", "run", "accept", "config show"))
+        maximum=100_000, commands=("backfill", "run", "accept", "config show"))
     lease_seconds: float = setting(
         30.0, "A backfill worker holds its range for this long past its last renewal; a "
         "worker killed or cut off loses the range to another worker after it.",
-        metavar="SECONDS", minimum=0.5, commands=("backfill", "run", "accept", "config show"))
+        metavar="SECONDS", minimum=0.5, maximum=86_400,
+        commands=("backfill", "run", "accept", "config show"))
     max_replication_lag: float | None = setting(
         None, "Hold the backfill and the consumers while a secondary is more than SECONDS "
         "behind the primary (replSetGetStatus; delayed, hidden, arbiter and non-voting members "
         "do not count; through mongos, each shard's). Default: not checked.",
-        metavar="SECONDS",
-        minimum=0, commands=("backfill", "consume", "run", "accept", "preflight", "config show"))
+        metavar="SECONDS", minimum=0, maximum=A_YEAR,
+        commands=("backfill", "consume", "run", "accept", "preflight", "config show"))
     on_lag_unknown: str = setting(
         "fail", "With --max-replication-lag, when the lag cannot be read (replSetGetStatus "
         "refused: no clusterMonitor role, a managed tier, a shard out of reach): refuse to "
@@ -296,7 +341,7 @@ class Settings:
     max_write_latency: float | None = setting(
         None, "Hold the backfill and the consumers for a while when a bulk write of the "
         "migration took longer than MS. Default: not checked.", metavar="MS", minimum=0,
-        commands=("backfill", "consume", "run", "accept", "config show"))
+        maximum=1000 * A_YEAR, commands=("backfill", "consume", "run", "accept", "config show"))
     kafka_options: dict[str, Any] = field(default_factory=dict)
     mongo_options: dict[str, Any] = field(default_factory=dict)
 
@@ -306,12 +351,22 @@ class Settings:
         default filled in."""
         return _table(cls)
 
+    def __post_init__(self) -> None:
+        # A Python caller's values are checked as the command line's are.
+        for name, spec in self.table().items():
+            setattr(self, name, spec.check(getattr(self, name), Source("python", name)))
+
     @classmethod
-    def from_values(cls, values: Mapping[str, Any], **extra: Any) -> Settings:
+    def from_values(cls, values: Mapping[str, Any],
+                    sources: Mapping[str, Source] | None = None, **extra: Any) -> Settings:
         """Settings from a mapping that may hold more than settings (a command's parameters):
-        the names of the table are taken, the rest is left alone."""
+        the names of the table are taken, each checked as coming from its source in
+        ``sources`` (a Python caller's, for names not there); the rest is left alone."""
         table = cls.table()
-        return cls(**{k: v for k, v in values.items() if k in table}, **extra)
+        sources = sources or {}
+        checked = {name: spec.check(values[name], sources.get(name) or Source("python", name))
+                   for name, spec in table.items() if name in values}
+        return cls(**checked, **extra)
 
     @cached_property
     def parsed_uri(self) -> dict[str, Any]:
@@ -369,7 +424,8 @@ class Settings:
             return tokens.provider(
                 self.kafka_sasl_oauth_token_url, self.kafka_sasl_oauth_client_id,
                 self.kafka_sasl_oauth_client_secret, self.kafka_sasl_oauth_scope,
-                self.kafka_sasl_oauth_token_command, self.kafka_sasl_oauth_extensions)
+                self.kafka_sasl_oauth_token_command, self.kafka_sasl_oauth_extensions,
+                timeout=self.token_request_seconds)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
@@ -386,12 +442,32 @@ class Settings:
         return {**{k: v for k, v in self.mongo_options.items() if k.lower() not in lowered},
                 **flagged}
 
+    @property
+    def server_selection_ms(self) -> int:
+        """How long one operation waits for a usable MongoDB server: ``mongo_timeout_ms``, and
+        never longer than the retry deadline (at least 1 s), so that a piece riding out an
+        outage gives up within one attempt of its deadline (see ``base/retry.py``)."""
+        return int(min(self.mongo_timeout_ms, max(1000.0, self.retry_deadline * 1000)))
+
+    @property
+    def kafka_bootstrap_ms(self) -> int:
+        """How long one Kafka client waits to reach a broker: 10 s, and never longer than the
+        retry deadline (at least 1 s); the caller's retries decide how long to keep trying."""
+        return int(min(10_000.0, max(1000.0, self.retry_deadline * 1000)))
+
+    @property
+    def token_request_seconds(self) -> float:
+        """How long one request for an OAUTHBEARER token may take: 30 s, and never longer than
+        the retry deadline (at least 1 s). A token is asked for within a Kafka connection
+        attempt, which must end within the deadline (see ``base/retry.py``)."""
+        return min(tokens.REQUEST_TIMEOUT, max(1.0, self.retry_deadline))
+
     @cached_property
     def client(self) -> pymongo.MongoClient:
         _ = self.database_name  # validates the URI first, with a clear message
         try:
             return pymongo.MongoClient(
-                self.mongodb_uri, serverSelectionTimeoutMS=self.mongo_timeout_ms,
+                self.mongodb_uri, serverSelectionTimeoutMS=self.server_selection_ms,
                 **{**self.mongo_client_options, **codec.client_options()},
             )
         except (InvalidURI, ConfigurationError, ValueError, TypeError) as exc:
@@ -485,13 +561,6 @@ _TOPOLOGY_OPTIONS = frozenset({"directconnection", "replicaset", "loadbalanced",
                                "srvmaxhosts", "readpreference", "readpreferencetags"})
 #: How long a client of another member waits for it (a shard unreachable from here).
 MEMBER_TIMEOUT_MS = 5000
-
-_SECRET_WORDS = ("password", "secret", "token")
-
-
-def is_secret_option(key: str) -> bool:
-    """Whether a client option (of the file's ``[kafka]``/``[mongo]`` tables) is a secret."""
-    return any(word in key.lower() for word in _SECRET_WORDS)
 
 
 def _check_msk(options: Mapping[str, Any]) -> None:

@@ -33,6 +33,7 @@ from ..errors import TokenRefused
 RENEW_BEFORE = 60.0
 #: How long a token whose lifetime is unknown (neither ``expires_in`` nor a JWT ``exp``) is kept.
 UNKNOWN_LIFETIME = 60.0
+#: How long one request for a token may take by default (an endpoint's answer, a command's run).
 REQUEST_TIMEOUT = 30.0
 
 
@@ -93,8 +94,9 @@ class CachedToken(AbstractTokenProvider):
         return dict(self._extensions)
 
 
-def client_credentials(url: str, client_id: str, secret: str,
-                       scope: str | None = None) -> Callable[[], tuple[str, float | None]]:
+def client_credentials(url: str, client_id: str, secret: str, scope: str | None = None,
+                       timeout: float = REQUEST_TIMEOUT
+                       ) -> Callable[[], tuple[str, float | None]]:
     """A fetch for :class:`CachedToken`: the OAuth 2.0 client credentials grant at ``url``,
     the client authenticated with HTTP Basic (RFC 6749 2.3.1)."""
     form = {"grant_type": "client_credentials", **({"scope": scope} if scope else {})}
@@ -107,7 +109,7 @@ def client_credentials(url: str, client_id: str, secret: str,
 
     def fetch() -> tuple[str, float | None]:
         try:
-            with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as reply:
+            with urllib.request.urlopen(request, timeout=timeout) as reply:
                 answer = json.loads(reply.read())
         except urllib.error.HTTPError as exc:
             if exc.code in (400, 401, 403):
@@ -135,7 +137,8 @@ def _oauth_error(exc: urllib.error.HTTPError) -> str:
     return f": {str(error)[:80]}" if error else ""
 
 
-def command_token(command: str) -> Callable[[], tuple[str, float | None]]:
+def command_token(command: str,
+                  timeout: float = REQUEST_TIMEOUT) -> Callable[[], tuple[str, float | None]]:
     """A fetch for :class:`CachedToken`: run ``command`` (split as a shell would, not run by
     one); what it prints is the token, its JWT ``exp`` its expiry."""
     argv = shlex.split(command)
@@ -143,7 +146,7 @@ def command_token(command: str) -> Callable[[], tuple[str, float | None]]:
     def fetch() -> tuple[str, float | None]:
         try:
             done = subprocess.run(argv, capture_output=True, text=True,
-                                  timeout=REQUEST_TIMEOUT)
+                                  timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise TokenRefused(f"cannot run the token command {argv[0]!r} ({exc}): check "
                                "--kafka-sasl-oauth-token-command") from None
@@ -161,7 +164,7 @@ def command_token(command: str) -> Callable[[], tuple[str, float | None]]:
 
 def provider(token_url: str | None, client_id: str | None, client_secret: str | None,
              scope: str | None, token_command: str | None,
-             extensions: str | None) -> CachedToken:
+             extensions: str | None, timeout: float = REQUEST_TIMEOUT) -> CachedToken:
     """The token provider of the OAUTHBEARER settings; a missing or contradictory setting is
     a ValueError naming it."""
     try:
@@ -172,11 +175,12 @@ def provider(token_url: str | None, client_id: str | None, client_secret: str | 
         raise ValueError("give --kafka-sasl-oauth-token-url or --kafka-sasl-oauth-token-command, "
                          "not both")
     if token_command:
-        return CachedToken(command_token(token_command), extended)
+        return CachedToken(command_token(token_command, timeout), extended)
     if not token_url:
         raise ValueError("--kafka-sasl-mechanism OAUTHBEARER needs --kafka-sasl-oauth-token-url "
                          "(with a client id and secret) or --kafka-sasl-oauth-token-command")
     if not client_id or not client_secret:
         raise ValueError("--kafka-sasl-oauth-token-url needs --kafka-sasl-oauth-client-id and "
                          "--kafka-sasl-oauth-client-secret")
-    return CachedToken(client_credentials(token_url, client_id, client_secret, scope), extended)
+    return CachedToken(client_credentials(token_url, client_id, client_secret, scope, timeout),
+                       extended)

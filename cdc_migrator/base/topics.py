@@ -2,6 +2,9 @@
 
 Lag of a partition is its end offset minus the group's committed offset (the whole partition
 when nothing is committed yet). It counts events produced but not yet applied and committed.
+The committed offsets are read first, the end offsets after them: both only grow, so a commit
+or a record between the reads can only make the lag larger than it was at either moment, never
+smaller, and never negative.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ MAX_RECORD_BYTES = 17 << 20
 TOPIC_CONFIGS = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete",
                  "max.message.bytes": str(MAX_RECORD_BYTES)}
 _RETENTION = ("retention.ms", "retention.bytes", "cleanup.policy")
+#: How long the broker keeps a consumer in its group after its last heartbeat: a consumer
+#: killed without static membership (``--instance-id``) holds its partitions that long.
+CONSUMER_SESSION_TIMEOUT_MS = 30_000
 _warned: set[tuple[str, str]] = set()  # (topic, what): warnings given once per process
 _warned_lock = threading.Lock()
 
@@ -60,11 +66,12 @@ def client_options(settings: Settings) -> dict[str, Any]:
 
     Reconnects back off to at most 2 s (the client's default is 30 s, so a broker back from an
     outage would wait that long to be noticed), and one bootstrap attempt gives up within the
-    retry deadline (at most 10 s): the caller's retries decide how long to keep trying.
+    retry deadline (at most 10 s, ``Settings.kafka_bootstrap_ms``): the caller's retries
+    decide how long to keep trying.
     """
-    bootstrap_ms = int(min(10_000, max(1_000, settings.retry_deadline * 1000)))
     return {"bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
-            "reconnect_backoff_max_ms": 2_000, "bootstrap_timeout_ms": bootstrap_ms,
+            "reconnect_backoff_max_ms": 2_000,
+            "bootstrap_timeout_ms": settings.kafka_bootstrap_ms,
             **settings.kafka_client_options}
 
 
@@ -280,6 +287,36 @@ def group_members(settings: Settings, group: str) -> int:
         client.close()
 
 
+@dataclass
+class GroupMember:
+    """One member of a consumer group, as the broker describes it."""
+
+    member_id: str
+    client_id: str
+    host: str
+    instance_id: str | None  # static membership (--instance-id)
+    partitions: list[int]  # of the topic asked about, assigned to it
+
+
+def group_description(settings: Settings, group: str, topic: str) -> list[GroupMember]:
+    """The members of ``group`` now, with the partitions of ``topic`` each holds."""
+    client = admin(settings)
+    try:
+        described = client.describe_groups([group]).get(group) or {}
+    finally:
+        client.close()
+    found = []
+    for member in described.get("members") or []:
+        assignment = member.get("member_assignment") or {}
+        partitions = sorted(p for assigned in assignment.get("assigned_partitions") or []
+                            if assigned.get("topic") == topic
+                            for p in assigned.get("partitions") or [])
+        found.append(GroupMember(str(member.get("member_id")), str(member.get("client_id")),
+                                 str(member.get("client_host")).lstrip("/"),
+                                 member.get("group_instance_id"), partitions))
+    return found
+
+
 def delete_topics(settings: Settings, topics: list[str]) -> None:
     client = admin(settings)
     try:
@@ -487,7 +524,9 @@ class PartitionLag:
 
     @property
     def lag(self) -> int:
-        return self.end - (self.committed or 0)
+        # Never below 0: an end before the committed offset (a topic deleted and created
+        # again) hides no backlog.
+        return max(0, self.end - (self.committed or 0))
 
 
 @dataclass
@@ -512,6 +551,8 @@ def group_lag(settings: Settings, topic: str, group: str) -> Lag:
     """End offsets minus committed offsets of ``group`` on every partition of ``topic``.
 
     Uses a consumer that never joins the group, so it can run beside the group's members.
+    The committed offsets are read before the end offsets: the order that can only over-count
+    (see the module's docstring).
     """
     consumer = KafkaConsumer(group_id=group, enable_auto_commit=False,
                              request_timeout_ms=30_000, **client_options(settings))
@@ -520,15 +561,17 @@ def group_lag(settings: Settings, topic: str, group: str) -> Lag:
         if not ids:
             return Lag(topic, group)
         tps = [TopicPartition(topic, p) for p in sorted(ids)]
+        committed = {tp: consumer.committed(tp) for tp in tps}
         ends = consumer.end_offsets(tps)
-        return Lag(topic, group, [PartitionLag(tp.partition, ends[tp], consumer.committed(tp))
+        return Lag(topic, group, [PartitionLag(tp.partition, ends[tp], committed[tp])
                                   for tp in tps])
     finally:
         consumer.close()
 
 
 def admin_lag(client: KafkaAdminClient, topic: str, group: str) -> Lag:
-    """:func:`group_lag` through an admin client the caller keeps open.
+    """:func:`group_lag` through an admin client the caller keeps open, read in the same
+    order (committed offsets, then end offsets).
 
     The health checks read every migration's lag this way every few seconds: one client for
     them all, so no check opens a connection (nor does a TLS and SASL handshake).
@@ -538,8 +581,9 @@ def admin_lag(client: KafkaAdminClient, topic: str, group: str) -> Lag:
     if not partitions:
         return Lag(topic, group)
     tps = [TopicPartition(topic, p) for p in partitions]
-    ends = client.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps})
+    # Committed first, ends second: the order that can only over-count (module docstring).
     committed = client.list_group_offsets({group: tps}).get(group, {})
+    ends = client.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps})
     return Lag(topic, group, [PartitionLag(tp.partition, ends[tp].offset,
                                            _committed_offset(committed.get(tp)))
                               for tp in tps])

@@ -92,11 +92,15 @@ def backfill(
     retry = Retrier(settings, log, stop)
     store = settings.store
     code = CodeHold(store, migration.name, fingerprint(migration, settings.schemas), "backfill")
+    stopped_by: Exception | None = None
     try:
         return _backfill(settings, migration, retry, code, batch_size=batch_size, rate=rate,
                          reset=reset, show_progress=show_progress, stop=stop, workers=workers)
+    except Exception as exc:
+        stopped_by = exc
+        raise
     finally:
-        code.leave()
+        code.leave(stopped_by)
 
 
 def _backfill(settings: Settings, migration: Migration, retry: Retrier, code: CodeHold, *,

@@ -50,7 +50,7 @@ from ..core.context import make_context
 from ..core.fingerprint import fingerprint
 from ..core.holding import CHECK_INTERVAL, CodeHold
 from ..core.patch import decide
-from ..core.state import HEARTBEAT_INTERVAL, MigrationState, stop_record
+from ..core.state import HEARTBEAT_INTERVAL, MigrationState, last_word, stop_record
 from ..errors import (
     CaptureStopped,
     CdcMigratorError,
@@ -259,27 +259,24 @@ class Tailer:
         logs.bind(migration=self.migration.name, component="tailer")
         self.retry = Retrier(self.settings, log, self.stopping)
         self.publisher = topics.Publisher(self.settings, self.retry)
+        stopped_by: Exception | None = None
         try:
             self._run()
         except StopRequested:
             log.info("stopped during an outage; events after the saved resume token are "
                      "produced again on the next start")
         except Exception as exc:  # why it stopped, for status, /readyz and the metrics
+            stopped_by = exc
             error = logs.mask(str(exc) if isinstance(exc, CdcMigratorError) else first_line(exc))
-            try:
-                self.store.record_stop(self.migration.name, "tailer",
-                                       stop_record("tailer", error, reason=reason_of(exc)))
-            except Exception as failure:  # MongoDB gone too: the exit code still tells
-                log.debug("could not record the stop: %s", failure)
+            record = stop_record("tailer", error, reason=reason_of(exc))
+            last_word(lambda: self.store.record_stop(self.migration.name, "tailer", record), exc)
             raise
         finally:
             self.publisher.close()
             self.recovery.join(timeout=60)
-            self.code.leave()
-            try:  # not running any more, whatever the last heartbeat says (pipeline.catch_up)
-                self.store.tailer_stopped(self.migration.name)
-            except Exception as failure:
-                log.debug("could not record the stop: %s", failure)
+            self.code.leave(stopped_by)
+            # Not running any more, whatever the last heartbeat says (pipeline.catch_up).
+            last_word(lambda: self.store.tailer_stopped(self.migration.name), stopped_by)
 
     def _run(self) -> None:
         if self.on_history_lost == "rebackfill":

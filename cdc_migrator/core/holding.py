@@ -23,7 +23,7 @@ import threading
 import time
 
 from .fingerprint import short
-from .state import CODE_REPORT_INTERVAL, MemberCode, MigrationState, StateStore
+from .state import CODE_REPORT_INTERVAL, MemberCode, MigrationState, StateStore, last_word
 
 log = logging.getLogger("cdc_migrator.holding")
 
@@ -79,15 +79,15 @@ class CodeHold:
             return []
         return [m for m in state.code.applying_other_code() if m != self.member]
 
-    def leave(self) -> None:
-        """The member stopped: its report goes (best effort; a stale report expires). A
-        member that never reported writes nothing."""
+    def leave(self, stopped_by: BaseException | None = None) -> None:
+        """The member stopped (on ``stopped_by``, when it failed): its report goes, as a last
+        word (:func:`~.state.last_word`: not after MongoDB was found unavailable, and within
+        seconds; a report left behind goes stale by itself). A member that never reported
+        writes nothing."""
         if self._reported_at == float("-inf"):
             return
-        try:
-            self.store.forget_code_member(self.migration, self.member)
-        except Exception as exc:  # MongoDB gone: the report goes stale by itself
-            log.debug("could not remove the report of %s: %s", self.member, exc)
+        last_word(lambda: self.store.forget_code_member(self.migration, self.member),
+                  stopped_by)
 
     def _log(self, holding: bool, was: bool | None, in_force: str | None) -> None:
         name = self.migration

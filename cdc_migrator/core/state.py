@@ -16,9 +16,11 @@ The stored layout (``schema_version`` 2)::
     apply {started, done, cursor},
     backfill {total, estimate, scanned, done, cursor, started_at},
     reverted_at (after ``revert``: phase ``reverting``, then ``reverted``),
+    old_shape {schema, enforced} (what enforces the old shape after ``revert``),
     tail {armed_at, armed_token, resume_token, heartbeat, last_event_time, position_time,
           stopped_at, recoveries, last_recovery {reason, at, armed_at, backfill}},
     fences {FENCE_ID: {partitions: {P: true}}}, dlq_pending, dlq_offset,
+    consumers {MEMBER: {member_id, at}} (each group member's last sign of life),
     throttle {rate, set_at, auto {bound, value, limit, unit, by, at, until, since},
               members {MEMBER: {at, weight}}, lag_unknown {reason, fix, by, at}},
     announced {EVENT: occurrence} (the phase changes the hooks were told of),
@@ -43,20 +45,25 @@ carries on.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
+import pymongo
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
 
 from ..base import naming
+from ..base.checks import OPTIONS, Source
 from ..base.naming import RANGE_OF
-from ..errors import UNEXPECTED
+from ..errors import UNEXPECTED, ServiceUnavailable, SettingError
 from .history import Event, History
+
+log = logging.getLogger("cdc_migrator.state")
 
 SCHEMA_VERSION = 2
 MAX_ERRORS_KEPT = 50
@@ -67,6 +74,13 @@ MAX_ERRORS_KEPT = 50
 HEARTBEAT_INTERVAL = 10.0
 #: `status` counts a tailer as running while its heartbeat is younger than this.
 HEARTBEAT_STALE_AFTER = 3 * HEARTBEAT_INTERVAL
+#: A consumer reports itself alive (its group member id) this often.
+CONSUMER_HEARTBEAT_INTERVAL = 2.0
+#: A group member whose consumer has not reported for this long is silent: killed, most
+#: likely, though the broker keeps it in the group until its session times out.
+CONSUMER_SILENT_AFTER = 5 * CONSUMER_HEARTBEAT_INTERVAL
+#: Reports older than this are forgotten (a consumer that started clears them).
+CONSUMER_FORGOTTEN_AFTER = 600.0
 #: A member reports the code it runs at least this often (seconds), and at once when it
 #: starts or stops holding.
 CODE_REPORT_INTERVAL = 10.0
@@ -189,6 +203,9 @@ class ThrottleState:
     """The pace set for the migration (``cdc-migrator throttle``) and the hold in force."""
 
     rate: float | None = None  # documents per second, for all workers together
+    #: Why the stored rate was refused (written by an older version or by hand: not a finite
+    #: number above 0); ``rate`` is then None and the workers keep the pace they had.
+    refused: str | None = None
     set_at: dt.datetime | None = None
     auto: dict[str, Any] | None = None  # the last automatic hold (a bound exceeded)
     members: dict[str, tuple[float, float]] = field(default_factory=dict)  # at, weight
@@ -262,11 +279,16 @@ class MigrationState:
     dlq_pending: int = 0
     dlq_offset: int = 0
     throttle: ThrottleState = field(default_factory=ThrottleState)
+    #: The Kafka member id of each consumer that reported itself, and when (time.time()).
+    consumers: dict[str, float] = field(default_factory=dict)
     code: CodeState = field(default_factory=CodeState)
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
     reverted_at: dt.datetime | None = None
+    #: After ``revert``: the old shape's schema (``old_schema``, or None) and whether the
+    #: server enforces it (its validator installed), as the reverse's cutover left it.
+    old_shape: dict[str, Any] | None = None
 
     @property
     def reverted(self) -> bool:
@@ -326,10 +348,13 @@ class MigrationState:
             dlq_pending=int(doc.get("dlq_pending", 0)),
             dlq_offset=int(doc.get("dlq_offset", 0)),
             throttle=ThrottleState(
-                rate=throttle.get("rate"), set_at=throttle.get("set_at"),
+                *_throttle_rate(doc["_id"], throttle.get("rate")), set_at=throttle.get("set_at"),
                 auto=throttle.get("auto"), lag_unknown=throttle.get("lag_unknown"),
                 members={m: (float(v.get("at", 0)), float(v.get("weight", 0)))
                          for m, v in (throttle.get("members") or {}).items()}),
+            consumers={str(v.get("member_id")): float(v.get("at") or 0)
+                       for v in (doc.get("consumers") or {}).values()
+                       if isinstance(v, Mapping) and v.get("member_id")},
             code=CodeState(
                 fingerprint=code.get("fingerprint"), since=code.get("since"),
                 members={m: MemberCode(
@@ -342,7 +367,37 @@ class MigrationState:
             updated_at=doc.get("updated_at"),
             completed_at=doc.get("completed_at"),
             reverted_at=doc.get("reverted_at"),
+            old_shape=doc.get("old_shape"),
         )
+
+
+def _throttle_rate(name: str, stored: Any) -> tuple[float | None, str | None]:
+    """The rate ``throttle`` stored, checked as ``throttle --rate`` checks it: (rate, None), or
+    (None, the refusal) for a value no version of ``throttle`` takes now."""
+    try:
+        return OPTIONS["rate"].check(stored, Source("state", "throttle.rate", name)), None
+    except SettingError as exc:
+        return None, (f"{exc}; the workers keep the pace they had. Replace it: `cdc-migrator "
+                      f"throttle {name} --rate DOCS/S` or `--off`")
+
+
+#: How long a stopping piece tries to leave its last word in the state: MongoDB may be why it
+#: stops, and the deadline it gave up on is not to be waited out again.
+LAST_WORD_SECONDS = 2.0
+
+
+def last_word(write: Callable[[], Any], exc: BaseException | None = None) -> None:
+    """A stopping piece's last write to the state (why it stopped, that it stopped), best
+    effort: within :data:`LAST_WORD_SECONDS`, and not at all when it stops because MongoDB was
+    unavailable past the retry deadline (``exc``). The exit code tells in any case."""
+    if isinstance(exc, ServiceUnavailable) and exc.service == "MongoDB":
+        log.debug("MongoDB is unavailable: the stop is not recorded in the state")
+        return
+    try:
+        with pymongo.timeout(LAST_WORD_SECONDS):
+            write()
+    except Exception as failure:
+        log.debug("could not record the stop: %s", failure)
 
 
 def stop_record(component: str, error: str, doc_id: Any = None,
@@ -556,6 +611,19 @@ class StateStore:
             update["$unset"] = gone
         self.collection.update_one({"_id": name}, update)
 
+    def consumer_alive(self, name: str, member_id: str, *, forget: Iterable[str] = ()) -> None:
+        """A consumer's sign of life, under its group member id (``status`` tells a member
+        that stopped reporting, yet is still in the group, from one at work); the members
+        in ``forget`` (reported too long ago) are removed."""
+        key = member_id.replace(".", "_").replace("$", "_")  # a field name
+        update: dict[str, Any] = {"$set": {f"consumers.{key}": {"member_id": member_id,
+                                                                  "at": time.time()}}}
+        gone = {f"consumers.{m.replace('.', '_').replace('$', '_')}": "" for m in forget
+                if m != member_id}
+        if gone:
+            update["$unset"] = gone
+        self.collection.update_one({"_id": name}, update)
+
     # ------------------------------------------------------------------ apply
 
     def start_apply(self, name: str, *, resumed: bool) -> None:
@@ -633,9 +701,10 @@ class StateStore:
         self._set(name, phase=Phase.REVERTING)
         self._record(name, Event.REVERTING)
 
-    def mark_reverted(self, name: str) -> None:
-        """The reverse run of ``name`` was cut over: every document is in the old shape."""
-        self._set(name, phase=Phase.REVERTED, reverted_at=now())
+    def mark_reverted(self, name: str, old_shape: dict[str, Any]) -> None:
+        """The reverse run of ``name`` was cut over: every document is in the old shape;
+        ``old_shape`` says what enforces it from now on (``{schema, enforced}``)."""
+        self._set(name, phase=Phase.REVERTED, reverted_at=now(), old_shape=old_shape)
         self._record(name, Event.REVERTED)
 
     # ------------------------------------------------------------------ code

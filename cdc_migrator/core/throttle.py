@@ -124,6 +124,8 @@ class Throttle:
         self.holding: dict[str, Any] | None = None  # the hold in force, as of the last poll
         self._polled = float("-inf")
         self._write_latency: float | None = None  # seconds, of the last bulk write
+        self._refused_logged: str | None = None  # the refused rate last logged
+        self._rate: float | None = None  # the rate last taken: kept over a refused one
         self._lag_unknown: str | None = None  # why the lag could not be read, as recorded
         self._no_replica_set_logged = False
 
@@ -178,7 +180,12 @@ class Throttle:
             return
         throttle = state.throttle
         self.holding = throttle.auto if throttle.holding else None
-        rate = throttle.rate
+        if throttle.refused is None:
+            self._rate = throttle.rate
+        elif throttle.refused != self._refused_logged:
+            self._refused_logged = throttle.refused
+            log.warning("%s", throttle.refused)
+        rate = self._rate
         mine = self.weight()
         if self.members and rate is not None:
             fresh = {m: w for m, (at, w) in throttle.members.items()

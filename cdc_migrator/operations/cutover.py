@@ -41,6 +41,9 @@ class CutoverReport:
     notes: list[str] = field(default_factory=list)
     verify: VerifyReport | None = None
     dry_run: bool = False
+    #: Whether the server now enforces the contract schema: True, its validator installed;
+    #: False, the server has no validators (verify checked every document); None, no schema.
+    enforced: bool | None = None
 
     def summary(self) -> str:
         if self.ok and self.dry_run:
@@ -88,9 +91,7 @@ class CatchUp(Protocol):
 CatchUpRunner = Callable[[Settings, Migration, MigrationState], AbstractContextManager[CatchUp]]
 
 
-# Over the bounds of the complexity rule (pyproject.toml): to be split into its checks once the
-# branches editing it in parallel (issue 24) are merged; splitting it now would conflict.
-def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,  # noqa: C901, PLR0915
+def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
             dry_run: bool = False, allow_failed: bool = False,
             catch_up: CatchUpRunner | None = None, announce: bool = True) -> CutoverReport:
     """Fence, wait for zero lag, verify, ask the before_cutover hooks, apply the contract
@@ -113,75 +114,99 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0, 
     if state is None:
         report.reasons.append("the migration has not started (no state): run it first")
         return report
-    if state.phase is Phase.CUT_OVER:
-        report.ok = True
-        report.notes.append(f"already cut over at {state.completed_at}")
-        return report
-    if state.cancelled:
-        report.reasons.append("the migration was cancelled")
-        return report
-    if state.failed:
-        report.reasons.append(f"the migration failed: {state.failure_reason}; `cdc-migrator "
-                              f"reset {migration.name}` and run it again")
+    if _settled(state, migration, report):
         return report
     refusal = code_refusal(settings, migration, state)
     if refusal:  # checked before the fence: nothing is written
         report.reasons.append(refusal)
         return report
     if state.armed:
-        backfill = state.backfill
-        finished = backfill is not None and backfill.done
-        if not finished:
-            report.reasons.append(
-                f"backfill unfinished ({backfill.scanned if backfill else 0:,} of "
-                f"{(backfill.total if backfill else None) or '?'} documents scanned)")
-        if dry_run:
-            behind = _lag_now(settings, migration)
-        elif catch_up is None or not finished:
-            # Catching up applies events: not while the backfill is unfinished (cutover
-            # refuses then anyway).
-            behind = _wait_fence_and_lag(settings, migration, store, timeout)
-        else:
-            with catch_up(settings, migration, state) as caught:
-                behind = _wait_fence_and_lag(settings, migration, store, timeout)
-            report.reasons += caught.errors
-            note = caught.note()
-            if note:
-                report.notes.append(note)
-        if behind:
-            report.reasons.append(behind)
+        _drain(settings, migration, state, report, timeout=timeout, catch_up=catch_up)
     elif not (state.apply and state.apply.done):
         report.reasons.append("neither `apply` finished nor the pipeline (tail/backfill) ran")
     if state.dlq_pending and not allow_failed:
         report.reasons.append(f"{state.dlq_pending} failed documents unresolved in the "
                               "dead-letter topic (`dlq retry`, or --allow-failed)")
+    verified = _verify(settings, migration, contract, report, allow_failed=allow_failed)
+    if report.reasons or not _hooks_agree(hooks, store, migration, report):
+        return report
+    if contract is not None:
+        applied, text = _apply_contract(settings, migration, contract, dry_run)
+        if applied is None:
+            report.reasons.append(text)
+            return report
+        report.enforced = applied
+        report.notes.append(text)
+    report.ok = True
+    if dry_run:
+        report.notes.append(f"write a fence and wait for it, then mark {migration.name} "
+                            f"complete ({verified.checked:,} documents verified)")
+        return report
+    store.mark_cut_over(migration.name)
+    report.notes.append(f"{verified.checked:,} documents verified; recorded complete.")
+    if announce:
+        hooks.announce(store, store.get(migration.name) or state, "cut_over")
+    return report
+
+
+def _settled(state: MigrationState, migration: Migration, report: CutoverReport) -> bool:
+    """Whether the migration's phase already decides cutover: cut over (ok), cancelled or
+    failed (refused, with the reason in ``report``)."""
+    if state.phase is Phase.CUT_OVER:
+        report.ok = True
+        report.notes.append(f"already cut over at {state.completed_at}")
+    elif state.cancelled:
+        report.reasons.append("the migration was cancelled")
+    elif state.failed:
+        report.reasons.append(f"the migration failed: {state.failure_reason}; `cdc-migrator "
+                              f"reset {migration.name}` and run it again")
+    else:
+        return False
+    return True
+
+
+def _drain(settings: Settings, migration: Migration, state: MigrationState,
+           report: CutoverReport, *, timeout: float, catch_up: CatchUpRunner | None) -> None:
+    """The pipeline's part of cutover: the backfill finished, then every event applied (a
+    fence passed and no lag; a dry run reads the lag as it is). What stands in the way goes
+    into ``report``'s reasons."""
+    backfill = state.backfill
+    finished = backfill is not None and backfill.done
+    if not finished:
+        report.reasons.append(
+            f"backfill unfinished ({backfill.scanned if backfill else 0:,} of "
+            f"{(backfill.total if backfill else None) or '?'} documents scanned)")
+    store = settings.store
+    if report.dry_run:
+        behind = _lag_now(settings, migration)
+    elif catch_up is None or not finished:
+        # Catching up applies events: not while the backfill is unfinished (cutover refuses
+        # then anyway).
+        behind = _wait_fence_and_lag(settings, migration, store, timeout)
+    else:
+        with catch_up(settings, migration, state) as caught:
+            behind = _wait_fence_and_lag(settings, migration, store, timeout)
+        report.reasons += caught.errors
+        note = caught.note()
+        if note:
+            report.notes.append(note)
+    if behind:
+        report.reasons.append(behind)
+
+
+def _verify(settings: Settings, migration: Migration, contract: dict[str, Any] | None,
+            report: CutoverReport, *, allow_failed: bool) -> VerifyReport:
+    """Verify every document (and the contract schema, when there is one); what is left goes
+    into ``report``'s reasons."""
     check = validator_for(contract) if contract else None
-    report.verify = verify(settings, migration, schema_check=check)
-    v = report.verify
+    report.verify = v = verify(settings, migration, schema_check=check)
     if v.remaining:
         report.reasons.append(f"{v.remaining:,} documents unmigrated")
     if v.failing and not allow_failed:
         report.reasons.append(f"{v.failing:,} documents make the transform raise")
     if v.schema_violations:
         report.reasons.append(f"{v.schema_violations:,} documents break the contract schema")
-    if report.reasons or not _hooks_agree(hooks, store, migration, report):
-        return report
-    if contract is not None:
-        applied, text = _apply_contract(settings, migration, contract, dry_run)
-        if not applied:
-            report.reasons.append(text)
-            return report
-        report.notes.append(text)
-    report.ok = True
-    if dry_run:
-        report.notes.append(f"write a fence and wait for it, then mark {migration.name} "
-                            f"complete ({v.checked:,} documents verified)")
-        return report
-    store.mark_cut_over(migration.name)
-    report.notes.append(f"{v.checked:,} documents verified; recorded complete.")
-    if announce:
-        hooks.announce(store, store.get(migration.name) or state, "cut_over")
-    return report
+    return v
 
 
 def code_refusal(settings: Settings, migration: Migration,
@@ -262,8 +287,9 @@ def _wait_fence_and_lag(settings: Settings, migration: Migration, store: StateSt
 
 
 def _apply_contract(settings: Settings, migration: Migration, schema: dict[str, Any],
-                    dry_run: bool) -> tuple[bool, str]:
-    """Apply the contract schema with collMod: (True, a note), or (False, the refusal).
+                    dry_run: bool) -> tuple[bool | None, str]:
+    """Apply the contract schema with collMod: (True, a note), (False, a note) when the
+    server has no validators, or (None, the refusal).
 
     A server without the command (no validators) is not a refusal: every document was checked
     against the schema by verify, and the note says new writes are not enforced.
@@ -278,10 +304,10 @@ def _apply_contract(settings: Settings, migration: Migration, schema: dict[str, 
     except OperationFailure as exc:
         what = f"{exc.code}: {message_of(exc, 120)}"
         if exc.code in NO_VALIDATORS_CODES:
-            return True, (f"The server has no validators ({what}): contract schema {name} was "
-                          "checked by cdc-migrator on every document, but new writes are NOT "
-                          "enforced by the server.")
-        return False, (f"the server refused the contract schema {name} as a validator "
+            return False, (f"The server has no validators ({what}): contract schema {name} "
+                           "was checked by cdc-migrator on every document, but new writes are "
+                           "NOT enforced by the server.")
+        return None, (f"the server refused the contract schema {name} as a validator "
                        f"(collMod {what}); nothing was recorded: fix the privileges (collMod "
                        "needs the collMod action, e.g. the dbAdmin role) or the schema, then "
                        "run cutover again")

@@ -10,6 +10,8 @@ when the migration names no expand schema).
 
 from __future__ import annotations
 
+from typing import Any
+
 from pymongo.errors import OperationFailure
 
 from ..base.messages import message_of
@@ -37,24 +39,44 @@ def check_revertible(migration: Migration, state: MigrationState | None,
                       "changed")
 
 
-def put_back_expand_schema(settings: Settings, migration: Migration) -> str | None:
-    """Replace the contract validator cutover installed by the expand schema (or none); a note
-    of what was done, None when cutover installed no validator (no contract schema)."""
-    if migration.contract_schema is None:
+def put_back_expand_schema(settings: Settings, migration: Migration, installed: str | None,
+                           *, doing: str = "revert") -> str | None:
+    """Replace the validator a cutover installed (``installed``: the schema it was, the
+    contract for ``revert``, the old shape's for ``reset`` after a revert) by the expand
+    schema, or none; a note of what was done, None when no validator was installed.
+    ``doing`` names the command, for its refusal."""
+    if installed is None:
         return None
     if migration.expand_schema:
         validator = {"$jsonSchema": load_schema(settings, migration.expand_schema)}
         what = f"expand schema {migration.expand_schema} put back as the validator"
     else:
         validator = {}
-        what = "contract validator removed (the migration names no expand schema)"
+        what = f"validator {installed} removed (the migration names no expand schema)"
     try:
         settings.db.command("collMod", migration.collection, validator=validator,
                             validationLevel="strict" if validator else "off")
     except OperationFailure as exc:
         if exc.code in NO_VALIDATORS_CODES:
-            return "the server has no validators: no contract validator to take back"
-        raise Refused(f"cannot revert {migration.name}: the server refused to put back the "
+            return f"the server has no validators: no validator ({installed}) to take back"
+        raise Refused(f"cannot {doing} {migration.name}: the server refused to put back the "
                       f"expand schema (collMod {exc.code}: {message_of(exc, 120)}); "
                       "nothing else changed") from None
     return what
+
+
+def old_shape_note(old_shape: dict[str, Any] | None) -> str:
+    """What enforces the old shape after a revert, in a sentence: the validator its reverse's
+    cutover installed, or nothing (no ``old_schema``, or a server without validators)."""
+    schema, enforced = (old_shape or {}).get("schema"), (old_shape or {}).get("enforced")
+    if schema and enforced:
+        return (f"the server refuses writes in the new shape: the old shape's schema {schema} "
+                "is the validator")
+    if schema and enforced is None:  # cut over by an earlier, interrupted revert
+        return (f"the old shape's schema {schema} was applied by an earlier cutover of the "
+                "revert; whether the server enforces it was not recorded")
+    if schema:
+        return (f"nothing enforces the old shape: {schema} was checked on every document, but "
+                "the server has no validators, so writes in the new shape are not refused")
+    return ("nothing enforces the old shape: the migration names no old_schema, so writes in "
+            "the new shape are not refused (deploy old-shape writes first)")

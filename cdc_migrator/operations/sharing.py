@@ -19,7 +19,8 @@ def throttle_status(state: MigrationState) -> dict[str, Any]:
     throttle = state.throttle
     status: dict[str, Any] = {"rate": throttle.rate, "set_at": throttle.set_at,
                               "reason": "manual" if throttle.rate is not None else None,
-                              "hold": None, "lag_unknown": throttle.lag_unknown}
+                              "hold": None, "refused": throttle.refused,
+                              "lag_unknown": throttle.lag_unknown}
     if throttle.holding and throttle.auto is not None:
         status["reason"] = "auto"
         status["hold"] = {**throttle.auto, "why": describe_hold(throttle.auto)}
@@ -43,6 +44,8 @@ def render_lines(status: dict[str, Any]) -> list[str]:
     elif throttle and throttle.get("rate") is not None:
         lines.append(f"  throttle: manual, {throttle['rate']:g} documents/s "
                      f"(set at {throttle.get('set_at')})")
+    if throttle and throttle.get("refused"):
+        lines.append(f"  throttle REFUSED: {throttle['refused']}")
     unknown = (throttle or {}).get("lag_unknown")
     if unknown:
         lines.append(f"  replication lag: unknown, --max-replication-lag not enforced "

@@ -15,9 +15,10 @@ from ..base.progress import format_duration
 from ..base.settings import Settings
 from ..base.topology import ShardConnector
 from ..core.fingerprint import fingerprint, short
-from ..core.state import MigrationState, Phase, TailState
+from ..core.state import CONSUMER_SILENT_AFTER, MigrationState, Phase, TailState
 from ..migration import Migration
 from . import runway, sharing
+from .revert import old_shape_note
 
 #: What ``status`` shows of a migration's backfill ranges (None before any were planned), by
 #: migration name: given by the caller, since the ranges are the backfill's.
@@ -48,9 +49,10 @@ def migration_status(settings: Settings, migration: Migration | None,
                      state: MigrationState, *, ranges_of: RangesOf | None = None,
                      lag_of: LagOf | None = None,
                      client: MongoClient | None = None) -> dict[str, Any]:
-    """A JSON-friendly status of one migration, lag measured now from the broker; with
-    ``ranges_of``, the backfill's ranges too. ``lag_of`` and ``client`` (for the change
-    history's window) stand in for the settings' clients."""
+    """A JSON-friendly status of one migration, lag and group members measured now from the
+    broker; with ``ranges_of``, the backfill's ranges too. ``lag_of`` and ``client`` (for the
+    change history's window) stand in for the settings' clients; with ``lag_of``, the group's
+    members are not described (that would take a Kafka client of the settings')."""
     backfill, tail = state.backfill, state.tail
     status: dict[str, Any] = {
         "migration": state.name,
@@ -63,7 +65,7 @@ def migration_status(settings: Settings, migration: Migration | None,
         "events": {"own": state.counts.produced - state.counts.dependency,
                    "dependency": state.counts.dependency},
         "last_error": _masked(state.last_error),
-        "failure": state.failure,
+        "failure": _readable(state.failure),
         # The pieces that stopped on an error (until they run again), and why.
         "stopped": {component: _masked(record) for component, record in state.stopped.items()},
         # Pieces running but making no progress where there is work (the consumer watchdog).
@@ -71,6 +73,10 @@ def migration_status(settings: Settings, migration: Migration | None,
         "completed_at": state.completed_at,
         "reverted_at": state.reverted_at,
     }
+    if state.phase is Phase.REVERTED:
+        # A revert recorded before it said (an older version's) installed no validator.
+        old_shape = state.old_shape or {"schema": None, "enforced": False}
+        status["old_shape"] = {**old_shape, "note": old_shape_note(old_shape)}
     if backfill is not None:
         started = backfill.started_at or state.created_at
         eta = None
@@ -94,7 +100,7 @@ def migration_status(settings: Settings, migration: Migration | None,
             if tail.heartbeat else None,
             "last_event_age_seconds": round(time.time() - position, 1) if position else None,
             "recoveries": tail.recoveries,
-            "last_recovery": tail.last_recovery,
+            "last_recovery": _readable(tail.last_recovery),
         }
         if state.phase is not Phase.CUT_OVER:
             status["history"] = _history(client or settings.db.client, settings.client_for,
@@ -106,7 +112,28 @@ def migration_status(settings: Settings, migration: Migration | None,
             status["lag"] = lag.as_dict()
             if ready_for_cutover(state, lag.total):
                 status["phase"] = Phase.READY.label
+        if lag_of is None:  # `status` itself: a caller with its own clients asks no more
+            status["group"] = _group(settings, migration, state)
     return status
+
+
+def _group(settings: Settings, migration: Migration, state: MigrationState) -> dict[str, Any]:
+    """The consumer group's members, and those silent: a consumer that reported itself alive
+    (``consumers`` of the state) and stopped, yet is still a member. Killed without
+    ``--instance-id``, it keeps its partitions until its session times out: nothing consumes
+    them meanwhile, and cutover waits for them."""
+    members = topics.group_description(settings, settings.group(migration.name),
+                                       settings.topic(migration.collection))
+    silent = []
+    for member in members:
+        at = state.consumers.get(member.member_id)
+        if at is not None and time.time() - at >= CONSUMER_SILENT_AFTER:
+            silent.append({"member_id": member.member_id, "host": member.host,
+                           "instance_id": member.instance_id,
+                           "partitions": member.partitions,
+                           "silent_seconds": round(time.time() - at, 1),
+                           "session_timeout_seconds": topics.CONSUMER_SESSION_TIMEOUT_MS / 1000})
+    return {"members": len(members), "silent": silent}
 
 
 def code_status(settings: Settings, migration: Migration | None,
@@ -170,6 +197,29 @@ def _masked(record: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**record, "error": logs.mask(str(record.get("error") or ""))}
 
 
+def _silent_lines(group: dict[str, Any] | None) -> list[str]:
+    """Why the group's partitions of silent members wait (and cutover with them)."""
+    lines = []
+    for m in (group or {}).get("silent", []):
+        held = ", ".join(f"p{p}" for p in m["partitions"]) or "no partition now"
+        how = (f"restart it as --instance-id {m['instance_id']} to take them back at once"
+               if m["instance_id"] else "a consumer killed without --instance-id")
+        lines.append(
+            f"  consumer {m['member_id']} on {m['host']} silent for {m['silent_seconds']:.0f}s "
+            f"but still in the group, holding {held}: {how}; the broker gives its partitions "
+            f"to the others when its session times out ({m['session_timeout_seconds']:g} s "
+            "after its last heartbeat). Until then they are not consumed, and cutover waits.")
+    return lines
+
+
+def _readable(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A record whose reason is text: a reason an older version stored with the driver's raw
+    reply after it (", full error: RawBSONDocument(b'...')") is shown without it."""
+    if not record or not isinstance(record.get("reason"), str):
+        return record
+    return {**record, "reason": logs.mask(record["reason"].split(", full error:")[0])}
+
+
 def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
@@ -218,6 +268,23 @@ def render(status: dict[str, Any]) -> str:
     if lag is not None:
         parts = ", ".join(f"p{p}={v['lag']}" for p, v in lag["partitions"].items())
         lines.append(f"  lag: {lag['total']:,} events" + (f" ({parts})" if parts else ""))
+    lines += _silent_lines(status.get("group"))
+    lines += _capture_lines(status)
+    lines += _problem_lines(status)
+    if status.get("completed_at"):
+        lines.append(f"  cut over at {status['completed_at']}")
+    if status.get("reverted_at"):
+        lines.append(f"  reverted at {status['reverted_at']} (its reverse run: "
+                     f"{status['migration']}-revert)")
+    if status.get("old_shape"):
+        lines.append(f"  old shape: {status['old_shape']['note']}")
+    return "\n".join(lines)
+
+
+def _capture_lines(status: dict[str, Any]) -> list[str]:
+    """The tailer's lines of :func:`render`: its checkpoint, its recoveries, the runway of
+    its resume point in the change history."""
+    lines = []
     t = status.get("tail")
     if t:
         age = t.get("seconds_since_heartbeat")
@@ -241,6 +308,13 @@ def render(status: dict[str, Any]) -> str:
                         if age is not None else ""))
         for warning in h["warnings"]:
             lines.append(f"  WARNING: {warning}")
+    return lines
+
+
+def _problem_lines(status: dict[str, Any]) -> list[str]:
+    """What went wrong, for :func:`render`: the failure, the pieces stopped or stalled, and
+    the last error when no stopped piece says it already."""
+    lines = []
     if status.get("failure"):
         lines.append(f"  failed: {status['failure'].get('reason')}")
     stopped = status.get("stopped") or {}
@@ -252,9 +326,4 @@ def render(status: dict[str, Any]) -> str:
     err = status.get("last_error")
     if err and err.get("component") not in stopped:
         lines.append(f"  last error: {err.get('id')!r}: {err.get('error')}")
-    if status.get("completed_at"):
-        lines.append(f"  cut over at {status['completed_at']}")
-    if status.get("reverted_at"):
-        lines.append(f"  reverted at {status['reverted_at']} (its reverse run: "
-                     f"{status['migration']}-revert)")
-    return "\n".join(lines)
+    return lines

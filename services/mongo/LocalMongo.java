@@ -136,7 +136,10 @@ public class LocalMongo {
                 return testOnly;
             }
             if (!command.equalsIgnoreCase("hello") && !command.equalsIgnoreCase("isMaster")) {
-                failCommand.check(command);
+                Document answered = failCommand.check(command, query);
+                if (answered != null) {
+                    return answered;
+                }
             }
             standalone.check(command.equalsIgnoreCase("aggregate") && isChangeStream(query));
             Document mongosAnswer = mongos.refusal(database, command);

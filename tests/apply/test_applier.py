@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import random
 import textwrap
@@ -338,6 +339,67 @@ def test_one_refused_write_is_that_documents_failure_and_the_rest_is_migrated(
     assert "larger than MongoDB accepts for one statement" in letters[0].entry["error"]
 
 
+# A write error the driver cannot read: one document's failure is that document's dead letter.
+
+CODELESS = "write refused (no code): write error without a code, by the failCommand fail point"
+
+
+@pytest.fixture
+def codeless_write_error(mongo_client, local_servers):
+    """Make the local server answer every update statement on one ``_id`` with a write error
+    that has no code (FailCommand's test device, docs/testing.md). pymongo's bulk API then
+    raises ``KeyError: 'code'``."""
+    def on(doc_id: object) -> None:
+        mongo_client.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn",
+                                    "data": {"failCommands": ["update"],
+                                             "codelessWriteErrorFor": doc_id}})
+    yield on
+    mongo_client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+
+
+def dead_letters(settings) -> list[dict]:
+    listed = run_cli("dlq", "list", "add_default_role", "--json", settings=settings)
+    assert listed.returncode == 0, listed.stderr
+    return [json.loads(line) for line in listed.stdout.splitlines()]
+
+
+def test_a_write_error_the_driver_cannot_read_is_that_documents_dead_letter(
+        db, settings, codeless_write_error):
+    failing = f"codeless-{db.name}"  # an _id no other test run on the server writes
+    db.users.insert_many([{"_id": i, "name": f"u{i}"} for i in range(150)]
+                         + [{"_id": failing, "name": "fails"}]
+                         + [{"_id": i, "name": f"u{i}"} for i in range(150, 299)])
+    codeless_write_error(failing)
+
+    ran = run_cli("run", "add_default_role", "--timeout", "120", "-q", settings=settings)
+    letters = dead_letters(settings)
+    again = run_cli("dlq", "retry", "add_default_role", settings=settings)
+
+    assert ran.returncode == 1 and "1 failed documents unresolved" in ran.stderr, ran.stderr
+    assert "Traceback" not in ran.stderr + again.stderr
+    assert db.users.count_documents({"role": "user"}) == 299
+    assert [(letter["id"], letter["error"]) for letter in letters] == [(repr(failing), CODELESS)]
+    assert again.returncode == 1 and f"failed again {failing!r}: {CODELESS}" in again.stderr
+    db.client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+    retried = run_cli("dlq", "retry", "add_default_role", settings=settings)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert db.users.count_documents({"role": "user"}) == 300
+
+
+def test_apply_writes_the_rest_of_a_batch_whose_bulk_write_the_driver_cannot_read(
+        db, settings, codeless_write_error):
+    failing = f"codeless-{db.name}"
+    db.users.insert_many([{"_id": i, "name": f"u{i}"} for i in range(249)]
+                         + [{"_id": failing, "name": "fails"}])
+    codeless_write_error(failing)
+
+    applied = run_cli("apply", "add_default_role", "-q", settings=settings)
+
+    assert applied.returncode == 1, applied.stdout + applied.stderr
+    assert f"failed {failing!r}: {CODELESS}" in applied.stderr, applied.stderr
+    assert "Traceback" not in applied.stderr
+    assert db.users.count_documents({"role": "user"}) == 249
+    assert db.users.find_one({"_id": failing}) == {"_id": failing, "name": "fails"}
 # ------------------------------------------------------------------- a sharded collection
 
 ORDER_TOTALS = textwrap.dedent("""

@@ -11,7 +11,9 @@ Confluent Cloud refuses more than its cap.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -286,6 +288,40 @@ def test_a_token_the_broker_refuses_is_one_line_and_exit_1(db, settings, managed
         assert "retrying with backoff" not in result.stderr
 
 
+@pytest.fixture
+def silent_endpoint():
+    """A token endpoint that takes connections and never answers (an identity provider that
+    hangs): the URL of a listening socket nobody reads."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/token"
+    listener.close()
+
+
+#: As for a lost MongoDB or Kafka (tests/scenarios/test_reliability.py): a piece gives up at
+#: its retry deadline; 3 s for the process's own work on a busy machine.
+DEADLINE_TOLERANCE = 3.0
+
+
+@pytest.mark.parametrize("command", ["tail", "consume"])
+def test_a_token_endpoint_that_never_answers_is_given_up_at_the_retry_deadline(
+        db, settings, managed_kafka, silent_endpoint, command):
+    """The token endpoint is asked within a Kafka connection attempt: one that hangs held each
+    attempt for the endpoint's own timeout (30 s), past a shorter retry deadline."""
+    seed_users(db, 10)
+    env = oauthbearer(managed_kafka, token_url=silent_endpoint, client_id=CLIENT_ID,
+                      client_secret=CLIENT_SECRET)
+
+    result = run_cli(command, NAME, "--retry-deadline", "5", "--log-format", "json",
+                     settings=settings, env=env, timeout=120)
+
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    took = (dt.datetime.fromisoformat(records[-1]["ts"])
+            - dt.datetime.fromisoformat(records[0]["ts"])).total_seconds()
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert records[-1]["message"].startswith("Kafka at "), records[-1]
+    assert 5 <= took <= 5 + DEADLINE_TOLERANCE, (took, records[-1]["message"])
+
+
 def test_a_token_command_that_fails_is_one_line_and_exit_1(db, settings, managed_kafka,
                                                            tmp_path):
     seed_users(db, 10)
@@ -353,8 +389,6 @@ def test_a_token_without_a_lifetime_is_kept_by_its_jwt_expiry():
      "--kafka-sasl-oauth-client-secret"),
     ({"kafka_sasl_oauth_token_url": "https://idp/token", "kafka_sasl_oauth_token_command": "x"},
      "give --kafka-sasl-oauth-token-url or --kafka-sasl-oauth-token-command, not both"),
-    ({"kafka_sasl_oauth_token_command": "x", "kafka_sasl_oauth_extensions": "logicalCluster"},
-     "--kafka-sasl-oauth-extensions: 'logicalCluster' is not KEY=VALUE"),
 ])
 def test_oauthbearer_settings_missing_or_contradictory_are_a_usage_error(values, message):
     settings = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="oauthbearer",
@@ -364,6 +398,26 @@ def test_oauthbearer_settings_missing_or_contradictory_are_a_usage_error(values,
         _ = settings.kafka_client_options
 
     assert str(raised.value) == message
+
+
+@pytest.mark.parametrize(("name", "value", "allowed"), [
+    ("kafka_sasl_oauth_extensions", "logicalCluster", "KEY=VALUE[,KEY=VALUE...]"),
+    ("kafka_sasl_oauth_token_url", "idp/token", "the http:// or https:// URL of an OIDC token "
+                                                "endpoint"),
+    ("kafka_sasl_oauth_token_command", "print-token 'unclosed", "a command line: at least one "
+                                                                "word, its quotes closed"),
+    ("kafka_sasl_oauth_token_command", "  ", "a command line: at least one word, its quotes "
+                                             "closed"),
+])
+def test_an_oauthbearer_setting_of_the_wrong_form_is_refused_by_the_settings_table(
+        name, value, allowed):
+    """Checked with every other setting, before any token is asked for: a command of no words
+    would fail only on the first connection (an IndexError in the token provider)."""
+    with pytest.raises(UsageError) as raised:
+        Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="OAUTHBEARER",
+                 **{name: value})
+
+    assert str(raised.value) == f"invalid value {value!r} for setting {name}: expected {allowed}"
 
 
 def test_every_kafka_client_of_a_process_shares_one_token_provider():

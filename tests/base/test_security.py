@@ -10,20 +10,28 @@ import socket
 import string
 import subprocess
 import sys
+import urllib.parse
+import uuid
 
 import kafka
+import pymongo
 import pytest
-from hypothesis import example, given
+from bson import json_util
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from kafka import KafkaAdminClient
+from kafka.admin import UserScramCredentialDeletion, UserScramCredentialUpsertion
 from kafka.net.selector import NetworkSelector
 from kafka.net.transport import KafkaSSLTransport, KafkaTCPTransport
 
-from cdc_migrator import api
+from cdc_migrator import api, configfile
 from cdc_migrator.base import refusals, retry  # noqa: F401  (refusals: mends kafka-python)
-from cdc_migrator.base.settings import mask_secrets, mask_uri, uri_secrets
+from cdc_migrator.base.masking import mask_secrets, mask_uri, uri_secrets
 from cdc_migrator.capture.tailer import arm
 
 from ..harness import (
+    KAFKA,
     KAFKA_CA,
     KAFKA_SASL_SSL,
     KAFKA_SSL,
@@ -31,8 +39,12 @@ from ..harness import (
     SCRAM_PASSWORD,
     SCRAM_USER,
     CliProcess,
+    Service,
+    local_mongo_missing,
     part_of,
     run_cli,
+    start_local_mongo,
+    stop_local_mongo,
     wait_for,
 )
 
@@ -69,6 +81,27 @@ def test_masking_hides_a_password_inside_any_message(user, password):
     if not any(c.isspace() for c in password):
         assert masked == f"ServerSelectionTimeoutError: cannot use mongodb+srv://***@{HOSTS}" \
                          f"{TAIL} now: connection refused"
+
+
+@given(secret=st.text(min_size=4), before=st.text(max_size=5), after=st.text(max_size=5))
+def test_masking_hides_a_registered_secret_in_every_form_text_gives_it(secret, before, after):
+    for form in forms_of(secret):
+        text = f"{before}{form}{after}"
+
+        masked = mask_secrets(text, secret)
+
+        assert form not in masked or form in f"{before}***{after}", (form, masked)
+
+
+@pytest.mark.parametrize("text", [
+    "configuration: {'sasl_plain_password': 'pw', 'ssl_password': \"x\\\"y\", 'a': 1}",
+    '{"password": "p\\"w", "other": 1}',
+    "connecting with user=u&password=pw;x",
+])
+def test_masking_hides_any_value_a_key_names_as_a_password_or_secret(text):
+    masked = mask_secrets(text)
+
+    assert "pw" not in masked and "x\\\"y" not in masked and "***" in masked, masked
 
 
 def test_masking_leaves_a_uri_without_credentials_and_other_text_alone():
@@ -243,6 +276,150 @@ def test_an_answer_that_arrives_with_the_close_reaches_the_kafka_client_first():
         net.close()
 
     assert seen == [("data", b"the broker's answer"), ("lost", "KafkaConnectionError")]
+
+
+# Secrets of any text, masked in every form they take, on every path.
+
+def forms_of(secret: str) -> set[str]:
+    """What ``secret`` looks like in text, worked out here apart from the code under test:
+    raw, as repr and JSON escape it, percent-encoded, its UTF-8 bytes' repr; and each of those
+    escaped again by repr and by JSON (a JSON log line escapes its message)."""
+    encoded = secret.encode()
+    forms = {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1],
+             json.dumps(secret, ensure_ascii=False)[1:-1], repr(encoded)[2:-1],
+             urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret),
+             urllib.parse.quote(secret)}
+    return forms | {repr(f)[1:-1] for f in forms} | {json.dumps(f)[1:-1] for f in forms} \
+        | {json.dumps(f, ensure_ascii=False)[1:-1] for f in forms}
+
+
+def scram_user(name: str, password: str | None) -> None:
+    """Give the local broker's SCRAM user ``name`` this password (None: no credential)."""
+    client = KafkaAdminClient(bootstrap_servers=KAFKA)
+    try:
+        if password is None:
+            client.alter_user_scram_credentials(
+                [UserScramCredentialDeletion(name, "SCRAM-SHA-512")])
+        else:
+            client.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(name, "SCRAM-SHA-512", password)])
+            # The broker authenticates from its metadata, which describe reads too.
+            wait_for(lambda: not client.describe_user_scram_credentials([name])[name]["error"],
+                     what=f"SCRAM user {name} known to the broker")
+    finally:
+        client.close()
+
+
+def sasl_file(path, user: str, password: str):
+    """A configuration file giving SASL_SSL with ``password`` (any character: the file is the
+    one source a NUL can come from)."""
+    path.write_text(
+        'kafka_security_protocol = "SASL_SSL"\nkafka_sasl_mechanism = "SCRAM-SHA-512"\n'
+        f'kafka_sasl_username = "{user}"\nkafka_ssl_cafile = "{KAFKA_CA}"\n'
+        f"kafka_sasl_password = {configfile._toml_string(password)}\n")
+    return path
+
+
+SECRET_PART = st.text(alphabet=st.one_of(st.characters(), st.sampled_from("\\\"'\n\r\t\x00%+@:/ ")),
+                      max_size=8)
+# A marker in the middle makes each secret unlike any text the tool prints itself.
+SECRETS = st.tuples(SECRET_PART, SECRET_PART).map(lambda parts: f"{parts[0]}Zq7{parts[1]}")
+
+
+@pytest.fixture(scope="module")
+def secured_mongo(tmp_path_factory):
+    """A local server of the module's own with access control on (``-Dauth=true``), and a
+    client of its root user."""
+    if (missing := local_mongo_missing()) is not None:
+        pytest.skip(missing)
+    proc, anonymous = start_local_mongo(tmp_path_factory.mktemp("secured"), auth=True)
+    anonymous.admin.command("createUser", "root", pwd="root-secret", roles=["root"])
+    host, port = anonymous.address
+    root = pymongo.MongoClient(f"mongodb://root:root-secret@{host}:{port}/?directConnection=true",
+                               serverSelectionTimeoutMS=10_000)
+    yield root, f"{host}:{port}"
+    root.close()
+    stop_local_mongo(proc, anonymous)
+
+
+def mongo_user(root: pymongo.MongoClient, host: str, db_name: str,
+               password: str) -> tuple[str, str]:
+    """A user of the secured server whose password is ``password``: its name, and the URI that
+    logs in as it. SCRAM-SHA-1, whose password takes any character (SCRAM-SHA-256's SASLprep refuses
+    control characters)."""
+    name = f"prop-{uuid.uuid4().hex[:8]}"
+    root.admin.command("createUser", name, pwd=password, roles=["root"],
+                       mechanisms=["SCRAM-SHA-1"])
+    return name, (f"mongodb://{name}:{urllib.parse.quote(password, safe='')}@{host}/{db_name}"
+                  "?authSource=admin&authMechanism=SCRAM-SHA-1&directConnection=true")
+
+
+@pytest.mark.services
+@hypothesis_settings(max_examples=3, deadline=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                            HealthCheck.too_slow])
+@example(secret='a\nb\\c"d\'Zq7\x00é😀 %2B+@:/')
+@example(secret="Zq7\\n\\u0041")
+@given(secret=SECRETS)
+def test_a_secret_never_shows_in_any_form_on_any_path(db, settings, tls_listeners, tmp_path,
+                                                      secured_mongo, secret):
+    """The SASL password and the MongoDB password, of any characters, at -vv in text and JSON
+    logs, in `status`, `config show`, metrics and the state, when the run succeeds and when
+    the password is refused. The MongoDB password's success path runs on a local server with
+    access control of the test's own (a user whose password is the secret); its refusal path,
+    and the SASL password's every path, on the shared services."""
+    db.client.drop_database(db.name)
+    seed_users(db, 50)
+    user = f"prop-{uuid.uuid4().hex[:8]}"
+    scram_user(user, secret)
+    root, secured_host = secured_mongo
+    secured_db = root[db.name]
+    root.drop_database(db.name)
+    seed_users(secured_db, 20)
+    mongo_name, mongo_uri = mongo_user(root, secured_host, db.name, secret)
+    logged_in = {"MONGODB_URI": mongo_uri}
+    good = {"KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
+            "CDC_MIGRATOR_CONFIG": str(sasl_file(tmp_path / "good.toml", user, secret))}
+    wrong = {**good, "CDC_MIGRATOR_CONFIG": str(sasl_file(tmp_path / "wrong.toml",
+                                                          f"{user}-none", secret))}
+    host = settings.mongodb_uri.split("://")[1].split("/")[0]
+    with_password = {"MONGODB_URI": f"mongodb://u:{urllib.parse.quote(secret, safe='')}@{host}"
+                                    f"/{db.name}?directConnection=true&serverSelectionTimeoutMS"
+                                    "=3000"}
+    seen: dict[str, str] = {}
+    try:
+        with Service(settings, "run", NAME, "-vv", "--log-format", "json", "--timeout", "120",
+                     "-q", env=good) as run:
+            seen["metrics"] = run.get("/metrics")[1]
+            assert run.wait() == 0, run.log[-3000:]
+        seen["run"] = run.log + run.output
+        for what, args, env in [
+            ("status -vv", ["status", "-vv"], good),
+            ("status --json", ["status", NAME, "--json"], good),
+            ("config show", ["config", "show"], good),
+            ("config show --json", ["config", "show", "--json", "-vv"], {**good, **with_password}),
+            ("refused SASL", ["consume", NAME, "-vv", "--log-format", "json"], wrong),
+            ("refused MongoDB", ["status", "-vv"], {**good, **with_password}),
+            ("apply, MongoDB password", ["apply", NAME, "-vv", "--log-format", "json"],
+             logged_in),
+            ("status, MongoDB password", ["status", "-vv"], {**good, **logged_in}),
+            ("config show, MongoDB password", ["config", "show", "--json"], logged_in),
+        ]:
+            result = run_cli(*args, settings=settings, env=env, timeout=120)
+            seen[what] = result.stdout + result.stderr
+            assert result.returncode == (1 if what.startswith("refused") else 0), seen[what]
+        seen["state"] = json_util.dumps(list(db.cdc_migrator_state.find())
+                                        + list(secured_db.cdc_migrator_state.find()))
+    finally:
+        scram_user(user, None)
+        root.admin.command("dropUser", mongo_name)
+    assert db.users.count_documents({"role": "user"}) == 50
+    assert secured_db.users.count_documents({"role": "user"}) == 20
+    assert "Kafka refused the SASL credentials" in seen["refused SASL"]
+    assert "MongoDB authentication failed" in seen["refused MongoDB"]
+    for what, text in seen.items():
+        for form in forms_of(secret):
+            assert form not in text, f"{what} shows the secret as {form!r}"
 
 
 # The client pin: base/refusals.py patches a private method of kafka-python.

@@ -215,6 +215,102 @@ def test_kafka_group_lag_is_end_minus_committed_per_partition(settings):
     producer.close()
 
 
+def _consume_and_commit(topic: str, group: str, count: int) -> None:
+    """A member of ``group`` that applies ``count`` records and commits them (then leaves)."""
+    member = KafkaConsumer(topic, bootstrap_servers=KAFKA, group_id=group,
+                           enable_auto_commit=False, auto_offset_reset="earliest")
+    try:
+        taken = 0
+        while taken < count:
+            taken += sum(len(r) for r in member.poll(timeout_ms=1000).values())
+        member.commit()
+    finally:
+        member.close()
+
+
+def test_lag_read_while_the_group_commits_can_only_over_count(settings, monkeypatch):
+    """Lag is the end offset minus the committed one, each read at its own moment. When the
+    group commits between the two reads, reading the end first gave a committed offset past
+    it: a negative lag (-77 under load), which hid real lag elsewhere from status and cutover.
+    Here the group produces and commits exactly between them, every time: a real group on the
+    real broker, the moment chosen by a consumer class that runs it after its first read."""
+    topic, group = settings.topic("lag"), settings.group("lag")
+    topics.ensure_topic(settings, topic, partitions=1)
+    producer = topics.producer(settings)
+    for i in range(5):
+        producer.send(topic, key=b"%d" % i, value=b"before")
+    producer.flush()
+    _consume_and_commit(topic, group, 5)
+    raced: list[bool] = []
+
+    class CommittingBetweenReads(KafkaConsumer):
+        def _then_the_group_moves_on(self) -> None:
+            if not raced:
+                raced.append(True)
+                for i in range(10):
+                    producer.send(topic, key=b"%d" % i, value=b"during")
+                producer.flush()
+                _consume_and_commit(topic, group, 10)
+
+        def committed(self, *args, **kwargs):
+            found = super().committed(*args, **kwargs)
+            self._then_the_group_moves_on()
+            return found
+
+        def end_offsets(self, *args, **kwargs):
+            found = super().end_offsets(*args, **kwargs)
+            self._then_the_group_moves_on()
+            return found
+
+    monkeypatch.setattr(topics, "KafkaConsumer", CommittingBetweenReads)
+    lag = topics.group_lag(settings, topic, group)
+    producer.close()
+
+    assert raced and lag.total == 10 and lag.partitions[0].committed == 5, lag.as_dict()
+
+
+def test_the_health_checks_lag_read_while_the_group_commits_can_only_over_count(settings):
+    """The health checks read the lag through an admin client they keep (``admin_lag``): the
+    same race as :func:`topics.group_lag`'s, the same order. An admin client of the real
+    broker makes the group produce and commit right after its first read."""
+    topic, group = settings.topic("adminlag"), settings.group("adminlag")
+    topics.ensure_topic(settings, topic, partitions=1)
+    producer = topics.producer(settings)
+    for i in range(5):
+        producer.send(topic, key=b"%d" % i, value=b"before")
+    producer.flush()
+    _consume_and_commit(topic, group, 5)
+    raced: list[bool] = []
+
+    class CommittingBetweenReads(KafkaAdminClient):
+        def _then_the_group_moves_on(self) -> None:
+            if not raced:
+                raced.append(True)
+                for i in range(10):
+                    producer.send(topic, key=b"%d" % i, value=b"during")
+                producer.flush()
+                _consume_and_commit(topic, group, 10)
+
+        def list_group_offsets(self, *args, **kwargs):
+            found = super().list_group_offsets(*args, **kwargs)
+            self._then_the_group_moves_on()
+            return found
+
+        def list_partition_offsets(self, *args, **kwargs):
+            found = super().list_partition_offsets(*args, **kwargs)
+            self._then_the_group_moves_on()
+            return found
+
+    client = CommittingBetweenReads(**topics.client_options(settings))
+    try:
+        lag = topics.admin_lag(client, topic, group)
+    finally:
+        client.close()
+        producer.close()
+
+    assert raced and lag.total == 10 and lag.partitions[0].committed == 5, lag.as_dict()
+
+
 def test_producer_uses_lz4_and_the_c_checksum_unless_configured_otherwise(settings):
     from kafka.record import util
 

@@ -5,6 +5,7 @@ migration or recovered by a new backfill."""
 
 from __future__ import annotations
 
+import json
 import random
 import textwrap
 import threading
@@ -259,6 +260,14 @@ def test_status_warns_of_lost_history_and_rebackfill_recovers_it(tmp_path):
         assert state["tail"]["recoveries"] == 1 and state["phase"] != Phase.FAILED
         shown = run_cli("status", "price_total", settings=settings)
         assert "history lost and recovered 1x" in shown.stdout, shown.stdout
+        # The reason is text: the server's message, not the driver's raw reply after it.
+        reason = state["tail"]["last_recovery"]["reason"]
+        as_json = run_cli("status", "price_total", "--json", settings=settings).stdout
+        assert json.loads(as_json)["tail"]["last_recovery"]["reason"] == reason
+        assert reason.startswith("the change stream of items can no longer resume from the "
+                                 "saved point (") and reason.endswith(")"), reason
+        for text in (reason, tail.log, shown.stdout):
+            assert "RawBSONDocument" not in text and "full error" not in text, text
         assert db.items.count_documents({"total": {"$exists": True}}) == 50
         settings.close()
     finally:

@@ -155,15 +155,17 @@ BAD_INPUTS = [
     ("no-transforms-dir", ["apply", NAME, "--transforms", "/nonexistent/transforms"], {}, {}, 2,
      "transforms directory /nonexistent/transforms does not exist"),
     ("batch-size-0", ["apply", NAME, "--batch-size", "0"], {}, {}, 2,
-     "Invalid value for '--batch-size'"),
-    ("negative-rate", ["backfill", NAME, "--rate", "-1"], {}, {}, 2, "Invalid value for '--rate'"),
+     "invalid value '0' for flag --batch-size: expected an integer from 1"),
+    ("negative-rate", ["backfill", NAME, "--rate", "-1"], {}, {}, 2,
+     "invalid value '-1' for flag --rate: expected a finite number"),
     ("unknown-flag", ["apply", NAME, "--frobnicate"], {}, {}, 2, "No such option '--frobnicate'"),
     ("negative-deadline", ["consume", NAME, "--retry-deadline", "-5"], {}, {}, 2,
-     "Invalid value for '--retry-deadline'"),
+     "invalid value '-5' for flag --retry-deadline: expected a finite number of seconds"),
     ("bad-protocol", ["consume", NAME, "--kafka-security-protocol", "TLS"], {}, {}, 2,
-     "Invalid value for '--kafka-security-protocol'"),
+     "invalid value 'TLS' for flag --kafka-security-protocol: expected one of PLAINTEXT"),
     ("missing-ca-file", ["tail", NAME, "--kafka-ssl-cafile", "/nonexistent/ca.pem"], {}, {}, 2,
-     "'/nonexistent/ca.pem' does not exist"),
+     "invalid value '/nonexistent/ca.pem' for flag --kafka-ssl-cafile: expected the path of "
+     "an existing file"),
     ("bad-config-file", ["status"], {}, {"CDC_MIGRATOR_CONFIG": "{tmp}/bad.toml"}, 2,
      "is not valid TOML"),
     ("invalid-uri", ["apply", NAME], {}, {"MONGODB_URI": "mongodb://"}, 2,
@@ -247,9 +249,10 @@ def test_tls_and_sasl_options_reach_the_kafka_and_mongo_clients(monkeypatch, tmp
     ca, cert = tmp_path / "ca.pem", tmp_path / "client.pem"
     ca.write_text("CA")
     cert.write_text("CERT")
+    (tmp_path / "file.pem").write_text("CA OF THE FILE")
     (tmp_path / "cdc-migrator.toml").write_text(
         '[kafka]\nclient_id = "from-file"\nsecurity_protocol = "PLAINTEXT"\n'
-        '[mongo]\ntlscafile = "/from/file.pem"\nappname = "from-file"\n')
+        f'[mongo]\ntlscafile = "{tmp_path / "file.pem"}"\nappname = "from-file"\n')
     monkeypatch.chdir(tmp_path)
     args = [a.format(ca=ca, cert=cert) for a in SECURE_FLAGS]
     settings = settings_from_cli(monkeypatch, args,

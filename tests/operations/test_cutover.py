@@ -1,6 +1,7 @@
 """Cutover: a fence that proves the lag, a refusal with every reason, the contract schema checked
 and applied (or refused by the server); the operator's commands around it (pause, cancel,
-next) and cutover catching up by itself after `run`."""
+next), cutover catching up by itself after `run`, and `status` saying why cutover waits for
+the partitions of a killed consumer."""
 
 from __future__ import annotations
 
@@ -394,3 +395,39 @@ def test_cutover_after_run_finished_catches_up_by_itself(db, settings, tmp_path)
     assert db.accounts.count_documents({"plan": "free"}) == 550
     state = db.cdc_migrator_state.find_one({"_id": "add_plan"})
     assert state["phase"] == Phase.CUT_OVER
+
+
+def holding_partitions(settings, name: str) -> list[topics.GroupMember]:
+    return [m for m in topics.group_description(settings, settings.group(name),
+                                                settings.topic("accounts")) if m.partitions]
+
+
+def test_status_says_a_killed_consumer_holds_its_partitions_until_its_session_times_out(
+        db, settings, transforms):
+    """A consumer killed without --instance-id stays a member of the group until its session
+    times out (30 s): its partitions are consumed by nobody meanwhile, and the next cutover
+    waited 73 s. `status` says why while it lasts."""
+    seed(db, 20)
+    arm(settings, get_migration(settings.transforms, "add_tier"))
+    survivor = CliProcess(settings, "consume", "add_tier")
+    killed = CliProcess(settings, "consume", "add_tier")
+    try:
+        wait_for(lambda: len(StateStore(db).get("add_tier").consumers) == 2,
+                 what="both consumers reporting themselves alive")
+        wait_for(lambda: len(holding_partitions(settings, "add_tier")) == 2,
+                 what="both members holding partitions")
+        killed.kill()
+
+        silent = wait_for(lambda: json.loads(run_cli(
+            "status", "add_tier", "--json", settings=settings).stdout)["group"]["silent"],
+            timeout=25, what="the killed member shown silent")
+        text = run_cli("status", "add_tier", settings=settings).stdout
+    finally:
+        survivor.stop()
+    (member,) = silent
+    assert member["instance_id"] is None and member["session_timeout_seconds"] == 30
+    assert member["partitions"] and member["silent_seconds"] >= 10
+    assert f"consumer {member['member_id']} on 127.0.0.1 silent for" in text, text
+    assert "still in the group, holding p" in text and "killed without --instance-id" in text
+    assert "when its session times out (30 s after its last heartbeat)" in text
+    assert "Until then they are not consumed, and cutover waits." in text

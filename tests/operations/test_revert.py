@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
 import time
 
+import pymongo
+from pymongo import monitoring
+
 from cdc_migrator import api
 from cdc_migrator.apply.consumer import TransformConsumer
+from cdc_migrator.base import codec
 from cdc_migrator.capture.backfill import backfill
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.core.state import Phase, StateStore
 
-from ..harness import PeopleWriter, run_cli, wait_for
+from ..harness import ROOT, PeopleWriter, run_cli, wait_for
 
 NAME = "split_full_name"  # transforms/split_full_name.py, with its inverse join_full_name
 REVERSE = "split_full_name-revert"
@@ -88,6 +93,8 @@ def test_migrate_cut_over_and_revert_under_application_writes(db, settings):
     assert verified.returncode == 0, verified.stdout + verified.stderr
     status = run_cli("status", NAME, settings=settings)
     assert f"{NAME} (people): reverted" in status.stdout and "reverted at" in status.stdout
+    assert "old shape: nothing enforces the old shape: people.old.json was checked on every " \
+           "document, but the server has no validators" in status.stdout  # the local server
     status = run_cli("status", REVERSE, settings=settings)
     # Its lag is shown (its group is known); events of writes after its cutover may wait
     # there for an always-on `consume NAME-revert`, as after `run --cutover`.
@@ -151,3 +158,108 @@ def test_a_reverting_migrations_own_consumer_holds_instead_of_migrating_forward_
     finally:
         consumer.stop()
         thread.join(timeout=60)
+
+
+# The revert's enforcement: the old shape's schema as the validator, or status says none.
+
+class CollMods(monitoring.CommandListener):
+    """Every collMod this process sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    def started(self, event) -> None:
+        if event.command_name == "collMod":
+            self.sent.append(dict(event.command))
+
+    def succeeded(self, event) -> None:
+        pass
+
+    def failed(self, event) -> None:
+        pass
+
+
+def test_the_reverse_cutover_installs_the_old_shapes_schema_as_the_validator(db, settings):
+    """split_full_name names people.old.json, the old shape: revert puts back the expand schema,
+    then its cutover checks every document against the old shape's schema and installs it, as
+    the forward cutover installs the contract, so that the server refuses new-shape writes.
+    (The local server has no validators: it answers 59, and status says nothing enforces it
+    here. The collMod sent is what a MongoDB would take.)"""
+    _seed(db.people, 200)
+    assert api.run(settings, NAME, then_cutover=True, timeout=120, show_progress=False).cutover.ok
+    recorder = CollMods()
+    settings.client = pymongo.MongoClient(settings.mongodb_uri, event_listeners=[recorder],
+                                          **codec.client_options())
+
+    report = api.revert(settings, NAME, timeout=120, show_progress=False)
+    status = run_cli("status", NAME, settings=settings).stdout
+
+    old_shape = json.loads((ROOT / "schemas" / "people.old.json").read_text())
+    expand = json.loads((ROOT / "schemas" / "people.expand.json").read_text())
+    assert report.ok, report.summary()
+    assert [(c["collMod"], c["validator"]) for c in recorder.sent] == [
+        ("people", {"$jsonSchema": expand}), ("people", {"$jsonSchema": old_shape})]
+    assert recorder.sent[1]["validationLevel"] == "strict"
+    note = ("nothing enforces the old shape: people.old.json was checked on every document, "
+            "but the server has no validators, so writes in the new shape are not refused")
+    assert report.summary().endswith(f"every document is in the old shape; {note}")
+    assert f"  old shape: {note}" in status, status
+    assert StateStore(db).get(NAME).old_shape == {"schema": "people.old.json",
+                                                  "enforced": False}
+
+
+WITHOUT_OLD_SCHEMA = '''
+from cdc_migrator import UNSET, migration
+
+
+@migration(collection="people")
+def split_name(doc, ctx):
+    if isinstance(doc.get("full_name"), str):
+        first, _, last = doc["full_name"].partition(" ")
+        return {"first_name": first, "last_name": last, "full_name": UNSET}
+
+
+@split_name.down
+def join_name(doc, ctx):
+    if "first_name" in doc:
+        return {"full_name": f"{doc['first_name']} {doc['last_name']}",
+                "first_name": UNSET, "last_name": UNSET}
+'''
+
+
+def test_status_says_nothing_enforces_the_old_shape_without_an_old_schema(db, settings,
+                                                                          tmp_path):
+    (tmp_path / "split_name.py").write_text(WITHOUT_OLD_SCHEMA)
+    settings.transforms = tmp_path
+    db.people.insert_many([{"_id": i, "full_name": f"Given{i} Family"} for i in range(50)])
+    assert api.run(settings, "split_name", then_cutover=True, timeout=120,
+                   show_progress=False).cutover.ok
+
+    reverted = run_cli("revert", "split_name", "--quiet", settings=settings, timeout=300)
+    shown = run_cli("status", "split_name", "--json", settings=settings).stdout
+
+    assert reverted.returncode == 0, reverted.stdout + reverted.stderr
+    note = ("nothing enforces the old shape: the migration names no old_schema, so writes in "
+            "the new shape are not refused (deploy old-shape writes first)")
+    assert note in reverted.stdout
+    assert json.loads(shown)["old_shape"] == {"schema": None, "enforced": None, "note": note}
+
+
+def test_reset_after_a_revert_that_installed_the_old_shape_puts_back_the_expand_schema(
+        db, settings):
+    """Migrating again writes the new shape, which the old shape's validator would refuse."""
+    db.people.insert_one({"_id": 1, "full_name": "Ada Lovelace"})
+    store = StateStore(db)
+    store.ensure(NAME, "people")
+    store.mark_reverted(NAME, {"schema": "people.old.json", "enforced": True})  # on a MongoDB
+    recorder = CollMods()
+    settings.client = pymongo.MongoClient(settings.mongodb_uri, event_listeners=[recorder],
+                                          **codec.client_options())
+
+    note = api.reset(settings, NAME)
+
+    expand = json.loads((ROOT / "schemas" / "people.expand.json").read_text())
+    assert [(c["collMod"], c["validator"]) for c in recorder.sent] == [
+        ("people", {"$jsonSchema": expand})]
+    assert note == "the server has no validators: no validator (people.old.json) to take back"
+    assert store.get(NAME) is None

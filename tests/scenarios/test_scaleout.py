@@ -133,12 +133,12 @@ def _unmigrated(db) -> int:
 def test_a_throttle_change_reaches_the_running_backfill_and_consumers(db, settings,
                                                                     transforms):
     seed_items(db.items, random.Random(8), 30_000)
-    assert run_cli("throttle", NAME, "--rate", "150", settings=settings).returncode == 0
     tail = CliProcess(settings, "tail", NAME)
     procs = [tail]
     try:
         wait_for(lambda: (db.cdc_migrator_state.find_one({"_id": NAME}) or {}).get(
             "tail", {}).get("armed_at"), what="armed")
+        assert run_cli("throttle", NAME, "--rate", "150", settings=settings).returncode == 0
         procs.append(CliProcess(settings, "backfill", NAME, "--batch-size", "100", "--workers", "2",
                           "-q"))
         slow_read = _rate_over(lambda: _scanned(db), 450, timeout=60)
@@ -236,8 +236,11 @@ def test_a_delayed_hidden_member_does_not_hold_the_backfill(db, settings, transf
 
 @pytest.mark.services
 @pytest.mark.parametrize(("args", "code", "message"), [
-    (["--rate", "-5"], 2, "Invalid value for '--rate'"),
-    (["--rate", "0"], 2, "Invalid value for '--rate'"),
+    (["--rate", "-5"], 2, "invalid value '-5' for throttle --rate: expected a finite number"),
+    (["--rate", "0"], 2, "invalid value '0' for throttle --rate: expected a finite number"),
+    (["--rate", "inf"], 2, "invalid value 'inf' for throttle --rate: expected a finite"),
+    (["--rate", "1e309"], 2, "invalid value '1e309' for throttle --rate: expected a finite"),
+    (["--rate", "nan"], 2, "invalid value 'nan' for throttle --rate: expected a finite"),
     ([], 2, "give either --rate DOCS/S or --off"),
     (["--rate", "5", "--off"], 2, "give either --rate DOCS/S or --off"),
 ])
@@ -250,8 +253,48 @@ def test_a_bad_throttle_is_refused_in_one_line_and_changes_nothing(db, settings,
     result = run_cli("throttle", NAME, *args, settings=settings)
 
     assert result.returncode == code and message in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert db.cdc_migrator_state.find_one({"_id": NAME}) == before
+
+
+@pytest.mark.services
+def test_throttling_a_migration_never_started_is_refused_and_creates_no_state(db, settings,
+                                                                             transforms):
+    result = run_cli("throttle", NAME, "--rate", "10", settings=settings)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip() == (
+        f"cdc-migrator: cannot throttle {NAME}: it has not started (no state yet); start it "
+        "(tail, then backfill, or run), then throttle it; nothing changed")
+    assert db.cdc_migrator_state.count_documents({}) == 0
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("stored", [float("inf"), "fast", -3.0])
+def test_an_invalid_throttle_in_the_state_is_refused_and_crashes_no_worker(db, settings,
+                                                                          transforms, stored):
+    """A throttle written by an older version (``throttle --rate inf`` was taken) or by hand:
+    the backfill and the consumers go on at the pace they had (none), say why once, and
+    ``status`` shows it refused. Before, every consumer died on ``int(inf)``."""
+    seed_items(db.items, random.Random(10), 300)
+    arm(settings, get_migration(transforms, NAME))
+    db.cdc_migrator_state.update_one({"_id": NAME}, {"$set": {"throttle.rate": stored}})
+
+    ran = run_cli("run", NAME, "--timeout", "120", "-q", settings=settings)
+    shown = json.loads(run_cli("status", NAME, "--json", settings=settings).stdout)
+    text = run_cli("status", NAME, settings=settings).stdout
+
+    assert ran.returncode == 0, ran.stderr
+    assert _unmigrated(db) == 0
+    refusal = (f"invalid value {stored!r} for throttle.rate in the state of {NAME}: expected "
+               "a finite number of documents per second above 0; the workers keep the pace "
+               f"they had. Replace it: `cdc-migrator throttle {NAME} --rate DOCS/S` or `--off`")
+    assert refusal in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
+    assert shown["throttle"]["refused"] == refusal and shown["throttle"]["rate"] is None
+    assert f"throttle REFUSED: {refusal}" in text
+    replaced = run_cli("throttle", NAME, "--rate", "500", settings=settings)
+    assert replaced.returncode == 0 and json.loads(run_cli(
+        "status", NAME, "--json", settings=settings).stdout)["throttle"]["refused"] is None
 
 
 @pytest.mark.services
