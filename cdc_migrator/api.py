@@ -55,6 +55,8 @@ from .operations.census import census as _census
 from .operations.cutover import CutoverReport, load_schema
 from .operations.cutover import cutover as _cutover
 from .operations.history import MigrationHistory, histories
+from .operations.preflight import PreflightReport, load_failure, require
+from .operations.preflight import preflight as _preflight
 from .operations.reversible import ReversibleReport, reverse_of, verify_reversible
 from .operations.revert import put_back_expand_schema
 from .operations.scaffold import init_migration
@@ -114,6 +116,35 @@ def census(settings: Settings, name: str, *, sample: int = 5, batch_size: int | 
         if migration.contract_schema else None
     return _census(settings, migration, sample=sample, batch_size=batch_size,
                    max_shapes=max_shapes, schema_check=check, on_batch=on_batch)
+
+
+def preflight(settings: Settings, name: str, *, skip: tuple[str, ...] = ()) -> PreflightReport:
+    """Before any write: whether this deployment will carry NAME. Writes nothing.
+
+    One line per check, with what it checked, the result and, on failure, the fix:
+    mongo-topology (version; a standalone is refused; replica set; sharded cluster with the
+    collection's shard key), privileges (connectionStatus: the change stream, find, insert,
+    update, remove on the collection and the tool's own collections, collMod for a contract
+    schema, replSetGetStatus for --max-replication-lag, find on depends_on collections),
+    pre-images (of depends_on collections, and the fallback where off), runway (the change
+    history's window against the backfill's estimated time, from a short sample scan), kafka
+    (reachable, credentials, the topic's settings or whether it may be created, its record
+    limit against the largest sampled document, ACLs where the broker has an authorizer),
+    schema (the contract schema in MongoDB's $jsonSchema dialect), transform (it loads; each
+    depends_on field is found in a sampled document). Exit 0 when all pass, 1 naming the
+    failures. --skip-check NAME skips one (logged), where you know better.
+
+    In Python: ``skip`` names the checks to skip; see
+    :func:`cdc_migrator.operations.preflight.preflight`.
+    """
+    if Path(settings.transforms).is_dir():
+        try:
+            migrations(settings)
+        except UsageError as exc:  # a file that does not import: the transform check fails
+            return PreflightReport(name, [load_failure(exc)])
+    migration = load(settings, name)
+    require_collection(settings, migration)
+    return _preflight(settings, migration, skip=skip)
 
 
 def verify_reversibility(settings: Settings, name: str, *, per_shape: int = 3,
@@ -224,7 +255,7 @@ def verify(settings: Settings, name: str, *, sample_size: int = 10,
 
 
 def cutover(settings: Settings, name: str, *, timeout: float = 60.0, dry_run: bool = False,
-            allow_failed: bool = False) -> CutoverReport:
+            allow_failed: bool = False, skip_checks: tuple[str, ...] = ()) -> CutoverReport:
     """Finish NAME: fence, wait for zero lag, verify, apply the contract schema, mark complete.
 
     Refuses with exit 1 and every reason (backfill unfinished, events behind, documents
@@ -233,7 +264,9 @@ def cutover(settings: Settings, name: str, *, timeout: float = 60.0, dry_run: bo
     In Python: cutover catches up itself where no tailer or consumer runs (see
     :func:`cdc_migrator.pipeline.catch_up`); see :func:`cdc_migrator.operations.cutover.cutover`.
     """
-    return _cutover(settings, load(settings, name), timeout=timeout, dry_run=dry_run,
+    migration = load(settings, name)
+    require(settings, migration, "cutover", skip_checks)
+    return _cutover(settings, migration, timeout=timeout, dry_run=dry_run,
                     allow_failed=allow_failed, catch_up=catch_up)
 
 
@@ -380,7 +413,8 @@ def check_bounds(settings: Settings) -> None:
                     "read: %s; %s", lag.unknown, lag.fix)
 
 
-def tail(settings: Settings, migrations: list[Migration], stop: threading.Event) -> None:
+def tail(settings: Settings, migrations: list[Migration], stop: threading.Event, *,
+         skip_checks: tuple[str, ...] = ()) -> None:
     """Always-on: follow the change stream of each migration's collection into its topic.
 
     Arms change capture on first start (fixes the point from which writes are captured), then
@@ -390,12 +424,15 @@ def tail(settings: Settings, migrations: list[Migration], stop: threading.Event)
     In Python: one tailer per migration until ``stop`` is set; the setting
     ``on_history_lost`` says what a tailer does when the change history is gone.
     """
+    for migration in migrations:
+        require(settings, migration, "tail", skip_checks)
     tail_until_stopped(settings, migrations, stop)
 
 
 def backfill(settings: Settings, name: str, *, batch_size: int | None = None,
              rate: float | None = None, reset: bool = False, show_progress: bool = True,
-             stop: threading.Event | None = None, workers: int = 1) -> BackfillReport:
+             stop: threading.Event | None = None, workers: int = 1,
+             skip_checks: tuple[str, ...] = ()) -> BackfillReport:
     """Scan NAME's existing documents into its topic, in _id ranges; resumable.
 
     Run it as often as you like, on as many machines: every backfill of NAME shares the work
@@ -407,6 +444,7 @@ def backfill(settings: Settings, name: str, *, batch_size: int | None = None,
     :func:`cdc_migrator.capture.backfill.backfill`.
     """
     migration = _loaded(settings, name)
+    require(settings, migration, "backfill", skip_checks)
     return _backfill(settings, migration, batch_size=batch_size, rate=rate, reset=reset,
                      show_progress=show_progress, stop=stop, workers=workers)
 
@@ -463,7 +501,8 @@ def init(settings: Settings, name: str, collection: str, *,
 
 def run(settings: Settings, name: str, *, batch_size: int | None = None,
         rate: float | None = None, timeout: float | None = None, then_cutover: bool = False,
-        show_progress: bool = True, stop: threading.Event | None = None) -> RunReport:
+        show_progress: bool = True, stop: threading.Event | None = None,
+        skip_checks: tuple[str, ...] = ()) -> RunReport:
     """Tail, backfill and consume NAME in this process until the topic is drained.
 
     For one machine; the always-on deployment runs `tail` and `consume` as services instead.
@@ -471,7 +510,9 @@ def run(settings: Settings, name: str, *, batch_size: int | None = None,
     In Python: at most ``timeout`` seconds, then cutover with ``then_cutover``; see
     :func:`cdc_migrator.pipeline.run_pipeline`.
     """
-    return run_pipeline(settings, _loaded(settings, name), batch_size=batch_size, rate=rate,
+    migration = _loaded(settings, name)
+    require(settings, migration, "run", skip_checks)
+    return run_pipeline(settings, migration, batch_size=batch_size, rate=rate,
                         timeout=timeout, then_cutover=then_cutover,
                         show_progress=show_progress, stop=stop)
 

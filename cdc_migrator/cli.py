@@ -36,6 +36,7 @@ from .base.settings import Settings
 from .errors import CdcMigratorError, UsageError
 from .operations import observability
 from .operations.history import render as render_history
+from .operations.preflight import CHECKS
 from .operations.status import render
 
 log = logging.getLogger("cdc_migrator.cli")
@@ -196,6 +197,9 @@ _RESET = click.option("--reset", is_flag=True,
 _PROGRESS_QUIET = click.option("--quiet", "-q", is_flag=True,
                                help="No progress line; log only warnings and errors.")
 _JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON).")
+_SKIP_CHECK = click.option("--skip-check", "skip_checks", multiple=True, metavar="NAME",
+                           help="Skip this preflight check (repeatable; logged): "
+                                + ", ".join(CHECKS) + ".")
 
 
 def _timeout(default: float | None, text: str) -> Callable[[_Command], _Command]:
@@ -366,13 +370,14 @@ def _migrations(settings: Settings, names: tuple[str, ...]) -> list[Any]:
 
 @cli.command(help=_help(api.tail))
 @click.argument("names", nargs=-1, metavar="[NAME...]")
+@_SKIP_CHECK
 @_settings_options
-def tail(settings: Settings, names: tuple[str, ...]) -> None:
+def tail(settings: Settings, names: tuple[str, ...], skip_checks: tuple[str, ...]) -> None:
     stop = _stop_on_signals()
     migrations = _migrations(settings, names)
     log.info("tailing %s", ", ".join(m.name for m in migrations))
     with _serving(settings, migrations, "tailer"):
-        api.tail(settings, migrations, stop)
+        api.tail(settings, migrations, stop, skip_checks=skip_checks)
 
 
 @cli.command(help=_help(api.backfill))
@@ -383,13 +388,15 @@ def tail(settings: Settings, names: tuple[str, ...]) -> None:
 @_command_option("--workers", OPTIONS["workers"],
                  "Scan N ranges at once in this process (threads).", default=1)
 @_PROGRESS_QUIET
+@_SKIP_CHECK
 @_settings_options
 def backfill(settings: Settings, name: str, batch_size: int | None, rate: float | None,
-             reset: bool, workers: int, quiet: bool) -> None:
+             reset: bool, workers: int, quiet: bool, skip_checks: tuple[str, ...]) -> None:
     stop = _stop_on_signals()
     with _serving(settings, [api.load(settings, name)], "backfill"):
         report = api.backfill(settings, name, batch_size=batch_size, rate=rate, reset=reset,
-                              show_progress=not quiet, stop=stop, workers=workers)
+                              show_progress=not quiet, stop=stop, workers=workers,
+                              skip_checks=skip_checks)
     click.echo(report.summary())
 
 
@@ -426,13 +433,16 @@ def consume(settings: Settings, names: tuple[str, ...]) -> None:
 @click.option("--cutover", "then_cutover", is_flag=True,
               help="Cut over when drained (see `cutover --help`).")
 @_PROGRESS_QUIET
+@_SKIP_CHECK
 @_settings_options
 def run(settings: Settings, name: str, batch_size: int | None, rate: float | None,
-        timeout: float | None, then_cutover: bool, quiet: bool) -> None:
+        timeout: float | None, then_cutover: bool, quiet: bool,
+        skip_checks: tuple[str, ...]) -> None:
     stop = _stop_on_signals()
     with _serving(settings, [api.load(settings, name)], *_PIPELINE):
         report = api.run(settings, name, batch_size=batch_size, rate=rate, timeout=timeout,
-                         show_progress=not quiet, stop=stop, then_cutover=then_cutover)
+                         show_progress=not quiet, stop=stop, then_cutover=then_cutover,
+                         skip_checks=skip_checks)
     counts = report.counts
     click.echo(f"{name}: {'drained' if report.drained else 'stopped'}; lag {report.lag}; "
                + ", ".join(f"{k} {counts.get(k, 0):,}" for k in
@@ -483,11 +493,30 @@ def _print_cutover(report: Any) -> None:
               "would be done.")
 @click.option("--allow-failed", is_flag=True,
               help="Cut over although some documents failed (dead-lettered).")
+@_SKIP_CHECK
 @_settings_options
 def cutover(settings: Settings, name: str, timeout: float, dry_run: bool,
-            allow_failed: bool) -> None:
+            allow_failed: bool, skip_checks: tuple[str, ...]) -> None:
     _print_cutover(api.cutover(settings, name, timeout=timeout, dry_run=dry_run,
-                               allow_failed=allow_failed))
+                               allow_failed=allow_failed, skip_checks=skip_checks))
+
+
+@cli.command(help=_help(api.preflight))
+@click.argument("name")
+@_SKIP_CHECK
+@_JSON
+@_settings_options
+def preflight(settings: Settings, name: str, skip_checks: tuple[str, ...],
+              as_json: bool) -> None:
+    report = api.preflight(settings, name, skip=skip_checks)
+    if as_json:
+        _echo_json(report.as_dict())
+    else:
+        for check in report.checks:
+            click.echo(check.line())
+        click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
 
 
 @cli.command(help=_help(api.status))

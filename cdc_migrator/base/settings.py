@@ -331,13 +331,13 @@ class Settings:
         "behind the primary (replSetGetStatus; delayed, hidden, arbiter and non-voting members "
         "do not count; through mongos, each shard's). Default: not checked.",
         metavar="SECONDS", minimum=0, maximum=A_YEAR,
-        commands=("backfill", "consume", "run", "accept", "config show"))
+        commands=("backfill", "consume", "run", "accept", "preflight", "config show"))
     on_lag_unknown: str = setting(
         "fail", "With --max-replication-lag, when the lag cannot be read (replSetGetStatus "
         "refused: no clusterMonitor role, a managed tier, a shard out of reach): refuse to "
         "start, naming what to grant (fail), or run without the bound, `status` showing the "
         "lag as unknown and why (run).", choices=("fail", "run"),
-        commands=("backfill", "consume", "run", "accept", "config show"))
+        commands=("backfill", "consume", "run", "accept", "preflight", "config show"))
     max_write_latency: float | None = setting(
         None, "Hold the backfill and the consumers for a while when a bulk write of the "
         "migration took longer than MS. Default: not checked.", metavar="MS", minimum=0,

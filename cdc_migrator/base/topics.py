@@ -174,11 +174,7 @@ def check_topic_configs(client: KafkaAdminClient, settings: Settings, topic: str
     someone else with the cluster's default retention (7 days unless set otherwise) is refused
     with the command that fixes it.
     """
-    names = [*TOPIC_CONFIGS, "min.insync.replicas"]
-    described = client.describe_configs(
-        [ConfigResource("TOPIC", topic, names)], config_filter="all")
-    values = {name: entry.get("value") for name, entry in
-              ((described.get("topic") or {}).get(topic) or {}).items()}
+    values = read_topic_configs(client, topic, [*TOPIC_CONFIGS, "min.insync.replicas"])
     if any(values.get(name) is None for name in TOPIC_CONFIGS):
         _warn_once(topic, "unread", "cannot read the settings of topic %s (DescribeConfigs not "
                    "allowed?): make sure it deletes nothing while the migration runs (%s)",
@@ -209,6 +205,15 @@ def check_topic_configs(client: KafkaAdminClient, settings: Settings, topic: str
                    limit, "a 16 MiB document needs" if limit == MAX_RECORD_BYTES else
                    "of --max-record-bytes",
                    fix_command(settings, topic, f"max.message.bytes={limit}"))
+
+
+def read_topic_configs(client: KafkaAdminClient, topic: str,
+                       names: list[str]) -> dict[str, Any]:
+    """The effective values of ``names`` for ``topic`` (the broker's defaults included)."""
+    described = client.describe_configs(
+        [ConfigResource("TOPIC", topic, names)], config_filter="all")
+    return {name: entry.get("value") for name, entry in
+            ((described.get("topic") or {}).get(topic) or {}).items()}
 
 
 def _check_insync(client: KafkaAdminClient, settings: Settings, topic: str,

@@ -41,6 +41,7 @@ public class LocalMongo {
         private final ReplicaSetStatus replicaSet = new ReplicaSetStatus();
         private final AccessControl access; // null: no access control, as a mongod without --auth
         private final MongosMode mongos = new MongosMode();
+        private final StandaloneMode standalone = new StandaloneMode();
         private final ShardKeyTargeting targeting = new ShardKeyTargeting();
         private final ReportedVersion reportedVersion;
 
@@ -140,6 +141,7 @@ public class LocalMongo {
                     return answered;
                 }
             }
+            standalone.check(command.equalsIgnoreCase("aggregate") && isChangeStream(query));
             Document mongosAnswer = mongos.refusal(database, command);
             if (mongosAnswer != null) {
                 return mongosAnswer;
@@ -186,6 +188,8 @@ public class LocalMongo {
                 return failCommand.configure(query);
             } else if (MongosMode.handles(database, command)) {
                 return mongos.configure(query);
+            } else if (StandaloneMode.handles(database, command)) {
+                return standalone.configure(query);
             } else if (ReportedVersion.handles(database, command)) {
                 return reportedVersion.configure(query);
             }

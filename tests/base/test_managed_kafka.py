@@ -28,7 +28,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource
 
 from cdc_migrator import api
-from cdc_migrator.base import tokens
+from cdc_migrator.base import tokens, topics
 from cdc_migrator.base.settings import Settings
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.errors import UsageError
@@ -508,6 +508,28 @@ def test_a_record_limit_above_the_cap_is_one_line_and_creates_nothing(db, settin
         f"PolicyViolationError: Config property 'max.message.bytes' with value '{4 * CAP}' "
         f"exceeded max limit of {CAP}. Check --topic-replication-factor, "
         "--topic-min-insync-replicas and --max-record-bytes"], result.stderr
+
+
+def test_preflight_asks_a_capped_cluster_whether_it_would_create_the_topic(db, settings,
+                                                                          managed_kafka):
+    seed_users(db)
+    topic = settings.topic("users")
+
+    under = run_cli("preflight", NAME, "--skip-check", "runway", settings=settings)
+    above = run_cli("preflight", NAME, "--skip-check", "runway", "--max-record-bytes",
+                    str(4 * CAP), settings=settings)
+
+    assert under.returncode == 0, under.stdout + under.stderr  # the cluster's default, warned
+    assert f"topic {topic} may be created" in under.stdout
+    assert "Kafka caps max.message.bytes" in under.stderr
+    assert above.returncode == 1, above.stdout + above.stderr
+    assert f"Kafka would refuse to create topic {topic}: Config property 'max.message.bytes' " \
+           f"with value '{4 * CAP}' exceeded max limit of {CAP}" in above.stdout
+    client = topics.admin(settings)
+    try:
+        assert topic not in client.list_topics()  # validated only: nothing created
+    finally:
+        client.close()
 
 
 # AWS_MSK_IAM: no MSK here. What can be tried: the mechanism is accepted with the msk extra
