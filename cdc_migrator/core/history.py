@@ -9,8 +9,13 @@ fingerprint it replaced. ``reset`` forgets a migration's state but not its histo
 
 The stored layout (one document per entry)::
 
-    _id (ObjectId: the order of the entries), migration, collection, event, at, host,
+    _id (ObjectId), seq (the order of the entries), migration, collection, event, at, host,
     version, fingerprint, details {counts | previous | phase | reason | scanned ...}
+
+and one counter document, ``{_id: "seq", value}``, that hands out ``seq``. Entries come from
+several processes on several hosts: an ObjectId orders only those of one process (within a
+second, two processes' ids sort by their random bytes) and hosts' clocks differ, so the
+server hands out the order. Entries written before ``seq`` existed sort first, by ``_id``.
 """
 
 from __future__ import annotations
@@ -23,9 +28,13 @@ from enum import StrEnum
 from importlib import metadata
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.database import Database
 
 from ..base.naming import HISTORY_COLLECTION
+
+#: The counter document's ``_id``: it hands out each entry's ``seq``.
+SEQUENCE = "seq"
 
 
 class Event(StrEnum):
@@ -93,7 +102,12 @@ class History:
 
     def record(self, migration: str, collection: str | None, event: Event, *,
                fingerprint: str | None = None, **details: Any) -> None:
+        counter = self.collection.find_one_and_update(
+            {"_id": SEQUENCE}, {"$inc": {"value": 1}}, upsert=True,
+            return_document=ReturnDocument.AFTER)
+        assert counter is not None  # upserted, returned after
         self.collection.insert_one({
+            "seq": counter["value"],
             "migration": migration, "collection": collection, "event": event.value,
             "at": dt.datetime.now(dt.UTC), "host": socket.gethostname(),
             "version": tool_version(), "fingerprint": fingerprint,
@@ -101,5 +115,8 @@ class History:
 
     def entries(self, collection: str | None = None) -> list[Entry]:
         """Every entry (of the migrations of ``collection``), oldest first."""
-        query = {} if collection is None else {"collection": collection}
-        return [Entry.from_document(d) for d in self.collection.find(query).sort("_id", 1)]
+        query: dict[str, Any] = {"event": {"$exists": True}}  # not the counter
+        if collection is not None:
+            query["collection"] = collection
+        return [Entry.from_document(d)
+                for d in self.collection.find(query).sort([("seq", 1), ("_id", 1)])]

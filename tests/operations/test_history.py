@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
+
+import bson
+import bson.objectid
 
 from cdc_migrator import api
+from cdc_migrator.base.naming import HISTORY_COLLECTION
 from cdc_migrator.core.fingerprint import fingerprint, short
-from cdc_migrator.core.history import tool_version
+from cdc_migrator.core.history import Event, History, tool_version
 
 from ..harness import run_cli
 
@@ -70,3 +75,24 @@ def test_history_of_a_collection_never_armed_is_refused_in_one_line(db, settings
     assert everything.returncode == 0
     assert everything.stdout.strip() == f"no migration was ever armed in database {db.name}"
     assert "cdc_migrator_history" not in db.list_collection_names()
+
+
+def test_entries_of_two_processes_in_one_second_keep_the_order_they_were_written(
+        db, monkeypatch):
+    # Regression: entries were read in the order of their ObjectIds. Two processes writing in
+    # the same second (the tailer arming, the backfill finishing a small collection) get ids
+    # ordered by each process's random bytes, so the history began with "backfilled" about
+    # one run in two (test_upgrade.py saw it). Here the second process's bytes sort first.
+    randoms = iter([b"\xff" * 5, b"\x00" * 5])
+    monkeypatch.setattr(bson.objectid, "_PACK_INT_RANDOM",
+                        lambda _seconds, rnd: struct.pack(">I5s", 1_800_000_000, rnd))
+    monkeypatch.setattr(bson.ObjectId, "_random", classmethod(lambda cls: next(randoms)))
+    history = History(db)
+
+    history.record("m", "items", Event.ARMED)  # one process
+    history.record("m", "items", Event.BACKFILLED)  # another, the same second
+
+    ids = [d["_id"] for d in db[HISTORY_COLLECTION].find({"event": {"$exists": True}})]
+    assert sorted(ids)[0].binary[4:9] == b"\x00" * 5  # the ids alone would put it first
+    assert [e.event for e in history.entries("items")] == [Event.ARMED, Event.BACKFILLED]
+    assert [e.event for e in history.entries()] == [Event.ARMED, Event.BACKFILLED]
