@@ -18,7 +18,7 @@ from typing import Any
 
 from pymongo.errors import ConfigurationError
 
-from .base.checks import Setting, Source, brief, option
+from .base.checks import Setting, Source, brief, deprecated, option
 from .base.masking import is_secret_option, mask_secrets
 from .base.settings import KAFKA_MAX_INT, Settings
 from .errors import SettingError, UsageError
@@ -31,6 +31,11 @@ TABLES = ("kafka", "mongo")
 def keys() -> dict[str, str]:
     """File key -> name of the setting it gives a value to (the settings table's keys)."""
     return {spec.key_name: name for name, spec in Settings.table().items() if spec.key_name}
+
+
+def old_keys() -> dict[str, str]:
+    """Deprecated file key -> name of the setting it still gives a value to."""
+    return {old: name for name, spec in Settings.table().items() for old in spec.old_keys}
 
 
 @dataclass
@@ -65,19 +70,25 @@ def load(path: Path | None) -> ConfigFile:
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     config = ConfigFile(path=path)
-    known = keys()
+    known, old = keys(), old_keys()
     table = Settings.table()
     for key, value in data.items():
         if key in TABLES:
             if not isinstance(value, dict):
                 raise UsageError(f"config file {path}: {key} must be a table ([{key}])")
             setattr(config, key, _client_options(path, key, value))
-        elif key in known:
-            spec = table[known[key]]
+        elif key in known or key in old:
+            name = known.get(key) or old[key]
+            if key in old:
+                deprecated(f"{key} in config file {path} is deprecated: use "
+                           f"{table[name].key_name}")
+                if table[name].key_name in data:  # the new key wins
+                    continue
+            spec = table[name]
             if spec.path and isinstance(value, str) and value:
                 value = str(path.parent / value)  # relative to the file, not the cwd
             spec.check(value, Source("file", key, str(path)))
-            config.defaults[known[key]] = value
+            config.defaults[name] = value
         else:
             raise UsageError(f"config file {path}: unknown key {key!r} (known: "
                              f"{', '.join([*known, *TABLES])})")
@@ -176,8 +187,8 @@ def effective(settings: Settings, source_of: Callable[[str], str],
         if not spec.key_name:
             continue
         value = getattr(settings, name)
-        if isinstance(value, Path):
-            value = str(value)
+        if isinstance(value, Path) or (spec.unit and value is not None):
+            value = spec.text(value)  # a duration with its unit, as the file takes it
         if spec.secret and value:
             value = "***"
         elif isinstance(value, str):

@@ -143,13 +143,14 @@ class Settings:
 
     mongodb_uri: str = setting(
         DEFAULT_MONGODB_URI, "MongoDB connection string; its path names the database.",
-        env="MONGODB_URI", metavar="URI", rule=_connection_string)
+        old_env=("MONGODB_URI",), metavar="URI", rule=_connection_string)
     database: str | None = setting(
         None, "Database, overriding the URI's path.", flag="--db", env="CDC_MIGRATOR_DB",
         key="db", metavar="NAME", rule=_name(_DATABASE_NAME, '/\\. "$', most_bytes=63))
     kafka_bootstrap_servers: str = setting(
         DEFAULT_KAFKA, "Kafka bootstrap servers.", flag="--kafka",
-        env="KAFKA_BOOTSTRAP_SERVERS", metavar="HOST:PORT[,...]", rule=_bootstrap_servers)
+        old_env=("KAFKA_BOOTSTRAP_SERVERS",), metavar="HOST:PORT[,...]",
+        rule=_bootstrap_servers)
     transforms: Path = setting(
         Path("transforms"), "Directory of migration files.", metavar="DIR", path="dir")
     state_collection: str = setting(
@@ -159,9 +160,9 @@ class Settings:
         naming.TOPIC_PREFIX, "Topics are named PREFIX.DB.COLLECTION.", metavar="PREFIX",
         rule=_kafka_name)
     group_prefix: str = setting(
-        naming.GROUP_PREFIX, "Consumer groups are named PREFIX.DB.MIGRATION.", flag="--group",
-        env="CDC_MIGRATOR_GROUP", key="group", metavar="PREFIX",
-        rule=_name(_PLAIN_NAME, most_bytes=200))
+        naming.GROUP_PREFIX, "Consumer groups are named PREFIX.DB.MIGRATION.",
+        old_flags=("--group",), old_env=("CDC_MIGRATOR_GROUP",), old_keys=("group",),
+        metavar="PREFIX", rule=_name(_PLAIN_NAME, most_bytes=200))
     partitions: int = setting(6, "Partitions of a topic the tool creates.", metavar="N",
                               minimum=1, maximum=10_000)
     topic_replication_factor: int | None = setting(
@@ -181,11 +182,12 @@ class Settings:
         minimum=65536, maximum=KAFKA_MAX_INT)
     retry_deadline: float = setting(
         300.0, "tail, backfill, consume and run retry a lost MongoDB or Kafka with backoff; "
-        "they give up (exit 1) when an outage lasts longer.", metavar="SECONDS", minimum=0,
-        maximum=A_YEAR)
+        "they give up (exit 1) when an outage lasts longer.", metavar="DURATION", unit="s",
+        minimum=0, maximum=A_YEAR)
     mongo_timeout_ms: int = setting(
         10_000, "How long one MongoDB operation waits for a usable server "
-        "(serverSelectionTimeoutMS).", metavar="MS", minimum=1, maximum=86_400_000)
+        "(serverSelectionTimeoutMS).", metavar="MS", unit="ms", minimum=1,
+        maximum=86_400_000)
     kafka_security_protocol: str | None = setting(
         None, "How to talk to Kafka (default PLAINTEXT).", choices=_KAFKA_PROTOCOLS,
         kafka="security_protocol")
@@ -267,16 +269,18 @@ class Settings:
     lease_seconds: float = setting(
         30.0, "A backfill worker holds its range for this long past its last renewal; a "
         "worker killed or cut off loses the range to another worker after it.",
-        metavar="SECONDS", minimum=0.5, maximum=86_400,
+        metavar="SECONDS", unit="s", minimum=0.5, maximum=86_400,
         commands=("backfill", "run", "config show"))
     max_replication_lag: float | None = setting(
-        None, "Hold the backfill and the consumers while a secondary is more than SECONDS "
-        "behind the primary (replSetGetStatus). Default: not checked.", metavar="SECONDS",
-        minimum=0, maximum=A_YEAR, commands=("backfill", "consume", "run", "config show"))
+        None, "Hold the backfill and the consumers while a secondary is more than DURATION "
+        "behind the primary (replSetGetStatus). Default: not checked.", metavar="DURATION",
+        unit="s", minimum=0, maximum=A_YEAR,
+        commands=("backfill", "consume", "run", "config show"))
     max_write_latency: float | None = setting(
         None, "Hold the backfill and the consumers for a while when a bulk write of the "
-        "migration took longer than MS. Default: not checked.", metavar="MS", minimum=0,
-        maximum=1000 * A_YEAR, commands=("backfill", "consume", "run", "config show"))
+        "migration took longer than DURATION. Default: not checked.", metavar="DURATION",
+        unit="ms", minimum=0, maximum=1000 * A_YEAR,
+        commands=("backfill", "consume", "run", "config show"))
     kafka_options: dict[str, Any] = field(default_factory=dict)
     mongo_options: dict[str, Any] = field(default_factory=dict)
 
@@ -314,7 +318,7 @@ class Settings:
             return pymongo.uri_parser.parse_uri(self.mongodb_uri, warn=False)
         except (InvalidURI, ConfigurationError, ValueError) as exc:
             raise UsageError(
-                f"MONGODB_URI {mask_uri(self.mongodb_uri)!r} is not a valid MongoDB URI: "
+                f"the MongoDB URI {mask_uri(self.mongodb_uri)!r} is not a valid MongoDB URI: "
                 f"{mask_secrets(str(exc), *uri_secrets(self.mongodb_uri))}"
             ) from None
 
@@ -325,7 +329,7 @@ class Settings:
             return self.database
         if not parsed.get("database"):
             raise UsageError(
-                "MONGODB_URI names no database: put it in the path "
+                "the MongoDB URI names no database: put it in the path "
                 "(mongodb://host:27017/DBNAME) or pass --db"
             )
         return str(parsed["database"])
@@ -407,7 +411,7 @@ class Settings:
             )
         except (InvalidURI, ConfigurationError, ValueError, TypeError) as exc:
             raise UsageError(
-                f"cannot use MONGODB_URI {mask_uri(self.mongodb_uri)!r}: "
+                f"cannot use the MongoDB URI {mask_uri(self.mongodb_uri)!r}: "
                 f"{mask_secrets(str(exc), *uri_secrets(self.mongodb_uri))}"
             ) from None
 
@@ -437,13 +441,9 @@ class Settings:
     def environment(self) -> dict[str, str]:
         """The environment variables that make a ``cdc-migrator`` command use these settings:
         for running one as a subprocess. (The client tables of a file have no variables.)"""
-        env = {}
-        for name, spec in self.table().items():
-            value = getattr(self, name)
-            if spec.env_name and value is not None:
-                env[spec.env_name] = ("1" if value else "") if isinstance(value, bool) \
-                    else str(value)
-        return env
+        return {spec.env_name: spec.text(getattr(self, name))
+                for name, spec in self.table().items()
+                if spec.env_name and getattr(self, name) is not None}
 
     def topic(self, collection: str) -> str:
         """The Kafka topic of one migrated collection."""

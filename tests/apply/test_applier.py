@@ -366,7 +366,7 @@ def test_a_write_error_the_driver_cannot_read_is_that_documents_dead_letter(
                          + [{"_id": i, "name": f"u{i}"} for i in range(150, 299)])
     codeless_write_error(failing)
 
-    ran = run_cli("run", "add_default_role", "--timeout", "120", "-q", settings=settings)
+    ran = run_cli("run", "add_default_role", "--timeout", "120s", "-q", settings=settings)
     letters = dead_letters(settings)
     again = run_cli("dlq", "retry", "add_default_role", settings=settings)
 

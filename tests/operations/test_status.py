@@ -43,7 +43,7 @@ TRANSFORMS = {"accounts.py": ACCOUNTS}
 def test_run_with_failed_documents_exits_1_as_apply_does(db, settings, transforms):
     db.accounts.insert_many([{"_id": i, "broken": i in (7, 11)} for i in range(30)])
 
-    ran = run_cli("run", "add_plan", "--timeout", "60", "-q", settings=settings)
+    ran = run_cli("run", "add_plan", "--timeout", "60s", "-q", settings=settings)
     applied = run_cli("apply", "add_plan", "-q", settings=settings)
 
     assert ran.returncode == applied.returncode == 1, ran.stdout + ran.stderr
@@ -106,7 +106,7 @@ def test_a_stop_is_cleared_once_the_piece_runs_again(db, settings, tmp_path):
     assert run_cli("consume", "add_plan", settings=settings, timeout=60).returncode == 2
     (tmp_path / "accounts.py").write_text(RETURNS_A_STRING.replace('return "free"  #', "pass  #"))
 
-    ran = run_cli("run", "add_plan", "--timeout", "60", "-q", settings=settings)
+    ran = run_cli("run", "add_plan", "--timeout", "60s", "-q", settings=settings)
 
     assert ran.returncode == 0, ran.stderr
     state = db.cdc_migrator_state.find_one({"_id": "add_plan"})

@@ -604,8 +604,8 @@ def test_a_whole_migration_runs_for_a_user_with_readwrite_and_dbadmin_on_its_dat
                                                                                      tmp_path):
     settings, db = _migration_as(secured, tmp_path, ["readWrite", "dbAdmin", CLUSTER_MONITOR])
     try:
-        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120",
-                      "--max-replication-lag", "5", settings=settings)
+        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120s",
+                      "--max-replication-lag", "5s", settings=settings)
     finally:
         settings.close()
 
@@ -620,8 +620,8 @@ def test_cutover_is_refused_with_unauthorized_for_a_user_without_the_collmod_act
                                                                                     tmp_path):
     settings, db = _migration_as(secured, tmp_path, ["readWrite", CLUSTER_MONITOR])
     try:
-        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120",
-                      "--max-replication-lag", "5", settings=settings)
+        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120s",
+                      "--max-replication-lag", "5s", settings=settings)
     finally:
         settings.close()
 
@@ -668,7 +668,7 @@ def test_a_lag_bound_without_the_replsetgetstatus_privilege_stops_the_run_naming
                                                                                   tmp_path):
     settings, db = _migration_as(secured, tmp_path, ["readWrite", "dbAdmin"])
     try:
-        ran = run_cli("run", "add_role", "--timeout", "120", "--max-replication-lag", "5",
+        ran = run_cli("run", "add_role", "--timeout", "120s", "--max-replication-lag", "5s",
                       settings=settings)
     finally:
         settings.close()
