@@ -6,7 +6,12 @@ setting; the options of a command alone are declared once below and shared by th
 that take them. A command's help is the docstring of its function in ``api.py`` (up to the
 paragraph for Python callers), so the two never say different things.
 
-Exit codes: 0 success, 1 refused or failed with a reason, 2 usage or configuration error.
+Exit codes, one rule for every command (README.md's table): 0 done, or stopped as asked
+(SIGTERM or SIGINT to a long-running command, which finishes its batch); 1 refused or failed
+with a reason, at any point of the work (a check, a service, a transform's return value);
+2 what the command was given cannot be used, found before any work (a flag, a variable, the
+file, a name, a migration file that does not load); 130 interrupted (Ctrl-C where the command
+does not stop gracefully, or at a prompt): 128 + SIGINT, as shells report it.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from .base import logs
 from .base.checks import OPTIONS, Setting, Source, deprecated, take_deprecations
 from .base.messages import shorten
 from .base.settings import Settings
-from .errors import CdcMigratorError, UsageError
+from .errors import CdcMigratorError, Refused, UsageError
 from .operations import observability
 from .operations.status import render
 
@@ -565,8 +570,9 @@ def cancel(settings: Settings, name: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_settings_options
 def reset(settings: Settings, name: str, yes: bool) -> None:
-    if not yes and sys.stdin.isatty():
-        click.confirm(f"Forget all progress of {name}?", abort=True)
+    if not yes and sys.stdin.isatty() and \
+            not click.confirm(f"Forget all progress of {name}?"):
+        raise Refused(f"{name}: not reset")  # declined: a refusal (exit 1), not an interruption
     note = api.reset(settings, name)
     if note:
         click.echo(f"{name}: {note}")
@@ -686,8 +692,8 @@ def main(argv: list[str] | None = None) -> None:
     take_deprecations()  # none of an earlier command of this process
     try:
         cli.main(args=argv, prog_name="cdc-migrator", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort:  # Ctrl-C (click makes it an Abort), or no answer to a prompt
+        click.echo("interrupted; progress so far is saved", err=True)
         sys.exit(130)
     except click.BadParameter as exc:
         if isinstance(exc, click.MissingParameter):  # the usage line tells what is missing
