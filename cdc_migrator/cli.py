@@ -203,7 +203,9 @@ def _settings_options(fn: _Command) -> _Command:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
-        config = ctx.meta.get(_CONFIG) or configfile.ConfigFile()
+        config = configfile.with_environment(ctx.meta.get(_CONFIG) or configfile.ConfigFile(),
+                                             os.environ)
+        ctx.meta[_CONFIG] = config
         quiet = kwargs["quiet"] if takes_quiet else kwargs.pop("quiet")
         verbose = kwargs.pop("verbose")
         values = {name: kwargs.pop(name) for name in list(kwargs) if name in table}

@@ -440,10 +440,17 @@ class Settings:
 
     def environment(self) -> dict[str, str]:
         """The environment variables that make a ``cdc-migrator`` command use these settings:
-        for running one as a subprocess. (The client tables of a file have no variables.)"""
-        return {spec.env_name: spec.text(getattr(self, name))
-                for name, spec in self.table().items()
-                if spec.env_name and getattr(self, name) is not None}
+        for running one as a subprocess, the client options included
+        (``CDC_MIGRATOR_KAFKA_OPT_CLIENT_ID``, as ``configfile.with_environment`` reads them)."""
+        env = {spec.env_name: spec.text(getattr(self, name))
+               for name, spec in self.table().items()
+               if spec.env_name and getattr(self, name) is not None}
+        for prefix, options in (("CDC_MIGRATOR_KAFKA_OPT_", self.kafka_options),
+                                ("CDC_MIGRATOR_MONGO_OPT_", self.mongo_options)):
+            env.update({prefix + key.upper(): ("true" if value else "false")
+                        if isinstance(value, bool) else str(value)
+                        for key, value in options.items()})
+        return env
 
     def topic(self, collection: str) -> str:
         """The Kafka topic of one migrated collection."""

@@ -242,3 +242,66 @@ def test_settings_environment_spells_durations_with_their_unit():
     assert env["CDC_MIGRATOR_MAX_WRITE_LATENCY"] == "1.5ms"
     assert env["CDC_MIGRATOR_MONGO_TIMEOUT_MS"] == "2500ms"
     assert env["CDC_MIGRATOR_MONGODB_URI"] and "MONGODB_URI" not in env
+
+
+# The client options of the file's [kafka] and [mongo] tables, from variables.
+
+def test_a_kafka_client_option_has_a_variable_that_wins_over_the_file(tmp_path, monkeypatch):
+    (tmp_path / "cdc-migrator.toml").write_text(
+        '[kafka]\nclient_id = "from-file"\nmetadata_max_age_ms = 60000\n')
+
+    found, warned = shown([], {"CDC_MIGRATOR_KAFKA_OPT_CLIENT_ID": "from-env",
+                               "CDC_MIGRATOR_KAFKA_OPT_RECONNECT_BACKOFF_MS": "250"},
+                          tmp_path, monkeypatch)
+
+    assert found["kafka"] == {"value": {"client_id": "from-env", "metadata_max_age_ms": 60000,
+                                        "reconnect_backoff_ms": 250},
+                              "source": "file and env"}
+    assert warned == []
+
+
+def test_a_mongo_client_option_variable_replaces_the_files_spelling_of_it(tmp_path,
+                                                                          monkeypatch):
+    (tmp_path / "cdc-migrator.toml").write_text('[mongo]\nmaxPoolSize = 5\nappname = "a"\n')
+
+    found, _ = shown([], {"CDC_MIGRATOR_MONGO_OPT_MAXPOOLSIZE": "20",
+                          "CDC_MIGRATOR_MONGO_OPT_RETRYWRITES": "false"}, tmp_path, monkeypatch)
+
+    assert found["mongo"]["value"] == {"appname": "a", "maxpoolsize": 20, "retrywrites": False}
+
+
+def test_client_options_from_variables_reach_the_settings_and_a_secret_is_masked():
+    secret = "hunter2-of-the-env"
+    env = {"CDC_MIGRATOR_KAFKA_OPT_SASL_PLAIN_PASSWORD": secret,
+           "CDC_MIGRATOR_KAFKA_OPT_CLIENT_ID": "cdc", "CDC_MIGRATOR_MONGO_OPT_APPNAME": "cdc"}
+
+    code, out, err = invoke(["config", "show", "--json", "-v"], env)
+    text_code, text, text_err = invoke(["config", "show", "-v"], env)
+
+    assert code == 0 == text_code and secret not in out + err + text + text_err
+    assert 'sasl_plain_password = "***"' in text
+    assert json.loads(out)["kafka"]["value"]["sasl_plain_password"] == "***"
+    settings = Settings(kafka_options={"sasl_plain_password": secret, "client_id": "cdc"},
+                        mongo_options={"appname": "cdc"})
+    assert secret in settings.secrets()
+    assert {k: v for k, v in settings.environment().items() if "_OPT_" in k} == {
+        "CDC_MIGRATOR_KAFKA_OPT_SASL_PLAIN_PASSWORD": secret,
+        "CDC_MIGRATOR_KAFKA_OPT_CLIENT_ID": "cdc", "CDC_MIGRATOR_MONGO_OPT_APPNAME": "cdc"}
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("CDC_MIGRATOR_KAFKA_OPT_CLIENT_IDD", "x", "environment variable "
+     "CDC_MIGRATOR_KAFKA_OPT_CLIENT_IDD: 'client_idd' is not a Kafka client option"),
+    ("CDC_MIGRATOR_KAFKA_OPT_BOOTSTRAP_SERVERS", "h:1", "'bootstrap_servers' is not a Kafka "
+                                                       "client option"),
+    ("CDC_MIGRATOR_MONGO_OPT_MAXPOOLSIZ", "5", "'maxpoolsiz' is not a MongoClient option"),
+    ("CDC_MIGRATOR_KAFKA_OPT_RECONNECT_BACKOFF_MS", "soon", "invalid value 'soon' for "
+     "environment variable CDC_MIGRATOR_KAFKA_OPT_RECONNECT_BACKOFF_MS: expected an integer"),
+    ("CDC_MIGRATOR_MONGO_OPT_MAXPOOLSIZE", "-1", "invalid value '-1' for environment variable "
+                                                 "CDC_MIGRATOR_MONGO_OPT_MAXPOOLSIZE: expected"),
+])
+def test_a_client_option_variable_not_taken_is_one_line_and_exit_2(variable, value, message):
+    code, _, err = invoke(["config", "show"], {variable: value})
+
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
