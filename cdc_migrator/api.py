@@ -84,7 +84,7 @@ def census(settings: Settings, name: str, *, sample: int = 5, batch_size: int | 
     """Before any write: NAME's documents grouped by shape, and what the transform does to each.
 
     A shape is the set of top-level fields with their BSON types, plus one nested level. Each
-    shape is counted and the transform tried on --sample of its documents without writing
+    shape is counted and the transform tried on --per-shape of its documents without writing
     (writes through ctx.db are recorded, as with --dry-run): would change, needs nothing,
     raises (with the error and an _id), invalid patch, breaks the contract schema; and, when
     NAME declares an inverse, whether they come back through it. Exit 1 naming the shapes

@@ -72,11 +72,13 @@ def _option(spec: Setting) -> Callable[[_Command], _Command]:
     extra: dict[str, Any] = {"is_flag": True, "envvar": None} if spec.kind is bool else \
         {"type": click.UNPROCESSED,
          "envvar": [spec.env_name, *spec.old_env] if spec.env_name else None}
+    # A duration's default is given, and shown, with its unit; the table reads it back.
     default = spec.text(spec.default) if spec.unit and spec.default is not None else \
-        spec.default is not None and spec.kind is not bool
+        spec.default
     options: list[Callable[[_Command], _Command]] = [click.option(
-        spec.flag_name, spec.name, default=spec.default,
-        show_default=default, metavar=metavar, help=help_text, **extra)]
+        spec.flag_name, spec.name, default=default,
+        show_default=spec.default is not None and spec.kind is not bool, metavar=metavar,
+        help=help_text, **extra)]
     options += [_old_flag(old, spec.name, spec.flag_name) for old in spec.old_flags]
     return lambda fn: functools.reduce(lambda f, option: option(f), reversed(options), fn)
 
@@ -148,15 +150,16 @@ def _command_option(flag: str, spec: Setting, help_text: str, *, default: Any = 
                 click.core.ParameterSource.DEFAULT:
             # Click handles the options given before those left to their default.
             given = ctx.meta.get(_OLD_FLAGS, {}).get(name)
-            if given is None:
-                return value
-            return spec.check(given[1], Source(source, given[0]))  # type: ignore[arg-type]
+            if given is not None:
+                return spec.check(given[1], Source(source, given[0]))  # type: ignore[arg-type]
+            return value if value is None or not spec.unit else \
+                spec.check(value, Source("default", flag))
         return spec.check(value, Source(source, flag))  # type: ignore[arg-type]
 
-    shown = spec.text(default) if spec.unit and default is not None else default is not None
     options: list[Callable[[_Command], _Command]] = [click.option(
-        flag, name, type=click.UNPROCESSED, default=default,
-        callback=check, show_default=shown, metavar=spec.metavar,
+        flag, name, type=click.UNPROCESSED,
+        default=spec.text(default) if spec.unit and default is not None else default,
+        callback=check, show_default=default is not None, metavar=spec.metavar,
         help=f"{help_text} [{spec.allowed()}]")]
     options += [_old_flag(spelling, name, flag) for spelling in old]
     return lambda fn: functools.reduce(lambda f, option: option(f), reversed(options), fn)
@@ -523,9 +526,9 @@ def cutover(settings: Settings, name: str, timeout: float, dry_run: bool,
 
 @cli.command(help=_help(api.status))
 @click.argument("name", required=False)
-@click.option("--watch", is_flag=True, help="Refresh in place every --interval seconds.")
+@click.option("--watch", is_flag=True, help="Refresh in place every --interval.")
 @_command_option("--interval", OPTIONS["interval"],
-                 "With --watch: seconds between refreshes.", default=2)
+                 "With --watch: the time between refreshes.", default=2)
 @_JSON
 @_settings_options
 def status(settings: Settings, name: str | None, watch: bool, interval: float,

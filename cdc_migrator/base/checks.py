@@ -176,8 +176,9 @@ class Setting:
         if self.path:
             return "a path"
         if self.unit:
+            bare = f", or a number of {_UNIT_WORDS[self.unit]}" if self._unit_named() else ""
             return ("a duration, a number and its unit (ms, s, m, h, d; e.g. 250ms, 30s, 5m)"
-                    + self._duration_range())
+                    + self._duration_range() + bare)
         if self.kind in (int, float):
             what = "an integer" if self.kind is int else "a finite number"
             unit = _UNITS.get(self.metavar or "")

@@ -305,3 +305,20 @@ def test_a_client_option_variable_not_taken_is_one_line_and_exit_2(variable, val
 
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0], err
+
+
+@pytest.mark.parametrize(("args", "expected"), [([], 60.0), (["--timeout", "90s"], 90.0),
+                                                (["--timeout", "2m"], 120.0)])
+def test_a_duration_reaches_the_api_in_seconds_its_default_too(monkeypatch, args, expected):
+    given: dict[str, Any] = {}
+
+    def record(settings: Any, name: str, **options: Any) -> None:
+        given.update(options, retry_deadline=settings.retry_deadline)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(api, "cutover", record)
+
+    code, _, err = invoke(["cutover", NAME, *args], {})
+
+    assert code == 0, err
+    assert given["timeout"] == expected and given["retry_deadline"] == 300.0
