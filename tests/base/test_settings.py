@@ -204,14 +204,21 @@ def test_a_flag_and_its_variable_are_refused_naming_which_one_was_wrong(tmp_path
 def test_config_show_writes_a_file_that_reads_back_to_the_same_values(tmp_path):
     odd = 'a "quoted" \\ tab\t, line\nbreak, DEL\x7f, astral \U0001F600'
     (tmp_path / "cdc-migrator.toml").write_text(
-        f"group = {toml_text('g')}\n[kafka]\nclient_id = {toml_text(odd)}\n")
+        f"group_prefix = {toml_text('g')}\n[kafka]\nclient_id = {toml_text(odd)}\n")
 
-    shown = run_cli("config", "show", cwd=tmp_path, env=UNREACHABLE)
+    shown = run_cli("config", "show", "--max-write-latency", "1.5s", cwd=tmp_path,
+                    env=UNREACHABLE)
     (tmp_path / "again.toml").write_text(shown.stdout)
     again = configfile.load(tmp_path / "again.toml")
+    read_back = run_cli("config", "show", "--config", "again.toml", cwd=tmp_path,
+                        env=UNREACHABLE)
 
     assert shown.returncode == 0, shown.stderr
     assert again.defaults["group_prefix"] == "g" and again.kafka["client_id"] == odd
+    # Durations are written with their unit: read back, they warn of nothing.
+    assert again.defaults["max_write_latency"] == "1500ms"
+    assert again.defaults["retry_deadline"] == "0s" and again.defaults["lease_seconds"] == "30s"
+    assert read_back.returncode == 0 and "WARNING" not in read_back.stderr, read_back.stderr
 
 
 def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
