@@ -422,8 +422,14 @@ def wait_drained(settings: Settings, migration: Migration, timeout: float = 180.
 # ------------------------------------------------------------------------ cdc-migrator itself
 
 def cli_env(settings: Settings | None = None, env: dict | None = None) -> dict[str, str]:
-    """The environment of a ``cdc-migrator`` subprocess: ours, ``settings``, then ``env``."""
+    """The environment of a ``cdc-migrator`` subprocess: ours, ``settings``, then ``env``.
+    Ours names the test services by the suite's MONGODB_URI and KAFKA_BOOTSTRAP_SERVERS: the
+    command gets them by the tool's own variables (the others are deprecated, and warn)."""
     full_env = dict(os.environ)
+    for suite, tool in (("MONGODB_URI", "CDC_MIGRATOR_MONGODB_URI"),
+                        ("KAFKA_BOOTSTRAP_SERVERS", "CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS")):
+        if suite in full_env:
+            full_env.setdefault(tool, full_env.pop(suite))
     if settings is not None:
         full_env.update(settings.environment())
     full_env.update(env or {})
