@@ -6,7 +6,7 @@ SERVICES := PYTHON=$(abspath $(BIN))/python scripts/services.sh
 export MONGODB_URI ?= mongodb://127.0.0.1:27017/app?directConnection=true
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 
-.PHONY: venv services-up services-down tools test unit demo bench lint check clean
+.PHONY: venv services-up services-down tools test test-real unit demo bench lint check clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,17 @@ tools:
 test: venv tools
 	$(SERVICES) up
 	status=0; $(BIN)/pytest -q $(PYTEST_ARGS) || status=$$?; $(SERVICES) down; exit $$status
+
+# The suite against servers the user brings, named by MONGODB_URI (a replica set) and
+# KAFKA_BOOTSTRAP_SERVERS (a broker): no service is started and no Go tool built (their tests
+# skip). The tests marked local_server, which only the local servers can run, are left out
+# (docs/testing.md); CDC_TEST_REAL_SERVERS=1 skips one even where PYTEST_ARGS selects it.
+test-real:
+	@if [ "$(origin MONGODB_URI)" = file ] || [ "$(origin KAFKA_BOOTSTRAP_SERVERS)" = file ]; then \
+	  echo "make test-real: name your servers: MONGODB_URI=<a replica set's URI>" \
+	    "KAFKA_BOOTSTRAP_SERVERS=<a broker> make test-real" >&2; exit 2; fi
+	@$(MAKE) -s --no-print-directory venv
+	CDC_TEST_REAL_SERVERS=1 $(BIN)/pytest -q -m "not local_server" $(PYTEST_ARGS)
 
 # The tests that need no service (pure logic, the CLI's parsing and configuration): no Kafka,
 # no MongoDB, no package build. Tests that need the services are marked `services`

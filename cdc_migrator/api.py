@@ -13,6 +13,7 @@ the work is done).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from .base.checks import OPTIONS, Source
 from .base.messages import message_of
 from .base.retry import MONGODB, Retrier
 from .base.settings import Settings
+from .base.topology import LagReader
 from .capture.backfill import BackfillReport
 from .capture.backfill import backfill as _backfill
 from .capture.dependencies import forget as forget_references
@@ -43,21 +45,34 @@ from .capture.leases import RangeStore
 from .capture.tailer import tail_until_stopped
 from .core.deadletters import DeadLetter
 from .core.deadletters import read as read_dead_letters
+from .core.order import series
 from .core.state import Phase
+from .core.throttle import Bounds, check_lag_readable
 from .errors import CdcMigratorError, Refused, ServiceUnavailable, UsageError
 from .migration import Migration, get_migration, load_migrations
 from .operations.census import CensusReport
 from .operations.census import census as _census
 from .operations.cutover import CutoverReport, load_schema
 from .operations.cutover import cutover as _cutover
+from .operations.history import MigrationHistory, histories
 from .operations.reversible import ReversibleReport, reverse_of, verify_reversible
 from .operations.revert import put_back_expand_schema
 from .operations.scaffold import init_migration
 from .operations.schema import validator_for
-from .operations.status import all_status
+from .operations.status import RangesOf, all_status
 from .operations.verify import VerifyReport
 from .operations.verify import verify as _verify
-from .pipeline import RevertReport, RunReport, catch_up, revert_pipeline, run_pipeline
+from .pipeline import (
+    AcceptReport,
+    RevertReport,
+    RunReport,
+    accept_code,
+    catch_up,
+    revert_pipeline,
+    run_pipeline,
+)
+
+log = logging.getLogger("cdc_migrator")
 
 
 def load(settings: Settings, name: str) -> Migration:
@@ -126,12 +141,18 @@ def revert(settings: Settings, name: str, *, batch_size: int | None = None,
 
     In Python: see :func:`cdc_migrator.pipeline.revert_pipeline`.
     """
-    migration = load(settings, name)
-    require_collection(settings, migration, retry=True)
+    migration = _loaded(settings, name)
     taken = naming.revert(migration.name) in migrations(settings)
     return revert_pipeline(settings, migration, reverse_name_taken=taken,
                            batch_size=batch_size, rate=rate, timeout=timeout,
                            show_progress=show_progress, stop=stop)
+
+
+def with_reverse(settings: Settings, name: str) -> list[Migration]:
+    """The migration ``name`` and, when it declares an inverse, its reverse run: what a
+    ``revert`` of it serves metrics and hooks for."""
+    migration = load(settings, name)
+    return [migration] + ([reverse_of(migration)] if migration.inverse is not None else [])
 
 
 def reverted(settings: Settings, name: str) -> bool:
@@ -187,9 +208,10 @@ def verify(settings: Settings, name: str, *, sample_size: int = 10,
     """Count the documents NAME would still change; exit 0 only when none remain.
 
     Runs the transform on every document without writing (streaming, so any size works), and
-    checks the migration's contract schema when it names one. With --reversible, checks
-    instead that NAME's inverse gives back each shape's documents; exit 1 names those that do
-    not come back.
+    checks the migration's contract schema when it names one. The code verified must be NAME's
+    code in force: code edited since it was armed (or since its cutover: EDITED AFTER
+    CUTOVER) is named, and verify exits 1. With --reversible, checks instead that NAME's
+    inverse gives back each shape's documents; exit 1 names those that do not come back.
 
     In Python: ``sample_size`` ids of each kind are kept; ``--reversible`` is
     :func:`verify_reversibility`.
@@ -225,11 +247,15 @@ def status(settings: Settings, name: str | None = None) -> list[dict[str, Any]]:
                   if m.inverse is not None})
     if name is not None and name not in known:
         load(settings, name)  # raises the usual one-line error for an unknown name
-    ranges = RangeStore(settings.db[settings.state_collection])
-    found = all_status(settings, known, name, ranges_of=ranges.summary)
+    found = all_status(settings, known, name, ranges_of=ranges_of(settings))
     if name is not None and not found:
         raise Refused(f"migration {name!r} has not started: no state yet")
     return found
+
+
+def ranges_of(settings: Settings) -> RangesOf:
+    """What ``status`` and the metrics show of a migration's backfill ranges, by its name."""
+    return RangeStore(settings.db[settings.state_collection]).summary
 
 
 def pause(settings: Settings, name: str) -> None:
@@ -258,7 +284,8 @@ def reset(settings: Settings, name: str) -> str | None:
     """Forget NAME's state and consumer offsets, so it starts over (documents are untouched).
 
     After a revert that installed the old shape's schema as the validator, the expand schema
-    is put back first (the migration writes the new shape again), and a note says so.
+    is put back first (the migration writes the new shape again), and a note says so. Its
+    history stays, with the reset added (`cdc-migrator history`).
 
     In Python: the state, the reference map and the consumer group's offsets are
     forgotten, and those of its reverse run; returns the note, or None.
@@ -280,18 +307,19 @@ def reset(settings: Settings, name: str) -> str | None:
 
 
 def next_migration(settings: Settings, collection: str) -> Migration | None:
-    """Name the migration of COLLECTION to run now: the first not cut over, in file order.
+    """Name the migration of COLLECTION to run now: the first not cut over, in their order.
 
-    Migrations of one collection run in series. Exit 1 when all of them have cut over (or,
-    with --run, when one of them could not be cut over).
+    Migrations of one collection run in series: each after the one it names with after=, or,
+    naming none, after the one before it in file order that names none either. A fork (two
+    migrations following one), a cycle, or an after= naming no migration of COLLECTION is
+    refused in one line (exit 2). Exit 1 when all of them have cut over (or, with --run, when
+    one of them could not be cut over).
 
     In Python: the migration, or None when every one has cut over; ``--run`` is
-    :func:`run_series`.
+    :func:`run_series`; the order is :func:`cdc_migrator.core.order.series`.
     """
     store = settings.store
-    for migration in migrations(settings).values():
-        if migration.collection != collection:
-            continue
+    for migration in series(migrations(settings), collection):
         state = store.get(migration.name)
         if state is None or state.phase is not Phase.CUT_OVER:
             return migration
@@ -336,7 +364,20 @@ def run_series(settings: Settings, collection: str, *, timeout: float = 600.0,
 def _loaded(settings: Settings, name: str) -> Migration:
     migration = load(settings, name)
     require_collection(settings, migration, retry=True)
+    check_bounds(settings)
     return migration
+
+
+def check_bounds(settings: Settings) -> None:
+    """Before any work: a replication lag bound whose lag cannot be read is refused with the
+    reason and the privilege to grant, unless ``on_lag_unknown`` is ``run``."""
+    bounds = Bounds(settings.max_replication_lag, settings.max_write_latency,
+                    settings.on_lag_unknown)
+    reader = LagReader(settings.client, settings.client_for)
+    lag = check_lag_readable(bounds, lambda: Retrier(settings).call(MONGODB, reader))
+    if lag is not None and lag.unknown is not None:
+        log.warning("--max-replication-lag is not enforced: the replication lag cannot be "
+                    "read: %s; %s", lag.unknown, lag.fix)
 
 
 def tail(settings: Settings, migrations: list[Migration], stop: threading.Event) -> None:
@@ -398,18 +439,22 @@ def consume(settings: Settings, migrations: list[Migration],
     In Python: one group member per migration until ``stop`` is set (the setting
     ``instance_id`` gives the members static membership).
     """
+    check_bounds(settings)
     return consume_until_stopped(settings, migrations, stop)
 
 
 def init(settings: Settings, name: str, collection: str, *,
          test_path: Path | None = None) -> list[Path]:
-    """Start a migration: write NAME.py under --transforms from a template to fill in.
+    """Start a migration: write STAMP_NAME.py under --transforms from a template to fill in.
 
-    The file has the @migration decorator, a docstring for the deploy sequence and a transform
-    that changes nothing yet. Also writes the schema stubs it names, schemas/NAME.expand.json
-    and schemas/NAME.contract.json, in the schemas/ directory beside the transforms directory
-    (where `verify` and `cutover` read the contract schema). Refuses with exit 2 when NAME is
-    not a Python identifier or a file exists already. Try it: `apply NAME --dry-run`.
+    STAMP is the time of creation (YYYYMMDDHHMMSS, UTC), so the files sort in creation order.
+    The file has the @migration decorator, with after= naming the collection's last
+    migration (it runs once that one cut over), a docstring for the deploy sequence and a
+    transform that changes nothing yet. Also writes the schema stubs it names,
+    schemas/NAME.expand.json and schemas/NAME.contract.json, in the schemas/ directory beside
+    the transforms directory (where `verify` and `cutover` read the contract schema). Refuses
+    with exit 2 when NAME is not a Python identifier, a migration or file of that name exists
+    already, or the collection's order is broken. Try it: `apply NAME --dry-run`.
 
     In Python: see :func:`cdc_migrator.operations.scaffold.init_migration`.
     """
@@ -429,6 +474,47 @@ def run(settings: Settings, name: str, *, batch_size: int | None = None,
     return run_pipeline(settings, _loaded(settings, name), batch_size=batch_size, rate=rate,
                         timeout=timeout, then_cutover=then_cutover,
                         show_progress=show_progress, stop=stop)
+
+
+def accept(settings: Settings, name: str, *, batch_size: int | None = None,
+           rate: float | None = None, workers: int = 1, show_progress: bool = True,
+           stop: threading.Event | None = None) -> AcceptReport:
+    """Take the edited code of a running migration: it becomes NAME's code in force, and
+    NAME's backfill runs again in this process, so every document meets the new code.
+
+    A migration's code is part of its identity: its fingerprint (a hash of the transform, its
+    inverse, filter, depends_on and contract schema; comments and formatting aside) is
+    recorded when it is armed. Every tail, consume, backfill and run whose code has another
+    fingerprint holds and applies nothing (`status` lists who runs what) until either this
+    command takes its code, or it runs the code in force again (a rollback). The new pass of
+    the backfill begins once every member still running the old code holds. A migration run
+    with `apply` is applied again from the first document instead. Exit 1 when the backfill
+    stops before the end (`backfill NAME` finishes it); refused (exit 1, nothing changed) for
+    a migration that has not started, was cut over, reverted, cancelled or failed.
+
+    In Python: see :func:`cdc_migrator.pipeline.accept_code`.
+    """
+    migration = _loaded(settings, name)
+    return accept_code(settings, migration, batch_size=batch_size, rate=rate, workers=workers,
+                       show_progress=show_progress, stop=stop)
+
+
+def history(settings: Settings, collection: str | None = None) -> list[MigrationHistory]:
+    """Every migration ever armed in the database (of COLLECTION): what became of it.
+
+    Each one's entries, oldest first: armed, backfilled, cut over, reverting, reverted,
+    cancelled, reset, accepted (with the code it replaced), re-armed after lost change
+    history; each with when, the host and tool version that did it, and the fingerprint of
+    the code in force; a cutover with its counts. `reset` keeps them. Exit 1 when no migration
+    of COLLECTION was ever armed here.
+
+    In Python: one :class:`~cdc_migrator.operations.history.MigrationHistory` per migration.
+    """
+    found = histories(settings.store, collection)
+    if collection is not None and not found:
+        raise Refused(f"no migration of {collection!r} was ever armed in database "
+                      f"{settings.database_name!r}")
+    return found
 
 
 def dlq_list(settings: Settings, name: str) -> list[DeadLetter]:

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from .base.messages import shorten
 from .base.settings import Settings
 from .errors import CdcMigratorError, Refused, UsageError
 from .operations import observability
+from .operations.history import render as render_history
 from .operations.status import render
 
 log = logging.getLogger("cdc_migrator.cli")
@@ -345,7 +347,10 @@ def verify(settings: Settings, name: str, show_ids: int, reversible: bool, per_s
                     "remaining": report.remaining, "failing": report.failing,
                     "schema_violations": report.schema_violations, "sample": report.sample,
                     "failing_sample": report.failing_sample,
-                    "schema_sample": report.schema_sample})
+                    "schema_sample": report.schema_sample,
+                    "code": {"fingerprint": report.fingerprint, "in_force": report.in_force,
+                             "differs": report.code_differs,
+                             "edited_after_cutover": report.code_differs and report.cut_over}})
     else:
         click.echo(report.summary())
         if report.sample:
@@ -390,6 +395,17 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+#: The pieces of the pipeline, all run by `run`, `revert` and `next --run`.
+_PIPELINE = ("tailer", "backfill", "consumer")
+
+
+def _serving(settings: Settings, migrations: list[Any],
+             *components: str) -> AbstractContextManager[int | None]:
+    """/metrics, health and hooks for a long-running command (see `observability.serving`)."""
+    return observability.serving(settings, migrations, components,
+                                 ranges_of=api.ranges_of(settings))
+
+
 def _migrations(settings: Settings, names: tuple[str, ...]) -> list[Any]:
     if names:
         return [api.load(settings, n) for n in names]
@@ -406,7 +422,7 @@ def tail(settings: Settings, names: tuple[str, ...]) -> None:
     stop = _stop_on_signals()
     migrations = _migrations(settings, names)
     log.info("tailing %s", ", ".join(m.name for m in migrations))
-    with observability.serving(settings, migrations, ("tailer",)):
+    with _serving(settings, migrations, "tailer"):
         api.tail(settings, migrations, stop)
 
 
@@ -422,8 +438,9 @@ def tail(settings: Settings, names: tuple[str, ...]) -> None:
 def backfill(settings: Settings, name: str, batch_size: int | None, rate: float | None,
              reset: bool, workers: int, quiet: bool) -> None:
     stop = _stop_on_signals()
-    report = api.backfill(settings, name, batch_size=batch_size, rate=rate, reset=reset,
-                          show_progress=not quiet, stop=stop, workers=workers)
+    with _serving(settings, [api.load(settings, name)], "backfill"):
+        report = api.backfill(settings, name, batch_size=batch_size, rate=rate, reset=reset,
+                              show_progress=not quiet, stop=stop, workers=workers)
     click.echo(report.summary())
 
 
@@ -448,7 +465,7 @@ def consume(settings: Settings, names: tuple[str, ...]) -> None:
     stop = _stop_on_signals()
     migrations = _migrations(settings, names)
     log.info("consuming %s", ", ".join(m.name for m in migrations))
-    with observability.serving(settings, migrations, ("consumer",)):
+    with _serving(settings, migrations, "consumer"):
         api.consume(settings, migrations, stop)
 
 
@@ -464,8 +481,7 @@ def consume(settings: Settings, names: tuple[str, ...]) -> None:
 def run(settings: Settings, name: str, batch_size: int | None, rate: float | None,
         timeout: float | None, then_cutover: bool, quiet: bool) -> None:
     stop = _stop_on_signals()
-    with observability.serving(settings, [api.load(settings, name)],
-                               ("tailer", "backfill", "consumer")):
+    with _serving(settings, [api.load(settings, name)], *_PIPELINE):
         report = api.run(settings, name, batch_size=batch_size, rate=rate, timeout=timeout,
                          show_progress=not quiet, stop=stop, then_cutover=then_cutover)
     counts = report.counts
@@ -493,8 +509,9 @@ def run(settings: Settings, name: str, batch_size: int | None, rate: float | Non
 def revert(settings: Settings, name: str, batch_size: int | None, rate: float | None,
            timeout: float | None, quiet: bool) -> None:
     stop = _stop_on_signals()
-    report = api.revert(settings, name, batch_size=batch_size, rate=rate, timeout=timeout,
-                        show_progress=not quiet, stop=stop)
+    with _serving(settings, api.with_reverse(settings, name), *_PIPELINE):
+        report = api.revert(settings, name, batch_size=batch_size, rate=rate, timeout=timeout,
+                            show_progress=not quiet, stop=stop)
     if report.schema_note:
         click.echo(f"{name}: {report.schema_note}")
     click.echo(report.summary())
@@ -600,8 +617,11 @@ def next_(settings: Settings, collection: str, run_all: bool, timeout: float) ->
         # A reverted migration is next again, but must be reset before it runs again.
         click.echo(found.name + (" (reverted)" if api.reverted(settings, found.name) else ""))
         return
-    series = api.run_series(settings, collection, timeout=timeout, stop=_stop_on_signals(),
-                            on_start=lambda m: click.echo(f"== {m.name}"))
+    series_of = [m for m in api.migrations(settings).values() if m.collection == collection]
+    with _serving(settings, series_of, *_PIPELINE):
+        series = api.run_series(settings, collection, timeout=timeout,
+                                stop=_stop_on_signals(),
+                                on_start=lambda m: click.echo(f"== {m.name}"))
     for report in series.runs:
         if not report.drained or report.cutover is None:
             click.echo(f"{report.migration}: did not drain; stopping the series")
@@ -610,6 +630,36 @@ def next_(settings: Settings, collection: str, run_all: bool, timeout: float) ->
     if not series.ok:
         sys.exit(1)
     click.echo(f"every migration of {collection} has cut over")
+
+
+@cli.command(help=_help(api.accept))
+@click.argument("name")
+@_BATCH_SIZE
+@_RATE
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N", help="Scan N ranges at once in this process (threads).")
+@_PROGRESS_QUIET
+@_settings_options
+def accept(settings: Settings, name: str, batch_size: int | None, rate: float | None,
+           workers: int, quiet: bool) -> None:
+    report = api.accept(settings, name, batch_size=batch_size, rate=rate, workers=workers,
+                        show_progress=not quiet, stop=_stop_on_signals())
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command(help=_help(api.history))
+@click.argument("collection", required=False)
+@_JSON
+@_settings_options
+def history(settings: Settings, collection: str | None, as_json: bool) -> None:
+    found = api.history(settings, collection)
+    if as_json:
+        _echo_json([item.as_dict() for item in found])
+    else:
+        click.echo("\n".join(render_history(item) for item in found)
+                   or f"no migration was ever armed in database {settings.database_name}")
 
 
 @cli.group()

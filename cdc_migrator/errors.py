@@ -5,15 +5,21 @@ from __future__ import annotations
 
 
 class CdcMigratorError(Exception):
-    """An expected failure with a one-line message for the user."""
+    """An expected failure with a one-line message for the user.
+
+    ``reason`` is its code where a piece stopped on it (``status``, the
+    ``cdc_migrator_pipeline_stopped`` metric): one word from a closed list, unlike the message.
+    """
 
     exit_code = 1
+    reason = "refused"
 
 
 class UsageError(CdcMigratorError):
     """Bad input or configuration: a migration file, a name, an option. Exit code 2."""
 
     exit_code = 2
+    reason = "usage"
 
 
 class SettingError(UsageError):
@@ -32,6 +38,7 @@ class PatchError(CdcMigratorError):
     document, at any point of the run."""
 
     document_id: object = None  # the document it was given, when known
+    reason = "invalid_patch"
 
 
 class Refused(CdcMigratorError):
@@ -41,6 +48,8 @@ class Refused(CdcMigratorError):
 class ServiceUnavailable(CdcMigratorError):
     """MongoDB or Kafka could not be reached before the deadline."""
 
+    reason = "service_unavailable"
+
     def __init__(self, message: str, service: str | None = None) -> None:
         super().__init__(message)
         self.service = service  # "MongoDB" or "Kafka", when known
@@ -49,20 +58,28 @@ class ServiceUnavailable(CdcMigratorError):
 class HistoryLost(CdcMigratorError):
     """The change stream can no longer resume from the saved point: a new backfill is needed."""
 
+    reason = "history_lost"
+
 
 class CaptureStopped(CdcMigratorError):
     """The change stream cannot go on: the migrated collection was dropped or renamed, or the
     stream was invalidated (its database was dropped)."""
+
+    reason = "capture_stopped"
 
 
 class EventsLost(CdcMigratorError):
     """Events were deleted from the topic before the group consumed them: a new backfill is
     needed."""
 
+    reason = "events_lost"
+
 
 class ConnectionRefused(CdcMigratorError):
     """A service refused the connection for good (a wrong password, an untrusted certificate):
     retrying cannot help."""
+
+    reason = "connection_refused"
 
 
 class StopRequested(CdcMigratorError):
@@ -73,10 +90,13 @@ class StopRequested(CdcMigratorError):
     """
 
     exit_code = 0
+    reason = "stop_requested"
 
 
 class RecordTooLarge(CdcMigratorError):
     """A record the producer or the topic refused as too large, with nothing smaller to send."""
+
+    reason = "record_too_large"
 
 
 class ClientAbandoned(BaseException):
@@ -94,3 +114,12 @@ class PoisonRecord(ValueError):
 class TokenRefused(Exception):
     """The OAUTHBEARER token endpoint or command refused to give a token: retrying cannot
     help."""
+
+
+#: The reason code of a piece stopped by an error that is not one of the tool's (a bug).
+UNEXPECTED = "unexpected"
+
+
+def reason_of(exc: BaseException) -> str:
+    """The reason code of ``exc``: its class's ``reason``, or :data:`UNEXPECTED`."""
+    return exc.reason if isinstance(exc, CdcMigratorError) else UNEXPECTED

@@ -136,6 +136,12 @@ class Migration:
     depends_on: dict[str, Dependency] = field(default_factory=dict)
     #: The transform that undoes this one (declared with :meth:`down`), or None.
     inverse: Transform | None = None
+    #: The name of the migration of the same collection this one follows (``after=``), or None:
+    #: then it follows the one before it in file order that declares none either.
+    after: str | None = None
+    #: The text of the file that defined it, as the loader executed it: what its fingerprint
+    #: is computed from (:mod:`cdc_migrator.core.fingerprint`), whatever the file holds since.
+    source_text: str = ""
 
     @property
     def declared_reads(self) -> frozenset[str]:
@@ -178,7 +184,8 @@ class Migration:
             raise UsageError(f"migration {self.name!r} declares no inverse (@{self.name}.down)")
         return Migration(name=name, collection=self.collection, transform=self.inverse,
                          batch_size=self.batch_size, expand_schema=self.expand_schema,
-                         contract_schema=self.old_schema, source=self.source)
+                         contract_schema=self.old_schema, source=self.source,
+                         source_text=self.source_text)
 
 
 # Migrations defined since the process started, in definition order. The loader reads the ones
@@ -196,6 +203,7 @@ def migration(
     contract_schema: str | None = None,
     old_schema: str | None = None,
     depends_on: Mapping[str, str | Affected] | None = None,
+    after: str | None = None,
 ) -> Callable[[Transform], Migration]:
     """Register ``fn(doc, ctx)`` as a migration of ``collection``.
 
@@ -211,19 +219,27 @@ def migration(
     (a change to a chunk makes the document named by its ``embeddingId``, before and after the
     change, due again), or ``{"users": posts_of}`` with ``posts_of(user, ctx)`` returning the
     ``_id`` values of the documents a changed user affects. See docs/writing-migrations.md.
+
+    ``after`` names the migration of the same collection this one follows (``next`` runs them
+    in that order); without it, a migration follows the one before it in file order.
     """
     if not isinstance(collection, str) or not collection:
         raise UsageError("@migration needs collection='name'")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"@migration batch_size must be a positive integer, not {batch_size!r}")
+    if after is not None and (not isinstance(after, str) or not after):
+        raise UsageError(f"@migration after= must name a migration, not {after!r}")
     dependencies = dependencies_of(collection, depends_on)
 
     def register(fn: Transform) -> Migration:
         if not callable(fn):
             raise UsageError("@migration must decorate a function taking (doc, ctx)")
         code = getattr(fn, "__code__", None)
+        own_name = name or fn.__name__
+        if after == own_name:
+            raise UsageError(f"@migration {own_name}: after= names the migration itself")
         m = Migration(
-            name=name or fn.__name__,
+            name=own_name,
             collection=collection,
             transform=fn,
             filter=dict(filter or {}),
@@ -233,6 +249,7 @@ def migration(
             old_schema=old_schema,
             source=code.co_filename if code else "",
             depends_on=dependencies,
+            after=after,
         )
         _defined.append(m)
         return m
@@ -286,7 +303,10 @@ def _import_file(path: Path, root: Path) -> list[Migration]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        # The text read is the text run: the fingerprint is computed from it, so an edit of
+        # the file after this point cannot make a running process claim code it does not run.
+        text = importlib.util.decode_source(path.read_bytes())
+        exec(compile(text, str(path), "exec"), module.__dict__)
     except UsageError as exc:
         del sys.modules[module_name]
         raise UsageError(f"{_short(str(path))}: {exc}") from None
@@ -302,6 +322,9 @@ def _import_file(path: Path, root: Path) -> list[Migration]:
         ) from None
     added = _defined[before:]
     del _defined[before:]
+    for m in added:
+        # Frozen as for the inverse: set once, by the loader, before anything reads it.
+        object.__setattr__(m, "source_text", text)
     return added
 
 

@@ -1,4 +1,5 @@
-"""The pieces wired together in one process: ``run``, ``next --run``, and cutover's catch-up.
+"""The pieces wired together in one process: ``run``, ``revert``, ``accept``, and cutover's
+catch-up.
 
 The orchestrator above the actors (capture, apply, operations), which know nothing of each
 other. ``run``: the tailer is armed before the backfill reads its first document; the run ends
@@ -25,15 +26,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .apply.consumer import TransformConsumer
-from .base import topics
+from .apply.shortcut import ApplyReport, apply_migration
+from .base import history, topics
 from .base.retry import KAFKA, MONGODB, Retrier
 from .base.settings import Settings
 from .base.threads import Threads
 from .capture.backfill import BackfillReport, backfill
-from .capture.tailer import Tailer, arm
+from .capture.tailer import Tailer, arm, stream_pipeline
+from .core.fingerprint import fingerprint, short
 from .core.state import MigrationState, Phase
-from .errors import StopRequested
+from .errors import Refused, StopRequested
 from .migration import Migration
+from .operations.accept import check_acceptable
 from .operations.cutover import CutoverReport, cutover
 from .operations.reversible import reverse_of
 from .operations.revert import check_revertible, old_shape_note, put_back_expand_schema
@@ -84,7 +88,8 @@ def run_pipeline(settings: Settings, migration: Migration, *, batch_size: int | 
                           show_progress=show_progress, stop=stop)
         drained = wait_drained(settings, migration, tailer, stop, deadline, settle, retry)
         if drained and then_cutover:
-            outcome = cutover(settings, migration)
+            # The command's watch tells the hooks of the cutover, after the phases before it.
+            outcome = cutover(settings, migration, announce=False)
     except StopRequested:
         drained = False
     finally:
@@ -167,21 +172,101 @@ def revert_pipeline(settings: Settings, migration: Migration, *,
     return outcome
 
 
+@dataclass
+class AcceptReport:
+    """What ``accept`` did: the code it made the code in force (``previous``: the code it
+    replaced, None when there was nothing to accept), and the run that followed."""
+
+    migration: str
+    fingerprint: str
+    previous: str | None = None
+    backfill: BackfillReport | None = None
+    applied: ApplyReport | None = None
+    note: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Everything that had to run again finished."""
+        if self.backfill is not None:
+            return self.backfill.done
+        return self.applied is None or not self.applied.result.failed
+
+    def summary(self) -> str:
+        name, code = self.migration, short(self.fingerprint)
+        if self.previous is None:
+            return f"{name}: {self.note}"
+        head = f"{name}: accepted the code of fingerprint {code} (was {short(self.previous)})"
+        if self.applied is not None:
+            return f"{head}; applied again from the first document: {self.applied.summary()}"
+        assert self.backfill is not None
+        if not self.backfill.done:
+            return (f"{head}; the backfill stopped before the end ({self.backfill.scanned:,} "
+                    f"documents produced): `cdc-migrator backfill {name}` finishes it")
+        return (f"{head}; backfill finished again ({self.backfill.scanned:,} documents "
+                "produced here): every document meets this code once the consumers drained. "
+                f"Members still running {short(self.previous)} hold: give them this code")
+
+
+def accept_code(settings: Settings, migration: Migration, *, batch_size: int | None = None,
+                rate: float | None = None, workers: int = 1, show_progress: bool = True,
+                stop: threading.Event | None = None) -> AcceptReport:
+    """Make ``migration``'s code (as loaded here) its code in force, and run again what ran,
+    so that every document meets it: a new backfill pass (which begins once every live member
+    still applying the old code holds), or ``apply`` from the first document."""
+    store = settings.store
+    state = store.get(migration.name)
+    check_acceptable(migration, state)
+    assert state is not None  # check_acceptable refuses a migration without state
+    code = fingerprint(migration, settings.schemas)
+    previous = state.code.fingerprint
+    report = AcceptReport(migration.name, code)
+    if previous is None:
+        store.adopt_code(migration.name, code)
+        report.note = f"no code was in force; fingerprint {short(code)} recorded"
+        return report
+    if previous == code:
+        unfinished = state.armed and not (state.backfill and state.backfill.done)
+        report.note = (f"the code in force is this code already (fingerprint {short(code)}): "
+                       "nothing to accept" + (f"; its backfill is unfinished: `cdc-migrator "
+                                              f"backfill {migration.name}` finishes it"
+                                              if unfinished else ""))
+        return report
+    if not store.accept(migration.name, code, previous=previous, armed=state.armed):
+        raise Refused(f"cannot accept {migration.name}: its code in force changed meanwhile "
+                      "(another accept?); see `cdc-migrator status`, then accept again")
+    report.previous = previous
+    log.info("%s: the code of fingerprint %s is in force (was %s); %s again", migration.name,
+             short(code), short(previous), "backfilling" if state.armed else "applying")
+    if state.armed:
+        report.backfill = backfill(settings, migration, batch_size=batch_size, rate=rate,
+                                   show_progress=show_progress, stop=stop, workers=workers)
+    else:
+        report.applied = apply_migration(settings, migration, batch_size=batch_size, rate=rate,
+                                         show_progress=show_progress)
+    return report
+
+
 def wait_drained(settings: Settings, migration: Migration, tailer: Tailer,
                  stop: threading.Event, deadline: float | None, settle: float,
                  retry: Retrier | None = None) -> bool:
-    """Wait until the tailer has caught up, no recovery backfills, and the group's lag stays
-    zero for ``settle`` s."""
+    """Wait until the tailer has caught up with the present (a majority-committed point: where
+    a change stream opened now starts), no recovery backfills, and the group's lag stays zero
+    for ``settle`` s."""
     retry = retry or Retrier(settings, stop=stop)
     topic = settings.topic(migration.collection)
     group = settings.group(migration.name)
+    present = stream_pipeline(migration)
     zero_since = None
     while not stop.is_set():
         if deadline and time.monotonic() > deadline:
             return False
-        # Caught up with the present: the server's latest operation now.
-        tailer.catch_up_to(retry.call(MONGODB, settings.db.command, "ping").get("operationTime"))
-        tailer.caught_up.wait(timeout=2)
+        # Caught up with the present: where a change stream opened now starts. The tailer
+        # reaches it only once every write before it is committed and read.
+        target = retry.call(MONGODB, history.stream_start, settings.db, present)[1]
+        tailer.catch_up_to(target)
+        if not tailer.caught_up.wait(timeout=2):
+            log.debug("catching up: the tailer has read up to %s, the stream's present is %s",
+                      tailer.position, target)
         lag = retry.call(KAFKA, topics.group_lag, settings, topic, group).total
         if lag == 0 and tailer.caught_up.is_set() and not tailer.recovery.running:
             zero_since = zero_since or time.monotonic()

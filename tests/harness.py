@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import functools
 import io
 import os
 import random
@@ -37,12 +38,12 @@ from unittest import mock
 import bson
 import pymongo
 from kafka import KafkaAdminClient
-from pymongo import monitoring
+from pymongo import monitoring, uri_parser
 
 from cdc_migrator import cli
 from cdc_migrator.base import logs, topics
 from cdc_migrator.base.naming import STATE_COLLECTION
-from cdc_migrator.base.settings import Settings
+from cdc_migrator.base.settings import Settings, mask_uri
 from cdc_migrator.migration import Migration
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,11 +73,25 @@ def examples(count: int) -> int:
     return count
 
 def uri_for(database: str) -> str:
-    """MONGO_BASE with its path replaced by ``database``."""
+    """MONGO_BASE with its path replaced by ``database``. A user named in it keeps the
+    database it authenticates against (the path's, else admin), which the path named."""
     head, _, tail = MONGO_BASE.partition("://")
     hostpart, _, rest = tail.partition("/")
     query = rest.partition("?")[2]
+    auth_source = _auth_source(MONGO_BASE)
+    if auth_source is not None:
+        query = f"{query}&authSource={auth_source}" if query else f"authSource={auth_source}"
     return f"{head}://{hostpart}/{database}" + (f"?{query}" if query else "")
+
+
+@functools.cache
+def _auth_source(uri: str) -> str | None:
+    """The database a user named in ``uri`` authenticates against when nothing but the URI's
+    path names it (None: no user, or an authSource given, by the URI or its SRV record)."""
+    parsed = uri_parser.parse_uri(uri)
+    if parsed["username"] is None or "authsource" in {k.lower() for k in parsed["options"]}:
+        return None
+    return parsed["database"] or "admin"
 
 
 def _first_address(hosts: str, default_port: int) -> tuple[str, int]:
@@ -84,22 +99,47 @@ def _first_address(hosts: str, default_port: int) -> tuple[str, int]:
     return host, int(port or default_port)
 
 
-def services_unreachable(timeout: float = 2.0) -> str | None:
-    """Why the local services cannot be used (one line naming them), or None when both accept
-    connections."""
+def services_unreachable(timeout: float = 2.0, real: bool = False) -> str | None:
+    """Why the services cannot be used (one line naming them), or None when both accept
+    connections: the local ones, or with ``real`` those a user brought to `make test-real`.
+    A ``mongodb+srv://`` URI names no host to try: the driver's ping tells."""
     mongo = MONGO_BASE.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0]
+    probes = [("Kafka", _first_address(KAFKA, 9092), KAFKA)]
+    if not MONGO_BASE.startswith("mongodb+srv://"):
+        probes.insert(0, ("MongoDB", _first_address(mongo, 27017), mask_uri(MONGO_BASE)))
     down = []
-    for what, address, shown in (("MongoDB", _first_address(mongo, 27017), MONGO_BASE),
-                                 ("Kafka", _first_address(KAFKA, 9092), KAFKA)):
+    for what, address, shown in probes:
         try:
             socket.create_connection(address, timeout=timeout).close()
         except OSError as exc:
             down.append(f"{what} at {shown} ({exc})")
     if not down:
         return None
+    if real:
+        return (f"{' and '.join(down)} not reachable: `make test-real` uses the servers that "
+                "MONGODB_URI and KAFKA_BOOTSTRAP_SERVERS name")
     return (f"{' and '.join(down)} not reachable: run `make services-up` (with the ports of "
             "MONGODB_URI and KAFKA_BOOTSTRAP_SERVERS), or `make unit` for the tests that need "
             "no service")
+
+
+def remove_kafka_leftovers(settings: Settings) -> None:
+    """Delete the topics and the consumer groups named with ``settings``' prefixes, so that a
+    broker a user brought to `make test-real` is left as it was found. A group still in use
+    (a process that outlived its test) is left to the broker's offset retention."""
+    # The connection of the conftest's settings, not the test's: a test may have changed the
+    # client options of its settings (kafka_options), or pointed them at another listener.
+    client = KafkaAdminClient(bootstrap_servers=KAFKA, request_timeout_ms=15_000)
+    try:
+        made = [t for t in client.list_topics() if t.startswith(f"{settings.topic_prefix}.")]
+        if made:
+            client.delete_topics(made)
+        groups = [g for g in (group["group_id"] for group in client.list_groups())
+                  if g.startswith(f"{settings.group_prefix}.")]
+        if groups:
+            client.delete_groups(groups)  # per-group errors are returned, not raised
+    finally:
+        client.close()
 
 
 def free_port() -> int:
@@ -186,6 +226,19 @@ def seed_sharded_collection(client: pymongo.MongoClient, namespace: str, key: di
             chunk["onCurrentShardSince"] = now
         config.chunks.insert_one(chunk)
     return entry
+
+
+def untargeted_writes(client: pymongo.MongoClient, namespace: str) -> int:
+    """The single-document writes on ``namespace`` whose filter a mongos could not target by
+    shard key, as the local server's mongos mode counts them (its own figure, not MongoDB's)."""
+    counter = client.admin.command("serverStatus")["localMongo"]["untargetedSingleWrites"]
+    return int(counter["byNamespace"].get(namespace, 0))
+
+
+def scanned_objects(client: pymongo.MongoClient) -> int:
+    """The documents a server read to answer queries (``serverStatus``'s
+    ``metrics.queryExecutor.scannedObjects``)."""
+    return int(client.admin.command("serverStatus")["metrics"]["queryExecutor"]["scannedObjects"])
 
 
 def local_mongo(home: Path, *properties: str,
@@ -346,6 +399,18 @@ def tool(name: str, command: str = "path") -> str:
                           check=True, timeout=60).stdout.strip()
 
 
+def exported_series() -> set[str]:
+    """The name of every series the tool's /metrics may carry (a counter's ``_total``, a
+    histogram's ``_bucket``, ``_count`` and ``_sum``, an info's ``_info``), from its registry:
+    what a dashboard or an alert may query."""
+    from cdc_migrator.base.metrics import REGISTRY
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
+                "info": ("_info",)}
+    return {family.name + suffix for family in REGISTRY.collect()
+            for suffix in suffixes.get(family.type, ("",))}
+
+
 # --------------------------------------------------------------------------------- polling
 
 def poll(check: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
@@ -459,15 +524,32 @@ def run_cli(*args: str, settings: Settings | None = None, env: dict | None = Non
         env=cli_env(settings, env), timeout=timeout, cwd=cwd or ROOT)
 
 
+#: Every background command started and not yet seen ended, so that none outlives the test
+#: that started it (see :func:`kill_children`): a consumer left running after its test's
+#: database was dropped kept working against it for as long as the session lasted.
+_CHILDREN: list[CliProcess] = []
+
+
+def kill_children() -> list[str]:
+    """SIGKILL every background command still running; the commands that were."""
+    left = [child for child in _CHILDREN if child.alive]
+    for child in left:
+        child.kill()
+    _CHILDREN.clear()
+    return [" ".join(child.args) for child in left]
+
+
 class CliProcess:
     """``cdc-migrator ARGS`` in the background with the settings' environment; its stderr
-    (the log) and stdout collected line by line as they come, so neither pipe fills up."""
+    (the log) and stdout collected line by line as they come, so neither pipe fills up.
+    One still running when its test ends is killed then (conftest.py)."""
 
     def __init__(self, settings: Settings | None, *args: str, env: dict | None = None) -> None:
         self.args = args
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cdc_migrator", *args], env=cli_env(settings, env),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _CHILDREN.append(self)
         self.lines: list[str] = []  # stderr
         self.out: list[str] = []  # stdout
         self._readers = [threading.Thread(target=self._read, args=(s, t), daemon=True)
@@ -502,10 +584,16 @@ class CliProcess:
         return code
 
     def stop(self, timeout: float = 60) -> int:
-        """SIGTERM (finish the batch, commit, exit) and its exit code."""
+        """SIGTERM (finish the batch, commit, exit) and its exit code. One still running
+        ``timeout`` seconds later is killed, and the stop fails with its log."""
         if self.alive:
             self.proc.send_signal(signal.SIGTERM)
-        return self.wait(timeout)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"`{' '.join(self.args)}` did not exit within {timeout}s of "
+                                 f"SIGTERM; killed. Its log:\n{self.log}") from None
 
     def count(self, *words: str) -> int:
         """How many log lines hold every one of ``words``."""

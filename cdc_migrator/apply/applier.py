@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,10 +92,14 @@ class Decided:
 class Applier:
     """Migrates documents of one collection; writes are guarded and idempotent."""
 
-    def __init__(self, migration: Migration, collection: Collection, ctx: Any) -> None:
+    def __init__(self, migration: Migration, collection: Collection, ctx: Any,
+                 shard_key: Sequence[str] = ()) -> None:
         self.migration = migration
         self.collection = collection
         self.ctx = ctx
+        #: The fields of the collection's shard key (sharded cluster): every guarded write and
+        #: re-read pins them, so that mongos sends it to one shard.
+        self.shard_key = tuple(shard_key)
         fields = filter_fields(migration.filter) if migration.filter else None
         # The filter's fields but _id, which every guard pins.
         self._filter_fields = fields - {"_id"} if fields is not None else None
@@ -171,7 +175,7 @@ class Applier:
         refusals counted in ``result``."""
         ops: list[UpdateOne | DeleteOne] = []
         pending: list[Outcome] = []
-        for outcome in [decide(self.migration, d, self.ctx) for d in docs]:
+        for outcome in [decide(self.migration, d, self.ctx, self.shard_key) for d in docs]:
             kind = outcome.kind
             if kind == "noop":
                 # On a retry a no-op means our earlier write or the application's own
@@ -208,8 +212,7 @@ class Applier:
             result.retried += missed
             if attempt == MAX_ATTEMPTS:
                 break
-            ops, pending = self._decide(self._read([o.id for o in pending]), result,
-                                        attempt + 1)
+            ops, pending = self._decide(self._reread(pending), result, attempt + 1)
         for o in pending:
             result.failures.append(
                 Failure(o.id, f"document kept changing; gave up after {MAX_ATTEMPTS} attempts"))
@@ -273,8 +276,19 @@ class Applier:
                 raise
             return 0, 0, {0: _refusal(exc)}
 
-    def _read(self, ids: list[Any]) -> list[Mapping[str, Any]]:
-        query: dict[str, Any] = {"_id": {"$in": ids}}
+    def _reread(self, outcomes: list[Outcome]) -> list[Mapping[str, Any]]:
+        """The documents of outcomes whose guards missed, as they are now: by ``_id`` and, on
+        a sharded collection, the shard key they had (one shard each). A document whose shard
+        key changed meanwhile is not found, as if deleted: that change has an event of its
+        own, which brings it back."""
+        if not self.shard_key:
+            return self._read([o.id for o in outcomes])
+        return self._read([o.id for o in outcomes],
+                          [{"_id": o.id, **o.shard_key} for o in outcomes])
+
+    def _read(self, ids: list[Any],
+              targeted: list[dict[str, Any]] | None = None) -> list[Mapping[str, Any]]:
+        query: dict[str, Any] = {"$or": targeted} if targeted else {"_id": {"$in": ids}}
         if self.migration.filter:
             query = {"$and": [query, self.migration.filter]}
         return list(self.collection.find(query, collation=SIMPLE_COLLATION))

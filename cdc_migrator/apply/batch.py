@@ -44,6 +44,9 @@ class Batch:
     fences: list[tuple[int, str]] = field(default_factory=list)  # (partition, fence id)
     dead: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)  # kind, key, value
     result: BatchResult = field(default_factory=BatchResult)
+    #: The cluster times (epoch seconds) of the change events it carries: the metrics' change
+    #: to applied latency, once the batch is committed.
+    change_times: list[float] = field(default_factory=list)
 
     @property
     def poison(self) -> int:
@@ -121,6 +124,8 @@ class BatchApplier:
             if envelope.fence_id is not None:  # the tailer gives every fence its id
                 batch.fences.append((tp.partition, envelope.fence_id))
             return
+        if envelope.source == "change" and envelope.cluster_time is not None:
+            batch.change_times.append(float(envelope.cluster_time.time))
         if envelope.documents is not None:  # a backfill batch: an event per document
             batch.count += len(envelope.documents) - 1
             for doc in envelope.documents:

@@ -42,7 +42,10 @@ from ..base.messages import first_line
 from ..base.retry import KAFKA, MONGODB, Retrier
 from ..base.settings import Settings
 from ..base.threads import Threads, run_until_stopped
+from ..base.topology import LagReader, shard_key
 from ..core.context import make_context
+from ..core.fingerprint import fingerprint
+from ..core.holding import CodeHold, member_name
 from ..core.state import (
     CONSUMER_FORGOTTEN_AFTER,
     CONSUMER_HEARTBEAT_INTERVAL,
@@ -51,7 +54,7 @@ from ..core.state import (
     stop_record,
 )
 from ..core.throttle import Bounds, Throttle, worker_name
-from ..errors import CdcMigratorError, ClientAbandoned, EventsLost, StopRequested
+from ..errors import CdcMigratorError, ClientAbandoned, EventsLost, StopRequested, reason_of
 from ..migration import Migration
 from .applier import Applier, BatchResult
 from .batch import BatchApplier
@@ -91,10 +94,15 @@ class TransformConsumer:
                             else None)
         self.topic = settings.topic(migration.collection)
         self.dlq_topic = settings.dlq_topic(migration.collection)
+        self.namespace = f"{settings.database_name}.{migration.collection}"
         self.store = settings.store
         self.applier = Applier(migration, settings.db[migration.collection],
                                make_context(settings.db, migration.name,
                                             declared=migration.declared_reads))
+        # Holds (its partitions paused) while the code it loaded is not the code in force.
+        self.code = CodeHold(self.store, migration.name,
+                             fingerprint(migration, settings.schemas), "consumer",
+                             member_name("consumer", settings.instance_id))
         self.max_records = max_records
         self.stats = ConsumeStats()
         self.on_batch = on_batch
@@ -116,9 +124,10 @@ class TransformConsumer:
         # The group's share of `cdc-migrator throttle`, by the partitions this member holds.
         self.throttle = Throttle(
             self.store, migration.name, member=self.instance_id or worker_name(),
-            bounds=Bounds(settings.max_replication_lag, settings.max_write_latency),
-            client=settings.client, weight=lambda: float(len(self._assigned)), members=True,
-            stop=self.stopping)
+            bounds=Bounds(settings.max_replication_lag, settings.max_write_latency,
+                          settings.on_lag_unknown),
+            lag=LagReader(settings.client, settings.client_for),
+            weight=lambda: float(len(self._assigned)), members=True, stop=self.stopping)
         self.batches = BatchApplier(
             migration, self.applier, self.throttle, retry=self.retry,
             write_retry=Retrier(settings, log, self.stopping),  # the writer thread's
@@ -130,12 +139,14 @@ class TransformConsumer:
 
     def run(self) -> ConsumeStats:
         logs.bind(migration=self.migration.name, component="consumer")
+        stopped_by: Exception | None = None
         try:
             self._run()
         except StopRequested:
             log.info("stopped during an outage; the batch in hand was not committed and is "
                      "applied again on the next start")
         except Exception as exc:
+            stopped_by = exc
             self._record_stop(exc)
             raise
         finally:
@@ -146,12 +157,14 @@ class TransformConsumer:
                     log.debug("closing the consumer: %s", exc)
             self._writer.shutdown(wait=False)
             self._dlq.close()
+            self.code.leave(stopped_by)
         return self.stats
 
     def _record_stop(self, exc: Exception) -> None:
         """Leave why this consumer stopped in the state, for status, /readyz and metrics."""
         error = logs.mask(str(exc) if isinstance(exc, CdcMigratorError) else first_line(exc))
-        record = stop_record("consumer", error, getattr(exc, "document_id", None))
+        record = stop_record("consumer", error, getattr(exc, "document_id", None),
+                             reason_of(exc))
         last_word(lambda: self.store.record_stop(self.migration.name, "consumer", record,
                                                  failed=isinstance(exc, EventsLost)), exc)
 
@@ -162,6 +175,8 @@ class TransformConsumer:
         retry = self.retry
         retry.call(KAFKA, topics.ensure_topic, self.settings, self.topic)
         retry.call(KAFKA, topics.ensure_topic, self.settings, self.dlq_topic, partitions=1)
+        self.applier.shard_key = retry.call(MONGODB, shard_key, self.settings.client,
+                                            self.namespace)
         while not self.stopping.is_set():
             self._consumer = retry.call(KAFKA, self._connect)
             log.info("consuming %s as group %s", self.topic,
@@ -237,7 +252,7 @@ class TransformConsumer:
         log.warning("%s", message)
         try:
             self.store.record_stall(self.migration.name, "consumer",
-                                    stop_record("consumer", message))
+                                    stop_record("consumer", message, reason="stalled"))
         except Exception as failure:  # MongoDB gone too: the log tells
             log.debug("could not record the stall: %s", failure)
         return True
@@ -313,8 +328,11 @@ class TransformConsumer:
             self._last_pause_check = now
             state = self.store.get(self.migration.name)
             # Reverted: the reverse run's consumers put the old shape back; applying this
-            # migration beside them would undo their work.
-            paused = bool(state and (state.paused or state.cancelled or state.reverted))
+            # migration beside them would undo their work. Holding: its code is not the code
+            # in force (checked between batches, so a batch is applied by one code).
+            holding = self.code.holds(state)
+            paused = holding or bool(state and (state.paused or state.cancelled
+                                                or state.reverted))
             if paused != self._paused:
                 assignment = list(self.kafka.assignment())
                 if paused:
@@ -353,7 +371,8 @@ class TransformConsumer:
                         fences=[(fid, p) for p, fid in batch.fences] if committed else [],
                         clear_stop=committed)
         metrics.record_consumed(self.migration.name, batch.count, result,
-                                time.monotonic() - started)
+                                time.monotonic() - started,
+                                batch.change_times if committed else ())
         log.debug("batch of %d events applied and committed: %s", batch.count, result.counts())
         if self.on_batch:
             self.on_batch(self.stats)

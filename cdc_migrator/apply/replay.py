@@ -2,6 +2,7 @@
 
 The documents named by the dead letters since the last retry are migrated again from their
 current state, with the applier's guarded writes; those that fail again are dead-lettered anew.
+The fixed transform must be the code in force (``accept`` takes it): other code is refused.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from typing import Any
 
 from ..base import topics
 from ..base.settings import Settings
+from ..base.topology import shard_key
 from ..core import events
 from ..core.context import make_context
 from ..core.deadletters import dead_letter, read
+from ..core.fingerprint import fingerprint, short
+from ..errors import Refused
 from ..migration import Migration
 from .applier import Applier
 
@@ -41,7 +45,13 @@ class RetryReport:
 def retry(settings: Settings, migration: Migration) -> RetryReport:
     """Replay the dead letters since the last retry through the transform."""
     store = settings.store
-    start = store.ensure(migration.name, migration.collection).dlq_offset
+    state = store.ensure(migration.name, migration.collection)
+    code = fingerprint(migration, settings.schemas)
+    if state.code.fingerprint not in (None, code):
+        raise Refused(f"{migration.name}'s code here (fingerprint {short(code)}) is not the "
+                      f"code in force ({short(state.code.fingerprint)}): `cdc-migrator accept "
+                      f"{migration.name}` takes it first; nothing was retried")
+    start = state.dlq_offset
     letters = read(settings, migration, start)
     report = RetryReport(migration.name, entries=len(letters))
     ids: dict[bytes, Any] = {}
@@ -53,7 +63,9 @@ def retry(settings: Settings, migration: Migration) -> RetryReport:
             ids[events.key_bytes(doc_id)] = doc_id
     report.documents = len(ids)
     applier = Applier(migration, settings.db[migration.collection],
-                      make_context(settings.db, migration.name))
+                      make_context(settings.db, migration.name),
+                      shard_key(settings.client,
+                                f"{settings.database_name}.{migration.collection}"))
     result = applier.apply_ids(list(ids.values())) if ids else None
     if result is not None:
         report.migrated = result.applied

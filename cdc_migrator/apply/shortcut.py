@@ -16,9 +16,12 @@ from typing import Any
 from ..base.progress import Progress
 from ..base.scanner import count, prefetched, scan
 from ..base.settings import Settings
+from ..base.topology import shard_key
 from ..core.context import make_context
+from ..core.fingerprint import fingerprint, short
 from ..core.patch import Outcome, decide
 from ..core.state import failure_record
+from ..errors import Refused
 from ..migration import Migration
 from .applier import Applier, BatchResult, Decided
 from .writebehind import WriteBehind
@@ -48,13 +51,22 @@ def apply_migration(
     rate: float | None = None,
     show_progress: bool = True,
 ) -> ApplyReport:
-    """Migrate every document of the collection in this process; resumable."""
+    """Migrate every document of the collection in this process; resumable. Refused when
+    the code in force is not this code (``accept`` takes it)."""
     db = settings.db
     # A transform that returns something that is not a patch stops the run with a PatchError;
     # trying the first batch without writing catches most such bugs before any write.
     dry_run(settings, migration, batch_size=batch_size)
     store = settings.store
     state = store.ensure(migration.name, migration.collection)
+    code = fingerprint(migration, settings.schemas)
+    if state.code.fingerprint not in (None, code):
+        # The documents before the saved position met other code: going on would mix them.
+        raise Refused(f"{migration.name}'s code changed (fingerprint {short(code)}, the code "
+                      f"in force is {short(state.code.fingerprint)}): `cdc-migrator accept "
+                      f"{migration.name}` applies this code to every document again, or run "
+                      "the code in force")
+    store.adopt_code(migration.name, code)
     saved = state.apply
     position = saved.position if saved and saved.started and not saved.done and not reset \
         else None
@@ -64,7 +76,8 @@ def apply_migration(
 
     collection = db[migration.collection]
     applier = Applier(migration, collection,
-                      make_context(db, migration.name, declared=migration.declared_reads))
+                      make_context(db, migration.name, declared=migration.declared_reads),
+                      shard_key(settings.client, f"{db.name}.{migration.collection}"))
     # The total is for the progress line alone: not counted when none is shown (a count of
     # the filter reads the collection once more).
     total = count(collection, migration.filter) if show_progress else None

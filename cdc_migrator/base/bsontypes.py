@@ -19,6 +19,7 @@ import datetime as dt
 import re
 import uuid
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from bson import (
@@ -79,6 +80,45 @@ _BRACKETS: tuple[tuple[type | tuple[type, ...], int], ...] = (
     ((Regex, re.Pattern), 11),
     (MaxKey, 12),
 )
+
+
+def compare(a: Any, b: Any) -> int | None:
+    """-1, 0 or 1 as MongoDB orders ``a`` and ``b`` (simple collation); None where this does not
+    know the order within a bracket (documents, arrays, binaries, regexes, NaN): callers that
+    only refine a plan with it leave such values out."""
+    try:
+        ra, rb = rank(a), rank(b)
+    except TypeError:
+        return None
+    if ra != rb:
+        return -1 if ra < rb else 1
+    key_a, key_b = _order_key(a), _order_key(b)
+    if key_a is None or key_b is None:
+        return None
+    try:
+        return (key_a > key_b) - (key_a < key_b)
+    except TypeError:  # a naive and an aware date
+        return None
+
+
+def _order_key(value: Any) -> Any:
+    """What orders ``value`` within its bracket, natively; None when not known here."""
+    if value is None or isinstance(value, (MinKey, MaxKey)):
+        return 0
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, Decimal128):
+        number = value.to_decimal()
+        return None if number.is_nan() else number
+    if isinstance(value, float):
+        return None if value != value else Decimal(value)
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")  # binary, by UTF-8 bytes
+    if isinstance(value, (ObjectId, dt.datetime, Timestamp)):
+        return value
+    return None
 
 
 def _aliases(ranks: range) -> list[str]:

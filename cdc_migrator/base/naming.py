@@ -12,6 +12,8 @@ FENCE_COLLECTION = "cdc_migrator_fences"
 #: The reference map of migrations with ``depends_on`` (see capture/dependencies.py): for each
 #: document of a dependency collection, the migrated documents its reference field names.
 REFERENCES_COLLECTION = "cdc_migrator_references"
+#: What became of every migration ever armed here (see core/history.py): kept by ``reset``.
+HISTORY_COLLECTION = "cdc_migrator_history"
 #: Default of the collection holding the state of each migration (``--state-collection``).
 STATE_COLLECTION = "cdc_migrator_state"
 #: The field that marks a document of the state collection as a shared backfill's range (or

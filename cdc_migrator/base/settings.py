@@ -20,6 +20,7 @@ import dataclasses
 import importlib
 import re
 import shlex
+import shutil
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -123,12 +124,50 @@ def _connection_string(value: str) -> str | None:
     return None
 
 
+def _hook_command(value: str) -> str | None:
+    try:
+        words = shlex.split(value)
+    except ValueError:  # a quote left open
+        return "a command line, its quotes closed, whose first word is an executable"
+    if words and shutil.which(words[0]) is None:
+        return f"a command line whose first word is an executable found on the PATH " \
+               f"({words[0]!r} is not)"
+    return None
+
+
+def _hook_url(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if value and (parts is None or parts.scheme not in ("http", "https") or not parts.netloc
+                  or any(c.isspace() or not c.isprintable() for c in value)):
+        return "an http:// or https:// URL"
+    return None
+
+
+def _hook_events(value: str) -> str | None:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in (*_HOOK_EVENTS, "before_cutover")]
+    if unknown:
+        return f"events separated by commas, of: {', '.join(_HOOK_EVENTS)}, before_cutover " \
+               f"({unknown[0]!r} is none)"
+    return None
+
+
 def setting(default: Any, help: str, **how: Any) -> Any:
     """A field of :class:`Settings` with its :class:`Setting` (the ``how`` keywords)."""
     return field(default=default, metadata={"setting": Setting(help=help, **how)})
 
 
 _KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# The commands that run for long and watch their migrations: they serve /metrics and announce
+# phase changes; cutover announces its own.
+_SERVING = ("tail", "consume", "backfill", "run", "revert", "next", "config show")
+_HOOKED = (*_SERVING[:-1], "cutover", "config show")
+# The phase changes announced by default (operations/hooks.py's EVENTS).
+_HOOK_EVENTS = ("armed", "backfill_done", "ready_for_cutover", "cut_over", "failed",
+                "reverted", "dead_letters")
 _SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "AWS_MSK_IAM")
 
 
@@ -250,7 +289,26 @@ class Settings:
     metrics_port: int | None = setting(
         None, "Serve /metrics (Prometheus), /healthz and /readyz over HTTP on PORT; 0 picks a "
         "free port (logged). Default: no server.", metavar="PORT", minimum=0, maximum=65535,
-        commands=("tail", "consume", "run", "config show"))
+        commands=_SERVING)
+    hook_command: str | None = setting(
+        None, "A command told of each phase change of --hook-events, the event as JSON on its "
+        "stdin (split as a shell would split it, not run by one). It may refuse a cutover "
+        "(before_cutover, exit non-zero); otherwise its failures are logged, and the "
+        "migration goes on.", metavar="COMMAND", rule=_hook_command, commands=_HOOKED)
+    hook_url: str | None = setting(
+        None, "A webhook POSTed each phase change of --hook-events as JSON. It may refuse a "
+        "cutover (before_cutover, an answer other than 2xx); otherwise its failures are "
+        "logged, and the migration goes on. Masked in every output (a webhook's URL often "
+        "holds its token).", metavar="URL", secret=True, rule=_hook_url, commands=_HOOKED)
+    hook_events: str = setting(
+        ",".join(_HOOK_EVENTS), "The events the hooks are told of: armed, backfill_done, "
+        "ready_for_cutover, cut_over, failed, reverted, dead_letters; add before_cutover to let "
+        "them refuse a cutover.", metavar="EVENT,...", rule=_hook_events, commands=_HOOKED)
+    hook_timeout: float = setting(
+        30.0, "How long a hook may take; one that takes longer is killed (and refuses the "
+        "cutover, for before_cutover).", metavar="DURATION", unit="s", minimum=0.1,
+        maximum=86_400,
+        commands=_HOOKED)
     on_history_lost: str = setting(
         "fail", "When the server no longer has the change history to resume from: stop with "
         "exit 1 (fail), or capture again from now and backfill the whole collection again "
@@ -265,22 +323,29 @@ class Settings:
     backfill_ranges: int = setting(
         32, "A backfill splits the collection into at most N _id ranges (at least 1,000 "
         "documents each), which its workers and processes share.", metavar="N", minimum=1,
-        maximum=100_000, commands=("backfill", "run", "config show"))
+        maximum=100_000, commands=("backfill", "run", "accept", "config show"))
     lease_seconds: float = setting(
         30.0, "A backfill worker holds its range for this long past its last renewal; a "
         "worker killed or cut off loses the range to another worker after it.",
         metavar="SECONDS", unit="s", minimum=0.5, maximum=86_400,
-        commands=("backfill", "run", "config show"))
+        commands=("backfill", "run", "accept", "config show"))
     max_replication_lag: float | None = setting(
         None, "Hold the backfill and the consumers while a secondary is more than DURATION "
-        "behind the primary (replSetGetStatus). Default: not checked.", metavar="DURATION",
-        unit="s", minimum=0, maximum=A_YEAR,
-        commands=("backfill", "consume", "run", "config show"))
+        "behind the primary (replSetGetStatus; delayed, hidden, arbiter and non-voting members "
+        "do not count; through mongos, each shard's). Default: not checked.",
+        metavar="DURATION", unit="s", minimum=0, maximum=A_YEAR,
+        commands=("backfill", "consume", "run", "accept", "config show"))
+    on_lag_unknown: str = setting(
+        "fail", "With --max-replication-lag, when the lag cannot be read (replSetGetStatus "
+        "refused: no clusterMonitor role, a managed tier, a shard out of reach): refuse to "
+        "start, naming what to grant (fail), or run without the bound, `status` showing the "
+        "lag as unknown and why (run).", choices=("fail", "run"),
+        commands=("backfill", "consume", "run", "accept", "config show"))
     max_write_latency: float | None = setting(
         None, "Hold the backfill and the consumers for a while when a bulk write of the "
         "migration took longer than DURATION. Default: not checked.", metavar="DURATION",
         unit="ms", minimum=0, maximum=1000 * A_YEAR,
-        commands=("backfill", "consume", "run", "config show"))
+        commands=("backfill", "consume", "run", "accept", "config show"))
     kafka_options: dict[str, Any] = field(default_factory=dict)
     mongo_options: dict[str, Any] = field(default_factory=dict)
 
@@ -415,9 +480,35 @@ class Settings:
                 f"{mask_secrets(str(exc), *uri_secrets(self.mongodb_uri))}"
             ) from None
 
+    def client_for(self, hosts: str, replica_set: str | None = None) -> pymongo.MongoClient:
+        """A client of other members of the deployment (a shard's, named by ``config.shards``),
+        with the credentials and options of ``mongodb_uri``; kept, and closed with the rest."""
+        key = (hosts, replica_set)
+        if key not in self._members:
+            parsed = self.parsed_uri
+            options = {k: v for k, v in parsed["options"].items()
+                       if k.lower() not in _TOPOLOGY_OPTIONS}
+            where = {"replicaSet": replica_set} if replica_set else {"directConnection": True}
+            self._members[key] = pymongo.MongoClient(
+                hosts.split(","), username=parsed.get("username"),
+                password=parsed.get("password"),
+                serverSelectionTimeoutMS=min(self.mongo_timeout_ms, MEMBER_TIMEOUT_MS),
+                **{**options, **where, **self.mongo_client_options, **codec.client_options()})
+        return self._members[key]
+
+    @cached_property
+    def _members(self) -> dict[tuple[str, str | None], pymongo.MongoClient]:
+        return {}
+
     @property
     def db(self) -> Database:
         return self.client[self.database_name]
+
+    @property
+    def schemas(self) -> Path:
+        """The ``schemas/`` directory beside the transforms directory: where a migration's
+        ``expand_schema`` and ``contract_schema`` files are."""
+        return Path(self.transforms).resolve().parent / "schemas"
 
     @property
     def store(self) -> StateStore:
@@ -468,6 +559,15 @@ class Settings:
         if "client" in self.__dict__:
             self.client.close()
             del self.__dict__["client"]
+        for member in self.__dict__.pop("_members", {}).values():
+            member.close()
+
+
+#: Options of the URI that say which servers to talk to, not how: not carried to a shard's.
+_TOPOLOGY_OPTIONS = frozenset({"directconnection", "replicaset", "loadbalanced", "srvservicename",
+                               "srvmaxhosts", "readpreference", "readpreferencetags"})
+#: How long a client of another member waits for it (a shard unreachable from here).
+MEMBER_TIMEOUT_MS = 5000
 
 
 def _check_msk(options: Mapping[str, Any]) -> None:

@@ -1,7 +1,9 @@
 """The backfill scanner: the documents already in the collection become events on its topic.
 
 It refuses to start before change capture is armed, so every write after a document was
-scanned also yields a change event. The collection is split into ``_id`` ranges that any
+scanned also yields a change event, and it reads nothing before every write up to the armed
+point is majority-committed (see :mod:`cdc_migrator.base.history`), so no write in flight when
+capture was armed falls between the two. The collection is split into ``_id`` ranges that any
 number of backfill processes (and threads, ``--workers``) share: each range is leased to one
 worker at a time and has its own position (last ``_id``), saved after the broker acknowledged
 the batch, so an interrupted range resumes where it stopped, by whichever worker takes it
@@ -23,16 +25,21 @@ from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
+from pymongo.errors import OperationFailure
 
-from ..base import logs, metrics, topics
+from ..base import history, logs, metrics, topics
 from ..base.codec import CODEC_OPTIONS
+from ..base.messages import message_of
 from ..base.progress import Progress
 from ..base.retry import KAFKA, MONGODB, Retrier
-from ..base.scanner import count, prefetched, scan
+from ..base.scanner import prefetched, scan
 from ..base.settings import Settings
 from ..base.threads import Threads
+from ..base.topology import LagReader, ShardedCollection, sharded_collection
 from ..core import deadletters as deadletter
 from ..core import events
+from ..core.fingerprint import fingerprint
+from ..core.holding import CHECK_INTERVAL, CodeHold
 from ..core.state import MigrationState, StateStore
 from ..core.throttle import Bounds, Throttle, worker_name
 from ..errors import Refused, StopRequested
@@ -77,12 +84,32 @@ def backfill(
     from its saved position, and claims the next one, until every range is done. A range whose
     worker died is taken over once its lease ran out. ``rate`` caps this process's reads
     (shared by its workers); ``cdc-migrator throttle`` paces all of them, live.
+
+    It holds while its code is not the code in force, and a pass begins only once every live
+    member running other code holds (see :mod:`cdc_migrator.core.holding`).
     """
     logs.bind(migration=migration.name, component="backfill")
     retry = Retrier(settings, log, stop)
     store = settings.store
+    code = CodeHold(store, migration.name, fingerprint(migration, settings.schemas), "backfill")
+    stopped_by: Exception | None = None
+    try:
+        return _backfill(settings, migration, retry, code, batch_size=batch_size, rate=rate,
+                         reset=reset, show_progress=show_progress, stop=stop, workers=workers)
+    except Exception as exc:
+        stopped_by = exc
+        raise
+    finally:
+        code.leave(stopped_by)
+
+
+def _backfill(settings: Settings, migration: Migration, retry: Retrier, code: CodeHold, *,
+              batch_size: int | None, rate: float | None, reset: bool, show_progress: bool,
+              stop: threading.Event | None, workers: int) -> BackfillReport:
+    store = settings.store
     try:
         state = retry.call(MONGODB, store.get, migration.name)
+        state = _code_in_force(code, state, store, retry, stop)
     except StopRequested:
         return BackfillReport(migration.name, 0, 0, False, False)
     if state is None or not state.armed:
@@ -98,18 +125,23 @@ def backfill(
         return BackfillReport(migration.name, 0, saved.scanned, False, True)
     halt = threading.Event()  # this call's workers stop: asked to, or one of them failed
     pass_ = _Pass(settings, migration, store, state.tail.armed_at, halt, rate, workers,
-                  batch_size or migration.batch_size)
+                  batch_size or migration.batch_size, code)
     progress: Progress | None = None
     finished = False
     resumed = False
     try:
+        # The change stream covers what comes after the armed point; the scan covers what came
+        # before only once all of that is committed (a write in flight is in neither).
+        retry.call(MONGODB, history.wait_committed, pass_.collection, pass_.armed_at,
+                   stop if stop is not None else halt)
         pass_.partitions = retry.call(KAFKA, topics.ensure_topic, settings, pass_.topic)
-        total = retry.call(MONGODB, count, pass_.collection, migration.filter)
-        resumed = retry.call(
+        planned = retry.call(
             MONGODB, plan, pass_.collection, migration.filter, pass_.ranges, store,
-            migration.name, owner=worker_name(), total=total, most=settings.backfill_ranges,
+            migration.name, owner=worker_name(), most=settings.backfill_ranges,
             armed_at=pass_.armed_at, saved=saved, reset=reset,
-            wait=stop if stop is not None else halt)
+            wait=stop if stop is not None else halt,
+            sharded=retry.call(MONGODB, sharding_of, settings, migration))
+        resumed, total = planned.resumed, planned.total
         done_before = (retry.call(MONGODB, store.get, migration.name) or state).backfill
         log.info("backfill %s: %d documents to scan into %s, %d worker(s) here",
                  "resumed" if resumed else "started", total, pass_.topic, workers)
@@ -140,8 +172,8 @@ class _Pass:
 
     def __init__(self, settings: Settings, migration: Migration, store: StateStore,
                  armed_at: Any, halt: threading.Event, rate: float | None, workers: int,
-                 batch_size: int) -> None:
-        self.settings, self.migration, self.store = settings, migration, store
+                 batch_size: int, code: CodeHold) -> None:
+        self.settings, self.migration, self.store, self.code = settings, migration, store, code
         self.armed_at, self.halt, self.workers, self.batch_size = armed_at, halt, workers, \
             batch_size
         self.rate = rate / workers if rate else None  # --rate is this process's cap
@@ -154,7 +186,8 @@ class _Pass:
                 document_class=RawBSONDocument))
         self.encoder = events.RawEncoder(migration.name, settings.database_name,
                                          migration.collection)
-        self.bounds = Bounds(settings.max_replication_lag, settings.max_write_latency)
+        self.bounds = Bounds(settings.max_replication_lag, settings.max_write_latency,
+                             settings.on_lag_unknown)
         self.partitions = 1
         self.progress: Progress | None = None
         self.scanned = 0
@@ -190,7 +223,7 @@ class _Pass:
         retry = Retrier(self.settings, log, self.halt)
         publisher = topics.Publisher(self.settings, retry)
         throttle = Throttle(self.store, self.migration.name, member=owner, bounds=self.bounds,
-                            client=self.settings.client,
+                            lag=LagReader(self.settings.client, self.settings.client_for),
                             live=lambda _: self.ranges.leased_count(self.migration.name),
                             stop=self.halt, cap=self.rate)
         name = self.migration.name
@@ -204,6 +237,9 @@ class _Pass:
                 if state.tail.armed_at != self.armed_at:
                     self._rearmed()
                     return
+                if self.code.holds(state) or self.code.waits_for(state):
+                    self.halt.wait(CHECK_INTERVAL)  # claims nothing while other code applies
+                    continue
                 claim = retry.call(MONGODB, self.ranges.claim, name, owner, self.lease)
                 if claim is None:
                     if retry.call(MONGODB, self.ranges.all_done, name, self.armed_at):
@@ -280,7 +316,7 @@ class _Pass:
                                             time.monotonic() - batch_started)
                     # A paused backfill holds no cursor: MongoDB would kill it after 10 idle
                     # minutes. The scan reopens after the last document read.
-                    if not _hold_while_paused(self.store, name, self.halt,
+                    if not _hold_while_paused(self.store, name, self.halt, self.code,
                                               holding=batches.held):
                         self.halt.set()
                         return
@@ -351,6 +387,19 @@ def snapshot_record(settings: Settings, migration: Migration, encoder: events.Ra
     return topics.Record(topic, key, value, partition, fallback)
 
 
+def sharding_of(settings: Settings, migration: Migration) -> ShardedCollection | None:
+    """How the migrated collection is sharded (None: it is not, or no mongos); None with a
+    warning when ``config`` cannot be read: the ranges are then cut by sample alone."""
+    namespace = f"{settings.database_name}.{migration.collection}"
+    try:
+        return sharded_collection(settings.client, namespace)
+    except OperationFailure as exc:
+        log.warning("the chunks of %s cannot be read (%s): the backfill's ranges are cut by "
+                    "sample alone, each read from every shard; grant read on the config "
+                    "database (the clusterMonitor role)", namespace, message_of(exc, 160))
+        return None
+
+
 def _refuse_failed(state: MigrationState) -> None:
     """Refuse a migration that failed (its collection dropped or renamed, its history lost)."""
     if state.failed:
@@ -358,13 +407,15 @@ def _refuse_failed(state: MigrationState) -> None:
 
 
 def _hold_while_paused(store: StateStore, name: str, stop: threading.Event | None,
+                       code: CodeHold,
                        holding: Callable[[], AbstractContextManager[Any]] = nullcontext) -> bool:
-    """Wait while the migration is paused; False when it was cancelled or we must stop.
+    """Wait while the migration is paused (or ``code`` is not the code in force); False when
+    it was cancelled or we must stop.
 
     The wait runs inside ``holding()`` (the scan's :meth:`~cdc_migrator.base.scanner.Scan.held`).
     Raises :class:`Refused` when the migration failed (e.g. its collection was dropped).
     """
-    go_on = _go_on(store, name)
+    go_on = _go_on(store, name, code)
     if go_on is not None:
         return go_on
     with holding():
@@ -373,15 +424,34 @@ def _hold_while_paused(store: StateStore, name: str, stop: threading.Event | Non
                 time.sleep(1.0)
             elif stop.wait(1.0):
                 return False
-            go_on = _go_on(store, name)
+            go_on = _go_on(store, name, code)
     return go_on
 
 
-def _go_on(store: StateStore, name: str) -> bool | None:
+def _go_on(store: StateStore, name: str, code: CodeHold) -> bool | None:
     """True to scan on, False when the migration was cancelled or is gone, None while it is
-    paused; :class:`Refused` when it failed."""
+    paused or holds; :class:`Refused` when it failed."""
     state = store.get(name)
     if state is None or state.cancelled:
         return False
     _refuse_failed(state)
-    return None if state.paused else True
+    return None if state.paused or code.holds(state) else True
+
+
+def _code_in_force(code: CodeHold, state: MigrationState | None, store: StateStore,
+                   retry: Retrier, stop: threading.Event | None) -> MigrationState | None:
+    """Wait while this backfill's code is not the code in force, or another live member
+    still applies other code (it has not seen an ``accept`` yet): the state then."""
+    told: list[str] | None = None
+    while state is not None and (code.holds(state) or code.waits_for(state)):
+        waiting = code.waits_for(state)
+        if waiting and waiting != told:
+            log.info("waiting for %s to hold: they apply other code than the code in force",
+                     ", ".join(waiting))
+            told = waiting
+        if stop is not None and stop.wait(CHECK_INTERVAL):
+            raise StopRequested("stopped while holding")
+        if stop is None:
+            time.sleep(CHECK_INTERVAL)
+        state = retry.call(MONGODB, store.get, code.migration)
+    return state

@@ -11,11 +11,14 @@ A reference (``{"chunks": "embeddingId"}``) affects the documents the changed do
 *after* the change (its image, or the updated value of the field) and *before* it (the value a
 delete or an overwrite took away). The value before comes from the change stream's pre-image
 (``fullDocumentBeforeChange``) when the collection has pre-images enabled
-(``changeStreamPreAndPostImages``); otherwise from the *reference map* kept here, in the
-migration's database: for each document of the other collection, the ids its field named as of
-the last event the tailer forwarded. The map is seeded by one scan of the other collection when
-capture is armed (before any backfill reads), and saved only after the broker acknowledged the
-events it reflects, so a tailer that crashes replays them with the values from before.
+(``changeStreamPreAndPostImages``) and the event carries one; otherwise from the *reference map*
+kept here, in the migration's database: for each document of the other collection, the ids its
+field named as of the last event the tailer forwarded. Pre-images expire (with the oplog, or
+``expireAfterSeconds``) and can be turned off, so the map is kept for every reference, pre-images
+or not: a missing pre-image falls back to it. The map is seeded by one scan of the other
+collection when capture is armed (before any backfill reads), and saved only after the broker
+acknowledged the events it reflects, so a tailer that crashes replays them with the values from
+before.
 
 A function (``{"users": posts_of}``) gets the changed document (after the change; for a delete,
 its pre-image, or ``{"_id": ...}`` alone where there is none) and returns the affected ids.
@@ -75,10 +78,10 @@ def references(value: Any) -> list[Any]:
     return [value]
 
 
-def _map_collections(db: Database, migration: Migration) -> list[Dependency]:
-    """The reference dependencies that need the reference map: those without pre-images."""
-    return [d for d in migration.depends_on.values()
-            if d.field is not None and not pre_images_enabled(db, d.collection)]
+def _map_collections(migration: Migration) -> list[Dependency]:
+    """The reference dependencies, which keep the reference map (with pre-images too: one
+    may be missing)."""
+    return [d for d in migration.depends_on.values() if d.field is not None]
 
 
 def seed(db: Database, migration: Migration) -> int:
@@ -88,7 +91,7 @@ def seed(db: Database, migration: Migration) -> int:
     they overwrite. Returns the entries written."""
     store = db[REFERENCES_COLLECTION]
     written = 0
-    for dependency in _map_collections(db, migration):
+    for dependency in _map_collections(migration):
         marker = _seeded_id(migration.name, dependency.collection)
         if store.find_one({"_id": marker}, {"_id": 1}) is not None:
             continue
@@ -156,10 +159,11 @@ class DependencyFollower:
         after = None if op == "delete" else change.get("fullDocument")
         before = change.get("fullDocumentBeforeChange")
         if before is None and op != "insert" and self.pre_images.get(dependency.collection):
-            # Enabled, yet none: expired, or the document was written before they were on.
+            # Enabled, yet none: expired, turned off since, or written before they were on.
             self.missing_pre_images += 1
-            log.warning("no pre-image for the %s of %s %r: the documents it named before the "
-                        "change are not known", op, dependency.collection, doc_id)
+            log.warning("no pre-image for the %s of %s %r: %s", op, dependency.collection,
+                        doc_id, "the reference map stands in" if dependency.field is not None
+                        else "the documents it named before the change are not known")
         if dependency.field is not None:
             ids = self._referenced(dependency, op, doc_id, after, before, change)
         else:
@@ -190,13 +194,10 @@ class DependencyFollower:
                 now = []
             else:
                 now = _UNCHANGED
-        use_map = not self.pre_images.get(dependency.collection)
         if before is not None:
             was = references(before.get(field))
-        elif use_map:
+        else:  # no pre-images, or one missing (expired, turned off)
             was = self._mapped(dependency.collection, doc_id)
-        else:
-            was = []
         later = references(after.get(field)) if after is not None else []
         if now is _UNCHANGED:
             # Not named in the description: untouched, or, on MongoDB, elements appended to an
@@ -205,7 +206,7 @@ class DependencyFollower:
             # extra event, never a missed one.
             now = list({id_key(i): i for i in [*was, *later]}.values())
         ids = list(was) + list(now) + later  # the image is later than the event: maybe more
-        if use_map and (op != "insert" or now):
+        if op != "insert" or now:
             self._pending[(dependency.collection, id_key(doc_id))] = (
                 doc_id, None if op == "delete" else list(now))
         return ids

@@ -18,7 +18,7 @@ leaves them out of its listing). :class:`RangeStore` is the only writer of these
     owner, claim, lease_until (time.time()), armed_at
 
     _id "NAME#plan", range_of NAME, kind "plan", state "planning" | "ready", by, until,
-    ranges, armed_at
+    ranges, armed_at, total, estimate (how total was estimated; null: counted)
 
 A worker *claims* a range with one atomic ``findOneAndUpdate`` that matches only a range not
 done whose lease is free or ran out, and writes its own claim token and a new lease. Every
@@ -27,9 +27,11 @@ the lease ran out and another worker took the range, the old worker's writes mat
 it lets the range go. Leases are compared with the workers' wall clocks: clocks of the
 machines running workers must agree to well within the lease duration.
 
-The first backfill process of a pass plans (:func:`plan`): it samples ``_id`` s
-(``$sample``), lets the server sort them (so the split points follow MongoDB's order, mixed
-types included) and cuts the key space at evenly spaced ones (:func:`quantiles`). Every other
+The first backfill process of a pass plans (:func:`plan`): it samples ``_id`` s of the whole
+collection (``$sample`` first, so that MongoDB reads only what it picks, never every matching
+document), lets the server sort them (so the split points follow MongoDB's order, mixed types
+included) and cuts the key space at evenly spaced ones (:func:`quantiles`); a collection
+sharded on a key ranged on ``_id`` is also cut where its chunks change shard. Every other
 process started meanwhile waits for the plan and then takes ranges from it. While a worker
 scans a range, :class:`LeaseKeeper` renews its lease.
 """
@@ -48,10 +50,10 @@ from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from ..base.bsontypes import at_or_after, before
+from ..base.bsontypes import at_or_after, before, compare
 from ..base.identity import id_key
 from ..base.naming import RANGE_OF
-from ..base.scanner import scan_filter
+from ..base.topology import ShardedCollection
 from ..core.state import BackfillState, StateStore
 
 log = logging.getLogger("cdc_migrator.backfill")
@@ -214,9 +216,11 @@ class RangeStore:
         return True
 
     def save_plan(self, name: str, ranges: Sequence[KeyRange], *, armed_at: Any,
-                  first_position: Any = None, first_started: bool = False) -> None:
-        """Write the planned ranges, then mark the plan ready. ``first_position``: the first
-        range resumes after it (a backfill begun by a version without ranges)."""
+                  total: int = 0, estimate: str | None = None, first_position: Any = None,
+                  first_started: bool = False) -> None:
+        """Write the planned ranges, then mark the plan ready with the pass's documents
+        (``total``, and how it was ``estimate`` d). ``first_position``: the first range resumes
+        after it (a backfill begun by a version without ranges)."""
         docs = []
         for index, key_range in enumerate(ranges):
             doc: dict[str, Any] = {"_id": _range_id(name, index), RANGE_OF: name,
@@ -232,8 +236,8 @@ class RangeStore:
             docs.append(doc)
         if docs:
             self.collection.insert_many(docs, ordered=False)
-        self.collection.update_one({"_id": _plan_id(name)},
-                                   {"$set": {"state": "ready", "ranges": len(docs)}})
+        self.collection.update_one({"_id": _plan_id(name)}, {"$set": {
+            "state": "ready", "ranges": len(docs), "total": total, "estimate": estimate}})
 
     def forget(self, name: str) -> None:
         """Remove the plan and every range of ``name`` (reset, re-armed capture)."""
@@ -301,6 +305,11 @@ MIN_RANGE_DOCUMENTS = 1_000
 SAMPLES_PER_RANGE = 20
 #: How long a planner may take before another process takes its place, in seconds.
 PLANNING_HOLD = 60.0
+#: MongoDB's ``$sample`` reads only the documents it picks (a random cursor) as the first stage
+#: of a collection of more than this many documents, for at most this share of them; anywhere
+#: else it reads every document first (src/mongo/db/pipeline/pipeline_d.cpp).
+RANDOM_CURSOR_MIN_DOCUMENTS = 100
+RANDOM_CURSOR_MAX_SHARE = 0.05
 
 
 def ranges_for(total: int, most: int) -> int:
@@ -308,27 +317,91 @@ def ranges_for(total: int, most: int) -> int:
     return max(1, min(most, total // MIN_RANGE_DOCUMENTS))
 
 
+@dataclass
+class Sample:
+    """What the planner learns of a collection without reading it whole: sampled ``_id`` s in
+    the server's order, and the documents to scan (``estimate``: how that was estimated; None:
+    counted)."""
+
+    ids: list[Any]
+    total: int
+    estimate: str | None = None
+
+
+def sample(collection: Collection, base_filter: Mapping[str, Any] | None, size: int, *,
+           sharded: bool = False) -> Sample:
+    """``size`` random ``_id`` s of the whole collection, and how many documents match
+    ``base_filter``.
+
+    ``$sample`` comes first and the filter after it, on the sample: with the filter first,
+    ``$sample`` reads and sorts every matching document. The total is then the collection's
+    metadata count (a sharded cluster's counts orphaned documents too) times the share of the
+    sample that matches. A collection too small for MongoDB's random cursor is read whole anyway,
+    and counted exactly.
+    """
+    listed = collection.estimated_document_count()
+    ids_stages: list[dict[str, Any]] = [{"$project": {"_id": 1}}, {"$sort": {"_id": 1}}]
+    if listed <= RANDOM_CURSOR_MIN_DOCUMENTS or size > RANDOM_CURSOR_MAX_SHARE * listed:
+        ids = [d["_id"] for d in collection.aggregate([{"$sample": {"size": size}}, *ids_stages])]
+        return Sample(ids, collection.count_documents(dict(base_filter or {})))
+    metadata = "the collection's metadata count" + (
+        ", orphaned documents included (sharded cluster)" if sharded else "")
+    if not base_filter:
+        ids = [d["_id"] for d in collection.aggregate([{"$sample": {"size": size}}, *ids_stages])]
+        return Sample(ids, listed, metadata)
+    found = next(collection.aggregate([{"$sample": {"size": size}}, {"$facet": {
+        "ids": ids_stages, "matching": [{"$match": dict(base_filter)}, {"$count": "n"}]}}]))
+    ids = [d["_id"] for d in found["ids"]]
+    matching = found["matching"][0]["n"] if found["matching"] else 0
+    return Sample(ids, round(listed * matching / max(1, len(ids))),
+                  f"{metadata} times the share of a sample of {len(ids)} that matches")
+
+
 def split_points(collection: Collection, base_filter: Mapping[str, Any] | None,
                  parts: int) -> list[Any]:
-    """Up to ``parts - 1`` ``_id`` s that cut the matching documents into ``parts`` ranges of
-    about equal size, ascending in the server's order."""
+    """Up to ``parts - 1`` ``_id`` s that cut the collection into ``parts`` ranges of about
+    equal size, ascending in the server's order."""
     if parts <= 1:
         return []
-    pipeline: list[dict[str, Any]] = [{"$match": dict(base_filter)}] if base_filter else []
-    pipeline += [{"$sample": {"size": parts * SAMPLES_PER_RANGE}}, {"$project": {"_id": 1}},
-                 {"$sort": {"_id": 1}}]
-    sample = [doc["_id"] for doc in collection.aggregate(pipeline)]
-    return quantiles(sample, parts)
+    return quantiles(sample(collection, base_filter, parts * SAMPLES_PER_RANGE).ids, parts)
+
+
+def with_boundaries(points: Sequence[Any], boundaries: Sequence[Any]) -> list[Any]:
+    """``points`` and ``boundaries`` (each ascending in the server's order) as one ascending
+    list, each value once; a point whose order against a boundary is not known here
+    (:func:`~cdc_migrator.base.bsontypes.compare`) is left out: the boundaries are what must
+    cut."""
+    gaps: list[list[Any]] = [[] for _ in range(len(boundaries) + 1)]
+    for point in points:
+        order = [compare(b, point) for b in boundaries]
+        if None in order or 0 in order:
+            continue
+        gaps[sum(1 for o in order if o is not None and o < 0)].append(point)
+    merged = list(gaps[0])
+    for boundary, gap in zip(boundaries, gaps[1:], strict=True):
+        merged += [boundary, *gap]
+    return merged
+
+
+@dataclass
+class Planned:
+    """A pass planned (or found planned): whether it resumes earlier work, its documents."""
+
+    resumed: bool
+    total: int
+    estimate: str | None = None
 
 
 def plan(collection: Collection, base_filter: Mapping[str, Any] | None, ranges: RangeStore,
-         store: StateStore, name: str, *, owner: str, total: int, most: int, armed_at: Any,
-         saved: BackfillState | None, reset: bool, wait: threading.Event) -> bool:
-    """Make sure the ranges of this pass exist, planning them if no process did; True when
-    the backfill resumes work done before (some range started, or an old single position).
+         store: StateStore, name: str, *, owner: str, most: int, armed_at: Any,
+         saved: BackfillState | None, reset: bool, wait: threading.Event,
+         sharded: ShardedCollection | None = None) -> Planned:
+    """Make sure the ranges of this pass exist, planning them if no process did.
 
-    A backfill saved by a version without ranges (one position, ``saved.position``) goes on
-    from there: the ranges split what is after it, and the first one starts after it.
+    The split points come from a sample (:func:`sample`); on a collection sharded on a key
+    ranged on ``_id`` (``sharded``), the pass is also cut where its chunks change shard, so that
+    each range is read from one shard. A backfill saved by a version without ranges (one
+    position, ``saved.position``) goes on from there: the first range starts after it.
     """
     if reset:
         ranges.forget(name)
@@ -338,22 +411,32 @@ def plan(collection: Collection, base_filter: Mapping[str, Any] | None, ranges: 
             ranges.forget(name)  # a plan of an earlier pass (capture re-armed since)
             continue
         if existing is not None and existing.get("state") == "ready":
-            store.start_backfill(name, total, over=False)
-            return any(r.started or r.done for r in ranges.ranges(name))
+            total, estimate = int(existing.get("total") or 0), existing.get("estimate")
+            store.start_backfill(name, total, over=False, estimate=estimate)
+            return Planned(any(r.started or r.done for r in ranges.ranges(name)), total,
+                           estimate)
         if ranges.begin_planning(name, owner, hold=PLANNING_HOLD, armed_at=armed_at):
             break
         wait.wait(0.2)  # another process plans now
         if wait.is_set():
-            return False
+            return Planned(False, 0)
     old = saved.position if saved is not None and not reset else None
-    base = scan_filter(base_filter, old.last, True) if old is not None else base_filter
-    points = split_points(collection, base, ranges_for(total, most))
-    store.start_backfill(name, total, over=old is None)
-    ranges.save_plan(name, split(points), armed_at=armed_at,
-                     first_position=old.last if old else None, first_started=old is not None)
-    log.info("backfill planned in %d ranges%s", len(points) + 1,
+    found = sample(collection, base_filter, most * SAMPLES_PER_RANGE, sharded=sharded is not None)
+    points = quantiles(found.ids, ranges_for(found.total, most))
+    if old is not None:  # what is before the saved position was scanned
+        points = [p for p in points if (compare(p, old.last) or 1) > 0]
+    by_chunks = sharded is not None and sharded.ranged_on_id
+    if by_chunks:
+        assert sharded is not None
+        points = with_boundaries(points, sharded.shard_boundaries())
+    store.start_backfill(name, found.total, over=old is None, estimate=found.estimate)
+    ranges.save_plan(name, split(points), armed_at=armed_at, total=found.total,
+                     estimate=found.estimate, first_position=old.last if old else None,
+                     first_started=old is not None)
+    log.info("backfill planned in %d ranges%s%s", len(points) + 1,
+             ", cut where the chunks change shard" if by_chunks else "",
              " (resuming the saved position of an earlier version)" if old else "")
-    return old is not None
+    return Planned(old is not None, found.total, found.estimate)
 
 
 # ---------------------------------------------------------------------- keeping

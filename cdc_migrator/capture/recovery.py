@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
+from ..base import history
 from ..base.retry import MONGODB, Retrier
 from ..base.settings import Settings
 from ..base.threads import Threads
@@ -32,8 +34,10 @@ log = logging.getLogger("cdc_migrator.tailer")
 class Recovery:
     """The recoveries of one migration's tailer; ``stop`` ends a running backfill pass."""
 
-    def __init__(self, settings: Settings, migration: Migration, stop: threading.Event) -> None:
+    def __init__(self, settings: Settings, migration: Migration, stop: threading.Event,
+                 pipeline: list[dict[str, Any]]) -> None:
         self.settings, self.migration, self.stop = settings, migration, stop
+        self.pipeline = pipeline  # the tailer's stream: capture is armed again where it starts
         self.store = settings.store
         self._threads: Threads | None = None  # the backfill pass running, if any
 
@@ -53,11 +57,11 @@ class Recovery:
         """History lost: capture again from the server's present, then scan every document."""
         name = self.migration.name
         db = self.settings.db
-        armed_at = retry.call(MONGODB, db.command, "ping")["operationTime"]
+        token, armed_at = retry.call(MONGODB, history.stream_start, db, self.pipeline)
         if self.migration.depends_on:  # the map may have missed changes: read it again
             retry.call(MONGODB, dependencies.forget, db, name)
             retry.call(MONGODB, dependencies.seed, db, self.migration)
-        retry.call(MONGODB, self.store.rearm, name, armed_at,
+        retry.call(MONGODB, self.store.rearm, name, armed_at, token,
                    {"reason": cause, "at": now(), "armed_at": armed_at, "backfill": "running"})
         log.warning("%s; --on-history-lost rebackfill: capture re-armed at %s, the collection "
                     "is backfilled again", cause, armed_at)

@@ -1,9 +1,10 @@
 """The change-stream tailer: every write to the collection becomes an event on its topic.
 
-Capture is *armed* before the backfill reads anything: :func:`arm` records the server's
-operation time, and the tailer starts from there (later, from its saved resume token). The
-resume token is saved only after the broker acknowledged every event before it, so a crash
-replays events (at-least-once) and never skips one.
+Capture is *armed* before the backfill reads anything: :func:`arm` opens the change stream and
+records where it starts (its ``postBatchResumeToken`` and that token's cluster time, see
+:mod:`cdc_migrator.base.history`), and the tailer resumes after that token (later, after its
+saved resume token). The resume token is saved only after the broker acknowledged every event
+before it, so a crash replays events (at-least-once) and never skips one.
 
 The stream is database-wide, filtered to the migrated collection and the fence collection:
 a fence written by ``cutover`` travels the same ordered stream as the application's writes,
@@ -36,20 +37,31 @@ import bson
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure
 
-from ..base import logs, metrics, topics
+from ..base import history, logs, metrics, topics
 from ..base.messages import first_line, message_of
 from ..base.naming import FENCE_COLLECTION
 from ..base.retry import KAFKA, MONGODB, Retrier
 from ..base.settings import Settings
 from ..base.threads import run_until_stopped
+from ..base.topology import splits_large_events
 from ..core import deadletters as deadletter
 from ..core import events
 from ..core.context import make_context
+from ..core.fingerprint import fingerprint
+from ..core.holding import CHECK_INTERVAL, CodeHold
 from ..core.patch import decide
 from ..core.state import HEARTBEAT_INTERVAL, MigrationState, last_word, stop_record
-from ..errors import CaptureStopped, CdcMigratorError, HistoryLost, Refused, StopRequested
+from ..errors import (
+    CaptureStopped,
+    CdcMigratorError,
+    HistoryLost,
+    Refused,
+    StopRequested,
+    reason_of,
+)
 from ..migration import Migration, rename_filter_fields
 from . import dependencies
+from .fragments import SPLIT_STAGE, Fragments
 from .recovery import Recovery
 
 log = logging.getLogger("cdc_migrator.tailer")
@@ -60,34 +72,38 @@ HISTORY_LOST_CODES = {136, 280, 286}
 # repeats the changed values beside the looked-up document, which can take the event past
 # MongoDB's limit for one event (16 MiB plus 16 KiB).
 UNUSED_FIELDS = {"$unset": ["updateDescription"]}
-# BSONObjectTooLarge: the server could not return a change event larger than its limit.
+# BSONObjectTooLarge: the server could not return a change event larger than its limit; and,
+# split by $changeStreamSplitLargeEvent, a field of one too large for a fragment of its own.
 EVENT_TOO_LARGE = 10334
+FRAGMENT_TOO_LARGE = 7182500
+TOO_LARGE = {EVENT_TOO_LARGE, FRAGMENT_TOO_LARGE}
 # After an event too large, at most this many events are read one per batch to find it.
 NARROW_EVENTS = 1000
 _FULL, _NARROW, _KEY_ONLY = "full", "narrow", "key only"
 
 
 def arm(settings: Settings, migration: Migration) -> MigrationState:
-    """Fix the point from which changes are captured (idempotent); create the topic."""
+    """Fix the point from which changes are captured (idempotent); create the topic. The
+    code armed is the code in force unless one is recorded already."""
     store = settings.store
     state = store.ensure(migration.name, migration.collection)
     if state.cancelled:
         raise Refused(f"migration {migration.name!r} was cancelled; `reset` it to start again")
     topics.ensure_topic(settings, settings.topic(migration.collection))
     if not state.armed:
-        # The reply's operationTime is the server's latest operation: a change stream started
-        # at it (inclusive) sees every write the backfill's scan could miss.
-        armed_at = settings.db.command("ping").get("operationTime")
-        if armed_at is None:
-            raise Refused("the MongoDB server reports no operationTime: change streams need "
-                          "a replica set or sharded cluster")
+        # Where the stream itself starts: every write after it is an event, and the scan
+        # waits for the writes before it to commit (history.wait_committed).
+        token, armed_at = history.stream_start(settings.db, stream_pipeline(migration))
         # After the armed point, before anything may scan: a change after its read finds
         # the value it overwrites in the reference map.
         dependencies.seed(settings.db, migration)
-        store.arm(migration.name, armed_at)
+        store.arm(migration.name, armed_at, token, fingerprint(migration, settings.schemas))
         state = store.get(migration.name) or state
     elif migration.depends_on:
         dependencies.seed(settings.db, migration)  # armed by a version without it: late
+    if state.code.fingerprint is None:  # armed by a version that recorded no code
+        store.adopt_code(migration.name, fingerprint(migration, settings.schemas))
+        state = store.get(migration.name) or state
     return state
 
 
@@ -194,23 +210,44 @@ class Tailer:
         self.flush_every = flush_every
         self.flush_interval = flush_interval
         self.stopping = threading.Event()
-        self.recovery = Recovery(settings, migration, self.stopping)
+        self.recovery = Recovery(settings, migration, self.stopping, stream_pipeline(migration))
+        self.fragments = Fragments(settings.db.codec_options.with_options(
+            document_class=RawBSONDocument))
+        self._splits = False  # the server takes $changeStreamSplitLargeEvent (see _follow)
+        # Holds while the code it loaded is not the code in force (core/holding.py).
+        self.code = CodeHold(self.store, migration.name,
+                             fingerprint(migration, settings.schemas), "tailer")
+        self._code_checked = 0.0
         self.produced = 0
         self.last_event_time: Any = None
-        #: Set when the tailer has read everything up to a point asked with :meth:`catch_up_to`
-        #: (or found the stream empty). Under steady application writes the stream is never
-        #: empty: MongoDB answers a getMore as soon as one event passes the stream's filter.
+        #: Set when the tailer has read everything up to a point asked with :meth:`catch_up_to`:
+        #: an event at or after it, or an empty batch whose resume token is there. An empty
+        #: batch alone proves nothing: while a write before the point is not committed (an
+        #: oplog hole), the stream returns nothing and its token stays before that write.
         self.caught_up = threading.Event()
         self._catch_up_to: Any = None
+        #: The cluster time the tailer has read up to (its last event's, or its last empty
+        #: batch's resume token's).
+        self.position: Any = None
 
     def stop(self) -> None:
         self.stopping.set()
 
     def catch_up_to(self, cluster_time: Any) -> None:
-        """Clear :attr:`caught_up`, and set it again once the tailer reads an event at or after
-        ``cluster_time`` (a ``Timestamp``; None: only once it finds the stream empty)."""
+        """Clear :attr:`caught_up`, and set it again once the tailer has read the stream up to
+        ``cluster_time`` (a ``Timestamp``, e.g. where a stream opened now starts)."""
         self._catch_up_to = cluster_time
         self.caught_up.clear()
+        self._reached(self.position)
+
+    def _reached(self, cluster_time: Any) -> None:
+        """The tailer has read the stream up to ``cluster_time``."""
+        if cluster_time is None:
+            return
+        self.position = cluster_time
+        target = self._catch_up_to
+        if target is not None and cluster_time >= target:
+            self.caught_up.set()
 
     def run(self) -> None:
         """Tail until stopped; raises HistoryLost when the resume point is gone.
@@ -231,12 +268,13 @@ class Tailer:
         except Exception as exc:  # why it stopped, for status, /readyz and the metrics
             stopped_by = exc
             error = logs.mask(str(exc) if isinstance(exc, CdcMigratorError) else first_line(exc))
-            last_word(lambda: self.store.record_stop(self.migration.name, "tailer",
-                                                     stop_record("tailer", error)), exc)
+            record = stop_record("tailer", error, reason=reason_of(exc))
+            last_word(lambda: self.store.record_stop(self.migration.name, "tailer", record), exc)
             raise
         finally:
             self.publisher.close()
             self.recovery.join(timeout=60)
+            self.code.leave(stopped_by)
             # Not running any more, whatever the last heartbeat says (pipeline.catch_up).
             last_word(lambda: self.store.tailer_stopped(self.migration.name), stopped_by)
 
@@ -260,19 +298,24 @@ class Tailer:
     def _follow(self) -> None:
         """Open the change stream from the saved point and follow it until stopped.
 
-        An event larger than MongoDB returns (its limit for one event is 16 MiB plus 16 KiB:
-        the ``getMore`` fails with 10334 BSONObjectTooLarge, and so does every resume from
-        before the event) is found and forwarded by its key alone: the stream is opened again
-        from the saved point taking one event per batch, up to the one that fails; that event
-        is read once more without its document and forwarded as "this document may need
-        migrating" (the consumer reads the document), and the stream goes on as before.
+        An event larger than MongoDB returns (its limit for one event is 16 MiB plus 16 KiB)
+        comes in fragments where the server has ``$changeStreamSplitLargeEvent`` (see
+        :mod:`.fragments`), put together again here: its pre-image, which a change of a
+        ``depends_on`` collection needs, is kept. Where the server has not (or a field alone is
+        too large for a fragment), the ``getMore`` fails with 10334 BSONObjectTooLarge, and so
+        does every resume from before the event: the event is found and forwarded by its key
+        alone. The stream is opened again from the saved point taking one event per batch, up
+        to the one that fails; that event is read once more without its document and forwarded
+        as "this document may need migrating" (the consumer reads the document), and the
+        stream goes on as before.
         """
         mode = _FULL
+        self._splits = self.retry.call(MONGODB, splits_large_events, self.settings.client)
         while not self.stopping.is_set():
             try:
                 self._stream(mode)
             except OperationFailure as exc:
-                if exc.code != EVENT_TOO_LARGE or mode == _KEY_ONLY:
+                if exc.code not in TOO_LARGE or mode == _KEY_ONLY:
                     raise
                 if mode == _FULL:
                     log.warning("a change event is larger than MongoDB returns (%s): finding "
@@ -285,8 +328,12 @@ class Tailer:
     def _stream(self, mode: str) -> None:
         """Follow the stream in ``mode`` from the saved point: until stopped (``_FULL``), for
         at most ``NARROW_EVENTS`` events taken one per batch (``_NARROW``), or for one event
-        without its document (``_KEY_ONLY``)."""
-        tail = arm(self.settings, self.migration).tail
+        without its document (``_KEY_ONLY``). Before it opens the stream, it holds while its
+        code is not the code in force."""
+        state = self._code_in_force(arm(self.settings, self.migration))
+        if state is None:
+            return
+        tail = state.tail
         db = self.settings.db
         options = self._options(tail, mode)
         pipeline = stream_pipeline(self.migration)
@@ -294,6 +341,9 @@ class Tailer:
             pre_images = self._dependencies is not None and self._dependencies.wants_pre_images
             pipeline.append({"$unset": ["fullDocument", "fullDocumentBeforeChange"] if pre_images
                              else ["fullDocument"]})
+        if self._splits:
+            pipeline.append(SPLIT_STAGE)  # the last stage, as MongoDB requires
+        self.fragments.forget()  # read again from the saved point: the event comes whole
         partitions = topics.ensure_topic(self.settings, self.topic)
         self.retry.recovered(KAFKA)
         # Events arrive as raw BSON: the full document goes on the topic as the server sent it.
@@ -304,7 +354,7 @@ class Tailer:
                 self.retry.recovered(MONGODB)
                 if mode == _FULL:
                     log.info("tailing %s into %s from %s", self.migration.collection,
-                             self.topic, "the saved resume token" if "resume_after" in options
+                             self.topic, "the saved resume token" if tail.resume_token
                              else f"the armed point {tail.armed_at}")
                 self._loop(stream, partitions, limit={_FULL: None, _NARROW: NARROW_EVENTS,
                                                       _KEY_ONLY: 1}[mode],
@@ -313,6 +363,23 @@ class Tailer:
             if exc.code in HISTORY_LOST_CODES:
                 raise self._history_lost(exc) from None
             raise
+
+    def _code_in_force(self, state: MigrationState) -> MigrationState | None:
+        """Wait while this tailer's code is not the code in force (the stream stays closed,
+        the saved resume token keeps the place); the state then, or None when stopped."""
+        while self.code.holds(state):
+            if self.stopping.wait(CHECK_INTERVAL):
+                return None
+            state = self.retry.call(MONGODB, self.store.get, self.migration.name) or state
+        return state
+
+    def _code_changed(self) -> bool:
+        """Whether the code in force is no longer this tailer's (looked at every
+        ``CHECK_INTERVAL`` seconds): the stream is then left, its events so far saved."""
+        if time.monotonic() - self._code_checked < CHECK_INTERVAL:
+            return False
+        self._code_checked = time.monotonic()
+        return self.code.holds(self.retry.call(MONGODB, self.store.get, self.migration.name))
 
     def _options(self, tail: Any, mode: str) -> dict[str, Any]:
         """The options of the change stream: from the saved resume token, or else from the
@@ -326,7 +393,9 @@ class Tailer:
                 options["full_document_before_change"] = "whenAvailable"
         if tail.resume_token:
             options["resume_after"] = tail.resume_token
-        else:
+        elif tail.armed_token:
+            options["resume_after"] = tail.armed_token
+        else:  # armed by a version that took ping's operationTime
             options["start_at_operation_time"] = tail.armed_at
         return options
 
@@ -385,8 +454,8 @@ class Tailer:
 
     def _loop(self, stream: Any, partitions: int, limit: int | None = None,
               key_only: bool = False) -> None:
-        """Produce the stream's events until stopped; with a ``limit``, until that many
-        events were taken or none is left for now.
+        """Produce the stream's events until stopped or the code in force is no longer this
+        tailer's; with a ``limit``, until that many events were taken or none is left for now.
 
         Before an error of the stream (an event too large) is raised, the events before it
         are produced and the resume token after them saved. With ``key_only`` the events come
@@ -411,15 +480,23 @@ class Tailer:
                 taken += 1
             if checkpoint.due():
                 self._save(checkpoint)
+            if self._code_changed():
+                break
         self._save(checkpoint)
 
     def _next(self, stream: Any, checkpoint: Checkpoint) -> Any:
-        """The stream's next event, or None when there is none now. The events before an
-        error of the stream are saved first."""
+        """The stream's next whole event (the fragments of a split one put together), or None
+        when there is none now. The events before an error of the stream are saved first."""
         try:
-            return stream.try_next()
+            while True:
+                change = stream.try_next()
+                if change is None:
+                    return None
+                whole = self.fragments.add(change)
+                if whole is not None:
+                    return whole
         except OperationFailure as exc:
-            if exc.code == EVENT_TOO_LARGE:
+            if exc.code in TOO_LARGE:
                 self._save(checkpoint)
             raise
 
@@ -441,10 +518,7 @@ class Tailer:
             self._on_document(change, checkpoint, encoder)
         checkpoint.token = change["_id"]
         self.last_event_time = change.get("clusterTime")
-        target = self._catch_up_to
-        if target is not None and self.last_event_time is not None \
-                and self.last_event_time >= target:
-            self.caught_up.set()
+        self._reached(self.last_event_time)
         self._position_time = getattr(self.last_event_time, "time", None)
 
     def _on_fence(self, change: Any, checkpoint: Checkpoint, partitions: int) -> None:
@@ -490,16 +564,16 @@ class Tailer:
         checkpoint.unflushed += 1
 
     def _on_idle(self, stream: Any, checkpoint: Checkpoint) -> None:
-        """Nothing new: the position is the server's present (the batch's resume token)."""
+        """Nothing new: the position is the batch's resume token (the committed present)."""
         if not stream.alive:
             # Closed by the server (invalidated): try_next would return None at once,
             # forever, without asking the server anything.
             self._save(checkpoint)
             raise self._invalidated()
-        if stream.resume_token is not None:
+        if stream.resume_token is not None and not self.fragments.pending:
             checkpoint.token = stream.resume_token
             self._position_time = time.time()  # caught up: the position is now
-        self.caught_up.set()
+            self._reached(history.token_time(stream.resume_token))
 
     def _key_only(self, encoder: events.RawEncoder, change: Any,
                   size: int) -> Callable[[], list[topics.Record]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,9 @@ class Outcome:
     unset: tuple[str, ...] = ()
     error: str = ""
     traceback: str = ""
+    #: The shard key's values (by path) the guard pins, for a write and a re-read that a
+    #: sharded cluster sends to one shard; empty elsewhere.
+    shard_key: dict[str, Any] = field(default_factory=dict)
 
     @property
     def update(self) -> dict[str, Any]:
@@ -215,11 +218,40 @@ def guard_filter(doc: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
     return query
 
 
-def decide(migration: Migration, doc: Mapping[str, Any], ctx: Any) -> Outcome:
+def shard_key_values(doc: Mapping[str, Any], paths: Sequence[str]) -> dict[str, Any]:
+    """The values of a shard key's ``paths`` in ``doc`` (a missing one is null, as a sharded
+    cluster places it), ``_id`` left out (every guard pins it)."""
+    values: dict[str, Any] = {}
+    for path in paths:
+        if path == "_id":
+            continue
+        value: Any = doc
+        for name in path.split("."):
+            value = value.get(name) if isinstance(value, Mapping) else None
+        values[path] = value
+    return values
+
+
+def pin_shard_key(query: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``query`` pinning each shard key path to its value by equality, as mongos needs to send
+    a single-document write to one shard (a condition ``$expr`` holds is not targeted). A path
+    the guard pins already gets the equality beside its condition."""
+    for path, value in values.items():
+        condition = query.get(path)
+        if isinstance(condition, dict) and all(k.startswith("$") for k in condition):
+            query[path] = {**condition, "$eq": value}
+        else:
+            query[path] = {"$eq": value}
+    return query
+
+
+def decide(migration: Migration, doc: Mapping[str, Any], ctx: Any,
+           shard_key: Sequence[str] = ()) -> Outcome:
     """Run the transform on ``doc`` and reduce its result to an :class:`Outcome`.
 
     A transform that raises gives an ``error`` outcome; one that returns something that is not
-    a patch raises :class:`PatchError` (a bug in the migration, which stops the run).
+    a patch raises :class:`PatchError` (a bug in the migration, which stops the run). With the
+    ``shard_key`` of a sharded collection, the guard pins its values too.
     """
     view = RecordingDocument(doc)
     try:
@@ -231,8 +263,10 @@ def decide(migration: Migration, doc: Mapping[str, Any], ctx: Any) -> Outcome:
             "error", doc["_id"], error=f"{type(exc).__name__}: {exc}",
             traceback=traceback.format_exc(),
         )
+    key = shard_key_values(doc, shard_key)
     if result is DELETE:
-        return Outcome("delete", doc["_id"], guard=guard_filter(doc, view.fields_read()))
+        return Outcome("delete", doc["_id"], shard_key=key,
+                       guard=pin_shard_key(guard_filter(doc, view.fields_read()), key))
     try:
         patch = validate_patch(result, migration)
     except PatchError as exc:  # name the document: the migration stops on it
@@ -246,6 +280,6 @@ def decide(migration: Migration, doc: Mapping[str, Any], ctx: Any) -> Outcome:
     to_unset = tuple(k for k, v in patch.items() if v is UNSET and k in doc)
     if not to_set and not to_unset:
         return Outcome("noop", doc["_id"])
-    guard = guard_filter(doc, view.fields_read() | set(patch))
-    return Outcome("update", doc["_id"], guard=guard, set=to_set, unset=to_unset)
+    guard = pin_shard_key(guard_filter(doc, view.fields_read() | set(patch)), key)
+    return Outcome("update", doc["_id"], guard=guard, set=to_set, unset=to_unset, shard_key=key)
 

@@ -13,15 +13,24 @@ The stored layout (``schema_version`` 2)::
             dependency},
     errors [failure records], last_error, failure {reason, at, ...},
     stopped {consumer|tailer: stop record}, stalled {consumer: stop record},
-    apply {started, done, cursor}, backfill {total, scanned, done, cursor, started_at},
+    apply {started, done, cursor},
+    backfill {total, estimate, scanned, done, cursor, started_at},
     reverted_at (after ``revert``: phase ``reverting``, then ``reverted``),
     old_shape {schema, enforced} (what enforces the old shape after ``revert``),
-    tail {armed_at, resume_token, heartbeat, last_event_time, position_time, stopped_at,
-          recoveries, last_recovery {reason, at, armed_at, backfill}},
+    tail {armed_at, armed_token, resume_token, heartbeat, last_event_time, position_time,
+          stopped_at, recoveries, last_recovery {reason, at, armed_at, backfill}},
     fences {FENCE_ID: {partitions: {P: true}}}, dlq_pending, dlq_offset,
     consumers {MEMBER: {member_id, at}} (each group member's last sign of life),
-    throttle {rate, set_at, auto {bound, value, limit, unit, by, at, until},
-              members {MEMBER: {at, weight}}}
+    throttle {rate, set_at, auto {bound, value, limit, unit, by, at, until, since},
+              members {MEMBER: {at, weight}}, lag_unknown {reason, fix, by, at}},
+    announced {EVENT: occurrence} (the phase changes the hooks were told of),
+    code {fingerprint, since, members {MEMBER: {component, fingerprint, holding, host, at}}}
+
+``code.fingerprint`` is the code in force (:mod:`cdc_migrator.core.fingerprint`): recorded
+when capture is armed (or ``apply`` starts), replaced only by ``accept``; each tailer,
+consumer and backfill reports the code it runs under ``code.members`` (see
+:mod:`cdc_migrator.core.holding`). The phase changes are also appended to the history
+(:mod:`cdc_migrator.core.history`), which ``reset`` keeps.
 
 The ranges of a shared backfill are documents of their own in the same collection (with a
 ``range_of`` field, see :mod:`cdc_migrator.capture.leases`); :meth:`StateStore.all` leaves them
@@ -51,7 +60,8 @@ from pymongo.database import Database
 from ..base import naming
 from ..base.checks import OPTIONS, Source
 from ..base.naming import RANGE_OF
-from ..errors import ServiceUnavailable, SettingError
+from ..errors import UNEXPECTED, ServiceUnavailable, SettingError
+from .history import Event, History
 
 log = logging.getLogger("cdc_migrator.state")
 
@@ -71,6 +81,11 @@ CONSUMER_HEARTBEAT_INTERVAL = 2.0
 CONSUMER_SILENT_AFTER = 5 * CONSUMER_HEARTBEAT_INTERVAL
 #: Reports older than this are forgotten (a consumer that started clears them).
 CONSUMER_FORGOTTEN_AFTER = 600.0
+#: A member reports the code it runs at least this often (seconds), and at once when it
+#: starts or stops holding.
+CODE_REPORT_INTERVAL = 10.0
+#: A member counts as running while its last report is younger than this.
+CODE_REPORT_STALE_AFTER = 3 * CODE_REPORT_INTERVAL
 
 
 class Phase(StrEnum):
@@ -145,6 +160,7 @@ class Position:
 @dataclass
 class BackfillState:
     total: int | None = None
+    estimate: str | None = None  # how total was estimated (None: counted)
     scanned: int = 0
     done: bool = False
     position: Position | None = None  # None: not started, or started over
@@ -160,7 +176,10 @@ class ApplyState:
 
 @dataclass
 class TailState:
-    armed_at: Any = None  # the operation time capture starts from (a bson Timestamp)
+    armed_at: Any = None  # the cluster time capture starts from (a bson Timestamp)
+    # The change stream's own token for that point (its postBatchResumeToken when armed);
+    # None for a migration armed by a version that took ping's operationTime instead.
+    armed_token: Any = None
     resume_token: Any = None
     heartbeat: float | None = None  # time.time() of the tailer's last checkpoint
     last_event_time: Any = None
@@ -190,11 +209,52 @@ class ThrottleState:
     set_at: dt.datetime | None = None
     auto: dict[str, Any] | None = None  # the last automatic hold (a bound exceeded)
     members: dict[str, tuple[float, float]] = field(default_factory=dict)  # at, weight
+    # Why the replication lag could not be read, while a bound runs without it.
+    lag_unknown: dict[str, Any] | None = None
 
     @property
     def holding(self) -> bool:
         """Whether an automatic hold is in force now."""
         return self.auto is not None and float(self.auto.get("until") or 0) > time.time()
+
+
+@dataclass
+class MemberCode:
+    """What one member of a migration (a tailer, a consumer, a backfill) last reported of the
+    code it runs."""
+
+    component: str
+    fingerprint: str
+    holding: bool  # its code is not the code in force: it applies nothing
+    host: str = "?"
+    at: float = 0.0  # time.time() of the report
+
+    @property
+    def live(self) -> bool:
+        return time.time() - self.at < CODE_REPORT_STALE_AFTER
+
+
+@dataclass
+class CodeState:
+    """The code in force, and the code each member reported it runs."""
+
+    fingerprint: str | None = None
+    since: dt.datetime | None = None
+    members: dict[str, MemberCode] = field(default_factory=dict)
+
+    def live_members(self) -> dict[str, MemberCode]:
+        return {name: m for name, m in self.members.items() if m.live}
+
+    def applying_other_code(self) -> list[str]:
+        """The live members still applying code other than the code in force: they have not
+        looked since it changed (they hold once they do)."""
+        return sorted(name for name, m in self.live_members().items()
+                      if not m.holding and self.fingerprint is not None
+                      and m.fingerprint != self.fingerprint)
+
+    def holding(self) -> list[str]:
+        """The live members holding: the code they run is not the code in force."""
+        return sorted(name for name, m in self.live_members().items() if m.holding)
 
 
 @dataclass
@@ -221,6 +281,7 @@ class MigrationState:
     throttle: ThrottleState = field(default_factory=ThrottleState)
     #: The Kafka member id of each consumer that reported itself, and when (time.time()).
     consumers: dict[str, float] = field(default_factory=dict)
+    code: CodeState = field(default_factory=CodeState)
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
@@ -258,6 +319,7 @@ class MigrationState:
         tail = doc.get("tail") or {}
         counts = doc.get("counts") or {}
         throttle = doc.get("throttle") or {}
+        code = doc.get("code") or {}
         return cls(
             name=doc["_id"],
             collection=doc.get("collection"),
@@ -274,7 +336,8 @@ class MigrationState:
                 started=bool(apply_.get("started")), done=bool(apply_.get("done")),
                 position=Position(apply_["cursor"]) if "cursor" in apply_ else None),
             backfill=None if backfill is None else BackfillState(
-                total=backfill.get("total"), scanned=int(backfill.get("scanned", 0)),
+                total=backfill.get("total"), estimate=backfill.get("estimate"),
+                scanned=int(backfill.get("scanned", 0)),
                 done=bool(backfill.get("done")),
                 position=Position(backfill["cursor"]) if "cursor" in backfill else None,
                 started_at=backfill.get("started_at")),
@@ -286,12 +349,20 @@ class MigrationState:
             dlq_offset=int(doc.get("dlq_offset", 0)),
             throttle=ThrottleState(
                 *_throttle_rate(doc["_id"], throttle.get("rate")), set_at=throttle.get("set_at"),
-                auto=throttle.get("auto"),
+                auto=throttle.get("auto"), lag_unknown=throttle.get("lag_unknown"),
                 members={m: (float(v.get("at", 0)), float(v.get("weight", 0)))
                          for m, v in (throttle.get("members") or {}).items()}),
             consumers={str(v.get("member_id")): float(v.get("at") or 0)
                        for v in (doc.get("consumers") or {}).values()
                        if isinstance(v, Mapping) and v.get("member_id")},
+            code=CodeState(
+                fingerprint=code.get("fingerprint"), since=code.get("since"),
+                members={m: MemberCode(
+                    component=str(v.get("component") or "?"),
+                    fingerprint=str(v.get("fingerprint") or ""),
+                    holding=bool(v.get("holding")), host=str(v.get("host") or "?"),
+                    at=float(v.get("at") or 0)) for m, v in (code.get("members") or {}).items()
+                    if v}),
             created_at=doc.get("created_at"),
             updated_at=doc.get("updated_at"),
             completed_at=doc.get("completed_at"),
@@ -329,10 +400,13 @@ def last_word(write: Callable[[], Any], exc: BaseException | None = None) -> Non
         log.debug("could not record the stop: %s", failure)
 
 
-def stop_record(component: str, error: str, doc_id: Any = None) -> dict[str, Any]:
+def stop_record(component: str, error: str, doc_id: Any = None,
+                reason: str = UNEXPECTED) -> dict[str, Any]:
     """Why a piece (``consumer``, ``tailer``) stopped: kept under ``stopped.<component>`` and as
-    ``last_error`` until the piece runs again, for ``status``, ``/readyz`` and the metrics."""
-    return {"component": component, "error": error, "id": doc_id, "at": now()}
+    ``last_error`` until the piece runs again, for ``status``, ``/readyz`` and the metrics.
+    ``reason`` is the error's code (:func:`~cdc_migrator.errors.reason_of`), the metrics'
+    label; the message stays in ``error``."""
+    return {"component": component, "error": error, "id": doc_id, "reason": reason, "at": now()}
 
 
 def failure_record(doc_id: Any, error: str, source: str) -> dict[str, Any]:
@@ -346,6 +420,7 @@ class StateStore:
 
     def __init__(self, db: Database, collection_name: str = naming.STATE_COLLECTION) -> None:
         self.collection: Collection = db[collection_name]
+        self.history = History(db)
 
     # ------------------------------------------------------------------ reading
 
@@ -369,8 +444,14 @@ class StateStore:
         return MigrationState.from_document(doc)
 
     def delete(self, name: str) -> None:
-        self.collection.delete_one({"_id": name})
+        """Forget the state of ``name`` (``reset``); its history keeps it, and the reset."""
+        gone = self.collection.find_one_and_delete({"_id": name})
         self.collection.delete_many({RANGE_OF: name})  # its backfill's ranges
+        if gone is not None:
+            was = MigrationState.from_document(gone)
+            self.history.record(name, was.collection, Event.RESET,
+                                fingerprint=was.code.fingerprint,
+                                phase=was.phase.value if was.phase else None)
 
     # ------------------------------------------------------------------ operator
 
@@ -382,22 +463,34 @@ class StateStore:
 
     def cancel(self, name: str) -> None:
         self._set(name, cancelled=True, phase=Phase.CANCELLED)
+        self._record(name, Event.CANCELLED)
 
     # ------------------------------------------------------------------ capture
 
-    def arm(self, name: str, armed_at: Any) -> None:
-        """Fix the point capture starts from (only when none is fixed yet); a migration
-        without a phase is then armed."""
-        self.collection.update_one({"_id": name, "tail.armed_at": None},
-                                   {"$set": {"tail.armed_at": armed_at, "updated_at": now()}})
+    def arm(self, name: str, armed_at: Any, armed_token: Any,
+            fingerprint: str | None = None) -> None:
+        """Fix the point capture starts from (only when none is fixed yet): the change
+        stream's token for it and its cluster time; a migration without a phase is then
+        armed. ``fingerprint``: the code armed, in force unless another one is already."""
+        armed = self.collection.update_one(
+            {"_id": name, "tail.armed_at": None},
+            {"$set": {"tail.armed_at": armed_at, "tail.armed_token": armed_token,
+                      "updated_at": now()}}).modified_count
         self.collection.update_one({"_id": name, "phase": None},
                                    {"$set": {"phase": Phase.ARMED}})
+        if fingerprint is not None:
+            self.adopt_code(name, fingerprint)
+        if armed:
+            self._record(name, Event.ARMED, armed_at=armed_at)
 
-    def rearm(self, name: str, armed_at: Any, recovery: dict[str, Any]) -> None:
-        """Capture again from ``armed_at`` after the change history was lost: the resume token
-        and the backfill are forgotten, the recovery is counted and kept."""
+    def rearm(self, name: str, armed_at: Any, armed_token: Any,
+              recovery: dict[str, Any]) -> None:
+        """Capture again from ``armed_token`` (at ``armed_at``) after the change history was
+        lost: the resume token and the backfill are forgotten, the recovery is counted and
+        kept."""
         self.collection.update_one({"_id": name}, {
             "$set": {"phase": Phase.ARMED, "tail.armed_at": armed_at,
+                     "tail.armed_token": armed_token,
                      "tail.last_recovery": recovery, "updated_at": now()},
             "$unset": {"tail.resume_token": "", "tail.position_time": "", "backfill": "",
                        "failure": ""},
@@ -405,6 +498,7 @@ class StateStore:
         })
         # The ranges of the old pass go too: their workers' next writes match nothing.
         self.collection.delete_many({RANGE_OF: name})
+        self._record(name, Event.REARMED, reason=recovery.get("reason"))
 
     def finish_recovery(self, name: str) -> None:
         """The backfill of a recovery after lost history finished."""
@@ -431,11 +525,13 @@ class StateStore:
         """A tailer stopped cleanly: none runs until the next heartbeat."""
         self._set_if_exists(name, **{"tail.stopped_at": time.time()})
 
-    def start_backfill(self, name: str, total: int, *, over: bool) -> None:
-        """A backfill pass begins (``over``: from the first document, forgetting the last)."""
+    def start_backfill(self, name: str, total: int, *, over: bool,
+                       estimate: str | None = None) -> None:
+        """A backfill pass begins (``over``: from the first document, forgetting the last);
+        ``estimate`` says how ``total`` was estimated (None: counted)."""
         update: dict[str, Any] = {"$set": {
             "phase": Phase.BACKFILLING, "backfill.total": total, "backfill.done": False,
-            "updated_at": now()}}
+            "backfill.estimate": estimate, "updated_at": now()}}
         if over:
             update["$set"].update({"backfill.scanned": 0, "backfill.started_at": now()})
             update["$unset"] = {"backfill.cursor": ""}
@@ -460,9 +556,16 @@ class StateStore:
 
     def finish_backfill(self, name: str, *, armed_at: Any) -> bool:
         """Every document was scanned; False when capture was armed again meanwhile."""
-        return self._update(name, {"$set": {"phase": Phase.CATCHING_UP,
-                                            "backfill.done": True}},
-                            where={"tail.armed_at": armed_at})
+        before = self.collection.find_one_and_update(
+            {"_id": name, "tail.armed_at": armed_at},
+            {"$set": {"phase": Phase.CATCHING_UP, "backfill.done": True, "updated_at": now()}},
+            projection={"backfill": 1})
+        if before is None:
+            return False
+        backfill = before.get("backfill") or {}
+        if not backfill.get("done"):  # the first process to finish the pass tells
+            self._record(name, Event.BACKFILLED, scanned=backfill.get("scanned"))
+        return True
 
     # ------------------------------------------------------------------ throttle
 
@@ -476,8 +579,26 @@ class StateStore:
             self._set(name, **{"throttle.rate": float(rate), "throttle.set_at": now()})
 
     def record_auto_throttle(self, name: str, record: dict[str, Any]) -> None:
-        """A bound was found exceeded: every worker holds until ``record["until"]``."""
-        self.collection.update_one({"_id": name}, {"$set": {"throttle.auto": record}})
+        """A bound was found exceeded: every worker holds until ``record["until"]``. A hold
+        renewed before it ran out keeps the ``since`` of the first one (how long the migration
+        has been held without a break)."""
+        renewed = {f"throttle.auto.{k}": v for k, v in record.items() if k != "since"}
+        held = self.collection.update_one(
+            {"_id": name, "throttle.auto.bound": record.get("bound"),
+             "throttle.auto.until": {"$gt": record.get("at", time.time())}},
+            {"$set": renewed})
+        if not held.matched_count:
+            self.collection.update_one({"_id": name}, {"$set": {"throttle.auto": {
+                **record, "since": record.get("at", time.time())}}})
+
+    def record_lag_unknown(self, name: str, record: dict[str, Any] | None) -> None:
+        """The replication lag could not be read (``record``: why, and the fix) and its bound
+        runs without it; None: it can be read again."""
+        if record is None:
+            self.collection.update_one({"_id": name}, {"$unset": {"throttle.lag_unknown": ""}})
+        else:
+            self.collection.update_one({"_id": name},
+                                       {"$set": {"throttle.lag_unknown": record}})
 
     def report_member(self, name: str, member: str, weight: float, *,
                       forget: Iterable[str] = ()) -> None:
@@ -567,24 +688,85 @@ class StateStore:
         self._set(name, phase=Phase.READY)
 
     def mark_cut_over(self, name: str) -> None:
-        """Cut over: recorded complete; the fences it waited for are forgotten."""
+        """Cut over: recorded complete, with its counts in the history; the fences it waited
+        for are forgotten."""
         self.collection.update_one({"_id": name}, {
             "$set": {"phase": Phase.CUT_OVER, "completed_at": now(), "updated_at": now()},
             "$unset": {"fences": ""}})
+        state = self.get(name)
+        self._record(name, Event.CUT_OVER, counts=state.counts.as_dict() if state else None)
 
     def mark_reverting(self, name: str) -> None:
         """``revert`` started taking a cut-over migration back."""
         self._set(name, phase=Phase.REVERTING)
+        self._record(name, Event.REVERTING)
 
     def mark_reverted(self, name: str, old_shape: dict[str, Any]) -> None:
         """The reverse run of ``name`` was cut over: every document is in the old shape;
         ``old_shape`` says what enforces it from now on (``{schema, enforced}``)."""
         self._set(name, phase=Phase.REVERTED, reverted_at=now(), old_shape=old_shape)
+        self._record(name, Event.REVERTED)
+
+    # ------------------------------------------------------------------ code
+
+    def adopt_code(self, name: str, fingerprint: str) -> None:
+        """``fingerprint`` becomes the code in force, unless one is recorded already."""
+        self.collection.update_one({"_id": name, "code.fingerprint": None}, {
+            "$set": {"code.fingerprint": fingerprint, "code.since": now()}})
+
+    def accept(self, name: str, fingerprint: str, *, previous: str | None,
+               armed: bool) -> bool:
+        """``accept``: ``fingerprint`` replaces the code in force ``previous``, and what ran
+        starts over so that every document meets the new code: a new backfill pass (``armed``:
+        the backfill and its ranges forgotten), or ``apply`` from the first document. False
+        when the code in force is no longer ``previous`` (another accept came first)."""
+        forget = {"backfill": ""} if armed else {"apply": ""}
+        fields_: dict[str, Any] = {"code.fingerprint": fingerprint, "code.since": now(),
+                                   "updated_at": now()}
+        if armed:
+            fields_["phase"] = Phase.ARMED
+        changed = self.collection.update_one(
+            {"_id": name, "code.fingerprint": previous},
+            {"$set": fields_, "$unset": forget}).modified_count
+        if not changed:
+            return False
+        if armed:
+            self.collection.delete_many({RANGE_OF: name})
+        self._record(name, Event.ACCEPTED, previous=previous)
+        return True
+
+    def report_code(self, name: str, member: str, report: MemberCode) -> None:
+        """What one member runs (its code, whether it holds); nothing without a state."""
+        self.collection.update_one({"_id": name}, {"$set": {f"code.members.{member}": {
+            "component": report.component, "fingerprint": report.fingerprint,
+            "holding": report.holding, "host": report.host, "at": report.at}}})
+
+    def forget_code_member(self, name: str, member: str) -> None:
+        """A member stopped: it runs nothing any more."""
+        self.collection.update_one({"_id": name},
+                                   {"$unset": {f"code.members.{member}": ""}})
 
     def forget_fence(self, name: str, fence: str) -> None:
         self.collection.update_one({"_id": name}, {"$unset": {f"fences.{fence}": ""}})
 
+    # ------------------------------------------------------------------ hooks
+
+    def claim_announcement(self, name: str, event: str, occurrence: str) -> bool:
+        """Whether this process is the one to announce ``event`` (its ``occurrence``: which
+        time it happened) to the hooks: True for the first caller only, across processes."""
+        claimed = self.collection.update_one(
+            {"_id": name, f"announced.{event}": {"$ne": occurrence}},
+            {"$set": {f"announced.{event}": occurrence}})
+        return claimed.matched_count > 0
+
     # ------------------------------------------------------------------ plumbing
+
+    def _record(self, name: str, event: Event, **details: Any) -> None:
+        """Append ``event`` to the history, with the migration's collection and code in
+        force as the state holds them now."""
+        state = self.get(name)
+        self.history.record(name, state.collection if state else None, event,
+                            fingerprint=state.code.fingerprint if state else None, **details)
 
     def _set(self, name: str, **fields_: Any) -> None:
         self.collection.update_one({"_id": name}, {"$set": {**fields_, "updated_at": now()}})

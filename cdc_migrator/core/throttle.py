@@ -15,10 +15,15 @@ by one worker's share.
 
 Automatic holds, on bounds the operator sets (settings ``max_replication_lag`` and
 ``max_write_latency``): a process that finds a bound exceeded — the lag of the secondaries
-behind the primary (``replSetGetStatus``), or the latency of its own last bulk write — records
-the hold in the state for :data:`AUTO_HOLD` seconds, and every worker of the migration holds
-(reads and writes nothing) while a hold is in force. Then it goes on and the bound is measured
-again: a write latency can only be measured by writing.
+that count behind the primary (see :mod:`cdc_migrator.base.topology`), or the latency of its
+own last bulk write — records the hold in the state for :data:`AUTO_HOLD` seconds, and every
+worker of the migration holds (reads and writes nothing) while a hold is in force. Then it goes
+on and the bound is measured again: a write latency can only be measured by writing.
+
+A lag that cannot be read (the server refused) is decided by the setting ``on_lag_unknown``:
+``fail`` refuses (at start, :func:`check_lag_readable`, naming what to grant; and later, should
+the privilege go), ``run`` goes on without the bound and records why in the state, which
+``status`` shows until the lag can be read again.
 """
 
 from __future__ import annotations
@@ -32,11 +37,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pymongo
-from pymongo.errors import OperationFailure
-
 from ..base.pacing import Pacer
 from ..base.scanner import RELEASE_BEFORE_WAIT
+from ..base.topology import Lag
+from ..errors import Refused
 from .state import MigrationState, StateStore
 
 log = logging.getLogger("cdc_migrator.throttle")
@@ -47,8 +51,6 @@ POLL_INTERVAL = 1.0
 AUTO_HOLD = 2.0
 #: A consumer that has not reported for this long no longer counts in the shares.
 MEMBER_STALE_AFTER = 3 * POLL_INTERVAL
-#: The error of replSetGetStatus on a server that is not in a replica set.
-NO_REPLICATION = 76
 
 
 def share(rate: float | None, mine: float, live: float) -> float | None:
@@ -63,28 +65,30 @@ def share(rate: float | None, mine: float, live: float) -> float | None:
 
 @dataclass(frozen=True)
 class Bounds:
-    """The automatic holds a process checks (None: not checked)."""
+    """The automatic holds a process checks (None: not checked); ``on_lag_unknown`` is what a
+    lag that cannot be read does: ``fail`` or ``run`` without the bound."""
 
     max_replication_lag: float | None = None  # seconds
     max_write_latency: float | None = None  # milliseconds
+    on_lag_unknown: str = "fail"
 
 
-def replication_lag(client: pymongo.MongoClient) -> float | None:
-    """How far the slowest secondary is behind the primary, in seconds, from
-    ``replSetGetStatus``; None when the server is not in a replica set (nothing to bound)."""
-    try:
-        status = client.admin.command("replSetGetStatus")
-    except OperationFailure as exc:
-        if exc.code == NO_REPLICATION:
-            return None
-        raise
-    members = status.get("members") or []
-    primary = next((m for m in members if m.get("state") == 1), None)
-    secondaries = [m for m in members if m.get("state") == 2 and m.get("optimeDate")]
-    if primary is None or not primary.get("optimeDate") or not secondaries:
+def lag_refusal(lag: Lag) -> Refused:
+    """The refusal of a lag bound whose lag cannot be read, naming the fix and the way out."""
+    return Refused(f"--max-replication-lag: the replication lag cannot be read: {lag.unknown}; "
+                   f"{lag.fix}, or run with --on-lag-unknown run to go on without the bound "
+                   "(`status` shows the lag as unknown)")
+
+
+def check_lag_readable(bounds: Bounds, read_lag: Callable[[], Lag]) -> Lag | None:
+    """At start: with a lag bound, read the lag once; refuse (:class:`Refused`) when it cannot
+    be read and ``on_lag_unknown`` is ``fail``. The reading, or None without a bound."""
+    if bounds.max_replication_lag is None:
         return None
-    newest = primary["optimeDate"]
-    return max(0.0, max((newest - m["optimeDate"]).total_seconds() for m in secondaries))
+    lag = read_lag()
+    if lag.unknown is not None and bounds.on_lag_unknown != "run":
+        raise lag_refusal(lag)
+    return lag
 
 
 def worker_name(index: int = 0) -> str:
@@ -104,14 +108,14 @@ class Throttle:
     """
 
     def __init__(self, store: StateStore, name: str, *, member: str, bounds: Bounds,
-                 client: pymongo.MongoClient | None = None,
+                 lag: Callable[[], Lag] | None = None,
                  weight: Callable[[], float] = lambda: 1.0,
                  live: Callable[[MigrationState], float] | None = None, members: bool = False,
                  stop: threading.Event | None = None, cap: float | None = None) -> None:
         # The member's name is a field name in the state: no dots, no leading dollar.
         self.store, self.name = store, name
         self.member = member.replace(".", "-").replace("$", "-")
-        self.bounds, self.client = bounds, client
+        self.bounds, self.read_lag = bounds, lag
         self.weight, self.live, self.members = weight, live, members
         self.stop = stop or threading.Event()
         self.cap = cap
@@ -120,9 +124,10 @@ class Throttle:
         self.holding: dict[str, Any] | None = None  # the hold in force, as of the last poll
         self._polled = float("-inf")
         self._write_latency: float | None = None  # seconds, of the last bulk write
-        self._lag_unknown_logged = False
         self._refused_logged: str | None = None  # the refused rate last logged
         self._rate: float | None = None  # the rate last taken: kept over a refused one
+        self._lag_unknown: str | None = None  # why the lag could not be read, as recorded
+        self._no_replica_set_logged = False
 
     def chunk(self, most: int) -> int:
         """How many documents to take at once: ``most``, or about a second's worth of this
@@ -201,16 +206,36 @@ class Throttle:
             return {"bound": "write latency", "value": round(value, 1), "limit": limit_ms,
                     "unit": "ms"}
         limit = self.bounds.max_replication_lag
-        if limit is not None and self.client is not None:
-            lag = replication_lag(self.client)
-            if lag is None and not self._lag_unknown_logged:
-                self._lag_unknown_logged = True
-                log.warning("--max-replication-lag: the server is not in a replica set "
-                            "(replSetGetStatus); replication lag is not checked")
+        if limit is not None and self.read_lag is not None:
+            lag = self._lag()
             if lag is not None and lag > limit:
                 return {"bound": "replication lag", "value": round(lag, 1), "limit": limit,
                         "unit": "s"}
         return None
+
+    def _lag(self) -> float | None:
+        """The lag in seconds; None when there is none to bound or it is unknown (recorded in
+        the state with its reason, or refused: ``on_lag_unknown``)."""
+        assert self.read_lag is not None
+        lag = self.read_lag()
+        if lag.unknown is not None:
+            if self.bounds.on_lag_unknown != "run":
+                raise lag_refusal(lag)
+            if lag.unknown != self._lag_unknown:
+                log.warning("--max-replication-lag is not enforced: the replication lag cannot "
+                            "be read: %s; %s", lag.unknown, lag.fix)
+                self.store.record_lag_unknown(self.name, {
+                    "reason": lag.unknown, "fix": lag.fix, "by": self.member, "at": time.time()})
+                self._lag_unknown = lag.unknown
+            return None
+        if self._lag_unknown is not None:
+            self.store.record_lag_unknown(self.name, None)
+            self._lag_unknown = None
+        if lag.seconds is None and not self._no_replica_set_logged:
+            self._no_replica_set_logged = True
+            log.warning("--max-replication-lag: the server is not in a replica set "
+                        "(replSetGetStatus); replication lag is not checked")
+        return lag.seconds
 
 
 def _capped(rate: float | None, cap: float | None) -> float | None:

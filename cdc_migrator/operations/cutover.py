@@ -24,9 +24,11 @@ from ..base import topics
 from ..base.messages import message_of
 from ..base.naming import FENCE_COLLECTION
 from ..base.settings import Settings
+from ..core.fingerprint import fingerprint, short
 from ..core.state import MigrationState, Phase, StateStore, now
 from ..errors import UsageError
 from ..migration import Migration
+from .hooks import BEFORE_CUTOVER, Hooks
 from .schema import dialect_problems, validator_for
 from .verify import VerifyReport, verify
 
@@ -62,7 +64,7 @@ def load_schema(settings: Settings, name: str) -> dict[str, Any]:
     MongoDB's ``$jsonSchema`` dialect (a schema MongoDB would reject is a usage error)."""
     path = Path(name)
     if not path.is_absolute():
-        path = Path(settings.transforms).resolve().parent / "schemas" / name
+        path = settings.schemas / name
     try:
         schema = json.loads(path.read_text())
     except FileNotFoundError:
@@ -91,16 +93,21 @@ CatchUpRunner = Callable[[Settings, Migration, MigrationState], AbstractContextM
 
 def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
             dry_run: bool = False, allow_failed: bool = False,
-            catch_up: CatchUpRunner | None = None) -> CutoverReport:
-    """Fence, wait for zero lag, verify, apply the contract schema, mark complete.
+            catch_up: CatchUpRunner | None = None, announce: bool = True) -> CutoverReport:
+    """Fence, wait for zero lag, verify, ask the before_cutover hooks, apply the contract
+    schema, mark complete, and tell the hooks.
 
     ``catch_up`` runs a tailer and a consumer where none runs (after ``run`` finished);
     without it cutover only waits for the pieces that run. A dry run writes nothing: no fence,
-    no validator, no state; it reports the lag the group has now.
+    no validator, no state; it reports the lag the group has now. Without ``announce`` the
+    hooks hear of the cutover from the caller's watch (``run``: in order, after the phases
+    before it).
     """
-    # Checked first: a schema MongoDB would reject stops cutover before it writes anything.
+    # Checked first: a schema MongoDB would reject, or a hook setting, stops cutover before it
+    # writes anything.
     contract = load_schema(settings, migration.contract_schema) if migration.contract_schema \
         else None
+    hooks = Hooks(settings)
     store = settings.store
     state = store.get(migration.name)
     report = CutoverReport(migration.name, ok=False, dry_run=dry_run)
@@ -108,6 +115,10 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
         report.reasons.append("the migration has not started (no state): run it first")
         return report
     if _settled(state, migration, report):
+        return report
+    refusal = code_refusal(settings, migration, state)
+    if refusal:  # checked before the fence: nothing is written
+        report.reasons.append(refusal)
         return report
     if state.armed:
         _drain(settings, migration, state, report, timeout=timeout, catch_up=catch_up)
@@ -117,7 +128,7 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
         report.reasons.append(f"{state.dlq_pending} failed documents unresolved in the "
                               "dead-letter topic (`dlq retry`, or --allow-failed)")
     verified = _verify(settings, migration, contract, report, allow_failed=allow_failed)
-    if report.reasons:
+    if report.reasons or not _hooks_agree(hooks, store, migration, report):
         return report
     if contract is not None:
         applied, text = _apply_contract(settings, migration, contract, dry_run)
@@ -133,6 +144,8 @@ def cutover(settings: Settings, migration: Migration, *, timeout: float = 60.0,
         return report
     store.mark_cut_over(migration.name)
     report.notes.append(f"{verified.checked:,} documents verified; recorded complete.")
+    if announce:
+        hooks.announce(store, store.get(migration.name) or state, "cut_over")
     return report
 
 
@@ -194,6 +207,41 @@ def _verify(settings: Settings, migration: Migration, contract: dict[str, Any] |
     if v.schema_violations:
         report.reasons.append(f"{v.schema_violations:,} documents break the contract schema")
     return v
+
+
+def code_refusal(settings: Settings, migration: Migration,
+                 state: MigrationState) -> str | None:
+    """Why the code forbids a cutover now, or None: the code here is not the code in force
+    (cutover would prove other code), or members hold (the events of their partitions wait)."""
+    loaded = fingerprint(migration, settings.schemas)
+    in_force = state.code.fingerprint
+    name = migration.name
+    if in_force is not None and loaded != in_force:
+        return (f"the code here (fingerprint {short(loaded)}) is not the code in force "
+                f"({short(in_force)}): `cdc-migrator accept {name}` takes it and backfills "
+                "again, or cut over with the code in force")
+    holding = state.code.holding()
+    if holding:
+        return (f"{', '.join(holding)} hold{'s' if len(holding) == 1 else ''}: other code "
+                f"than the code in force ({short(in_force)}), and the events of its partitions "
+                "wait; stop it or give it the code in force, or `accept` its code")
+    return None
+
+
+def _hooks_agree(hooks: Hooks, store: StateStore, migration: Migration,
+                 report: CutoverReport) -> bool:
+    """Whether the before_cutover hooks let the cutover go on; a refusal is one of the
+    report's reasons. A dry run only says it would ask them."""
+    if not hooks.wants(BEFORE_CUTOVER):
+        return True
+    if report.dry_run:
+        report.notes.append("ask the before_cutover hook")
+        return True
+    state = store.get(migration.name)
+    refusal = hooks.ask(state) if state is not None else None
+    if refusal is not None:
+        report.reasons.append(f"the before_cutover hook refused: {refusal.detail}")
+    return refusal is None
 
 
 def _lag_now(settings: Settings, migration: Migration) -> str | None:

@@ -1,13 +1,26 @@
-"""``cdc-migrator init``: a new migration file to fill in, its schema stubs, a test stub."""
+"""``cdc-migrator init``: a new migration file to fill in, its schema stubs, a test stub.
+
+The file is named ``STAMP_NAME.py``, STAMP the time of its creation (UTC, to the second, and
+later than every stamp in the directory), so file order is creation order; its ``after=``
+names the last migration of the collection (see :mod:`cdc_migrator.core.order`).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import keyword
 import os
+import re
 from pathlib import Path
 
+from ..core.order import series
 from ..errors import UsageError
+from ..migration import Migration, load_migrations
+
+#: How ``init`` stamps a file name: sortable, to the second.
+STAMP_FORMAT = "%Y%m%d%H%M%S"
+_STAMPED = re.compile(r"^(\d{14})_(.+)\.py$")
 
 MIGRATION_TEMPLATE = '''\
 """{name}: TODO say in one line what changes in each document of {collection}.
@@ -26,7 +39,7 @@ from cdc_migrator import migration
 
 
 @migration(
-    collection={collection},
+    collection={collection},{after}
     expand_schema="{name}.expand.json",
     contract_schema="{name}.contract.json",  # `verify` checks it, `cutover` applies it
 )
@@ -76,11 +89,13 @@ def schema_stub(collection: str, when: str) -> dict:
 
 def init_migration(name: str, collection: str, transforms: Path,
                    test_path: Path | None = None) -> list[Path]:
-    """Write ``transforms/NAME.py``, its two schema stubs and, optionally, a test stub.
+    """Write ``transforms/STAMP_NAME.py`` (following the collection's last migration), its
+    two schema stubs and, optionally, a test stub.
 
     Schemas go to ``schemas/`` beside the transforms directory, where ``verify`` and
-    ``cutover`` look them up. Refuses (UsageError) when NAME is not a Python identifier or
-    any file exists already; returns the files written.
+    ``cutover`` look them up. Refuses (UsageError) when NAME is not a Python identifier, a
+    migration or file of that name exists already, or the collection's order is broken (a
+    fork, a cycle); returns the files written.
     """
     if not name.isidentifier() or keyword.iskeyword(name):
         raise UsageError(f"{name!r} is not a valid Python identifier: use letters, digits and "
@@ -88,8 +103,13 @@ def init_migration(name: str, collection: str, transforms: Path,
     if not collection or "$" in collection or "\0" in collection:
         raise UsageError(f"{collection!r} is not a valid collection name")
     schemas = Path(transforms).resolve().parent / "schemas"
-    files = {Path(transforms) / f"{name}.py": MIGRATION_TEMPLATE.format(
-        name=name, collection=json.dumps(collection))}
+    existing_migrations = _existing(Path(transforms), name)
+    order = series(existing_migrations, collection)
+    after = f"\n    after={json.dumps(order[-1].name)},  # runs once {order[-1].name} has cut " \
+        "over" if order else ""
+    stamp = _stamp(Path(transforms))
+    files = {Path(transforms) / f"{stamp}_{name}.py": MIGRATION_TEMPLATE.format(
+        name=name, collection=json.dumps(collection), after=after)}
     for stage, when in (("expand", f"during {name}"), ("contract", f"after {name}")):
         files[schemas / f"{name}.{stage}.json"] = json.dumps(
             schema_stub(collection, when), indent=2) + "\n"
@@ -104,3 +124,30 @@ def init_migration(name: str, collection: str, transforms: Path,
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return list(files)
+
+
+def _existing(transforms: Path, name: str) -> dict[str, Migration]:
+    """The migrations of the directory (none when it does not exist yet); a UsageError when
+    one of them, or a file of its own, is called ``name`` already."""
+    if not transforms.is_dir():
+        return {}
+    taken = [p for p in transforms.glob("*.py")
+             if p.stem == name or ((m := _STAMPED.match(p.name)) and m.group(2) == name)]
+    if taken:
+        raise UsageError(f"{taken[0]} already exists; choose another name or remove it")
+    found = load_migrations(transforms)
+    if name in found:
+        raise UsageError(f"a migration named {name!r} exists already in "
+                         f"{found[name].source or transforms}; choose another name")
+    return found
+
+
+def _stamp(transforms: Path) -> str:
+    """Now, as a file name's stamp, later than every stamp in ``transforms``."""
+    stamp = dt.datetime.now(dt.UTC).replace(microsecond=0, tzinfo=None)
+    stamps = [m.group(1) for p in transforms.glob("*.py") if (m := _STAMPED.match(p.name))] \
+        if transforms.is_dir() else []
+    if stamps:
+        latest = dt.datetime.strptime(max(stamps), STAMP_FORMAT)
+        stamp = max(stamp, latest + dt.timedelta(seconds=1))
+    return stamp.strftime(STAMP_FORMAT)

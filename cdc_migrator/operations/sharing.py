@@ -14,11 +14,13 @@ from ..core.throttle import describe_hold
 
 def throttle_status(state: MigrationState) -> dict[str, Any]:
     """The throttle in force and why: ``manual`` (``cdc-migrator throttle``), ``auto`` (a
-    bound exceeded, holding everything now), or none."""
+    bound exceeded, holding everything now), or none; and why the replication lag is unknown
+    while its bound runs without it (``--on-lag-unknown run``)."""
     throttle = state.throttle
     status: dict[str, Any] = {"rate": throttle.rate, "set_at": throttle.set_at,
                               "reason": "manual" if throttle.rate is not None else None,
-                              "hold": None, "refused": throttle.refused}
+                              "hold": None, "refused": throttle.refused,
+                              "lag_unknown": throttle.lag_unknown}
     if throttle.holding and throttle.auto is not None:
         status["reason"] = "auto"
         status["hold"] = {**throttle.auto, "why": describe_hold(throttle.auto)}
@@ -44,4 +46,8 @@ def render_lines(status: dict[str, Any]) -> list[str]:
                      f"(set at {throttle.get('set_at')})")
     if throttle and throttle.get("refused"):
         lines.append(f"  throttle REFUSED: {throttle['refused']}")
+    unknown = (throttle or {}).get("lag_unknown")
+    if unknown:
+        lines.append(f"  replication lag: unknown, --max-replication-lag not enforced "
+                     f"({unknown.get('reason')}; {unknown.get('fix')})")
     return lines

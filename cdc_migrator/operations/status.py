@@ -1,5 +1,5 @@
-"""What ``status`` shows: phase, backfill progress with ETA, counts, lag, last error, and the
-runway of the server's change history."""
+"""What ``status`` shows: phase, backfill progress with ETA, counts, lag, last error, the
+runway of the server's change history, and the code in force with the code each member runs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pymongo import MongoClient
+
 from ..base import logs, topics
 from ..base.progress import format_duration
 from ..base.settings import Settings
+from ..base.topology import ShardConnector
+from ..core.fingerprint import fingerprint, short
 from ..core.state import CONSUMER_SILENT_AFTER, MigrationState, Phase, TailState
 from ..migration import Migration
 from . import runway, sharing
@@ -19,6 +23,9 @@ from .revert import old_shape_note
 #: What ``status`` shows of a migration's backfill ranges (None before any were planned), by
 #: migration name: given by the caller, since the ranges are the backfill's.
 RangesOf = Callable[[str], "dict[str, Any] | None"]
+#: The group's lag of a migration, measured by a caller that keeps its own Kafka client (None:
+#: it could not be measured now).
+LagOf = Callable[[Migration], "topics.Lag | None"]
 
 
 def _timestamp_seconds(ts: Any) -> float | None:
@@ -28,8 +35,9 @@ def _timestamp_seconds(ts: Any) -> float | None:
 def ready_for_cutover(state: MigrationState, lag_total: int) -> bool:
     """The one rule of the "ready for cutover" phase, measured rather than stored: the
     backfill finished, the group has no backlog, and the tailer runs (a fresh heartbeat) or
-    stopped cleanly after its last checkpoint (``cutover`` then catches up by itself)."""
-    if state.phase is not Phase.CATCHING_UP or lag_total:
+    stopped cleanly after its last checkpoint (``cutover`` then catches up by itself); and no
+    member holds (runs other code than the code in force)."""
+    if state.phase is not Phase.CATCHING_UP or lag_total or state.code.holding():
         return False
     tail = state.tail
     stopped_cleanly = tail.heartbeat is not None and tail.stopped_at is not None \
@@ -38,10 +46,13 @@ def ready_for_cutover(state: MigrationState, lag_total: int) -> bool:
 
 
 def migration_status(settings: Settings, migration: Migration | None,
-                     state: MigrationState, *,
-                     ranges_of: RangesOf | None = None) -> dict[str, Any]:
-    """A JSON-friendly status of one migration, lag measured now from the broker; with
-    ``ranges_of``, the backfill's ranges too."""
+                     state: MigrationState, *, ranges_of: RangesOf | None = None,
+                     lag_of: LagOf | None = None,
+                     client: MongoClient | None = None) -> dict[str, Any]:
+    """A JSON-friendly status of one migration, lag and group members measured now from the
+    broker; with ``ranges_of``, the backfill's ranges too. ``lag_of`` and ``client`` (for the
+    change history's window) stand in for the settings' clients; with ``lag_of``, the group's
+    members are not described (that would take a Kafka client of the settings')."""
     backfill, tail = state.backfill, state.tail
     status: dict[str, Any] = {
         "migration": state.name,
@@ -74,9 +85,11 @@ def migration_status(settings: Settings, migration: Migration | None,
             eta = (backfill.total - backfill.scanned) / (backfill.scanned / elapsed) \
                 if elapsed > 0 else None
         status["backfill"] = {"scanned": backfill.scanned, "total": backfill.total,
+                              "total_estimate": backfill.estimate,
                               "done": backfill.done, "eta_seconds": eta,
                               "ranges": ranges_of(state.name) if ranges_of else None}
     status["throttle"] = sharing.throttle_status(state)
+    status["code"] = code_status(settings, migration, state)
     if state.apply is not None:
         status["apply"] = {"done": state.apply.done}
     if state.armed:
@@ -90,14 +103,17 @@ def migration_status(settings: Settings, migration: Migration | None,
             "last_recovery": _readable(tail.last_recovery),
         }
         if state.phase is not Phase.CUT_OVER:
-            status["history"] = _history(settings, tail, status.get("backfill"))
+            status["history"] = _history(client or settings.db.client, settings.client_for,
+                                         tail, status.get("backfill"))
     if migration is not None and (state.armed or backfill is not None):
-        lag = topics.group_lag(settings, settings.topic(migration.collection),
-                               settings.group(migration.name))
-        status["lag"] = lag.as_dict()
-        if ready_for_cutover(state, lag.total):
-            status["phase"] = Phase.READY.label
-        status["group"] = _group(settings, migration, state)
+        lag = lag_of(migration) if lag_of is not None else topics.group_lag(
+            settings, settings.topic(migration.collection), settings.group(migration.name))
+        if lag is not None:
+            status["lag"] = lag.as_dict()
+            if ready_for_cutover(state, lag.total):
+                status["phase"] = Phase.READY.label
+        if lag_of is None:  # `status` itself: a caller with its own clients asks no more
+            status["group"] = _group(settings, migration, state)
     return status
 
 
@@ -120,10 +136,28 @@ def _group(settings: Settings, migration: Migration, state: MigrationState) -> d
     return {"members": len(members), "silent": silent}
 
 
-def _history(settings: Settings, tail: TailState,
+def code_status(settings: Settings, migration: Migration | None,
+                state: MigrationState) -> dict[str, Any]:
+    """The code in force, the code in the transforms directory (``loaded``), whether they
+    differ (and the migration was cut over: edited since), and each live member's code."""
+    code = state.code
+    loaded = fingerprint(migration, settings.schemas) if migration is not None else None
+    differs = None not in (loaded, code.fingerprint) and loaded != code.fingerprint
+    return {
+        "fingerprint": code.fingerprint, "since": code.since, "loaded": loaded,
+        "differs": differs, "edited_after_cutover": differs and state.phase is Phase.CUT_OVER,
+        "members": [{"member": name, "component": m.component, "fingerprint": m.fingerprint,
+                     "holding": m.holding, "host": m.host,
+                     "seconds_since_report": round(time.time() - m.at, 1)}
+                    for name, m in sorted(code.live_members().items())],
+    }
+
+
+def _history(client: MongoClient, connect: ShardConnector, tail: TailState,
              backfill: dict[str, Any] | None) -> dict[str, Any]:
-    """The runway of the tailer's resume point in the server's change history."""
-    window, unknown = runway.history_window(settings.db.client)
+    """The runway of the tailer's resume point in the server's change history (through
+    mongos, each shard's, ``connect`` reaching its members)."""
+    window, unknown = runway.cluster_window(client, connect)
     if window is None:
         return {"unknown": unknown}
     position = tail.position_time
@@ -131,6 +165,29 @@ def _history(settings: Settings, tail: TailState,
         position = _timestamp_seconds(tail.armed_at)  # not started: it starts there
     eta = (backfill or {}).get("eta_seconds")
     return runway.assess(window, position, eta if not (backfill or {}).get("done") else None)
+
+
+def _code_lines(status: dict[str, Any]) -> list[str]:
+    code = status.get("code") or {}
+    if not code.get("fingerprint") and not code.get("members"):
+        return []
+    name = status["migration"]
+    lines = [f"  code: fingerprint {short(code.get('fingerprint'))} in force"
+             + (f" since {code['since']}" if code.get("since") else "")]
+    if code.get("members"):
+        lines.append("  members: " + "; ".join(
+            f"{m['member']} {short(m['fingerprint'])}" + (" HOLDING" if m["holding"] else "")
+            for m in code["members"]))
+    loaded = short(code.get("loaded"))
+    if code.get("edited_after_cutover"):
+        lines.append(f"  EDITED AFTER CUTOVER: the code here has fingerprint {loaded}; {name} "
+                     f"was cut over with {short(code['fingerprint'])}, and its cutover "
+                     "proved that code only: put the change in a new migration")
+    elif code.get("differs"):
+        lines.append(f"  WARNING: the code here has fingerprint {loaded}, not the code in "
+                     f"force: members running it hold; `cdc-migrator accept {name}` takes it "
+                     "(and backfills again), or roll it back")
+    return lines
 
 
 def _masked(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -176,17 +233,28 @@ def all_status(settings: Settings, migrations: dict[str, Migration],
             for s in states if s]
 
 
+def _backfill_lines(b: dict[str, Any] | None) -> list[str]:
+    """The backfill's progress; a total estimated (a sample, a sharded cluster's metadata)
+    says so."""
+    if not b:
+        return []
+    pct = f" ({100 * b['scanned'] / b['total']:.0f}%)" if b.get("total") else ""
+    eta = "" if b["done"] else f", ETA {format_duration(b.get('eta_seconds'))}"
+    about = "~" if b.get("total_estimate") else ""
+    lines = [f"  backfill: {b['scanned']:,}/{about}{b.get('total') or 0:,}{pct}"
+             + (" done" if b["done"] else eta)]
+    if b.get("total_estimate"):
+        lines.append(f"  backfill total: an estimate ({b['total_estimate']})")
+    return lines
+
+
 def render(status: dict[str, Any]) -> str:
     """Human-readable block for one migration."""
     lines = [f"{status['migration']} ({status['collection']}): {status['phase'] or 'new'}"
              + (" [paused]" if status["paused"] else "")]
-    b = status.get("backfill")
-    if b:
-        pct = f" ({100 * b['scanned'] / b['total']:.0f}%)" if b.get("total") else ""
-        eta = "" if b["done"] else f", ETA {format_duration(b.get('eta_seconds'))}"
-        lines.append(f"  backfill: {b['scanned']:,}/{b.get('total') or 0:,}{pct}"
-                     + (" done" if b["done"] else eta))
+    lines += _backfill_lines(status.get("backfill"))
     lines += sharing.render_lines(status)
+    lines += _code_lines(status)
     c = status["counts"]
     lines.append("  events: produced {produced:,} (skipped {skipped:,} already migrated), "
                  "consumed {consumed:,}; documents: updated "
@@ -232,7 +300,9 @@ def _capture_lines(status: dict[str, Any]) -> list[str]:
         lines.append(f"  change history: window unknown ({h['unknown']})")
     elif h:
         age = h.get("resume_point_age_seconds")
-        lines.append(f"  change history: the server keeps {format_duration(h['window_seconds'])}"
+        keeps = f"each of the {h['shards']} shards keeps at least" if h.get("shards") \
+            else "the server keeps"
+        lines.append(f"  change history: {keeps} {format_duration(h['window_seconds'])}"
                      + (f"; resume point {format_duration(age)} old, runway "
                         f"{format_duration(max(0.0, h['runway_seconds']))}"
                         if age is not None else ""))

@@ -1,4 +1,5 @@
-"""Verify: which documents still need migrating (the transform is not a no-op on them)."""
+"""Verify: which documents still need migrating (the transform is not a no-op on them), and
+whether the code verified is the code in force."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 from ..base.scanner import scan
 from ..base.settings import Settings
 from ..core.context import make_context
+from ..core.fingerprint import fingerprint, short
 from ..core.patch import decide
+from ..core.state import Phase
 from ..migration import Migration
 
 
@@ -26,15 +29,34 @@ class VerifyReport:
     failing_sample: list[dict[str, Any]] = field(default_factory=list)
     schema_violations: int = 0
     schema_sample: list[dict[str, Any]] = field(default_factory=list)
+    fingerprint: str | None = None  # of the code verified
+    in_force: str | None = None  # the migration's code in force (None: not recorded)
+    cut_over: bool = False
+
+    @property
+    def code_differs(self) -> bool:
+        """The code verified is not the code in force: what was verified is not what ran
+        (or, cut over, not what cutover proved)."""
+        return self.in_force is not None and self.fingerprint != self.in_force
 
     @property
     def ok(self) -> bool:
-        return self.remaining == 0 and self.failing == 0 and self.schema_violations == 0
+        return self.remaining == 0 and self.failing == 0 and self.schema_violations == 0 \
+            and not self.code_differs
+
+    def code_note(self) -> str | None:
+        """What ``verify`` says of its code, when it is not the code in force."""
+        if not self.code_differs:
+            return None
+        here, there = short(self.fingerprint), short(self.in_force)
+        if self.cut_over:
+            return (f"EDITED AFTER CUTOVER: {self.migration} was cut over with the code of "
+                    f"fingerprint {there}; the code verified here is {here}, which nothing ran: "
+                    "put the change in a new migration")
+        return (f"the code verified here (fingerprint {here}) is not the code in force "
+                f"({there}): `cdc-migrator accept {self.migration}` takes it, or roll it back")
 
     def summary(self) -> str:
-        if self.ok:
-            return (f"{self.migration}: verified {self.checked:,} documents of "
-                    f"{self.collection}; none left to migrate")
         parts = []
         if self.remaining:
             parts.append(f"{self.remaining:,} documents still need migrating")
@@ -42,8 +64,11 @@ class VerifyReport:
             parts.append(f"{self.failing:,} documents make the transform raise")
         if self.schema_violations:
             parts.append(f"{self.schema_violations:,} documents break the contract schema")
-        return f"{self.migration}: " + ", ".join(parts) + f" (of {self.checked:,} checked)"
-
+        text = (f"{self.migration}: " + ", ".join(parts) + f" (of {self.checked:,} checked)"
+                if parts else f"{self.migration}: verified {self.checked:,} documents of "
+                f"{self.collection}; none left to migrate")
+        note = self.code_note()
+        return text + (f"; {note}" if note else "")
 
 def verify(
     settings: Settings,
@@ -53,14 +78,19 @@ def verify(
     batch_size: int | None = None,
     schema_check: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> VerifyReport:
-    """Stream the collection and run the transform on every document without writing.
+    """Stream the collection and run the transform on every document without writing; the
+    report also tells whether this code is the migration's code in force.
 
     ``schema_check`` returns an error message for a document breaking the contract schema.
     Memory stays bounded by the batch size, whatever the collection's size.
     """
     db = settings.db
     ctx = make_context(db, migration.name, dry_run=True)
-    report = VerifyReport(migration.name, migration.collection)
+    state = settings.store.get(migration.name)
+    report = VerifyReport(migration.name, migration.collection,
+                          fingerprint=fingerprint(migration, settings.schemas),
+                          in_force=state.code.fingerprint if state else None,
+                          cut_over=state is not None and state.phase is Phase.CUT_OVER)
     for batch in scan(db[migration.collection], migration.filter,
                       batch_size=batch_size or migration.batch_size):
         for doc in batch:

@@ -169,6 +169,11 @@ public final class ChangeStreamOplog implements Oplog {
         return new BsonTimestamp(visibleTs());
     }
 
+    /** Whether every write up to {@code ts} is committed: no oplog hole is open at or before it. */
+    boolean committedThrough(long ts) {
+        return holeTs > ts;
+    }
+
     private long visibleTs() {
         long hole = holeTs;
         return hole == NO_HOLE ? lastTs : Math.min(lastTs, hole - 1);

@@ -17,6 +17,7 @@ import de.bwaldvogel.mongo.backend.memory.MemoryCollection;
 import de.bwaldvogel.mongo.backend.memory.MemoryDatabase;
 import de.bwaldvogel.mongo.backend.DatabaseResolver;
 import de.bwaldvogel.mongo.bson.Document;
+import de.bwaldvogel.mongo.exception.MongoServerError;
 import de.bwaldvogel.mongo.oplog.Oplog;
 import io.netty.channel.Channel;
 
@@ -67,6 +68,8 @@ final class IdIndexedMemory {
         private final QueryMatcher matcher;
         /** Stored documents with a top-level name holding "." or starting with "$" (guarded by this). */
         private int oddDocuments;
+        /** The highest position a document was stored at (guarded by this): random picks stay below it. */
+        private int highestPosition = -1;
 
         Collection(MongoDatabase database, String collectionName, CollectionOptions options,
                    CursorRegistry cursorRegistry) {
@@ -148,7 +151,39 @@ final class IdIndexedMemory {
             if (FieldNameUpdates.hasOddNames(document)) {
                 oddDocuments++;
             }
-            return super.addDocumentInternal(document);
+            Integer position = super.addDocumentInternal(document);
+            highestPosition = Math.max(highestPosition, position);
+            return position;
+        }
+
+        /**
+         * {@code size} documents picked at random positions, reading only those: the pseudo-random
+         * cursor MongoDB's {@code $sample} uses as the first stage of a large collection. A
+         * document picked again is passed over; after 100 such misses in a row the sample fails
+         * with 28799, as DocumentSourceSampleFromRandomCursor does. Copies, as a query returns them.
+         */
+        synchronized List<Document> randomDocuments(int size, java.util.Random random) {
+            List<Document> picked = new java.util.ArrayList<>(size);
+            java.util.Set<Object> seen = new java.util.HashSet<>();
+            int attempts = 0;
+            while (picked.size() < size && highestPosition >= 0) {
+                Document document = getDocument(random.nextInt(highestPosition + 1));
+                if (document == null) { // a deleted document's position: the storage engine skips it
+                    continue;
+                }
+                SCANNED_OBJECTS.increment();
+                if (!seen.add(document.get("_id"))) {
+                    if (++attempts >= 100) {
+                        throw new MongoServerError(28799, "$sample stage could not find a non-duplicate document "
+                            + "after 100 while using a random cursor. This is likely a sporadic failure, please "
+                            + "try again.");
+                    }
+                    continue;
+                }
+                attempts = 0;
+                picked.add(document.cloneDeeply());
+            }
+            return picked;
         }
 
         @Override

@@ -40,7 +40,6 @@ public class LocalMongo {
         private final FailCommand failCommand = new FailCommand();
         private final ReplicaSetStatus replicaSet = new ReplicaSetStatus();
         private final AccessControl access; // null: no access control, as a mongod without --auth
-        private final Privileges privileges = new Privileges();
         private final MongosMode mongos = new MongosMode();
         private final ShardKeyTargeting targeting = new ShardKeyTargeting();
         private final ReportedVersion reportedVersion;
@@ -115,7 +114,7 @@ public class LocalMongo {
 
         private static final AttributeKey<Boolean> AWAIT_INSTALLED = AttributeKey.valueOf("changeStreamAwait");
 
-        /** Puts a ChangeStreamAwait in front of the library's handler, once per connection. */
+        /** Puts a ChangeStreamAwait and CommittedReads in front of the library's handler, once per connection. */
         private void installAwait(Channel channel) {
             ChangeStreamOplog history = changes;
             if (history == null || channel == null || channel.attr(AWAIT_INSTALLED).setIfAbsent(Boolean.TRUE) != null) {
@@ -125,6 +124,7 @@ public class LocalMongo {
             if (handler != null) {
                 channel.pipeline().addBefore(handler.name(), "changeStreamAwait",
                     new ChangeStreamAwait(history, getCursorRegistry()));
+                channel.pipeline().addBefore(handler.name(), "committedReads", new CommittedReads(history));
             }
         }
 
@@ -140,7 +140,6 @@ public class LocalMongo {
                     return answered;
                 }
             }
-            privileges.check(database, command, query);
             Document mongosAnswer = mongos.refusal(database, command);
             if (mongosAnswer != null) {
                 return mongosAnswer;
@@ -161,6 +160,7 @@ public class LocalMongo {
                 return new OplogWindow(history).find(query);
             }
             Collations.check(command, query);
+            CommittedReads.check(command, query, history);
             if (PreImages.handlesCollMod(command, query)) {
                 Object name = query.get(command);
                 return PreImages.collMod(database, query,
@@ -184,8 +184,6 @@ public class LocalMongo {
                     (db, write) -> dispatch(channel, db, write.keySet().iterator().next(), write));
             } else if (FailCommand.handles(database, command)) {
                 return failCommand.configure(query);
-            } else if (Privileges.handles(database, command)) {
-                return privileges.configure(query);
             } else if (MongosMode.handles(database, command)) {
                 return mongos.configure(query);
             } else if (ReportedVersion.handles(database, command)) {

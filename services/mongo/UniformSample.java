@@ -15,7 +15,9 @@ import de.bwaldvogel.mongo.bson.Document;
 import de.bwaldvogel.mongo.oplog.Oplog;
 
 /**
- * {@code $sample} as MongoDB's: a uniformly random choice of {@code size} documents.
+ * {@code $sample} as MongoDB's: a uniformly random choice of {@code size} documents; as the first
+ * stage of a large collection, for a small share of it, read from random positions without
+ * reading the rest, as with MongoDB's pseudo-random cursor.
  *
  * <p>The library's stage sorts with a comparator that returns a new random number on every
  * call: the result stays close to the natural order (samples favour the first documents),
@@ -41,6 +43,14 @@ final class UniformSample implements AggregationStage {
         }
         String name = String.valueOf(query.get(command));
         MongoCollection<?> collection = database.resolveCollection(name, false);
+        List<Document> random = randomCursor(collection, Aggregation.parse(query.get("pipeline")));
+        if (random != null) {
+            List<Document> rest = Aggregation.parse(query.get("pipeline"));
+            rest.remove(0);
+            Aggregation after = Aggregation.fromPipeline(rest, resolver, database, collection, oplog);
+            after.validate(query);
+            return reply(database, name, after.runStages(random.stream()));
+        }
         Aggregation aggregation = Aggregation.fromPipeline(query.get("pipeline"), resolver, database, collection, oplog);
         aggregation.validate(query);
         List<Document> pipeline = Aggregation.parse(query.get("pipeline"));
@@ -54,9 +64,32 @@ final class UniformSample implements AggregationStage {
                 built.set(i, new UniformSample(((Number) size).intValue()));
             }
         }
+        return reply(database, name, aggregation.computeResult());
+    }
+
+    private static Document reply(MongoDatabase database, String name, List<Document> batch) {
         Document cursor = new Document("id", 0L).append("ns", database.getDatabaseName() + "." + name)
-            .append("firstBatch", aggregation.computeResult());
+            .append("firstBatch", batch);
         return new Document("cursor", cursor).append("ok", 1.0);
+    }
+
+    /**
+     * The documents of MongoDB's pseudo-random cursor, or null where MongoDB reads the whole
+     * collection: as the first stage, of a collection of more than 100 documents, for at most 5%
+     * of them, {@code $sample} picks documents at random positions (src/mongo/db/pipeline/
+     * pipeline_d.cpp, {@code kMaxSampleRatioForRandCursor} 0.05).
+     */
+    private static List<Document> randomCursor(MongoCollection<?> collection, List<Document> pipeline) {
+        if (!(collection instanceof IdIndexedMemory.Collection stored) || pipeline.isEmpty()
+            || !(pipeline.get(0).get("$sample") instanceof Document spec) || !(spec.get("size") instanceof Number n)) {
+            return null;
+        }
+        int count = stored.count();
+        int size = n.intValue();
+        if (count <= 100 || size < 0 || size > 0.05 * count) {
+            return null;
+        }
+        return stored.randomDocuments(size, RANDOM);
     }
 
     @Override

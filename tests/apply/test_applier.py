@@ -11,6 +11,7 @@ import json
 import os
 import random
 import textwrap
+import uuid
 import warnings
 
 import bson
@@ -21,10 +22,11 @@ from bson import Decimal128, Int64
 from hypothesis import strategies as st
 from kafka.admin import NewTopic
 
-from cdc_migrator import api, migration
+from cdc_migrator import DELETE, api, migration
 from cdc_migrator.apply.applier import MAX_STATEMENT_BYTES, Applier, _too_large, size_bound
-from cdc_migrator.base import topics
+from cdc_migrator.base import topics, topology
 from cdc_migrator.base.identity import id_key
+from cdc_migrator.base.settings import Settings
 from cdc_migrator.core.context import make_context
 from cdc_migrator.core.deadletters import read as read_dead_letters
 from cdc_migrator.core.patch import Outcome, decide, guard_filter
@@ -32,10 +34,13 @@ from cdc_migrator.migration import Migration, _defined, get_migration
 from cdc_migrator.pipeline import run_pipeline
 
 from ..harness import (
+    KAFKA,
     MONGO_BASE,
     CommandRecorder,
     UsersWriter,
     run_cli,
+    seed_sharded_collection,
+    untargeted_writes,
 )
 
 ROLE_FROM_TIER = """
@@ -340,7 +345,7 @@ CODELESS = "write refused (no code): write error without a code, by the failComm
 
 
 @pytest.fixture
-def codeless_write_error(mongo_client):
+def codeless_write_error(mongo_client, local_servers):
     """Make the local server answer every update statement on one ``_id`` with a write error
     that has no code (FailCommand's test device, docs/testing.md). pymongo's bulk API then
     raises ``KeyError: 'code'``."""
@@ -395,3 +400,79 @@ def test_apply_writes_the_rest_of_a_batch_whose_bulk_write_the_driver_cannot_rea
     assert "Traceback" not in applied.stderr
     assert db.users.count_documents({"role": "user"}) == 249
     assert db.users.find_one({"_id": failing}) == {"_id": failing, "name": "fails"}
+# ------------------------------------------------------------------- a sharded collection
+
+ORDER_TOTALS = textwrap.dedent("""
+    from cdc_migrator import migration, DELETE
+
+    @migration(collection="orders")
+    def order_totals(doc, ctx):
+        if doc["qty"] == 0:
+            return DELETE
+        if doc.get("total") != doc["qty"] * 10:
+            return {"total": doc["qty"] * 10}
+""")
+
+
+@migration(collection="orders")
+def order_totals(doc, ctx):
+    if doc["qty"] == 0:
+        return DELETE
+    if doc.get("total") != doc["qty"] * 10:
+        return {"total": doc["qty"] * 10}
+
+
+_defined.remove(order_totals)  # used directly here; the CLI loads ORDER_TOTALS
+
+
+def _sharded_orders(client: pymongo.MongoClient) -> tuple[pymongo.database.Database, str]:
+    db = client[f"t_{uuid.uuid4().hex[:10]}"]
+    namespace = f"{db.name}.orders"
+    seed_sharded_collection(client, namespace, {"region": 1, "_id": 1}, ["m"])
+    db.orders.insert_many([{"_id": i, "region": "eu" if i % 2 else "us", "qty": i % 4}
+                           for i in range(40)])
+    return db, namespace
+
+
+def test_guarded_writes_and_re_reads_of_a_sharded_collection_pin_its_shard_key(mongos_mongo):
+    # Regression (issue 25): a guard pinned _id and the fields read, never the shard key, so
+    # before MongoDB 7.1 mongos sent every guarded write to every shard (7.1+: a slower
+    # two-phase write).
+    db, namespace = _sharded_orders(mongos_mongo)
+    docs = list(db.orders.find())
+    db.orders.update_many({"_id": {"$in": [1, 2, 3]}}, {"$inc": {"qty": 4}})  # three guards miss
+    recorder = CommandRecorder()
+    host, port = mongos_mongo.address
+    client = pymongo.MongoClient(host, port, directConnection=True, event_listeners=[recorder])
+    try:
+        applier = Applier(order_totals, client[db.name].orders,
+                          make_context(client[db.name], "t"),
+                          topology.shard_key(client, namespace))
+        result = applier.apply_documents(docs)
+    finally:
+        client.close()
+        mongos_mongo.drop_database(db.name)
+
+    assert (result.deleted, result.retried, result.failed) == (10, 3, 0)
+    assert untargeted_writes(mongos_mongo, namespace) == 0
+    reread = [c["filter"] for c in recorder.named("find")][-1]
+    assert {"_id": 1, "region": "eu"} in reread["$or"] and {"_id": 2, "region": "us"} in \
+        reread["$or"]
+
+
+@pytest.mark.parametrize("command", [["apply"], ["run", "--timeout", "120s"]])
+def test_apply_and_run_write_a_sharded_collection_by_shard_key(mongos_mongo, tmp_path, command):
+    db, namespace = _sharded_orders(mongos_mongo)
+    (tmp_path / "orders.py").write_text(ORDER_TOTALS)
+    host, port = mongos_mongo.address
+    settings = Settings(mongodb_uri=f"mongodb://{host}:{port}/{db.name}?directConnection=true",
+                        kafka_bootstrap_servers=KAFKA, transforms=tmp_path,
+                        topic_prefix=f"t-{db.name}", group_prefix=f"g-{db.name}", partitions=2)
+    try:
+        ran = run_cli(*command, "order_totals", "-q", settings=settings)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert db.orders.count_documents({}) == 30
+        assert db.orders.count_documents({"total": {"$exists": False}}) == 0
+        assert untargeted_writes(mongos_mongo, namespace) == 0
+    finally:
+        mongos_mongo.drop_database(db.name)

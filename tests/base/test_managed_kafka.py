@@ -141,7 +141,7 @@ def oidc():
 
 
 @pytest.fixture(scope="module")
-def _managed_broker(tmp_path_factory, oidc):
+def _managed_broker(tmp_path_factory, oidc, local_servers):
     if (missing := private_kafka_missing()) is not None:
         pytest.skip(missing)
     if not KAFKA_CA.is_file():
@@ -539,6 +539,7 @@ def test_aws_msk_iam_reaches_the_brokers_sasl_handshake_with_the_msk_extra(
     assert "not-a-real-key" not in result.stderr
 
 
+@pytest.mark.local_server("the local broker's certificate, .services/tls/ca.pem")
 def test_aws_msk_iam_without_the_msk_extra_is_refused_naming_it():
     without_botocore = ("import sys\n"
                         "sys.modules['botocore'] = None  # as if not installed\n"

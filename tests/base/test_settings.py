@@ -109,7 +109,7 @@ def test_every_setting_from_every_source_is_valid_or_one_line_exit_2(source, dat
 
 
 def test_the_property_covers_every_setting_and_source():
-    assert len(TABLE) == 38 and len(SOURCES) == 113  # 38 flags, 38 variables, 37 file keys
+    assert len(TABLE) == 43 and len(SOURCES) == 128  # 43 flags, 43 variables, 42 file keys
 
 
 @settings(max_examples=examples(1000), deadline=None)

@@ -1,9 +1,10 @@
 """The backfill scanner: armed capture first, the existing documents into the topic, a paused
-backfill holding no cursor."""
+backfill holding no cursor, a backfill of other code than the code in force scanning nothing."""
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import bson
@@ -13,11 +14,13 @@ from cdc_migrator import api
 from cdc_migrator.capture.backfill import RECORD_BYTES, backfill, by_partition
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.core import events
+from cdc_migrator.core.state import MemberCode, StateStore
 from cdc_migrator.migration import get_migration
 
 from ..harness import (
     CURSOR_TIMEOUT_MS,
     ITEMS_MIGRATION,
+    CliProcess,
     cursor_metrics,
     part_of,
     private_settings,
@@ -55,6 +58,37 @@ def test_a_paused_backfill_holds_no_cursor_and_finishes_after_resume(short_curso
         settings.close()
 
 
+def test_a_write_in_an_oplog_hole_when_capture_is_armed_is_scanned_once_committed(
+        private_mongo, tmp_path):
+    # Regression (issue 25): capture was armed at ping's operationTime, the last applied write,
+    # past a write reserved before it and committed after (an oplog hole). The stream, armed
+    # past it, never delivers that write, and the scan ran before it was committed: the
+    # document stayed unmigrated, and nothing said why.
+    settings = private_settings(private_mongo, tmp_path)
+    db = private_mongo[settings.database_name]
+    seed_legacy(db.items, 50)
+    private_mongo.admin.command({"holdOplogHole": db.name, "write": {
+        "insert": "items", "documents": [{"_id": 1000, "price": 3, "qty": 2, "legacy": True}]}})
+    db.items.insert_one({"_id": 1001, "price": 4, "qty": 2, "legacy": True})  # applied past it
+    released = False
+    try:
+        with CliProcess(settings, "run", "price_total", "--timeout", "120s") as run:
+            # Armed during the hole, the backfill waits for it to commit (or, before the fix,
+            # scanned and ran to its end).
+            wait_for(lambda: not run.alive or run.count("waiting until every write up to the "
+                                                        "armed point"),
+                     what="the run waiting for the write in flight, or its end")
+            private_mongo.admin.command({"releaseOplogHole": 1})
+            released = True
+            assert run.wait() == 0, run.log
+    finally:
+        if not released:
+            private_mongo.admin.command({"releaseOplogHole": 1})
+        settings.close()
+    assert db.items.find_one({"_id": 1000}) == {"_id": 1000, "price": 3, "qty": 2, "total": 6}
+    assert db.items.count_documents({"legacy": True}) == 0
+
+
 TRANSFORMS = {"items.py": ITEMS_MIGRATION}
 
 
@@ -64,6 +98,49 @@ def test_backfill_refuses_until_change_capture_is_armed(db, settings, transforms
     assert result.returncode == 1
     assert "not armed" in result.stderr and "Traceback" not in result.stderr
     assert db.cdc_migrator_state.count_documents({"backfill": {"$exists": True}}) == 0
+
+
+def test_a_backfill_of_other_code_holds_and_scans_nothing(db, settings, transforms, tmp_path):
+    db.items.insert_many([{"_id": i, "price": i, "qty": 2, "legacy": True} for i in range(50)])
+    arm(settings, get_migration(settings.transforms, "price_total"))
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    (edited / "items.py").write_text(ITEMS_MIGRATION.replace(
+        'total = doc["price"] * doc["qty"]', 'total = round(doc["price"] * doc["qty"], 2)'))
+    held = CliProcess(settings, "backfill", "price_total", "-q",
+                      env={"CDC_MIGRATOR_TRANSFORMS": str(edited)})
+    try:
+        wait_for(lambda: any(m.startswith("backfill@") and r["holding"] for m, r in (
+            part_of(db, "price_total", "code").get("members") or {}).items()),
+            what="the backfill of the edited code holding")
+        assert part_of(db, "price_total", "backfill") == {}
+        assert db.cdc_migrator_state.count_documents({"range_of": "price_total"}) == 0
+    finally:
+        assert held.stop() == 0, held.log[-2000:]
+    assert "holding price_total: this backfill runs its code with fingerprint" in held.log
+    assert "stopped before the end; 0 documents produced" in held.output
+    assert part_of(db, "price_total", "code")["members"] == {}
+
+
+def test_a_pass_begins_once_a_member_still_applying_other_code_holds(db, settings,
+                                                                     transforms):
+    db.items.insert_many([{"_id": i, "price": i, "qty": 2, "legacy": True} for i in range(50)])
+    arm(settings, get_migration(settings.transforms, "price_total"))
+    store = StateStore(db)
+    # What a consumer of the code in force before an `accept` reports until it looks again.
+    old = MemberCode("consumer", "0" * 64, False, "elsewhere", time.time())
+    store.report_code("price_total", "consumer@old", old)
+    waiting = CliProcess(settings, "backfill", "price_total")
+    try:
+        wait_for(lambda: waiting.count("waiting for consumer@old to hold"),
+                 what="the backfill waiting for the old consumer")
+        assert part_of(db, "price_total", "backfill") == {}
+        store.report_code("price_total", "consumer@old",
+                          MemberCode("consumer", old.fingerprint, True, "elsewhere", time.time()))
+        assert waiting.wait(timeout=60) == 0, waiting.log[-2000:]
+    finally:
+        waiting.stop()
+    assert part_of(db, "price_total", "backfill")["done"]
 
 
 def test_a_document_over_the_record_size_of_a_batch_is_alone_in_its_record():

@@ -6,23 +6,31 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import random
 import textwrap
 import threading
+import uuid
 
 import pytest
 from bson import ObjectId
 
 from cdc_migrator import api
+from cdc_migrator.apply.consumer import TransformConsumer
+from cdc_migrator.base.settings import Settings
+from cdc_migrator.base.threads import Threads
+from cdc_migrator.capture.tailer import Tailer
 from cdc_migrator.core import events
 from cdc_migrator.errors import UsageError
 from cdc_migrator.migration import get_migration, load_migrations
 from cdc_migrator.pipeline import run_pipeline
+from cdc_migrator.pipeline import wait_drained as drained_by_run
 
-from ..harness import ROOT, AppWriter, part_of, run_cli, wait_for
+from ..harness import KAFKA, ROOT, AppWriter, part_of, run_cli, wait_for
 
 OLD = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)  # older than the orphan pattern's grace period
 REFERENCES = "cdc_migrator_references"  # the reference map (base/naming.py)
+MIB = 1 << 20
 
 
 # --------------------------------------------------------------------------- declarations
@@ -210,10 +218,8 @@ def test_orphans_made_during_the_window_are_deleted_and_verify_passes(
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
     mapped = db[REFERENCES].count_documents({"_id.m": migration.name})
-    if pre_images:
-        assert mapped == 0, "with pre-images no reference map is kept"
-    else:
-        assert mapped >= len(writer.chunks) - 20, "the reference map follows every chunk"
+    # with pre-images too: it stands in for one that is missing
+    assert mapped >= len(writer.chunks) - 20, "the reference map follows every chunk"
     status, text = _status(settings, migration.name)
     assert status["counts"]["dependency"] > 0
     assert status["events"]["dependency"] == status["counts"]["dependency"]
@@ -434,3 +440,77 @@ def test_the_reference_map_is_saved_only_after_the_events_it_reflects(db):
     follower.save()
     mapped = {d["_id"]["d"]: d.get("refs") for d in db[REFERENCES].find({"_id.d": {"$exists": 1}})}
     assert mapped == {10: []}
+
+
+# -------------------------------------------------------------- events larger than 16 MiB
+
+AUTHORS = textwrap.dedent('''
+    from cdc_migrator import migration
+
+    def posts_of(user, ctx):
+        return user.get("posts", [])
+
+    @migration(collection="posts", depends_on={"users": posts_of})
+    def author_of(doc, ctx):
+        user = ctx.db["users"].find_one({"posts": doc["_id"]}, {"name": 1})
+        name = user["name"] if user else None
+        if doc.get("author") != name:
+            return {"author": name}
+''')
+
+
+def test_a_dependency_change_too_large_for_one_event_keeps_its_pre_image(private_mongo,
+                                                                          tmp_path):
+    # Regression (issue 25): an event with the document after and before an update can be
+    # larger than MongoDB returns; it was forwarded without either, so the posts the user
+    # named before the change never learnt of it. Where the server splits it
+    # ($changeStreamSplitLargeEvent, 7.0 here) the fragments are put together again.
+    private_mongo.admin.command({"setServerVersion": "7.0.2"})
+    (tmp_path / "authors.py").write_text(AUTHORS)
+    host, port = private_mongo.address
+    settings = Settings(mongodb_uri=f"mongodb://{host}:{port}/big?directConnection=true",
+                        kafka_bootstrap_servers=KAFKA, transforms=tmp_path,
+                        topic_prefix=f"t-big-{uuid.uuid4().hex[:8]}",
+                        group_prefix=f"g-big-{uuid.uuid4().hex[:8]}", partitions=2)
+    db = private_mongo.big
+    db.create_collection("users", changeStreamPreAndPostImages={"enabled": True})
+    db.users.insert_one({"_id": 1, "name": "ann", "posts": ["a"], "blob": os.urandom(9 * MIB)})
+    db.posts.insert_many([{"_id": "a"}, {"_id": "b"}])
+    migration = get_migration(tmp_path, "author_of")
+    try:
+        assert run_pipeline(settings, migration, show_progress=False, timeout=120).drained
+        assert {d["_id"]: d.get("author") for d in db.posts.find()} == {"a": "ann", "b": None}
+        # the event: 9 MiB after and 9 MiB before, over MongoDB's 16 MiB
+        db.users.update_one({"_id": 1}, {"$set": {"posts": ["b"], "blob": os.urandom(9 * MIB)}})
+        assert run_pipeline(settings, migration, show_progress=False, timeout=120).drained
+    finally:
+        settings.close()
+    assert {d["_id"]: d.get("author") for d in db.posts.find()} == {"a": None, "b": "ann"}
+
+
+def test_a_missing_pre_image_falls_back_to_the_reference_map(db, settings):
+    # Regression (issue 25): with pre-images enabled the map was not kept, so a delete whose
+    # pre-image was gone (expired, turned off) named nothing: the embedding it orphaned stayed.
+    db.create_collection("chunks", changeStreamPreAndPostImages={"enabled": True})
+    db.embeddings.insert_many([{"_id": 1, "createdAt": OLD}, {"_id": 2, "createdAt": OLD}])
+    db.chunks.insert_many([{"_id": 10, "embeddingId": 1}, {"_id": 11, "embeddingId": 2}])
+    migration = get_migration(settings.transforms, "delete_orphaned_embeddings")
+    assert run_pipeline(settings, migration, show_progress=False, timeout=120).drained
+    stop = threading.Event()
+    tailer, consumer = Tailer(settings, migration), TransformConsumer(settings, migration)
+    assert tailer._dependencies is not None and tailer._dependencies.wants_pre_images
+    threads = Threads(stop)
+    threads.start("tail", tailer.run)
+    threads.start("consume", consumer.run)
+    try:
+        # Pre-images turned off under the running tailer: its next events carry none.
+        db.command("collMod", "chunks", changeStreamPreAndPostImages={"enabled": False})
+        db.chunks.delete_one({"_id": 10})  # embedding 1 loses its only chunk
+        assert drained_by_run(settings, migration, tailer, stop, None, settle=0.5)
+        assert tailer._dependencies.missing_pre_images == 1
+    finally:
+        tailer.stop()
+        consumer.stop()
+        stop.set()
+        threads.join(timeout=60)
+    assert [d["_id"] for d in db.embeddings.find()] == [2]

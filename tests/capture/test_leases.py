@@ -12,14 +12,18 @@ import pytest
 from bson import Decimal128, Int64, MaxKey, MinKey, ObjectId, Timestamp
 
 from cdc_migrator import api
+from cdc_migrator.base import bsontypes
+from cdc_migrator.base.settings import Settings
 from cdc_migrator.capture.leases import (
     KeyRange,
     RangeStore,
     quantiles,
     range_filter,
     ranges_for,
+    sample,
     split,
     split_points,
+    with_boundaries,
 )
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.core.state import StateStore
@@ -27,9 +31,12 @@ from cdc_migrator.migration import get_migration
 
 from ..harness import (
     ITEMS_MIGRATION,
+    KAFKA,
     CliProcess,
     run_cli,
+    scanned_objects,
     seed_items,
+    seed_sharded_collection,
     wait_for,
 )
 
@@ -193,3 +200,70 @@ def test_a_reset_while_another_backfill_runs_replans_and_both_finish_the_new_pas
 def _scanned(db) -> int:
     return ((db.cdc_migrator_state.find_one({"_id": NAME}) or {}).get("backfill")
             or {}).get("scanned", 0)
+
+
+# ----------------------------------------------------------- planning without reading it whole
+
+def test_the_order_of_ids_is_known_where_mongodb_compares_them_simply():
+    ordered = [MinKey(), None, -5, 1.5, Int64(7), Decimal128("8.25"), "B", "a", "zz",
+               "\U0001F600", ObjectId("0" * 24), ObjectId("f" * 24), False, True,
+               dt.datetime(1999, 1, 1), Timestamp(5, 1), MaxKey()]
+    for i, a in enumerate(ordered):
+        for j, b in enumerate(ordered):
+            assert bsontypes.compare(a, b) == (i > j) - (i < j), (a, b)
+    assert bsontypes.compare(1, 1.0) == 0 and bsontypes.compare("\ufffd", "\U0001F600") == -1
+    assert bsontypes.compare({"a": 1}, {"a": 2}) is None  # not known here: left to the server
+    assert bsontypes.compare(float("nan"), 1) is None
+
+
+def test_chunk_boundaries_always_cut_and_sampled_points_fill_the_gaps_between():
+    assert with_boundaries([5, 10, 15, 20, 25], [10, 18]) == [5, 10, 15, 18, 20, 25]
+    assert with_boundaries([], [10, 18]) == [10, 18]
+    # a point whose order is not known here is left out; the boundaries stay
+    assert with_boundaries([30, {"b": 2}], [{"a": 1}]) == [30, {"a": 1}]
+
+
+def test_planning_samples_the_collection_without_reading_the_filtered_documents_whole(
+        private_mongo):
+    # Regression (issue 25): $match before $sample read (and sorted) every matching document.
+    items = private_mongo.plan.items
+    items.insert_many([{"_id": i, "n": i} for i in range(20_000)])
+    condition = {"n": {"$mod": [3, 0]}}
+
+    before = scanned_objects(private_mongo)
+    points = split_points(items, condition, 32)
+    read = scanned_objects(private_mongo) - before
+    found = sample(items, condition, 640)
+
+    assert len(points) == 31 and read < 1000  # 640 sampled; $match first read all 20,000
+    assert found.total == pytest.approx(6667, rel=0.25) and found.estimate
+    assert "times the share of a sample of 640 that matches" in found.estimate
+    small = sample(items, condition, 5000)  # more than 5%: read whole, counted exactly
+    assert small.total == 6667 and small.estimate is None
+
+
+@pytest.mark.parametrize(("key", "cut"), [({"_id": 1}, [100, 200, 300]),
+                                          ({"_id": "hashed"}, [])])
+def test_a_collection_sharded_on_id_is_cut_where_its_chunks_change_shard(
+        mongos_mongo, tmp_path, key, cut):
+    db = mongos_mongo[f"t_{uuid.uuid4().hex[:10]}"]
+    seed_sharded_collection(mongos_mongo, f"{db.name}.items", key,
+                            [100, 200, 300] if key["_id"] == 1 else [-10, 10], shards=2)
+    seed_items(db.items, random.Random(7), 400)
+    (tmp_path / "items.py").write_text(ITEMS_MIGRATION)
+    host, port = mongos_mongo.address
+    settings = Settings(mongodb_uri=f"mongodb://{host}:{port}/{db.name}?directConnection=true",
+                        kafka_bootstrap_servers=KAFKA, transforms=tmp_path,
+                        topic_prefix=f"t-{db.name}", group_prefix=f"g-{db.name}", partitions=2)
+    try:
+        arm(settings, get_migration(tmp_path, NAME))
+        report = api.backfill(settings, NAME, show_progress=False)
+        planned = RangeStore(db.cdc_migrator_state).ranges(NAME)
+    finally:
+        settings.close()
+        mongos_mongo.drop_database(db.name)
+    assert report.done and report.total_scanned == 400
+    # 400 documents make one range by size alone: the cuts are the chunks' (shard00, shard01,
+    # shard00, shard01), none for a hashed key (an _id range is on every shard there)
+    assert [r.key_range.hi for r in planned[:-1]] == cut
+    assert [r.key_range.lo for r in planned[1:]] == cut

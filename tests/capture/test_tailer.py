@@ -9,6 +9,7 @@ import json
 import random
 import textwrap
 import threading
+import time
 import uuid
 
 import pytest
@@ -18,8 +19,15 @@ from cdc_migrator.base import topics
 from cdc_migrator.base.naming import FENCE_COLLECTION
 from cdc_migrator.base.retry import Retrier
 from cdc_migrator.base.settings import Settings
-from cdc_migrator.capture.tailer import UNUSED_FIELDS, Tailer, image_condition, stream_pipeline
-from cdc_migrator.core.state import HEARTBEAT_INTERVAL, Phase
+from cdc_migrator.capture.tailer import (
+    UNUSED_FIELDS,
+    Tailer,
+    arm,
+    image_condition,
+    stream_pipeline,
+)
+from cdc_migrator.core.fingerprint import fingerprint
+from cdc_migrator.core.state import CODE_REPORT_INTERVAL, HEARTBEAT_INTERVAL, Phase, StateStore
 from cdc_migrator.errors import CaptureStopped
 from cdc_migrator.migration import Migration, filter_fields, get_migration
 from cdc_migrator.pipeline import run_pipeline
@@ -215,6 +223,7 @@ def test_an_idle_tailer_writes_its_state_only_at_the_heartbeat(db, items_setting
 
 
 @pytest.mark.services  # a LocalMongo of its own and the shared Kafka
+@pytest.mark.local_server("truncateChangeHistory, on a LocalMongo of its own")
 def test_status_warns_of_lost_history_and_rebackfill_recovers_it(tmp_path):
     proc, client = local_mongo(tmp_path)
     try:
@@ -268,6 +277,7 @@ def test_status_warns_of_lost_history_and_rebackfill_recovers_it(tmp_path):
 
 
 @pytest.mark.services  # a LocalMongo of its own and the shared Kafka
+@pytest.mark.local_server("truncateChangeHistory, on a LocalMongo of its own")
 def test_run_recovers_lost_history_with_rebackfill_and_records_the_recovery_done(tmp_path):
     """`run` recovers as `tail` does: the recovery's backfill (the tailer's own) migrates
     what the lost history held, the run drains only after it, and the recovery is recorded
@@ -445,3 +455,61 @@ def test_tailer_stops_with_history_lost_and_never_skips_ahead(private_mongo, tmp
     assert rerun.returncode == 0, rerun.stderr
     assert db.items.count_documents({"legacy": {"$exists": True}}) == 0
     assert db.items.count_documents({"total": {"$exists": True}}) == 251
+
+
+EDITED_TOTAL = ITEMS_MIGRATION.replace('return {"total": total, "legacy": UNSET}',
+                                       'return {"total": total, "legacy": UNSET, "v": 2}')
+
+
+def test_a_tailer_of_other_code_holds_its_place_and_goes_on_once_its_code_is_accepted(
+        db, settings, tmp_path):
+    (tmp_path / "in_force").mkdir()
+    (tmp_path / "edited").mkdir()
+    (tmp_path / "in_force" / "items.py").write_text(ITEMS_MIGRATION)
+    (tmp_path / "edited" / "items.py").write_text(EDITED_TOTAL)
+    settings.transforms = tmp_path / "in_force"
+    in_force = get_migration(tmp_path / "in_force", "price_total")
+    edited = get_migration(tmp_path / "edited", "price_total")
+    arm(settings, in_force)
+    store = StateStore(db)
+    tailer = Tailer(settings, edited)
+    thread = threading.Thread(target=tailer.run, daemon=True)
+    thread.start()
+    try:
+        def report() -> dict:
+            members = part_of(db, "price_total", "code").get("members") or {}
+            return next((r for m, r in members.items() if m.startswith("tailer@")), {})
+
+        wait_for(lambda: report().get("holding"), what="the tailer holding")
+        db.items.insert_many([{"_id": i, "price": i, "qty": 2, "legacy": True}
+                              for i in range(5)])
+        written = time.time()
+        # The tailer reports again while it holds: after that, it had every chance to read
+        # the inserts, and read none.
+        wait_for(lambda: report().get("at", 0) > written, timeout=3 * CODE_REPORT_INTERVAL,
+                 what="a report of the holding tailer after the inserts")
+        assert part_of(db, "price_total", "counts").get("produced", 0) == 0
+        assert part_of(db, "price_total", "tail").get("heartbeat") is None  # no stream opened
+        assert store.accept("price_total", tailer.code.fingerprint,
+                            previous=fingerprint(in_force, settings.schemas), armed=True)
+        wait_for(lambda: part_of(db, "price_total", "counts").get("produced", 0) >= 5,
+                 what="the inserts made while it held, produced from its place")
+        assert not report().get("holding")
+    finally:
+        tailer.stop()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert report() == {}  # it left
+
+
+def test_a_migration_armed_by_a_version_that_recorded_no_code_takes_the_code_armed_next(
+        db, items_settings):
+    migration = get_migration(items_settings.transforms, "price_total")
+    store = StateStore(db)
+    store.ensure("price_total", "items")
+    store.arm("price_total", db.command("ping")["operationTime"], None)  # as before 25 and 31
+    assert store.get("price_total").code.fingerprint is None
+
+    state = arm(items_settings, migration)
+
+    assert state.code.fingerprint == fingerprint(migration, items_settings.schemas)

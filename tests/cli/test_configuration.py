@@ -213,7 +213,7 @@ def test_a_bad_input_is_refused_with_one_line_and_writes_nothing(db, settings, t
     (tmp_path / "bad.toml").write_text("partitions = \n")
     settings.transforms = transforms
     seed_items(db.items, random.Random(1), 20)
-    host = uri_for(db.name).split("://")[1].split("/")[0]
+    host = uri_for(db.name).split("://")[1].split("/")[0].rpartition("@")[2]  # no user
     env = {k: v.format(tmp=tmp_path, host=host, db=db.name) for k, v in env.items()}
     before = snapshot(db)
 

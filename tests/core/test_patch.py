@@ -522,3 +522,20 @@ def test_on_the_server_a_plain_equality_guard_matches_exactly_where_the_expr_gua
         assert plain == matches_guard(db.guards.find_one({"_id": 0}), guard), stored_value
         read = db.guards.find_one({"_id": 0})
         assert plain == ("f" in read and same_value(read["f"], pinned)), stored_value
+
+
+def test_a_guard_of_a_sharded_collection_pins_its_shard_key_by_equality():
+    doc = {"_id": 1, "region": "eu", "n": 5, "owner": {"id": 7}, "seen": "x"}
+
+    seen = make(lambda d, ctx: {"seen": "y"} if d["n"] else None)
+    outcome = decide(seen, doc, None, shard_key=("region", "n", "owner.id", "zone", "_id"))
+
+    guard = outcome.guard
+    # beside the guard's own conditions: n read as a number is pinned by $expr, which mongos
+    # cannot target with; a missing key field is null to a sharded cluster
+    assert guard["region"] == {"$eq": "eu"}
+    assert guard["n"] == {"$exists": True, "$eq": 5}
+    assert guard["owner.id"] == {"$eq": 7} and guard["zone"] == {"$eq": None}
+    assert guard["_id"] == 1 and guard["seen"] == {"$eq": "x", "$not": {"$type": "array"}}
+    assert outcome.shard_key == {"region": "eu", "n": 5, "owner.id": 7, "zone": None}
+    assert decide(seen, doc, None).guard == guard_filter(doc, {"n", "seen"})  # unsharded

@@ -6,7 +6,9 @@ import time
 
 import pytest
 
+from cdc_migrator.base.topology import Lag
 from cdc_migrator.core import throttle as throttling
+from cdc_migrator.errors import Refused
 
 NAME = "price_total"
 
@@ -26,6 +28,7 @@ class StateOfThrottle:
         self.rate = rate
         self.members: dict[str, dict] = {}
         self.holds: list[dict] = []
+        self.unknown: list[dict | None] = []
 
     def get(self, name):
         from cdc_migrator.core.state import MigrationState, ThrottleState
@@ -43,6 +46,9 @@ class StateOfThrottle:
 
     def record_auto_throttle(self, name, record):
         self.holds.append(record)
+
+    def record_lag_unknown(self, name, record):
+        self.unknown.append(record)
 
 
 def test_consumers_share_the_rate_by_the_partitions_they_hold():
@@ -75,3 +81,42 @@ def test_a_slow_bulk_write_holds_every_worker_for_a_while():
     assert worker.holding is not None
     assert "write latency 250.0 ms > 50 ms (seen by w)" == throttling.describe_hold(
         store.holds[0])
+
+
+REFUSED = Lag(unknown="replSetGetStatus refused (13 Unauthorized: not authorized)",
+              fix="grant the user the clusterMonitor role (on admin)")
+
+
+def _bounded(store: StateOfThrottle, readings: list[Lag], on_unknown: str) -> throttling.Throttle:
+    return throttling.Throttle(store, NAME, member="w", lag=lambda: readings[0],
+                               bounds=throttling.Bounds(max_replication_lag=5,
+                                                        on_lag_unknown=on_unknown))
+
+
+def test_a_lag_that_cannot_be_read_refuses_with_the_fix_unless_told_to_run():
+    with pytest.raises(Refused) as refused:
+        _bounded(StateOfThrottle(rate=None), [REFUSED], "fail")._refresh()
+    assert str(refused.value) == (
+        "--max-replication-lag: the replication lag cannot be read: replSetGetStatus refused "
+        "(13 Unauthorized: not authorized); grant the user the clusterMonitor role (on admin), "
+        "or run with --on-lag-unknown run to go on without the bound (`status` shows the lag "
+        "as unknown)")
+    assert throttling.check_lag_readable(throttling.Bounds(), lambda: REFUSED) is None
+    with pytest.raises(Refused):
+        throttling.check_lag_readable(throttling.Bounds(max_replication_lag=5), lambda: REFUSED)
+
+
+def test_running_with_the_lag_unknown_records_why_once_and_forgets_it_when_known_again():
+    store = StateOfThrottle(rate=None)
+    readings = [REFUSED]
+    worker = _bounded(store, readings, "run")
+    for _ in range(3):
+        worker._polled = float("-inf")
+        worker._refresh()
+    assert worker.holding is None and not store.holds
+    assert [r["reason"] for r in store.unknown] == [REFUSED.unknown]  # once, not each poll
+    assert store.unknown[0]["fix"] == REFUSED.fix and store.unknown[0]["by"] == "w"
+    readings[0] = Lag(seconds=12.0)
+    worker._polled = float("-inf")
+    worker._refresh()
+    assert store.unknown[-1] is None and store.holds[0]["value"] == 12.0

@@ -224,6 +224,50 @@ def test_next_run_cuts_over_each_migration_before_starting_the_next(db, settings
     assert db.accounts.count_documents({"tier": "free", "region": "eu"}) == 300
 
 
+def _ordered(tmp_path, settings, files: dict[str, str]) -> None:
+    """Transforms of accounts: ``{file name: "name[:after]" ...}`` (space-separated)."""
+    transforms = tmp_path / "ordered"
+    transforms.mkdir()
+    for file, names in files.items():
+        lines = ["from cdc_migrator import migration"]
+        for spec in names.split():
+            name, _, after = spec.partition(":")
+            lines += ["", "@migration(collection='accounts'"
+                          + (f", after={after!r})" if after else ")"),
+                      f"def {name}(doc, ctx):",
+                      f"    return {{{name!r}: 1}} if {name!r} not in doc else None"]
+        (transforms / file).write_text("\n".join(lines) + "\n")
+    settings.transforms = transforms
+
+
+def test_next_follows_after_rather_than_the_file_order(db, settings, tmp_path):
+    seed(db, 10)
+    _ordered(tmp_path, settings, {"a.py": "add_tier", "b.py": "add_region:add_flag",
+                                  "c.py": "add_flag:add_tier"})
+    assert run_cli("next", "accounts", settings=settings).stdout.strip() == "add_tier"
+    assert run_cli("apply", "add_tier", "-q", settings=settings).returncode == 0
+    assert run_cli("cutover", "add_tier", settings=settings).returncode == 0
+    assert run_cli("next", "accounts", settings=settings).stdout.strip() == "add_flag"
+
+
+@pytest.mark.parametrize("files, refusal", [
+    ({"a.py": "add_tier", "b.py": "add_region:add_tier", "c.py": "add_flag:add_tier"},
+     "the order of accounts forks: add_region and add_flag follow add_tier; give one of them "
+     "after= the other"),
+    ({"a.py": "add_tier add_region:add_flag add_flag:add_region"},
+     "the order of accounts has a cycle: add_flag -> add_region -> add_flag"),
+])
+def test_next_refuses_a_fork_or_a_cycle_in_one_line_and_runs_nothing(db, settings, tmp_path,
+                                                                     files, refusal):
+    seed(db, 10)
+    _ordered(tmp_path, settings, files)
+    for args in (("next", "accounts"), ("next", "accounts", "--run")):
+        result = run_cli(*args, settings=settings)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stdout == "" and result.stderr == f"cdc-migrator: {refusal}\n"
+    assert db.list_collection_names() == ["accounts"]
+
+
 CONTRACTED = textwrap.dedent('''
     from cdc_migrator import migration
 
@@ -247,6 +291,7 @@ GOOD_SCHEMA = {"bsonType": "object", "required": ["role"],
                "properties": {"role": {"enum": ["user", "admin"]}}}
 
 
+@pytest.mark.local_server("failCommand; and collMod answers 59 (no validators) here")
 def test_cutover_refuses_and_records_nothing_when_the_server_refuses_collmod(db, settings,
                                                                              tmp_path):
     _contracted(settings, tmp_path, GOOD_SCHEMA)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from cdc_migrator.base.settings import Settings
-from cdc_migrator.cli import cli
+from cdc_migrator.cli import _sourced, cli
 
 from ..harness import ROOT
 
@@ -200,9 +200,9 @@ def test_each_backfill_is_a_job_whose_pods_all_finish_together(render):
     assert first["template"]["spec"]["restartPolicy"] == "OnFailure"
     assert first["template"]["spec"]["containers"][0]["args"] == [
         "backfill", "add_default_role", "--workers", "2", "--rate", "500", "--batch-size",
-        "2000"]
+        "2000", "--metrics-port", "9200"]
     assert second["template"]["spec"]["containers"][0]["args"] == [
-        "backfill", "split_full_name"]
+        "backfill", "split_full_name", "--metrics-port", "9200"]
 
 
 def test_a_backfill_job_is_replaced_when_its_pod_template_changes_and_kept_otherwise(render):
@@ -383,18 +383,19 @@ def test_the_settings_reach_every_command_with_their_values(render, tmp_path, mo
         assert params["kafka_security_protocol"] == "SASL_SSL"
         assert params["kafka_sasl_mechanism"] == "SCRAM-SHA-512"
         assert params["database"] == "app"
-        # Click hands a variable's text on as it is; the settings table checks it.
-        assert params["partitions"] == "12" and params["topic_prefix"] == "cdc"
+        # Click passes a value on as given; the table checks and converts it, from where it
+        # came, as the command does (cli._settings_options).
+        values = {name: params[name] for name in Settings.table() if name in params}
+        settings = Settings.from_values(values, _sourced(context, values))
+        assert settings.partitions == 12 and settings.topic_prefix == "cdc"
         assert params["log_format"] == "json"
         # The configuration file, for the client options that have no variable.
         assert context.meta["cdc_migrator.config"].kafka == {"client_id": "cdc-migrator"}
     assert seen == {"tail", "consume", "backfill"}
 
 
-@pytest.mark.xfail(strict=True, reason="`backfill` serves no /metrics yet: issue 29 gives it "
-                   "--metrics-port; then remove this mark and turn backfill.metrics on")
 def test_backfill_jobs_serve_metrics_with_a_flag_backfill_takes(render):
-    manifests = render(merged(FULL, {"backfill": {"metrics": True}}))
+    manifests = render(FULL)  # backfill.metrics is on by default
     backfills = [c for w, _, c in containers(manifests) if component(w) == "backfill"]
     scraped = [s for s in of_kind(manifests, "Service")
                if s["spec"]["selector"]["app.kubernetes.io/component"] == "backfill"]
@@ -445,7 +446,7 @@ def test_migrations_from_configmaps_of_ones_own_or_from_the_image(render):
         assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"]
 
 
-def test_the_service_monitor_scrapes_the_metrics_port_of_tail_and_consume(render):
+def test_the_service_monitor_scrapes_the_metrics_port_of_tail_consume_and_backfills(render):
     manifests = render(FULL)
     (monitor,) = of_kind(manifests, "ServiceMonitor")
     wanted = monitor["spec"]["selector"]["matchLabels"]
@@ -459,7 +460,7 @@ def test_the_service_monitor_scrapes_the_metrics_port_of_tail_and_consume(render
     pods = {component(w): w["spec"]["template"]["metadata"]["labels"]
             for w in workloads(manifests)}
     assert sorted(s["spec"]["selector"]["app.kubernetes.io/component"] for s in scraped) == [
-        "consume", "tail"]
+        "backfill", "consume", "tail"]
     for service in scraped:
         (port,) = service["spec"]["ports"]
         assert port["name"] == "metrics" and port["targetPort"] == "metrics"

@@ -15,14 +15,14 @@ from kafka.admin import NewTopic
 from cdc_migrator import api, testing
 from cdc_migrator.apply.applier import Applier
 from cdc_migrator.apply.consumer import TransformConsumer
-from cdc_migrator.base import codec, topics
+from cdc_migrator.base import codec, history, topics
 from cdc_migrator.base.identity import id_key
 from cdc_migrator.capture.backfill import backfill
-from cdc_migrator.capture.tailer import Tailer, arm
+from cdc_migrator.capture.tailer import Tailer, arm, stream_pipeline
 from cdc_migrator.core import events
 from cdc_migrator.core.context import make_context
 from cdc_migrator.migration import get_migration
-from cdc_migrator.operations.observability import Health
+from cdc_migrator.operations.observability import Watch
 from cdc_migrator.pipeline import run_pipeline
 
 from ..harness import run_cli, wait_for
@@ -66,12 +66,12 @@ def _padded(doc: dict, size: int) -> dict:
 def test_every_client_of_the_tool_decodes_with_the_one_codec_policy(settings):
     settings.mongodb_uri += "&uuidRepresentation=javaLegacy"  # the policy wins over the URI
     assert settings.client.codec_options == codec.CODEC_OPTIONS
-    health = Health(settings, [], track_lag=False)
-    health.start()
+    watch = Watch(settings, [])
+    watch.start()
     try:
-        assert health._mongo.codec_options == codec.CODEC_OPTIONS
+        assert watch._mongo.codec_options == codec.CODEC_OPTIONS
     finally:
-        health.stop()
+        watch.stop()
 
 
 UUID_MIGRATION = '''
@@ -172,7 +172,7 @@ def test_a_record_larger_than_the_topic_accepts_goes_by_its_key_alone(db, settin
     try:
         report = backfill(settings, migration, show_progress=False)
         assert report.done
-        wait_for(tailer.caught_up.is_set, what="the tailer")
+        _caught_up(settings, migration, tailer)
         db.files.insert_one({"_id": 3, "blob": os.urandom(2 * MIB)})  # a change event
         wait_for(lambda: db.files.count_documents({"size": {"$exists": True}}) == 3,
                  what="every document migrated")
@@ -274,6 +274,12 @@ LARGE_MIGRATION = '''
 '''
 
 
+def _caught_up(settings, migration, tailer: Tailer) -> None:
+    """Wait until the running tailer has read the stream up to where one opened now starts."""
+    tailer.catch_up_to(history.stream_start(settings.db, stream_pipeline(migration))[1])
+    wait_for(tailer.caught_up.is_set, what="the tailer")
+
+
 def _tail_and_consume(settings, migration, act) -> tuple[Tailer, TransformConsumer]:
     arm(settings, migration)
     tailer, consumer = Tailer(settings, migration), TransformConsumer(settings, migration)
@@ -281,7 +287,7 @@ def _tail_and_consume(settings, migration, act) -> tuple[Tailer, TransformConsum
     for t in threads:
         t.start()
     try:
-        wait_for(tailer.caught_up.is_set, what="the tailer")
+        _caught_up(settings, migration, tailer)
         act()
     finally:
         tailer.stop()

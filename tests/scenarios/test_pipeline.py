@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
 import time
 
 from cdc_migrator import api
+from cdc_migrator.apply.consumer import TransformConsumer
+from cdc_migrator.base.threads import Threads
+from cdc_migrator.capture.backfill import backfill
+from cdc_migrator.capture.tailer import Tailer, arm
 from cdc_migrator.migration import get_migration
 from cdc_migrator.pipeline import run_pipeline
+from cdc_migrator.pipeline import wait_drained as drained_by_run
 
 from ..harness import (
     ITEMS_MIGRATION,
@@ -17,7 +23,9 @@ from ..harness import (
     ItemsWriter,
     assert_invariant,
     part_of,
+    private_settings,
     seed_items,
+    seed_legacy,
     wait_drained,
     wait_for,
     wait_for_state,
@@ -98,3 +106,65 @@ def test_killed_tailer_and_consumer_resume_to_the_same_end_state(db, settings, t
     assert api.verify(settings, "split_prefs").ok
 
 
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_runs_drain_waits_for_a_write_in_flight_before_the_present(private_mongo, tmp_path):
+    # Regression (issue 25): `run` took the first empty batch of the stream for "caught up".
+    # While a write is in flight (an oplog hole), the stream returns nothing from it on, so
+    # the drain passed, the run ended ready for cutover, and the write came after.
+    settings = private_settings(private_mongo, tmp_path)
+    db = private_mongo[settings.database_name]
+    seed_legacy(db.items, 20)
+    migration = get_migration(tmp_path, "price_total")
+    arm(settings, migration)
+    assert backfill(settings, migration, show_progress=False).done
+    stop = threading.Event()
+    tailer, consumer = Tailer(settings, migration), TransformConsumer(settings, migration)
+    threads = Threads(stop)
+    threads.start("tail", tailer.run)
+    threads.start("consume", consumer.run)
+    records = _Records()
+    logger = logging.getLogger("cdc_migrator.pipeline")
+    level = logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.DEBUG)
+    held = False
+    try:
+        assert drained_by_run(settings, migration, tailer, stop, None, settle=0)
+        private_mongo.admin.command({"holdOplogHole": db.name, "write": {"insert": "items",
+                                     "documents": [{"_id": 1000, "price": 3, "qty": 2}]}})
+        held = True
+        db.items.insert_one({"_id": 1001, "price": 4, "qty": 2})  # applied, past the hole
+        outcome: list[bool] = []
+        drain = threading.Thread(target=lambda: outcome.append(
+            drained_by_run(settings, migration, tailer, stop, None, settle=0)))
+        drain.start()
+        # The drain's own checks are the window: three that find the tailer behind.
+        wait_for(lambda: outcome or sum("catching up" in m for m in records.messages) >= 3,
+                 what="the drain's end, or three of its checks")
+        assert not outcome, "drained while a write before the present was in flight"
+        private_mongo.admin.command({"releaseOplogHole": 1})
+        held = False
+        drain.join(timeout=60)
+        assert outcome == [True]
+        assert db.items.find_one({"_id": 1000}) == {"_id": 1000, "price": 3, "qty": 2,
+                                                    "total": 6}
+    finally:
+        if held:
+            private_mongo.admin.command({"releaseOplogHole": 1})
+        logger.removeHandler(records)
+        logger.setLevel(level)
+        tailer.stop()
+        consumer.stop()
+        stop.set()
+        threads.join(timeout=60)
+        settings.close()

@@ -24,7 +24,7 @@ from cdc_migrator import api, testing
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.core import events
 from cdc_migrator.migration import get_migration
-from cdc_migrator.operations.observability import Health
+from cdc_migrator.operations.observability import Watch
 
 from ..harness import (
     ITEMS_MIGRATION,
@@ -40,7 +40,6 @@ from ..harness import (
     run_cli,
     seed_items,
     state_of,
-    uri_for,
     wait_for,
 )
 
@@ -243,23 +242,23 @@ def test_tail_backfill_and_consume_ride_out_a_broker_restart(db, settings, trans
     assert_invariant(db["items"], writer.expected, writer.deleted)
 
 
-def test_health_checks_keep_their_kafka_client_through_a_broker_restart(db, settings,
+def test_watch_checks_keep_their_kafka_client_through_a_broker_restart(db, settings,
                                                                        private_kafka):
     # The checks keep one Kafka client for the process's life: it must find the broker again.
     settings.kafka_bootstrap_servers = private_kafka.bootstrap
     migration = api.load(settings, "add_default_role")
     arm(settings, migration)
-    health = Health(settings, [migration], track_lag=True)
+    watch = Watch(settings, [migration])
     try:
         # A new broker creates its offsets topic on the first group look-up: not ready till then.
-        wait_for(lambda: health.check() == (True, "ready"), what="ready")
+        wait_for(lambda: watch.check() == (True, "ready"), what="ready")
         private_kafka.kill()
-        ready, reason = health.check()
+        ready, reason = watch.check()
         assert not ready and reason.startswith("Kafka: "), reason
         private_kafka.start()
-        wait_for(lambda: health.check() == (True, "ready"), what="ready with the broker back")
+        wait_for(lambda: watch.check() == (True, "ready"), what="ready with the broker back")
     finally:
-        health.stop()
+        watch.stop()
 
 
 def test_consume_exits_1_naming_kafka_when_the_broker_stays_down_past_the_deadline(
@@ -376,8 +375,7 @@ class TcpProxy:
 
 
 def test_tail_backfill_and_consume_ride_out_a_lost_database(db, settings, transforms):
-    host, _, port = uri_for(db.name).split("://")[1].split("/")[0].partition(":")
-    proxy = TcpProxy((host, int(port or 27017)))
+    proxy = TcpProxy(db.client.address)  # the server the client chose: a replica set's primary
     through_proxy = dataclasses.replace(
         settings, mongodb_uri=f"mongodb://127.0.0.1:{proxy.port}/{db.name}?directConnection=true")
 
@@ -464,6 +462,11 @@ def test_poison_records_and_raising_transforms_are_dead_lettered_then_retried(db
     fixed = ORDERS.replace("raise ValueError(", 'return {"currency": "USD"}  # ValueError(')
     assert fixed != ORDERS
     (tmp_path / "orders.py").write_text(fixed)
+    held = run_cli("dlq", "retry", "add_currency", settings=settings)
+    assert held.returncode == 1 and "`cdc-migrator accept add_currency` takes it first" \
+        in held.stderr, held.stderr
+    accepted = run_cli("accept", "add_currency", "-q", settings=settings)
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     retried = run_cli("dlq", "retry", "add_currency", settings=settings)
     assert retried.returncode == 0, retried.stdout + retried.stderr
     assert "3 migrated" in retried.stdout and "2 without a document id" in retried.stdout

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
+from cdc_migrator.base import topology
 from cdc_migrator.capture.leases import (
     RangeStore,
 )
 from cdc_migrator.capture.tailer import arm
-from cdc_migrator.core import throttle as throttling
 from cdc_migrator.core.state import StateStore
 from cdc_migrator.migration import get_migration
 
@@ -173,7 +173,7 @@ def test_a_throttle_change_reaches_the_running_backfill_and_consumers(db, settin
 
 
 @pytest.fixture
-def secondaries(mongo_client):
+def secondaries(mongo_client, local_servers):
     """The local server answers replSetGetStatus with secondaries this far behind (seconds)."""
     def lag(*seconds: float) -> None:
         mongo_client.admin.command({"setSecondaryLag": list(seconds)})
@@ -184,9 +184,9 @@ def secondaries(mongo_client):
 @pytest.mark.services
 def test_the_backfill_holds_while_replication_lags_and_status_says_why(
         db, settings, transforms, secondaries, mongo_client):
-    assert throttling.replication_lag(mongo_client) is None  # standalone: nothing to bound
+    assert topology.replica_set_lag(mongo_client).seconds is None  # standalone: no bound
     secondaries(0.5, 30)
-    assert throttling.replication_lag(mongo_client) == pytest.approx(30, abs=1.5)
+    assert topology.replica_set_lag(mongo_client).seconds == pytest.approx(30, abs=1.5)
     seed_items(db.items, random.Random(9), 3000)
     arm(settings, get_migration(transforms, NAME))
     backfill = CliProcess(settings, "backfill", NAME, "--max-replication-lag", "5s", "-q")
@@ -204,6 +204,34 @@ def test_the_backfill_holds_while_replication_lags_and_status_says_why(
     assert "throttle: auto, holding: replication lag" in text and "> 5.0 s" in text
     assert _scanned(db) == 3000
     assert "holding: replication lag" in backfill.log
+
+
+@pytest.fixture
+def members(mongo_client, local_servers):
+    """The local server answers as the primary of a replica set with these members."""
+    def declare(*declared: dict) -> None:
+        mongo_client.admin.command({"setReplicaSetMembers": list(declared)})
+    yield declare
+    declare()
+
+
+@pytest.mark.services
+def test_a_delayed_hidden_member_does_not_hold_the_backfill(db, settings, transforms, members):
+    # Regression (issue 25): a backup member an hour behind by design counted as replication
+    # lag, and the backfill held ("replication lag 3600.0 s > 5.0 s") forever.
+    members({"lag": 0.5}, {"secondaryDelaySecs": 3600, "hidden": True, "priority": 0,
+                           "votes": 0}, {"arbiterOnly": True})
+    seed_items(db.items, random.Random(4), 300)
+    arm(settings, get_migration(transforms, NAME))
+    backfill = CliProcess(settings, "backfill", NAME, "--max-replication-lag", "5s", "-q")
+    try:
+        wait_for(lambda: backfill.returncode is not None or backfill.count("holding"),
+                 timeout=120, what="the backfill's end, or a hold")
+        assert not backfill.count("holding"), backfill.log
+        assert backfill.wait() == 0, backfill.log
+    finally:
+        backfill.stop()
+    assert _scanned(db) == 300
 
 
 @pytest.mark.services

@@ -39,7 +39,8 @@ from ..harness import (
     stop_local_mongo,
 )
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services,
+              pytest.mark.local_server("a LocalMongo of its own with access control")]
 
 ROOT_USER, ROOT_PASSWORD = "root", "root-secret"
 
@@ -664,8 +665,10 @@ def test_a_wrong_password_is_still_reported_as_a_failed_authentication(secured, 
     assert "MongoDB authentication failed: Authentication failed." in ran.stderr
 
 
-def test_a_lag_bound_without_the_replsetgetstatus_privilege_stops_the_run_naming_it(secured,
-                                                                                  tmp_path):
+def test_a_lag_bound_without_the_replsetgetstatus_privilege_is_refused_at_start_naming_it(
+        secured, tmp_path):
+    # Regression (issue 25): the run started, and stopped at the backfill's first measure with
+    # the refusal alone, nothing said what to grant or how to run without the bound.
     settings, db = _migration_as(secured, tmp_path, ["readWrite", "dbAdmin"])
     try:
         ran = run_cli("run", "add_role", "--timeout", "120s", "--max-replication-lag", "5s",
@@ -674,7 +677,30 @@ def test_a_lag_bound_without_the_replsetgetstatus_privilege_stops_the_run_naming
         settings.close()
 
     assert ran.returncode == 1, ran.stdout + ran.stderr
-    refusal = ("MongoDB refused the command: not authorized on admin to execute command "
-               '{ replSetGetStatus: 1, $db: "admin" } (the MongoDB user lacks a privilege')
-    assert refusal in ran.stderr
+    error = ran.stderr.strip().splitlines()[-1]
+    assert error.startswith(
+        "cdc-migrator: --max-replication-lag: the replication lag cannot be read: "
+        "replSetGetStatus refused (13 Unauthorized: not authorized on admin to execute command "
+        '{ replSetGetStatus: 1, $db: "admin" }); grant the user the clusterMonitor role '
+        "(on admin), or run with --on-lag-unknown run"), error
     assert "Traceback" not in ran.stderr
+    assert state_of(secured.root[db], "add_role") == {}  # refused before anything was armed
+
+
+def test_a_lag_bound_the_operator_lets_run_unknown_runs_and_status_says_why(secured, tmp_path):
+    settings, db = _migration_as(secured, tmp_path, ["readWrite", "dbAdmin"])
+    settings.on_lag_unknown = "run"
+    try:
+        ran = run_cli("run", "add_role", "--timeout", "120s", "--max-replication-lag", "5s",
+                      settings=settings)
+        shown = run_cli("status", "add_role", settings=settings)
+    finally:
+        settings.close()
+
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "--max-replication-lag is not enforced: the replication lag cannot be read: " \
+           "replSetGetStatus refused (13 Unauthorized" in ran.stderr
+    assert secured.root[db].users.count_documents({"role": "user"}) == 30
+    assert "replication lag: unknown, --max-replication-lag not enforced (replSetGetStatus " \
+           "refused (13 Unauthorized" in shown.stdout, shown.stdout
+    assert "grant the user the clusterMonitor role (on admin))" in shown.stdout

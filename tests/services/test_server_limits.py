@@ -72,6 +72,7 @@ def test_a_change_stream_getmore_held_for_await_data_keeps_its_cursor_in_use(sho
     assert cursor_metrics(short_cursors)["timedOut"] == before
 
 
+@pytest.mark.local_server("setParameter: a parameter of the whole server")
 def test_set_parameter_sets_the_cursor_timeout_at_run_time(mongo_client):
     admin = mongo_client.admin
     assert admin.command({"getParameter": 1, "cursorTimeoutMillis": 1})[
@@ -90,6 +91,7 @@ def test_set_parameter_sets_the_cursor_timeout_at_run_time(mongo_client):
     assert elsewhere.value.code == 13
 
 
+@pytest.mark.local_server("the local server's refusal of collations")
 def test_only_the_simple_collation_is_accepted(db):
     db.words.insert_many([{"_id": 1, "w": "Bob"}, {"_id": 2, "w": "BOB"}])
     simple = {"locale": "simple"}
@@ -103,6 +105,7 @@ def test_only_the_simple_collation_is_accepted(db):
             refused()
 
 
+@pytest.mark.local_server("failCommand; and collMod answers 59 (no validators) here")
 def test_the_fail_command_fail_point_fails_the_named_command_as_often_as_asked(db):
     admin = db.client.admin
     admin.command({"configureFailPoint": "failCommand", "mode": {"times": 1},
@@ -119,6 +122,7 @@ def test_the_fail_command_fail_point_fails_the_named_command_as_often_as_asked(d
 
 
 @pytest.mark.services  # a LocalMongo of its own
+@pytest.mark.local_server("truncateChangeHistory, on a LocalMongo of its own")
 def test_the_oplog_window_is_read_from_local_oplog_rs_as_on_a_replica_set(tmp_path):
     proc, client = local_mongo(tmp_path)
     try:

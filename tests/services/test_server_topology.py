@@ -1,18 +1,21 @@
 """The local server answering as MongoDB's deployments do (issue 25): a replica set's members
-and configuration, refusals to an unprivileged user and through mongos, the metadata of a
-sharded cluster, large events split by ``$changeStreamSplitLargeEvent``, an oplog hole held
-open, and updates of documents whose field names hold ``.`` or start with ``$``.
+and configuration, refusals through mongos, the metadata of a sharded cluster, large events
+split by ``$changeStreamSplitLargeEvent``, an oplog hole held open (and majority reads waiting
+for it), ``$sample``'s random cursor, and updates of documents whose field names hold ``.`` or
+start with ``$``. Refusals to an unprivileged user are the access control's
+(tests/services/test_server_auth.py).
 
 Each test pins the reply MongoDB gives (code, codeName, message, fields), over TCP with
-pymongo. The modes these tests switch on (mongos, a denied privilege, a reported version, an
-oplog hole) change the server for every client, so they run on a LocalMongo of this module's
-own, and each test puts back what it set.
+pymongo. The modes these tests switch on (mongos, a reported version, an oplog hole) change the
+server for every client, so they run on a LocalMongo of this module's own, and each test puts
+back what it set.
 """
 
 from __future__ import annotations
 
 import os
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,8 @@ from ..harness import (
     stop_local_mongo,
 )
 
-pytestmark = pytest.mark.services  # a LocalMongo of this module's own
+pytestmark = [pytest.mark.services,
+              pytest.mark.local_server("a LocalMongo of this module's own, in its modes")]
 MIB = 1 << 20
 NO_ANSWER_MS = 200  # how long an awaiting getMore waits before answering that nothing came
 
@@ -134,44 +138,7 @@ def test_member_options_are_checked_as_mongodb_checks_them(server, members, memb
     assert refused(lambda: server.admin.command("replSetGetConfig")).code == 76  # unchanged
 
 
-# ------------------------------------------------------------------ privileges, and mongos
-
-CLUSTER_MONITOR = [{"resource": {"cluster": True},
-                    "actions": ["replSetGetStatus", "replSetGetConfig"]}]
-
-
-@pytest.fixture
-def denied(server):
-    def deny(privileges: list[dict[str, Any]]) -> None:
-        server.admin.command({"setDeniedPrivileges": privileges})
-    yield deny
-    deny([])
-
-
-def test_repl_set_get_status_is_refused_to_a_user_without_cluster_monitor(server, members,
-                                                                           denied):
-    members([{"lag": 1}])
-    denied(CLUSTER_MONITOR)
-
-    failure = refused(lambda: server.admin.command("replSetGetStatus"))
-
-    assert (failure.code, failure.details["codeName"]) == (13, "Unauthorized")
-    assert failure.details["errmsg"].startswith(
-        "not authorized on admin to execute command { replSetGetStatus: 1")
-    assert refused(lambda: server.admin.command("replSetGetConfig")).code == 13
-    denied([])
-    assert server.admin.command("replSetGetStatus")["ok"] == 1
-
-
-def test_reading_the_oplog_is_refused_to_a_user_without_read_on_local(server, denied):
-    denied([{"resource": {"db": "local", "collection": "oplog.rs"}, "actions": ["find"]}])
-
-    failure = refused(lambda: server.local["oplog.rs"].find_one(sort=[("$natural", -1)]))
-
-    assert failure.code == 13
-    assert failure.details["errmsg"].startswith(
-        'not authorized on local to execute command { find: "oplog.rs"')
-
+# ---------------------------------------------------------------------------------- mongos
 
 @pytest.fixture
 def mongos(server):
@@ -456,6 +423,37 @@ def test_an_oplog_hole_takes_one_single_document_write(server, sdb, hole):
     assert refused(lambda: server.admin.command({"releaseOplogHole": 1})).code == 2
 
 
+def majority_find(db, after: bson.Timestamp, **options: Any) -> dict[str, Any]:
+    return db.command({"find": "items", "filter": {}, "readConcern": {
+        "level": "majority", "afterClusterTime": after}, **options})
+
+
+def test_a_majority_read_after_a_time_past_an_open_hole_waits_until_the_hole_closes(sdb, hole):
+    open_hole, release = hole
+    sdb.items.insert_one({"_id": 0})
+    before = sdb.command("ping")["operationTime"]
+    open_hole(sdb.name, {"insert": "items", "documents": [{"_id": 1}]})
+    sdb.items.insert_one({"_id": 2})
+    t2 = sdb.command("ping")["operationTime"]
+
+    failure = refused(lambda: majority_find(sdb, t2, maxTimeMS=NO_ANSWER_MS))
+    assert (failure.code, failure.details["codeName"], failure.details["errmsg"]) == (
+        50, "MaxTimeMSExpired", "operation exceeded time limit")
+    # before the hole, and at the level "local", nothing is waited for (the answer is the
+    # latest data here; MongoDB's would be the majority snapshot, without _id 2)
+    assert majority_find(sdb, before, maxTimeMS=NO_ANSWER_MS)["ok"] == 1
+    local = sdb.command({"find": "items", "filter": {}, "readConcern": {
+        "level": "local", "afterClusterTime": t2}})
+    assert [d["_id"] for d in local["cursor"]["firstBatch"]] == [0, 2]
+
+    answers: list[dict[str, Any]] = []
+    waiting = threading.Thread(target=lambda: answers.append(majority_find(sdb, t2)))
+    waiting.start()
+    release()
+    waiting.join(timeout=30)
+    assert sorted(d["_id"] for d in answers[0]["cursor"]["firstBatch"]) == [0, 1, 2]
+
+
 def bson_ts(token: dict[str, Any]) -> bson.Timestamp:
     """The timestamp in one of the local server's resume tokens (docs/testing.md: "82", 16 hex
     digits of the timestamp, a kind byte); opaque on MongoDB."""
@@ -589,3 +587,34 @@ def test_an_upsert_that_inserts_may_create_top_level_dollar_fields_and_one_that_
     sdb.plain.update_one({"_id": 8}, {"$setOnInsert": {"$spa": 1}, "$set": {"n": 1}}, upsert=True)
     assert list(sdb.plain.find()) == [{"_id": 7, "$hotel": 320, "n": 1},
                                       {"_id": 8, "$spa": 1, "n": 1}]
+
+
+# ------------------------------------------------------------ $sample's pseudo-random cursor
+
+def scanned(client: pymongo.MongoClient) -> int:
+    return client.admin.command("serverStatus")["metrics"]["queryExecutor"]["scannedObjects"]
+
+
+@pytest.mark.parametrize(("pipeline", "size", "reads_all"), [
+    ([], 50, False),  # first stage, 1% of the collection: a random cursor
+    ([], 250, False),  # 5%: still
+    ([], 251, True),  # over 5%: every document, then a random choice
+    ([{"$match": {"n": {"$gte": 0}}}], 50, True),  # not the first stage
+])
+def test_sample_reads_only_its_documents_as_the_first_stage_below_5_percent(
+        server, sdb, pipeline, size, reads_all):
+    sdb.items.insert_many([{"_id": i, "n": i} for i in range(5000)])
+    before = scanned(server)
+
+    sample = list(sdb.items.aggregate([*pipeline, {"$sample": {"size": size}}]))
+
+    read = scanned(server) - before
+    assert len(sample) == size and len({d["_id"] for d in sample}) == size
+    assert read >= 5000 if reads_all else size <= read < 5000
+
+
+def test_sample_of_a_collection_of_100_documents_reads_them_all(server, sdb):
+    sdb.items.insert_many([{"_id": i} for i in range(100)])
+    before = scanned(server)
+    assert len(list(sdb.items.aggregate([{"$sample": {"size": 2}}]))) == 2
+    assert scanned(server) - before == 100
