@@ -59,7 +59,7 @@ def seed(coll, n: int) -> float:
 
 
 def run_census(uri: str, env: dict[str, str]) -> dict:
-    full_env = {**os.environ, **env, "MONGODB_URI": uri,
+    full_env = {**os.environ, **env, "CDC_MIGRATOR_MONGODB_URI": uri,
                 "CDC_MIGRATOR_TRANSFORMS": str(ROOT / "transforms")}
     started = time.monotonic()
     process = subprocess.Popen(

@@ -101,7 +101,7 @@ def census(settings: Settings, name: str, *, sample: int = 5, batch_size: int | 
     """Before any write: NAME's documents grouped by shape, and what the transform does to each.
 
     A shape is the set of top-level fields with their BSON types, plus one nested level. Each
-    shape is counted and the transform tried on --sample of its documents without writing
+    shape is counted and the transform tried on --per-shape of its documents without writing
     (writes through ctx.db are recorded, as with --dry-run): would change, needs nothing,
     raises (with the error and an _id), invalid patch, breaks the contract schema; and, when
     NAME declares an inverse, whether they come back through it. Exit 1 naming the shapes
@@ -205,7 +205,7 @@ def require_collection(settings: Settings, migration: Migration, *,
     if migration.collection not in names:
         raise Refused(f"collection {migration.collection!r} does not exist in database "
                       f"{settings.database_name!r} (check the migration's collection= and "
-                      "the database in MONGODB_URI or --db)")
+                      "the database in the MongoDB URI or --db)")
 
 
 def apply(settings: Settings, name: str, *, batch_size: int | None = None,
@@ -588,7 +588,7 @@ def translate_service_error(exc: BaseException) -> CdcMigratorError | None:
         return ServiceUnavailable(f"cannot reach MongoDB: {_first_line(exc)}")
     if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
         # The login worked (or none was given): the user, not the password, needs fixing.
-        hint = ("MONGODB_URI gives no credentials" if "requires authentication" in str(exc)
+        hint = ("the MongoDB URI gives no credentials" if "requires authentication" in str(exc)
                 else "the MongoDB user lacks a privilege this command needs: grant it a role "
                      "that holds it")
         return Refused(f"MongoDB refused the command: {_first_line(exc)} ({hint})")

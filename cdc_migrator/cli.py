@@ -6,7 +6,12 @@ setting; the options of a command alone are declared once below and shared by th
 that take them. A command's help is the docstring of its function in ``api.py`` (up to the
 paragraph for Python callers), so the two never say different things.
 
-Exit codes: 0 success, 1 refused or failed with a reason, 2 usage or configuration error.
+Exit codes, one rule for every command (README.md's table): 0 done, or stopped as asked
+(SIGTERM or SIGINT to a long-running command, which finishes its batch); 1 refused or failed
+with a reason, at any point of the work (a check, a service, a transform's return value);
+2 what the command was given cannot be used, found before any work (a flag, a variable, the
+file, a name, a migration file that does not load); 130 interrupted (Ctrl-C where the command
+does not stop gracefully, or at a prompt): 128 + SIGINT, as shells report it.
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ from bson import json_util
 
 from . import api, configfile
 from .base import logs
-from .base.checks import OPTIONS, Setting, Source
+from .base.checks import OPTIONS, Setting, Source, deprecated, take_deprecations
 from .base.messages import shorten
 from .base.settings import Settings
-from .errors import CdcMigratorError, UsageError
+from .errors import CdcMigratorError, Refused, UsageError
 from .operations import observability
 from .operations.history import render as render_history
 from .operations.preflight import CHECKS
@@ -43,6 +48,8 @@ log = logging.getLogger("cdc_migrator.cli")
 
 _CONFIG = "cdc_migrator.config"
 _SOURCES = "cdc_migrator.sources"
+# The values given by a deprecated flag: (setting or option name) -> (that flag, its value).
+_OLD_FLAGS = "cdc_migrator.old_flags"
 # The component named in the log lines of a command's main thread.
 _COMPONENT_OF_COMMAND = {"tail": "tailer", "consume": "consumer", "backfill": "backfill",
                          "apply": "apply", "cutover": "cutover"}
@@ -57,18 +64,38 @@ def _read_config(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 def _option(spec: Setting) -> Callable[[_Command], _Command]:
-    """The click option of one setting of the table. Click passes the value on as given; the
-    table checks it (``Settings.from_values`` with the sources of :func:`_sourced`), so that a
-    refusal is one line naming where the value came from."""
+    """The click option of one setting of the table, and its deprecated flags. Click passes
+    the value on as given; the table checks it (``Settings.from_values`` with the sources of
+    :func:`_sourced`), so that a refusal is one line naming where the value came from."""
     shown = f" [{spec.allowed()}]" if spec.choices or spec.kind in (int, float) else ""
     help_text = spec.help + shown + (f" [env: {spec.env_name}]" if spec.env_name else "")
     metavar = "[" + "|".join(spec.choices) + "]" if spec.choices else spec.metavar
     # A flag's variable is read by the table too (click would refuse "maybe" in its words).
+    # Click reads the first variable set of the list: the new name, then the deprecated ones.
     extra: dict[str, Any] = {"is_flag": True, "envvar": None} if spec.kind is bool else \
-        {"type": click.UNPROCESSED, "envvar": spec.env_name}
-    return click.option(spec.flag_name, spec.name, default=spec.default,
-                        show_default=spec.default is not None and spec.kind is not bool,
-                        metavar=metavar, help=help_text, **extra)
+        {"type": click.UNPROCESSED,
+         "envvar": [spec.env_name, *spec.old_env] if spec.env_name else None}
+    # A duration's default is given, and shown, with its unit; the table reads it back.
+    default = spec.text(spec.default) if spec.unit and spec.default is not None else \
+        spec.default
+    options: list[Callable[[_Command], _Command]] = [click.option(
+        spec.flag_name, spec.name, default=default,
+        show_default=spec.default is not None and spec.kind is not bool, metavar=metavar,
+        help=help_text, **extra)]
+    options += [_old_flag(old, spec.name, spec.flag_name) for old in spec.old_flags]
+    return lambda fn: functools.reduce(lambda f, option: option(f), reversed(options), fn)
+
+
+def _old_flag(old: str, name: str, new: str) -> Callable[[_Command], _Command]:
+    """A deprecated flag of ``name``: hidden, noted with a warning, its value kept for the
+    option ``new`` (which checks it, and wins when both are given)."""
+    def keep(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            deprecated(f"flag {old} is deprecated: use {new}")
+            ctx.meta.setdefault(_OLD_FLAGS, {})[name] = (old, value)
+
+    return click.option(old, f"{name}__{old.strip('-').replace('-', '_')}", hidden=True,
+                        type=click.UNPROCESSED, expose_value=False, callback=keep)
 
 
 _SOURCE_KINDS = {click.core.ParameterSource.COMMANDLINE: "flag",
@@ -78,14 +105,19 @@ _SOURCE_KINDS = {click.core.ParameterSource.COMMANDLINE: "flag",
 
 def _sourced(ctx: click.Context, values: dict[str, Any]) -> dict[str, Source]:
     """Where each value came from (kept for ``config show``). The variable of a flag (click
-    reads none for it) is taken here, when no flag was given."""
+    reads none for it) is taken here, when no flag was given; so is a deprecated flag's
+    value."""
     table = Settings.table()
+    old_flags = ctx.meta.get(_OLD_FLAGS, {})
     sources = {}
     for name in values:
         spec, source = table[name], _source(ctx, table[name])
         if spec.kind is bool and spec.env_name and source.kind != "flag" \
                 and os.environ.get(spec.env_name):
             values[name], source = os.environ[spec.env_name], Source("env", spec.env_name)
+        if name in old_flags and source.kind != "flag":
+            flag, values[name] = old_flags[name]
+            source = Source("flag", flag)
         sources[name] = source
     ctx.meta[_SOURCES] = sources
     return sources
@@ -97,7 +129,11 @@ def _source(ctx: click.Context, spec: Setting) -> Source:
     if kind == "flag":
         return Source("flag", spec.flag_name)
     if kind == "env":
-        return Source("env", spec.env_name or spec.name)
+        if os.environ.get(spec.env_name or ""):
+            return Source("env", spec.env_name or spec.name)
+        old = next(name for name in spec.old_env if os.environ.get(name))
+        deprecated(f"environment variable {old} is deprecated: use {spec.env_name}")
+        return Source("env", old)
     if kind == "file":
         config = ctx.meta.get(_CONFIG)
         return Source("file", spec.key_name or spec.name, str(config.path if config else ""))
@@ -105,20 +141,31 @@ def _source(ctx: click.Context, spec: Setting) -> Source:
 
 
 def _command_option(flag: str, spec: Setting, help_text: str, *, default: Any = None,
-                    source: str = "flag") -> Callable[[_Command], _Command]:
+                    source: str = "flag", old: tuple[str, ...] = ()
+                    ) -> Callable[[_Command], _Command]:
     """The option of a single command, checked by its spec in ``OPTIONS`` (one line naming
-    the flag and what is allowed); ``source`` "throttle" for ``throttle --rate``."""
+    the flag and what is allowed); ``source`` "throttle" for ``throttle --rate``; ``old`` its
+    deprecated spellings (the new one wins when both are given)."""
     name = flag.removeprefix("--").replace("-", "_")  # the command's parameter
 
     def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         if value is None or ctx.get_parameter_source(name) is \
                 click.core.ParameterSource.DEFAULT:
-            return value
+            # Click handles the options given before those left to their default.
+            given = ctx.meta.get(_OLD_FLAGS, {}).get(name)
+            if given is not None:
+                return spec.check(given[1], Source(source, given[0]))  # type: ignore[arg-type]
+            return value if value is None or not spec.unit else \
+                spec.check(value, Source("default", flag))
         return spec.check(value, Source(source, flag))  # type: ignore[arg-type]
 
-    return click.option(flag, name, type=click.UNPROCESSED, default=default,
-                        callback=check, show_default=default is not None,
-                        metavar=spec.metavar, help=f"{help_text} [{spec.allowed()}]")
+    options: list[Callable[[_Command], _Command]] = [click.option(
+        flag, name, type=click.UNPROCESSED,
+        default=spec.text(default) if spec.unit and default is not None else default,
+        callback=check, show_default=default is not None, metavar=spec.metavar,
+        help=f"{help_text} [{spec.allowed()}]")]
+    options += [_old_flag(spelling, name, flag) for spelling in old]
+    return lambda fn: functools.reduce(lambda f, option: option(f), reversed(options), fn)
 
 
 #: Where a command's help ends in its API function's docstring: what follows is for Python.
@@ -162,13 +209,17 @@ def _settings_options(fn: _Command) -> _Command:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
-        config = ctx.meta.get(_CONFIG) or configfile.ConfigFile()
+        config = configfile.with_environment(ctx.meta.get(_CONFIG) or configfile.ConfigFile(),
+                                             os.environ)
+        ctx.meta[_CONFIG] = config
         quiet = kwargs["quiet"] if takes_quiet else kwargs.pop("quiet")
         verbose = kwargs.pop("verbose")
         values = {name: kwargs.pop(name) for name in list(kwargs) if name in table}
         settings = Settings.from_values(values, _sourced(ctx, values),
                                         kafka_options=config.kafka, mongo_options=config.mongo)
         logs.configure(settings.log_format, verbose or (-1 if quiet else 0))
+        for message in take_deprecations():  # old scripts must not break silently
+            log.warning(message)
         logs.add_secrets(*settings.secrets())
         if ctx.info_name != "show":  # `config show` prints the settings, whatever they are
             settings.check_kafka_client()
@@ -247,17 +298,17 @@ def apply(settings: Settings, name: str, batch_size: int | None, rate: float | N
 
 @cli.command(help=_help(api.census))
 @click.argument("name")
-@_command_option("--sample", OPTIONS["sample"], "Documents of each shape the transform is "
-                 "tried on.", default=5)
+@_command_option("--per-shape", OPTIONS["sample"], "Documents of each shape the transform is "
+                 "tried on.", default=5, old=("--sample",))
 @_command_option("--max-shapes", OPTIONS["max_shapes"], "Distinct shapes tracked at most "
                  "(memory stays bounded); documents of further shapes are counted, not tried, "
                  "and census fails.", default=1000)
 @_BATCH_SIZE
 @_JSON
 @_settings_options
-def census(settings: Settings, name: str, sample: int, max_shapes: int,
+def census(settings: Settings, name: str, per_shape: int, max_shapes: int,
            batch_size: int | None, as_json: bool) -> None:
-    report = api.census(settings, name, sample=sample, max_shapes=max_shapes,
+    report = api.census(settings, name, sample=per_shape, max_shapes=max_shapes,
                         batch_size=batch_size)
     if as_json:
         _echo_json(report.as_dict())
@@ -280,8 +331,8 @@ def census(settings: Settings, name: str, sample: int, max_shapes: int,
 
 @cli.command(help=_help(api.verify))
 @click.argument("name")
-@_command_option("--sample", OPTIONS["sample_ids"],
-                 "How many ids of remaining documents to show.", default=10)
+@_command_option("--show-ids", OPTIONS["sample_ids"],
+                 "How many ids of remaining documents to show.", default=10, old=("--sample",))
 @click.option("--reversible", is_flag=True,
               help="Instead: check that the migration then its inverse gives back every "
                    "sampled document (byte-identical BSON, top-level field order aside).")
@@ -289,12 +340,12 @@ def census(settings: Settings, name: str, sample: int, max_shapes: int,
                  "With --reversible: documents checked of each shape.", default=3)
 @_JSON
 @_settings_options
-def verify(settings: Settings, name: str, sample: int, reversible: bool, per_shape: int,
+def verify(settings: Settings, name: str, show_ids: int, reversible: bool, per_shape: int,
            as_json: bool) -> None:
     if reversible:
         _verify_reversible(settings, name, per_shape, as_json)
         return
-    report = api.verify(settings, name, sample_size=sample)
+    report = api.verify(settings, name, sample_size=show_ids)
     if as_json:
         _echo_json({"migration": report.migration, "ok": report.ok, "checked": report.checked,
                     "remaining": report.remaining, "failing": report.failing,
@@ -521,9 +572,9 @@ def preflight(settings: Settings, name: str, skip_checks: tuple[str, ...],
 
 @cli.command(help=_help(api.status))
 @click.argument("name", required=False)
-@click.option("--watch", is_flag=True, help="Refresh in place every --interval seconds.")
+@click.option("--watch", is_flag=True, help="Refresh in place every --interval.")
 @_command_option("--interval", OPTIONS["interval"],
-                 "With --watch: seconds between refreshes.", default=2)
+                 "With --watch: the time between refreshes.", default=2)
 @_JSON
 @_settings_options
 def status(settings: Settings, name: str | None, watch: bool, interval: float,
@@ -570,8 +621,9 @@ def cancel(settings: Settings, name: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_settings_options
 def reset(settings: Settings, name: str, yes: bool) -> None:
-    if not yes and sys.stdin.isatty():
-        click.confirm(f"Forget all progress of {name}?", abort=True)
+    if not yes and sys.stdin.isatty() and \
+            not click.confirm(f"Forget all progress of {name}?"):
+        raise Refused(f"{name}: not reset")  # declined: a refusal (exit 1), not an interruption
     note = api.reset(settings, name)
     if note:
         click.echo(f"{name}: {note}")
@@ -721,10 +773,11 @@ def _report_error(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: expected errors become one line on stderr and an exit code."""
+    take_deprecations()  # none of an earlier command of this process
     try:
         cli.main(args=argv, prog_name="cdc-migrator", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort:  # Ctrl-C (click makes it an Abort), or no answer to a prompt
+        click.echo("interrupted; progress so far is saved", err=True)
         sys.exit(130)
     except click.BadParameter as exc:
         if isinstance(exc, click.MissingParameter):  # the usage line tells what is missing

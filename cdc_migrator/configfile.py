@@ -3,11 +3,14 @@
 Precedence, highest first: command-line flag, environment variable, configuration file,
 built-in default. The file gives defaults to the command line's parameters (the command line
 resolves the order); the ``[kafka]`` and ``[mongo]`` tables pass client options (TLS, SASL,
-authentication), which have no flags, to the Kafka clients and to ``MongoClient``.
+authentication), which have no flags, to the Kafka clients and to ``MongoClient``. Each client
+option also has a variable, which wins over the file: ``CDC_MIGRATOR_KAFKA_OPT_`` or
+``CDC_MIGRATOR_MONGO_OPT_`` and the option's name in capitals (:func:`with_environment`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import tomllib
@@ -18,7 +21,7 @@ from typing import Any
 
 from pymongo.errors import ConfigurationError
 
-from .base.checks import Setting, Source, brief, option
+from .base.checks import Setting, Source, brief, deprecated, option
 from .base.masking import is_secret_option, mask_secrets
 from .base.settings import KAFKA_MAX_INT, Settings
 from .errors import SettingError, UsageError
@@ -26,11 +29,18 @@ from .errors import SettingError, UsageError
 DEFAULT_PATH = "cdc-migrator.toml"
 
 TABLES = ("kafka", "mongo")
+#: The variables of the client options: the prefix and the option's name in capitals.
+ENV_PREFIXES = {"kafka": "CDC_MIGRATOR_KAFKA_OPT_", "mongo": "CDC_MIGRATOR_MONGO_OPT_"}
 
 
 def keys() -> dict[str, str]:
     """File key -> name of the setting it gives a value to (the settings table's keys)."""
     return {spec.key_name: name for name, spec in Settings.table().items() if spec.key_name}
+
+
+def old_keys() -> dict[str, str]:
+    """Deprecated file key -> name of the setting it still gives a value to."""
+    return {old: name for name, spec in Settings.table().items() for old in spec.old_keys}
 
 
 @dataclass
@@ -41,6 +51,8 @@ class ConfigFile:
     defaults: dict[str, Any] = field(default_factory=dict)
     kafka: dict[str, Any] = field(default_factory=dict)
     mongo: dict[str, Any] = field(default_factory=dict)
+    #: The client options a variable gave, by table (:func:`with_environment`).
+    from_env: dict[str, set[str]] = field(default_factory=dict)
 
 
 def find(explicit: str | None) -> Path | None:
@@ -65,19 +77,25 @@ def load(path: Path | None) -> ConfigFile:
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     config = ConfigFile(path=path)
-    known = keys()
+    known, old = keys(), old_keys()
     table = Settings.table()
     for key, value in data.items():
         if key in TABLES:
             if not isinstance(value, dict):
                 raise UsageError(f"config file {path}: {key} must be a table ([{key}])")
             setattr(config, key, _client_options(path, key, value))
-        elif key in known:
-            spec = table[known[key]]
+        elif key in known or key in old:
+            name = known.get(key) or old[key]
+            if key in old:
+                deprecated(f"{key} in config file {path} is deprecated: use "
+                           f"{table[name].key_name}")
+                if table[name].key_name in data:  # the new key wins
+                    continue
+            spec = table[name]
             if spec.path and isinstance(value, str) and value:
                 value = str(path.parent / value)  # relative to the file, not the cwd
             spec.check(value, Source("file", key, str(path)))
-            config.defaults[known[key]] = value
+            config.defaults[name] = value
         else:
             raise UsageError(f"config file {path}: unknown key {key!r} (known: "
                              f"{', '.join([*known, *TABLES])})")
@@ -101,6 +119,36 @@ def _client_options(path: Path, table: str, options: dict[str, Any]) -> dict[str
     return dict(options)
 
 
+def with_environment(config: ConfigFile, environ: Mapping[str, str]) -> ConfigFile:
+    """``config`` with the client options of the variables over the file's: each value is
+    text, checked and converted as the option takes it; an unknown option is a UsageError, an
+    empty variable not set. MongoClient's names are case-insensitive
+    (``CDC_MIGRATOR_MONGO_OPT_MAXPOOLSIZE`` replaces the file's ``maxPoolSize``)."""
+    tables = {"kafka": dict(config.kafka), "mongo": dict(config.mongo)}
+    from_env: dict[str, set[str]] = {table: set() for table in TABLES}
+    for variable, text in sorted(environ.items()):
+        for table, prefix in ENV_PREFIXES.items():
+            if not variable.startswith(prefix) or not text:
+                continue
+            key = variable.removeprefix(prefix).lower()
+            source = Source("env", variable)
+            if table == "kafka":
+                if key not in kafka_option_names():
+                    raise UsageError(f"environment variable {variable}: {key!r} is not a Kafka "
+                                     "client option shared by consumer, producer and admin "
+                                     "client")
+                tables[table][key] = _kafka_option_spec(key).check(text, source)
+            else:
+                if not _is_mongo_option(key):
+                    raise UsageError(f"environment variable {variable}: {key!r} is not a "
+                                     "MongoClient option")
+                tables[table] = {k: v for k, v in tables[table].items() if k.lower() != key}
+                tables[table][key] = _check_mongo_option(key, text, source)
+            from_env[table].add(key)
+    return dataclasses.replace(config, kafka=tables["kafka"], mongo=tables["mongo"],
+                               from_env=from_env)
+
+
 def _kafka_option_spec(key: str) -> Setting:
     """How a ``[kafka]`` option is checked: as the setting that gives it, when one does (so
     ``security_protocol`` is one of the protocols); else by the kind of kafka-python's default
@@ -118,8 +166,9 @@ def _kafka_option_spec(key: str) -> Setting:
     return option(key, str)
 
 
-def _check_mongo_option(key: str, value: Any, source: Source) -> None:
-    """A ``[mongo]`` option as pymongo's own validators take it; floats finite."""
+def _check_mongo_option(key: str, value: Any, source: Source) -> Any:
+    """A ``[mongo]`` option as pymongo's own validators take it (and convert it: a variable's
+    text ``"20"`` is 20); floats finite."""
     from pymongo import common
 
     try:
@@ -127,7 +176,7 @@ def _check_mongo_option(key: str, value: Any, source: Source) -> None:
             raise ValueError("not a finite number")
         if isinstance(value, (list, dict, dt.date, dt.time)):
             raise TypeError("not a string, a number or a boolean")
-        common.validate(key, value)
+        return common.validate(key, value)[1]
     except (ValueError, TypeError, OSError, ConfigurationError) as exc:  # OSError: a file
         secret = is_secret_option(key)  # pymongo's message may quote the value
         shown, why = ("***", "") if secret else (brief(value), f" ({exc})")
@@ -176,8 +225,8 @@ def effective(settings: Settings, source_of: Callable[[str], str],
         if not spec.key_name:
             continue
         value = getattr(settings, name)
-        if isinstance(value, Path):
-            value = str(value)
+        if isinstance(value, Path) or (spec.unit and value is not None):
+            value = spec.text(value)  # a duration with its unit, as the file takes it
         if spec.secret and value:
             value = "***"
         elif isinstance(value, str):
@@ -185,9 +234,11 @@ def effective(settings: Settings, source_of: Callable[[str], str],
         shown[spec.key_name] = {"value": value, "source": source_of(name)}
     for table in TABLES:
         options = getattr(config, table)
+        from_env = config.from_env.get(table, set())
+        kinds = (["file"] if set(options) - from_env else []) + (["env"] if from_env else [])
         shown[table] = {"value": {k: "***" if is_secret_option(k) else v
                                   for k, v in options.items()},
-                        "source": "file" if options else "default"}
+                        "source": " and ".join(kinds) or "default"}
     return shown
 
 

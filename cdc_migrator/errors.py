@@ -32,8 +32,10 @@ class NotAllowed(Exception):
     when any, says what is allowed. The check turns it into a :class:`SettingError`."""
 
 
-class PatchError(UsageError):
-    """A transform returned something that is not a patch, None or DELETE."""
+class PatchError(CdcMigratorError):
+    """A transform returned something that is not a patch, None or DELETE: the run fails
+    (exit 1). Unlike a migration file that does not load (exit 2), it shows only on a
+    document, at any point of the run."""
 
     document_id: object = None  # the document it was given, when known
     reason = "invalid_patch"

@@ -8,9 +8,10 @@ users, shows a cutover refused while work is outstanding, then drains, verifies 
 
 It runs the `cdc-migrator` command installed beside the Python that runs it, and imports the
 package from there: `make demo` uses the checkout's virtual environment, the install test
-(tests/test_install.py) a wheel installed outside the checkout. Environment: MONGODB_URI,
-KAFKA_BOOTSTRAP_SERVERS, CDC_MIGRATOR_TRANSFORMS (default: the checkout's transforms/),
-DEMO_USERS (30000), DEMO_RATE (backfill documents per second, 6000).
+(tests/test_install.py) a wheel installed outside the checkout. Environment:
+CDC_MIGRATOR_MONGODB_URI and CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS (or the test suite's
+MONGODB_URI and KAFKA_BOOTSTRAP_SERVERS), CDC_MIGRATOR_TRANSFORMS (default: the checkout's
+transforms/), DEMO_USERS (30000), DEMO_RATE (backfill documents per second, 6000).
 """
 
 from __future__ import annotations
@@ -33,16 +34,18 @@ ROOT = Path(__file__).resolve().parent.parent
 NAME = "add_default_role"
 SMALL = "backfill_small_config"
 TRANSFORMS = Path(os.environ.get("CDC_MIGRATOR_TRANSFORMS") or ROOT / "transforms")
-BASE = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017/app?directConnection=true")
+BASE = os.environ.get("CDC_MIGRATOR_MONGODB_URI") or os.environ.get(
+    "MONGODB_URI", "mongodb://127.0.0.1:27017/app?directConnection=true")
 URI = BASE.split("://", 1)[0] + "://" + BASE.split("://", 1)[1].split("/", 1)[0] + \
     "/cdc_demo?directConnection=true"
-KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+KAFKA = os.environ.get("CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS") or os.environ.get(
+    "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 USERS = int(os.environ.get("DEMO_USERS", "30000"))
 RATE = os.environ.get("DEMO_RATE", "6000")
 # A topic of its own per run: a reset keeps the old topic, whose events a new group would
 # replay from the start (harmless, since apply is idempotent, but slow for a demo).
 PREFIX = f"cdc-demo-{int(time.time())}"
-ENV = dict(os.environ, MONGODB_URI=URI, KAFKA_BOOTSTRAP_SERVERS=KAFKA,
+ENV = dict(os.environ, CDC_MIGRATOR_MONGODB_URI=URI, CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS=KAFKA,
            CDC_MIGRATOR_TRANSFORMS=str(TRANSFORMS), CDC_MIGRATOR_TOPIC_PREFIX=PREFIX)
 # The command installed with the package, as a user runs it.
 COMMAND = [str(Path(sys.executable).with_name("cdc-migrator"))]
@@ -130,7 +133,7 @@ def main() -> None:
     backfill = spawn("backfill", NAME, "--rate", RATE)
     time.sleep(2)
     step("cutover while the backfill runs and the application writes: it must refuse")
-    cli("cutover", NAME, "--timeout", "3", check=False)
+    cli("cutover", NAME, "--timeout", "3s", check=False)
     if backfill.wait() != 0:
         sys.exit("demo: backfill failed")
     time.sleep(2)
@@ -152,7 +155,7 @@ def main() -> None:
 
     step("verify and cutover")
     cli("verify", NAME)
-    cli("cutover", NAME, "--timeout", "60")
+    cli("cutover", NAME, "--timeout", "60s")
     cli("status", NAME)
     for proc in (tail, consume):
         proc.terminate()

@@ -11,8 +11,10 @@ Plain functions and classes only, no pytest: the fixtures that use them are in c
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import functools
+import io
 import os
 import random
 import re
@@ -31,13 +33,15 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import bson
 import pymongo
 from kafka import KafkaAdminClient
 from pymongo import monitoring, uri_parser
 
-from cdc_migrator.base import topics
+from cdc_migrator import cli
+from cdc_migrator.base import logs, topics
 from cdc_migrator.base.naming import STATE_COLLECTION
 from cdc_migrator.base.settings import Settings, mask_uri
 from cdc_migrator.migration import Migration
@@ -483,12 +487,33 @@ def wait_drained(settings: Settings, migration: Migration, timeout: float = 180.
 # ------------------------------------------------------------------------ cdc-migrator itself
 
 def cli_env(settings: Settings | None = None, env: dict | None = None) -> dict[str, str]:
-    """The environment of a ``cdc-migrator`` subprocess: ours, ``settings``, then ``env``."""
+    """The environment of a ``cdc-migrator`` subprocess: ours, ``settings``, then ``env``.
+    Ours names the test services by the suite's MONGODB_URI and KAFKA_BOOTSTRAP_SERVERS: the
+    command gets them by the tool's own variables (the others are deprecated, and warn)."""
     full_env = dict(os.environ)
+    for suite, tool in (("MONGODB_URI", "CDC_MIGRATOR_MONGODB_URI"),
+                        ("KAFKA_BOOTSTRAP_SERVERS", "CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS")):
+        if suite in full_env:
+            full_env.setdefault(tool, full_env.pop(suite))
     if settings is not None:
         full_env.update(settings.environment())
     full_env.update(env or {})
     return full_env
+
+
+def invoke(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """``cdc-migrator ARGS`` in this process, with ``env`` as its whole environment: exit code,
+    stdout, stderr. A traceback would be raised here, failing the test."""
+    out, err = io.StringIO(), io.StringIO()
+    code: Any = 0
+    logs.configure()  # as a new process starts: text (an earlier call may have chosen JSON)
+    with mock.patch.dict(os.environ, env, clear=True), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        try:
+            cli.main(args)
+        except SystemExit as exc:
+            code = exc.code
+    return code, out.getvalue(), err.getvalue()
 
 
 def run_cli(*args: str, settings: Settings | None = None, env: dict | None = None,

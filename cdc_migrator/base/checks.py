@@ -10,6 +10,13 @@ protocols and mechanisms one of their names, paths usable, names of the kind Mon
 take (a ``rule``). A value refused is one line naming the value, where it came from and what
 is allowed (:class:`~cdc_migrator.errors.SettingError`, exit 2), before any work starts.
 :data:`OPTIONS` declares the options of single commands (``--rate``, ``--batch-size``, ...).
+
+Durations have one parser (``Setting.check``, for a setting with a ``unit``): a number and
+its unit (``250ms``, ``5s``, ``2m``, ``1h``, ``1d``), kept in the setting's unit. A bare
+number is read in that unit: plainly where the setting's name says it (``mongo_timeout_ms``,
+``lease_seconds``), with a deprecation warning elsewhere (the spelling before 0.2.0).
+Deprecated spellings (a flag, a variable, a file key, a bare number) are noted by
+:func:`deprecated` and logged once each by the command line (:func:`take_deprecations`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,35 @@ _UNITS = {"SECONDS": "seconds", "MS": "milliseconds", "DOCS/S": "documents per s
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 _INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
 _NUMBER = re.compile(r"\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*", re.ASCII)
+_DURATION = re.compile(r"\s*(?P<number>[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?)"
+                       r"\s*(?P<unit>ms|s|m|h|d)\s*", re.ASCII)
+#: The units a duration takes, in milliseconds (whole for every unit: 0.3s is 300 ms exactly).
+_MILLISECONDS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_UNIT_WORDS = {"s": "seconds", "ms": "milliseconds"}
+# Deprecated spellings met while reading the values of one command, in order, each once.
+_DEPRECATIONS: dict[str, None] = {}
+
+
+def deprecated(message: str) -> None:
+    """Note that a deprecated spelling was used (logged once by :func:`take_deprecations`)."""
+    _DEPRECATIONS[message] = None
+
+
+def take_deprecations() -> list[str]:
+    """The deprecations noted since the last call, each once, in the order they were met."""
+    taken = list(_DEPRECATIONS)
+    _DEPRECATIONS.clear()
+    return taken
+
+
+def duration_text(milliseconds: float) -> str:
+    """A duration as a person writes it, in the largest unit that keeps it whole: ``5m``,
+    ``250ms``, ``365d``; in milliseconds when none does."""
+    for unit in ("d", "h", "m", "s", "ms"):
+        count = milliseconds / _MILLISECONDS[unit]
+        if count == int(count) and (count or unit == "s"):
+            return f"{int(count)}{unit}"
+    return f"{milliseconds!r}ms"
 
 
 SourceKind = Literal["flag", "env", "file", "default", "throttle", "state", "python"]
@@ -73,7 +109,9 @@ class Setting:
     ``"existing"`` files must exist.
     ``kafka``/``mongo`` name the client option the setting gives (TLS, SASL). ``minimum`` and
     ``maximum`` bound a number (inclusive), ``above`` from below (exclusive); ``rule`` checks a
-    text further and returns, when it is broken, what is allowed.
+    text further and returns, when it is broken, what is allowed. ``unit`` ("s" or "ms") makes
+    it a duration, kept in that unit (and bounded in it). ``old_flags``, ``old_env`` and
+    ``old_keys`` are deprecated spellings still read, with a warning, for one release.
     """
 
     help: str
@@ -91,6 +129,10 @@ class Setting:
     commands: tuple[str, ...] | None = None
     kafka: str | None = None
     mongo: str | None = None
+    unit: Literal["s", "ms"] | None = None
+    old_flags: tuple[str, ...] = ()
+    old_env: tuple[str, ...] = ()
+    old_keys: tuple[str, ...] = ()
     name: str = ""
     kind: type = str
     default: Any = None
@@ -133,6 +175,10 @@ class Setting:
             return "the path of an existing file"
         if self.path:
             return "a path"
+        if self.unit:
+            bare = f", or a number of {_UNIT_WORDS[self.unit]}" if self._unit_named() else ""
+            return ("a duration, a number and its unit (ms, s, m, h, d; e.g. 250ms, 30s, 5m)"
+                    + self._duration_range() + bare)
         if self.kind in (int, float):
             what = "an integer" if self.kind is int else "a finite number"
             unit = _UNITS.get(self.metavar or "")
@@ -148,11 +194,53 @@ class Setting:
             return f" from {low} to {high}" if high else f" of at least {low}"
         return f" of at most {high}" if high else ""
 
+    def _duration_range(self) -> str:
+        scale = _MILLISECONDS[self.unit or "s"]
+        low = None if self.minimum is None else duration_text(self.minimum * scale)
+        high = None if self.maximum is None else duration_text(self.maximum * scale)
+        if self.above is not None:
+            return f" above {duration_text(self.above * scale)}" + \
+                (f", at most {high}" if high else "")
+        if low is not None:
+            return f" from {low} to {high}" if high else f" of at least {low}"
+        return f" of at most {high}" if high else ""
+
+    def text(self, value: Any) -> str:
+        """``value`` spelled as a flag or a variable takes it: a duration with its unit."""
+        if self.unit and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return duration_text(value * _MILLISECONDS[self.unit])
+        if isinstance(value, bool):
+            return "1" if value else ""
+        return str(value)
+
+    def _unit_named(self) -> bool:
+        """Whether the setting's name says its unit, so that a bare number is plain."""
+        return self.name.endswith(("_ms", "_seconds"))
+
+    def _duration(self, value: Any, source: Source) -> Any:
+        """A duration from a flag, a variable or the file: text with a unit, or a bare number
+        in the setting's unit (deprecated where the name does not say the unit)."""
+        found = _DURATION.fullmatch(value) if isinstance(value, str) else None
+        if found is not None:
+            scaled = float(found["number"]) * _MILLISECONDS[found["unit"]] \
+                / _MILLISECONDS[self.unit or "s"]
+            if not math.isfinite(scaled) or (self.kind is int and scaled != int(scaled)):
+                raise NotAllowed
+            return int(scaled) if self.kind is int else scaled
+        number = _number(value, source, self.kind)
+        if source.kind in ("flag", "env", "file") and not self._unit_named():
+            spelled = f"{_plain(number).replace(',', '')}{self.unit}"
+            deprecated(f"{source}: a number without a unit is read as "
+                       f"{_UNIT_WORDS[self.unit or 's']}; write {spelled} (a number without "
+                       "a unit is deprecated)")
+        return number
+
     def _checked(self, value: Any, source: Source) -> Any:
         if self.kind is bool:
             return _boolean(value, source)
         if self.kind in (int, float):
-            number = _number(value, source, self.kind)
+            number = self._duration(value, source) if self.unit and source.kind != "python" \
+                else _number(value, source, self.kind)
             low, high = self.minimum, self.maximum
             if (low is not None and number < low) or (high is not None and number > high) \
                     or (self.above is not None and number <= self.above):
@@ -239,8 +327,8 @@ def option(name: str, kind: type, **how: Any) -> Setting:
 OPTIONS: dict[str, Setting] = {spec.name: spec for spec in (
     option("batch_size", int, metavar="N", minimum=1, maximum=100_000),
     option("rate", float, metavar="DOCS/S", above=0),
-    option("timeout", float, metavar="SECONDS", minimum=0, maximum=A_YEAR),
-    option("interval", float, metavar="SECONDS", minimum=0.1, maximum=86_400),
+    option("timeout", float, metavar="DURATION", unit="s", minimum=0, maximum=A_YEAR),
+    option("interval", float, metavar="DURATION", unit="s", minimum=0.1, maximum=86_400),
     option("workers", int, metavar="N", minimum=1, maximum=1_000),
     option("sample", int, metavar="N", minimum=1, maximum=1_000_000),
     option("sample_ids", int, metavar="N", minimum=0, maximum=1_000_000),

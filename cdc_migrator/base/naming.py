@@ -21,7 +21,7 @@ STATE_COLLECTION = "cdc_migrator_state"
 RANGE_OF = "range_of"
 #: Default of the prefix of the topics the tool creates (``--topic-prefix``).
 TOPIC_PREFIX = "cdc-migrator"
-#: Default of the prefix of the consumer groups (``--group``).
+#: Default of the prefix of the consumer groups (``--group-prefix``).
 GROUP_PREFIX = "cdc-migrator"
 
 

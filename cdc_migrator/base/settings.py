@@ -182,13 +182,14 @@ class Settings:
 
     mongodb_uri: str = setting(
         DEFAULT_MONGODB_URI, "MongoDB connection string; its path names the database.",
-        env="MONGODB_URI", metavar="URI", rule=_connection_string)
+        old_env=("MONGODB_URI",), metavar="URI", rule=_connection_string)
     database: str | None = setting(
         None, "Database, overriding the URI's path.", flag="--db", env="CDC_MIGRATOR_DB",
         key="db", metavar="NAME", rule=_name(_DATABASE_NAME, '/\\. "$', most_bytes=63))
     kafka_bootstrap_servers: str = setting(
         DEFAULT_KAFKA, "Kafka bootstrap servers.", flag="--kafka",
-        env="KAFKA_BOOTSTRAP_SERVERS", metavar="HOST:PORT[,...]", rule=_bootstrap_servers)
+        old_env=("KAFKA_BOOTSTRAP_SERVERS",), metavar="HOST:PORT[,...]",
+        rule=_bootstrap_servers)
     transforms: Path = setting(
         Path("transforms"), "Directory of migration files.", metavar="DIR", path="dir")
     state_collection: str = setting(
@@ -198,9 +199,9 @@ class Settings:
         naming.TOPIC_PREFIX, "Topics are named PREFIX.DB.COLLECTION.", metavar="PREFIX",
         rule=_kafka_name)
     group_prefix: str = setting(
-        naming.GROUP_PREFIX, "Consumer groups are named PREFIX.DB.MIGRATION.", flag="--group",
-        env="CDC_MIGRATOR_GROUP", key="group", metavar="PREFIX",
-        rule=_name(_PLAIN_NAME, most_bytes=200))
+        naming.GROUP_PREFIX, "Consumer groups are named PREFIX.DB.MIGRATION.",
+        old_flags=("--group",), old_env=("CDC_MIGRATOR_GROUP",), old_keys=("group",),
+        metavar="PREFIX", rule=_name(_PLAIN_NAME, most_bytes=200))
     partitions: int = setting(6, "Partitions of a topic the tool creates.", metavar="N",
                               minimum=1, maximum=10_000)
     topic_replication_factor: int | None = setting(
@@ -220,11 +221,12 @@ class Settings:
         minimum=65536, maximum=KAFKA_MAX_INT)
     retry_deadline: float = setting(
         300.0, "tail, backfill, consume and run retry a lost MongoDB or Kafka with backoff; "
-        "they give up (exit 1) when an outage lasts longer.", metavar="SECONDS", minimum=0,
-        maximum=A_YEAR)
+        "they give up (exit 1) when an outage lasts longer.", metavar="DURATION", unit="s",
+        minimum=0, maximum=A_YEAR)
     mongo_timeout_ms: int = setting(
         10_000, "How long one MongoDB operation waits for a usable server "
-        "(serverSelectionTimeoutMS).", metavar="MS", minimum=1, maximum=86_400_000)
+        "(serverSelectionTimeoutMS).", metavar="MS", unit="ms", minimum=1,
+        maximum=86_400_000)
     kafka_security_protocol: str | None = setting(
         None, "How to talk to Kafka (default PLAINTEXT).", choices=_KAFKA_PROTOCOLS,
         kafka="security_protocol")
@@ -304,7 +306,8 @@ class Settings:
         "them refuse a cutover.", metavar="EVENT,...", rule=_hook_events, commands=_HOOKED)
     hook_timeout: float = setting(
         30.0, "How long a hook may take; one that takes longer is killed (and refuses the "
-        "cutover, for before_cutover).", metavar="SECONDS", minimum=0.1, maximum=86_400,
+        "cutover, for before_cutover).", metavar="DURATION", unit="s", minimum=0.1,
+        maximum=86_400,
         commands=_HOOKED)
     on_history_lost: str = setting(
         "fail", "When the server no longer has the change history to resume from: stop with "
@@ -324,13 +327,13 @@ class Settings:
     lease_seconds: float = setting(
         30.0, "A backfill worker holds its range for this long past its last renewal; a "
         "worker killed or cut off loses the range to another worker after it.",
-        metavar="SECONDS", minimum=0.5, maximum=86_400,
+        metavar="SECONDS", unit="s", minimum=0.5, maximum=86_400,
         commands=("backfill", "run", "accept", "config show"))
     max_replication_lag: float | None = setting(
-        None, "Hold the backfill and the consumers while a secondary is more than SECONDS "
+        None, "Hold the backfill and the consumers while a secondary is more than DURATION "
         "behind the primary (replSetGetStatus; delayed, hidden, arbiter and non-voting members "
         "do not count; through mongos, each shard's). Default: not checked.",
-        metavar="SECONDS", minimum=0, maximum=A_YEAR,
+        metavar="DURATION", unit="s", minimum=0, maximum=A_YEAR,
         commands=("backfill", "consume", "run", "accept", "preflight", "config show"))
     on_lag_unknown: str = setting(
         "fail", "With --max-replication-lag, when the lag cannot be read (replSetGetStatus "
@@ -340,8 +343,9 @@ class Settings:
         commands=("backfill", "consume", "run", "accept", "preflight", "config show"))
     max_write_latency: float | None = setting(
         None, "Hold the backfill and the consumers for a while when a bulk write of the "
-        "migration took longer than MS. Default: not checked.", metavar="MS", minimum=0,
-        maximum=1000 * A_YEAR, commands=("backfill", "consume", "run", "accept", "config show"))
+        "migration took longer than DURATION. Default: not checked.", metavar="DURATION",
+        unit="ms", minimum=0, maximum=1000 * A_YEAR,
+        commands=("backfill", "consume", "run", "accept", "config show"))
     kafka_options: dict[str, Any] = field(default_factory=dict)
     mongo_options: dict[str, Any] = field(default_factory=dict)
 
@@ -379,7 +383,7 @@ class Settings:
             return pymongo.uri_parser.parse_uri(self.mongodb_uri, warn=False)
         except (InvalidURI, ConfigurationError, ValueError) as exc:
             raise UsageError(
-                f"MONGODB_URI {mask_uri(self.mongodb_uri)!r} is not a valid MongoDB URI: "
+                f"the MongoDB URI {mask_uri(self.mongodb_uri)!r} is not a valid MongoDB URI: "
                 f"{mask_secrets(str(exc), *uri_secrets(self.mongodb_uri))}"
             ) from None
 
@@ -390,7 +394,7 @@ class Settings:
             return self.database
         if not parsed.get("database"):
             raise UsageError(
-                "MONGODB_URI names no database: put it in the path "
+                "the MongoDB URI names no database: put it in the path "
                 "(mongodb://host:27017/DBNAME) or pass --db"
             )
         return str(parsed["database"])
@@ -472,7 +476,7 @@ class Settings:
             )
         except (InvalidURI, ConfigurationError, ValueError, TypeError) as exc:
             raise UsageError(
-                f"cannot use MONGODB_URI {mask_uri(self.mongodb_uri)!r}: "
+                f"cannot use the MongoDB URI {mask_uri(self.mongodb_uri)!r}: "
                 f"{mask_secrets(str(exc), *uri_secrets(self.mongodb_uri))}"
             ) from None
 
@@ -527,13 +531,16 @@ class Settings:
 
     def environment(self) -> dict[str, str]:
         """The environment variables that make a ``cdc-migrator`` command use these settings:
-        for running one as a subprocess. (The client tables of a file have no variables.)"""
-        env = {}
-        for name, spec in self.table().items():
-            value = getattr(self, name)
-            if spec.env_name and value is not None:
-                env[spec.env_name] = ("1" if value else "") if isinstance(value, bool) \
-                    else str(value)
+        for running one as a subprocess, the client options included
+        (``CDC_MIGRATOR_KAFKA_OPT_CLIENT_ID``, as ``configfile.with_environment`` reads them)."""
+        env = {spec.env_name: spec.text(getattr(self, name))
+               for name, spec in self.table().items()
+               if spec.env_name and getattr(self, name) is not None}
+        for prefix, options in (("CDC_MIGRATOR_KAFKA_OPT_", self.kafka_options),
+                                ("CDC_MIGRATOR_MONGO_OPT_", self.mongo_options)):
+            env.update({prefix + key.upper(): ("true" if value else "false")
+                        if isinstance(value, bool) else str(value)
+                        for key, value in options.items()})
         return env
 
     def topic(self, collection: str) -> str:

@@ -145,7 +145,8 @@ def sharded_lag(client: pymongo.MongoClient, connect: ShardConnector) -> Lag:
                    fix=CLUSTER_MONITOR if exc.code == UNAUTHORIZED else fix)
     if not listed:
         return Lag(unknown="through mongos the lag is read from each shard, and config.shards "
-                           "lists none", fix="check that MONGODB_URI names the cluster's mongos")
+                           "lists none",
+                   fix="check that the MongoDB URI names the cluster's mongos")
     worst: float | None = None
     for shard in listed:
         try:

@@ -371,7 +371,7 @@ def test_a_write_error_the_driver_cannot_read_is_that_documents_dead_letter(
                          + [{"_id": i, "name": f"u{i}"} for i in range(150, 299)])
     codeless_write_error(failing)
 
-    ran = run_cli("run", "add_default_role", "--timeout", "120", "-q", settings=settings)
+    ran = run_cli("run", "add_default_role", "--timeout", "120s", "-q", settings=settings)
     letters = dead_letters(settings)
     again = run_cli("dlq", "retry", "add_default_role", settings=settings)
 
@@ -460,7 +460,7 @@ def test_guarded_writes_and_re_reads_of_a_sharded_collection_pin_its_shard_key(m
         reread["$or"]
 
 
-@pytest.mark.parametrize("command", [["apply"], ["run", "--timeout", "120"]])
+@pytest.mark.parametrize("command", [["apply"], ["run", "--timeout", "120s"]])
 def test_apply_and_run_write_a_sharded_collection_by_shard_key(mongos_mongo, tmp_path, command):
     db, namespace = _sharded_orders(mongos_mongo)
     (tmp_path / "orders.py").write_text(ORDER_TOTALS)

@@ -27,7 +27,7 @@ def seed_users(db) -> None:
 def test_json_logs_are_one_object_per_line_naming_migration_and_component(db, settings):
     seed_users(db)
 
-    result = run_cli("run", NAME, "--log-format", "json", "-v", "--timeout", "90",
+    result = run_cli("run", NAME, "--log-format", "json", "-v", "--timeout", "90s",
                      settings=settings)
 
     assert result.returncode == 0, result.stderr
@@ -62,8 +62,9 @@ def test_passwords_never_appear_in_any_output_or_log_line(db, settings, tmp_path
     config.write_text(f'mongodb_uri = "{secret_uri}"\n[kafka]\nsecurity_protocol = "PLAINTEXT"\n'
                       f'sasl_plain_username = "user"\nsasl_plain_password = "{KAFKA_SECRET}"\n')
     seed_users(db)
-    with_secret = {"MONGODB_URI": secret_uri}
-    clean_uri = {"CDC_MIGRATOR_CONFIG": str(config), "MONGODB_URI": settings.mongodb_uri}
+    with_secret = {"CDC_MIGRATOR_MONGODB_URI": secret_uri}
+    clean_uri = {"CDC_MIGRATOR_CONFIG": str(config),
+                 "CDC_MIGRATOR_MONGODB_URI": settings.mongodb_uri}
 
     # The local test server has no SCRAM (saslStart), so commands connecting with the
     # password fail at authentication here; a real MongoDB would accept them. The run with
@@ -73,13 +74,13 @@ def test_passwords_never_appear_in_any_output_or_log_line(db, settings, tmp_path
                                secret_uri),
         "config show --json": run_cli("config", "show", "--json", env=with_secret),
         "status": run_cli("status", "-vv", settings=settings, env=with_secret),
-        "run": run_cli("run", NAME, "-vv", "--timeout", "60", settings=settings,
+        "run": run_cli("run", NAME, "-vv", "--timeout", "60s", settings=settings,
                        env=with_secret),
         "unreachable": run_cli("apply", NAME, "--dry-run", "--log-format", "json",
-                               settings=settings, env={"MONGODB_URI": unreachable}),
+                               settings=settings, env={"CDC_MIGRATOR_MONGODB_URI": unreachable}),
         # A real run with the SASL password in the Kafka options (unused over PLAINTEXT).
         "run with kafka options": run_cli("run", NAME, "-vv", "--log-format", "json",
-                                          "--timeout", "60", settings=settings, env=clean_uri),
+                                          "--timeout", "60s", settings=settings, env=clean_uri),
         "logged by hand": subprocess.run([sys.executable, "-c", LOG_SECRETS], text=True,
                                          capture_output=True, cwd=ROOT, env=cli_env()),
     }

@@ -179,7 +179,7 @@ def managed_kafka(_managed_broker, settings):
 def oauthbearer(broker: PrivateKafka, **oauth: str) -> dict[str, str]:
     """The environment of an OAUTHBEARER connection to ``broker`` over TLS, with the
     ``CDC_MIGRATOR_KAFKA_SASL_OAUTH_*`` variables named by ``oauth``'s keys."""
-    return {"KAFKA_BOOTSTRAP_SERVERS": broker.sasl_ssl,
+    return {"CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS": broker.sasl_ssl,
             "CDC_MIGRATOR_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
             "CDC_MIGRATOR_KAFKA_SSL_CAFILE": str(KAFKA_CA),
             "CDC_MIGRATOR_KAFKA_SASL_MECHANISM": "OAUTHBEARER",
@@ -220,7 +220,7 @@ def test_tail_backfill_consume_and_cutover_over_oauthbearer_with_client_credenti
         backfill = run_cli("backfill", NAME, "-q", settings=settings, env=env)
         db.users.insert_one({"_id": 1000, "name": "written during the migration"})
         wait_for(lambda: db.users.count_documents({"role": "user"}) == 301, what="all migrated")
-        cutover = run_cli("cutover", NAME, "--timeout", "60", settings=settings, env=env)
+        cutover = run_cli("cutover", NAME, "--timeout", "60s", settings=settings, env=env)
     finally:
         codes = [tail.stop(), consume.stop()]
 
@@ -240,7 +240,7 @@ def test_run_over_oauthbearer_with_a_token_command(db, settings, managed_kafka, 
     env = token_command(managed_kafka, token, tmp_path)
 
     # -vv: the Kafka client logs its SASL messages, the token in them.
-    ran = run_cli("run", NAME, "--timeout", "60", "-vv", settings=settings, env=env)
+    ran = run_cli("run", NAME, "--timeout", "60s", "-vv", settings=settings, env=env)
 
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert db.users.count_documents({"role": "user"}) == 300
@@ -311,7 +311,7 @@ def test_a_token_endpoint_that_never_answers_is_given_up_at_the_retry_deadline(
     env = oauthbearer(managed_kafka, token_url=silent_endpoint, client_id=CLIENT_ID,
                       client_secret=CLIENT_SECRET)
 
-    result = run_cli(command, NAME, "--retry-deadline", "5", "--log-format", "json",
+    result = run_cli(command, NAME, "--retry-deadline", "5s", "--log-format", "json",
                      settings=settings, env=env, timeout=120)
 
     records = [json.loads(line) for line in result.stderr.splitlines()]
@@ -464,7 +464,7 @@ def test_under_a_cap_the_topics_get_the_clusters_default_and_large_documents_go_
         db, settings, managed_kafka):
     seed_with_large(db, 700 << 10)
 
-    ran = run_cli("run", NAME, "--timeout", "90", "-q", settings=settings)
+    ran = run_cli("run", NAME, "--timeout", "90s", "-q", settings=settings)
 
     assert ran.returncode == 0, ran.stderr
     topic = settings.topic("users")
@@ -484,7 +484,7 @@ def test_under_a_cap_the_topics_get_the_clusters_default_and_large_documents_go_
 def test_a_record_limit_within_the_cap_is_what_the_topics_get(db, settings, managed_kafka):
     seed_with_large(db, 1_500_000)
 
-    ran = run_cli("run", NAME, "--timeout", "90", "-q", "--max-record-bytes", str(CAP),
+    ran = run_cli("run", NAME, "--timeout", "90s", "-q", "--max-record-bytes", str(CAP),
                   settings=settings)
 
     assert ran.returncode == 0, ran.stderr
@@ -536,7 +536,7 @@ def test_preflight_asks_a_capped_cluster_whether_it_would_create_the_topic(db, s
 # (botocore) and reaches a broker's SASL handshake; without the extra it is refused at once.
 
 def msk_env() -> dict[str, str]:
-    return {"KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
+    return {"CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
             "CDC_MIGRATOR_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
             "CDC_MIGRATOR_KAFKA_SSL_CAFILE": str(KAFKA_CA),
             "CDC_MIGRATOR_KAFKA_SASL_MECHANISM": "AWS_MSK_IAM",

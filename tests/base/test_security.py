@@ -117,7 +117,8 @@ def test_a_malformed_uri_never_prints_its_password(settings, userinfo):
     uri = f"mongodb://{userinfo}@{host}/app?directConnection=true"
 
     for args in (["apply", "add_default_role"], ["status"], ["backfill", "add_default_role"]):
-        result = run_cli(*args, settings=settings, env={"MONGODB_URI": uri}, timeout=60)
+        result = run_cli(*args, settings=settings, env={"CDC_MIGRATOR_MONGODB_URI": uri},
+                         timeout=60)
 
         output = result.stdout + result.stderr
         assert result.returncode == 2, output
@@ -132,17 +133,18 @@ def test_an_invalid_uri_option_is_a_usage_error(settings, option, with_db):
     base = settings.mongodb_uri.split("?")[0]
     args = ["status", *(["--db", "app"] if with_db else [])]
 
-    result = run_cli(*args, settings=settings, env={"MONGODB_URI": f"{base}?{option}"})
+    result = run_cli(*args, settings=settings, env={"CDC_MIGRATOR_MONGODB_URI": f"{base}?{option}"})
 
     assert result.returncode == 2, result.stdout + result.stderr
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("cdc-migrator: MONGODB_URI ") and "is not a valid MongoDB URI" in line
+    assert line.startswith("cdc-migrator: the MongoDB URI ") \
+        and "is not a valid MongoDB URI" in line
 
 
 # Kafka over TLS and SASL/SCRAM: the local broker's SSL and SASL_SSL listeners.
 
 def sasl_ssl(mechanism: str = "SCRAM-SHA-512", password: str = SCRAM_PASSWORD) -> dict:
-    return {"KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
+    return {"CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
             "CDC_MIGRATOR_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
             "CDC_MIGRATOR_KAFKA_SASL_MECHANISM": mechanism,
             "CDC_MIGRATOR_KAFKA_SASL_USERNAME": SCRAM_USER,
@@ -151,7 +153,8 @@ def sasl_ssl(mechanism: str = "SCRAM-SHA-512", password: str = SCRAM_PASSWORD) -
 
 
 def ssl_only(cafile: bool = True) -> dict:
-    return {"KAFKA_BOOTSTRAP_SERVERS": KAFKA_SSL, "CDC_MIGRATOR_KAFKA_SECURITY_PROTOCOL": "SSL",
+    return {"CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS": KAFKA_SSL,
+            "CDC_MIGRATOR_KAFKA_SECURITY_PROTOCOL": "SSL",
             **({"CDC_MIGRATOR_KAFKA_SSL_CAFILE": str(KAFKA_CA)} if cafile else {})}
 
 
@@ -172,7 +175,7 @@ def test_tail_backfill_consume_and_cutover_over_sasl_ssl(db, settings, tls_liste
         backfill = run_cli("backfill", NAME, "-q", settings=settings, env=env)
         db.users.insert_one({"_id": 1000, "name": "written during the migration"})
         wait_for(lambda: db.users.count_documents({"role": "user"}) == 301, what="all migrated")
-        cutover = run_cli("cutover", NAME, "--timeout", "60", settings=settings, env=env)
+        cutover = run_cli("cutover", NAME, "--timeout", "60s", settings=settings, env=env)
     finally:
         codes = [tail.stop(), consume.stop()]
 
@@ -186,7 +189,7 @@ def test_tail_backfill_consume_and_cutover_over_sasl_ssl(db, settings, tls_liste
 def test_run_and_status_over_ssl(db, settings, tls_listeners):
     seed_users(db)
 
-    ran = run_cli("run", NAME, "--timeout", "60", "-q", settings=settings, env=ssl_only())
+    ran = run_cli("run", NAME, "--timeout", "60s", "-q", settings=settings, env=ssl_only())
     status = run_cli("status", NAME, "--json", settings=settings, env=ssl_only())
 
     assert ran.returncode == 0, ran.stderr
@@ -230,7 +233,7 @@ def test_a_refused_kafka_connection_is_one_line_and_exit_1_not_a_retry_loop(
 def test_an_untrusted_mongodb_certificate_is_one_line_and_exit_1_not_a_retry_loop(
         settings, tls_listeners):
     # A real TLS server whose certificate this client does not trust: the broker's SSL port.
-    env = {"MONGODB_URI": f"mongodb://{KAFKA_SSL}/app?directConnection=true&tls=true",
+    env = {"CDC_MIGRATOR_MONGODB_URI": f"mongodb://{KAFKA_SSL}/app?directConnection=true&tls=true",
            "CDC_MIGRATOR_MONGO_TIMEOUT_MS": "2000"}
 
     for command in (["backfill", NAME], ["status"]):
@@ -377,18 +380,18 @@ def test_a_secret_never_shows_in_any_form_on_any_path(db, settings, tls_listener
     root.drop_database(db.name)
     seed_users(secured_db, 20)
     mongo_name, mongo_uri = mongo_user(root, secured_host, db.name, secret)
-    logged_in = {"MONGODB_URI": mongo_uri}
-    good = {"KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
+    logged_in = {"CDC_MIGRATOR_MONGODB_URI": mongo_uri}
+    good = {"CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
             "CDC_MIGRATOR_CONFIG": str(sasl_file(tmp_path / "good.toml", user, secret))}
     wrong = {**good, "CDC_MIGRATOR_CONFIG": str(sasl_file(tmp_path / "wrong.toml",
                                                           f"{user}-none", secret))}
     host = settings.mongodb_uri.split("://")[1].split("/")[0]
-    with_password = {"MONGODB_URI": f"mongodb://u:{urllib.parse.quote(secret, safe='')}@{host}"
-                                    f"/{db.name}?directConnection=true&serverSelectionTimeoutMS"
-                                    "=3000"}
+    with_password = {"CDC_MIGRATOR_MONGODB_URI":
+                     f"mongodb://u:{urllib.parse.quote(secret, safe='')}@{host}"
+                     f"/{db.name}?directConnection=true&serverSelectionTimeoutMS=3000"}
     seen: dict[str, str] = {}
     try:
-        with Service(settings, "run", NAME, "-vv", "--log-format", "json", "--timeout", "120",
+        with Service(settings, "run", NAME, "-vv", "--log-format", "json", "--timeout", "120s",
                      "-q", env=good) as run:
             seen["metrics"] = run.get("/metrics")[1]
             assert run.wait() == 0, run.log[-3000:]

@@ -4,17 +4,13 @@ line naming the setting, its source and what is allowed (exit 2), never a traceb
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import inspect
-import io
 import json
 import math
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import click
 import pytest
@@ -22,13 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdc_migrator import cli, configfile
-from cdc_migrator.base import logs
 from cdc_migrator.base.checks import OPTIONS, Setting, Source
 from cdc_migrator.base.settings import Settings
 from cdc_migrator.core.state import MigrationState
 from cdc_migrator.errors import SettingError
 
-from ..harness import examples, run_cli
+from ..harness import examples, invoke, run_cli
 
 TABLE = Settings.table()
 # Every way a setting can be given: each is an option of `config show`, most have a variable
@@ -36,8 +31,9 @@ TABLE = Settings.table()
 SOURCES = [(name, kind) for name, spec in TABLE.items() for kind in ("flag", "env", "file")
            if kind == "flag" or (kind == "env" and spec.env_name)
            or (kind == "file" and spec.key_name)]
-UNREACHABLE = {"MONGODB_URI": "mongodb://127.0.0.1:1/app?serverSelectionTimeoutMS=200",
-               "CDC_MIGRATOR_RETRY_DEADLINE": "0"}
+UNREACHABLE = {"CDC_MIGRATOR_MONGODB_URI":
+               "mongodb://127.0.0.1:1/app?serverSelectionTimeoutMS=200",
+               "CDC_MIGRATOR_RETRY_DEADLINE": "0s"}
 
 
 def toml_text(value: Any) -> str:
@@ -59,21 +55,6 @@ def toml_text(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(toml_text(v) for v in value) + "]"
     return "{" + ", ".join(f"{toml_text(k)} = {toml_text(v)}" for k, v in value.items()) + "}"
-
-
-def invoke(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    """``cdc-migrator ARGS`` in this process, with ``env`` as its whole environment: exit code,
-    stdout, stderr. A traceback would be raised here, failing the test."""
-    out, err = io.StringIO(), io.StringIO()
-    code: Any = 0
-    logs.configure()  # as a new process starts: text (an earlier call may have chosen JSON)
-    with mock.patch.dict(os.environ, env, clear=True), contextlib.redirect_stdout(out), \
-            contextlib.redirect_stderr(err):
-        try:
-            cli.main(args)
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 NUMBERS = st.one_of(st.integers(min_value=-2**63, max_value=2**63 - 1),
@@ -223,14 +204,21 @@ def test_a_flag_and_its_variable_are_refused_naming_which_one_was_wrong(tmp_path
 def test_config_show_writes_a_file_that_reads_back_to_the_same_values(tmp_path):
     odd = 'a "quoted" \\ tab\t, line\nbreak, DEL\x7f, astral \U0001F600'
     (tmp_path / "cdc-migrator.toml").write_text(
-        f"group = {toml_text('g')}\n[kafka]\nclient_id = {toml_text(odd)}\n")
+        f"group_prefix = {toml_text('g')}\n[kafka]\nclient_id = {toml_text(odd)}\n")
 
-    shown = run_cli("config", "show", cwd=tmp_path, env=UNREACHABLE)
+    shown = run_cli("config", "show", "--max-write-latency", "1.5s", cwd=tmp_path,
+                    env=UNREACHABLE)
     (tmp_path / "again.toml").write_text(shown.stdout)
     again = configfile.load(tmp_path / "again.toml")
+    read_back = run_cli("config", "show", "--config", "again.toml", cwd=tmp_path,
+                        env=UNREACHABLE)
 
     assert shown.returncode == 0, shown.stderr
     assert again.defaults["group_prefix"] == "g" and again.kafka["client_id"] == odd
+    # Durations are written with their unit: read back, they warn of nothing.
+    assert again.defaults["max_write_latency"] == "1500ms"
+    assert again.defaults["retry_deadline"] == "0s" and again.defaults["lease_seconds"] == "30s"
+    assert read_back.returncode == 0 and "WARNING" not in read_back.stderr, read_back.stderr
 
 
 def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
@@ -249,6 +237,7 @@ def test_every_option_of_a_command_reaches_its_function_by_its_name(name, comman
     each option not a setting (those go into the Settings) is a parameter of the command."""
     taken = set(inspect.signature(command.callback).parameters)
     for param in command.params:
-        if param.name in TABLE or param.name in ("config", "verbose"):
+        if param.name in TABLE or param.name in ("config", "verbose") \
+                or not param.expose_value:  # a deprecated flag hands its value to the new one
             continue
         assert param.name in taken or param.name == "quiet", (name, param.name)

@@ -36,7 +36,7 @@ def test_the_topics_the_tool_creates_delete_nothing_and_take_the_largest_record(
         db, settings, kafka_admin):
     seed_users(db)
 
-    ran = run_cli("run", NAME, "--timeout", "60", "-q", settings=settings)
+    ran = run_cli("run", NAME, "--timeout", "60s", "-q", settings=settings)
 
     assert ran.returncode == 0, ran.stderr
     for topic in (settings.topic("users"), settings.dlq_topic("users")):
@@ -52,7 +52,7 @@ def test_a_topic_created_by_someone_else_that_can_delete_events_is_refused_namin
     kafka_admin.create_topics({topic: {"num_partitions": 2, "replication_factor": -1, "configs": {
         "cleanup.policy": "compact", "retention.ms": "86400000", "retention.bytes": "1000000"}}})
 
-    refused = [run_cli(command, NAME, "--retry-deadline", "5", settings=settings, timeout=60)
+    refused = [run_cli(command, NAME, "--retry-deadline", "5s", settings=settings, timeout=60)
                for command in ("tail", "consume")]
 
     for result in refused:
@@ -75,7 +75,7 @@ def test_a_topic_with_small_records_is_used_with_one_warning_naming_the_limit(db
     kafka_admin.create_topics({topic: {"num_partitions": 2, "replication_factor": -1, "configs": {
         "retention.ms": "-1", "max.message.bytes": "1048588"}}})
 
-    ran = run_cli("run", NAME, "--timeout", "60", "-q", settings=settings)
+    ran = run_cli("run", NAME, "--timeout", "60s", "-q", settings=settings)
 
     assert ran.returncode == 0, ran.stderr
     warnings = [line for line in ran.stderr.splitlines() if "max.message.bytes=1048588" in line]
@@ -88,7 +88,7 @@ def test_a_topic_with_small_records_is_used_with_one_warning_naming_the_limit(db
 def test_the_topics_the_tool_creates_get_the_replication_asked_for(db, settings, kafka_admin):
     seed_users(db)
 
-    ran = run_cli("run", NAME, "--timeout", "60", "-q", "--topic-replication-factor", "1",
+    ran = run_cli("run", NAME, "--timeout", "60s", "-q", "--topic-replication-factor", "1",
                   "--topic-min-insync-replicas", "1", settings=settings)
 
     assert ran.returncode == 0, ran.stderr
@@ -135,7 +135,7 @@ def test_a_topic_whose_min_insync_replicas_exceeds_its_replicas_is_refused_not_w
     kafka_admin.create_topics({topic: {"num_partitions": 2, "replication_factor": -1, "configs": {
         "retention.ms": "-1", "min.insync.replicas": "2"}}})
 
-    result = run_cli("tail", NAME, "--retry-deadline", "30", settings=settings, timeout=60)
+    result = run_cli("tail", NAME, "--retry-deadline", "30s", settings=settings, timeout=60)
 
     assert result.returncode == 1, result.stderr
     lines = [x for x in result.stderr.splitlines() if x.startswith("cdc-migrator:")]
@@ -152,7 +152,7 @@ def test_the_printed_fix_of_a_tls_and_sasl_connection_names_its_command_config(
     topic = settings.topic("users")
     kafka_admin.create_topics({topic: {"num_partitions": 2, "replication_factor": -1, "configs": {
         "retention.ms": "86400000"}}})
-    env = {"KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
+    env = {"CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS": KAFKA_SASL_SSL,
            "CDC_MIGRATOR_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
            "CDC_MIGRATOR_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
            "CDC_MIGRATOR_KAFKA_SASL_USERNAME": SCRAM_USER,

@@ -72,7 +72,7 @@ def test_a_write_in_an_oplog_hole_when_capture_is_armed_is_scanned_once_committe
     db.items.insert_one({"_id": 1001, "price": 4, "qty": 2, "legacy": True})  # applied past it
     released = False
     try:
-        with CliProcess(settings, "run", "price_total", "--timeout", "120") as run:
+        with CliProcess(settings, "run", "price_total", "--timeout", "120s") as run:
             # Armed during the hole, the backfill waits for it to commit (or, before the fix,
             # scanned and ran to its end).
             wait_for(lambda: not run.alive or run.count("waiting until every write up to the "

@@ -141,7 +141,7 @@ def test_a_dropped_or_renamed_collection_fails_its_migration_and_cutover_names_i
     assert "Traceback" not in tail.log
     state = state_of(db, "price_total")
     assert state["phase"] == Phase.FAILED and state["failure"]["reason"] == reason
-    refused = run_cli("cutover", "price_total", "--timeout", "1", settings=settings)
+    refused = run_cli("cutover", "price_total", "--timeout", "1s", settings=settings)
     assert refused.returncode == 1
     assert f"the migration failed: {reason}" in refused.stdout
 
@@ -296,7 +296,7 @@ def test_run_recovers_lost_history_with_rebackfill_and_records_the_recovery_done
         client.admin.command({"truncateChangeHistory": 1})
 
         ran = run_cli("run", "price_total", "--on-history-lost", "rebackfill", "--timeout",
-                      "120", "-q", settings=settings, timeout=180)
+                      "120s", "-q", settings=settings, timeout=180)
 
         assert ran.returncode == 0, ran.stderr
         assert "capture re-armed" in ran.stderr and "Traceback" not in ran.stderr
@@ -451,7 +451,7 @@ def test_tailer_stops_with_history_lost_and_never_skips_ahead(private_mongo, tmp
     assert state["phase"] == Phase.FAILED and state["tail"]["resume_token"] == saved
     # The way back the message names: reset, then the pipeline migrates everything.
     assert run_cli("reset", NAME, "--yes", settings=settings).returncode == 0
-    rerun = run_cli("run", NAME, "--timeout", "60", "-q", settings=settings)
+    rerun = run_cli("run", NAME, "--timeout", "60s", "-q", settings=settings)
     assert rerun.returncode == 0, rerun.stderr
     assert db.items.count_documents({"legacy": {"$exists": True}}) == 0
     assert db.items.count_documents({"total": {"$exists": True}}) == 251

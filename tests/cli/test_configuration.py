@@ -43,7 +43,7 @@ def run_in(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Complet
     """``cdc-migrator ARGS`` in ``cwd`` with none of the tool's variables but ``env``."""
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith("CDC_MIGRATOR_")
-             and k not in ("MONGODB_URI", "KAFKA_BOOTSTRAP_SERVERS")}
+             and k not in ("MONGODB_URI", "KAFKA_BOOTSTRAP_SERVERS")}  # deprecated aliases
     return subprocess.run([sys.executable, "-m", "cdc_migrator", *args], capture_output=True,
                           text=True, cwd=cwd, env={**clean, **(env or {})}, timeout=60)
 
@@ -75,7 +75,7 @@ def test_configuration_file_overrides_defaults_and_reaches_the_commands(db, sett
     assert shown["topic_prefix"] == {"value": "from-file", "source": "file"}
     assert shown["partitions"] == {"value": 2, "source": "file"}
     assert shown["metrics_port"] == {"value": 9123, "source": "file"}
-    assert shown["group"]["source"] == "default"
+    assert shown["group_prefix"]["source"] == "default"
     assert paused.returncode == 0, paused.stderr
     assert db.cdc_migrator_state.find_one({"_id": DEFAULT_ROLE})["paused"] is True
 
@@ -136,7 +136,7 @@ UNREACHABLE_MONGO = "mongodb://127.0.0.1:1/app?directConnection=true"
 WRONG_PASSWORD = f"mongodb://app:{PASSWORD}@{{host}}/{{db}}?directConnection=true"
 
 
-QUICK = ["--mongo-timeout-ms", "500", "--retry-deadline", "1"]
+QUICK = ["--mongo-timeout-ms", "500", "--retry-deadline", "1s"]
 
 
 BAD_INPUTS = [
@@ -160,7 +160,7 @@ BAD_INPUTS = [
      "invalid value '-1' for flag --rate: expected a finite number"),
     ("unknown-flag", ["apply", NAME, "--frobnicate"], {}, {}, 2, "No such option '--frobnicate'"),
     ("negative-deadline", ["consume", NAME, "--retry-deadline", "-5"], {}, {}, 2,
-     "invalid value '-5' for flag --retry-deadline: expected a finite number of seconds"),
+     "invalid value '-5' for flag --retry-deadline: expected a duration"),
     ("bad-protocol", ["consume", NAME, "--kafka-security-protocol", "TLS"], {}, {}, 2,
      "invalid value 'TLS' for flag --kafka-security-protocol: expected one of PLAINTEXT"),
     ("missing-ca-file", ["tail", NAME, "--kafka-ssl-cafile", "/nonexistent/ca.pem"], {}, {}, 2,
@@ -168,15 +168,16 @@ BAD_INPUTS = [
      "an existing file"),
     ("bad-config-file", ["status"], {}, {"CDC_MIGRATOR_CONFIG": "{tmp}/bad.toml"}, 2,
      "is not valid TOML"),
-    ("invalid-uri", ["apply", NAME], {}, {"MONGODB_URI": "mongodb://"}, 2,
+    ("invalid-uri", ["apply", NAME], {}, {"CDC_MIGRATOR_MONGODB_URI": "mongodb://"}, 2,
      "is not a valid MongoDB URI"),
     ("uri-without-database", ["apply", NAME], {},
-     {"MONGODB_URI": "mongodb://127.0.0.1:27017/?directConnection=true"}, 2,
-     "MONGODB_URI names no database"),
-    ("unreachable-mongo", ["apply", NAME, *QUICK], {}, {"MONGODB_URI": UNREACHABLE_MONGO}, 1,
+     {"CDC_MIGRATOR_MONGODB_URI": "mongodb://127.0.0.1:27017/?directConnection=true"}, 2,
+     "the MongoDB URI names no database"),
+    ("unreachable-mongo", ["apply", NAME, *QUICK], {},
+     {"CDC_MIGRATOR_MONGODB_URI": UNREACHABLE_MONGO}, 1,
      "cannot reach MongoDB: 127.0.0.1:1: [Errno 111] Connection refused"),
     ("unreachable-mongo-retried", ["backfill", NAME, *QUICK], {},
-     {"MONGODB_URI": UNREACHABLE_MONGO}, 1,
+     {"CDC_MIGRATOR_MONGODB_URI": UNREACHABLE_MONGO}, 1,
      "MongoDB at 127.0.0.1:1 unavailable for"),
     ("unreachable-kafka", ["dlq", "list", NAME, "--kafka", "127.0.0.1:1", *QUICK], {}, {}, 1,
      "cannot reach Kafka: KafkaTimeoutError: Unable to bootstrap from ['127.0.0.1:1']"),
@@ -189,7 +190,7 @@ BAD_INPUTS = [
     ("missing-collection-backfill", ["backfill", "typo_target"], {}, {}, 1,
      "collection 'itemz' does not exist in database"),
     ("wrong-password", ["apply", NAME, "--kafka-sasl-password", PASSWORD], {},
-     {"MONGODB_URI": WRONG_PASSWORD}, 1, "MongoDB authentication failed"),
+     {"CDC_MIGRATOR_MONGODB_URI": WRONG_PASSWORD}, 1, "MongoDB authentication failed"),
     ("cutover-not-started", ["cutover", NAME], {}, {}, 1, "the migration has not started"),
 ]
 
@@ -257,7 +258,7 @@ def test_tls_and_sasl_options_reach_the_kafka_and_mongo_clients(monkeypatch, tmp
     args = [a.format(ca=ca, cert=cert) for a in SECURE_FLAGS]
     settings = settings_from_cli(monkeypatch, args,
                                  {"CDC_MIGRATOR_KAFKA_SASL_PASSWORD": PASSWORD,
-                                  "CDC_MIGRATOR_RETRY_DEADLINE": "42",
+                                  "CDC_MIGRATOR_RETRY_DEADLINE": "42s",
                                   "CDC_MIGRATOR_MONGO_TIMEOUT_MS": "1234"})
     made: dict[str, dict] = {}
 

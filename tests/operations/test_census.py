@@ -207,7 +207,7 @@ def test_census_counts_of_a_collection_in_one_shape_exit_0(settings, people):
     report = api.census(settings, "split_name")
     assert report.ok and [(s.count, s.sampled) for s in report.shapes] == [(2997, 5)]
     assert report.shapes[0].reversible is None  # no inverse declared
-    result = run_cli("census", "split_name", "--sample", "2", settings=settings)
+    result = run_cli("census", "split_name", "--per-shape", "2", settings=settings)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2,997 documents of people in 1 shapes; every shape is fine" in result.stdout
 

@@ -70,7 +70,7 @@ def test_cutover_refuses_until_backfill_lag_and_unmigrated_documents_clear(db, s
                                                                           transforms):
     seed(db, 3000)
     arm(settings, get_migration(transforms, "add_tier"))
-    refused = run_cli("cutover", "add_tier", "--timeout", "1", settings=settings)
+    refused = run_cli("cutover", "add_tier", "--timeout", "1s", settings=settings)
     assert refused.returncode == 1
     assert "backfill unfinished" in refused.stdout
     assert "3,000 documents unmigrated" in refused.stdout
@@ -82,14 +82,14 @@ def test_cutover_refuses_until_backfill_lag_and_unmigrated_documents_clear(db, s
         assert run_cli("backfill", "add_tier", "-q", settings=settings).returncode == 0
         # Paused, no consumer applies anything (not even the one cutover would start).
         assert run_cli("pause", "add_tier", settings=settings).returncode == 0
-        behind = run_cli("cutover", "add_tier", "--timeout", "2", settings=settings)
+        behind = run_cli("cutover", "add_tier", "--timeout", "2s", settings=settings)
         assert behind.returncode == 1
         assert "events behind" in behind.stdout and "backfill" not in behind.stdout
         assert run_cli("resume", "add_tier", settings=settings).returncode == 0
 
         consume = CliProcess(settings, "consume", "add_tier")
         wait_drained(settings, get_migration(transforms, "add_tier"), process=consume)
-        ok = run_cli("cutover", "add_tier", "--timeout", "60", settings=settings)
+        ok = run_cli("cutover", "add_tier", "--timeout", "60s", settings=settings)
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert "cut over" in ok.stdout
         state = db.cdc_migrator_state.find_one({"_id": "add_tier"})
@@ -137,7 +137,7 @@ def test_fence_waits_for_every_partition_with_several_consumers(db, settings, tr
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        result = run_cli("cutover", "add_tier", "--timeout", "120", settings=settings)
+        result = run_cli("cutover", "add_tier", "--timeout", "120s", settings=settings)
         watching.set()
         watcher.join()
         assert result.returncode == 0, result.stdout + result.stderr
@@ -215,7 +215,7 @@ def test_next_runs_migrations_of_a_collection_in_series(db, settings, transforms
 
 def test_next_run_cuts_over_each_migration_before_starting_the_next(db, settings, transforms):
     seed(db, 300)
-    result = run_cli("next", "accounts", "--run", "--timeout", "120", settings=settings,
+    result = run_cli("next", "accounts", "--run", "--timeout", "120s", settings=settings,
                      timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     states = {s["_id"]: s for s in db.cdc_migrator_state.find()}
@@ -382,12 +382,12 @@ ACCOUNTS = textwrap.dedent('''
 def test_cutover_after_run_finished_catches_up_by_itself(db, settings, tmp_path):
     write_transforms(tmp_path, settings, {"accounts.py": ACCOUNTS})
     db.accounts.insert_many([{"_id": i} for i in range(500)])
-    assert run_cli("run", "add_plan", "--timeout", "60", "-q", settings=settings).returncode == 0
+    assert run_cli("run", "add_plan", "--timeout", "60s", "-q", settings=settings).returncode == 0
     # Written after the run ended, with nothing running: only the change stream has them.
     db.accounts.insert_many([{"_id": 1000 + i} for i in range(50)])
     db.accounts.update_one({"_id": 3}, {"$unset": {"plan": ""}})
 
-    done = run_cli("cutover", "add_plan", "--timeout", "60", settings=settings)
+    done = run_cli("cutover", "add_plan", "--timeout", "60s", settings=settings)
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "add_plan: cut over." in done.stdout

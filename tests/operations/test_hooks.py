@@ -288,8 +288,8 @@ def test_a_hook_setting_given_wrong_is_one_line_and_exit_2_before_any_work(setti
     for command in (["tail", NAME, "-q"], ["cutover", NAME, "-q"], ["config", "show"]):
         env = {variable: value,
                # No service is reached: a mistake is found before any connection.
-               "MONGODB_URI": "mongodb://127.0.0.1:9/app?serverSelectionTimeoutMS=100",
-               "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}
+               "CDC_MIGRATOR_MONGODB_URI": "mongodb://127.0.0.1:9/app?serverSelectionTimeoutMS=100",
+               "CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}
         done = run_cli(*command, env=env, timeout=60)
         assert done.returncode == 2, (command, done.stderr)
         assert done.stderr.startswith("cdc-migrator: invalid value "), done.stderr
@@ -305,7 +305,7 @@ def test_run_tells_each_phase_once_and_a_failing_webhook_changes_nothing(db, set
     db.users.insert_many([{"_id": i} for i in range(300)])
     webhook = Webhook(code=503, answer="maintenance")
     try:
-        done = run_cli("run", NAME, "--cutover", "--timeout", "120", "-q", settings=settings,
+        done = run_cli("run", NAME, "--cutover", "--timeout", "120s", "-q", settings=settings,
                        env={"CDC_MIGRATOR_HOOK_COMMAND": recorder(),
                             "CDC_MIGRATOR_HOOK_URL": webhook.url}, timeout=180)
     finally:
@@ -326,7 +326,7 @@ def test_run_tells_each_phase_once_and_a_failing_webhook_changes_nothing(db, set
 def test_the_before_cutover_hook_refuses_a_cutover_with_its_reason(db, settings, tmp_path,
                                                                   recorder):
     db.users.insert_many([{"_id": i} for i in range(50)])
-    assert run_cli("run", NAME, "--timeout", "120", "-q", settings=settings).returncode == 0
+    assert run_cli("run", NAME, "--timeout", "120s", "-q", settings=settings).returncode == 0
 
     refused = run_cli("cutover", NAME, settings=settings, env={
         "CDC_MIGRATOR_HOOK_COMMAND": recorder(code=1, says="deploy freeze until 18:00"),

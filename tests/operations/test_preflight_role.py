@@ -82,7 +82,7 @@ def test_a_whole_migration_runs_for_a_user_holding_only_the_documented_role(secu
     settings, db = migration_as(secured, tmp_path, documented_role)
     try:
         checked = run_cli("preflight", "add_role", settings=settings)
-        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120", settings=settings)
+        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120s", settings=settings)
     finally:
         settings.close()
 
@@ -108,7 +108,7 @@ def test_preflight_fails_naming_the_privilege_a_role_lacks_and_run_refuses_at_st
                                 lambda db: without(documented_role(db), action))
     try:
         checked = run_cli("preflight", "add_role", settings=settings)
-        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120", settings=settings)
+        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120s", settings=settings)
     finally:
         settings.close()
 

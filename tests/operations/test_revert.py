@@ -68,7 +68,7 @@ def test_migrate_cut_over_and_revert_under_application_writes(db, settings):
         before_revert = dict(app.by_mode)
         watcher.start()
         # The rate cap keeps the reverse backfill running while the application writes.
-        result = run_cli("revert", NAME, "--rate", "1000", "--quiet", "--timeout", "300",
+        result = run_cli("revert", NAME, "--rate", "1000", "--quiet", "--timeout", "300s",
                          settings=settings, timeout=400)
         assert result.returncode == 0, result.stdout + result.stderr
         assert app.mode == "old", "the reverse backfill never finished"

@@ -107,7 +107,7 @@ def test_app_services_mount_transforms_where_the_image_looks(services: dict, nam
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_app_services_connect_to_the_replica_set_the_mongo_service_initiates(
         services: dict, name: str) -> None:
-    uri = urlsplit(services[name]["environment"]["MONGODB_URI"])
+    uri = urlsplit(services[name]["environment"]["CDC_MIGRATOR_MONGODB_URI"])
     replica_set = parse_qs(uri.query)["replicaSet"][0]
     mongo = services["mongo"]
     command = mongo["command"]
@@ -129,7 +129,7 @@ def test_app_services_bootstrap_from_a_listener_kafka_advertises(services: dict,
     listeners = {listener.split("://", 1)[0] for listener in kafka["KAFKA_LISTENERS"].split(",")}
     protocols = dict(pair.split(":") for pair in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
                      .split(","))
-    for server in services[name]["environment"]["KAFKA_BOOTSTRAP_SERVERS"].split(","):
+    for server in services[name]["environment"]["CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS"].split(","):
         assert server in advertised, f"{server} is not an advertised listener"
         listener = advertised[server]
         assert listener in listeners and protocols[listener] == "PLAINTEXT"

@@ -71,8 +71,8 @@ INNER_SESSION = textwrap.dedent('''
     from tests.harness import CliProcess, wait_for
 
     PID = Path(__file__).with_name("pid")
-    NOWHERE = {"MONGODB_URI": "mongodb://127.0.0.1:1/app?directConnection=true",
-               "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    NOWHERE = {"CDC_MIGRATOR_MONGODB_URI": "mongodb://127.0.0.1:1/app?directConnection=true",
+               "CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
 
 
     def test_fails_with_its_command_running():
@@ -113,7 +113,7 @@ def test_a_background_command_does_not_outlive_the_test_that_started_it(tmp_path
 
 def test_a_command_that_ignores_sigterm_is_killed_and_the_stop_fails():
     proc = CliProcess(None, "tail", "split_full_name",
-                      env={"MONGODB_URI": "mongodb://127.0.0.1:1/app?directConnection=true"})
+                      env={"CDC_MIGRATOR_MONGODB_URI": "mongodb://127.0.0.1:1/app?directConnection=true"})
     wait_for(lambda: proc.count("tailing split_full_name"), what="the tailer started")
     proc.proc.send_signal(signal.SIGSTOP)  # it can act on no signal but SIGKILL now
     with pytest.raises(AssertionError, match="did not exit within 0.5s of SIGTERM; killed"):

@@ -69,7 +69,7 @@ EXISTING: dict[str, Any] = {
     "tail": {"enabled": False},
 }
 VALUE_SETS = {"minimal": MINIMAL, "full": FULL, "existing-configmaps": EXISTING}
-SECRET_SETTINGS = {"MONGODB_URI", "CDC_MIGRATOR_KAFKA_SASL_PASSWORD",
+SECRET_SETTINGS = {"CDC_MIGRATOR_MONGODB_URI", "CDC_MIGRATOR_KAFKA_SASL_PASSWORD",
                    "CDC_MIGRATOR_KAFKA_SSL_PASSWORD"}
 
 
@@ -267,7 +267,7 @@ def test_credentials_come_from_secrets_and_tls_files_from_mounted_secrets(render
     for _, pod, container in containers(render(FULL)):
         env = env_of(container)
         refs = {name: env[name]["valueFrom"]["secretKeyRef"] for name in SECRET_SETTINGS}
-        assert refs == {"MONGODB_URI": {"name": "app-mongodb", "key": "uri"},
+        assert refs == {"CDC_MIGRATOR_MONGODB_URI": {"name": "app-mongodb", "key": "uri"},
                         "CDC_MIGRATOR_KAFKA_SASL_PASSWORD": {"name": "kafka-credentials",
                                                              "key": "password"},
                         "CDC_MIGRATOR_KAFKA_SSL_PASSWORD": {"name": "kafka-credentials",
@@ -290,9 +290,9 @@ def test_credentials_come_from_secrets_and_tls_files_from_mounted_secrets(render
 def test_no_secret_is_set_when_none_is_named(render):
     for _, _, container in containers(render(MINIMAL)):
         env = env_of(container)
-        assert env["MONGODB_URI"]["valueFrom"]["secretKeyRef"] == {"name": "app-mongodb",
-                                                                   "key": "mongodb-uri"}
-        assert not (SECRET_SETTINGS - {"MONGODB_URI"}) & env.keys()
+        assert env["CDC_MIGRATOR_MONGODB_URI"]["valueFrom"]["secretKeyRef"] == {
+            "name": "app-mongodb", "key": "mongodb-uri"}
+        assert not (SECRET_SETTINGS - {"CDC_MIGRATOR_MONGODB_URI"}) & env.keys()
         assert not [n for n in env if "_TLS_" in n or "_SSL_" in n]
 
 
@@ -325,7 +325,7 @@ def _command_line(manifests: list[dict[str, Any]], workload: dict[str, Any], fil
     for name, entry in env_of(container).items():
         source = entry.get("valueFrom", {})
         if "secretKeyRef" in source:
-            value = ("mongodb://u:p@db-0/app" if name == "MONGODB_URI"
+            value = ("mongodb://u:p@db-0/app" if name == "CDC_MIGRATOR_MONGODB_URI"
                      else f"secret from {source['secretKeyRef']['name']}")
         elif "fieldRef" in source:
             assert source["fieldRef"]["fieldPath"] == "metadata.name"
@@ -351,8 +351,10 @@ def test_every_flag_and_variable_the_chart_passes_is_one_the_command_takes(
         variables = {name for p in command.params
                      for name in ([p.envvar] if isinstance(p.envvar, str) else p.envvar or [])}
 
+        deprecated = {name for spec in Settings.table().values() for name in spec.old_env}
         assert {a for a in args if a.startswith("-")} <= options, container["args"]
         assert env.keys() <= variables, sorted(env.keys() - variables)
+        assert not env.keys() & deprecated, sorted(env.keys() & deprecated)
         # Parsed by the tool's own command line, as the pod would start it.
         for name in [n for n in os.environ if n in variables]:
             monkeypatch.delenv(name)

@@ -154,7 +154,7 @@ def test_killing_backfill_tailer_and_consumer_at_random_points_loses_nothing(db,
             procs[victim] = start(victim)
         writer.finish()
         assert procs["backfill"].wait(timeout=180) == 0, procs["backfill"].log
-        done = run_cli("cutover", NAME, "--timeout", "120", settings=settings, timeout=300)
+        done = run_cli("cutover", NAME, "--timeout", "120s", settings=settings, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
     finally:
         writer.stop.set()
@@ -211,7 +211,7 @@ def ride_out(db, settings, pieces, env, seed, outage, after=lambda: None):
         wait_for(lambda: writer.ops >= ops + 300, what="300 application writes after it")
         writer.finish()
         assert backfill.wait(timeout=180) == 0, backfill.log
-        done = run_cli("cutover", NAME, "--timeout", "120", settings=settings, timeout=300)
+        done = run_cli("cutover", NAME, "--timeout", "120s", settings=settings, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr + tail.log + consume.log
         assert tail.alive and consume.alive, "the pipeline must resume by itself"
     finally:
@@ -235,7 +235,7 @@ def test_tail_backfill_and_consume_ride_out_a_broker_restart(db, settings, trans
         private_kafka.start()
 
     tail, consume, backfill, writer = ride_out(
-        db, settings, settings, {"CDC_MIGRATOR_RETRY_DEADLINE": "120"}, 11, restart_the_broker)
+        db, settings, settings, {"CDC_MIGRATOR_RETRY_DEADLINE": "120s"}, 11, restart_the_broker)
     outages = outages_logged_once([tail, consume, backfill], "Kafka")
     print(f"broker restart: {outages} outages logged, writer ops {writer.ops}")
     assert outages >= 1
@@ -265,7 +265,7 @@ def test_consume_exits_1_naming_kafka_when_the_broker_stays_down_past_the_deadli
         db, settings, private_kafka):
     settings.kafka_bootstrap_servers = private_kafka.bootstrap
     consume = CliProcess(settings, "consume", "add_default_role",
-                   env={"CDC_MIGRATOR_RETRY_DEADLINE": "3"})
+                   env={"CDC_MIGRATOR_RETRY_DEADLINE": "3s"})
     wait_for(lambda: consume.count("as group"), what="the consumer connected")
     private_kafka.kill()
 
@@ -292,10 +292,12 @@ def test_a_piece_gives_up_at_its_retry_deadline_and_says_how_long_it_tried(db, s
                                                                           command, service):
     """``--retry-deadline 5`` with a host that does not resolve: ``tail`` gave up after 41 s
     and ``consume`` after 32 s, saying "unavailable for 11s"."""
-    unresolvable = {"MongoDB": {"MONGODB_URI": "mongodb://nohost.invalid:27017/app"},
-                    "Kafka": {"KAFKA_BOOTSTRAP_SERVERS": "nohost.invalid:9092"}}[service]
+    unresolvable = {"MongoDB": {"CDC_MIGRATOR_MONGODB_URI":
+                                "mongodb://nohost.invalid:27017/app"},
+                    "Kafka": {"CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS":
+                              "nohost.invalid:9092"}}[service]
 
-    result = run_cli(command, "add_default_role", "--retry-deadline", "5", "--log-format",
+    result = run_cli(command, "add_default_role", "--retry-deadline", "5s", "--log-format",
                      "json", settings=settings, env=unresolvable, timeout=120)
 
     records = [json.loads(line) for line in result.stderr.splitlines()]
@@ -385,7 +387,7 @@ def test_tail_backfill_and_consume_ride_out_a_lost_database(db, settings, transf
                  what="tail and consume noticing MongoDB gone")
         proxy.restore()
 
-    env = {"CDC_MIGRATOR_MONGO_TIMEOUT_MS": "1500", "CDC_MIGRATOR_RETRY_DEADLINE": "120"}
+    env = {"CDC_MIGRATOR_MONGO_TIMEOUT_MS": "1500", "CDC_MIGRATOR_RETRY_DEADLINE": "120s"}
     tail, consume, backfill, writer = ride_out(db, settings, through_proxy, env, 21,
                                                lose_the_database, after=proxy.cut)
     outages = outages_logged_once([tail, consume, backfill], "MongoDB")
@@ -431,10 +433,10 @@ def test_poison_records_and_raising_transforms_are_dead_lettered_then_retried(db
             for p, v in poison.items()}
     producer.close()
 
-    ran = run_cli("run", "add_currency", "--timeout", "60", "-q", settings=settings)
+    ran = run_cli("run", "add_currency", "--timeout", "60s", "-q", settings=settings)
     listed = run_cli("dlq", "list", "add_currency", settings=settings)
     as_json = run_cli("dlq", "list", "add_currency", "--json", settings=settings)
-    refused = run_cli("cutover", "add_currency", "--timeout", "2", settings=settings)
+    refused = run_cli("cutover", "add_currency", "--timeout", "2s", settings=settings)
 
     assert ran.returncode == 1, ran.stderr
     assert "5 failed documents unresolved in the dead-letter topic" in ran.stderr
@@ -469,7 +471,7 @@ def test_poison_records_and_raising_transforms_are_dead_lettered_then_retried(db
     assert retried.returncode == 0, retried.stdout + retried.stderr
     assert "3 migrated" in retried.stdout and "2 without a document id" in retried.stdout
     assert state_of(db, "add_currency")["dlq_pending"] == 0
-    finished = run_cli("run", "add_currency", "--cutover", "--timeout", "60", "-q",
+    finished = run_cli("run", "add_currency", "--cutover", "--timeout", "60s", "-q",
                        settings=settings)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert "cut over" in finished.stdout

@@ -107,7 +107,7 @@ def test_three_backfills_and_two_consumers_killed_at_random_lose_nothing(db, set
         writer.finish()
         ranges = finished.ranges(NAME)
         assert ranges and all(r.done for r in ranges)
-        done = run_cli("cutover", NAME, "--timeout", "120", settings=settings, timeout=300)
+        done = run_cli("cutover", NAME, "--timeout", "120s", settings=settings, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
     finally:
         writer.stop.set()
@@ -189,7 +189,7 @@ def test_the_backfill_holds_while_replication_lags_and_status_says_why(
     assert topology.replica_set_lag(mongo_client).seconds == pytest.approx(30, abs=1.5)
     seed_items(db.items, random.Random(9), 3000)
     arm(settings, get_migration(transforms, NAME))
-    backfill = CliProcess(settings, "backfill", NAME, "--max-replication-lag", "5", "-q")
+    backfill = CliProcess(settings, "backfill", NAME, "--max-replication-lag", "5s", "-q")
     try:
         held = wait_for(lambda: json.loads(run_cli("status", NAME, "--json",
                                                    settings=settings).stdout)["throttle"]
@@ -223,7 +223,7 @@ def test_a_delayed_hidden_member_does_not_hold_the_backfill(db, settings, transf
                            "votes": 0}, {"arbiterOnly": True})
     seed_items(db.items, random.Random(4), 300)
     arm(settings, get_migration(transforms, NAME))
-    backfill = CliProcess(settings, "backfill", NAME, "--max-replication-lag", "5", "-q")
+    backfill = CliProcess(settings, "backfill", NAME, "--max-replication-lag", "5s", "-q")
     try:
         wait_for(lambda: backfill.returncode is not None or backfill.count("holding"),
                  timeout=120, what="the backfill's end, or a hold")
@@ -280,7 +280,7 @@ def test_an_invalid_throttle_in_the_state_is_refused_and_crashes_no_worker(db, s
     arm(settings, get_migration(transforms, NAME))
     db.cdc_migrator_state.update_one({"_id": NAME}, {"$set": {"throttle.rate": stored}})
 
-    ran = run_cli("run", NAME, "--timeout", "120", "-q", settings=settings)
+    ran = run_cli("run", NAME, "--timeout", "120s", "-q", settings=settings)
     shown = json.loads(run_cli("status", NAME, "--json", settings=settings).stdout)
     text = run_cli("status", NAME, settings=settings).stdout
 

@@ -145,7 +145,7 @@ def test_new_code_holds_until_accept_then_every_document_is_right_by_it(db, sett
     finally:
         writer.finish()
     try:
-        done = run_cli("cutover", NAME, "--timeout", "120", settings=v2, timeout=300)
+        done = run_cli("cutover", NAME, "--timeout", "120s", settings=v2, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
     finally:
         for proc in procs:

@@ -605,8 +605,8 @@ def test_a_whole_migration_runs_for_a_user_with_readwrite_and_dbadmin_on_its_dat
                                                                                      tmp_path):
     settings, db = _migration_as(secured, tmp_path, ["readWrite", "dbAdmin", CLUSTER_MONITOR])
     try:
-        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120",
-                      "--max-replication-lag", "5", settings=settings)
+        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120s",
+                      "--max-replication-lag", "5s", settings=settings)
     finally:
         settings.close()
 
@@ -621,8 +621,8 @@ def test_cutover_is_refused_with_unauthorized_for_a_user_without_the_collmod_act
                                                                                     tmp_path):
     settings, db = _migration_as(secured, tmp_path, ["readWrite", CLUSTER_MONITOR])
     try:  # preflight would refuse the run at its start (tests/operations/test_preflight_role.py)
-        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120",
-                      "--max-replication-lag", "5", "--skip-check", "privileges",
+        ran = run_cli("run", "add_role", "--cutover", "--timeout", "120s",
+                      "--max-replication-lag", "5s", "--skip-check", "privileges",
                       settings=settings)
     finally:
         settings.close()
@@ -672,7 +672,7 @@ def test_a_lag_bound_without_the_replsetgetstatus_privilege_is_refused_at_start_
     # the refusal alone, nothing said what to grant or how to run without the bound.
     settings, db = _migration_as(secured, tmp_path, ["readWrite", "dbAdmin"])
     try:
-        ran = run_cli("run", "add_role", "--timeout", "120", "--max-replication-lag", "5",
+        ran = run_cli("run", "add_role", "--timeout", "120s", "--max-replication-lag", "5s",
                       settings=settings)
     finally:
         settings.close()
@@ -692,7 +692,7 @@ def test_a_lag_bound_the_operator_lets_run_unknown_runs_and_status_says_why(secu
     settings, db = _migration_as(secured, tmp_path, ["readWrite", "dbAdmin"])
     settings.on_lag_unknown = "run"
     try:
-        ran = run_cli("run", "add_role", "--timeout", "120", "--max-replication-lag", "5",
+        ran = run_cli("run", "add_role", "--timeout", "120s", "--max-replication-lag", "5s",
                       settings=settings)
         shown = run_cli("status", "add_role", settings=settings)
     finally:

@@ -60,12 +60,12 @@ Secrets), the paths of the mounted files, and the user's settings.
 {{- define "cdc-migrator.env" -}}
 {{- $mongo := .Values.mongodb -}}
 {{- $kafka := .Values.kafka -}}
-- name: MONGODB_URI
+- name: CDC_MIGRATOR_MONGODB_URI
   valueFrom:
     secretKeyRef:
       name: {{ required "mongodb.uriSecret.name: the Secret holding the MongoDB URI is required" $mongo.uriSecret.name }}
       key: {{ required "mongodb.uriSecret.key is required" $mongo.uriSecret.key }}
-- name: KAFKA_BOOTSTRAP_SERVERS
+- name: CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS
   value: {{ required "kafka.bootstrapServers (host:port[,...]) is required" $kafka.bootstrapServers | quote }}
 - name: CDC_MIGRATOR_TRANSFORMS
   value: /app/transforms
