@@ -35,10 +35,11 @@ from ..base import topics
 from ..base.messages import message_of
 from ..base.naming import FENCE_COLLECTION, HISTORY_COLLECTION, REFERENCES_COLLECTION
 from ..base.progress import format_duration
+from ..base.retry import MONGODB, Retrier
 from ..base.settings import Settings
 from ..base.topology import MONGOS, UNAUTHORIZED, sharded_collection, version
 from ..core.events import Envelope, EventSource, Operation, encode, key_bytes, now_ms
-from ..errors import CdcMigratorError, Refused, UsageError
+from ..errors import CdcMigratorError, Refused, ServiceUnavailable, UsageError
 from ..migration import Migration
 from .cutover import load_schema
 from .runway import cluster_window
@@ -261,7 +262,8 @@ def check_privileges(probe: Probe) -> Check:
             if exc.code != UNAUTHORIZED:
                 raise
             return Check(name, False, checked, "no user logged in, and the server has access "
-                         "control on", "give the user's credentials in MONGODB_URI")
+                         "control on", "give the user's credentials in the MongoDB URI "
+                         "(CDC_MIGRATOR_MONGODB_URI)")
         return Check(name, True, checked, "no user logged in and access control off: every "
                      "command is allowed")
     privileges = auth.get("authenticatedUserPrivileges") or []
@@ -580,26 +582,35 @@ def _run(name: str, probe: Probe) -> Check:
         return CHECKS[name](probe)
     except KafkaError as exc:
         return Check(name, False, "Kafka", f"{type(exc).__name__}: {message_of(exc, 200)}",
-                     "check KAFKA_BOOTSTRAP_SERVERS and the Kafka credentials and TLS settings")
+                     "check CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS and the Kafka credentials and "
+                     "TLS settings")
     except PyMongoError as exc:
         return Check(name, False, "MongoDB", f"{type(exc).__name__}: {message_of(exc, 200)}",
-                     "check MONGODB_URI: the server, the credentials, the user's roles")
+                     "check CDC_MIGRATOR_MONGODB_URI: the server, the credentials, the user's "
+                     "roles")
 
 
 def require(settings: Settings, migration: Migration, command: str,
             skip: Iterable[str] = ()) -> None:
     """The checks ``command`` depends on, at its start; Refused with their lines when one
-    fails. A check that meets an unreachable service is left to the pipeline's retries."""
+    fails. A MongoDB out of reach is retried as the command's own steps are, within the same
+    ``--retry-deadline`` counted from the first failed attempt (then ServiceUnavailable); a
+    check that cannot run for another reason is left to the command."""
     report = PreflightReport(migration.name)
     probe = Probe(settings, migration, sample=False)
     skipped = check_names(skip)
+    retry = Retrier(settings, log)
     for name in AT_START[command]:
         if name in skipped:
             log.warning("preflight: check %s skipped (--skip-check)", name)
             continue
         try:
-            report.checks.append(CHECKS[name](probe))
-        except (PyMongoError, KafkaError, CdcMigratorError) as exc:
+            report.checks.append(retry.call(MONGODB, CHECKS[name], probe))
+        except (PyMongoError, KafkaError) as exc:  # not an outage: refused, say
+            log.debug("preflight: check %s not run at start: %s", name, message_of(exc))
+        except CdcMigratorError as exc:
+            if isinstance(exc, ServiceUnavailable):
+                raise
             log.debug("preflight: check %s not run at start: %s", name, message_of(exc))
     if not report.ok:
         failed = " | ".join(c.line() for c in report.failures)
