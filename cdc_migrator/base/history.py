@@ -66,8 +66,15 @@ def stream_start(db: Database, pipeline: Sequence[dict[str, Any]]) -> tuple[Any,
     ``postBatchResumeToken`` is the point. A token that does not tell its time (not MongoDB's
     format) is timed by a ``ping`` after the stream opened: no earlier than the stream's start.
     """
-    with db.watch(list(pipeline), max_await_time_ms=0) as stream:
+    # batchSize 0: the first reply carries no event, only the point. A server may still send
+    # events (the local server does, under writes; pymongo caches no token for such a reply):
+    # then the first event, or its batch's postBatchResumeToken, is a point the stream covers
+    # from, later than where it opened, which the scan that starts after it covers.
+    with db.watch(list(pipeline), max_await_time_ms=0, batch_size=0) as stream:
         token = stream.resume_token
+        if token is None:
+            stream.try_next()
+            token = stream.resume_token
     if token is None:
         raise OperationFailure("the change stream's first reply has no postBatchResumeToken")
     at = token_time(token)

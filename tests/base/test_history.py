@@ -3,6 +3,8 @@ stream opened now starts (against the local server)."""
 
 from __future__ import annotations
 
+import threading
+
 import bson
 from bson import Timestamp
 from bson.raw_bson import RawBSONDocument
@@ -38,3 +40,32 @@ def test_a_stream_opened_now_starts_at_the_last_write(db):
     with db.watch(resume_after=token) as stream:
         db.items.insert_one({"_id": 2})
         assert stream.next()["documentKey"] == {"_id": 2}
+
+
+
+def test_a_stream_opened_under_writes_still_gives_its_point(db):
+    # Regression: a first reply that carried events (the local server sends them under
+    # writes; MongoDB may too) left pymongo without a token, and arming failed with "the
+    # change stream's first reply has no postBatchResumeToken", about one open in 20 here.
+    stop, written = threading.Event(), [0]
+
+    def write() -> None:
+        while not stop.is_set():
+            db.items.insert_one({"n": written[0]})
+            written[0] += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        points = [history.stream_start(db, [{"$match": {"ns.coll": "items"}}])
+                  for _ in range(200)]
+    finally:
+        stop.set()
+        writer.join()
+
+    assert written[0] > 200  # the opens ran under writes
+    assert all(history.token_time(token) == at for token, at in points)
+    with db.watch(resume_after=points[-1][0]) as stream:  # a point the stream resumes from
+        db.items.insert_one({"_id": "last"})
+        while stream.next()["documentKey"]["_id"] != "last":  # the writes after the point
+            pass
