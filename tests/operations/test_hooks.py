@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import textwrap
 import threading
@@ -27,7 +28,7 @@ from cdc_migrator.core.state import BackfillState, MigrationState, Phase, TailSt
 from cdc_migrator.errors import UsageError
 from cdc_migrator.operations.hooks import Hooks, occurrences
 
-from ..harness import CliProcess, Service, run_cli, wait_for, write_transforms
+from ..harness import ROOT, CliProcess, Service, invoke, run_cli, wait_for, write_transforms
 
 NAME = "add_default_role"
 
@@ -286,16 +287,16 @@ def test_a_hook_setting_given_wrong_is_one_line_and_exit_2_before_any_work(setti
     assert str(refused.value).endswith(f"for setting {setting}: expected {message}")
     variable = f"CDC_MIGRATOR_{setting.upper()}"
     for command in (["tail", NAME, "-q"], ["cutover", NAME, "-q"], ["config", "show"]):
-        env = {variable: value,
+        env = {variable: value, "PATH": os.environ["PATH"],
                # No service is reached: a mistake is found before any connection.
                "CDC_MIGRATOR_MONGODB_URI": "mongodb://127.0.0.1:9/app?serverSelectionTimeoutMS=100",
-               "CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}
-        done = run_cli(*command, env=env, timeout=60)
-        assert done.returncode == 2, (command, done.stderr)
-        assert done.stderr.startswith("cdc-migrator: invalid value "), done.stderr
-        assert f"for environment variable {variable}: expected {message}" in done.stderr, \
-            done.stderr
-        assert len(done.stderr.splitlines()) == 1, done.stderr
+               "CDC_MIGRATOR_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+               "CDC_MIGRATOR_TRANSFORMS": str(ROOT / "transforms")}
+        code, _, err = invoke(command, env)  # in this process: `make unit` stays quick
+        assert code == 2, (command, err)
+        assert err.startswith("cdc-migrator: invalid value "), err
+        assert f"for environment variable {variable}: expected {message}" in err, err
+        assert len(err.splitlines()) == 1, err
 
 
 # ------------------------------------------------------------- the commands, for real
