@@ -8,6 +8,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource
 
 from cdc_migrator.base import topics
+from cdc_migrator.base.settings import Settings
 
 from ..harness import KAFKA, KAFKA_CA, KAFKA_SASL_SSL, SCRAM_PASSWORD, SCRAM_USER, run_cli
 
@@ -228,87 +229,87 @@ def _consume_and_commit(topic: str, group: str, count: int) -> None:
         member.close()
 
 
-def test_lag_read_while_the_group_commits_can_only_over_count(settings, monkeypatch):
+class _GroupMovingOn:
+    """A group that committed 5 of 5 records, and that, once, produces 10 more and commits
+    them: what a real group does between the two reads of a lag (see the tests below)."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.topic, self.group = settings.topic(name), settings.group(name)
+        topics.ensure_topic(settings, self.topic, partitions=1)
+        self.producer = topics.producer(settings)
+        self._produce(5, b"before")
+        self.raced = False
+
+    def _produce(self, count: int, value: bytes) -> None:
+        for i in range(count):
+            self.producer.send(self.topic, key=b"%d" % i, value=value)
+        self.producer.flush()
+        _consume_and_commit(self.topic, self.group, count)
+
+    def moves_on(self) -> None:
+        if not self.raced:
+            self.raced = True
+            self._produce(10, b"during")
+
+
+@pytest.fixture
+def moving_group(settings):
+    group = _GroupMovingOn(settings, "lag")  # the settings' prefix is the test's own
+    yield group
+    group.producer.close()
+
+
+def test_lag_read_while_the_group_commits_can_only_over_count(moving_group, settings,
+                                                                monkeypatch):
     """Lag is the end offset minus the committed one, each read at its own moment. When the
     group commits between the two reads, reading the end first gave a committed offset past
     it: a negative lag (-77 under load), which hid real lag elsewhere from status and cutover.
     Here the group produces and commits exactly between them, every time: a real group on the
     real broker, the moment chosen by a consumer class that runs it after its first read."""
-    topic, group = settings.topic("lag"), settings.group("lag")
-    topics.ensure_topic(settings, topic, partitions=1)
-    producer = topics.producer(settings)
-    for i in range(5):
-        producer.send(topic, key=b"%d" % i, value=b"before")
-    producer.flush()
-    _consume_and_commit(topic, group, 5)
-    raced: list[bool] = []
 
     class CommittingBetweenReads(KafkaConsumer):
-        def _then_the_group_moves_on(self) -> None:
-            if not raced:
-                raced.append(True)
-                for i in range(10):
-                    producer.send(topic, key=b"%d" % i, value=b"during")
-                producer.flush()
-                _consume_and_commit(topic, group, 10)
-
         def committed(self, *args, **kwargs):
             found = super().committed(*args, **kwargs)
-            self._then_the_group_moves_on()
+            moving_group.moves_on()
             return found
 
         def end_offsets(self, *args, **kwargs):
             found = super().end_offsets(*args, **kwargs)
-            self._then_the_group_moves_on()
+            moving_group.moves_on()
             return found
 
     monkeypatch.setattr(topics, "KafkaConsumer", CommittingBetweenReads)
-    lag = topics.group_lag(settings, topic, group)
-    producer.close()
+    lag = topics.group_lag(settings, moving_group.topic, moving_group.group)
 
-    assert raced and lag.total == 10 and lag.partitions[0].committed == 5, lag.as_dict()
+    assert moving_group.raced and lag.total == 10 and lag.partitions[0].committed == 5, \
+        lag.as_dict()
 
 
-def test_the_health_checks_lag_read_while_the_group_commits_can_only_over_count(settings):
+def test_the_health_checks_lag_read_while_the_group_commits_can_only_over_count(moving_group,
+                                                                                settings):
     """The health checks read the lag through an admin client they keep (``admin_lag``): the
     same race as :func:`topics.group_lag`'s, the same order. An admin client of the real
     broker makes the group produce and commit right after its first read."""
-    topic, group = settings.topic("adminlag"), settings.group("adminlag")
-    topics.ensure_topic(settings, topic, partitions=1)
-    producer = topics.producer(settings)
-    for i in range(5):
-        producer.send(topic, key=b"%d" % i, value=b"before")
-    producer.flush()
-    _consume_and_commit(topic, group, 5)
-    raced: list[bool] = []
 
     class CommittingBetweenReads(KafkaAdminClient):
-        def _then_the_group_moves_on(self) -> None:
-            if not raced:
-                raced.append(True)
-                for i in range(10):
-                    producer.send(topic, key=b"%d" % i, value=b"during")
-                producer.flush()
-                _consume_and_commit(topic, group, 10)
-
         def list_group_offsets(self, *args, **kwargs):
             found = super().list_group_offsets(*args, **kwargs)
-            self._then_the_group_moves_on()
+            moving_group.moves_on()
             return found
 
         def list_partition_offsets(self, *args, **kwargs):
             found = super().list_partition_offsets(*args, **kwargs)
-            self._then_the_group_moves_on()
+            moving_group.moves_on()
             return found
 
     client = CommittingBetweenReads(**topics.client_options(settings))
     try:
-        lag = topics.admin_lag(client, topic, group)
+        lag = topics.admin_lag(client, moving_group.topic, moving_group.group)
     finally:
         client.close()
-        producer.close()
 
-    assert raced and lag.total == 10 and lag.partitions[0].committed == 5, lag.as_dict()
+    assert moving_group.raced and lag.total == 10 and lag.partitions[0].committed == 5, \
+        lag.as_dict()
 
 
 def test_producer_uses_lz4_and_the_c_checksum_unless_configured_otherwise(settings):
