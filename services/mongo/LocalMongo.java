@@ -186,10 +186,10 @@ public class LocalMongo {
                     (db, write) -> dispatch(channel, db, write.keySet().iterator().next(), write));
             } else if (FailCommand.handles(database, command)) {
                 return failCommand.configure(query);
-            } else if (MongosMode.handles(database, command)) {
-                return mongos.configure(query);
-            } else if (StandaloneMode.handles(database, command)) {
-                return standalone.configure(query);
+            } else if (mongos.mode.handles(database, command)) {
+                return mongos.mode.configure(query);
+            } else if (standalone.mode.handles(database, command)) {
+                return standalone.mode.configure(query);
             } else if (ReportedVersion.handles(database, command)) {
                 return reportedVersion.configure(query);
             }

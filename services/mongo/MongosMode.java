@@ -22,29 +22,15 @@ import de.bwaldvogel.mongo.exception.MongoServerError;
  * </ul>
  */
 final class MongosMode {
-    private volatile boolean on;
-
-    static boolean handles(String database, String command) {
-        return database.equals("admin") && command.equalsIgnoreCase("setMongosMode");
-    }
-
-    Document configure(Document query) {
-        Object given = query.get("setMongosMode");
-        if (!(given instanceof Boolean flag)) {
-            throw new MongoServerError(2, "BadValue", "setMongosMode takes true or false: " + given);
-        }
-        boolean was = on;
-        on = flag;
-        return new Document("was", was).append("ok", 1.0);
-    }
+    final ModeSwitch mode = new ModeSwitch("setMongosMode");
 
     boolean on() {
-        return on;
+        return mode.on();
     }
 
     /** mongos's own answer to {@code command}, or null when it answers as a mongod would. */
     Document refusal(String database, String command) {
-        if (!on) {
+        if (!on()) {
             return null;
         }
         if (database.equals("local")) {
@@ -62,7 +48,7 @@ final class MongosMode {
 
     /** hello as a mongos answers it. */
     Document hello(Document reply) {
-        if (on) {
+        if (on()) {
             reply.remove("setName");
             reply.remove("hosts");
             reply.remove("secondary");
@@ -72,7 +58,7 @@ final class MongosMode {
     }
 
     Document serverStatus(Document status) {
-        if (on) {
+        if (on()) {
             status.put("process", "mongos");
         }
         return status;

@@ -1,4 +1,3 @@
-import de.bwaldvogel.mongo.bson.Document;
 import de.bwaldvogel.mongo.exception.MongoServerError;
 
 /**
@@ -14,25 +13,11 @@ import de.bwaldvogel.mongo.exception.MongoServerError;
  */
 final class StandaloneMode {
     static final int CHANGE_STREAM_NEEDS_REPLICA_SET = 40573;
-    private volatile boolean on;
-
-    static boolean handles(String database, String command) {
-        return database.equals("admin") && command.equalsIgnoreCase("setStandaloneMode");
-    }
-
-    Document configure(Document query) {
-        Object given = query.get("setStandaloneMode");
-        if (!(given instanceof Boolean flag)) {
-            throw new MongoServerError(2, "BadValue", "setStandaloneMode takes true or false: " + given);
-        }
-        boolean was = on;
-        on = flag;
-        return new Document("was", was).append("ok", 1.0);
-    }
+    final ModeSwitch mode = new ModeSwitch("setStandaloneMode");
 
     /** Refuses a change stream while on. */
     void check(boolean changeStream) {
-        if (on && changeStream) {
+        if (mode.on() && changeStream) {
             throw new MongoServerError(CHANGE_STREAM_NEEDS_REPLICA_SET, "Location40573",
                 "The $changeStream stage is only supported on replica sets");
         }

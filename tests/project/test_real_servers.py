@@ -66,7 +66,9 @@ def launcher_only_commands() -> dict[str, str]:
     """Each command the launcher answers that only the local server has, with its class."""
     found: dict[str, str] = {}
     for source in sorted(JAVA.glob("*.java")):
-        for command in re.findall(r'equalsIgnoreCase\("([a-z][A-Za-z]+)"\)', source.read_text()):
+        # A command compared by name, or the command of a test-only mode (ModeSwitch.java).
+        for command in re.findall(r'(?:equalsIgnoreCase|new ModeSwitch)\("([a-z][A-Za-z]+)"\)',
+                                  source.read_text()):
             if command not in MONGODB_COMMANDS:
                 found.setdefault(command, f"the local server's test-only {command} "
                                           f"({source.name})")
