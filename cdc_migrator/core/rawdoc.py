@@ -86,11 +86,12 @@ class RawView(Mapping[str, Any]):
     does not support) has its first value.
     """
 
-    __slots__ = ("data", "_index", "_scanned", "_complete")
+    __slots__ = ("data", "_index", "_absent", "_scanned", "_complete")
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self._index: dict[str, tuple[int, int, int]] = {}
+        self._absent: set[str] = set()  # names looked up and not found
         self._scanned = 4  # the element headers before this offset are in _index
         self._complete = False
 
@@ -115,11 +116,15 @@ class RawView(Mapping[str, Any]):
 
     def _find(self, key: str) -> tuple[int, int, int] | None:
         found = self._index.get(key)
-        if found is not None or self._complete:
+        if found is not None or self._complete or key in self._absent:
             return found
         if self.data.find(key.encode() + b"\x00", self._scanned) == -1:
-            return None  # not even the bytes of its name: not a name of the rest
-        return self._scan(key)
+            found = None  # not even the bytes of its name: not a name of the rest
+        else:
+            found = self._scan(key)
+        if found is None:
+            self._absent.add(key)
+        return found
 
     def _entry(self, key: str) -> tuple[int, int, int]:
         found = self._find(key)
@@ -128,7 +133,14 @@ class RawView(Mapping[str, Any]):
         return found
 
     def __getitem__(self, key: str) -> Any:
-        begin, start, end = self._entry(key)
+        return self._decoded(self._entry(key))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = self._find(key)
+        return default if found is None else self._decoded(found)
+
+    def _decoded(self, entry: tuple[int, int, int]) -> Any:
+        begin, start, end = entry
         data = self.data
         kind = data[begin]
         # The common scalars decoded here as the codec decodes them; the rest by bson.
