@@ -45,9 +45,9 @@ SIMPLE_COLLATION = {"locale": "simple"}
 # sent as one document, less room for the command's other fields (session, cluster time...).
 MAX_WRITE_BATCH = 100_000
 MAX_COMMAND_STATEMENT_BYTES = 16 * 1024 * 1024 - 16 * 1024
-# The end of a guarded statement: binary comparison, one document ({upsert, multi} false;
-# a delete's limit 1).
-_UPDATE_TAIL = (b"\x03collation\x00" + bson.encode(SIMPLE_COLLATION))
+# The end of a guarded statement: binary comparison (upsert and multi left out: false), and a
+# delete's limit of one document.
+_UPDATE_TAIL = b"\x03collation\x00" + bson.encode(SIMPLE_COLLATION)
 _DELETE_TAIL = b"\x10limit\x00\x01\x00\x00\x00" + _UPDATE_TAIL
 
 
