@@ -13,14 +13,17 @@ import dataclasses
 import datetime as dt
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
 import bson
 from bson import ObjectId
+from bson.raw_bson import RawBSONDocument
+from bson.son import SON
 from pymongo import DeleteOne, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
+from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure, WriteConcernError
 
 from ..base import refusals
 from ..base.codec import CODEC_OPTIONS
@@ -28,6 +31,7 @@ from ..base.identity import id_key
 from ..base.messages import first_line, message_of
 from ..base.retry import service_of
 from ..core.patch import Outcome, decide
+from ..core.rawdoc import document
 from ..migration import Migration, filter_fields
 
 MAX_ATTEMPTS = 20
@@ -37,6 +41,14 @@ MAX_STATEMENT_BYTES = 16 * 1024 * 1024 + 16 * 1024
 #: collection's default collation: under a case-insensitive one a guard pinning "Bob" matches
 #: "BOB", and a patch computed from the stale value would overwrite the application's write.
 SIMPLE_COLLATION = {"locale": "simple"}
+# MongoDB's limits of one write command: statements (maxWriteBatchSize), and bytes of a command
+# sent as one document, less room for the command's other fields (session, cluster time...).
+MAX_WRITE_BATCH = 100_000
+MAX_COMMAND_STATEMENT_BYTES = 16 * 1024 * 1024 - 16 * 1024
+# The end of a guarded statement: binary comparison (upsert and multi left out: false), and a
+# delete's limit of one document.
+_UPDATE_TAIL = b"\x03collation\x00" + bson.encode(SIMPLE_COLLATION)
+_DELETE_TAIL = b"\x10limit\x00\x01\x00\x00\x00" + _UPDATE_TAIL
 
 
 @dataclass
@@ -85,7 +97,8 @@ class Decided:
     """A batch decided and not yet written (see :meth:`Applier.decide_documents`)."""
 
     result: BatchResult
-    ops: list[UpdateOne | DeleteOne]
+    #: A write per pending outcome: a driver operation, or the BSON statement of a raw one.
+    ops: list[UpdateOne | DeleteOne | bytes]
     pending: list[Outcome]
 
 
@@ -105,8 +118,10 @@ class Applier:
         self._filter_fields = fields - {"_id"} if fields is not None else None
         #: Seconds the last bulk write took (for the throttle's ``max_write_latency``).
         self.last_write_seconds: float | None = None
+        self._raw_filter = (bson.encode(migration.filter, codec_options=CODEC_OPTIONS)
+                            if migration.filter else b"")
 
-    def _filter_implied(self, guard: Mapping[str, Any]) -> bool:
+    def _filter_implied(self, guard: AbstractSet[str]) -> bool:
         """Whether the guard alone keeps the write inside the migration's filter.
 
         Every document decided here matched the filter when it was read (a scan or a read
@@ -116,7 +131,7 @@ class Applier:
         filter is then left out of the write (for the server, one condition less per write).
         """
         fields = self._filter_fields
-        return fields is not None and fields <= guard.keys()
+        return fields is not None and fields <= guard
 
     def apply_documents(self, docs: Iterable[Mapping[str, Any]]) -> BatchResult:
         """Migrate documents read just now (e.g. by a scan); misses are re-read and retried."""
@@ -170,10 +185,10 @@ class Applier:
         return Decided(result, *self._decide(docs, result, 1))
 
     def _decide(self, docs: list[Mapping[str, Any]], result: BatchResult, attempt: int
-                ) -> tuple[list[UpdateOne | DeleteOne], list[Outcome]]:
+                ) -> tuple[list[UpdateOne | DeleteOne | bytes], list[Outcome]]:
         """The writes of ``docs`` and the outcomes they carry out; no-ops, failures and
         refusals counted in ``result``."""
-        ops: list[UpdateOne | DeleteOne] = []
+        ops: list[UpdateOne | DeleteOne | bytes] = []
         pending: list[Outcome] = []
         for outcome in [decide(self.migration, d, self.ctx, self.shard_key) for d in docs]:
             kind = outcome.kind
@@ -183,6 +198,13 @@ class Applier:
                 result.unchanged += attempt == 1
             elif kind == "error":
                 result.failures.append(Failure(outcome.id, outcome.error, outcome.traceback))
+            elif outcome.raw_guard:
+                statement = self._statement(outcome)
+                if len(statement) > MAX_STATEMENT_BYTES:
+                    result.failures.append(Failure(outcome.id, _refusal_for_size(len(statement))))
+                else:
+                    ops.append(statement)
+                    pending.append(outcome)
             elif (refusal := _too_large(outcome)) is not None:
                 result.failures.append(Failure(outcome.id, refusal))
             else:
@@ -190,7 +212,7 @@ class Applier:
                 pending.append(outcome)
         return ops, pending
 
-    def _write_decided(self, ops: list[UpdateOne | DeleteOne], pending: list[Outcome],
+    def _write_decided(self, ops: list[UpdateOne | DeleteOne | bytes], pending: list[Outcome],
                        result: BatchResult) -> None:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             if not ops:
@@ -226,12 +248,24 @@ class Applier:
     def _guard(self, outcome: Outcome) -> dict[str, Any]:
         """The filter of ``outcome``'s write: its guard, and the migration's filter unless the
         guard implies it."""
-        if self.migration.filter and not self._filter_implied(outcome.guard):
+        if self.migration.filter and not self._filter_implied(outcome.guard.keys()):
             # A document that left the migration's subset since it was read is not migrated.
             return {"$and": [outcome.guard, self.migration.filter]}
         return outcome.guard
 
-    def _write(self, ops: list[UpdateOne | DeleteOne], outcomes: list[Outcome]
+    def _statement(self, outcome: Outcome) -> bytes:
+        """The BSON statement of a raw ``outcome``'s write, for an ``update`` or ``delete``
+        command: its guard (and the migration's filter unless the guard implies it), its
+        update, the simple collation."""
+        guard = outcome.raw_guard
+        if self._raw_filter and not self._filter_implied(outcome.guard_names):
+            guard = document(b"\x04$and\x00" + document(
+                b"\x030\x00" + guard + b"\x031\x00" + self._raw_filter))
+        if outcome.kind == "delete":
+            return document(b"\x03q\x00" + guard + _DELETE_TAIL)
+        return document(b"\x03q\x00" + guard + b"\x03u\x00" + outcome.raw_update + _UPDATE_TAIL)
+
+    def _write(self, ops: list[UpdateOne | DeleteOne | bytes], outcomes: list[Outcome]
                ) -> tuple[int, int, dict[int, str]]:
         """Matched and deleted counts, and the reason per refused op index (``outcomes`` are
         what the ops carry out, in the same order).
@@ -244,7 +278,10 @@ class Applier:
         written. Writes are guarded, so writing again one that took effect changes nothing.
         """
         try:
-            res = self.collection.bulk_write(ops, ordered=False)
+            if any(type(op) is bytes for op in ops):
+                return self._commands([op if type(op) is bytes else self._encoded(o)
+                                       for op, o in zip(ops, outcomes, strict=True)], outcomes)
+            res = self.collection.bulk_write(ops, ordered=False)  # type: ignore[arg-type]
             return res.matched_count, res.deleted_count, {}
         except BulkWriteError as exc:
             details = exc.details
@@ -261,15 +298,61 @@ class Applier:
         return (first[0] + second[0], first[1] + second[1],
                 {**first[2], **{half + i: why for i, why in second[2].items()}})
 
+    def _encoded(self, outcome: Outcome) -> bytes:
+        """The BSON statement of a decoded ``outcome``'s write (in a batch with raw ones)."""
+        statement: dict[str, Any] = {"q": self._guard(outcome)}
+        if outcome.kind == "delete":
+            statement["limit"] = 1
+        else:
+            statement["u"] = outcome.update
+        statement["collation"] = SIMPLE_COLLATION
+        return bson.encode(statement, codec_options=CODEC_OPTIONS)
+
+    def _commands(self, statements: list[bytes], outcomes: list[Outcome]
+                  ) -> tuple[int, int, dict[int, str]]:
+        """Write BSON statements with unordered ``update``/``delete`` commands, each within
+        MongoDB's limits: matched and deleted counts, the reason per refused statement."""
+        matched = deleted = 0
+        rejected: dict[int, str] = {}
+        for verb, chunk in _chunks(statements, outcomes):
+            if verb == "alone":  # a statement only the driver's document sequences carry
+                alone = self._write_alone(outcomes[chunk[0]])
+                matched, deleted = matched + alone[0], deleted + alone[1]
+                rejected.update((chunk[0], why) for why in alone[2].values())
+                continue
+            command = SON([(verb, self.collection.name),
+                           (verb + "s", [RawBSONDocument(statements[i]) for i in chunk]),
+                           ("ordered", False)])
+            if not self.collection.write_concern.is_server_default:
+                command["writeConcern"] = self.collection.write_concern.document
+            reply = self.collection.database.command(command, codec_options=CODEC_OPTIONS)
+            if verb == "update":
+                matched += reply.get("n", 0)
+            else:
+                deleted += reply.get("n", 0)
+            for error in reply.get("writeErrors", ()):
+                rejected[chunk[error["index"]]] = _refusal(error)
+            concern = reply.get("writeConcernError")
+            if concern is not None:
+                failure = WriteConcernError(concern.get("errmsg", ""), concern.get("code"), concern)
+                if service_of(failure) is not None:
+                    raise failure  # the caller's retries: the guarded writes are idempotent
+        return matched, deleted, rejected
+
     def _write_alone(self, outcome: Outcome) -> tuple[int, int, dict[int, str]]:
         """The write of one document by itself (``update_one``/``delete_one``, which read a
-        write error without a code that the bulk API does not): its counts, or its reason."""
-        guard = self._guard(outcome)
+        write error without a code that the bulk API does not, and send a statement larger
+        than a command may be): its counts, or its reason."""
+        if outcome.raw_guard:
+            guard = bson.decode(_statement_filter(self._statement(outcome)), CODEC_OPTIONS)
+            update = bson.decode(outcome.raw_update, CODEC_OPTIONS)
+        else:
+            guard, update = self._guard(outcome), outcome.update
         try:
             if outcome.kind == "delete":
                 return 0, self.collection.delete_one(
                     guard, collation=SIMPLE_COLLATION).deleted_count, {}
-            return self.collection.update_one(guard, outcome.update,
+            return self.collection.update_one(guard, update,
                                               collation=SIMPLE_COLLATION).matched_count, 0, {}
         except Exception as exc:  # noqa: BLE001 - this document's dead letter says why
             if service_of(exc) is not None or refusals.explain(exc) is not None:
@@ -294,6 +377,45 @@ class Applier:
         return list(self.collection.find(query, collation=SIMPLE_COLLATION))
 
 
+def _chunks(statements: list[bytes], outcomes: list[Outcome]
+            ) -> Iterable[tuple[str, list[int]]]:
+    """The commands (``update`` or ``delete``) that carry ``statements``, as their indices:
+    at most :data:`MAX_WRITE_BATCH` statements and :data:`MAX_COMMAND_STATEMENT_BYTES` each.
+    A larger statement is ``alone``: a command's body would exceed what MongoDB reads (the
+    local server drops the connection), and it is written by itself."""
+    for verb in ("update", "delete"):
+        chunk: list[int] = []
+        size = 0
+        for i, outcome in enumerate(outcomes):
+            if (outcome.kind == "delete") != (verb == "delete"):
+                continue
+            # An array element's overhead: its type byte and a key of at most 6 digits.
+            length = len(statements[i]) + 8
+            if length > MAX_COMMAND_STATEMENT_BYTES:
+                yield "alone", [i]
+                continue
+            if chunk and (len(chunk) == MAX_WRITE_BATCH
+                          or size + length > MAX_COMMAND_STATEMENT_BYTES):
+                yield verb, chunk
+                chunk, size = [], 0
+            chunk.append(i)
+            size += length
+        if chunk:
+            yield verb, chunk
+
+
+def _statement_filter(statement: bytes) -> bytes:
+    """The ``q`` document of a BSON statement (its first element)."""
+    start = 7  # length, type byte, "q" and its terminator
+    return statement[start:start + int.from_bytes(statement[start:start + 4], "little")]
+
+
+def _refusal_for_size(size: int) -> str:
+    return (f"write refused: the guarded update is {size:,} bytes, larger than MongoDB accepts "
+            f"for one statement ({MAX_STATEMENT_BYTES:,}); its filter pins every field the "
+            "transform read, so read fewer large fields")
+
+
 def _too_large(outcome: Outcome) -> str | None:
     """Why MongoDB would refuse the guarded write of ``outcome`` for its size, or None.
 
@@ -311,9 +433,7 @@ def _too_large(outcome: Outcome) -> str | None:
                            codec_options=CODEC_OPTIONS))
     if size <= MAX_STATEMENT_BYTES:
         return None
-    return (f"write refused: the guarded update is {size:,} bytes, larger than MongoDB accepts "
-            f"for one statement ({MAX_STATEMENT_BYTES:,}); its filter pins every field the "
-            "transform read, so read fewer large fields")
+    return _refusal_for_size(size)
 
 
 # Bytes that bound, in BSON, one element's type, a key's terminator and a value of a fixed-size

@@ -13,6 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from bson.raw_bson import RawBSONDocument
+
+from ..base.codec import CODEC_OPTIONS
 from ..base.progress import Progress
 from ..base.scanner import count, prefetched, scan
 from ..base.settings import Settings
@@ -20,6 +23,7 @@ from ..base.topology import shard_key
 from ..core.context import make_context
 from ..core.fingerprint import fingerprint, short
 from ..core.patch import Outcome, decide
+from ..core.rawdoc import document_id
 from ..core.state import failure_record
 from ..errors import Refused
 from ..migration import Migration
@@ -101,13 +105,16 @@ def apply_migration(
     # (transforms, guards; here) and the one before is written (write-behind: one writer
     # thread, so the batches are written and their positions saved in order).
     # Leaving the block, on an error too, waits for the write in flight and its position.
+    # The scan reads raw documents: the applier decodes only the fields the transform reads.
+    raw = collection.with_options(
+        codec_options=CODEC_OPTIONS.with_options(document_class=RawBSONDocument))
     with ThreadPoolExecutor(1, thread_name_prefix=f"apply-{migration.name}") as writer:
         behind = WriteBehind(writer, write, written)
-        for batch in prefetched(scan(collection, migration.filter, after=after, started=resumed,
+        for batch in prefetched(scan(raw, migration.filter, after=after, started=resumed,
                                      batch_size=batch_size or migration.batch_size, rate=rate)):
             decided = applier.decide_documents(batch)
             scanned += len(batch)
-            behind.submit(decided, batch[-1]["_id"])
+            behind.submit(decided, document_id(batch[-1]))
         behind.flush()
     progress.close()
     store.finish_apply(migration.name)

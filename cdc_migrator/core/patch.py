@@ -23,6 +23,7 @@ from ..base.codec import CODEC_OPTIONS
 from ..base.messages import shorten
 from ..errors import PatchError
 from ..migration import DELETE, UNSET, Migration
+from .rawdoc import RawView, document, raw_bytes, raw_guard
 
 
 class RecordingDocument(Mapping[str, Any]):
@@ -31,16 +32,19 @@ class RecordingDocument(Mapping[str, Any]):
     Iterating over the document (``keys()``, ``items()``, ``dict(doc)``...) reads every field.
     """
 
-    __slots__ = ("_doc", "read", "read_all")
+    __slots__ = ("_doc", "_detach", "read", "read_all")
 
     def __init__(self, doc: Mapping[str, Any]) -> None:
         self._doc = doc
+        # A raw document decodes each read afresh: nothing to detach.
+        self._detach = not isinstance(doc, RawView)
         self.read: set[str] = set()
         self.read_all = False
 
     def __getitem__(self, key: str) -> Any:
         self.read.add(key)
-        return _detached(self._doc[key])
+        value = self._doc[key]
+        return _detached(value) if self._detach else value
 
     def __contains__(self, key: object) -> bool:
         if isinstance(key, str):
@@ -49,6 +53,8 @@ class RecordingDocument(Mapping[str, Any]):
 
     def get(self, key: str, default: Any = None) -> Any:
         self.read.add(key)
+        if not self._detach:
+            return self._doc.get(key, default)
         return _detached(self._doc[key]) if key in self._doc else default
 
     def __iter__(self) -> Iterator[str]:
@@ -87,6 +93,11 @@ class Outcome:
     #: The shard key's values (by path) the guard pins, for a write and a re-read that a
     #: sharded cluster sends to one shard; empty elsewhere.
     shard_key: dict[str, Any] = field(default_factory=dict)
+    #: Decided on a raw document (see :func:`decide`): ``guard`` is left empty, and the guard
+    #: and the update are these BSON bytes instead (the guard's top-level names beside).
+    raw_guard: bytes = b""
+    raw_update: bytes = b""
+    guard_names: frozenset[str] = frozenset()
 
     @property
     def update(self) -> dict[str, Any]:
@@ -245,41 +256,99 @@ def pin_shard_key(query: dict[str, Any], values: Mapping[str, Any]) -> dict[str,
     return query
 
 
-def decide(migration: Migration, doc: Mapping[str, Any], ctx: Any,
+def decide(migration: Migration, doc: Mapping[str, Any] | bytes, ctx: Any,
            shard_key: Sequence[str] = ()) -> Outcome:
     """Run the transform on ``doc`` and reduce its result to an :class:`Outcome`.
 
     A transform that raises gives an ``error`` outcome; one that returns something that is not
     a patch raises :class:`PatchError` (a bug in the migration, which stops the run). With the
     ``shard_key`` of a sharded collection, the guard pins its values too.
+
+    A raw document (``bytes`` or a ``RawBSONDocument``) is decoded one field at a time, as the
+    transform reads it; without a shard key, its outcome holds the guard and the update as BSON
+    bytes (``raw_guard``, ``raw_update``), the pinned values copied from the document's bytes.
     """
-    view = RecordingDocument(doc)
+    data = raw_bytes(doc)
+    source: Mapping[str, Any] = RawView(data) if data is not None else doc  # type: ignore[assignment]
+    view = RecordingDocument(source)
     try:
         result = migration.transform(view, ctx)
     except Exception as exc:  # the user's transform failing on one document is reported
         import traceback
 
         return Outcome(
-            "error", doc["_id"], error=f"{type(exc).__name__}: {exc}",
+            "error", source["_id"], error=f"{type(exc).__name__}: {exc}",
             traceback=traceback.format_exc(),
         )
-    key = shard_key_values(doc, shard_key)
+    if isinstance(source, RawView) and not shard_key:
+        return _raw_outcome(migration, source, view, result)
+    key = shard_key_values(source, shard_key)
     if result is DELETE:
-        return Outcome("delete", doc["_id"], shard_key=key,
-                       guard=pin_shard_key(guard_filter(doc, view.fields_read()), key))
-    try:
-        patch = validate_patch(result, migration)
-    except PatchError as exc:  # name the document: the migration stops on it
-        named = PatchError(f"{exc} (document _id {doc['_id']!r})")
-        named.document_id = doc["_id"]
-        raise named from None
+        return Outcome("delete", source["_id"], shard_key=key,
+                       guard=pin_shard_key(guard_filter(source, view.fields_read()), key))
+    patch = _checked(result, migration, source["_id"])
     if not patch:
-        return Outcome("noop", doc["_id"])
+        return Outcome("noop", source["_id"])
     to_set = {k: v for k, v in patch.items()
-              if v is not UNSET and not (k in doc and same_value(doc[k], v))}
+              if v is not UNSET and not (k in source and same_value(source[k], v))}
+    to_unset = tuple(k for k, v in patch.items() if v is UNSET and k in source)
+    if not to_set and not to_unset:
+        return Outcome("noop", source["_id"])
+    guard = pin_shard_key(guard_filter(source, view.fields_read() | set(patch)), key)
+    return Outcome("update", source["_id"], guard=guard, set=to_set, unset=to_unset,
+                   shard_key=key)
+
+
+def _checked(result: Any, migration: Migration, doc_id: Any) -> dict[str, Any] | None:
+    """:func:`validate_patch`, its error naming the document (the migration stops on it)."""
+    try:
+        return validate_patch(result, migration)
+    except PatchError as exc:
+        named = PatchError(f"{exc} (document _id {doc_id!r})")
+        named.document_id = doc_id
+        raise named from None
+
+
+def _raw_outcome(migration: Migration, doc: RawView, view: RecordingDocument,
+                 result: Any) -> Outcome:
+    """The outcome of a transform's ``result`` on a raw document, guard and update as bytes.
+
+    A value is unchanged when its encoding is the stored element's (as :func:`same_value`);
+    the patch is encoded once, and its changed elements are copied into ``$set``.
+    """
+    doc_id = doc["_id"]
+    if result is DELETE:
+        guard, names = raw_guard(doc, view.fields_read())
+        return Outcome("delete", doc_id, raw_guard=guard, guard_names=names)
+    patch = _checked(result, migration, doc_id)
+    if not patch:
+        return Outcome("noop", doc_id)
+    new = {k: v for k, v in patch.items() if v is not UNSET}
+    to_set, set_document = _changed(doc, new)
     to_unset = tuple(k for k, v in patch.items() if v is UNSET and k in doc)
     if not to_set and not to_unset:
-        return Outcome("noop", doc["_id"])
-    guard = pin_shard_key(guard_filter(doc, view.fields_read() | set(patch)), key)
-    return Outcome("update", doc["_id"], guard=guard, set=to_set, unset=to_unset, shard_key=key)
+        return Outcome("noop", doc_id)
+    guard, names = raw_guard(doc, view.fields_read() | set(patch))
+    update = b""
+    if to_set:
+        update += b"\x03$set\x00" + set_document
+    if to_unset:  # {$unset: {name: ""}}
+        update += b"\x03$unset\x00" + document(b"".join(
+            b"\x02" + k.encode() + b"\x00\x01\x00\x00\x00\x00" for k in to_unset))
+    return Outcome("update", doc_id, set=to_set, unset=to_unset, raw_guard=guard,
+                   raw_update=document(update), guard_names=names)
 
+
+def _changed(doc: RawView, new: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """The values of ``new`` that would change ``doc``, and the ``$set`` document of them: the
+    patch is encoded once, and a value is unchanged when its element is the stored one."""
+    encoded = bson.encode(new, codec_options=CODEC_OPTIONS)
+    for name in new:
+        if name in doc:
+            break
+    else:
+        return new, encoded  # the common case: only new fields
+    patched = RawView(encoded)
+    to_set = {k: v for k, v in new.items()
+              if k not in doc or doc.element(k) != patched.element(k)}
+    return to_set, document(b"".join(patched.element(k) for k in to_set))

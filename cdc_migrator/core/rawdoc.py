@@ -1,0 +1,288 @@
+"""Raw BSON documents, read one top-level element at a time, and guarded statements as bytes.
+
+A document handed over as bytes (or a ``RawBSONDocument``) stays bytes: :class:`RawView`
+indexes its top-level element headers once and decodes a value only when it is read, with
+:data:`~cdc_migrator.base.codec.CODEC_OPTIONS`, so the transform sees the same Python values a
+decoded ``dict`` holds. The guard of a write then pins a field by copying its element's value
+bytes (see :func:`raw_guard`): a pinned value is never decoded and encoded again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import bson
+from bson import ObjectId
+from bson.errors import InvalidBSON
+from bson.raw_bson import RawBSONDocument
+
+from ..base.codec import CODEC_OPTIONS
+
+# Value sizes of the fixed-size BSON types: double, undefined, ObjectId, bool, date, null,
+# int32, Timestamp, int64, Decimal128, MinKey, MaxKey.
+_FIXED = {0x01: 8, 0x06: 0, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 8, 0x12: 8,
+          0x13: 16, 0xFF: 0, 0x7F: 0}
+_DOUBLE, _STRING, _DOCUMENT, _ARRAY, _BINARY = 0x01, 0x02, 0x03, 0x04, 0x05
+_NULL, _INT32 = 0x0A, 0x10
+_unpack_double = struct.Struct("<d").unpack_from
+_OBJECT_ID, _BOOL, _DATE, _REGEX, _DB_POINTER = 0x07, 0x08, 0x09, 0x0B, 0x0C
+_STRING_LIKE = frozenset({_STRING, 0x0D, 0x0E})  # string, JavaScript code, symbol
+_DOCUMENT_LIKE = frozenset({_DOCUMENT, _ARRAY, 0x0F})  # document, array, code with scope
+# The dates CODEC_OPTIONS decodes to a ``datetime`` (others are ``DatetimeMS``).
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MS = dt.timedelta(milliseconds=1)
+_DATE_RANGE = range((dt.datetime.min.replace(tzinfo=dt.UTC) - _EPOCH) // _MS,
+                    (dt.datetime.max.replace(tzinfo=dt.UTC) - _EPOCH) // _MS + 1)
+
+
+def _int32(data: bytes, at: int) -> int:
+    return int.from_bytes(data[at:at + 4], "little", signed=True)
+
+
+def _value_size(data: bytes, kind: int, start: int) -> int:
+    """The size of the value of type ``kind`` at ``start`` in ``data``."""
+    size = _FIXED.get(kind)
+    if size is not None:
+        return size
+    if kind in _STRING_LIKE:
+        return 4 + _int32(data, start)
+    if kind in _DOCUMENT_LIKE:
+        return _int32(data, start)
+    if kind == _BINARY:
+        return 5 + _int32(data, start)
+    if kind == _REGEX:
+        return data.index(b"\x00", data.index(b"\x00", start) + 1) + 1 - start
+    if kind == _DB_POINTER:
+        return 16 + _int32(data, start)
+    raise InvalidBSON(f"unknown BSON type {kind:#04x}")
+
+
+def element_index(data: bytes) -> dict[str, tuple[int, int, int]]:
+    """Each top-level name of the BSON document ``data`` -> (element start, value start,
+    element end)."""
+    view = RawView(data)
+    view._scan(None)
+    return view._index
+
+
+def raw_bytes(doc: Any) -> bytes | None:
+    """The BSON bytes of a raw document (``bytes`` or ``RawBSONDocument``), None for others."""
+    if isinstance(doc, RawBSONDocument):
+        return bytes(doc.raw)
+    if isinstance(doc, (bytes, bytearray, memoryview)):
+        return bytes(doc)
+    return None
+
+
+class RawView(Mapping[str, Any]):
+    """A read-only mapping over BSON bytes that decodes one top-level value per read.
+
+    Every read decodes afresh: a caller may change what it got without changing the document.
+    Element headers are scanned only as far as a lookup needs; a name whose bytes appear
+    nowhere after the scanned part is absent without a scan. A repeated name (which MongoDB
+    does not support) has its first value.
+    """
+
+    __slots__ = ("data", "_index", "_absent", "_scanned", "_complete")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._index: dict[str, tuple[int, int, int]] = {}
+        self._absent: set[str] = set()  # names looked up and not found
+        self._scanned = 4  # the element headers before this offset are in _index
+        self._complete = False
+
+    def _scan(self, until: str | None) -> tuple[int, int, int] | None:
+        """Index element headers from where the last scan stopped, up to ``until`` (None:
+        all); its entry, or None once every header is indexed."""
+        data, index = self.data, self._index
+        pos, last = self._scanned, len(data) - 1
+        while pos < last:
+            kind = data[pos]
+            nul = data.index(b"\x00", pos + 1)
+            start = nul + 1
+            entry = (pos, start, start + _value_size(data, kind, start))
+            name = data[pos + 1:nul].decode()
+            index.setdefault(name, entry)
+            pos = entry[2]
+            if name == until:
+                self._scanned = pos
+                return entry
+        self._scanned, self._complete = pos, True
+        return None
+
+    def _find(self, key: str) -> tuple[int, int, int] | None:
+        found = self._index.get(key)
+        if found is not None or self._complete or key in self._absent:
+            return found
+        if self.data.find(key.encode() + b"\x00", self._scanned) == -1:
+            found = None  # not even the bytes of its name: not a name of the rest
+        else:
+            found = self._scan(key)
+        if found is None:
+            self._absent.add(key)
+        return found
+
+    def _entry(self, key: str) -> tuple[int, int, int]:
+        found = self._find(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __getitem__(self, key: str) -> Any:
+        return self._decoded(self._entry(key))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = self._find(key)
+        return default if found is None else self._decoded(found)
+
+    def _decoded(self, entry: tuple[int, int, int]) -> Any:
+        begin, start, end = entry
+        data = self.data
+        kind = data[begin]
+        # The common scalars decoded here as the codec decodes them; the rest by bson.
+        if kind == _STRING:
+            return data[start + 4:end - 1].decode()
+        if kind == _INT32:
+            return int.from_bytes(data[start:end], "little", signed=True)
+        if kind == _DOUBLE:
+            return _unpack_double(data, start)[0]
+        if kind == _BOOL:
+            return data[start] == 1
+        if kind == _NULL:
+            return None
+        if kind == _OBJECT_ID:
+            return ObjectId(data[start:end])
+        element = data[begin:end]
+        one = bson.decode((len(element) + 5).to_bytes(4, "little") + element + b"\x00",
+                          CODEC_OPTIONS)
+        return one.popitem()[1]
+
+    def __contains__(self, key: object) -> bool:
+        return type(key) is str and self._find(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        if not self._complete:
+            self._scan(None)
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        if not self._complete:
+            self._scan(None)
+        return len(self._index)
+
+    def __repr__(self) -> str:
+        return f"RawView({bson.decode(self.data, CODEC_OPTIONS)!r})"
+
+    def value(self, key: str) -> tuple[int, bytes] | None:
+        """``key``'s BSON type byte and value bytes, or None when it is absent."""
+        found = self._find(key)
+        if found is None:
+            return None
+        begin, start, end = found
+        return self.data[begin], self.data[start:end]
+
+    def element(self, key: str) -> bytes:
+        """``key``'s whole element: type byte, name and value."""
+        begin, _, end = self._entry(key)
+        return self.data[begin:end]
+
+
+# --- building BSON by hand: elements of a known type around bytes already encoded ---------
+
+def _cstring(name: str) -> bytes:
+    return name.encode() + b"\x00"
+
+
+def _string(text: str) -> bytes:
+    encoded = text.encode()
+    return (len(encoded) + 1).to_bytes(4, "little") + encoded + b"\x00"
+
+
+def document(elements: bytes) -> bytes:
+    """A BSON document of the concatenated ``elements``."""
+    return (len(elements) + 5).to_bytes(4, "little") + elements + b"\x00"
+
+
+def _array(*values: tuple[int, bytes]) -> bytes:
+    return document(b"".join(bytes((kind,)) + str(i).encode() + b"\x00" + value
+                             for i, (kind, value) in enumerate(values)))
+
+
+def _sub(name: str, value: bytes) -> bytes:
+    return b"\x03" + _cstring(name) + value
+
+
+_NOT_ARRAY = b"\x03$not\x00" + bson.encode({"$type": "array"})
+_EXISTS_FALSE = bson.encode({"$exists": False})
+_EXISTS_TRUE = bson.encode({"$exists": True})
+_MISSING = (_STRING, _string("missing"))
+
+
+def _literal(kind: int, value: bytes) -> tuple[int, bytes]:
+    return _DOCUMENT, document(bytes((kind,)) + b"$literal\x00" + value)
+
+
+def _plainly_pinned(kind: int, value: bytes) -> bool:
+    """Whether ``guard_filter`` pins a value by plain equality (a string, boolean, ObjectId,
+    or a date that decodes to a ``datetime``)."""
+    if kind == _DATE:
+        return int.from_bytes(value, "little", signed=True) in _DATE_RANGE
+    return kind in (_STRING, _BOOL, _OBJECT_ID)
+
+
+def _odd_name_pins(name: str, pinned: tuple[int, bytes] | None) -> list[tuple[int, bytes]]:
+    """The ``$expr`` conditions pinning a name a query would read as a path or an operator."""
+    got = document(_sub("$getField", document(_sub("field", document(
+        b"\x02$literal\x00" + _string(name))))))
+    of_type = (_DOCUMENT, document(_sub("$type", got)))
+    pins = [(_DOCUMENT, document(b"\x04" + (b"$eq\x00" if pinned is None else b"$ne\x00")
+                                 + _array(of_type, _MISSING)))]
+    if pinned is not None:
+        pins.append((_DOCUMENT, document(
+            b"\x04$eq\x00" + _array((_DOCUMENT, got), _literal(*pinned)))))
+    return pins
+
+
+def raw_guard(view: RawView, fields: set[str]) -> tuple[bytes, frozenset[str]]:
+    """The BSON bytes of ``guard_filter(view, fields)`` and its top-level names, each pinned
+    value copied from ``view``'s bytes. The same forms, in the same order, as
+    :func:`~cdc_migrator.core.patch.guard_filter` (which documents them)."""
+    parts = [view.element("_id")]
+    names = ["_id"]
+    equal: list[tuple[int, bytes]] = []
+    for name in sorted(fields - {"_id"}):
+        pinned = view.value(name)
+        if not name or name[0] == "$" or "." in name:
+            equal += _odd_name_pins(name, pinned)
+            continue
+        names.append(name)
+        header = b"\x03" + name.encode() + b"\x00"
+        if pinned is None:
+            parts.append(header + _EXISTS_FALSE)
+        elif _plainly_pinned(*pinned):
+            kind, value = pinned
+            parts.append(header + document(bytes((kind,)) + b"$eq\x00" + value + _NOT_ARRAY))
+        else:
+            parts.append(header + _EXISTS_TRUE)
+            equal.append((_DOCUMENT, document(
+                b"\x04$eq\x00" + _array((_STRING, _string("$" + name)), _literal(*pinned)))))
+    if equal:
+        names.append("$expr")
+        kind, value = equal[0] if len(equal) == 1 else (
+            _DOCUMENT, document(b"\x04$and\x00" + _array(*equal)))
+        parts.append(bytes((kind,)) + b"$expr\x00" + value)
+    return document(b"".join(parts)), frozenset(names)
+
+
+def document_id(doc: Mapping[str, Any] | bytes) -> Any:
+    """The ``_id`` of a raw or decoded document, decoded as CODEC_OPTIONS decodes it (a raw
+    document's other fields left as bytes)."""
+    data = raw_bytes(doc)
+    if data is not None:
+        return RawView(data)["_id"]
+    assert isinstance(doc, Mapping)
+    return doc["_id"]
