@@ -81,11 +81,13 @@ TOO_LARGE = {EVENT_TOO_LARGE, FRAGMENT_TOO_LARGE}
 # After an event too large, at most this many events are read one per batch to find it.
 NARROW_EVENTS = 1000
 # While events trickle in, a getMore returns as soon as one is there: one round trip, and one
-# producer request, per change. After a batch of fewer than COALESCE_EVENTS events the next
-# getMore waits until COALESCE_WINDOW seconds after that batch came, so it brings the changes of
-# the window together; no event waits longer than the window for it (latency target: 100 ms).
+# producer request, per change. After a batch smaller than a whole one (STREAM_BATCH events:
+# not a backlog) the next getMore waits until COALESCE_WINDOW seconds after that batch came, so
+# it brings the changes of the window together; no event waits longer than the window for it
+# (latency target: 100 ms), and at any rate the stream still delivers up to a whole batch a
+# window.
 COALESCE_WINDOW = 0.02
-COALESCE_EVENTS = 50
+STREAM_BATCH = 1000
 _FULL, _NARROW, _KEY_ONLY = "full", "narrow", "key only"
 
 
@@ -197,7 +199,7 @@ class Checkpoint:
 class RoundTrips:
     """Spaces the stream's round trips while events trickle in (see :data:`COALESCE_WINDOW`).
 
-    A batch of at least ``enough`` events (a backlog), or an empty one (the server waited
+    A whole batch of ``enough`` events (a backlog), or an empty one (the server waited
     already), lets the next getMore go at once; after a smaller batch it waits until ``window``
     seconds after that batch came.
     """
@@ -241,7 +243,7 @@ class Tailer:
         self.recovery = Recovery(settings, migration, self.stopping, stream_pipeline(migration))
         self.fragments = Fragments(settings.db.codec_options.with_options(
             document_class=RawBSONDocument))
-        self.round_trips = RoundTrips(COALESCE_WINDOW, COALESCE_EVENTS)
+        self.round_trips = RoundTrips(COALESCE_WINDOW, STREAM_BATCH)
         self._splits = False  # the server takes $changeStreamSplitLargeEvent (see _follow)
         # Holds while the code it loaded is not the code in force (core/holding.py).
         self.code = CodeHold(self.store, migration.name,
@@ -414,7 +416,7 @@ class Tailer:
         """The options of the change stream: from the saved resume token, or else from the
         armed point."""
         options: dict[str, Any] = {"full_document": "updateLookup",
-                                   "batch_size": 1000 if mode == _FULL else 1,
+                                   "batch_size": STREAM_BATCH if mode == _FULL else 1,
                                    "max_await_time_ms": 200}
         if self._dependencies is not None:
             self._dependencies.forget_pending()  # the events in hand are read again
@@ -493,7 +495,7 @@ class Tailer:
         """
         checkpoint = Checkpoint(self.flush_every, self.flush_interval, self.heartbeat_interval)
         # The narrow modes take one event per batch: a whole batch, no wait between them.
-        self.round_trips.enough = COALESCE_EVENTS if limit is None else 1
+        self.round_trips.enough = STREAM_BATCH if limit is None else 1
         encoder = events.RawEncoder(self.migration.name, self.settings.database_name,
                                     self.migration.collection)
         taken = 0
