@@ -1283,6 +1283,7 @@ def table(results: dict[str, Any]) -> str:
                      f"{lat['others_cores']}); CPU us per write: "
                      + ", ".join(f"{k} {v}" for k, v in lat["cpu_us_per_write"].items()))
         lines.append("")
+    lines += latency_curve(results.get("latency") or [])
     mem = results.get("memory")
     if mem:
         small, large = mem["runs"]
@@ -1294,6 +1295,28 @@ def table(results: dict[str, Any]) -> str:
                          + _verdict(mem[f"{part}_target_met"]))
         lines.append("")
     return "\n".join(lines)
+
+
+def latency_curve(runs: list[dict[str, Any]]) -> list[str]:
+    """With several --latency-rate rates: p50/p99 and each process's CPU per write against
+    the rate, one line a rate. A rate the writers did not reach (less than 95% of it), or at
+    which the machine's cores were all busy, is marked saturated."""
+    if len(runs) < 2:
+        return []
+    names = ["self", "mongo", "kafka", "tail", "consume"]
+    lines = ["Latency against the write rate (CPU us per write; self = the writers)",
+             f"  {'target/s':>9} {'achieved/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+             + " ".join(f"{n:>8}" for n in names) + "  busy cores"]
+    for lat in runs:
+        cpu = lat["cpu_us_per_write"]
+        saturated = lat["rate_achieved"] < 0.95 * lat["rate_target"] \
+            or lat["machine_busy_cores"] >= 0.95 * (os.cpu_count() or 1)
+        lines.append(f"  {lat['rate_target']:>9,.0f} {lat['rate_achieved']:>10,.0f} "
+                     f"{lat['p50_ms']:>8} {lat['p99_ms']:>8} "
+                     + " ".join(f"{cpu.get(n, '-'):>8}" for n in names)
+                     + f"  {lat['machine_busy_cores']:>5}" + ("  saturated" if saturated else ""))
+    lines.append("")
+    return lines
 
 
 def git_revision() -> str | None:
@@ -1326,9 +1349,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="batch size of apply and the pipeline (default: the migration's, 500); "
                         f"the loops always write {LOOP_BATCH:,} per bulk write")
     p.add_argument("--partitions", type=int, default=6, help="topic partitions (default 6)")
-    p.add_argument("--latency-rate", default="1500",
+    p.add_argument("--latency-rate", "--latency-rates", dest="latency_rate", default="1500",
                    help="application inserts per second; several, comma-separated, are "
-                        "measured one after the other (default 1500)")
+                        "measured one after the other and tabled as a curve, e.g. "
+                        "500,1000,1500,2000,2500 (default 1500)")
     p.add_argument("--latency-writers", type=int, default=4,
                    help="writer threads sharing the schedule (default 4)")
     p.add_argument("--latency-seconds", type=float, default=30.0)

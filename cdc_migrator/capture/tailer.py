@@ -62,6 +62,7 @@ from ..errors import (
 from ..migration import Migration, rename_filter_fields
 from . import dependencies
 from .fragments import SPLIT_STAGE, Fragments
+from .partitions import partition_of
 from .recovery import Recovery
 
 log = logging.getLogger("cdc_migrator.tailer")
@@ -79,6 +80,14 @@ FRAGMENT_TOO_LARGE = 7182500
 TOO_LARGE = {EVENT_TOO_LARGE, FRAGMENT_TOO_LARGE}
 # After an event too large, at most this many events are read one per batch to find it.
 NARROW_EVENTS = 1000
+# While events trickle in, a getMore returns as soon as one is there: one round trip, and one
+# producer request, per change. After a batch smaller than a whole one (STREAM_BATCH events:
+# not a backlog) the next getMore waits until COALESCE_WINDOW seconds after that batch came, so
+# it brings the changes of the window together; no event waits longer than the window for it
+# (latency target: 100 ms), and at any rate the stream still delivers up to a whole batch a
+# window.
+COALESCE_WINDOW = 0.02
+STREAM_BATCH = 1000
 _FULL, _NARROW, _KEY_ONLY = "full", "narrow", "key only"
 
 
@@ -187,6 +196,27 @@ class Checkpoint:
         self._saved_at = time.monotonic()
 
 
+class RoundTrips:
+    """Spaces the stream's round trips while events trickle in (see :data:`COALESCE_WINDOW`).
+
+    A whole batch of ``enough`` events (a backlog), or an empty one (the server waited
+    already), lets the next getMore go at once; after a smaller batch it waits until ``window``
+    seconds after that batch came.
+    """
+
+    def __init__(self, window: float, enough: int) -> None:
+        self.window, self.enough = window, enough
+        self._after = float("-inf")  # no getMore before this (monotonic seconds)
+
+    def returned(self, now: float, events: int) -> None:
+        """A getMore returned ``events`` events at ``now``."""
+        self._after = now + self.window if 0 < events < self.enough else float("-inf")
+
+    def pause(self, now: float) -> float:
+        """Seconds to wait at ``now`` before the next getMore (never more than the window)."""
+        return min(self.window, max(0.0, self._after - now))
+
+
 class Tailer:
     """Follows one migration's collection until :meth:`stop` is called."""
 
@@ -213,6 +243,7 @@ class Tailer:
         self.recovery = Recovery(settings, migration, self.stopping, stream_pipeline(migration))
         self.fragments = Fragments(settings.db.codec_options.with_options(
             document_class=RawBSONDocument))
+        self.round_trips = RoundTrips(COALESCE_WINDOW, STREAM_BATCH)
         self._splits = False  # the server takes $changeStreamSplitLargeEvent (see _follow)
         # Holds while the code it loaded is not the code in force (core/holding.py).
         self.code = CodeHold(self.store, migration.name,
@@ -385,7 +416,7 @@ class Tailer:
         """The options of the change stream: from the saved resume token, or else from the
         armed point."""
         options: dict[str, Any] = {"full_document": "updateLookup",
-                                   "batch_size": 1000 if mode == _FULL else 1,
+                                   "batch_size": STREAM_BATCH if mode == _FULL else 1,
                                    "max_await_time_ms": 200}
         if self._dependencies is not None:
             self._dependencies.forget_pending()  # the events in hand are read again
@@ -463,6 +494,8 @@ class Tailer:
         document), to be read again with it.
         """
         checkpoint = Checkpoint(self.flush_every, self.flush_interval, self.heartbeat_interval)
+        # The narrow modes take one event per batch: a whole batch, no wait between them.
+        self.round_trips.enough = STREAM_BATCH if limit is None else 1
         encoder = events.RawEncoder(self.migration.name, self.settings.database_name,
                                     self.migration.collection)
         taken = 0
@@ -489,7 +522,7 @@ class Tailer:
         when there is none now. The events before an error of the stream are saved first."""
         try:
             while True:
-                change = stream.try_next()
+                change = self._try_next(stream)
                 if change is None:
                     return None
                 whole = self.fragments.add(change)
@@ -499,6 +532,20 @@ class Tailer:
             if exc.code in TOO_LARGE:
                 self._save(checkpoint)
             raise
+
+    def _try_next(self, stream: Any) -> Any:
+        """``stream.try_next()``; when that asks the server (nothing buffered), first the
+        coalescing wait of :class:`RoundTrips`, and after it the size of the batch noted."""
+        buffered = _buffered(stream)
+        if buffered is None or buffered > 0:
+            return stream.try_next()
+        pause = self.round_trips.pause(time.monotonic())
+        if pause > 0 and self.stopping.wait(pause):
+            return None
+        change = stream.try_next()
+        self.round_trips.returned(time.monotonic(), 0 if change is None
+                                  else 1 + (_buffered(stream) or 0))
+        return change
 
     def _on_change(self, change: Any, checkpoint: Checkpoint, encoder: events.RawEncoder,
                    partitions: int) -> None:
@@ -515,7 +562,7 @@ class Tailer:
         elif self._dependencies is not None and collection in self._dependencies.dependencies:
             self._on_dependency(change, checkpoint, encoder)
         elif change["operationType"] in ("insert", "update", "replace", "delete"):
-            self._on_document(change, checkpoint, encoder)
+            self._on_document(change, checkpoint, encoder, partitions)
         checkpoint.token = change["_id"]
         self.last_event_time = change.get("clusterTime")
         self._reached(self.last_event_time)
@@ -552,14 +599,17 @@ class Tailer:
         checkpoint.dependency += len(affected)
 
     def _on_document(self, change: Any, checkpoint: Checkpoint,
-                     encoder: events.RawEncoder) -> None:
-        """A write of a migrated document: its event, unless its image needs nothing."""
+                     encoder: events.RawEncoder, partitions: int) -> None:
+        """A write of a migrated document: its event, unless its image needs nothing. Its
+        partition is the one the producer's partitioner would give its key (as the backfill's
+        records get), found here in a fraction of the producer's time."""
         if self.skip_migrated and self._needs_nothing(change):
             self.skipped += 1
             checkpoint.skipped += 1
             return
         key, value = encoder.change(change)
         self.publisher.send(self.topic, value, key=key,
+                            partition=partition_of(key, partitions),
                             fallback=self._key_only(encoder, change, len(value)))
         checkpoint.unflushed += 1
 
@@ -639,6 +689,13 @@ class Tailer:
                         resume_token=checkpoint.token, last_event_time=self.last_event_time,
                         position_time=self._position_time, produced=produced, skipped=skipped,
                         dependency=dependency)
+
+
+def _buffered(stream: Any) -> int | None:
+    """How many events of the last batch the stream holds, not yet returned; None when this
+    pymongo does not tell (then no round trip waits)."""
+    data = getattr(getattr(stream, "_cursor", None), "_data", None)
+    return len(data) if data is not None else None
 
 
 def _collection_of(change: Any) -> Any:

@@ -19,13 +19,17 @@ from cdc_migrator.base import topics
 from cdc_migrator.base.naming import FENCE_COLLECTION
 from cdc_migrator.base.retry import Retrier
 from cdc_migrator.base.settings import Settings
+from cdc_migrator.capture.partitions import partition_of
 from cdc_migrator.capture.tailer import (
+    COALESCE_WINDOW,
     UNUSED_FIELDS,
+    RoundTrips,
     Tailer,
     arm,
     image_condition,
     stream_pipeline,
 )
+from cdc_migrator.core.events import decode_key, key_bytes
 from cdc_migrator.core.fingerprint import fingerprint
 from cdc_migrator.core.state import CODE_REPORT_INTERVAL, HEARTBEAT_INTERVAL, Phase, StateStore
 from cdc_migrator.errors import CaptureStopped
@@ -513,3 +517,70 @@ def test_a_migration_armed_by_a_version_that_recorded_no_code_takes_the_code_arm
     state = arm(items_settings, migration)
 
     assert state.code.fingerprint == fingerprint(migration, items_settings.schemas)
+
+
+def test_a_getmore_after_a_small_batch_waits_at_most_the_window():
+    trips = RoundTrips(window=0.02, enough=50)
+    assert trips.pause(100.0) == 0  # nothing returned yet
+    trips.returned(100.0, 3)  # a trickle: the next getMore waits for more to gather
+    assert trips.pause(100.0) == pytest.approx(0.02)
+    assert trips.pause(100.005) == pytest.approx(0.015)
+    assert trips.pause(100.02) == 0 and trips.pause(250.0) == 0
+    assert all(0 <= trips.pause(100.0 + i / 1000) <= 0.02 for i in range(-50, 50))
+    trips.returned(101.0, 0)  # an empty batch: the server waited already
+    assert trips.pause(101.0) == 0
+    trips.returned(102.0, 50)  # a backlog: the next batch is there at once
+    assert trips.pause(102.0) == 0
+    one_by_one = RoundTrips(window=0.02, enough=1)  # the narrow modes: one event per batch
+    one_by_one.returned(103.0, 1)
+    assert one_by_one.pause(103.0) == 0
+
+
+def test_trickled_writes_all_reach_the_topic_in_order_through_the_coalescing_wait(
+        db, settings, tmp_path):
+    """One write at a time, each once the tailer read the one before: every getMore returns a
+    small batch, so the next one waits; every write still reaches the topic, in order."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    (tmp_path / "accounts.py").write_text(FILTERED_MIGRATION)
+    settings.transforms = tmp_path
+    migration = get_migration(tmp_path, "add_tier")
+    arm(settings, migration)
+    tailer = Tailer(settings, migration)
+    pauses: list[float] = []
+    pause = tailer.round_trips.pause
+    tailer.round_trips.pause = lambda now: pauses.append(pause(now)) or pauses[-1]
+    thread = threading.Thread(target=tailer.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: tailer.position is not None, 60, "the tailer to follow the stream")
+        for n in range(40):
+            at = db["accounts"].insert_one({"_id": n, "n": n})
+            written = db.client.admin.command("ping")["operationTime"]
+            assert at.acknowledged
+            wait_for(lambda written=written: tailer.position >= written, 30,
+                     f"the tailer to read write {n}")
+        wait_for(lambda: tailer.produced >= 40, 30, "every write produced")
+    finally:
+        tailer.stop()
+        thread.join(30)
+    assert any(p > 0 for p in pauses)  # the coalescing wait was taken
+    assert all(p <= COALESCE_WINDOW for p in pauses)
+    consumer = KafkaConsumer(enable_auto_commit=False, **topics.client_options(settings))
+    try:
+        tps = [TopicPartition(tailer.topic, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ids: dict[int, list] = {}
+        while sum(len(v) for v in ids.values()) < 40:
+            polled = consumer.poll(timeout_ms=5000)
+            assert polled, "the topic holds fewer records than writes"
+            for tp, records in polled.items():
+                ids.setdefault(tp.partition, []).extend(
+                    decode_key(r.key) for r in records)
+    finally:
+        consumer.close()
+    assert sorted(i for v in ids.values() for i in v) == list(range(40))
+    assert all(v == sorted(v) for v in ids.values())  # in write order within a partition
+    for partition, keys in ids.items():
+        assert all(partition_of(key_bytes(k), settings.partitions) == partition for k in keys)

@@ -4,6 +4,7 @@ paired per round, percentiles, and the reading of py-spy profiles. Pure, no serv
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import sys
 from pathlib import Path
@@ -117,3 +118,23 @@ def test_a_profile_is_read_per_thread_category_and_function(tmp_path):
     assert "0.10 s" in row("guard") and "0.10 s" in row("decide")
     # Inclusive: decide counts its own samples and guard_filter's, once per stack.
     assert any(re.search(r"\b20\b.*decide \(cdc_migrator/patch\.py\)$", line) for line in lines)
+
+
+def _latency_run(target, achieved, busy, p99):
+    return {"rate_target": target, "rate_achieved": achieved, "machine_busy_cores": busy,
+            "p50_ms": p99 / 2, "p99_ms": p99,
+            "cpu_us_per_write": {"self": 300.0, "mongo": 400.0, "kafka": 100.0, "tail": 90.0,
+                                 "consume": 120.0}}
+
+
+def test_the_latency_curve_has_a_line_a_rate_and_marks_the_saturated_ones():
+    assert run.latency_curve([_latency_run(500.0, 500.0, 0.6, 40.0)]) == []  # one rate: no curve
+    lines = run.latency_curve([_latency_run(500.0, 499.0, 0.6, 40.0),
+                               _latency_run(2000.0, 1700.0, 1.2, 900.0),
+                               _latency_run(1500.0, 1500.0, 1.99, 300.0)])
+    rows = [line for line in lines[2:] if line]
+    assert len(rows) == 3
+    assert "saturated" not in rows[0] and "40.0" in rows[0] and "90.0" in rows[0]
+    assert rows[1].endswith("saturated")  # the writers reached 85% of the rate
+    cpus = os.cpu_count() or 1
+    assert rows[2].endswith("saturated") == (1.99 >= 0.95 * cpus)  # every core busy
