@@ -17,6 +17,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 from bson.errors import BSONError
 from kafka import OffsetAndMetadata, TopicPartition
 
@@ -63,6 +64,7 @@ class _Chunk:
     ids: list[Any] = field(default_factory=list)
     images: dict[Any, Any] = field(default_factory=dict)
     records: list[tuple[TopicPartition, Any, events.Envelope]] = field(default_factory=list)
+    suspect: bool = False  # holds a raw document whose BSON is invalid
 
     def take(self, tp: TopicPartition, record: Any, envelope: events.Envelope) -> None:
         """The documents ``envelope`` names, the record that carried it."""
@@ -81,7 +83,25 @@ class _Chunk:
         # backfill snapshot may have been read before a change event that precedes it on the
         # topic, so no image is known to be the newest; read the database.
         images = self.images
-        images[key] = None if key in images else image
+        if key in images:
+            # Neither image is read now: check the raw ones here, or an invalid one would pass.
+            self.suspect = self.suspect or not (_valid(images[key]) and _valid(image))
+            images[key] = None
+        else:
+            images[key] = image
+
+
+def _valid(image: Mapping[str, Any] | None) -> bool:
+    if type(image) is not events.RawDocument:
+        return True
+    try:
+        _bson_decode(image.raw, events.CODEC_OPTIONS)
+    except Exception:  # any decoding failure: the record is poison (see _without_poison)
+        return False
+    return True
+
+
+_bson_decode = bson.decode
 
 
 class BatchApplier:
@@ -155,6 +175,8 @@ class BatchApplier:
         # Decided here, written by the writer thread while the next chunk is decoded and
         # decided. The throttle's pace is paid before deciding.
         self.throttle.spend(len(chunk.ids))
+        if chunk.suspect:
+            chunk = self._without_poison(chunk, batch)
         while chunk.ids:
             # The documents were only checked for their framing: a document whose BSON is
             # invalid inside fails when read, in the transform (a failure) or around it. Its
