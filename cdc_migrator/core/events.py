@@ -503,6 +503,9 @@ class _Reader:
     def long(self) -> int:
         data, pos = self.data, self.pos
         byte = data[pos]
+        if byte < 0x80:  # most values here: a length, an enum index, a union branch
+            self.pos = pos + 1
+            return (byte >> 1) ^ -(byte & 1)
         n, shift = byte & 0x7F, 7
         while byte & 0x80:
             if shift > 63:  # longer than any long: fastavro decides what it is
@@ -522,10 +525,12 @@ class _Reader:
 
     def branch(self) -> bool:
         """Which branch of a ``["null", X]`` union follows: False for null, True for X."""
-        n = self.long()
-        if n not in (0, 1):
+        pos = self.pos
+        byte = self.data[pos]
+        if byte & 0xFD:  # only 0 (zig-zag 0: null) and 2 (zig-zag 1: the other branch)
             raise _Unusual("no such union branch")
-        return n == 1
+        self.pos = pos + 1
+        return byte == 2
 
     def blob(self) -> bytes:
         size = self.long()
