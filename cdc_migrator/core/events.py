@@ -443,10 +443,6 @@ _SOURCE_LIST = list(EventSource)
 _OPERATION_LIST = list(Operation)
 
 
-class _Unusual(Exception):
-    """Raised inside :func:`decode_raw` on anything but a plain record of today's schema."""
-
-
 def decode_raw(data: bytes) -> Envelope:
     """:func:`decode`, leaving the documents as :class:`RawDocument` (their BSON bytes).
 
@@ -463,7 +459,7 @@ def decode_raw(data: bytes) -> Envelope:
         return decode(data)
     try:
         return _read_body(data)
-    except (_Unusual, IndexError, UnicodeDecodeError, BSONError):
+    except (ValueError, IndexError, BSONError):  # anything unusual: decode's verdict
         return decode(data)
 
 
@@ -482,10 +478,10 @@ def _read_body(data: bytes) -> Envelope:
     documents = read.documents() if read.branch() else None
     dependency = read.string() if read.branch() else None
     if read.pos != len(data):
-        raise _Unusual("trailing bytes")
+        raise ValueError("trailing bytes")
     doc_id = _bson_decode(key, CODEC_OPTIONS)
     if len(doc_id) != 1 or "_id" not in doc_id:
-        raise _Unusual("not a key")
+        raise ValueError("not a key")
     return Envelope(
         migration, source, operation, database, collection, doc_id["_id"], document, ts,
         None if token is None else _bson_decode(token, CODEC_OPTIONS), emitted_at, fence_id,
@@ -509,7 +505,7 @@ class _Reader:
         n, shift = byte & 0x7F, 7
         while byte & 0x80:
             if shift > 63:  # longer than any long: fastavro decides what it is
-                raise _Unusual("varint too long")
+                raise ValueError("varint too long")
             pos += 1
             byte = data[pos]
             n |= (byte & 0x7F) << shift
@@ -520,7 +516,7 @@ class _Reader:
     def index(self) -> int:
         n = self.long()
         if n < 0:
-            raise _Unusual("negative enum index")
+            raise ValueError("negative enum index")
         return n
 
     def branch(self) -> bool:
@@ -528,7 +524,7 @@ class _Reader:
         pos = self.pos
         byte = self.data[pos]
         if byte & 0xFD:  # only 0 (zig-zag 0: null) and 2 (zig-zag 1: the other branch)
-            raise _Unusual("no such union branch")
+            raise ValueError("no such union branch")
         self.pos = pos + 1
         return byte == 2
 
@@ -536,7 +532,7 @@ class _Reader:
         size = self.long()
         start, end = self.pos, self.pos + size
         if size < 0 or end > len(self.data):
-            raise _Unusual("bad length")
+            raise ValueError("bad length")
         self.pos = end
         return self.data[start:end]
 
@@ -546,14 +542,14 @@ class _Reader:
     def document(self) -> RawDocument:
         raw = self.blob()
         if len(raw) < 5 or int.from_bytes(raw[:4], "little") != len(raw) or raw[-1]:
-            raise _Unusual("not framed as a BSON document")
+            raise ValueError("not framed as a BSON document")
         return RawDocument(raw, _RAW_OPTIONS)
 
     def documents(self) -> list[Mapping[str, Any]]:
         found: list[Mapping[str, Any]] = []
         while count := self.long():
             if count < 0:  # a block with its size in bytes: rare enough for fastavro
-                raise _Unusual("sized block")
+                raise ValueError("sized block")
             found += [self.document() for _ in range(count)]
         return found
 
