@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import random
+import types
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from bson import Timestamp
 from bson.raw_bson import RawBSONDocument
-from kafka import KafkaProducer
+from kafka import KafkaProducer, TopicPartition
 
 from cdc_migrator.apply import batch
+from cdc_migrator.apply.applier import BatchResult, Decided
+from cdc_migrator.base.identity import id_key
 from cdc_migrator.capture.tailer import arm
 from cdc_migrator.core import events
 from cdc_migrator.migration import get_migration
@@ -56,3 +61,72 @@ def test_a_record_whose_document_is_invalid_bson_inside_is_dead_lettered_as_pois
     assert "invalid BSON in documents" in letters[0]["error"]
     assert letters[0]["value_hex"] == value.hex()
     assert_invariant(db["items"], expected, set())  # the backfill migrated both anyway
+
+
+class _Record:
+    def __init__(self, offset: int, value: bytes, key: bytes | None = b"k") -> None:
+        self.offset, self.value, self.key = offset, value, key
+        self.topic, self.partition, self.timestamp, self.headers = "t", 0, 0, []
+
+
+class _Undecided:
+    """The applier, throttle and retrier of a batch applier whose bookkeeping alone is tested:
+    it records what it is asked to decide and decides nothing."""
+
+    last_write_seconds = None
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[list, dict]] = []
+
+    def decide_ids(self, ids: list, images: dict) -> Decided:
+        self.asked.append((list(ids), dict(images)))
+        return Decided(BatchResult(seen=len(ids)), [], [])
+
+    def write(self, decided: Decided) -> BatchResult:
+        return decided.result
+
+    def chunk(self, most: int) -> int:
+        return most
+
+    def spend(self, n: int) -> None:
+        pass
+
+    def note_write(self, seconds: float | None) -> None:
+        pass
+
+    def call(self, service: str, fn, *args):
+        return fn(*args)
+
+
+def test_a_polls_positions_counts_fences_and_images_are_kept_per_partition():
+    """Each partition's first offset and next offset to commit, the events counted (a
+    backfill record counts each of its documents), fences, poison and the images handed to
+    the applier (raw documents, keyed by MongoDB's _id equality; an id named twice has none)."""
+    encoder = events.RawEncoder("m", "app", "items")
+    docs = [{"_id": 1, "a": "x"}, {"_id": 2}, {"_id": 1.0, "a": "y"}, {"_id": True}]
+    _, backfill = encoder.snapshot_batch(docs[:2])
+    _, change = encoder.change({"_id": {"_data": "82"}, "operationType": "update",
+                                "documentKey": {"_id": 1.0}, "fullDocument": docs[2],
+                                "clusterTime": Timestamp(1_700_000_000, 1)})
+    _, other = encoder.snapshot_batch([docs[3]])
+    fence = events.encode(events.Envelope.fence("m", "app", "items", "f-1"))
+    not_ours = events.RawEncoder("n", "app", "items").snapshot_batch([{"_id": 9}])[1]
+    p0, p1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    polled = {p0: [_Record(10, backfill), _Record(11, b"junk"), _Record(12, fence)],
+              p1: [_Record(40, change), _Record(41, not_ours), _Record(42, other)]}
+    stand_in = _Undecided()
+    migration = types.SimpleNamespace(name="m")
+    with ThreadPoolExecutor(1) as writer:
+        got = batch.BatchApplier(migration, stand_in, stand_in, retry=stand_in,
+                                 write_retry=stand_in, writer=writer).apply(polled)
+
+    assert got.firsts == {p0: 10, p1: 40}
+    assert {tp: o.offset for tp, o in got.offsets.items()} == {p0: 13, p1: 43}
+    assert got.count == 7  # two documents, junk, fence; change, another migration's, one
+    assert got.fences == [(0, "f-1")] and got.poison == 1
+    assert got.change_times == [1_700_000_000.0]
+    [(ids, images)] = stand_in.asked
+    assert ids == [1, 2, 1.0, True]
+    assert images[id_key(1)] is None  # 1 and 1.0: one document named twice
+    assert images[id_key(True)] is not None and dict(images[id_key(True)]) == {"_id": True}
+    assert isinstance(images[id_key(2)], RawBSONDocument)
