@@ -12,10 +12,13 @@ event carries is tried first; a guard miss re-reads the database.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
+from bson.errors import BSONError
 from kafka import OffsetAndMetadata, TopicPartition
 
 from ..base.identity import id_key
@@ -55,18 +58,50 @@ class Batch:
 
 @dataclass
 class _Chunk:
-    """Documents named by the records of a poll, not applied yet."""
+    """Documents named by the records of a poll, not applied yet, and the records that named
+    them (with their envelopes): the documents stay raw until the applier reads them."""
 
     ids: list[Any] = field(default_factory=list)
     images: dict[Any, Any] = field(default_factory=dict)
+    records: list[tuple[TopicPartition, Any, events.Envelope]] = field(default_factory=list)
+    suspect: bool = False  # holds a raw document whose BSON is invalid
 
-    def add(self, doc_id: Any, image: dict[str, Any] | None) -> None:
+    def take(self, tp: TopicPartition, record: Any, envelope: events.Envelope) -> None:
+        """The documents ``envelope`` names, the record that carried it."""
+        self.records.append((tp, record, envelope))
+        if envelope.documents is None:
+            self.add(envelope.key, envelope.document)
+            return
+        document_id = events.document_id
+        for doc in envelope.documents:
+            self.add(document_id(doc), doc)
+
+    def add(self, doc_id: Any, image: Mapping[str, Any] | None) -> None:
         key = id_key(doc_id)
         self.ids.append(doc_id)
         # One event in the batch: its image may stand in for a database read. Several: a
         # backfill snapshot may have been read before a change event that precedes it on the
         # topic, so no image is known to be the newest; read the database.
-        self.images[key] = None if key in self.images else image
+        images = self.images
+        if key in images:
+            # Neither image is read now: check the raw ones here, or an invalid one would pass.
+            self.suspect = self.suspect or not (_valid(images[key]) and _valid(image))
+            images[key] = None
+        else:
+            images[key] = image
+
+
+def _valid(image: Mapping[str, Any] | None) -> bool:
+    if type(image) is not events.RawDocument:
+        return True
+    try:
+        _bson_decode(image.raw, events.CODEC_OPTIONS)
+    except Exception:  # any decoding failure: the record is poison (see _without_poison)
+        return False
+    return True
+
+
+_bson_decode = bson.decode
 
 
 class BatchApplier:
@@ -86,18 +121,21 @@ class BatchApplier:
         caller commits the offsets only after it)."""
         batch = Batch()
         behind = WriteBehind(self.writer, self._write, lambda r: self._written(batch, r))
-        chunk = _Chunk()
+        chunk, limit = _Chunk(), self.throttle.chunk(APPLY_CHUNK)
         for tp, records in polled.items():
+            if not records:
+                continue
+            # Positions per partition, once per poll: the records of a partition come in order.
+            batch.firsts.setdefault(tp, records[0].offset)
+            batch.offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+            batch.count += len(records)
             for record in records:
-                if len(chunk.ids) >= self.throttle.chunk(APPLY_CHUNK):  # those so far go first
-                    self._apply_chunk(chunk, behind)
-                    chunk = _Chunk()
-                batch.count += 1
-                batch.offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
-                batch.firsts.setdefault(tp, record.offset)
+                if len(chunk.ids) >= limit:  # those so far go first
+                    self._apply_chunk(chunk, behind, batch)
+                    chunk, limit = _Chunk(), self.throttle.chunk(APPLY_CHUNK)
                 self._take(tp, record, batch, chunk)
         if chunk.ids:
-            self._apply_chunk(chunk, behind)
+            self._apply_chunk(chunk, behind, batch)
         behind.flush()
         for failure in batch.result.failures:
             log.warning("transform failed on %r, dead-lettered: %s", failure.id, failure.error)
@@ -111,12 +149,9 @@ class BatchApplier:
         """One record: the documents it names join the chunk; a fence, the batch's fences; a
         record that does not decode, its dead letters."""
         try:
-            envelope = events.decode(record.value)
+            envelope = events.decode_raw(record.value)
         except events.PoisonRecord as exc:
-            log.warning("undecodable record at partition %d offset %d dead-lettered: %s",
-                        tp.partition, record.offset, exc)
-            batch.dead.append(("poison", *deadletters.dead_letter(
-                self.migration.name, "poison", str(exc), key=record.key, record=record)))
+            self._poison(tp, record, exc, batch)
             return
         if envelope.migration != self.migration.name:
             return
@@ -128,17 +163,60 @@ class BatchApplier:
             batch.change_times.append(float(envelope.cluster_time.time))
         if envelope.documents is not None:  # a backfill batch: an event per document
             batch.count += len(envelope.documents) - 1
-            for doc in envelope.documents:
-                chunk.add(doc["_id"], doc)
-        else:
-            chunk.add(envelope.key, envelope.document)
+        chunk.take(tp, record, envelope)
 
-    def _apply_chunk(self, chunk: _Chunk, behind: WriteBehind) -> None:
+    def _poison(self, tp: TopicPartition, record: Any, exc: Exception, batch: Batch) -> None:
+        log.warning("undecodable record at partition %d offset %d dead-lettered: %s",
+                    tp.partition, record.offset, exc)
+        batch.dead.append(("poison", *deadletters.dead_letter(
+            self.migration.name, "poison", str(exc), key=record.key, record=record)))
+
+    def _apply_chunk(self, chunk: _Chunk, behind: WriteBehind, batch: Batch) -> None:
         # Decided here, written by the writer thread while the next chunk is decoded and
         # decided. The throttle's pace is paid before deciding.
         self.throttle.spend(len(chunk.ids))
-        decided = self.retry.call(MONGODB, self.applier.decide_ids, chunk.ids, chunk.images)
-        behind.submit(decided)
+        if chunk.suspect:
+            chunk = self._without_poison(chunk, batch)
+        while chunk.ids:
+            # The documents were only checked for their framing: a document whose BSON is
+            # invalid inside fails when read, in the transform (a failure) or around it. Its
+            # record is then poison, and the chunk's other records are decided again.
+            try:
+                decided = self.retry.call(MONGODB, self.applier.decide_ids, chunk.ids,
+                                          chunk.images)
+            except BSONError:
+                clean = self._without_poison(chunk, batch)
+                if clean is chunk:
+                    raise
+            else:
+                clean = self._without_poison(chunk, batch) if decided.result.failures else chunk
+                if clean is chunk:
+                    behind.submit(decided)
+                    return
+            chunk = clean
+
+    def _without_poison(self, chunk: _Chunk, batch: Batch) -> _Chunk:
+        """``chunk`` itself if every record of it decodes fully, else a chunk of the records
+        that do, those that do not dead-lettered as poison (their events no longer counted)."""
+        poisoned = []
+        for tp, record, envelope in chunk.records:
+            try:
+                events.decode(record.value)
+            except events.PoisonRecord as found:
+                poisoned.append((tp, record, envelope, found))
+        if not poisoned:
+            return chunk
+        clean, dropped = _Chunk(), {id(record) for _, record, _, _ in poisoned}
+        for tp, record, envelope in chunk.records:
+            if id(record) not in dropped:
+                clean.take(tp, record, envelope)
+        for tp, record, envelope, reason in poisoned:
+            self._poison(tp, record, reason, batch)
+            if envelope.documents is not None:
+                batch.count -= len(envelope.documents) - 1
+            if envelope.source == "change" and envelope.cluster_time is not None:
+                batch.change_times.remove(float(envelope.cluster_time.time))
+        return clean
 
     def _write(self, decided: Any) -> BatchResult:
         return self.write_retry.call(MONGODB, self.applier.write, decided)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import ItemsView, Iterator, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from importlib import resources
@@ -42,6 +42,7 @@ from typing import Any, cast
 
 import bson
 from bson.errors import BSONError
+from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from fastavro import schemaless_reader, schemaless_writer
@@ -59,9 +60,12 @@ __all__ = [
     "EventSource",
     "Operation",
     "PoisonRecord",
+    "RawDocument",
     "RawEncoder",
     "decode",
+    "decode_raw",
     "decode_key",
+    "document_id",
     "encode",
     "key_bytes",
 ]
@@ -118,7 +122,8 @@ class Envelope:
         database: database of the source namespace.
         collection: collection of the source namespace.
         key: the document's ``_id`` value (any BSON type); for a fence, the fence id.
-        document: the full document (key order preserved), or None for deletes, fences and
+        document: the full document (key order preserved; a :class:`RawDocument` from
+            :func:`decode_raw`), or None for deletes, fences and
             updates whose full document is unknown (no ``updateLookup``, or already deleted).
         cluster_time: MongoDB cluster time of the change (or of the snapshot read, if known).
         resume_token: the change stream resume token (the change event's ``_id``); pass it to
@@ -137,12 +142,12 @@ class Envelope:
     database: str
     collection: str
     key: Any
-    document: dict[str, Any] | None
+    document: Mapping[str, Any] | None
     cluster_time: Timestamp | None
     resume_token: dict[str, Any] | None
     emitted_at: int
     fence_id: str | None
-    documents: list[dict[str, Any]] | None = None
+    documents: list[Mapping[str, Any]] | None = None
     dependency: str | None = None
 
     @classmethod
@@ -416,6 +421,179 @@ def decode(data: bytes) -> Envelope:
         documents,
         rec["dependency"],
     )
+
+
+class RawDocument(RawBSONDocument):
+    """A document kept as its BSON bytes (``raw``), as :func:`decode_raw` hands it on.
+
+    Reading it as a mapping decodes it once, whole, with :data:`CODEC_OPTIONS`: the values are
+    exactly those :func:`decode` gives (sub-documents plain dicts, not raw documents). A reader
+    that understands raw BSON takes ``raw`` instead and decodes only what it needs.
+    """
+
+    __slots__ = ("_fields",)
+
+    @staticmethod
+    def _inflate_bson(bson_bytes: bytes | memoryview, codec_options: Any) -> dict[str, Any]:
+        return cast(dict[str, Any], _bson_decode(bson_bytes, CODEC_OPTIONS))
+
+    # Reads go to the decoded dict at C speed: an applier reading the document as a mapping
+    # (``in``, ``get``, ``[]``) does so a dozen times per document.
+    def _decoded(self) -> dict[str, Any]:
+        try:
+            return self._fields
+        except AttributeError:
+            self._fields: dict[str, Any] = _bson_decode(self.raw, CODEC_OPTIONS)
+            return self._fields
+
+    def __getitem__(self, key: str) -> Any:
+        return self._decoded()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._decoded()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._decoded().get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def items(self) -> ItemsView[str, Any]:
+        return self._decoded().items()
+
+
+_RAW_OPTIONS: Any = CODEC_OPTIONS.with_options(document_class=RawDocument)
+_SOURCE_LIST = list(EventSource)
+_OPERATION_LIST = list(Operation)
+
+
+def decode_raw(data: bytes) -> Envelope:
+    """:func:`decode`, leaving the documents as :class:`RawDocument` (their BSON bytes).
+
+    The consumer's path: the Avro body of today's schema is read in place, without a record
+    dict, and a document is only checked for its framing (length prefix, terminator), not
+    decoded; its ``_id`` is read from its bytes by :func:`document_id`. Anything else (an
+    earlier schema version, a malformed or truncated body, bad framing or invalid BSON in the
+    key or resume token) is handed to :func:`decode`: the same envelope, or the same
+    :class:`PoisonRecord`. A document whose BSON is framed right but invalid inside fails
+    when it is read (``bson.errors.InvalidBSON``); :func:`decode` of the record then says
+    why it is poison.
+    """
+    if type(data) is not bytes or not data.startswith(_HEADER):
+        return decode(data)
+    try:
+        return _read_body(data)
+    except (ValueError, IndexError, BSONError):  # anything unusual: decode's verdict
+        return decode(data)
+
+
+def _read_body(data: bytes) -> Envelope:
+    read = _Reader(data)
+    migration = read.string()
+    source = _SOURCE_LIST[read.index()]
+    operation = _OPERATION_LIST[read.index()]
+    database, collection = read.string(), read.string()
+    key = read.blob()
+    document = read.document() if read.branch() else None
+    ts = _unpack_timestamp(read.long()) if read.branch() else None
+    token = read.blob() if read.branch() else None
+    emitted_at = read.long()
+    fence_id = read.string() if read.branch() else None
+    documents = read.documents() if read.branch() else None
+    dependency = read.string() if read.branch() else None
+    if read.pos != len(data):
+        raise ValueError("trailing bytes")
+    doc_id = _bson_decode(key, CODEC_OPTIONS)
+    if len(doc_id) != 1 or "_id" not in doc_id:
+        raise ValueError("not a key")
+    return Envelope(
+        migration, source, operation, database, collection, doc_id["_id"], document, ts,
+        None if token is None else _bson_decode(token, CODEC_OPTIONS), emitted_at, fence_id,
+        documents, dependency)
+
+
+class _Reader:
+    """Avro binary values of today's schema, read from ``data`` at ``pos``."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, _HEADER_LEN
+
+    def long(self) -> int:
+        data, pos = self.data, self.pos
+        byte = data[pos]
+        if byte < 0x80:  # most values here: a length, an enum index, a union branch
+            self.pos = pos + 1
+            return (byte >> 1) ^ -(byte & 1)
+        n, shift = byte & 0x7F, 7
+        while byte & 0x80:
+            if shift > 63:  # longer than any long: fastavro decides what it is
+                raise ValueError("varint too long")
+            pos += 1
+            byte = data[pos]
+            n |= (byte & 0x7F) << shift
+            shift += 7
+        self.pos = pos + 1
+        return (n >> 1) ^ -(n & 1)
+
+    def index(self) -> int:
+        n = self.long()
+        if n < 0:
+            raise ValueError("negative enum index")
+        return n
+
+    def branch(self) -> bool:
+        """Which branch of a ``["null", X]`` union follows: False for null, True for X."""
+        pos = self.pos
+        byte = self.data[pos]
+        if byte & 0xFD:  # only 0 (zig-zag 0: null) and 2 (zig-zag 1: the other branch)
+            raise ValueError("no such union branch")
+        self.pos = pos + 1
+        return byte == 2
+
+    def blob(self) -> bytes:
+        size = self.long()
+        start, end = self.pos, self.pos + size
+        if size < 0 or end > len(self.data):
+            raise ValueError("bad length")
+        self.pos = end
+        return self.data[start:end]
+
+    def string(self) -> str:
+        return self.blob().decode("utf-8")
+
+    def document(self) -> RawDocument:
+        raw = self.blob()
+        if len(raw) < 5 or int.from_bytes(raw[:4], "little") != len(raw) or raw[-1]:
+            raise ValueError("not framed as a BSON document")
+        return RawDocument(raw, _RAW_OPTIONS)
+
+    def documents(self) -> list[Mapping[str, Any]]:
+        found: list[Mapping[str, Any]] = []
+        while count := self.long():
+            if count < 0:  # a block with its size in bytes: rare enough for fastavro
+                raise ValueError("sized block")
+            found += [self.document() for _ in range(count)]
+        return found
+
+
+def document_id(document: Mapping[str, Any]) -> Any:
+    """The ``_id`` of a document: read from its first element's bytes when it is a raw
+    document that starts with an ObjectId or 32-bit integer ``_id`` (MongoDB stores ``_id``
+    first); from the decoded document otherwise."""
+    if type(document) is RawDocument:
+        raw = document.raw
+        if raw[5:9] == b"_id\x00":
+            kind = raw[4]
+            if kind == 0x07 and len(raw) >= 22:
+                return ObjectId(bytes(raw[9:21]))
+            if kind == 0x10 and len(raw) >= 14:
+                return int.from_bytes(raw[9:13], "little", signed=True)
+    return document["_id"]
 
 
 def _avro_long(value: int) -> bytes:
