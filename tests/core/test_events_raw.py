@@ -192,7 +192,10 @@ def test_property_any_body_after_a_valid_header_decodes_as_decode_decodes(body: 
 
 
 @pytest.mark.parametrize("value", [None, b"", b"\xc3\x01", b"junk" * 4, bytearray(b"\xc3\x01"),
-                                   encode(Envelope.fence("m", "d", "c", "f")) + b"\x00"])
+                                   encode(Envelope.fence("m", "d", "c", "f")) + b"\x00"],
+                         # The fence's bytes hold the time it was made: named by their place,
+                         # the ids are the same in every pytest-xdist worker.
+                         ids=["none", "empty", "header", "junk", "bytearray", "trailing-byte"])
 def test_poison_values_are_the_same_poison(value: Any) -> None:
     with pytest.raises(PoisonRecord) as want:
         decode(value)
