@@ -17,7 +17,7 @@ The migration is the one of issue 17: split ``fullName`` into ``first`` and ``la
    last) are reported apart from the steady-state rate (the middle 80% of the documents).
    Client CPU is that of every process of the tool (or of the loop), the local server's and
    the broker's apart.
-2. Latency: application inserts at a steady rate (1,500/s by default, from several writer
+2. Latency: application inserts at a steady rate (2,000/s by default, from several writer
    threads) while ``cdc-migrator tail`` and ``cdc-migrator consume`` run as processes; a change
    stream sees when each document was migrated.
 3. Memory: peak RSS of ``cdc-migrator backfill`` and ``cdc-migrator consume`` processes at two
@@ -85,7 +85,8 @@ LOOP_BATCH = 1000
 TARGETS: dict[str, float] = {
     "apply": 0.95, "pipeline": 0.8, "pipeline_procs": 0.8,  # x the careful loop's rate
     "cpu_apply": 1.5, "cpu_pipeline": 3.0,  # client CPU per document, x the loop's (at most)
-    "latency_p99_ms": 100.0, "latency_rate": 1500.0, "memory_growth": 1.2,
+    # Issue 27: p99 under 100 ms up to 2,000 writes/s (issue 17 asked it at 1,500).
+    "latency_p99_ms": 100.0, "latency_rate": 2000.0, "memory_growth": 1.2,
 }
 RATE_TARGETS = {"apply": "apply", "pipeline": "pipeline", "pipeline_procs": "pipeline_procs"}
 CPU_TARGETS = {"apply": "cpu_apply", "pipeline": "cpu_pipeline", "pipeline_procs": "cpu_pipeline"}
@@ -1123,7 +1124,7 @@ def latency_at(bench: Bench, rate: float) -> dict[str, Any]:
             "target_p99_ms": TARGETS["latency_p99_ms"], "target_rate": TARGETS["latency_rate"],
         }
         result["target_met"] = bool(values) and result["p99_ms"] < TARGETS["latency_p99_ms"] \
-            and not result["missed"] and achieved >= TARGETS["latency_rate"]
+            and not result["missed"] and round(achieved) >= TARGETS["latency_rate"]
         print(f"  {len(values):,}/{total:,} writes migrated at {achieved:,.0f}/s "
               f"({args.latency_writers} writers): p50 {result['p50_ms']} ms, "
               f"p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms",
@@ -1277,7 +1278,10 @@ def table(results: dict[str, Any]) -> str:
                      f"{lat['seconds']} s ({lat['detected']:,}/{lat['writes']:,} detected)")
         lines.append(f"  p50 {lat['p50_ms']} ms   p95 {lat['p95_ms']} ms   p99 {lat['p99_ms']} ms"
                      f"   max {lat['max_ms']} ms   target p99 < {lat['target_p99_ms']:.0f} ms at"
-                     f" >= {lat['target_rate']:,.0f}/s: " + _verdict(lat["target_met"]))
+                     f" >= {lat['target_rate']:,.0f}/s: "
+                     # A rate below the target's says nothing of it, either way.
+                     + ("below the target's rate" if lat["rate_target"] < lat["target_rate"]
+                        else _verdict(lat["target_met"])))
         lines.append(f"  writer lateness p99 {lat['writer_lateness_ms']['p99']} ms; machine busy "
                      f"{lat['machine_busy_cores']} of {os.cpu_count()} cores (others "
                      f"{lat['others_cores']}); CPU us per write: "
@@ -1349,10 +1353,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="batch size of apply and the pipeline (default: the migration's, 500); "
                         f"the loops always write {LOOP_BATCH:,} per bulk write")
     p.add_argument("--partitions", type=int, default=6, help="topic partitions (default 6)")
-    p.add_argument("--latency-rate", "--latency-rates", dest="latency_rate", default="1500",
+    p.add_argument("--latency-rate", "--latency-rates", dest="latency_rate", default="2000",
                    help="application inserts per second; several, comma-separated, are "
                         "measured one after the other and tabled as a curve, e.g. "
-                        "500,1000,1500,2000,2500 (default 1500)")
+                        "500,1000,1500,2000,2500 (default 2000)")
     p.add_argument("--latency-writers", type=int, default=4,
                    help="writer threads sharing the schedule (default 4)")
     p.add_argument("--latency-seconds", type=float, default=30.0)
