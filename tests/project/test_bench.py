@@ -74,6 +74,24 @@ def test_ratios_are_paired_per_round_against_the_careful_loop():
     assert summary["target_met_cpu"] is True
 
 
+def test_the_servers_cpu_is_paired_per_round_and_judged_for_the_pipeline():
+    def server(round_no: int, mongo: float) -> dict:
+        made = _run(round_no, 100, 100, 10)
+        made["us_per_doc"]["mongo"] = mongo
+        return made
+
+    runs = {"loop": [server(1, 40.0), server(2, 80.0)],
+            "apply": [server(1, 80.0), server(2, 80.0)],
+            "pipeline_procs": [server(1, 48.0), server(2, 120.0)]}
+    summary = run.summarize(runs, {})
+    # Round by round: apply 2.0 and 1.0; the processes 1.2 and 1.5, median 1.35 > 1.3.
+    assert summary["apply"]["x_loop_server"]["median"] == pytest.approx(1.5)
+    assert "target_server" not in summary["apply"]  # issue 27 judges the pipeline's
+    assert summary["pipeline_procs"]["x_loop_server"] == {"median": 1.35, "min": 1.2,
+                                                          "max": 1.5}
+    assert summary["pipeline_procs"]["target_met_server"] is False
+
+
 def test_percentile_is_the_nearest_rank():
     values = sorted(float(v) for v in range(1, 101))
     assert run.percentile(values, 50) == 50.0
