@@ -325,11 +325,20 @@ def check_runway(probe: Probe) -> Check:
     return Check(name, True, checked, f"{result}: margin {window.seconds / max(eta, 1e-3):,.0f}x")
 
 
+#: The oplog's timestamps count whole seconds.
+OPLOG_RESOLUTION = 1.0
+
+
 def runway_verdict(window: float, count: int, rate: float) -> bool:
     """Whether a history ``window`` (seconds) holds :data:`RUNWAY_MARGIN` times the backfill
-    of ``count`` documents at ``rate`` per second (nothing to scan: it does)."""
+    of ``count`` documents at ``rate`` per second (nothing to scan: it does).
+
+    The oplog's timestamps count whole seconds, so a window read as 0 s (a new deployment's,
+    whose history began this second) holds up to a second: a runway needed shorter than that
+    second is not judged against it (a 30-document backfill of 3 ms was refused)."""
     eta = count / rate if rate > 0 else 0.0
-    return window >= RUNWAY_MARGIN * eta
+    needed = RUNWAY_MARGIN * eta
+    return window >= needed or needed < OPLOG_RESOLUTION
 
 
 # --------------------------------------------------------------------------- Kafka

@@ -163,6 +163,13 @@ def test_a_short_history_against_a_long_backfill_fails_the_runway_with_the_margi
     assert runway_verdict(window=0.0, count=0, rate=0.0) is True  # nothing to backfill
 
 
+def test_a_backfill_shorter_than_the_oplogs_second_passes_a_window_read_as_0s():
+    # A new deployment's history began this second: its window reads 0 s (whole-second
+    # timestamps). A 30-document backfill of 3 ms was refused by preflight (seen in CI).
+    assert runway_verdict(window=0.0, count=30, rate=9_838.0) is True
+    assert runway_verdict(window=0.0, count=1_000, rate=1_000.0) is False  # 2 s needed
+
+
 def test_a_pre_created_topic_with_retention_fails_naming_the_setting_and_the_fix(
         items, settings):
     client = topics.admin(settings)
