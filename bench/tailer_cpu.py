@@ -30,25 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.run import COLLECTION, MIGRATION, TRANSFORM_SOURCE  # noqa: E402
 from cdc_migrator.base.settings import Settings  # noqa: E402
 from cdc_migrator.capture.tailer import Tailer, arm  # noqa: E402
 from cdc_migrator.migration import get_migration  # noqa: E402
 from tests.harness import wait_for  # noqa: E402
 
-COLLECTION = "bench_users"
-MIGRATION = "bench_split_full_name"
-TRANSFORM = f'''\
-from cdc_migrator import UNSET, migration
-
-
-@migration(collection="{COLLECTION}", filter={{"fullName": {{"$exists": True}}}})
-def {MIGRATION}(doc, ctx):
-    full = doc.get("fullName")
-    if not isinstance(full, str):
-        return None
-    first, _, last = full.partition(" ")
-    return {{"first": first, "last": last, "fullName": UNSET}}
-'''
 # The application: ``count`` inserts at ``rate`` a second (0: at once), in a process of its own.
 WRITER = '''\
 import sys, time, pymongo
@@ -126,7 +113,7 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         transforms = Path(tmp)
-        (transforms / "bench_migration.py").write_text(TRANSFORM)
+        (transforms / "bench_migration.py").write_text(TRANSFORM_SOURCE)
         for rate in [float(r) for r in args.rates.split(",")]:
             figures = [measure(transforms, args.changes, rate, args.profile)
                        for _ in range(args.repeat)]
