@@ -64,10 +64,11 @@ def measure(transforms: Path, changes: int, rate: float,
             profile: str | None) -> tuple[float, float]:
     """The process's and the tailer thread's CPU µs per change at ``rate`` (0: a backlog)."""
     name = f"tailcpu_{uuid.uuid4().hex[:8]}"
-    base = os.environ["MONGODB_URI"]
+    # The local services' addresses unless named, as bench/run.py and make's targets default.
+    base = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017/app?directConnection=true")
     uri = base.replace("/app?", f"/{name}?") if "/app?" in base else base
-    settings = Settings(mongodb_uri=uri, kafka_bootstrap_servers=os.environ[
-        "KAFKA_BOOTSTRAP_SERVERS"], transforms=transforms, topic_prefix=name,
+    settings = Settings(mongodb_uri=uri, kafka_bootstrap_servers=os.environ.get(
+        "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"), transforms=transforms, topic_prefix=name,
         group_prefix=name, partitions=6)
     migration = get_migration(transforms, MIGRATION)
     arm(settings, migration)
