@@ -24,6 +24,7 @@ from kafka import OffsetAndMetadata, TopicPartition
 from ..base.identity import id_key
 from ..base.retry import MONGODB, Retrier
 from ..core import deadletters, events
+from ..core.rawdoc import document_id
 from ..core.throttle import Throttle
 from ..migration import Migration
 from .applier import Applier, BatchResult
@@ -72,7 +73,6 @@ class _Chunk:
         if envelope.documents is None:
             self.add(envelope.key, envelope.document)
             return
-        document_id = events.document_id
         for doc in envelope.documents:
             self.add(document_id(doc), doc)
 

@@ -42,7 +42,6 @@ from typing import Any, cast
 
 import bson
 from bson.errors import BSONError
-from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from fastavro import schemaless_reader, schemaless_writer
@@ -65,7 +64,6 @@ __all__ = [
     "decode",
     "decode_raw",
     "decode_key",
-    "document_id",
     "encode",
     "key_bytes",
 ]
@@ -579,21 +577,6 @@ class _Reader:
                 raise ValueError("sized block")
             found += [self.document() for _ in range(count)]
         return found
-
-
-def document_id(document: Mapping[str, Any]) -> Any:
-    """The ``_id`` of a document: read from its first element's bytes when it is a raw
-    document that starts with an ObjectId or 32-bit integer ``_id`` (MongoDB stores ``_id``
-    first); from the decoded document otherwise."""
-    if type(document) is RawDocument:
-        raw = document.raw
-        if raw[5:9] == b"_id\x00":
-            kind = raw[4]
-            if kind == 0x07 and len(raw) >= 22:
-                return ObjectId(bytes(raw[9:21]))
-            if kind == 0x10 and len(raw) >= 14:
-                return int.from_bytes(raw[9:13], "little", signed=True)
-    return document["_id"]
 
 
 def _avro_long(value: int) -> bytes:

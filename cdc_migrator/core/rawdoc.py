@@ -280,9 +280,17 @@ def raw_guard(view: RawView, fields: set[str]) -> tuple[bytes, frozenset[str]]:
 
 def document_id(doc: Mapping[str, Any] | bytes) -> Any:
     """The ``_id`` of a raw or decoded document, decoded as CODEC_OPTIONS decodes it (a raw
-    document's other fields left as bytes)."""
+    document's other fields left as bytes). MongoDB stores ``_id`` first: an ObjectId or
+    32-bit integer one there is read straight from its bytes (the consumer's and ``apply``'s
+    common case)."""
     data = raw_bytes(doc)
-    if data is not None:
-        return RawView(data)["_id"]
-    assert isinstance(doc, Mapping)
-    return doc["_id"]
+    if data is None:
+        assert isinstance(doc, Mapping)
+        return doc["_id"]
+    if data[5:9] == b"_id\x00":
+        kind = data[4]
+        if kind == _OBJECT_ID and len(data) >= 22:
+            return ObjectId(data[9:21])
+        if kind == _INT32 and len(data) >= 14:
+            return int.from_bytes(data[9:13], "little", signed=True)
+    return RawView(data)["_id"]

@@ -27,10 +27,10 @@ from cdc_migrator.core.events import (
     RawDocument,
     decode,
     decode_raw,
-    document_id,
     encode,
     key_bytes,
 )
+from cdc_migrator.core.rawdoc import document_id
 
 from ..harness import ROOT, examples
 from .test_events import _SCALARS, _TEXT, _VALUES, assert_same, documents
