@@ -70,11 +70,14 @@ class _Chunk:
     def take(self, tp: TopicPartition, record: Any, envelope: events.Envelope) -> None:
         """The documents ``envelope`` names, the record that carried it."""
         self.records.append((tp, record, envelope))
-        if envelope.documents is None:
+        if envelope.documents is not None:
+            for doc in envelope.documents:
+                self.add(document_id(doc), doc)
+        elif envelope.changes is not None:
+            for change in envelope.changes:
+                self.add(change.key, change.document)
+        else:
             self.add(envelope.key, envelope.document)
-            return
-        for doc in envelope.documents:
-            self.add(document_id(doc), doc)
 
     def add(self, doc_id: Any, image: Mapping[str, Any] | None) -> None:
         key = id_key(doc_id)
@@ -89,6 +92,26 @@ class _Chunk:
             images[key] = None
         else:
             images[key] = image
+
+
+def _events_in(envelope: events.Envelope) -> int:
+    """The events a record carries: a backfill batch's documents, a change batch's changes,
+    or the one."""
+    if envelope.documents is not None:
+        return len(envelope.documents)
+    if envelope.changes is not None:
+        return len(envelope.changes)
+    return 1
+
+
+def _change_times(envelope: events.Envelope) -> list[float]:
+    """The cluster times (epoch seconds) of the change events a record carries."""
+    if envelope.changes is not None:
+        return [float(c.cluster_time.time) for c in envelope.changes
+                if c.cluster_time is not None]
+    if envelope.source == "change" and envelope.cluster_time is not None:
+        return [float(envelope.cluster_time.time)]
+    return []
 
 
 def _valid(image: Mapping[str, Any] | None) -> bool:
@@ -159,10 +182,8 @@ class BatchApplier:
             if envelope.fence_id is not None:  # the tailer gives every fence its id
                 batch.fences.append((tp.partition, envelope.fence_id))
             return
-        if envelope.source == "change" and envelope.cluster_time is not None:
-            batch.change_times.append(float(envelope.cluster_time.time))
-        if envelope.documents is not None:  # a backfill batch: an event per document
-            batch.count += len(envelope.documents) - 1
+        batch.change_times += _change_times(envelope)
+        batch.count += _events_in(envelope) - 1  # a batch record: an event per document
         chunk.take(tp, record, envelope)
 
     def _poison(self, tp: TopicPartition, record: Any, exc: Exception, batch: Batch) -> None:
@@ -212,10 +233,9 @@ class BatchApplier:
                 clean.take(tp, record, envelope)
         for tp, record, envelope, reason in poisoned:
             self._poison(tp, record, reason, batch)
-            if envelope.documents is not None:
-                batch.count -= len(envelope.documents) - 1
-            if envelope.source == "change" and envelope.cluster_time is not None:
-                batch.change_times.remove(float(envelope.cluster_time.time))
+            batch.count -= _events_in(envelope) - 1
+            for at in _change_times(envelope):
+                batch.change_times.remove(at)
         return clean
 
     def _write(self, decided: Any) -> BatchResult:

@@ -45,7 +45,7 @@ from ..core.throttle import Bounds, Throttle, worker_name
 from ..errors import Refused, StopRequested
 from ..migration import Migration
 from .leases import Claim, LeaseKeeper, RangeStore, plan, range_filter
-from .partitions import partition_of
+from .partitions import RECORD_BYTES, partition_of
 
 log = logging.getLogger("cdc_migrator.backfill")
 
@@ -331,10 +331,6 @@ class _Pass:
             except Exception as exc:
                 publisher.forget()
                 retry.failed(exc)  # then scan again after the last saved position
-
-
-#: The most document bytes one backfill record carries (a batch is split further above it).
-RECORD_BYTES = 512 * 1024
 
 
 def by_partition(batch: list, encoder: events.RawEncoder,

@@ -13,6 +13,10 @@ from __future__ import annotations
 import struct
 from functools import lru_cache
 
+#: The most event bytes one record of several events carries: a backfill batch's documents, a
+#: tailer's change batch (a group is cut before it would grow past this).
+RECORD_BYTES = 512 * 1024
+
 _SEED = 0x9747B28C
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF

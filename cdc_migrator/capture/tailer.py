@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import bson
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure
 
@@ -62,7 +61,7 @@ from ..errors import (
 from ..migration import Migration, rename_filter_fields
 from . import dependencies
 from .fragments import SPLIT_STAGE, Fragments
-from .partitions import partition_of
+from .partitions import RECORD_BYTES, partition_of
 from .recovery import Recovery
 
 log = logging.getLogger("cdc_migrator.tailer")
@@ -217,6 +216,44 @@ class RoundTrips:
         return min(self.window, max(0.0, self._after - now))
 
 
+class ChangeBatches:
+    """The document change events read since the last round trip to MongoDB, by partition,
+    until they go out as one record per partition (:meth:`Tailer._emit`).
+
+    One record per event cost the tailer more than anything else per change: kafka-python's
+    ``send`` and its record batch (tens of µs each, in Python), then the broker's and the
+    consumer's work per record. A partition's events of a round trip go as one change batch
+    instead (see :attr:`~cdc_migrator.core.events.Envelope.changes`), in stream order; a
+    single event goes alone, as before. A group is cut before it grows past
+    :data:`~.partitions.RECORD_BYTES`.
+    """
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.groups: dict[int, list[tuple[bytes, bytes, Any]]] = {}
+        self._sizes: dict[int, int] = {}
+
+    def add(self, key: bytes, value: bytes, change: Any) -> list[tuple[bytes, bytes, Any]] | None:
+        """An event's record ``key`` and ``value``; the group of its partition to send first
+        when this one would make it too large, else None."""
+        partition = partition_of(key, self.partitions)
+        group = self.groups.get(partition)
+        full = None
+        if group and self._sizes[partition] + len(value) > RECORD_BYTES:
+            full, group = group, None
+        if group is None:
+            self.groups[partition] = group = []
+            self._sizes[partition] = 0
+        group.append((key, value, change))
+        self._sizes[partition] += len(value)
+        return full
+
+    def take(self) -> list[tuple[int, list[tuple[bytes, bytes, Any]]]]:
+        """Every group, by partition; none is kept."""
+        groups, self.groups, self._sizes = self.groups, {}, {}
+        return list(groups.items())
+
+
 class Tailer:
     """Follows one migration's collection until :meth:`stop` is called."""
 
@@ -244,6 +281,10 @@ class Tailer:
         self.fragments = Fragments(settings.db.codec_options.with_options(
             document_class=RawBSONDocument))
         self.round_trips = RoundTrips(COALESCE_WINDOW, STREAM_BATCH)
+        # The events of the round trip in hand, not sent yet (set for each run of _loop).
+        self._batches = ChangeBatches(1)
+        self._encoder = events.RawEncoder(migration.name, settings.database_name,
+                                          migration.collection)
         self._splits = False  # the server takes $changeStreamSplitLargeEvent (see _follow)
         # Holds while the code it loaded is not the code in force (core/holding.py).
         self.code = CodeHold(self.store, migration.name,
@@ -496,8 +537,8 @@ class Tailer:
         checkpoint = Checkpoint(self.flush_every, self.flush_interval, self.heartbeat_interval)
         # The narrow modes take one event per batch: a whole batch, no wait between them.
         self.round_trips.enough = STREAM_BATCH if limit is None else 1
-        encoder = events.RawEncoder(self.migration.name, self.settings.database_name,
-                                    self.migration.collection)
+        encoder = self._encoder
+        self._batches = ChangeBatches(partitions)  # what a failed loop held is read again
         taken = 0
         while not self.stopping.is_set() and (limit is None or taken < limit):
             self.recovery.check()
@@ -537,7 +578,12 @@ class Tailer:
         """``stream.try_next()``; when that asks the server (nothing buffered), first the
         coalescing wait of :class:`RoundTrips`, and after it the size of the batch noted."""
         buffered = _buffered(stream)
-        if buffered is None or buffered > 0:
+        if buffered is not None and buffered > 0:
+            return stream.try_next()
+        # A round trip next (or, where pymongo does not tell, maybe): the events read so far
+        # go out first, so none waits for it.
+        self._emit()
+        if buffered is None:
             return stream.try_next()
         pause = self.round_trips.pause(time.monotonic())
         if pause > 0 and self.stopping.wait(pause):
@@ -574,6 +620,7 @@ class Tailer:
         fence = change.get("fullDocument") or {}
         if fence.get("migration") != name or change["operationType"] != "insert":
             return
+        self._emit()  # in every partition, the events before the fence come before it
         envelope = events.Envelope.fence(name, self.settings.database_name,
                                          self.migration.collection, str(fence["_id"]))
         payload = events.encode(envelope)
@@ -592,6 +639,7 @@ class Tailer:
             self._save(checkpoint)
             raise
         at = change.get("clusterTime")
+        self._emit()  # a dependency event comes after the changes before it
         for affected_id in affected:
             key, value = encoder.dependency(affected_id, change["ns"]["coll"], at)
             self.publisher.send(self.topic, value, key=key)
@@ -600,18 +648,42 @@ class Tailer:
 
     def _on_document(self, change: Any, checkpoint: Checkpoint,
                      encoder: events.RawEncoder, partitions: int) -> None:
-        """A write of a migrated document: its event, unless its image needs nothing. Its
-        partition is the one the producer's partitioner would give its key (as the backfill's
-        records get), found here in a fraction of the producer's time."""
+        """A write of a migrated document: its event, unless its image needs nothing. It
+        waits in :class:`ChangeBatches` for the round trip's other events of its partition
+        (the one the producer's partitioner would give its key, as the backfill's records
+        get, found here in a fraction of the producer's time)."""
         if self.skip_migrated and self._needs_nothing(change):
             self.skipped += 1
             checkpoint.skipped += 1
             return
         key, value = encoder.change(change)
-        self.publisher.send(self.topic, value, key=key,
-                            partition=partition_of(key, partitions),
-                            fallback=self._key_only(encoder, change, len(value)))
+        full = self._batches.add(key, value, change)
+        if full is not None:
+            self._send_changes(partition_of(key, partitions), full)
         checkpoint.unflushed += 1
+
+    def _emit(self) -> None:
+        """Send the events waiting in :class:`ChangeBatches`: a record per partition."""
+        for partition, group in self._batches.take():
+            self._send_changes(partition, group)
+
+    def _send_changes(self, partition: int, group: list[tuple[bytes, bytes, Any]]) -> None:
+        """One record for ``group``'s events: the event's own when it is alone, else a change
+        batch, which the topic refusing it as too large replaces by the events' own records."""
+        encoder = self._encoder
+        if len(group) == 1:
+            key, value, change = group[0]
+            self.publisher.send(self.topic, value, key=key, partition=partition,
+                                fallback=self._key_only(encoder, change, len(value)))
+            return
+        key, value, change = group[0]
+        batch = encoder.change_batch(key, events.CHANGE_OPERATIONS[change["operationType"]],
+                                     [v for _, v, _ in group])
+
+        def alone() -> list[topics.Record]:
+            return [topics.Record(self.topic, k, v, partition,
+                                  self._key_only(encoder, c, len(v))) for k, v, c in group]
+        self.publisher.send(self.topic, batch, key=key, partition=partition, fallback=alone)
 
     def _on_idle(self, stream: Any, checkpoint: Checkpoint) -> None:
         """Nothing new: the position is the batch's resume token (the committed present)."""
@@ -653,9 +725,8 @@ class Tailer:
             return False
         ctx = self._dry_ctx
         try:
-            if isinstance(document, RawBSONDocument):
-                # Decoded as the consumer decodes an event's document.
-                document = bson.decode(document.raw, events.CODEC_OPTIONS)
+            # Raw, as the consumer decides on an event's document: only the fields the
+            # transform reads are decoded (an invalid one raises, and the event goes on).
             outcome = decide(self.migration, document, ctx)
         except Exception:  # the consumer meets the same problem and reports it
             return False
@@ -666,8 +737,12 @@ class Tailer:
 
     def _save(self, checkpoint: Checkpoint) -> None:
         """Save the resume token once the broker acknowledged every event before it."""
+        self._emit()
         started = time.monotonic()
-        produced = self.publisher.flush() if checkpoint.unflushed else 0
+        # Events, not records: a change batch counts each of its events.
+        produced = checkpoint.unflushed
+        if produced:
+            self.publisher.flush()
         if produced and self.publisher.dead_lettered:
             self.retry.call(MONGODB, self.store.add_dead_letters, self.migration.name,
                             self.publisher.dead_lettered)

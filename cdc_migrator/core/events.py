@@ -75,7 +75,7 @@ SCHEMA_RESOURCE = "envelope.avsc"
 #: resolution: a record is read with the schema that wrote it, found by its fingerprint, into
 #: today's). A rolling upgrade leaves such records on the topic; an unknown fingerprint is
 #: still a poison record.
-OLD_SCHEMA_RESOURCES = ("envelope.v1.avsc",)
+OLD_SCHEMA_RESOURCES = ("envelope.v1.avsc", "envelope.v2.avsc")
 
 
 _MARKER = b"\xc3\x01"
@@ -132,6 +132,10 @@ class Envelope:
             None and ``key`` the first one's ``_id``); None for every other event.
         dependency: on dependency events, the collection whose change made the document due
             again; None for every other event (and for records of schema version 1).
+        changes: a change batch of the tailer: several change events of one partition, in
+            stream order, each as it would be alone (``key`` is the first one's; ``document``,
+            ``cluster_time`` and ``resume_token`` are None); None for every other event (and
+            for records of schema versions 1 and 2).
     """
 
     migration: str
@@ -147,6 +151,7 @@ class Envelope:
     fence_id: str | None
     documents: list[Mapping[str, Any]] | None = None
     dependency: str | None = None
+    changes: list[Envelope] | None = None
 
     @classmethod
     def fence(cls, migration: str, database: str, collection: str, fence_id: str) -> Envelope:
@@ -351,6 +356,8 @@ def encode(envelope: Envelope) -> bytes:
             "documents": None if e.documents is None else (
                 "array", [encode_document(d) for d in e.documents]),
             "dependency": None if e.dependency is None else ("string", e.dependency),
+            "changes": None if e.changes is None else (
+                "array", [encode(change) for change in e.changes]),
         }
         out = BytesIO()
         out.write(_HEADER)
@@ -403,6 +410,9 @@ def decode(data: bytes) -> Envelope:
             documents = [_bson_decode(d, CODEC_OPTIONS) for d in documents]
         except Exception as exc:
             raise PoisonRecord(f"invalid BSON in documents: {first_line(exc, 200)}") from exc
+    changes = rec["changes"]
+    if changes is not None:
+        changes = [_batched_change(item, i) for i, item in enumerate(changes)]
     ts = rec["cluster_time"]
     return Envelope(
         rec["migration"],
@@ -418,7 +428,22 @@ def decode(data: bytes) -> Envelope:
         rec["fence_id"],
         documents,
         rec["dependency"],
+        changes,
     )
+
+
+def _batched_change(item: bytes, index: int) -> Envelope:
+    """Event ``index`` of a change batch, which must be a change event alone (a batch holds no
+    batches, backfill documents, fences or dependency events)."""
+    try:
+        change = decode(item)
+    except PoisonRecord as exc:
+        raise PoisonRecord(f"event {index} of a change batch: {exc}") from None
+    if change.source != EventSource.CHANGE or change.changes is not None \
+            or change.documents is not None:
+        raise PoisonRecord(f"event {index} of a change batch: a {change.source.value} event, "
+                           "not a single change")
+    return change
 
 
 class RawDocument(RawBSONDocument):
@@ -502,6 +527,7 @@ def _read_body(data: bytes) -> Envelope:
     fence_id = read.string() if read.branch() else None
     documents = read.documents() if read.branch() else None
     dependency = read.string() if read.branch() else None
+    changes = [_raw_change(item) for item in read.blobs()] if read.branch() else None
     if read.pos != len(data):
         raise ValueError("trailing bytes")
     doc_id = _bson_decode(key, CODEC_OPTIONS)
@@ -510,7 +536,17 @@ def _read_body(data: bytes) -> Envelope:
     return Envelope(
         migration, source, operation, database, collection, doc_id["_id"], document, ts,
         None if token is None else _bson_decode(token, CODEC_OPTIONS), emitted_at, fence_id,
-        documents, dependency)
+        documents, dependency, changes)
+
+
+def _raw_change(item: bytes) -> Envelope:
+    """An event of a change batch, as :func:`decode_raw` gives it; anything unusual raises
+    ValueError, for :func:`decode` to give its verdict on the whole record."""
+    change = decode_raw(item)
+    if change.source != EventSource.CHANGE or change.changes is not None \
+            or change.documents is not None:
+        raise ValueError("not a single change")
+    return change
 
 
 class _Reader:
@@ -578,6 +614,14 @@ class _Reader:
             found += [self.document() for _ in range(count)]
         return found
 
+    def blobs(self) -> list[bytes]:
+        found: list[bytes] = []
+        while count := self.long():
+            if count < 0:
+                raise ValueError("sized block")
+            found += [self.blob() for _ in range(count)]
+        return found
+
 
 def _avro_long(value: int) -> bytes:
     """Avro's binary encoding of a long: zig-zag, then a little-endian base-128 varint."""
@@ -628,6 +672,7 @@ _CLUSTER_TIME = _union_branch("cluster_time", "long")
 _RESUME_TOKEN = _union_branch("resume_token", "bytes")
 _DOCUMENTS = _avro_long(1)  # the array branch of the documents union
 _DEPENDENCY = _union_branch("dependency", "string")
+_CHANGES = _avro_long(1)  # the array branch of the changes union
 # The key of a document whose _id is an ObjectId, and which starts with it (as every document
 # MongoDB stores does): {"_id": <12 bytes>} as BSON is these bytes around the id.
 _OID_ID_ELEMENT = b"\x07_id\x00"
@@ -673,7 +718,7 @@ class RawEncoder:
         if raw is None:
             raw = encode_document(document)
         return key, b"".join((self._snapshot, _avro_bytes(key), _DOCUMENT, _avro_bytes(raw),
-                              _NULL, _NULL, _avro_long(now_ms()), _NULL, _NULL, _NULL))
+                              _NULL, _NULL, _avro_long(now_ms()), _NULL, _NULL, _NULL, _NULL))
 
     def snapshot_key(self, document: Mapping[str, Any]) -> tuple[bytes, bytes]:
         """``(record key, record value)`` of a backfill read of ``document`` that carries its
@@ -681,7 +726,7 @@ class RawEncoder:
         a document too large for the topic."""
         key = self.key_of(document)
         return key, b"".join((self._snapshot, _avro_bytes(key), _NULL, _NULL, _NULL,
-                              _avro_long(now_ms()), _NULL, _NULL, _NULL))
+                              _avro_long(now_ms()), _NULL, _NULL, _NULL, _NULL))
 
     def snapshot_batch(self, documents: list[Mapping[str, Any]]) -> tuple[bytes, bytes]:
         """``(record key, record value)`` of a backfill batch of ``documents`` (at least one):
@@ -695,7 +740,7 @@ class RawEncoder:
         for document in documents:
             parts.append(_avro_bytes(_document_bytes(document, "snapshot document")))
         parts.append(b"\x00")  # the end of the array's blocks
-        parts.append(_NULL)  # dependency
+        parts += (_NULL, _NULL)  # dependency, changes
         return key, b"".join(parts)
 
     def change(self, change_event: Mapping[str, Any], *,
@@ -735,8 +780,21 @@ class RawEncoder:
                 parts += (_RESUME_TOKEN, _avro_bytes(_document_bytes(token, "resume token")))
         except (BSONError, OverflowError, TypeError) as exc:
             raise ValueError(f"cannot encode envelope: {first_line(exc, 200)}") from exc
-        parts += (_avro_long(now_ms()), _NULL, _NULL, _NULL)
+        parts += (_avro_long(now_ms()), _NULL, _NULL, _NULL, _NULL)
         return key, b"".join(parts)
+
+    def change_batch(self, key: bytes, operation: Operation, values: list[bytes]) -> bytes:
+        """The record value of a change batch (see :attr:`Envelope.changes`): ``values`` are
+        the records :meth:`change` made of the events, the first of which has ``key`` and
+        ``operation``."""
+        if not values:
+            raise ValueError("a change batch needs at least one event")
+        parts = [self._change[operation], _avro_bytes(key), _NULL, _NULL,
+                 _NULL, _avro_long(now_ms()), _NULL, _NULL, _NULL, _CHANGES,
+                 _avro_long(len(values))]
+        parts += [_avro_bytes(value) for value in values]
+        parts.append(b"\x00")  # the end of the array's blocks
+        return b"".join(parts)
 
     def dependency(self, affected_id: Any, collection: str,
                    cluster_time: Timestamp | None) -> tuple[bytes, bytes]:
@@ -748,7 +806,7 @@ class RawEncoder:
         parts += (_NULL,) if cluster_time is None else (
             _CLUSTER_TIME, _avro_long(_pack_timestamp(cluster_time)))
         parts += (_NULL, _avro_long(now_ms()), _NULL, _NULL, _DEPENDENCY,
-                  _avro_string(collection))
+                  _avro_string(collection), _NULL)
         return key, b"".join(parts)
 
 

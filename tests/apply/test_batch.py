@@ -8,6 +8,7 @@ import random
 import types
 from concurrent.futures import ThreadPoolExecutor
 
+import bson
 import pytest
 from bson import Timestamp
 from bson.raw_bson import RawBSONDocument
@@ -130,3 +131,43 @@ def test_a_polls_positions_counts_fences_and_images_are_kept_per_partition():
     assert images[id_key(1)] is None  # 1 and 1.0: one document named twice
     assert images[id_key(True)] is not None and dict(images[id_key(True)]) == {"_id": True}
     assert isinstance(images[id_key(2)], RawBSONDocument)
+
+
+def test_a_change_batch_counts_and_names_each_of_its_changes_and_its_poison_all_of_them():
+    """A change batch of the tailer: each change an event (counted, its cluster time kept,
+    its image handed over, a delete's none); a batch one of whose images is invalid BSON
+    inside is poison as a whole, and none of its changes is counted any more."""
+    encoder = events.RawEncoder("m", "app", "items")
+    changes = [encoder.change({"_id": {"_data": f"8{n}"}, "operationType": op,
+                               "documentKey": {"_id": doc_id}, "fullDocument": image,
+                               "clusterTime": Timestamp(1_700_000_000 + n, 1)})
+               for n, (op, doc_id, image) in enumerate([
+                   ("insert", 5, {"_id": 5, "price": 1}), ("delete", "gone", None),
+                   ("replace", 6, {"_id": 6, "price": 2})])]
+    value = encoder.change_batch(changes[0][0], events.Operation.INSERT,
+                                 [v for _, v in changes])
+    good = bson.encode({"_id": 6, "price": 2})
+    bad = value.replace(good, good.replace(b"\x10price\x00", b"\x14price\x00"))
+    assert bad != value
+    p0 = TopicPartition("t", 0)
+    stand_in = _Undecided()
+    migration = types.SimpleNamespace(name="m")
+    with ThreadPoolExecutor(1) as writer:
+        applier = batch.BatchApplier(migration, stand_in, stand_in, retry=stand_in,
+                                     write_retry=stand_in, writer=writer)
+        got = applier.apply({p0: [_Record(7, value)]})
+        # An image is only decoded when read (not by this stand-in): what a read that fails
+        # leads to, the poison's removal from the chunk, is called here.
+        poisoned, chunk = batch.Batch(count=1), batch._Chunk()
+        applier._take(p0, _Record(8, bad), poisoned, chunk)
+        assert poisoned.count == 3 and len(poisoned.change_times) == 3
+        clean = applier._without_poison(chunk, poisoned)
+
+    assert got.count == 3 and got.poison == 0
+    assert got.change_times == [1_700_000_000.0, 1_700_000_001.0, 1_700_000_002.0]
+    ids, images = stand_in.asked[0]
+    assert ids == [5, "gone", 6] and images[id_key("gone")] is None
+    assert dict(images[id_key(6)]) == {"_id": 6, "price": 2}
+    assert clean.ids == [] and poisoned.poison == 1
+    assert poisoned.count == 1 and poisoned.change_times == []  # the record, not its changes
+    assert "event 2 of a change batch: invalid BSON in document" in poisoned.dead[0][2].decode()

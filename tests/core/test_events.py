@@ -1035,3 +1035,77 @@ def test_a_record_written_with_the_v1_schema_file_decodes_and_unknown_ones_stay_
     assert envelope.dependency is None
     with pytest.raises(events.PoisonRecord, match="unknown schema fingerprint"):
         events.decode(b"\xc3\x01" + b"\x01" * 8 + out.getvalue())
+
+
+# --------------------------------------------------------------------------- change batches
+
+
+def _batch_events() -> list[dict[str, Any]]:
+    """Change events as the tailer batches them: every operation, odd ``_id`` types, and a
+    document image holding every kind of value ``documents()`` would draw."""
+    return [
+        change_event("insert", fullDocument=FULL_DOCUMENT),
+        change_event("update", fullDocument=None, documentKey={"_id": uuid.UUID(int=7)},
+                     clusterTime=Timestamp(1_718_000_001, 1)),
+        change_event("delete", documentKey={"_id": Decimal128("1.5")},
+                     clusterTime=Timestamp(1_718_000_002, 9)),
+        change_event("replace", fullDocument={"_id": "é", "a.b": [1, {"$c": None}]},
+                     documentKey={"_id": "é"}, clusterTime=Timestamp(1_718_000_003, 2)),
+    ]
+
+
+def test_a_change_batch_carries_each_event_as_its_own_record_would():
+    encoder = events.RawEncoder("users-v2", "app", "users")
+    alone = [encoder.change(e) for e in _batch_events()]
+    value = encoder.change_batch(alone[0][0], Operation.INSERT, [v for _, v in alone])
+    for read in (decode, events.decode_raw):
+        got = read(value)
+        assert got.source is EventSource.CHANGE and got.operation is Operation.INSERT
+        assert got.key == USER_ID and got.changes is not None
+        assert got.document is None and got.cluster_time is None and got.documents is None
+        assert len(got.changes) == len(alone)
+        for (_, single), change in zip(alone, got.changes, strict=True):
+            want = decode(single)
+            assert change.changes is None
+            assert (change.operation, change.cluster_time, change.resume_token) == \
+                (want.operation, want.cluster_time, want.resume_token)
+            assert_same(want.key, change.key)
+            assert_same(want.document, None if change.document is None else dict(change.document))
+    # The same bytes as encode() gives the envelope (emitted_at aside).
+    _same_as_encode(value, dataclasses.replace(
+        decode(value), changes=[decode(v) for _, v in alone]))
+
+
+def test_a_change_batch_of_something_else_than_single_changes_is_poison():
+    encoder = events.RawEncoder("m", "app", "users")
+    key, change = encoder.change(change_event("insert", fullDocument=FULL_DOCUMENT))
+    _, snapshot = encoder.snapshot({"_id": 1})
+    nested = encoder.change_batch(key, Operation.INSERT, [change, change])
+    for items, reason in (([change, snapshot], "event 1 of a change batch: a backfill"),
+                          ([nested, change], "event 0 of a change batch: a change event"),
+                          ([change, b"\x00" * 20], "event 1 .*not Avro single-object")):
+        value = encoder.change_batch(key, Operation.INSERT, items)
+        for read in (decode, events.decode_raw):
+            with pytest.raises(events.PoisonRecord, match=reason):
+                read(value)
+    with pytest.raises(ValueError, match="at least one"):
+        encoder.change_batch(key, Operation.INSERT, [])
+
+
+def test_a_record_written_with_the_v2_schema_file_still_decodes():
+    """Version 2 (before change batches): a dependency event, as a tailer of the previous
+    release leaves it on the topic during a rolling upgrade."""
+    v2 = json.loads((ROOT / "schemas" / "envelope.v2.avsc").read_text())
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(v2), {
+        "migration": "m", "source": "dependency", "operation": "update", "database": "app",
+        "collection": "c", "key": events.key_bytes(uuid.UUID(int=3)), "document": None,
+        "cluster_time": None, "resume_token": None, "emitted_at": 5, "fence_id": None,
+        "documents": None, "dependency": "users"})
+    fingerprint = bytes.fromhex(fastavro.schema.fingerprint(
+        fastavro.schema.to_parsing_canonical_form(v2), "CRC-64-AVRO"))
+    assert fingerprint != events.SCHEMA_FINGERPRINT
+    for read in (decode, events.decode_raw):
+        envelope = read(b"\xc3\x01" + fingerprint + out.getvalue())
+        assert envelope.dependency == "users" and envelope.changes is None
+        assert envelope.key == uuid.UUID(int=3)

@@ -9,7 +9,7 @@ import threading
 import uuid
 
 import bson
-from bson import DatetimeMS, Int64, Regex
+from bson import Binary, DatetimeMS, Int64, Regex
 from kafka.admin import NewTopic
 
 from cdc_migrator import api, testing
@@ -18,6 +18,7 @@ from cdc_migrator.apply.consumer import TransformConsumer
 from cdc_migrator.base import codec, history, topics
 from cdc_migrator.base.identity import id_key
 from cdc_migrator.capture.backfill import backfill
+from cdc_migrator.capture.partitions import partition_of
 from cdc_migrator.capture.tailer import Tailer, arm, stream_pipeline
 from cdc_migrator.core import events
 from cdc_migrator.core.context import make_context
@@ -326,3 +327,93 @@ def test_an_event_too_large_even_so_goes_by_its_key_and_the_stream_goes_on(
 
     tailer, consumer = _tail_and_consume(settings, migration, act)
     assert consumer.stats.result.updated == 3 and consumer.stats.result.failed == 0
+
+
+# --------------------------------------------------------------------------- change batches
+
+BATCH_MIGRATION = '''
+    from cdc_migrator import migration
+
+    @migration(collection="batched")
+    def size_of(doc, ctx):
+        if "size" not in doc:
+            return {"size": len(doc.get("blob", b""))}
+'''
+
+
+def _topic_events(settings, topic: str) -> dict[int, list[tuple[int, events.Envelope]]]:
+    """Every event on ``topic`` by partition, as (number of events its record carried, event),
+    change batches expanded."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(enable_auto_commit=False, **topics.client_options(settings))
+    try:
+        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        found: dict[int, list[tuple[int, events.Envelope]]] = {}
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            for tp, records in consumer.poll(timeout_ms=5000).items():
+                for record in records:
+                    envelope = events.decode(record.value)
+                    carried = envelope.changes or [envelope]
+                    found.setdefault(tp.partition, []).extend(
+                        (len(carried), e) for e in carried)
+        return found
+    finally:
+        consumer.close()
+
+
+def test_the_changes_of_one_round_trip_go_as_one_record_per_partition_in_order(
+        db, settings, tmp_path):
+    """Ids of every kind, written in one command: the tailer reads them in one or a few round
+    trips and sends a partition's changes as one record; each change reaches its key's
+    partition in write order, and the consumer migrates every document."""
+    migration = get_migration(_migrations(tmp_path, settings, BATCH_MIGRATION), "size_of")
+    ids = ([Binary.from_uuid(uuid.UUID(int=i)) for i in range(60)] + [Int64(i) for i in range(60)]
+           + [f"k{i}" for i in range(60)] + [{"o": i} for i in range(60)]
+           + list(range(1000, 1060)))
+
+    def act():
+        db.batched.insert_many([{"_id": i, "blob": b"x" * (n % 7)} for n, i in enumerate(ids)])
+        db.batched.delete_one({"_id": "k3"})
+        wait_for(lambda: db.batched.count_documents({"size": {"$exists": True}}) == 299,
+                 what="every document migrated")
+
+    tailer, consumer = _tail_and_consume(settings, migration, act)
+    on_topic = _topic_events(settings, settings.topic("batched"))
+    writes = [e for events_ in on_topic.values() for _, e in events_ if e.source == "change"]
+    assert len(writes) == 301 and tailer.produced >= 301  # events, not records
+    assert max(n for events_ in on_topic.values() for n, _ in events_) > 1  # batched
+    order = {id_key(i): n for n, i in enumerate(ids)}
+    for partition, events_ in on_topic.items():
+        inserts = [order[id_key(e.key)] for _, e in events_ if e.operation == "insert"]
+        assert inserts == sorted(inserts)  # in write order within the partition
+        assert all(partition_of(events.key_bytes(e.key), settings.partitions) == partition
+                   for _, e in events_)
+    assert consumer.stats.result.failed == 0
+
+
+def test_a_change_batch_larger_than_the_topic_accepts_goes_as_its_changes(
+        db, settings, tmp_path):
+    migration = get_migration(_migrations(tmp_path, settings, BATCH_MIGRATION), "size_of")
+    _create_topic(settings, "batched", **{"max.message.bytes": "300000"})
+
+    def act():
+        # 160 KB each: two of a partition make a batch over the topic's limit, each alone is
+        # under it; the 400 KB one goes by its key alone.
+        db.batched.insert_many([_padded({"_id": i}, 160_000) for i in range(18)]
+                               + [_padded({"_id": "big"}, 400_000)])
+        wait_for(lambda: db.batched.count_documents({"size": {"$exists": True}}) == 19,
+                 what="every document migrated")
+
+    tailer, consumer = _tail_and_consume(settings, migration, act)
+    assert consumer.stats.result.failed == 0
+    on_topic = [e for events_ in _topic_events(settings, settings.topic("batched")).values()
+                for e in events_]
+    # Every change alone (some may be there twice, or by their key alone: a refused batch
+    # fails kafka-python's other batches in flight, which go again), "big" by its key alone.
+    assert {n for n, _ in on_topic} == {1}
+    assert {id_key(e.key) for _, e in on_topic} == {id_key(i) for i in [*range(18), "big"]}
+    assert all(e.document is None for _, e in on_topic if e.key == "big")
