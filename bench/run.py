@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.metadata
 import json
 import math
 import os
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import bson
 import pymongo
 from bson import ObjectId
 from pymongo import UpdateOne
@@ -1230,6 +1232,13 @@ def _verdict(met: bool | None) -> str:
 
 def table(results: dict[str, Any]) -> str:
     lines = []
+    machine = results.get("machine") or {}
+    if "packages" in machine:
+        lines += [f"Python {machine['python']}, "
+                  + ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
+                  + f"; {machine['cpu_model']} booted {machine['booted_at']}; calibration "
+                  f"{machine['calibration_us_per_doc']} CPU us/doc (bench/run.py: calibration)",
+                  ""]
     tp = results.get("throughput")
     if tp:
         lines += [f"Throughput, {results['args']['docs']:,} documents, "
@@ -1339,6 +1348,42 @@ def latency_curve(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+PACKAGES = ("pymongo", "kafka-python", "fastavro", "lz4", "crc32c")
+
+
+def environment() -> dict[str, Any]:
+    """What the figures of a run depend on beside the code: the packages, the processor, the
+    machine's boot (a new boot may be a new host), and the CPU one fixed piece of work takes.
+    Issue 27 found the careful loop twice as cheap as in phase 3, its code unchanged, and
+    could not tell the cause afterwards: the phase-3 run had recorded none of these."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    fields = {key.strip(): value.strip() for key, _, value in
+              (line.partition(":") for line in cpuinfo.splitlines())}
+    stat = Path("/proc/stat").read_text().split() if Path("/proc/stat").exists() else []
+    booted = int(stat[stat.index("btime") + 1]) if "btime" in stat else None
+    return {
+        "packages": {name: importlib.metadata.version(name) for name in PACKAGES},
+        "bson_c_extension": bson.has_c(), "pymongo_c_extension": pymongo.has_c(),
+        "cpu_model": fields.get("model name"), "cpu_mhz": fields.get("cpu MHz"),
+        "booted_at": dt.datetime.fromtimestamp(booted, dt.UTC).isoformat() if booted else None,
+        "calibration_us_per_doc": calibration(),
+    }
+
+
+def calibration(docs: int = 2000, repeat: int = 5) -> float:
+    """CPU µs per document to make, encode and decode the benchmark's documents, with no
+    server involved: the median of ``repeat`` passes. Runs far apart compare their figures
+    through it (a slower machine raises it as much as the loop's)."""
+    passes = []
+    for _ in range(repeat):
+        rng = random.Random(7)
+        started = time.process_time()
+        for i in range(docs):
+            bson.decode(bson.encode(make_doc(rng, i)))
+        passes.append((time.process_time() - started) / docs * 1e6)
+    return round(statistics.median(passes), 2)
+
+
 def git_revision() -> str | None:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
@@ -1421,7 +1466,8 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git": git_revision(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(), "loadavg_before": os.getloadavg()},
+                    "platform": platform.platform(), "loadavg_before": os.getloadavg(),
+                    **environment()},
         "args": {k: v for k, v in vars(args).items()},
         "targets": TARGETS,
         "migration": TRANSFORM_SOURCE,
