@@ -151,7 +151,7 @@ def _named_patch(result: Any, migration: Migration) -> dict[str, Any] | None:
     None; PatchError for a result that is no patch or a key that is no top-level name."""
     if result is None or result is DELETE:
         return None
-    if not isinstance(result, Mapping):
+    if type(result) is not dict and not isinstance(result, Mapping):
         raise PatchError(
             f"migration {migration.name!r} returned {type(result).__name__} "
             f"({shorten(repr(result), 60)}); return a dict patch, None or DELETE"
@@ -361,9 +361,9 @@ def _raw_outcome(migration: Migration, doc: RawView, view: RecordingDocument,
             unset.append(name)
     to_set, set_document = new, b""
     if new:
-        elements = plain_elements(new)
-        set_document = (_checked(new, migration, doc_id, _encoded_patch) if elements is None
-                        else document(elements))
+        plain = plain_elements(new)
+        set_document = (_checked(new, migration, doc_id, _encoded_patch) if plain is None
+                        else document(plain))
         if stored:
             to_set, set_document = _changed(doc, new, set_document)
     if not to_set and not unset:
@@ -372,10 +372,11 @@ def _raw_outcome(migration: Migration, doc: RawView, view: RecordingDocument,
     fields.update(patch)
     guard, names = raw_guard(doc, fields)
     to_unset = tuple(unset)
-    update = document((b"\x03$set\x00" + set_document if to_set else b"")
-                      + (_unset_element(to_unset) if to_unset else b""))
+    elements = b"\x03$set\x00" + set_document if to_set else b""
+    if to_unset:
+        elements += _unset_element(to_unset)
     return Outcome("update", doc_id, set=to_set, unset=to_unset, raw_guard=guard,
-                   raw_update=update, guard_names=names)
+                   raw_update=document(elements), guard_names=names)
 
 
 #: ``$unset`` elements by the names they unset (bounded: a transform may make names up).

@@ -279,15 +279,19 @@ def raw_guard(view: RawView, fields: set[str]) -> tuple[bytes, frozenset[str]]:
     """The BSON bytes of ``guard_filter(view, fields)`` and its top-level names, each pinned
     value copied from ``view``'s bytes. The same forms, in the same order, as
     :func:`~cdc_migrator.core.patch.guard_filter` (which documents them)."""
-    data = view.data
-    parts = [view.element("_id")]
+    data, index, absent, headers = view.data, view._index, view._absent, _HEADERS
+    begin, _, end = view._entry("_id")
+    parts = [b"", data[begin:end]]  # the first part becomes the document's length
     names = ["_id"]
     equal: list[tuple[int, bytes]] = []
     for name in sorted(fields):
         if name == "_id":
             continue
-        found = view._find(name)
-        header = _header(name)
+        # What the view knows and the headers' cache first: most names were looked up.
+        found = index.get(name)
+        if found is None and name not in absent:
+            found = view._find(name)
+        header = headers.get(name) or _header(name)
         if header is None:
             equal += _odd_name_pins(name, None if found is None else _value_of(data, found))
             continue
@@ -311,7 +315,9 @@ def raw_guard(view: RawView, fields: set[str]) -> tuple[bytes, frozenset[str]]:
         kind, value = equal[0] if len(equal) == 1 else (
             _DOCUMENT, document(b"\x04$and\x00" + _array(*equal)))
         parts.append(bytes((kind,)) + b"$expr\x00" + value)
-    return document(b"".join(parts)), frozenset(names)
+    parts[0] = (sum(map(len, parts)) + 5).to_bytes(4, "little")
+    parts.append(b"\x00")
+    return b"".join(parts), frozenset(names)
 
 
 def _value_of(data: bytes, entry: tuple[int, int, int]) -> tuple[int, bytes]:
@@ -341,7 +347,10 @@ def plain_elements(values: Mapping[str, Any]) -> bytes | None:
     """The BSON elements of ``values`` (as ``bson.encode`` with CODEC_OPTIONS makes them, less
     the document's length and end) when every value is a string, a 32-bit integer, a
     boolean, a double or None; None for any other value, or a name or string BSON cannot hold
-    (``bson.encode`` then makes the elements, or says why it cannot)."""
+    (``bson.encode`` then makes the elements, or says why it cannot), and for an ``_id``
+    (which ``bson.encode`` moves first)."""
+    if "_id" in values:
+        return None
     parts: list[bytes] = []
     try:
         for name, value in values.items():
