@@ -49,6 +49,8 @@ MAX_COMMAND_STATEMENT_BYTES = 16 * 1024 * 1024 - 16 * 1024
 # delete's limit of one document.
 _UPDATE_TAIL = b"\x03collation\x00" + bson.encode(SIMPLE_COLLATION)
 _DELETE_TAIL = b"\x10limit\x00\x01\x00\x00\x00" + _UPDATE_TAIL
+_UPDATE_END = _UPDATE_TAIL + b"\x00"
+_UPDATE_FIXED = 4 + len(b"\x03q\x00\x03u\x00") + len(_UPDATE_END)
 
 
 @dataclass
@@ -263,7 +265,10 @@ class Applier:
                 b"\x030\x00" + guard + b"\x031\x00" + self._raw_filter))
         if outcome.kind == "delete":
             return document(b"\x03q\x00" + guard + _DELETE_TAIL)
-        return document(b"\x03q\x00" + guard + b"\x03u\x00" + outcome.raw_update + _UPDATE_TAIL)
+        update = outcome.raw_update
+        # One join: {q: guard, u: update, collation: simple}
+        return b"".join(((len(guard) + len(update) + _UPDATE_FIXED).to_bytes(4, "little"),
+                         b"\x03q\x00", guard, b"\x03u\x00", update, _UPDATE_END))
 
     def _write(self, ops: list[UpdateOne | DeleteOne | bytes], outcomes: list[Outcome]
                ) -> tuple[int, int, dict[int, str]]:

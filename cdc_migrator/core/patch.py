@@ -23,7 +23,7 @@ from ..base.codec import CODEC_OPTIONS
 from ..base.messages import shorten
 from ..errors import PatchError
 from ..migration import DELETE, UNSET, Migration
-from .rawdoc import RawView, document, raw_bytes, raw_guard
+from .rawdoc import RawView, document, plain_elements, raw_bytes, raw_guard
 
 
 class RecordingDocument(Mapping[str, Any]):
@@ -129,14 +129,37 @@ def same_value(a: Any, b: Any) -> bool:
 
 def validate_patch(result: Any, migration: Migration) -> dict[str, Any] | None:
     """Check a transform's return value; return the patch, None, or raise PatchError."""
+    patch = _named_patch(result, migration)
+    if not patch:
+        return patch
+    for value in patch.values():
+        if not _plainly_storable(value):
+            break
+    else:
+        return patch  # the common case, decided without encoding the patch
+    _encoded_patch({k: v for k, v in patch.items() if v is not UNSET}, migration)
+    return patch
+
+
+#: Names already checked as patch keys (bounded: a transform may make names up).
+_PATCH_NAMES: set[str] = set()
+_PATCH_NAMES_KEPT = 4096
+
+
+def _named_patch(result: Any, migration: Migration) -> dict[str, Any] | None:
+    """:func:`validate_patch` without the check of its values: the patch (a dict of it) or
+    None; PatchError for a result that is no patch or a key that is no top-level name."""
     if result is None or result is DELETE:
         return None
-    if not isinstance(result, Mapping):
+    if type(result) is not dict and not isinstance(result, Mapping):
         raise PatchError(
             f"migration {migration.name!r} returned {type(result).__name__} "
             f"({shorten(repr(result), 60)}); return a dict patch, None or DELETE"
         )
+    names = _PATCH_NAMES
     for key in result:
+        if type(key) is str and key in names:
+            continue
         if not isinstance(key, str) or not key or key[0] == "$" or "." in key:
             raise PatchError(
                 f"migration {migration.name!r} returned a patch with field {key!r}; "
@@ -144,19 +167,19 @@ def validate_patch(result: Any, migration: Migration) -> dict[str, Any] | None:
             )
         if key == "_id":
             raise PatchError(f"migration {migration.name!r} tried to change _id; _id is immutable")
-    patch = dict(result)
-    for value in patch.values():
-        if not _plainly_storable(value):
-            break
-    else:
-        return patch  # the common case, decided without encoding the patch
+        if type(key) is str and len(names) < _PATCH_NAMES_KEPT:
+            names.add(key)
+    # The transform's own dict is returned as it is: nothing here or after changes it.
+    return result if type(result) is dict else dict(result)
+
+
+def _encoded_patch(values: dict[str, Any], migration: Migration) -> bytes:
+    """The BSON of a patch's ``values``; PatchError for one MongoDB cannot store."""
     try:
-        bson.encode({k: v for k, v in patch.items() if v is not UNSET},
-                    codec_options=CODEC_OPTIONS)
+        return bson.encode(values, codec_options=CODEC_OPTIONS)
     except (bson.errors.InvalidDocument, TypeError, OverflowError, ValueError) as exc:
         raise PatchError(f"migration {migration.name!r} returned a patch MongoDB cannot "
                          f"store: {exc}") from None
-    return patch
 
 
 _INT64 = range(-(1 << 63), 1 << 63)
@@ -299,10 +322,12 @@ def decide(migration: Migration, doc: Mapping[str, Any] | bytes, ctx: Any,
                    shard_key=key)
 
 
-def _checked(result: Any, migration: Migration, doc_id: Any) -> dict[str, Any] | None:
-    """:func:`validate_patch`, its error naming the document (the migration stops on it)."""
+def _checked(result: Any, migration: Migration, doc_id: Any,
+             check: Any = validate_patch) -> Any:
+    """``check(result, migration)`` (:func:`validate_patch`), its error naming the document
+    (the migration stops on it)."""
     try:
-        return validate_patch(result, migration)
+        return check(result, migration)
     except PatchError as exc:
         named = PatchError(f"{exc} (document _id {doc_id!r})")
         named.document_id = doc_id
@@ -314,40 +339,64 @@ def _raw_outcome(migration: Migration, doc: RawView, view: RecordingDocument,
     """The outcome of a transform's ``result`` on a raw document, guard and update as bytes.
 
     A value is unchanged when its encoding is the stored element's (as :func:`same_value`);
-    the patch is encoded once, and its changed elements are copied into ``$set``.
+    the patch is encoded once, and its changed elements are copied into ``$set``. Its values
+    are checked by that encoding (as :func:`validate_patch` checks them, with its error).
     """
-    doc_id = doc["_id"]
+    doc_id = doc.document_id()
     if result is DELETE:
         guard, names = raw_guard(doc, view.fields_read())
         return Outcome("delete", doc_id, raw_guard=guard, guard_names=names)
-    patch = _checked(result, migration, doc_id)
+    patch = _checked(result, migration, doc_id, _named_patch)
     if not patch:
         return Outcome("noop", doc_id)
-    new = {k: v for k, v in patch.items() if v is not UNSET}
-    to_set, set_document = _changed(doc, new)
-    to_unset = tuple(k for k, v in patch.items() if v is UNSET and k in doc)
-    if not to_set and not to_unset:
+    find = doc._find
+    new: dict[str, Any] = {}
+    unset: list[str] = []
+    stored = False  # whether a value set replaces a stored one (compared below)
+    for name, value in patch.items():
+        if value is not UNSET:
+            new[name] = value
+            stored = stored or find(name) is not None
+        elif find(name) is not None:
+            unset.append(name)
+    to_set, set_document = new, b""
+    if new:
+        plain = plain_elements(new)
+        set_document = (_checked(new, migration, doc_id, _encoded_patch) if plain is None
+                        else document(plain))
+        if stored:
+            to_set, set_document = _changed(doc, new, set_document)
+    if not to_set and not unset:
         return Outcome("noop", doc_id)
-    guard, names = raw_guard(doc, view.fields_read() | set(patch))
-    update = b""
-    if to_set:
-        update += b"\x03$set\x00" + set_document
-    if to_unset:  # {$unset: {name: ""}}
-        update += b"\x03$unset\x00" + document(b"".join(
-            b"\x02" + k.encode() + b"\x00\x01\x00\x00\x00\x00" for k in to_unset))
+    fields = view.fields_read()
+    fields.update(patch)
+    guard, names = raw_guard(doc, fields)
+    to_unset = tuple(unset)
+    elements = b"\x03$set\x00" + set_document if to_set else b""
+    if to_unset:
+        elements += _unset_element(to_unset)
     return Outcome("update", doc_id, set=to_set, unset=to_unset, raw_guard=guard,
-                   raw_update=document(update), guard_names=names)
+                   raw_update=document(elements), guard_names=names)
 
 
-def _changed(doc: RawView, new: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-    """The values of ``new`` that would change ``doc``, and the ``$set`` document of them: the
-    patch is encoded once, and a value is unchanged when its element is the stored one."""
-    encoded = bson.encode(new, codec_options=CODEC_OPTIONS)
-    for name in new:
-        if name in doc:
-            break
-    else:
-        return new, encoded  # the common case: only new fields
+#: ``$unset`` elements by the names they unset (bounded: a transform may make names up).
+_UNSETS: dict[tuple[str, ...], bytes] = {}
+
+
+def _unset_element(names: tuple[str, ...]) -> bytes:
+    """The element ``$unset: {name: "", ...}``."""
+    element = _UNSETS.get(names)
+    if element is None:
+        element = b"\x03$unset\x00" + document(b"".join(
+            b"\x02" + k.encode() + b"\x00\x01\x00\x00\x00\x00" for k in names))
+        if len(_UNSETS) < _PATCH_NAMES_KEPT:
+            _UNSETS[names] = element
+    return element
+
+
+def _changed(doc: RawView, new: dict[str, Any], encoded: bytes) -> tuple[dict[str, Any], bytes]:
+    """The values of ``new`` (``encoded`` as BSON) that would change ``doc``, and the ``$set``
+    document of them: a value is unchanged when its element is the stored one."""
     patched = RawView(encoded)
     to_set = {k: v for k, v in new.items()
               if k not in doc or doc.element(k) != patched.element(k)}

@@ -28,6 +28,8 @@ _FIXED = {0x01: 8, 0x06: 0, 0x07: 12, 0x08: 1, 0x09: 8, 0x0A: 0, 0x10: 4, 0x11: 
 _DOUBLE, _STRING, _DOCUMENT, _ARRAY, _BINARY = 0x01, 0x02, 0x03, 0x04, 0x05
 _NULL, _INT32 = 0x0A, 0x10
 _unpack_double = struct.Struct("<d").unpack_from
+_unpack_int32 = struct.Struct("<i").unpack_from
+_unpack_int64 = struct.Struct("<q").unpack_from
 _OBJECT_ID, _BOOL, _DATE, _REGEX, _DB_POINTER = 0x07, 0x08, 0x09, 0x0B, 0x0C
 _STRING_LIKE = frozenset({_STRING, 0x0D, 0x0E})  # string, JavaScript code, symbol
 _DOCUMENT_LIKE = frozenset({_DOCUMENT, _ARRAY, 0x0F})  # document, array, code with scope
@@ -104,7 +106,12 @@ class RawView(Mapping[str, Any]):
             kind = data[pos]
             nul = data.index(b"\x00", pos + 1)
             start = nul + 1
-            entry = (pos, start, start + _value_size(data, kind, start))
+            # The common kinds' sizes here, the others by _value_size (one call less).
+            size = _FIXED.get(kind)
+            if size is None:
+                size = (_unpack_int32(data, start)[0] + 4 if kind == _STRING
+                        else _value_size(data, kind, start))
+            entry = (pos, start, start + size)
             name = data[pos + 1:nul].decode()
             index.setdefault(name, entry)
             pos = entry[2]
@@ -185,6 +192,11 @@ class RawView(Mapping[str, Any]):
         begin, start, end = found
         return self.data[begin], self.data[start:end]
 
+    def document_id(self) -> Any:
+        """The document's ``_id`` (see :func:`document_id`)."""
+        found = _first_id(self.data)
+        return self["_id"] if found is None else found
+
     def element(self, key: str) -> bytes:
         """``key``'s whole element: type byte, name and value."""
         begin, _, end = self._entry(key)
@@ -226,14 +238,6 @@ def _literal(kind: int, value: bytes) -> tuple[int, bytes]:
     return _DOCUMENT, document(bytes((kind,)) + b"$literal\x00" + value)
 
 
-def _plainly_pinned(kind: int, value: bytes) -> bool:
-    """Whether ``guard_filter`` pins a value by plain equality (a string, boolean, ObjectId,
-    or a date that decodes to a ``datetime``)."""
-    if kind == _DATE:
-        return int.from_bytes(value, "little", signed=True) in _DATE_RANGE
-    return kind in (_STRING, _BOOL, _OBJECT_ID)
-
-
 def _odd_name_pins(name: str, pinned: tuple[int, bytes] | None) -> list[tuple[int, bytes]]:
     """The ``$expr`` conditions pinning a name a query would read as a path or an operator."""
     got = document(_sub("$getField", document(_sub("field", document(
@@ -247,35 +251,133 @@ def _odd_name_pins(name: str, pinned: tuple[int, bytes] | None) -> list[tuple[in
     return pins
 
 
+#: The header of a pinned name's element, by name, for the names a query reads as names
+#: (bounded: a transform may make names up).
+_HEADERS: dict[str, bytes] = {}
+_HEADERS_KEPT = 4096
+# Around a value pinned by plain equality: its ``$eq`` element's header per BSON type, and the
+# rest of the condition; the condition's length is the value's plus the fixed parts'.
+_EQ = {kind: bytes((kind,)) + b"$eq\x00" for kind in (_STRING, _BOOL, _OBJECT_ID, _DATE)}
+_PLAIN_END = _NOT_ARRAY + b"\x00"
+_PLAIN_FIXED = 4 + len(b"\x02$eq\x00") + len(_PLAIN_END)
+
+
+def _header(name: str) -> bytes | None:
+    """``name``'s sub-document element header, or None for a name a query would read as a
+    path or an operator (with a ``.``, starting with ``$``, or empty)."""
+    header = _HEADERS.get(name)
+    if header is None:
+        if not name or name[0] == "$" or "." in name:
+            return None
+        header = b"\x03" + name.encode() + b"\x00"
+        if len(_HEADERS) < _HEADERS_KEPT:
+            _HEADERS[name] = header
+    return header
+
+
 def raw_guard(view: RawView, fields: set[str]) -> tuple[bytes, frozenset[str]]:
     """The BSON bytes of ``guard_filter(view, fields)`` and its top-level names, each pinned
     value copied from ``view``'s bytes. The same forms, in the same order, as
     :func:`~cdc_migrator.core.patch.guard_filter` (which documents them)."""
-    parts = [view.element("_id")]
+    data, index, absent, headers = view.data, view._index, view._absent, _HEADERS
+    begin, _, end = view._entry("_id")
+    parts = [b"", data[begin:end]]  # the first part becomes the document's length
     names = ["_id"]
     equal: list[tuple[int, bytes]] = []
-    for name in sorted(fields - {"_id"}):
-        pinned = view.value(name)
-        if not name or name[0] == "$" or "." in name:
-            equal += _odd_name_pins(name, pinned)
+    for name in sorted(fields):
+        if name == "_id":
+            continue
+        # What the view knows and the headers' cache first: most names were looked up.
+        found = index.get(name)
+        if found is None and name not in absent:
+            found = view._find(name)
+        header = headers.get(name) or _header(name)
+        if header is None:
+            equal += _odd_name_pins(name, None if found is None else _value_of(data, found))
             continue
         names.append(name)
-        header = b"\x03" + name.encode() + b"\x00"
-        if pinned is None:
+        if found is None:
             parts.append(header + _EXISTS_FALSE)
-        elif _plainly_pinned(*pinned):
-            kind, value = pinned
-            parts.append(header + document(bytes((kind,)) + b"$eq\x00" + value + _NOT_ARRAY))
+            continue
+        begin, start, end = found
+        kind = data[begin]
+        if kind in _EQ and (kind != _DATE or _unpack_int64(data, start)[0] in _DATE_RANGE):
+            # {name: {$eq: value, $not: {$type: "array"}}}, in one join
+            parts += (header, (end - start + _PLAIN_FIXED).to_bytes(4, "little"), _EQ[kind],
+                      data[start:end], _PLAIN_END)
         else:
             parts.append(header + _EXISTS_TRUE)
             equal.append((_DOCUMENT, document(
-                b"\x04$eq\x00" + _array((_STRING, _string("$" + name)), _literal(*pinned)))))
+                b"\x04$eq\x00" + _array((_STRING, _string("$" + name)),
+                                         _literal(kind, data[start:end])))))
     if equal:
         names.append("$expr")
         kind, value = equal[0] if len(equal) == 1 else (
             _DOCUMENT, document(b"\x04$and\x00" + _array(*equal)))
         parts.append(bytes((kind,)) + b"$expr\x00" + value)
-    return document(b"".join(parts)), frozenset(names)
+    parts[0] = (sum(map(len, parts)) + 5).to_bytes(4, "little")
+    parts.append(b"\x00")
+    return b"".join(parts), frozenset(names)
+
+
+def _value_of(data: bytes, entry: tuple[int, int, int]) -> tuple[int, bytes]:
+    begin, start, end = entry
+    return data[begin], data[start:end]
+
+
+def _first_id(data: bytes) -> Any:
+    """An ObjectId or 32-bit integer ``_id`` stored first, read straight from its bytes; None
+    for another."""
+    if data[5:9] == b"_id\x00":
+        kind = data[4]
+        if kind == _OBJECT_ID and len(data) >= 22:
+            return ObjectId(data[9:21])
+        if kind == _INT32 and len(data) >= 14:
+            return int.from_bytes(data[9:13], "little", signed=True)
+    return None
+
+
+#: A string element's header (type byte and name), by name (bounded, as _HEADERS).
+_STRING_HEADERS: dict[str, bytes] = {}
+_INT32_RANGE = range(-(1 << 31), 1 << 31)
+_pack_double = struct.Struct("<d").pack
+
+
+def plain_elements(values: Mapping[str, Any]) -> bytes | None:
+    """The BSON elements of ``values`` (as ``bson.encode`` with CODEC_OPTIONS makes them, less
+    the document's length and end) when every value is a string, a 32-bit integer, a
+    boolean, a double or None; None for any other value, or a name or string BSON cannot hold
+    (``bson.encode`` then makes the elements, or says why it cannot), and for an ``_id``
+    (which ``bson.encode`` moves first)."""
+    if "_id" in values:
+        return None
+    parts: list[bytes] = []
+    try:
+        for name, value in values.items():
+            header = _STRING_HEADERS.get(name)
+            if header is None:
+                if "\x00" in name:
+                    return None
+                header = b"\x02" + name.encode() + b"\x00"
+                if len(_STRING_HEADERS) < _HEADERS_KEPT:
+                    _STRING_HEADERS[name] = header
+            kind = type(value)
+            if kind is str:
+                text = value.encode()
+                parts += (header, (len(text) + 1).to_bytes(4, "little"), text, b"\x00")
+            elif kind is int and value in _INT32_RANGE:
+                parts += (b"\x10", header[1:], value.to_bytes(4, "little", signed=True))
+            elif kind is bool:
+                parts += (b"\x08", header[1:], b"\x01" if value else b"\x00")
+            elif kind is float:
+                parts += (b"\x01", header[1:], _pack_double(value))
+            elif value is None:
+                parts += (b"\x0a", header[1:])
+            else:
+                return None
+    except UnicodeEncodeError:  # a lone surrogate, in a name or a string
+        return None
+    return b"".join(parts)
 
 
 def document_id(doc: Mapping[str, Any] | bytes) -> Any:
@@ -287,10 +389,5 @@ def document_id(doc: Mapping[str, Any] | bytes) -> Any:
     if data is None:
         assert isinstance(doc, Mapping)
         return doc["_id"]
-    if data[5:9] == b"_id\x00":
-        kind = data[4]
-        if kind == _OBJECT_ID and len(data) >= 22:
-            return ObjectId(data[9:21])
-        if kind == _INT32 and len(data) >= 14:
-            return int.from_bytes(data[9:13], "little", signed=True)
-    return RawView(data)["_id"]
+    found = _first_id(data)
+    return RawView(data)["_id"] if found is None else found
