@@ -46,6 +46,23 @@ _RETENTION = ("retention.ms", "retention.bytes", "cleanup.policy")
 CONSUMER_SESSION_TIMEOUT_MS = 30_000
 _warned: set[tuple[str, str]] = set()  # (topic, what): warnings given once per process
 _warned_lock = threading.Lock()
+#: The most record bytes the producer gathers for one partition into one batch.
+PRODUCER_BATCH = 256 * 1024
+#: Each topic's ``max.message.bytes`` as :func:`check_topic_configs` last read it here.
+_limits: dict[str, int] = {}
+
+
+def topic_limit(topic: str) -> int | None:
+    """``topic``'s ``max.message.bytes`` as read by this process, None before it was read."""
+    return _limits.get(topic)
+
+
+def group_bytes(topic: str, most: int) -> int:
+    """The most event bytes one record of several events on ``topic`` carries: ``most``, or
+    half the topic's ``max.message.bytes`` where that is smaller. The broker checks its limit
+    per batch of records, so records that are each under it are only safe together below it."""
+    limit = _limits.get(topic)
+    return most if limit is None else max(1, min(most, limit // 2))
 
 
 def record_limit(settings: Settings) -> int:
@@ -197,6 +214,7 @@ def check_topic_configs(client: KafkaAdminClient, settings: Settings, topic: str
                           settings, topic, "retention.ms=-1,retention.bytes=-1,"
                           "cleanup.policy=delete"))
     _check_insync(client, settings, topic, values.get("min.insync.replicas"))
+    _limits[topic] = int(values["max.message.bytes"])
     limit = record_limit(settings)
     if int(values["max.message.bytes"]) < limit:
         _warn_once(topic, "size", "topic %s takes records of at most max.message.bytes=%s, less "
@@ -348,7 +366,7 @@ def producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     package, a dependency, does it in C instead of pure Python (docs/benchmarks.md).
     ``kafka_options`` of the settings may set another ``compression_type``.
     """
-    options = dict(acks="all", linger_ms=5, batch_size=256 * 1024,
+    options = dict(acks="all", linger_ms=5, batch_size=PRODUCER_BATCH,
                    max_request_size=record_limit(settings),
                    retries=2**31 - 1, max_in_flight_requests_per_connection=1,
                    request_timeout_ms=30_000, compression_type="lz4")
@@ -376,12 +394,17 @@ class Record:
     refused: KafkaError | None = None  # the producer's own refusal, before any send
 
     def too_large(self) -> bool:
-        """Whether this record was refused for its size."""
+        """Whether this record was refused for its size. A record of at most half the
+        topic's known limit was not: its batch was, or it failed with another batch that was
+        (kafka-python's idempotent producer then fails every batch in flight)."""
         if isinstance(self.refused, MessageSizeTooLargeError):
             return True
         future = self.future
-        return bool(future is not None and future.is_done and future.failed()
-                    and isinstance(future.exception, MessageSizeTooLargeError))
+        if not (future is not None and future.is_done and future.failed()
+                and isinstance(future.exception, MessageSizeTooLargeError)):
+            return False
+        limit = _limits.get(self.topic)
+        return limit is None or len(self.value) > limit // 2
 
 
 class Publisher:
@@ -442,15 +465,20 @@ class Publisher:
         except KafkaError:
             _abandon(producer)
 
-    def _client(self) -> KafkaProducer:
+    def _client(self, topic: str | None = None) -> KafkaProducer:
         if self._producer is None:
-            self._producer = self.retry.call("Kafka", producer, self.settings, **self.overrides)
+            # A batch stays within half the limit of the topic of the records (group_bytes).
+            topic = topic or next((r.topic for r in self._pending), None)
+            batch = {"batch_size": PRODUCER_BATCH if topic is None
+                     else group_bytes(topic, PRODUCER_BATCH)}
+            self._producer = self.retry.call("Kafka", producer, self.settings,
+                                             **{**batch, **self.overrides})
         return self._producer
 
     def _send(self, record: Record) -> None:
         record.refused = None
         try:
-            record.future = self._client().send(record.topic, key=record.key,
+            record.future = self._client(record.topic).send(record.topic, key=record.key,
                                                 value=record.value, partition=record.partition)
         except MessageSizeTooLargeError as exc:
             record.future, record.refused = None, exc  # larger than max_request_size

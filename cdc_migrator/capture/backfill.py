@@ -288,7 +288,9 @@ class _Pass:
                     # paying for this batch delays the next one.
                     throttle.spend(len(batch), before_long_wait=batches.release)
                     batch_started = time.monotonic()
-                    for partition, docs in by_partition(batch, self.encoder, self.partitions):
+                    for partition, docs in by_partition(
+                            batch, self.encoder, self.partitions,
+                            topics.group_bytes(self.topic, RECORD_BYTES)):
                         publisher.send_record(snapshot_record(
                             self.settings, self.migration, self.encoder, self.topic,
                             partition, docs))
@@ -333,8 +335,8 @@ class _Pass:
                 retry.failed(exc)  # then scan again after the last saved position
 
 
-def by_partition(batch: list, encoder: events.RawEncoder,
-                 partitions: int) -> Iterator[tuple[int, list]]:
+def by_partition(batch: list, encoder: events.RawEncoder, partitions: int,
+                 most: int = RECORD_BYTES) -> Iterator[tuple[int, list]]:
     """A scanned batch as groups of documents of one partition, each small enough for one
     record, in ``_id`` order within a partition.
 
@@ -342,9 +344,10 @@ def by_partition(batch: list, encoder: events.RawEncoder,
     (:func:`~cdc_migrator.capture.partitions.partition_of`, as Kafka's Java client), where the
     tailer's change events of the same document go: one document's events stay in one
     partition, in order. One record per group instead of one per document is what makes the
-    backfill cheap to produce and to consume. A document larger than ``RECORD_BYTES`` is
-    always alone in its group, so a document as large as MongoDB allows never shares a record
-    with others.
+    backfill cheap to produce and to consume. A group is cut before it grows past ``most``
+    bytes (``RECORD_BYTES``, or less for a topic that takes less). A document larger than
+    that is always alone in its group, so a document as large as MongoDB allows never shares a
+    record with others.
     """
     groups: dict[int, list] = {}
     sizes: dict[int, int] = {}
@@ -353,7 +356,7 @@ def by_partition(batch: list, encoder: events.RawEncoder,
         size = len(doc.raw) if isinstance(doc, RawBSONDocument) \
             else len(bson.encode(doc, codec_options=CODEC_OPTIONS))
         group = groups.get(partition)
-        if group and sizes[partition] + size > RECORD_BYTES:
+        if group and sizes[partition] + size > most:
             yield partition, group
             group = None
         if group is None:

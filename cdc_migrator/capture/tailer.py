@@ -224,12 +224,13 @@ class ChangeBatches:
     ``send`` and its record batch (tens of µs each, in Python), then the broker's and the
     consumer's work per record. A partition's events of a round trip go as one change batch
     instead (see :attr:`~cdc_migrator.core.events.Envelope.changes`), in stream order; a
-    single event goes alone, as before. A group is cut before it grows past
-    :data:`~.partitions.RECORD_BYTES`.
+    single event goes alone, as before. A group is cut before it grows past ``most`` bytes
+    (:data:`~.partitions.RECORD_BYTES`, or less for a topic that takes less:
+    :func:`~cdc_migrator.base.topics.group_bytes`).
     """
 
-    def __init__(self, partitions: int) -> None:
-        self.partitions = partitions
+    def __init__(self, partitions: int, most: int = RECORD_BYTES) -> None:
+        self.partitions, self.most = partitions, most
         self.groups: dict[int, list[tuple[bytes, bytes, Any]]] = {}
         self._sizes: dict[int, int] = {}
 
@@ -239,7 +240,7 @@ class ChangeBatches:
         partition = partition_of(key, self.partitions)
         group = self.groups.get(partition)
         full = None
-        if group and self._sizes[partition] + len(value) > RECORD_BYTES:
+        if group and self._sizes[partition] + len(value) > self.most:
             full, group = group, None
         if group is None:
             self.groups[partition] = group = []
@@ -538,7 +539,8 @@ class Tailer:
         # The narrow modes take one event per batch: a whole batch, no wait between them.
         self.round_trips.enough = STREAM_BATCH if limit is None else 1
         encoder = self._encoder
-        self._batches = ChangeBatches(partitions)  # what a failed loop held is read again
+        # What a failed loop held is read again.
+        self._batches = ChangeBatches(partitions, topics.group_bytes(self.topic, RECORD_BYTES))
         taken = 0
         while not self.stopping.is_set() and (limit is None or taken < limit):
             self.recovery.check()

@@ -150,3 +150,22 @@ def test_a_document_over_the_record_size_of_a_batch_is_alone_in_its_record():
     groups = [docs for _, docs in by_partition(small[:5] + [large] + small[5:], encoder, 1)]
     assert [large] in groups
     assert all(len(docs) == 1 for docs in groups if large in docs)
+
+
+def test_a_topic_that_takes_less_gets_smaller_groups(settings):
+    """On a topic whose max.message.bytes is under twice the record size, groups stay within
+    half of it (the broker checks its limit per batch of records)."""
+    from cdc_migrator.base import topics
+
+    topic = settings.topic("small_records")
+    topics._limits[topic] = 100_000
+    try:
+        most = topics.group_bytes(topic, RECORD_BYTES)
+        assert most == 50_000 and topics.group_bytes("unread", RECORD_BYTES) == RECORD_BYTES
+        encoder = events.RawEncoder("m", "d", "c")
+        docs = [RawBSONDocument(bson.encode({"_id": i, "v": b"\0" * 9_000})) for i in range(20)]
+        groups = [g for _, g in by_partition(docs, encoder, 1, most)]
+        assert [len(g) for g in groups] == [5, 5, 5, 5]
+        assert all(sum(len(d.raw) for d in g) <= most for g in groups)
+    finally:
+        del topics._limits[topic]
