@@ -21,19 +21,10 @@ from cdc_migrator.core.rawdoc import RawView, document_id, plain_elements
 from cdc_migrator.migration import _defined
 
 from ..harness import examples
+from .test_rawdoc import encoded, make
 
 fast = settings(max_examples=examples(400), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
-
-
-def make(fn):
-    m = migration(collection="things")(fn)
-    _defined.remove(m)
-    return m
-
-
-def encoded(doc) -> bytes:
-    return bson.encode(doc, codec_options=CODEC_OPTIONS)
 
 
 # Any text, lone surrogates and NUL included: what BSON cannot hold must fall back.
