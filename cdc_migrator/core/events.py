@@ -439,8 +439,7 @@ def _batched_change(item: bytes, index: int) -> Envelope:
         change = decode(item)
     except PoisonRecord as exc:
         raise PoisonRecord(f"event {index} of a change batch: {exc}") from None
-    if change.source != EventSource.CHANGE or change.changes is not None \
-            or change.documents is not None:
+    if not _single_change(change):
         raise PoisonRecord(f"event {index} of a change batch: a {change.source.value} event, "
                            "not a single change")
     return change
@@ -543,10 +542,15 @@ def _raw_change(item: bytes) -> Envelope:
     """An event of a change batch, as :func:`decode_raw` gives it; anything unusual raises
     ValueError, for :func:`decode` to give its verdict on the whole record."""
     change = decode_raw(item)
-    if change.source != EventSource.CHANGE or change.changes is not None \
-            or change.documents is not None:
+    if not _single_change(change):
         raise ValueError("not a single change")
     return change
+
+
+def _single_change(envelope: Envelope) -> bool:
+    """Whether ``envelope`` is one change event, as a change batch may hold."""
+    return envelope.source == EventSource.CHANGE and envelope.changes is None \
+        and envelope.documents is None
 
 
 class _Reader:
