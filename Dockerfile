@@ -5,7 +5,9 @@
 # into a clean virtual environment and run the command. The test suite runs the same two steps
 # outside Docker (tests/test_install.py), so a green CI means they build, install and run.
 
-FROM python:3.11-slim AS package
+# The full image, not -slim, for the build: it has the C compiler the wheel's compiled hot path
+# (cdc_migrator/core/_rawbson.c) is built with; -slim would build a wheel without it.
+FROM python:3.11 AS package
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY . /src

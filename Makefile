@@ -8,7 +8,8 @@ export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 
 .PHONY: venv services-up services-down tools test test-real unit demo bench lint check clean
 
-$(BIN)/.installed: pyproject.toml
+# setup.py and the C source: an editable install compiles the extension into the tree, once.
+$(BIN)/.installed: pyproject.toml setup.py cdc_migrator/core/_rawbson.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

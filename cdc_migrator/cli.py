@@ -38,6 +38,7 @@ from .base import logs
 from .base.checks import OPTIONS, Setting, Source, deprecated, take_deprecations
 from .base.messages import shorten
 from .base.settings import Settings
+from .core.rawdoc import implementation
 from .errors import CdcMigratorError, Refused, UsageError
 from .operations import observability
 from .operations.history import render as render_history
@@ -262,7 +263,8 @@ def _echo_json(value: Any) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="cdc-migrator")
+@click.version_option(package_name="cdc-migrator",
+                      message=f"%(prog)s, version %(version)s (raw BSON: {implementation()})")
 def cli() -> None:
     """Zero-downtime MongoDB document migrations, event-sourced through Kafka.
 

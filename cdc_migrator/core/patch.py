@@ -23,6 +23,7 @@ from ..base.codec import CODEC_OPTIONS
 from ..base.messages import shorten
 from ..errors import PatchError
 from ..migration import DELETE, UNSET, Migration
+from . import rawdoc
 from .rawdoc import RawView, document, plain_elements, raw_bytes, raw_guard
 
 
@@ -349,6 +350,17 @@ def _raw_outcome(migration: Migration, doc: RawView, view: RecordingDocument,
     patch = _checked(result, migration, doc_id, _named_patch)
     if not patch:
         return Outcome("noop", doc_id)
+    if rawdoc.compiled is not None and doc._complete:
+        made = rawdoc.compiled.update(doc.data, doc._index, patch, UNSET)
+        if made is not None:
+            to_set, to_unset, update = made
+            if not update:
+                return Outcome("noop", doc_id)
+            fields = view.fields_read()
+            fields.update(patch)
+            guard, names = raw_guard(doc, fields)
+            return Outcome("update", doc_id, set=to_set, unset=to_unset, raw_guard=guard,
+                           raw_update=update, guard_names=names)
     find = doc._find
     new: dict[str, Any] = {}
     unset: list[str] = []

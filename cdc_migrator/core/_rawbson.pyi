@@ -1,0 +1,9 @@
+# The compiled raw-BSON hot path (_rawbson.c); rawdoc and patch hold the Python it mirrors.
+from collections.abc import Iterable
+from typing import Any
+
+def scan(data: bytes, /) -> dict[str, tuple[int, int, int]] | None: ...
+def guard(data: bytes, index: dict[str, tuple[int, int, int]], fields: Iterable[str], /
+          ) -> tuple[bytes, frozenset[str]] | None: ...
+def update(data: bytes, index: dict[str, tuple[int, int, int]], patch: dict[str, Any],
+           unset: object, /) -> tuple[dict[str, Any], tuple[str, ...], bytes] | None: ...
