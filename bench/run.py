@@ -58,9 +58,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cdc_migrator.apply.shortcut import apply_migration  # noqa: E402
-from cdc_migrator.base import topics  # noqa: E402
+from cdc_migrator.base import collector, topics  # noqa: E402
 from cdc_migrator.base.settings import Settings  # noqa: E402
 from cdc_migrator.capture.tailer import arm  # noqa: E402
+from cdc_migrator.core import rawdoc  # noqa: E402
 from cdc_migrator.migration import get_migration  # noqa: E402
 from cdc_migrator.pipeline import run_pipeline  # noqa: E402
 from tests.harness import AppWriter, cli_env, wait_for  # noqa: E402
@@ -500,8 +501,10 @@ def run_server(bench: Bench, settings: Settings, run: Run) -> None:
 
 
 def run_apply(bench: Bench, settings: Settings, run: Run) -> None:
-    apply_migration(settings, bench.migration, batch_size=bench.args.batch_size,
-                    show_progress=False)
+    # As `cdc-migrator apply` runs it: the collector set for a long-running command.
+    with collector.tuned():
+        apply_migration(settings, bench.migration, batch_size=bench.args.batch_size,
+                        show_progress=False)
 
 
 def run_pipeline_method(bench: Bench, settings: Settings, run: Run) -> dict[str, Any]:
@@ -520,9 +523,10 @@ def run_pipeline_method(bench: Bench, settings: Settings, run: Run) -> dict[str,
     dog = threading.Thread(target=watchdog, daemon=True, name="bench-watchdog")
     dog.start()
     try:
-        report = run_pipeline(settings, bench.migration, batch_size=bench.args.batch_size,
-                              show_progress=False, settle=0.0, timeout=bench.args.timeout,
-                              stop=stop)
+        with collector.tuned():  # as `cdc-migrator run` runs it
+            report = run_pipeline(settings, bench.migration, batch_size=bench.args.batch_size,
+                                  show_progress=False, settle=0.0, timeout=bench.args.timeout,
+                                  stop=stop)
     finally:
         finished.set()
         dog.join()
@@ -1237,7 +1241,8 @@ def table(results: dict[str, Any]) -> str:
         lines += [f"Python {machine['python']}, "
                   + ", ".join(f"{k} {v}" for k, v in machine["packages"].items())
                   + f"; {machine['cpu_model']} booted {machine['booted_at']}; calibration "
-                  f"{machine['calibration_us_per_doc']} CPU us/doc (bench/run.py: calibration)",
+                  f"{machine['calibration_us_per_doc']} CPU us/doc (bench/run.py: calibration)"
+                  f"; raw BSON {machine.get('raw_bson', 'python')}",
                   ""]
     tp = results.get("throughput")
     if tp:
@@ -1364,6 +1369,8 @@ def environment() -> dict[str, Any]:
     return {
         "packages": {name: importlib.metadata.version(name) for name in PACKAGES},
         "bson_c_extension": bson.has_c(), "pymongo_c_extension": pymongo.has_c(),
+        # the tool's own raw-BSON hot path: "compiled" (core/_rawbson.c) or "python"
+        "raw_bson": rawdoc.implementation(),
         "cpu_model": fields.get("model name"), "cpu_mhz": fields.get("cpu MHz"),
         "booted_at": dt.datetime.fromtimestamp(booted, dt.UTC).isoformat() if booted else None,
         "calibration_us_per_doc": calibration(),

@@ -34,7 +34,7 @@ import click
 from bson import json_util
 
 from . import api, configfile
-from .base import logs
+from .base import collector, logs
 from .base.checks import OPTIONS, Setting, Source, deprecated, take_deprecations
 from .base.messages import shorten
 from .base.settings import Settings
@@ -289,8 +289,9 @@ def apply(settings: Settings, name: str, batch_size: int | None, rate: float | N
         for line in api.dry_run(settings, name, batch_size=batch_size):
             click.echo(line.describe())
         return
-    report = api.apply(settings, name, batch_size=batch_size, reset=reset, rate=rate,
-                       show_progress=not quiet)
+    with collector.tuned():  # a long-running command: the collector set for it
+        report = api.apply(settings, name, batch_size=batch_size, reset=reset, rate=rate,
+                           show_progress=not quiet)
     click.echo(report.summary())
     for failure in report.result.failures[:10]:
         click.echo(f"  failed {failure.id!r}: {failure.error}", err=True)
@@ -429,7 +430,7 @@ def tail(settings: Settings, names: tuple[str, ...], skip_checks: tuple[str, ...
     stop = _stop_on_signals()
     migrations = _migrations(settings, names)
     log.info("tailing %s", ", ".join(m.name for m in migrations))
-    with _serving(settings, migrations, "tailer"):
+    with collector.tuned(), _serving(settings, migrations, "tailer"):
         api.tail(settings, migrations, stop, skip_checks=skip_checks)
 
 
@@ -446,7 +447,7 @@ def tail(settings: Settings, names: tuple[str, ...], skip_checks: tuple[str, ...
 def backfill(settings: Settings, name: str, batch_size: int | None, rate: float | None,
              reset: bool, workers: int, quiet: bool, skip_checks: tuple[str, ...]) -> None:
     stop = _stop_on_signals()
-    with _serving(settings, [api.load(settings, name)], "backfill"):
+    with collector.tuned(), _serving(settings, [api.load(settings, name)], "backfill"):
         report = api.backfill(settings, name, batch_size=batch_size, rate=rate, reset=reset,
                               show_progress=not quiet, stop=stop, workers=workers,
                               skip_checks=skip_checks)
@@ -474,7 +475,7 @@ def consume(settings: Settings, names: tuple[str, ...]) -> None:
     stop = _stop_on_signals()
     migrations = _migrations(settings, names)
     log.info("consuming %s", ", ".join(m.name for m in migrations))
-    with _serving(settings, migrations, "consumer"):
+    with collector.tuned(), _serving(settings, migrations, "consumer"):
         api.consume(settings, migrations, stop)
 
 
@@ -492,7 +493,7 @@ def run(settings: Settings, name: str, batch_size: int | None, rate: float | Non
         timeout: float | None, then_cutover: bool, quiet: bool,
         skip_checks: tuple[str, ...]) -> None:
     stop = _stop_on_signals()
-    with _serving(settings, [api.load(settings, name)], *_PIPELINE):
+    with collector.tuned(), _serving(settings, [api.load(settings, name)], *_PIPELINE):
         report = api.run(settings, name, batch_size=batch_size, rate=rate, timeout=timeout,
                          show_progress=not quiet, stop=stop, then_cutover=then_cutover,
                          skip_checks=skip_checks)
@@ -521,7 +522,7 @@ def run(settings: Settings, name: str, batch_size: int | None, rate: float | Non
 def revert(settings: Settings, name: str, batch_size: int | None, rate: float | None,
            timeout: float | None, quiet: bool) -> None:
     stop = _stop_on_signals()
-    with _serving(settings, api.with_reverse(settings, name), *_PIPELINE):
+    with collector.tuned(), _serving(settings, api.with_reverse(settings, name), *_PIPELINE):
         report = api.revert(settings, name, batch_size=batch_size, rate=rate, timeout=timeout,
                             show_progress=not quiet, stop=stop)
     if report.schema_note:
@@ -649,7 +650,7 @@ def next_(settings: Settings, collection: str, run_all: bool, timeout: float) ->
         click.echo(found.name + (" (reverted)" if api.reverted(settings, found.name) else ""))
         return
     series_of = [m for m in api.migrations(settings).values() if m.collection == collection]
-    with _serving(settings, series_of, *_PIPELINE):
+    with collector.tuned(), _serving(settings, series_of, *_PIPELINE):
         series = api.run_series(settings, collection, timeout=timeout,
                                 stop=_stop_on_signals(),
                                 on_start=lambda m: click.echo(f"== {m.name}"))
@@ -673,8 +674,9 @@ def next_(settings: Settings, collection: str, run_all: bool, timeout: float) ->
 @_settings_options
 def accept(settings: Settings, name: str, batch_size: int | None, rate: float | None,
            workers: int, quiet: bool) -> None:
-    report = api.accept(settings, name, batch_size=batch_size, rate=rate, workers=workers,
-                        show_progress=not quiet, stop=_stop_on_signals())
+    with collector.tuned():
+        report = api.accept(settings, name, batch_size=batch_size, rate=rate, workers=workers,
+                            show_progress=not quiet, stop=_stop_on_signals())
     click.echo(report.summary())
     if not report.ok:
         sys.exit(1)
