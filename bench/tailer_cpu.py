@@ -11,12 +11,14 @@ acknowledged every change. The figure is this process's CPU (``time.process_time
 tailer's thread and the producer's network thread) over the changes, and the tailer's thread's
 alone. ``--profile`` writes a cProfile of the tailer's thread of the last run. Needs the
 services (MONGODB_URI, KAFKA_BOOTSTRAP_SERVERS). To compare two versions of the tool, run it
-with each on PYTHONPATH, alternating.
+with each on PYTHONPATH, alternating. ``--collector default`` leaves Python's garbage collector
+as it starts (the command sets it: base/collector.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import os
 import subprocess
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import COLLECTION, MIGRATION, TRANSFORM_SOURCE  # noqa: E402
+from cdc_migrator.base import collector  # noqa: E402
 from cdc_migrator.base.settings import Settings  # noqa: E402
 from cdc_migrator.capture.tailer import Tailer, arm  # noqa: E402
 from cdc_migrator.migration import get_migration  # noqa: E402
@@ -111,8 +114,12 @@ def main() -> int:
     p.add_argument("--rates", default="0,500,1500")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--profile", default=None)
+    p.add_argument("--collector", choices=("tuned", "default"), default="tuned",
+                   help="Python's garbage collector as `cdc-migrator tail` sets it (tuned, "
+                        "base/collector.py) or as Python starts")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    tuned = collector.tuned() if args.collector == "tuned" else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory() as tmp, tuned:
         transforms = Path(tmp)
         (transforms / "bench_migration.py").write_text(TRANSFORM_SOURCE)
         for rate in [float(r) for r in args.rates.split(",")]:
