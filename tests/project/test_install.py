@@ -223,6 +223,34 @@ def test_the_installed_command_runs_outside_the_checkout(image: Image, tmp_path:
     assert Path(where.stdout.strip()).is_relative_to(image.venv), where.stdout
 
 
+def test_without_a_c_compiler_the_wheel_builds_without_the_extension_and_runs_python(
+        image: Image, tmp_path: Path) -> None:
+    # README: without a compiler the package builds and installs anyway, and runs the Python
+    # path. The sdist the image built, built again with a compiler that always fails.
+    with tarfile.open(image.sdist) as sdist:
+        sdist.extractall(tmp_path, filter="data")
+    source = tmp_path / f"cdc_migrator-{VERSION}"
+    env = {**os.environ, "CC": "/bin/false"}
+    built = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir",
+                            tmp_path / "dist", source], capture_output=True, text=True,
+                           env=env, timeout=600)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    assert "building extension \"cdc_migrator.core._rawbson\" failed" in built.stdout + built.stderr
+    (wheel,) = (tmp_path / "dist").glob("cdc_migrator-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        assert not [n for n in names if n.endswith(".so")]
+        archive.extractall(tmp_path / "site")
+    # The wheel's package ahead of the checkout's (this interpreter has the dependencies).
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path / 'site')!r}); import cdc_migrator; "
+            "assert cdc_migrator.__file__.startswith(sys.path[0]), cdc_migrator.__file__; "
+            "from cdc_migrator.cli import main; main(['--version'])")
+    version = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=60)
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"cdc-migrator, version {VERSION} (raw BSON: python)"
+
+
 @pytest.mark.services
 def test_the_installed_wheel_runs_the_demo_migration_end_to_end(image: Image,
                                                                  tmp_path: Path) -> None:
