@@ -7,7 +7,7 @@
  *   scan(data)                   -> rawdoc.RawView's element index, all of it at once
  *   guard(data, index, fields)   -> rawdoc.raw_guard's bytes and top-level names
  *   update(data, index, patch, unset)
- *                                -> patch._raw_outcome's $set/$unset: (to_set, to_unset, bytes)
+ *                                -> patch._update_of's $set/$unset: (to_set, to_unset, bytes)
  *
  * Each returns None for anything it does not handle (malformed BSON, a name a query reads as
  * a path or an operator, a patch value of a type not encoded here, ...): the caller then takes
@@ -217,6 +217,29 @@ malformed:
     Py_RETURN_NONE;
 }
 
+/* A name's UTF-8 bytes and their length, or NULL for a name left to the Python path: one
+ * that is no string, cannot be encoded (a lone surrogate), or holds a NUL (no BSON name can). */
+static const char *name_text(PyObject *name, Py_ssize_t *len) {
+    if (!PyUnicode_CheckExact(name))
+        return NULL;
+    const char *text = PyUnicode_AsUTF8AndSize(name, len);
+    if (text == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return memchr(text, 0, (size_t)*len) == NULL ? text : NULL;
+}
+
+/* `text` appended to the list `names` as a str: 0, or -1 on an error. */
+static int append_name(PyObject *names, const char *text) {
+    PyObject *name = PyUnicode_FromString(text);
+    if (name == NULL)
+        return -1;
+    int appended = PyList_Append(names, name);
+    Py_DECREF(name);
+    return appended;
+}
+
 /* ---- guard --------------------------------------------------------------------------------- */
 
 /* The milliseconds since the epoch a ``datetime`` holds (CODEC_OPTIONS decodes these to one;
@@ -298,28 +321,17 @@ static PyObject *guard(PyObject *self, PyObject *args) {
         goto error;
     if (put_i32(&out, 0) < 0 || put(&out, d + begin, end - begin) < 0)
         goto error;
-    {
-        PyObject *id_name = PyUnicode_FromString("_id");
-        if (id_name == NULL || PyList_Append(names, id_name) < 0) {
-            Py_XDECREF(id_name);
-            goto error;
-        }
-        Py_DECREF(id_name);
-    }
+    if (append_name(names, "_id") < 0)
+        goto error;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(sorted); i++) {
         PyObject *name = PyList_GET_ITEM(sorted, i);
-        if (!PyUnicode_CheckExact(name))
-            goto fallback;
         Py_ssize_t len;
-        const char *text = PyUnicode_AsUTF8AndSize(name, &len);
-        if (text == NULL) {
-            PyErr_Clear();
+        const char *text = name_text(name, &len);
+        if (text == NULL)
             goto fallback;
-        }
         if (len == 3 && memcmp(text, "_id", 3) == 0)
             continue;
-        if (len == 0 || text[0] == '$' || memchr(text, '.', (size_t)len) != NULL ||
-            memchr(text, 0, (size_t)len) != NULL)
+        if (len == 0 || text[0] == '$' || memchr(text, '.', (size_t)len) != NULL)
             goto fallback;  /* pinned through $getField, by raw_guard */
         if (PyList_Append(names, name) < 0)
             goto error;
@@ -371,13 +383,7 @@ static PyObject *guard(PyObject *self, PyObject *args) {
         equals++;
     }
     if (equals) {
-        PyObject *expr = PyUnicode_FromString("$expr");
-        if (expr == NULL || PyList_Append(names, expr) < 0) {
-            Py_XDECREF(expr);
-            goto error;
-        }
-        Py_DECREF(expr);
-        if (put_header(&out, 0x03, "$expr", 5) < 0)
+        if (append_name(names, "$expr") < 0 || put_header(&out, 0x03, "$expr", 5) < 0)
             goto error;
         if (equals == 1) {
             if (put(&out, equal.data + first_begin, first_end - first_begin) < 0)
@@ -463,11 +469,11 @@ static int put_value_element(Buf *b, const char *name, Py_ssize_t n, PyObject *v
 PyDoc_STRVAR(update_doc,
 "update(data: bytes, index: dict, patch: dict, unset: object)\n"
 "    -> tuple[dict, tuple[str, ...], bytes] | None\n\n"
-"What patch._raw_outcome makes of a checked ``patch`` on a document whose ``index`` (from\n"
+"What patch._update_of makes of a checked ``patch`` on a document whose ``index`` (from\n"
 "scan) is complete: the values that would change it, the names it would remove (``unset``\n"
 "marks them), and the update document ``{$set: ..., $unset: ...}`` (empty bytes when nothing\n"
 "would change). A value is unchanged when its element is the stored one. None where\n"
-"_raw_outcome must decide: a value of a type other than str, int, bool, float and None, a\n"
+"_update_of must decide: a value of a type other than str, int, bool, float and None, a\n"
 "name or string BSON cannot hold.");
 
 static PyObject *update(PyObject *self, PyObject *args) {
@@ -487,15 +493,9 @@ static PyObject *update(PyObject *self, PyObject *args) {
     if (to_set == NULL || unset == NULL)
         goto error;
     while (PyDict_Next(patch, &pos, &name, &value)) {
-        if (!PyUnicode_CheckExact(name))
-            goto fallback;
         Py_ssize_t len;
-        const char *text = PyUnicode_AsUTF8AndSize(name, &len);
-        if (text == NULL) {
-            PyErr_Clear();
-            goto fallback;
-        }
-        if (memchr(text, 0, (size_t)len) != NULL || (len == 3 && memcmp(text, "_id", 3) == 0))
+        const char *text = name_text(name, &len);
+        if (text == NULL || (len == 3 && memcmp(text, "_id", 3) == 0))
             goto fallback;
         PyObject *entry = PyDict_GetItemWithError(index, name);
         if (entry == NULL && PyErr_Occurred())
