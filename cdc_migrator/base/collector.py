@@ -6,13 +6,13 @@ each collection of the oldest generation walks every object the process holds, t
 modules of pymongo, kafka-python and click included. On the benchmark's migration that was about
 a fifth of ``apply``'s CPU per document (docs/benchmarks.md, "Issue 27, round 3").
 
-:func:`tune` is what the long-running commands do first (``apply``, ``tail``, ``backfill``,
-``consume``, ``run`` and the others that migrate; cli.py): what is loaded by then is moved out
-of the collector's sight (``gc.freeze``: modules, settings, connections live as long as the
-process anyway), and the youngest generation is collected every :data:`YOUNG` allocations.
-Nothing is collected less in the end: garbage with cycles waits for the next collection, at
-most :data:`YOUNG` allocations later. The Python API leaves the process's collector alone;
-:func:`tuned` does the same for a block and puts it back after (the benchmark's in-process runs).
+The long-running commands (``apply``, ``tail``, ``backfill``, ``consume``, ``run`` and the
+others that migrate; cli.py) run in :func:`tuned`: what is loaded by then is moved out of the
+collector's sight (``gc.freeze``: modules, settings, connections live as long as the process
+anyway), and the youngest generation is collected every :data:`YOUNG` allocations; the
+collector is put back when the command ends. Nothing is collected less in the end: garbage
+with cycles waits for the next collection, at most :data:`YOUNG` allocations later. The Python
+API leaves the process's collector alone (the benchmark's in-process runs use :func:`tuned`).
 """
 
 from __future__ import annotations

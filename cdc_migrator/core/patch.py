@@ -350,17 +350,25 @@ def _raw_outcome(migration: Migration, doc: RawView, view: RecordingDocument,
     patch = _checked(result, migration, doc_id, _named_patch)
     if not patch:
         return Outcome("noop", doc_id)
+    to_set, to_unset, update = _update_of(migration, doc, patch, doc_id)
+    if not update:
+        return Outcome("noop", doc_id)
+    fields = view.fields_read()
+    fields.update(patch)
+    guard, names = raw_guard(doc, fields)
+    return Outcome("update", doc_id, set=to_set, unset=to_unset, raw_guard=guard,
+                   raw_update=update, guard_names=names)
+
+
+def _update_of(migration: Migration, doc: RawView, patch: dict[str, Any], doc_id: Any
+               ) -> tuple[dict[str, Any], tuple[str, ...], bytes]:
+    """What ``patch`` changes in ``doc``: the values set, the names unset, and the update
+    document as bytes (empty when nothing would change). Compiled where it can be
+    (``rawdoc.compiled``), else here; both the same, byte for byte."""
     if rawdoc.compiled is not None and doc._complete:
         made = rawdoc.compiled.update(doc.data, doc._index, patch, UNSET)
         if made is not None:
-            to_set, to_unset, update = made
-            if not update:
-                return Outcome("noop", doc_id)
-            fields = view.fields_read()
-            fields.update(patch)
-            guard, names = raw_guard(doc, fields)
-            return Outcome("update", doc_id, set=to_set, unset=to_unset, raw_guard=guard,
-                           raw_update=update, guard_names=names)
+            return made
     find = doc._find
     new: dict[str, Any] = {}
     unset: list[str] = []
@@ -378,17 +386,13 @@ def _raw_outcome(migration: Migration, doc: RawView, view: RecordingDocument,
                         else document(plain))
         if stored:
             to_set, set_document = _changed(doc, new, set_document)
-    if not to_set and not unset:
-        return Outcome("noop", doc_id)
-    fields = view.fields_read()
-    fields.update(patch)
-    guard, names = raw_guard(doc, fields)
     to_unset = tuple(unset)
+    if not to_set and not to_unset:
+        return to_set, to_unset, b""
     elements = b"\x03$set\x00" + set_document if to_set else b""
     if to_unset:
         elements += _unset_element(to_unset)
-    return Outcome("update", doc_id, set=to_set, unset=to_unset, raw_guard=guard,
-                   raw_update=document(elements), guard_names=names)
+    return to_set, to_unset, document(elements)
 
 
 #: ``$unset`` elements by the names they unset (bounded: a transform may make names up).
